@@ -1,0 +1,129 @@
+"""``python -m consumer``: the command-line contract.
+
+Usage and configuration errors exit 2 with one line; other failures exit 1 with one line;
+SIGTERM/SIGINT drain and exit 0 (a second signal exits at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from consumer import __version__
+from consumer.config import ENV_PREFIX, Settings, load_settings
+from consumer.errors import ConfigError, TfStreamError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _flag(group: Any, name: str, help: str, **kwargs: Any) -> None:
+    dest = name.lstrip("-").replace("-", "_")
+    env = f" [env {ENV_PREFIX}{dest.upper()}]"
+    group.add_argument(name, dest=dest, default=None, help=help + env, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m consumer",
+        description="Streaming TensorFlow/Keras inference for Kafka.",
+        epilog=f"Every flag falls back to the environment variable shown, then to --config "
+        f"(or {ENV_PREFIX}CONFIG). librdkafka settings: [kafka], [kafka.consumer], [kafka.producer] "
+        f"tables in the config file, or {ENV_PREFIX}KAFKA_<KEY> variables.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_run_parser(commands)
+    return parser
+
+
+def add_run_parser(commands: Any) -> argparse.ArgumentParser:
+    run = commands.add_parser("run", help="consume inputs, predict, publish outputs",
+                              description="Run the consumer-group member(s) for one model.")  # fmt: skip
+    kafka = run.add_argument_group("Kafka")
+    _flag(kafka, "--bootstrap-servers", "Kafka brokers, HOST:PORT[,HOST:PORT]", metavar="HOSTS")
+    _flag(kafka, "--input-topic", "topic to read inputs from", metavar="IN")
+    _flag(kafka, "--output-topic", "topic to write predictions to", metavar="OUT")
+    _flag(kafka, "--group", "consumer group id; every member of a deployment uses the same one")
+    _flag(kafka, "--dlq-topic", "dead-letter topic for inputs that cannot be predicted", metavar="DLQ")
+    model = run.add_argument_group("model")
+    _flag(model, "--model", "a Keras .keras file or a SavedModel directory", metavar="PATH")
+    _flag(model, "--model-name", "name reported in outputs (default: the file's stem)")
+    _flag(model, "--model-version", "version reported in outputs (default: content hash)")
+    _flag(model, "--preprocess", "TensorFlow function applied per example, module:function",
+          metavar="MODULE:FN")  # fmt: skip
+    _flag(model, "--jit-compile", "compile predict functions with XLA", action="store_const", const=True)
+    batching = run.add_argument_group("batching")
+    _flag(batching, "--max-batch-size", "largest batch (default 256)", type=int, metavar="N")
+    _flag(batching, "--max-wait-ms", "a batch goes when its oldest input waited this long (default 10)",
+          type=float, metavar="MS")  # fmt: skip
+    _flag(batching, "--allowed-batch-sizes", "compiled batch sizes, comma-separated "
+          "(default: powers of two up to --max-batch-size)", metavar="N,N,...")  # fmt: skip
+    devices = run.add_argument_group("devices")
+    _flag(devices, "--workers", "worker processes (default: one per GPU, or one on CPU)", type=int, metavar="N")
+    _flag(devices, "--devices", "auto, cpu, or gpu:0,1,... (default auto)", metavar="SPEC")
+    bounds = run.add_argument_group("start and end")
+    start = bounds.add_mutually_exclusive_group()
+    _flag(start, "--from-beginning", "start new partitions at the earliest offset", action="store_const", const=True)
+    _flag(start, "--from-timestamp", "start new partitions at this time and skip older records",
+          metavar="ISO8601")  # fmt: skip
+    _flag(bounds, "--until-timestamp", "skip records at or after this time", metavar="ISO8601")
+    _flag(bounds, "--stop-at-end", "process what the partitions held at start, then exit 0",
+          action="store_const", const=True)  # fmt: skip
+    other = run.add_argument_group("other")
+    _flag(other, "--output-format", "msgpack (wire format v1, default) or json", choices=["msgpack", "json"])
+    _flag(other, "--log-level", "debug, info, warning or error", choices=["debug", "info", "warning", "error"])
+    _flag(other, "--log-format", "auto (console on a terminal, else JSON), json or console",
+          choices=["auto", "json", "console"])  # fmt: skip
+    run.add_argument("--config", default=None, metavar="FILE.toml",
+                     help=f"TOML configuration file [env {ENV_PREFIX}CONFIG]")  # fmt: skip
+    return run
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    values = {k: v for k, v in vars(args).items() if k not in {"command", "config"}}
+    return load_settings(values, args.config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        return run_in_process(settings)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TfStreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def run_in_process(settings: Settings, slot: int = 0, device: str = "cpu") -> int:
+    """Run one worker in this process, with signal handling for a clean drain."""
+    from consumer import logs
+
+    logs.configure(settings.log_level, settings.log_format, worker=slot, device=device)
+    from consumer.worker import Worker  # imports TensorFlow
+
+    worker = Worker(settings, slot, device)
+    _install_signal_handlers(worker.request_stop)
+    summary = worker.run()
+    print(json.dumps({"event": "summary", **summary}), file=sys.stderr)
+    return EXIT_OK
+
+
+def _install_signal_handlers(stop: Any) -> None:
+    received: list[int] = []
+
+    def handle(signum: int, _frame: Any) -> None:
+        if received:
+            os._exit(EXIT_FAILURE)
+        received.append(signum)
+        stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

@@ -1,0 +1,233 @@
+"""Wire format v1: the contract with every producer and consumer, in any language.
+
+Input value (msgpack map): ``inputs`` (one TENSOR or ``{name: TENSOR}``), optional ``id``
+(any msgpack value, echoed), optional ``v`` (int, 1). A TENSOR is a raw-bytes map
+``{"dtype", "shape", "data"}`` (C order, little-endian), a nested list of numbers, or
+``bin`` for a scalar string. Output value: ``outputs``, ``id``, ``model``, ``source``, ``v``.
+
+Decoding is strict and bounded: every failure raises a :class:`~consumer.errors.CodecError`
+subclass, never anything else, and no input can make it allocate more than the limits allow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from consumer import errors
+
+FORMAT_VERSION = 1
+
+#: dtype names a raw-bytes TENSOR may carry.
+SUPPORTED_DTYPES = frozenset(
+    {
+        "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+        "float16", "float32", "float64",
+    }
+)  # fmt: skip
+
+#: The key under which a single unnamed input or output travels internally.
+SINGLE = ""
+
+#: A decoded TENSOR before it meets a model: an array (raw form), a nested list, or bytes.
+WireTensor = np.ndarray | list[Any] | bytes
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one untrusted message may make us allocate."""
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_tensor_elements: int = 16 * 1024 * 1024
+    max_dims: int = 8
+
+
+@dataclass(frozen=True)
+class InputEnvelope:
+    """A decoded input message. ``inputs`` is keyed by name, or by ``SINGLE`` if unnamed."""
+
+    inputs: dict[str, WireTensor]
+    id: Any = None
+    has_id: bool = False
+
+
+def unpack_input(value: bytes | None, limits: Limits) -> InputEnvelope:
+    """Decode one input message value; raise a ``CodecError`` subclass if it is not v1."""
+    if value is None:
+        raise errors.NotMsgpackError("the message has no value (a tombstone); expected a msgpack map")
+    if len(value) > limits.max_message_bytes:
+        raise errors.TooLargeError(
+            f"message is {len(value)} bytes; the limit is {limits.max_message_bytes} (max_message_bytes)"
+        )
+    obj = _unpackb(value, limits)
+    if not isinstance(obj, dict):
+        raise errors.NotAMapError(f"the value is a msgpack {type(obj).__name__}, not a map")
+    _check_version(obj.get("v", FORMAT_VERSION))
+    if "inputs" not in obj:
+        raise errors.MissingInputsError('the map has no "inputs" key')
+    raw = obj["inputs"]
+    if isinstance(raw, dict) and not _is_raw_tensor_map(raw):
+        inputs = {_input_name(k): decode_tensor(t, limits, name=k) for k, t in raw.items()}
+        if not inputs:
+            raise errors.MissingInputsError('"inputs" is an empty map')
+    else:
+        inputs = {SINGLE: decode_tensor(raw, limits, name="inputs")}
+    return InputEnvelope(inputs=inputs, id=obj.get("id"), has_id="id" in obj)
+
+
+def _unpackb(value: bytes, limits: Limits) -> Any:
+    try:
+        return msgpack.unpackb(
+            value,
+            raw=False,
+            strict_map_key=False,
+            max_bin_len=limits.max_message_bytes,
+            max_str_len=limits.max_message_bytes,
+            max_array_len=limits.max_tensor_elements,
+            max_map_len=4096,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types; all mean "not v1"
+        raise errors.NotMsgpackError(f"not a single complete msgpack object: {exc}") from None
+
+
+def _check_version(version: Any) -> None:
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise errors.UnsupportedVersionError(
+            f'"v" is {version!r}; this consumer reads wire format version {FORMAT_VERSION}'
+        )
+
+
+def _input_name(key: Any) -> str:
+    if not isinstance(key, str) or not key:
+        raise errors.MalformedTensorError(f'input names must be non-empty strings, got {key!r}')
+    return key
+
+
+def _is_raw_tensor_map(obj: Mapping[Any, Any]) -> bool:
+    return "dtype" in obj and "data" in obj
+
+
+def decode_tensor(obj: Any, limits: Limits, name: Any = "inputs") -> WireTensor:
+    """Decode one TENSOR: raw-bytes map → read-only array, list → list, bin/str → bytes."""
+    if isinstance(obj, bytes):
+        return obj
+    if isinstance(obj, str):
+        return obj.encode("utf-8")
+    if isinstance(obj, list):
+        return obj
+    if isinstance(obj, dict) and _is_raw_tensor_map(obj):
+        return _decode_raw_tensor(obj, limits, name)
+    raise errors.MalformedTensorError(
+        f"input {name!r} is a {type(obj).__name__}; expected a raw-bytes tensor map "
+        "{dtype, shape, data}, a nested list of numbers, or bin"
+    )
+
+
+def _decode_raw_tensor(obj: Mapping[str, Any], limits: Limits, name: Any) -> np.ndarray:
+    dtype_name, shape, data = obj.get("dtype"), obj.get("shape", []), obj.get("data")
+    if not isinstance(dtype_name, str) or dtype_name not in SUPPORTED_DTYPES:
+        raise errors.UnknownDtypeError(
+            f"input {name!r} has dtype {dtype_name!r}; supported: {', '.join(sorted(SUPPORTED_DTYPES))}"
+        )
+    if not isinstance(data, bytes):
+        raise errors.MalformedTensorError(f'input {name!r}: "data" must be bin, got {type(data).__name__}')
+    dims = _checked_shape(shape, limits, name)
+    dtype = np.dtype(dtype_name).newbyteorder("<")
+    expected = math.prod(dims) * dtype.itemsize
+    if len(data) != expected:
+        raise errors.ShapeDataMismatchError(
+            f"input {name!r}: shape {dims} of {dtype_name} needs {expected} bytes, data has {len(data)}"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(dims)
+
+
+def _checked_shape(shape: Any, limits: Limits, name: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise errors.MalformedTensorError(f'input {name!r}: "shape" must be a list of non-negative ints')
+    if len(shape) > limits.max_dims:
+        raise errors.TooLargeError(f"input {name!r} has {len(shape)} dimensions; the limit is {limits.max_dims}")
+    elements = math.prod(shape)
+    if elements > limits.max_tensor_elements:
+        raise errors.TooLargeError(
+            f"input {name!r} declares {elements} elements; the limit is {limits.max_tensor_elements}"
+        )
+    return tuple(shape)
+
+
+def encode_tensor(array: np.ndarray) -> dict[str, Any]:
+    """The raw-bytes TENSOR form of ``array`` (little-endian, C order)."""
+    arr = np.asarray(array)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": np.ascontiguousarray(arr).tobytes()}
+
+
+def encode_tensor_as_list(array: np.ndarray) -> list[Any] | Any:
+    """The nested-list TENSOR form of ``array`` (what JSON-minded producers send)."""
+    return np.asarray(array).tolist()
+
+
+def pack_input(
+    inputs: np.ndarray | bytes | Mapping[str, np.ndarray | bytes],
+    id: Any = None,
+    *,
+    as_lists: bool = False,
+) -> bytes:
+    """Encode one input message (producer side). ``id`` is omitted when None."""
+    encode = encode_tensor_as_list if as_lists else encode_tensor
+
+    def one(t: np.ndarray | bytes) -> Any:
+        return t if isinstance(t, bytes) else encode(t)
+
+    body = {k: one(v) for k, v in inputs.items()} if isinstance(inputs, Mapping) else one(inputs)
+    message: dict[str, Any] = {"inputs": body, "v": FORMAT_VERSION}
+    if id is not None:
+        message["id"] = id
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def output_envelope(
+    body: Any,
+    *,
+    model: Mapping[str, str],
+    source: Mapping[str, Any],
+    id: Any = None,
+    has_id: bool = False,
+) -> dict[str, Any]:
+    """The output map; ``body`` is one encoded TENSOR or a map of them."""
+    message = {"outputs": body, "model": model, "source": source, "v": FORMAT_VERSION}
+    if has_id:
+        message["id"] = id
+    return message
+
+
+def encode_tensor_for_json(array: np.ndarray) -> dict[str, Any]:
+    """The JSON output form of a TENSOR: like the raw form, with ``data`` as a nested list."""
+    arr = np.asarray(array)
+    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.tolist()}
+
+
+def pack_output(envelope: Mapping[str, Any]) -> bytes:
+    return msgpack.packb(envelope, use_bin_type=True)
+
+
+def unpack_output(value: bytes) -> dict[str, Any]:
+    """Decode an output message (consumer side): TENSORs become NumPy arrays."""
+    obj = msgpack.unpackb(value, raw=False, strict_map_key=False)
+    if not isinstance(obj, dict) or "outputs" not in obj:
+        raise errors.NotAMapError("not a v1 output message: expected a map with \"outputs\"")
+    out = obj["outputs"]
+    limits = Limits(max_message_bytes=len(value) + 1, max_tensor_elements=len(value) + 1)
+    if isinstance(out, dict) and not _is_raw_tensor_map(out):
+        obj["outputs"] = {k: decode_tensor(v, limits, name=k) for k, v in out.items()}
+    else:
+        obj["outputs"] = decode_tensor(out, limits, name="outputs")
+    return obj

@@ -1,0 +1,190 @@
+"""One typed configuration, merged from a TOML file, then the environment, then CLI flags.
+
+Later sources win. Every setting ``x_y`` can come from ``--x-y``, ``TFSTREAM_X_Y`` or ``x_y``
+in the file. librdkafka settings pass through untouched: the file's ``[kafka]`` table (both
+clients), ``[kafka.consumer]`` and ``[kafka.producer]``, or ``TFSTREAM_KAFKA_SASL_PASSWORD``
+style variables (``_`` becomes ``.``). A bad value raises ``ConfigError`` naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from consumer.errors import ConfigError
+
+ENV_PREFIX = "TFSTREAM_"
+KafkaValue = str | int | float | bool
+_SECRET = re.compile(r"password|secret|token|credential|key\.pem|private|jaas", re.IGNORECASE)
+_KAFKA_TABLES = {"kafka": "kafka", "consumer": "kafka_consumer", "producer": "kafka_producer"}
+
+
+class Settings(BaseModel):
+    """Everything a run needs; see the README's configuration reference for each field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bootstrap_servers: str = Field(min_length=1)
+    input_topic: str = Field(min_length=1)
+    output_topic: str = Field(min_length=1)
+    group: str = Field(min_length=1)
+    model: Path
+    dlq_topic: str | None = None
+    workers: int | None = Field(None, ge=1, le=256)
+    devices: str = "auto"
+    max_batch_size: int = Field(256, ge=1, le=65536)
+    max_wait_ms: float = Field(10.0, ge=0, le=60_000)
+    allowed_batch_sizes: list[int] | None = None
+    from_beginning: bool = False
+    from_timestamp: datetime | None = None
+    until_timestamp: datetime | None = None
+    stop_at_end: bool = False
+    model_name: str | None = None
+    model_version: str | None = None
+    jit_compile: bool = False
+    preprocess: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    output_format: Literal["msgpack", "json"] = "msgpack"
+    delivery: Literal["at-least-once"] = "at-least-once"
+    commit_interval_ms: int = Field(1000, ge=10, le=600_000)
+    pipeline_depth: int = Field(4, ge=1, le=64)
+    drain_timeout_s: float = Field(30.0, gt=0, le=3600)
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=64)
+    max_tensor_elements: int = Field(16 * 1024 * 1024, ge=1)
+    max_dims: int = Field(8, ge=0, le=32)
+    reject_non_finite: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    kafka: dict[str, KafkaValue] = Field(default_factory=dict)
+    kafka_consumer: dict[str, KafkaValue] = Field(default_factory=dict)
+    kafka_producer: dict[str, KafkaValue] = Field(default_factory=dict)
+
+    @field_validator("allowed_batch_sizes", mode="before")
+    @classmethod
+    def _split_sizes(cls, value: Any) -> Any:
+        return [int(v) for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("from_timestamp", "until_timestamp")
+    @classmethod
+    def _assume_utc(cls, value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.from_beginning and self.from_timestamp:
+            raise ValueError("from_beginning and from_timestamp exclude each other; choose one")
+        if self.from_timestamp and self.until_timestamp and self.until_timestamp <= self.from_timestamp:
+            raise ValueError("until_timestamp must be later than from_timestamp")
+        if self.input_topic in {self.output_topic, self.dlq_topic}:
+            raise ValueError("output_topic and dlq_topic must differ from input_topic (a loop)")
+        sizes = self.allowed_batch_sizes
+        if sizes is not None and (not sizes or min(sizes) < 1 or max(sizes) != self.max_batch_size):
+            raise ValueError("allowed_batch_sizes must be positive and its largest must equal max_batch_size")
+        return self
+
+    @property
+    def from_ms(self) -> int | None:
+        return _epoch_ms(self.from_timestamp)
+
+    @property
+    def until_ms(self) -> int | None:
+        return _epoch_ms(self.until_timestamp)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict with every secret-looking Kafka value replaced."""
+        data = self.model_dump(mode="json")
+        for table in _KAFKA_TABLES.values():
+            data[table] = redact(data[table])
+        return data
+
+
+def redact(kafka: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: "***" if _SECRET.search(k) else v for k, v in kafka.items()}
+
+
+def _epoch_ms(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+def load_settings(
+    cli: Mapping[str, Any], config_file: str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Merge file < environment < CLI and validate; raise ``ConfigError`` with one line."""
+    environ = os.environ if environ is None else environ
+    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for source, values in (
+        (f"config file {config_file}", _read_toml(config_file) if config_file else {}),
+        ("environment", _read_env(environ)),
+        ("command line", {k: v for k, v in cli.items() if v is not None}),
+    ):
+        for key, value in values.items():
+            if key in _KAFKA_TABLES.values():
+                merged[key] = {**merged.get(key, {}), **value}
+            else:
+                merged[key] = value
+            sources[key] = source
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, sources)) from None
+
+
+def _one_line(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    top = str(first["loc"][0]) if first["loc"] else ""
+    if first["type"] == "missing":
+        return (
+            f"missing setting {key}: pass --{key.replace('_', '-')}, set {ENV_PREFIX}{key.upper()} "
+            "or put it in the --config file"
+        )
+    if not key:
+        return f"invalid settings: {first['msg'].removeprefix('Value error, ')}"
+    where = f" (from {sources[top]})" if top in sources else ""
+    shown = "***" if _SECRET.search(key) else repr(first.get("input"))
+    return f"invalid setting {key}={shown}{where}: {first['msg'].removeprefix('Value error, ')}"
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    kafka = data.pop("kafka", {})
+    if not isinstance(kafka, dict):
+        raise ConfigError(f"config file {path}: [kafka] must be a table of librdkafka settings")
+    for client in ("consumer", "producer"):
+        if client in kafka:
+            data[_KAFKA_TABLES[client]] = kafka.pop(client)
+    if kafka:
+        data["kafka"] = kafka
+    return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    fields = set(Settings.model_fields) - set(_KAFKA_TABLES.values())
+    values: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        for prefix in ("kafka_consumer_", "kafka_producer_", "kafka_"):
+            if key.startswith(prefix):
+                table = prefix.rstrip("_")
+                values.setdefault(table, {})[key[len(prefix) :].replace("_", ".")] = value
+                break
+        else:
+            if key in fields:
+                values[key] = value
+    return values

@@ -1,0 +1,153 @@
+"""Produce outputs and dead letters; an input counts as done only when the broker acknowledged.
+
+``Outbox`` is the one place that calls ``Producer.produce``: it waits (serving delivery reports)
+when the producer's queue is full, and turns each acknowledgement into ``OffsetTracker.done``.
+A failed delivery is never marked done: it is kept as ``failure`` and ends the run.
+"""
+
+from __future__ import annotations
+
+import json
+import base64
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from consumer.errors import DeliveryError, InputError
+from consumer.offsets import OffsetTracker, Partition
+
+Headers = list[tuple[str, bytes]]
+HEADER_PREFIX = "tfstream."
+
+
+@dataclass
+class Counters:
+    """What a worker did, for its summary line and metrics. Updated under one lock."""
+
+    consumed: int = 0
+    predicted: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    batches: int = 0
+    padded_rows: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **amounts: int) -> None:
+        with self._lock:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+class Outbox:
+    """Sends records for input messages and marks the inputs done once they are acknowledged."""
+
+    def __init__(self, producer: Producer, tracker: OffsetTracker) -> None:
+        self.producer = producer
+        self.tracker = tracker
+        self.failure: DeliveryError | None = None
+
+    def send(self, source: Message, topic: str, value: bytes, key: bytes | None, headers: Headers) -> None:
+        partition: Partition = (source.topic(), source.partition())
+        offset = source.offset()
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                self.tracker.done(partition, offset)
+            elif self.failure is None:
+                self.failure = DeliveryError(
+                    f"the broker did not accept a record for topic {topic!r} ({err.str()}); "
+                    f"input {partition[0]}[{partition[1]}]@{offset} and later are not committed"
+                )
+
+        while True:
+            try:
+                self.producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                return
+            except BufferError:  # the producer's queue is full: wait for acknowledgements
+                self.producer.poll(0.05)
+
+    def poll(self, timeout: float = 0.0) -> None:
+        self.producer.poll(timeout)
+
+
+def source_headers(msg: Message) -> Headers:
+    """The input's own headers, carried over to its output (tracing ids and the like)."""
+    return list(msg.headers() or [])
+
+
+def dead_letter_headers(msg: Message, error: InputError, group: str, model: dict[str, str]) -> Headers:
+    """Why the input failed and where it came from, in the style of ``__connect.errors.*``."""
+    ts_type, ts = msg.timestamp()
+    fields = {
+        "errors.stage": error.stage,
+        "errors.exception.class.name": type(error).__name__,
+        "errors.exception.message": str(error),
+        "errors.topic": msg.topic(),
+        "errors.partition": str(msg.partition()),
+        "errors.offset": str(msg.offset()),
+        "errors.timestamp": str(ts),
+        "errors.group": group,
+        "errors.model.name": model["name"],
+        "errors.model.version": model["version"],
+    }
+    return source_headers(msg) + [(HEADER_PREFIX + k, v.encode()) for k, v in fields.items()]
+
+
+class DeadLetters:
+    """Routes invalid inputs to the dead-letter topic, or logs and skips them when there is none."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        topic: str | None,
+        group: str,
+        model: dict[str, str],
+        counters: Counters,
+        log: Any,
+    ) -> None:
+        self.outbox, self.topic, self.group, self.model = outbox, topic, group, model
+        self.counters, self.log = counters, log
+
+    def send(self, msg: Message, error: InputError) -> None:
+        self.counters.add(dead_lettered=1)
+        if self.topic is None:
+            self.log.warning("input skipped (no dead-letter topic)", stage=error.stage,
+                             error=type(error).__name__, reason=str(error), offset=msg.offset(),
+                             partition=msg.partition())  # fmt: skip
+            self.outbox.tracker.done((msg.topic(), msg.partition()), msg.offset())
+            return
+        headers = dead_letter_headers(msg, error, self.group, self.model)
+        self.outbox.send(msg, self.topic, msg.value() or b"", msg.key(), headers)
+
+
+def json_default(value: Any) -> Any:
+    """JSON output: bytes become base64 text."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def encode_json(envelope: dict[str, Any]) -> bytes:
+    return json.dumps(envelope, default=json_default, separators=(",", ":")).encode()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, tick: Callable[[], None]) -> bool:
+    """Call ``tick`` until ``condition`` holds or ``timeout`` seconds pass; return the condition."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        tick()
+    return True
+
+
+def partitions_of(messages: Sequence[Message]) -> set[Partition]:
+    return {(m.topic(), m.partition()) for m in messages}

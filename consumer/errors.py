@@ -1,0 +1,126 @@
+"""Every error this project raises, under one root.
+
+    TfStreamError
+     ├── ConfigError              a setting is wrong: exit 2 with one line
+     ├── ModelError               the model cannot be loaded or is not supported
+     ├── BrokerError              Kafka cannot be reached, or a topic is missing
+     ├── DeliveryError            the broker refused an output: stop, commit nothing past it
+     └── InputError               one message cannot be predicted: it goes to the dead-letter topic
+          ├── CodecError           (stage "decode") not wire format v1
+          │    ├── NotMsgpackError
+          │    ├── NotAMapError
+          │    ├── MissingInputsError
+          │    ├── UnsupportedVersionError
+          │    ├── MalformedTensorError
+          │    ├── UnknownDtypeError
+          │    ├── ShapeDataMismatchError
+          │    └── TooLargeError
+          ├── ValidationError      (stage "validate") valid v1, but not what this model takes
+          │    ├── WrongInputsError
+          │    ├── WrongShapeError
+          │    ├── WrongDtypeError
+          │    └── NonFiniteError
+          ├── PreprocessError      (stage "preprocess") the user's preprocess function failed
+          └── PredictError         (stage "predict") the model failed on this one input
+
+Input errors are data, not control flow: the worker turns them into dead letters and
+the stream goes on. The other errors end the process with their message.
+"""
+
+from __future__ import annotations
+
+
+class TfStreamError(Exception):
+    """Root of every error raised by this project."""
+
+
+class ConfigError(TfStreamError):
+    """A setting is missing or has a bad value; the message names the setting."""
+
+
+class ModelError(TfStreamError):
+    """The model cannot be loaded, or its signature is not one we can serve."""
+
+
+class BrokerError(TfStreamError):
+    """Kafka cannot be reached, or a topic the run needs does not exist."""
+
+
+class DeliveryError(TfStreamError):
+    """The broker did not acknowledge an output; nothing past it is committed."""
+
+
+class InputError(TfStreamError):
+    """One input message cannot be predicted. ``stage`` says where it failed."""
+
+    stage = "decode"
+
+
+class CodecError(InputError):
+    """The message does not follow wire format v1."""
+
+
+class NotMsgpackError(CodecError):
+    """The value is not a single, complete msgpack object (or exceeds unpack limits)."""
+
+
+class NotAMapError(CodecError):
+    """The value is msgpack, but not a map."""
+
+
+class MissingInputsError(CodecError):
+    """The map has no ``"inputs"`` key."""
+
+
+class UnsupportedVersionError(CodecError):
+    """The ``"v"`` field names a format version this build does not read."""
+
+
+class MalformedTensorError(CodecError):
+    """A TENSOR is neither a raw-bytes map, a nested list of numbers, nor bin."""
+
+
+class UnknownDtypeError(CodecError):
+    """A raw-bytes TENSOR names a dtype that is not a supported NumPy name."""
+
+
+class ShapeDataMismatchError(CodecError):
+    """The ``data`` length does not equal the shape's element count times the item size."""
+
+
+class TooLargeError(CodecError):
+    """The message, a tensor or its rank exceeds the configured limits."""
+
+
+class ValidationError(InputError):
+    """The message is valid v1 but does not fit this model's signature."""
+
+    stage = "validate"
+
+
+class WrongInputsError(ValidationError):
+    """Inputs are missing, unknown, or given unnamed to a multi-input model."""
+
+
+class WrongShapeError(ValidationError):
+    """An input's shape is not the model's (batch dimension excluded)."""
+
+
+class WrongDtypeError(ValidationError):
+    """An input's dtype cannot be cast to the model's without changing its kind."""
+
+
+class NonFiniteError(ValidationError):
+    """An input holds NaN or infinity and the run rejects non-finite values."""
+
+
+class PreprocessError(InputError):
+    """The user's preprocess function raised on this input."""
+
+    stage = "preprocess"
+
+
+class PredictError(InputError):
+    """The model raised on this input even when run alone."""
+
+    stage = "predict"

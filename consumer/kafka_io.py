@@ -1,0 +1,83 @@
+"""Kafka client settings and the few broker calls the worker makes outside its loop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from consumer.config import Settings
+from consumer.errors import BrokerError, ConfigError
+from consumer.offsets import Partition
+
+#: librdkafka settings the correctness of the loop depends on; users cannot override them.
+_CONSUMER_FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": False, "enable.partition.eof": True}
+_PRODUCER_FIXED = {"enable.idempotence": True, "acks": "all"}
+
+
+def consumer_config(settings: Settings, client_id: str) -> dict[str, Any]:
+    """Defaults, then ``[kafka]``, then ``[kafka.consumer]``, then the settings we rely on."""
+    _refuse_overrides(settings.kafka_consumer | settings.kafka, _CONSUMER_FIXED, "kafka.consumer")
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": settings.group,
+        "client.id": client_id,
+        "auto.offset.reset": "latest",
+        "max.poll.interval.ms": 300_000,
+        **settings.kafka,
+        **settings.kafka_consumer,
+        **_CONSUMER_FIXED,
+    }
+
+
+def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
+    _refuse_overrides(settings.kafka_producer | settings.kafka, _PRODUCER_FIXED, "kafka.producer")
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": client_id,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "batch.num.messages": 10_000,
+        **settings.kafka,
+        **settings.kafka_producer,
+        **_PRODUCER_FIXED,
+    }
+
+
+def _refuse_overrides(given: Mapping[str, Any], fixed: Mapping[str, Any], table: str) -> None:
+    for key, value in given.items():
+        if key in fixed and str(value).lower() != str(fixed[key]).lower():
+            raise ConfigError(
+                f"invalid setting {table}.{key}={value!r}: the consumer's delivery guarantee "
+                f"needs {key}={fixed[key]}; remove it"
+            )
+
+
+def check_topics(client: Consumer | Producer, topics: Iterable[str], bootstrap: str, timeout: float) -> None:
+    """Fail with one line if Kafka is unreachable within ``timeout`` or a topic is missing."""
+    try:
+        metadata = client.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerError(
+            f"cannot reach Kafka at {bootstrap} within {timeout:.0f}s ({exc.args[0].str()}); "
+            "check --bootstrap-servers and that the broker is up"
+        ) from None
+    for topic in topics:
+        found = metadata.topics.get(topic)
+        if found is None or (found.error is not None and found.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+            raise ConfigError(f"topic {topic!r} does not exist on {bootstrap}: create it or fix the topic name")
+
+
+def commit(consumer: Consumer, offsets: Mapping[Partition, int]) -> dict[Partition, int]:
+    """Commit synchronously; return what the broker accepted (failures are retried next time)."""
+    if not offsets:
+        return {}
+    request = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+    try:
+        result = consumer.commit(offsets=request, asynchronous=False) or []
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError._NO_OFFSET:
+            return {}
+        raise
+    return {(tp.topic, tp.partition): tp.offset for tp in result if tp.error is None}

@@ -1,0 +1,136 @@
+"""Load a Keras ``.keras`` file or a SavedModel directory into one calling convention.
+
+Either way the result is a :class:`LoadedModel`: a signature in plain terms and a
+``call(dict of batch tensors) -> dict of batch tensors`` that is safe to trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from consumer.errors import ModelError
+from consumer.signature import STRING, Signature, TensorSpec
+
+TensorDict = dict[str, tf.Tensor]
+_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to be traced: ``call`` takes and returns dicts keyed by name."""
+
+    name: str
+    version: str
+    signature: Signature
+    call: Callable[[Mapping[str, tf.Tensor]], TensorDict]
+    keepalive: Any = None  # the object owning the variables; dropped on unload
+
+
+def load_model(path: str | Path, name: str | None = None, version: str | None = None) -> LoadedModel:
+    """Load ``path``; ``name`` defaults to its stem and ``version`` to a content hash."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model path {str(path)!r} does not exist; pass a .keras file or a SavedModel directory")
+    name = name or path.stem
+    version = version or content_hash(path)
+    try:
+        if path.is_dir():
+            return _load_saved_model(path, name, version)
+        if path.suffix in _KERAS_SUFFIXES:
+            return _load_keras(path, name, version)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"cannot load model {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+    raise ModelError(f"model path {str(path)!r} is neither a .keras file nor a SavedModel directory")
+
+
+def content_hash(path: Path) -> str:
+    """A short, stable digest of a file or of every file under a directory."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()[:12]
+
+
+def _spec(name: str, dtype: Any, shape: Any) -> TensorSpec:
+    dims = tuple(shape)[1:]
+    if any(d is None for d in dims):
+        raise ModelError(
+            f"model input {name!r} has an unknown dimension {list(dims)}; precompiled batch "
+            "functions need fixed example shapes (export the model with fixed input shapes)"
+        )
+    tf_dtype = tf.as_dtype(dtype)
+    return TensorSpec(name, STRING if tf_dtype == tf.string else tf_dtype.as_numpy_dtype().dtype.name, dims)
+
+
+def _load_keras(path: Path, name: str, version: str) -> LoadedModel:
+    model = keras.saving.load_model(path, compile=False)
+    struct = getattr(model, "_inputs_struct", None)
+    specs = tuple(_spec(t.name, t.dtype, t.shape) for t in model.inputs)
+    named = isinstance(struct, dict) or len(specs) > 1
+    names = [spec.name for spec in specs]
+
+    def arrange(inputs: Mapping[str, tf.Tensor]) -> Any:
+        if isinstance(struct, dict):
+            return {k: inputs[k] for k in struct}
+        return [inputs[k] for k in names] if len(names) > 1 else inputs[names[0]]
+
+    output_names = _keras_output_names(model, specs)
+
+    def call(inputs: Mapping[str, tf.Tensor]) -> TensorDict:
+        return _name_outputs(model(arrange(inputs), training=False), output_names)
+
+    signature = Signature(inputs=specs, outputs=tuple(output_names), named_inputs=named)
+    return LoadedModel(name, version, signature, call, keepalive=model)
+
+
+def _keras_output_names(model: Any, specs: tuple[TensorSpec, ...]) -> list[str]:
+    sample = {s.name: tf.zeros((1, *s.shape), dtype=tf.string if s.dtype == STRING else s.dtype) for s in specs}
+    struct = getattr(model, "_inputs_struct", None)
+    args: Any = sample if isinstance(struct, dict) else [sample[s.name] for s in specs]
+    out = model(args if len(specs) > 1 or isinstance(struct, dict) else args[0], training=False)
+    if isinstance(out, Mapping):
+        return sorted(out)
+    if isinstance(out, list | tuple):
+        declared = list(getattr(model, "output_names", None) or [])
+        return declared if len(declared) == len(out) else [f"output_{i}" for i in range(len(out))]
+    declared = list(getattr(model, "output_names", None) or [])
+    return declared[:1] or ["output_0"]
+
+
+def _name_outputs(out: Any, names: list[str]) -> TensorDict:
+    if isinstance(out, Mapping):
+        return {k: out[k] for k in names}
+    if isinstance(out, list | tuple):
+        return dict(zip(names, out, strict=True))
+    return {names[0]: out}
+
+
+def _load_saved_model(path: Path, name: str, version: str) -> LoadedModel:
+    loaded = tf.saved_model.load(str(path))
+    signatures = getattr(loaded, "signatures", {})
+    if "serving_default" not in signatures:
+        raise ModelError(f"SavedModel {str(path)!r} has no 'serving_default' signature")
+    fn = signatures["serving_default"]
+    _, kwargs = fn.structured_input_signature
+    specs = tuple(_spec(k, v.dtype, v.shape) for k, v in sorted(kwargs.items()))
+    outputs = tuple(sorted(fn.structured_outputs))
+
+    def call(inputs: Mapping[str, tf.Tensor]) -> TensorDict:
+        return dict(fn(**{k: inputs[k] for k in kwargs}))
+
+    signature = Signature(inputs=specs, outputs=outputs, named_inputs=len(specs) > 1)
+    return LoadedModel(name, version, signature, call, keepalive=loaded)
+

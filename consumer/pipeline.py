@@ -1,0 +1,227 @@
+"""The tf.data pipeline from closed Kafka batches to padded model inputs.
+
+    fetch loop ──put()──▶ bounded queue ──▶ from_generator: decode + validate (bad → DLQ)
+        ──▶ [map: per-example preprocess, pad]  ──▶ prefetch ──▶ batches() in the predict thread
+
+Decoding of batch N+1 runs in tf.data's own thread while batch N is predicted. Whole
+batches cross into TensorFlow. A preprocess error drops its batch from the dataset
+(``ignore_errors``); ``batches()`` notices the gap and redoes that batch one example at a time,
+so only the bad inputs go to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from confluent_kafka import Message
+
+from consumer.codec import Limits, unpack_input
+from consumer.delivery import DeadLetters
+from consumer.errors import InputError, PreprocessError
+from consumer.predictor import Predictor
+from consumer.signature import STRING, Signature, TensorSpec
+from consumer.validate import Example, conform, stack
+
+Inputs = dict[str, Any]
+Preprocess = Callable[[Any], Any]
+
+
+@dataclass
+class Batch:
+    """The valid messages of one closed batch, in row order, with their ids."""
+
+    id: int
+    messages: list[Message]
+    examples: list[Example]
+    ids: list[tuple[Any, bool]]
+    closed_at: float
+
+    @property
+    def rows(self) -> int:
+        return len(self.messages)
+
+
+def tf_dtype(spec: TensorSpec) -> tf.DType:
+    return tf.string if spec.dtype == STRING else tf.as_dtype(spec.dtype)
+
+
+def pad_to(inputs: Inputs, size: int) -> Inputs:
+    """Pad every input along the batch axis to ``size`` rows (zeros, or empty strings)."""
+    padded = {}
+    for name, value in inputs.items():
+        value = tf.convert_to_tensor(value)
+        missing = size - tf.shape(value)[0]
+        filler = tf.zeros(tf.concat([[missing], tf.shape(value)[1:]], 0), dtype=value.dtype)
+        padded[name] = tf.concat([value, filler], 0)
+    return padded
+
+
+class Pipeline:
+    """Owns the queue of closed batches and the tf.data dataset that consumes it."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        dead_letters: DeadLetters,
+        limits: Limits,
+        depth: int,
+        preprocess: Preprocess | None = None,
+        reject_non_finite: bool = False,
+    ) -> None:
+        self.predictor = predictor
+        self.signature = predictor.model.signature
+        self.dead_letters = dead_letters
+        self.limits = limits
+        self.reject_non_finite = reject_non_finite
+        self.preprocess = preprocess
+        self.raw_signature = raw_signature(self.signature, preprocess)
+        self._queue: queue.Queue[tuple[int, list[Message], float] | None] = queue.Queue(maxsize=depth)
+        self._registry: dict[int, Batch] = {}
+        self._next_id = 0
+        self._closed = False
+        self.failure: BaseException | None = None
+        self._transform = self._build_transform() if preprocess else None
+
+    # -- fetch-loop side -------------------------------------------------------------------
+    def has_room(self) -> bool:
+        return not self._queue.full()
+
+    def put(self, messages: list[Message], timeout: float | None = None) -> None:
+        """Hand a closed batch to the pipeline; blocks while the queue is full."""
+        if self._closed or not messages:
+            return
+        self._queue.put((self._next_id, messages, time.monotonic()), timeout=timeout)
+        self._next_id += 1
+
+    def close(self) -> None:
+        """No more batches: the dataset ends after the ones already queued."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+
+    # -- tf.data side ----------------------------------------------------------------------
+    def _generate(self) -> Iterator[tuple[int, int, int, Inputs]]:
+        try:
+            while (item := self._queue.get()) is not None:
+                batch = self._decode(*item)
+                if batch is None:
+                    continue
+                self._registry[batch.id] = batch
+                bucket = self.predictor.bucket_for(batch.rows)
+                rows = batch.rows if self.preprocess else bucket
+                yield batch.id, batch.rows, bucket, stack(batch.examples, self.raw_signature, rows)
+        except BaseException as exc:  # a bug here must end the run, not vanish in tf.data
+            self.failure = exc
+            raise
+
+    def _decode(self, batch_id: int, messages: list[Message], closed_at: float) -> Batch | None:
+        batch = Batch(batch_id, [], [], [], closed_at)
+        for msg in messages:
+            try:
+                envelope = unpack_input(msg.value(), self.limits)
+                example = conform(envelope, self.raw_signature, self.limits, self.reject_non_finite)
+            except InputError as error:
+                self.dead_letters.send(msg, error)
+                continue
+            batch.messages.append(msg)
+            batch.examples.append(example)
+            batch.ids.append((envelope.id, envelope.has_id))
+        return batch if batch.messages else None
+
+    def dataset(self) -> tf.data.Dataset:
+        specs = {s.name: tf.TensorSpec((None, *s.shape), tf_dtype(s)) for s in self.raw_signature.inputs}
+        scalar = tf.TensorSpec((), tf.int64)
+        ds = tf.data.Dataset.from_generator(
+            self._generate, output_signature=(scalar, scalar, scalar, specs)
+        )
+        if self._transform is not None:
+            transform = self._transform
+            ds = ds.map(
+                lambda i, n, b, x: (i, n, b, transform(x, b)),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            ).ignore_errors()
+        return ds.prefetch(1)
+
+    def _build_transform(self) -> Callable[[Inputs, Any], Inputs]:
+        preprocess, signature = self.preprocess, self.signature
+        assert preprocess is not None
+        out_specs = {s.name: tf.TensorSpec(s.shape, tf_dtype(s)) for s in signature.inputs}
+        only = signature.inputs[0].name if not signature.named_inputs else None
+
+        @tf.function(reduce_retracing=True)
+        def transform(raw: Inputs, bucket: Any) -> Inputs:
+            if only is not None:
+                mapped = {only: tf.map_fn(preprocess, raw[only], fn_output_signature=out_specs[only])}
+            else:
+                mapped = tf.map_fn(preprocess, raw, fn_output_signature=out_specs)
+            return pad_to(mapped, bucket)
+
+        return transform
+
+    # -- predict-thread side -------------------------------------------------------------
+    def batches(self) -> Iterator[tuple[Batch, Inputs]]:
+        """Padded model inputs per batch, in order; batches dropped by preprocess are redone."""
+        for batch_id, _rows, _bucket, inputs in self.dataset():
+            yield from self._redo_dropped(before=int(batch_id))
+            yield self._registry.pop(int(batch_id)), inputs
+        yield from self._redo_dropped(before=None)
+        if self.failure is not None:
+            raise self.failure
+
+    def _redo_dropped(self, before: int | None) -> Iterator[tuple[Batch, Inputs]]:
+        for batch_id in sorted(self._registry):
+            if before is not None and batch_id >= before:
+                return
+            redone = self._isolate_preprocess(self._registry.pop(batch_id))
+            if redone is not None:
+                yield redone
+
+    def _isolate_preprocess(self, batch: Batch) -> tuple[Batch, Inputs] | None:
+        assert self._transform is not None
+        good = Batch(batch.id, [], [], [], batch.closed_at)
+        for msg, example, ident in zip(batch.messages, batch.examples, batch.ids, strict=True):
+            try:
+                self._transform(stack([example], self.raw_signature, 1), tf.constant(1, tf.int64))
+            except Exception as exc:
+                self.dead_letters.send(msg, PreprocessError(f"preprocess raised {type(exc).__name__}: {exc}"))
+                continue
+            good.messages.append(msg)
+            good.examples.append(example)
+            good.ids.append(ident)
+        if not good.messages:
+            return None
+        raw = stack(good.examples, self.raw_signature, good.rows)
+        bucket = self.predictor.bucket_for(good.rows)
+        return good, self._transform(raw, tf.constant(bucket, tf.int64))
+
+
+def raw_signature(signature: Signature, preprocess: Preprocess | None) -> Signature:
+    """What messages must carry: the model's inputs, or what the preprocess function takes.
+
+    A preprocess function decorated with ``tf.function(input_signature=[...])`` declares its
+    input (a TensorSpec, or a dict of them for a multi-input model); otherwise each input
+    arrives as a scalar ``tf.string`` (bin on the wire).
+    """
+    if preprocess is None:
+        return signature
+    declared = getattr(preprocess, "input_signature", None)
+    if not declared:
+        specs = tuple(TensorSpec(s.name, STRING, ()) for s in signature.inputs)
+    else:
+        first = declared[0]
+        by_name = first if isinstance(first, dict) else {signature.inputs[0].name: first}
+        specs = tuple(_from_tf_spec(s.name, by_name[s.name]) for s in signature.inputs)
+    return Signature(inputs=specs, outputs=signature.outputs, named_inputs=signature.named_inputs)
+
+
+def _from_tf_spec(name: str, spec: tf.TensorSpec) -> TensorSpec:
+    dtype = STRING if spec.dtype == tf.string else np.dtype(spec.dtype.as_numpy_dtype).name
+    return TensorSpec(name, dtype, tuple(int(d) for d in spec.shape))

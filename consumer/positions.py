@@ -1,0 +1,92 @@
+"""Where a run starts, which records it keeps, and when a bounded run is finished.
+
+Start flags apply only to partitions the group has never committed, so a restarted or
+rebalanced worker resumes where the group left off instead of re-reading history.
+Timestamps are checked on every record too: ``offsets_for_times`` may be coarse (or, on the
+embedded broker, wrong), and the record's own timestamp keeps a time-bounded run exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from consumer.offsets import Partition
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """Records kept: ``from_ms <= timestamp < until_ms`` (either bound optional)."""
+
+    from_ms: int | None = None
+    until_ms: int | None = None
+
+    def keeps(self, timestamp_ms: int) -> bool:
+        if self.from_ms is not None and timestamp_ms < self.from_ms:
+            return False
+        return self.until_ms is None or timestamp_ms < self.until_ms
+
+
+def apply_start_positions(
+    consumer: Consumer, partitions: list[TopicPartition], from_beginning: bool, from_ms: int | None, log: Any
+) -> bool:
+    """Set start offsets on never-committed partitions; True if any offset was changed."""
+    if not partitions or not (from_beginning or from_ms is not None):
+        return False
+    committed = consumer.committed(partitions, timeout=30)
+    fresh = [tp for tp in committed if tp.offset < 0]
+    resumed = [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in committed if tp.offset >= 0]
+    if resumed:
+        log.info("resuming at committed offsets; start flags apply to new partitions only", resumed=resumed)
+    if not fresh:
+        return False
+    if from_ms is not None:
+        lookup = [TopicPartition(tp.topic, tp.partition, from_ms) for tp in fresh]
+        starts = {(tp.topic, tp.partition): tp.offset for tp in consumer.offsets_for_times(lookup, timeout=30)}
+    else:
+        starts = {(tp.topic, tp.partition): OFFSET_BEGINNING for tp in fresh}
+    for tp in partitions:
+        # offsets_for_times answers -1 (the end) where no record is that recent
+        tp.offset = starts.get((tp.topic, tp.partition), tp.offset)
+    return True
+
+
+@dataclass
+class EndOfInput:
+    """For ``--stop-at-end``: every assigned partition read up to where it ended at start.
+
+    A partition's end is its high watermark as first seen in a fetch response (right on the
+    embedded broker, unlike ListOffsets), or partition EOF, whichever comes first.
+    """
+
+    assigned: set[Partition] | None = None
+    at_end: set[Partition] = field(default_factory=set)
+    bounds: dict[Partition, int] = field(default_factory=dict)
+
+    def assign(self, partitions: set[Partition]) -> None:
+        self.assigned = (self.assigned or set()) | partitions
+
+    def revoke(self, partitions: set[Partition]) -> None:
+        if self.assigned is not None:
+            self.assigned -= partitions
+        self.at_end -= partitions
+
+    def reached_eof(self, partition: Partition) -> None:
+        self.at_end.add(partition)
+
+    def within_bound(self, consumer: Consumer, partition: Partition, offset: int) -> bool:
+        """False (and the partition is at its end) for a record past the bound."""
+        if partition not in self.bounds:
+            _, high = consumer.get_watermark_offsets(TopicPartition(*partition), cached=True)
+            if high is None or high <= offset:
+                return True  # no usable watermark yet: rely on EOF
+            self.bounds[partition] = high
+        if offset >= self.bounds[partition]:
+            self.at_end.add(partition)
+            return False
+        return True
+
+    def finished(self) -> bool:
+        return self.assigned is not None and self.assigned <= self.at_end

@@ -1,0 +1,80 @@
+"""One precompiled predict function per allowed batch size, built and run before serving.
+
+Like TF Serving's ``allowed_batch_sizes``: a batch of n rows is padded up to the smallest
+allowed size ≥ n, so the compiled functions are the only ones that ever run. Each has a
+fixed input signature, so a call with any other shape fails loudly instead of retracing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from consumer.errors import ConfigError
+from consumer.model import LoadedModel
+from consumer.signature import STRING
+from consumer.validate import stack
+
+
+def default_batch_sizes(max_batch_size: int) -> list[int]:
+    """Powers of two up to ``max_batch_size``, and ``max_batch_size`` itself."""
+    sizes = [1 << i for i in range(max_batch_size.bit_length()) if 1 << i <= max_batch_size]
+    return sorted({*sizes, max_batch_size})
+
+
+class Predictor:
+    """Owns the compiled functions of one model and pads batches to fit them."""
+
+    def __init__(self, model: LoadedModel, batch_sizes: Sequence[int], jit_compile: bool = False):
+        if not batch_sizes or min(batch_sizes) < 1:
+            raise ConfigError("allowed_batch_sizes must be a non-empty list of positive ints")
+        self.model = model
+        self.batch_sizes = sorted(set(batch_sizes))
+        self.max_batch_size = self.batch_sizes[-1]
+        self._functions = {size: self._compile(size, jit_compile) for size in self.batch_sizes}
+        self.warmup_seconds: dict[int, float] = {}
+
+    def _compile(self, size: int, jit_compile: bool) -> Any:
+        specs = {
+            s.name: tf.TensorSpec((size, *s.shape), tf.string if s.dtype == STRING else s.dtype, s.name)
+            for s in self.model.signature.inputs
+        }
+        call = self.model.call
+        return tf.function(lambda inputs: call(inputs), input_signature=[specs], jit_compile=jit_compile)
+
+    def bucket_for(self, rows: int) -> int:
+        """The smallest allowed batch size that holds ``rows`` rows."""
+        index = bisect.bisect_left(self.batch_sizes, rows)
+        if index == len(self.batch_sizes):
+            raise ValueError(f"{rows} rows exceed the largest allowed batch size {self.max_batch_size}")
+        return self.batch_sizes[index]
+
+    def warm_up(self) -> dict[int, float]:
+        """Trace and run every function once; return the seconds each second call took."""
+        for size in self.batch_sizes:
+            batch = stack([], self.model.signature, size)
+            self.run(batch, size)
+            started = time.perf_counter()
+            self.run(batch, size)
+            self.warmup_seconds[size] = time.perf_counter() - started
+        return self.warmup_seconds
+
+    @property
+    def trace_count(self) -> int:
+        """How many times any predict function was traced (one per batch size after warm-up)."""
+        return sum(fn.experimental_get_tracing_count() for fn in self._functions.values())
+
+    def run(self, padded: Mapping[str, Any], size: int) -> dict[str, np.ndarray]:
+        """Run the function for ``size`` on an already padded batch; return NumPy outputs."""
+        outputs = self._functions[size](dict(padded))
+        return {name: np.asarray(value) for name, value in outputs.items()}
+
+    def predict(self, batch: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:
+        """Run ``rows`` rows of a batch padded to ``bucket_for(rows)``; drop the padding rows."""
+        outputs = self.run(batch, self.bucket_for(rows))
+        return {name: value[:rows] for name, value in outputs.items()}

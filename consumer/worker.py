@@ -1,0 +1,292 @@
+"""A consumer-group member that owns one device.
+
+    fetch loop (this thread)            predict thread
+    consume → route → batcher ──put──▶ pipeline (tf.data) → predict → emit → outbox
+        ▲  commit contiguous done offsets ◀── delivery reports mark inputs done ──┘
+
+The fetch loop never runs the model, so it polls Kafka at least every 100 ms whatever a
+batch costs: ``max.poll.interval.ms`` is only at risk during a revoke, whose drain is capped
+at half of it. When the pipeline is full the loop pauses its partitions (back-pressure).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from typing import Any
+
+import tensorflow as tf
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from consumer import kafka_io
+from consumer.batcher import Batcher
+from consumer.codec import Limits
+from consumer.config import Settings
+from consumer.delivery import Counters, DeadLetters, Outbox, wait_until
+from consumer.errors import BrokerError, ConfigError, PredictError
+from consumer.logs import get_logger
+from consumer.model import load_model
+from consumer.offsets import OffsetTracker, Partition
+from consumer.outputs import Emitter
+from consumer.pipeline import Batch, Inputs, Pipeline, pad_to
+from consumer.positions import EndOfInput, TimeWindow, apply_start_positions
+from consumer.predictor import Predictor, default_batch_sizes
+
+POLL_SECONDS = 0.1
+CONNECT_TIMEOUT_SECONDS = 30.0
+
+
+class Worker:
+    """Loads and warms the model, joins the group, and streams until stopped or done."""
+
+    def __init__(self, settings: Settings, slot: int = 0, device: str = "cpu") -> None:
+        self.settings, self.slot, self.device = settings, slot, device
+        self.log = get_logger("consumer.worker")
+        self.counters = Counters()
+        self.tracker = OffsetTracker()
+        self.ends = EndOfInput()
+        self.window = TimeWindow(settings.from_ms, settings.until_ms)
+        self.batcher: Batcher[Message] = Batcher(settings.max_batch_size, settings.max_wait_ms)
+        self._stop = threading.Event()
+        self._paused: set[Partition] = set()
+        self._predict_failure: BaseException | None = None
+        self._last_commit = time.monotonic()
+        self.warm_traces = 0
+
+    # -- start ---------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop fetching, finish what is in flight, commit, leave the group (signal-safe)."""
+        self._stop.set()
+
+    def start(self) -> None:
+        """Everything before joining the group: model, compiled functions, clients, topics."""
+        s = self.settings
+        model = load_model(s.model, s.model_name, s.model_version)
+        self.model_info = {"name": model.name, "version": model.version}
+        sizes = s.allowed_batch_sizes or default_batch_sizes(s.max_batch_size)
+        self.predictor = Predictor(model, sizes, s.jit_compile)
+        warm = self.predictor.warm_up()
+        self.warm_traces = self.predictor.trace_count
+        self.log.info("model ready", model=model.name, version=model.version, inputs=model.signature.describe(),
+                      batch_sizes=sizes, full_batch_ms=round(warm[max(warm)] * 1000, 2))  # fmt: skip
+        client_id = f"tfstream-{s.group}-{self.slot}"
+        self.producer = Producer(kafka_io.producer_config(s, client_id))
+        self.consumer = Consumer(kafka_io.consumer_config(s, client_id))
+        topics = [s.input_topic, s.output_topic] + ([s.dlq_topic] if s.dlq_topic else [])
+        kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, CONNECT_TIMEOUT_SECONDS)
+        self.outbox = Outbox(self.producer, self.tracker)
+        dead_letters = DeadLetters(self.outbox, s.dlq_topic, s.group, self.model_info, self.counters, self.log)
+        limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)
+        self.pipeline = Pipeline(self.predictor, dead_letters, limits, s.pipeline_depth,
+                                 load_preprocess(s.preprocess), s.reject_non_finite)  # fmt: skip
+        self.dead_letters = dead_letters
+        self.emitter = Emitter(self.outbox, s.output_topic, self.model_info, s.output_format, self.counters)
+        poll_interval = int(kafka_io.consumer_config(s, client_id)["max.poll.interval.ms"])
+        self.drain_budget = min(s.drain_timeout_s, poll_interval / 2000)
+
+    # -- run -----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Stream until ``request_stop`` or, with ``stop_at_end``, until the input is done."""
+        if not hasattr(self, "predictor"):
+            self.start()
+        started = time.monotonic()
+        self.consumer.subscribe([self.settings.input_topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)  # fmt: skip
+        predict = threading.Thread(target=self._predict_loop, name="predict", daemon=True)
+        predict.start()
+        try:
+            while not self._stop.is_set() and not self._bounded_run_done():
+                self._raise_failures(predict)
+                self._fetch()
+                self._maybe_commit()
+        finally:
+            self._shutdown(predict)
+        self._raise_failures(predict, finished=True)
+        return self.summary(time.monotonic() - started)
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        return {**self.counters.snapshot(), "traces_after_warmup": self.traces_after_warmup,
+                "seconds": round(seconds, 3), "device": self.device}  # fmt: skip
+
+    @property
+    def traces_after_warmup(self) -> int:
+        return self.predictor.trace_count - self.warm_traces
+
+    def _bounded_run_done(self) -> bool:
+        return self.settings.stop_at_end and self.ends.finished() and self.tracker.in_flight() == 0
+
+    def _raise_failures(self, predict: threading.Thread, finished: bool = False) -> None:
+        if self.outbox.failure is not None:
+            raise self.outbox.failure
+        if self._predict_failure is not None:
+            raise self._predict_failure
+        if not finished and not predict.is_alive():
+            raise RuntimeError("the predict thread ended unexpectedly")
+
+    def _fetch(self) -> None:
+        self._apply_backpressure()
+        wait = self.batcher.seconds_left()
+        timeout = POLL_SECONDS if wait is None else min(wait, POLL_SECONDS)
+        for msg in self.consumer.consume(num_messages=max(1, self.batcher.space()), timeout=timeout):
+            self._route(msg)
+        while self.batcher.ready() and self.pipeline.has_room():
+            self.pipeline.put(self.batcher.take())
+        self.outbox.poll(0)
+
+    def _route(self, msg: Message) -> None:
+        error = msg.error()
+        partition: Partition = (msg.topic(), msg.partition())
+        if error is not None:
+            self._on_consumer_error(error, partition)
+            return
+        if self.settings.stop_at_end and not self.ends.within_bound(self.consumer, partition, msg.offset()):
+            self._pause({partition})
+            return
+        self.ends.at_end.discard(partition)
+        self.tracker.add(partition, msg.offset())
+        self.counters.add(consumed=1)
+        if not self.window.keeps(msg.timestamp()[1]):
+            self.tracker.done(partition, msg.offset())
+            self.counters.add(skipped=1)
+            return
+        self.batcher.add([msg])
+
+    def _on_consumer_error(self, error: KafkaError, partition: Partition) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            self.ends.reached_eof(partition)
+        elif error.fatal():
+            raise BrokerError(f"fatal consumer error: {error.str()}")
+        else:
+            self.log.warning("consumer error", error=error.str(), partition=partition)
+
+    def _apply_backpressure(self) -> None:
+        blocked = self.batcher.space() == 0 and not self.pipeline.has_room()
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        if blocked:
+            self._pause(assigned - self._paused)
+        else:
+            done = self.ends.at_end if self.settings.stop_at_end else set()
+            self._resume((self._paused & assigned) - done)
+
+    def _pause(self, partitions: set[Partition]) -> None:
+        if partitions:
+            self.consumer.pause([TopicPartition(*p) for p in partitions])
+            self._paused |= partitions
+
+    def _resume(self, partitions: set[Partition]) -> None:
+        if partitions:
+            self.consumer.resume([TopicPartition(*p) for p in partitions])
+            self._paused -= partitions
+
+    def _maybe_commit(self, force: bool = False, partitions: set[Partition] | None = None) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < self.settings.commit_interval_ms / 1000:
+            return
+        self._last_commit = now
+        try:
+            accepted = kafka_io.commit(self.consumer, self.tracker.committable(partitions))
+        except KafkaException as exc:
+            self.log.warning("commit failed; retrying at the next commit", error=str(exc))
+            return
+        self.tracker.mark_committed(accepted)
+
+    # -- predict thread ------------------------------------------------------------------
+    def _predict_loop(self) -> None:
+        try:
+            for batch, inputs in self.pipeline.batches():
+                started = time.perf_counter()
+                outputs = self._predict(batch, inputs)
+                if outputs is not None:
+                    bucket = self.predictor.bucket_for(batch.rows)
+                    self.emitter.emit(batch, outputs, bucket, (time.perf_counter() - started) * 1000)
+        except BaseException as exc:
+            self._predict_failure = exc
+
+    def _predict(self, batch: Batch, inputs: Inputs) -> dict[str, Any] | None:
+        try:
+            outputs = self.predictor.run(inputs, self.predictor.bucket_for(batch.rows))
+            return {name: value[: batch.rows] for name, value in outputs.items()}
+        except (tf.errors.OpError, ValueError, TypeError) as exc:
+            self.log.warning("predict failed on a batch; retrying its inputs one by one", error=str(exc))
+            return self._predict_one_by_one(batch, inputs)
+
+    def _predict_one_by_one(self, batch: Batch, inputs: Inputs) -> None:
+        size = self.predictor.bucket_for(1)
+        for row, msg in enumerate(batch.messages):
+            single = Batch(batch.id, [msg], [batch.examples[row]], [batch.ids[row]], batch.closed_at)
+            try:
+                outputs = self.predictor.run(pad_to({k: v[row : row + 1] for k, v in inputs.items()}, size), size)
+            except (tf.errors.OpError, ValueError, TypeError) as exc:
+                self.dead_letters.send(msg, PredictError(f"the model raised {type(exc).__name__}: {exc}"))
+                continue
+            self.emitter.emit(single, {k: v[:1] for k, v in outputs.items()}, size, 0.0)
+
+    # -- rebalance -----------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        owned = {(tp.topic, tp.partition) for tp in partitions}
+        self.log.info("partitions assigned", partitions=sorted(owned), device=self.device)
+        self.ends.assign(owned)
+        self._paused -= owned
+        s = self.settings
+        if apply_start_positions(consumer, partitions, s.from_beginning, s.from_ms, self.log):
+            consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        self._finish(revoked, self.drain_budget)
+        self._release(revoked)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self.log.warning("partitions lost: nothing of them is committed", partitions=sorted(lost))
+        self._release(lost)
+
+    def _finish(self, partitions: set[Partition] | None, budget: float) -> None:
+        """Push the open batch through, wait (bounded) for acknowledgements, commit."""
+        self._flush_batcher(budget)
+        drained = wait_until(lambda: self.tracker.in_flight(partitions) == 0 or self._failed(),
+                             budget, lambda: self.outbox.poll(0.05))  # fmt: skip
+        if not drained:
+            self.log.warning("drain budget spent; uncommitted inputs will be read again",
+                             in_flight=self.tracker.in_flight(partitions), budget_s=budget)  # fmt: skip
+        self._maybe_commit(force=True, partitions=partitions)
+
+    def _flush_batcher(self, budget: float) -> None:
+        deadline = time.monotonic() + budget
+        while len(self.batcher) and time.monotonic() < deadline and not self._failed():
+            try:
+                self.pipeline.put(self.batcher.take(), timeout=0.1)
+            except Exception:  # queue full: the predict thread is still busy
+                self.outbox.poll(0.05)
+
+    def _failed(self) -> bool:
+        return self.outbox.failure is not None or self._predict_failure is not None
+
+    def _release(self, partitions: set[Partition]) -> None:
+        self.tracker.forget(partitions)
+        self.ends.revoke(partitions)
+        self._paused -= partitions
+        self.batcher.drop(lambda m: (m.topic(), m.partition()) not in partitions)
+
+    # -- shutdown ------------------------------------------------------------------------
+    def _shutdown(self, predict: threading.Thread) -> None:
+        self.log.info("draining", in_flight=self.tracker.in_flight())
+        self._finish(None, self.settings.drain_timeout_s)
+        self.pipeline.close()
+        predict.join(timeout=self.settings.drain_timeout_s)
+        self.producer.flush(self.settings.drain_timeout_s)
+        self._maybe_commit(force=True)
+        self.consumer.close()
+        self.log.info("worker stopped", **self.summary(0.0))
+
+
+def load_preprocess(spec: str | None) -> Any:
+    """Import ``module:function``; a bad reference is a configuration error."""
+    if spec is None:
+        return None
+    module_name, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"invalid setting preprocess={spec!r}: cannot import it ({exc})") from None

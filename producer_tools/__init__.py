@@ -1,0 +1,1 @@
+"""User-side tools: the embedded broker, the demo, publishing inputs and reading results."""

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The main job on the embedded broker: start it, make a model, publish, consume, summarise.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$root/scripts/bootstrap.sh"
+exec "$root/.venv/bin/python" -m producer_tools demo "$@"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole check: lint, types, then every test (unit and integration on the embedded broker).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/bootstrap.sh
+echo "==> ruff" >&2
+.venv/bin/ruff check consumer producer_tools tests
+echo "==> mypy" >&2
+.venv/bin/mypy
+echo "==> pytest" >&2
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+set -e
+if [[ $status -eq 5 ]]; then
+    echo "pytest collected no tests: treating as a failure" >&2
+    exit 1
+fi
+exit $status
