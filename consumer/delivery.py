@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.errors import DeliveryError, InputError
 from consumer.offsets import OffsetTracker, Partition
@@ -61,11 +61,8 @@ class Outbox:
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is None:
                 self.tracker.done(partition, offset)
-            elif self.failure is None:
-                self.failure = DeliveryError(
-                    f"the broker did not accept a record for topic {topic!r} ({err.str()}); "
-                    f"input {partition[0]}[{partition[1]}]@{offset} and later are not committed"
-                )
+            else:
+                self._fail(topic, partition, offset, err)
 
         while True:
             try:
@@ -73,6 +70,17 @@ class Outbox:
                 return
             except BufferError:  # the producer's queue is full: wait for acknowledgements
                 self.producer.poll(0.05)
+            except KafkaException as exc:  # refused before sending (too large, unknown topic...)
+                self._fail(topic, partition, offset, exc.args[0])
+                return
+
+    def _fail(self, topic: str, partition: Partition, offset: int, err: KafkaError) -> None:
+        """Keep the first failure; the input is never marked done, so nothing past it commits."""
+        if self.failure is None:
+            self.failure = DeliveryError(
+                f"could not deliver a record to topic {topic!r} ({err.str()}); "
+                f"input {partition[0]}[{partition[1]}]@{offset} and later are not committed"
+            )
 
     def poll(self, timeout: float = 0.0) -> None:
         self.producer.poll(timeout)

@@ -12,7 +12,6 @@ so only the bad inputs go to the dead-letter topic.
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from consumer.signature import STRING, Signature, TensorSpec
 from consumer.validate import Example, conform, stack
 
 Inputs = dict[str, Any]
+PROBE = "probe"
 Preprocess = Callable[[Any], Any]
 
 
@@ -57,7 +57,7 @@ def pad_to(inputs: Inputs, size: int) -> Inputs:
     padded = {}
     for name, value in inputs.items():
         value = tf.convert_to_tensor(value)
-        missing = size - tf.shape(value)[0]
+        missing = tf.cast(size, tf.int32) - tf.shape(value)[0]
         filler = tf.zeros(tf.concat([[missing], tf.shape(value)[1:]], 0), dtype=value.dtype)
         padded[name] = tf.concat([value, filler], 0)
     return padded
@@ -109,17 +109,36 @@ class Pipeline:
     # -- tf.data side ----------------------------------------------------------------------
     def _generate(self) -> Iterator[tuple[int, int, int, Inputs]]:
         try:
-            while (item := self._queue.get()) is not None:
+            last_id = -1
+            while (item := self._next_item(probe=self._transform is not None and last_id >= 0)) is not None:
+                if item == PROBE:
+                    yield self._probe(last_id)
+                    last_id = -1
+                    continue
                 batch = self._decode(*item)
                 if batch is None:
                     continue
                 self._registry[batch.id] = batch
+                last_id = batch.id
                 bucket = self.predictor.bucket_for(batch.rows)
                 rows = batch.rows if self.preprocess else bucket
                 yield batch.id, batch.rows, bucket, stack(batch.examples, self.raw_signature, rows)
         except BaseException as exc:  # a bug here must end the run, not vanish in tf.data
             self.failure = exc
             raise
+
+    def _next_item(self, probe: bool) -> Any:
+        """The next closed batch; with ``probe``, PROBE when none comes within 20 ms."""
+        try:
+            return self._queue.get(timeout=0.02) if probe else self._queue.get()
+        except queue.Empty:
+            return PROBE
+
+    def _probe(self, last_id: int) -> tuple[int, int, int, Inputs]:
+        """A zero-row element saying "batches up to ``last_id`` have passed the map": any of
+        them missing at the predict side was dropped by a preprocess error."""
+        size = self.predictor.batch_sizes[0]
+        return -(last_id + 1), 0, size, stack([], self.raw_signature, 0)
 
     def _decode(self, batch_id: int, messages: list[Message], closed_at: float) -> Batch | None:
         batch = Batch(batch_id, [], [], [], closed_at)
@@ -169,9 +188,13 @@ class Pipeline:
     # -- predict-thread side -------------------------------------------------------------
     def batches(self) -> Iterator[tuple[Batch, Inputs]]:
         """Padded model inputs per batch, in order; batches dropped by preprocess are redone."""
-        for batch_id, _rows, _bucket, inputs in self.dataset():
-            yield from self._redo_dropped(before=int(batch_id))
-            yield self._registry.pop(int(batch_id)), inputs
+        for element_id, _rows, _bucket, inputs in self.dataset():
+            batch_id = int(element_id)
+            if batch_id < 0:  # a probe: everything before it has passed
+                yield from self._redo_dropped(before=-batch_id)
+                continue
+            yield from self._redo_dropped(before=batch_id)
+            yield self._registry.pop(batch_id), inputs
         yield from self._redo_dropped(before=None)
         if self.failure is not None:
             raise self.failure

@@ -34,7 +34,6 @@ from consumer.positions import EndOfInput, TimeWindow, apply_start_positions
 from consumer.predictor import Predictor, default_batch_sizes
 
 POLL_SECONDS = 0.1
-CONNECT_TIMEOUT_SECONDS = 30.0
 
 
 class Worker:
@@ -74,7 +73,7 @@ class Worker:
         self.producer = Producer(kafka_io.producer_config(s, client_id))
         self.consumer = Consumer(kafka_io.consumer_config(s, client_id))
         topics = [s.input_topic, s.output_topic] + ([s.dlq_topic] if s.dlq_topic else [])
-        kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, CONNECT_TIMEOUT_SECONDS)
+        kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, s.connect_timeout_s)
         self.outbox = Outbox(self.producer, self.tracker)
         dead_letters = DeadLetters(self.outbox, s.dlq_topic, s.group, self.model_info, self.counters, self.log)
         limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)
@@ -278,7 +277,7 @@ class Worker:
         self.producer.flush(self.settings.drain_timeout_s)
         self._maybe_commit(force=True)
         self.consumer.close()
-        self.log.info("worker stopped", **self.summary(0.0))
+        self.log.info("worker stopped", **self.counters.snapshot(), traces_after_warmup=self.traces_after_warmup)
 
 
 def load_preprocess(spec: str | None) -> Any:

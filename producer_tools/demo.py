@@ -1,0 +1,110 @@
+"""The main job on the embedded broker: the whole path, end to end, in one command.
+
+Starts the broker, creates the topics, trains a small Keras classifier, publishes inputs (and a
+few malformed ones), runs ``python -m consumer run --stop-at-end`` and summarises what came out.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Producer
+from tqdm import tqdm
+
+from consumer.codec import pack_input, unpack_output
+from producer_tools.embedded_broker import EmbeddedBroker
+from producer_tools.reader import read_topic
+from producer_tools.topics import create_topics
+
+TOPICS = {"input": "demo-inputs", "output": "demo-predictions", "dlq": "demo-dead-letters"}
+FEATURES, CLASSES = 8, 3
+
+
+def make_model(path: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Train a small MLP on three Gaussian blobs; return held-out inputs and labels."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (CLASSES, FEATURES))
+    labels = rng.integers(0, CLASSES, 1400)
+    x = (centres[labels] + rng.normal(0, 1, (len(labels), FEATURES))).astype("float32")
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(CLASSES, activation="softmax")], name="demo_mlp")  # fmt: skip
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x[:1000], labels[:1000], epochs=5, verbose=0)
+    model.save(path)
+    return x[1000:], labels[1000:]
+
+
+def publish(bootstrap: str, inputs: np.ndarray, bad: int) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    for i, row in enumerate(tqdm(inputs, desc="publish", unit="msg")):
+        producer.produce(TOPICS["input"], pack_input(row, id=i), key=f"user-{i % 50}".encode())
+    for i in range(bad):
+        producer.produce(TOPICS["input"], b"\x93not a map" if i % 2 else pack_input(np.zeros(3, "float32")))
+    if producer.flush(30):
+        raise RuntimeError("the demo inputs were not all delivered")
+
+
+def run_consumer(bootstrap: str, model: Path) -> int:
+    command = [sys.executable, "-m", "consumer", "run", "--bootstrap-servers", bootstrap,
+               "--input-topic", TOPICS["input"], "--output-topic", TOPICS["output"],
+               "--dlq-topic", TOPICS["dlq"], "--group", f"demo-{int(time.time())}",
+               "--model", str(model), "--from-beginning", "--stop-at-end", "--max-wait-ms", "20"]  # fmt: skip
+    env = {**os.environ, "TFSTREAM_KAFKA_CONSUMER_SESSION_TIMEOUT_MS": "6000",
+           "TFSTREAM_KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS": "500", "TF_CPP_MIN_LOG_LEVEL": "2"}  # fmt: skip
+    print("$ " + " ".join(command[1:]), flush=True)
+    return subprocess.call(command, env=env)
+
+
+def summarise(bootstrap: str, model_path: Path, inputs: np.ndarray, labels: np.ndarray, bad: int) -> int:
+    import keras
+
+    outputs = {}
+    for msg in tqdm(read_topic(bootstrap, TOPICS["output"], min_count=len(inputs)), desc="collect", unit="msg"):
+        record = unpack_output(msg.value())
+        outputs[record["id"]] = record
+    dead = read_topic(bootstrap, TOPICS["dlq"], min_count=bad)
+    offline = keras.saving.load_model(model_path).predict(inputs, verbose=0)
+    ids = sorted(outputs)
+    streamed = np.stack([outputs[i]["outputs"] for i in ids])
+    agree = float(np.abs(streamed - offline[ids]).max()) if ids else float("nan")
+    accuracy = float((streamed.argmax(1) == labels[ids]).mean()) if ids else 0.0
+    print(f"\npredictions: {len(outputs)} of {len(inputs)} inputs; dead letters: {len(dead)} of {bad} malformed")
+    print(f"model: {outputs[ids[0]]['model'] if ids else '-'}")
+    print(f"accuracy on held-out inputs: {accuracy:.3f}; max |streamed - model.predict| = {agree:.2e}")
+    for i in ids[:3]:
+        src = outputs[i]["source"]
+        print(f"  id={i} class={int(streamed[ids.index(i)].argmax())} from {src['topic']}[{src['partition']}]@{src['offset']}")
+    for msg in dead[:2]:
+        reason = dict(msg.headers() or [])
+        print(f"  dead letter: {reason.get('tfstream.errors.exception.class.name', b'').decode()}: "
+              f"{reason.get('tfstream.errors.exception.message', b'').decode()}")  # fmt: skip
+    return 0 if len(outputs) == len(inputs) and len(dead) == bad else 1
+
+
+def main(bootstrap: str | None, workdir: Path, count: int = 400, bad: int = 4) -> int:
+    workdir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        if bootstrap is None:
+            broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
+            bootstrap = broker.bootstrap_servers
+            print(f"embedded broker on {bootstrap} (log: {broker.log_path})", flush=True)
+        create_topics(bootstrap, TOPICS.values(), partitions=4)
+        model_path = workdir / "demo_mlp.keras"
+        inputs, labels = make_model(model_path)
+        inputs, labels = inputs[:count], labels[:count]
+        publish(bootstrap, inputs, bad)
+        status = run_consumer(bootstrap, model_path)
+        if status != 0:
+            print(f"error: the consumer exited with {status}", file=sys.stderr)
+            return status
+        return summarise(bootstrap, model_path, inputs, labels, bad)
+    return 1

@@ -1,0 +1,65 @@
+"""Shared fixtures: one broker per session (or KAFKA_BOOTSTRAP_SERVERS), fresh topics, real models."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+#: Short group timeouts: a join takes ~3 s instead of ~23 s on the embedded broker.
+FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> Iterator[str]:
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        yield given
+        return
+    from producer_tools.embedded_broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture
+def topics(bootstrap: str) -> Callable[..., list[str]]:
+    """Create fresh topics: ``topics("in", "out", partitions=3)`` → uuid-suffixed names."""
+    from producer_tools.topics import create_topics
+
+    def make(*names: str, partitions: int = 3) -> list[str]:
+        suffix = uuid.uuid4().hex[:8]
+        made = [f"{name}-{suffix}" for name in names]
+        create_topics(bootstrap, made, partitions=partitions)
+        return made
+
+    return make
+
+
+@pytest.fixture
+def group() -> str:
+    return f"group-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def mlp_path(model_dir: Path) -> Path:
+    from tests import models
+
+    return models.mlp(model_dir / "mlp.keras")
+
+
+@pytest.fixture(scope="session")
+def multi_path(model_dir: Path) -> Path:
+    from tests import models
+
+    return models.multi_input(model_dir / "multi.keras")

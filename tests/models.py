@@ -1,0 +1,52 @@
+"""Small real models for the tests, saved in every format the worker loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def mlp(path: Path, features: int = 4, classes: int = 3) -> Path:
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((features,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(classes)], name="mlp")  # fmt: skip
+    model.save(path)
+    return path
+
+
+def multi_input(path: Path) -> Path:
+    """Named inputs of two dtypes, and two named outputs."""
+    keras.utils.set_random_seed(2)
+    a = keras.Input((4,), name="a")
+    b = keras.Input((2,), name="b", dtype="int32")
+    joined = keras.layers.Concatenate()([a, keras.layers.Flatten()(keras.layers.Embedding(10, 2)(b))])
+    model = keras.Model({"a": a, "b": b}, {"score": keras.layers.Dense(1, name="score")(joined),
+                                           "embed": keras.layers.Dense(2, name="embed")(joined)})  # fmt: skip
+    model.save(path)
+    return path
+
+
+def saved_model(keras_path: Path, out: Path) -> Path:
+    keras.saving.load_model(keras_path).export(str(out), verbose=False)
+    return out
+
+
+class Strict(tf.Module):
+    """Doubles its input, but raises on any NaN: a model that fails on some inputs."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": tf.debugging.check_numerics(x, "input holds NaN") * 2.0}
+
+
+def strict_saved_model(out: Path) -> Path:
+    module = Strict()
+    tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})
+    return out
+
+
+def offline_predict(path: Path, inputs: np.ndarray | dict[str, np.ndarray]) -> object:
+    return keras.saving.load_model(path).predict(inputs, verbose=0)

@@ -1,0 +1,152 @@
+"""Wire format v1: round trips for every form, and a corpus of malformed inputs."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from consumer import codec, errors
+from consumer.codec import SINGLE, Limits, pack_input, unpack_input
+
+LIMITS = Limits(max_message_bytes=1 << 20, max_tensor_elements=1 << 16, max_dims=6)
+DTYPES = sorted(codec.SUPPORTED_DTYPES)
+arrays = st.sampled_from(DTYPES).flatmap(
+    lambda d: hnp.arrays(np.dtype(d), hnp.array_shapes(min_dims=0, max_dims=4, max_side=5))
+)
+
+
+def packb(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+@given(arrays, st.one_of(st.none(), st.integers(), st.text(max_size=20), st.binary(max_size=10)))
+def test_raw_tensor_round_trips_bit_exactly_with_its_id(array: np.ndarray, ident: object) -> None:
+    envelope = unpack_input(pack_input(array, id=ident), LIMITS)
+    decoded = envelope.inputs[SINGLE]
+    assert isinstance(decoded, np.ndarray)
+    assert decoded.dtype == array.dtype and decoded.shape == array.shape
+    assert decoded.tobytes() == array.tobytes()
+    assert envelope.has_id == (ident is not None) and envelope.id == ident
+
+
+@given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=3, max_side=4), elements=st.floats(-1e6, 1e6)))
+def test_nested_list_form_round_trips(array: np.ndarray) -> None:
+    decoded = unpack_input(pack_input(array, as_lists=True), LIMITS).inputs[SINGLE]
+    assert np.array_equal(np.asarray(decoded), array)
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=8).filter(lambda k: k not in {"dtype", "data"}), arrays,
+                       min_size=1, max_size=3))  # fmt: skip
+def test_named_inputs_round_trip(inputs: dict[str, np.ndarray]) -> None:
+    decoded = unpack_input(pack_input(inputs), LIMITS).inputs
+    assert set(decoded) == set(inputs)
+    for name, array in inputs.items():
+        assert np.asarray(decoded[name]).tobytes() == array.tobytes()
+
+
+def test_bin_and_str_inputs_become_bytes() -> None:
+    assert unpack_input(packb({"inputs": b"\xff\xd8jpeg"}), LIMITS).inputs[SINGLE] == b"\xff\xd8jpeg"
+    assert unpack_input(packb({"inputs": "héllo"}), LIMITS).inputs[SINGLE] == "héllo".encode()
+
+
+def test_big_endian_arrays_are_sent_little_endian() -> None:
+    array = np.arange(3, dtype=">i4")
+    raw = msgpack.unpackb(pack_input(array))["inputs"]
+    assert raw["dtype"] == "int32" and raw["data"] == np.arange(3, dtype="<i4").tobytes()
+
+
+def test_output_envelope_round_trips() -> None:
+    outputs = {"probs": codec.encode_tensor(np.array([0.25, 0.75], "float32"))}
+    value = codec.pack_output(codec.output_envelope(outputs, model={"name": "m", "version": "1"},
+                                                    source={"topic": "t", "partition": 0, "offset": 5,
+                                                            "timestamp": 1}, id="a", has_id=True))  # fmt: skip
+    decoded = codec.unpack_output(value)
+    assert decoded["id"] == "a" and decoded["v"] == 1 and decoded["source"]["offset"] == 5
+    assert np.array_equal(decoded["outputs"]["probs"], np.array([0.25, 0.75], "float32"))
+
+
+def raw(dtype: object = "float32", shape: object = (2,), data: object = b"\0" * 8) -> dict[str, object]:
+    return {"dtype": dtype, "shape": list(shape) if isinstance(shape, tuple) else shape, "data": data}
+
+
+MALFORMED = [
+    (b"", errors.NotMsgpackError),
+    (b"\xc1", errors.NotMsgpackError),  # a byte msgpack never uses
+    (packb({"inputs": [1.0]}) + b"\x00", errors.NotMsgpackError),  # trailing bytes
+    (packb({"inputs": [1.0]})[:-1], errors.NotMsgpackError),  # truncated
+    (None, errors.NotMsgpackError),  # tombstone
+    (b"\x91" * 5000 + b"\xc0", errors.NotMsgpackError),  # nested 5000 deep
+    (packb([1, 2, 3]), errors.NotAMapError),
+    (packb("inputs"), errors.NotAMapError),
+    (packb({"id": 1}), errors.MissingInputsError),
+    (packb({"inputs": {}}), errors.MissingInputsError),
+    (packb({"inputs": [1.0], "v": 2}), errors.UnsupportedVersionError),
+    (packb({"inputs": [1.0], "v": "1"}), errors.UnsupportedVersionError),
+    (packb({"inputs": 3.5}), errors.MalformedTensorError),
+    (packb({"inputs": None}), errors.MalformedTensorError),
+    (packb({"inputs": {1: [1.0]}}), errors.MalformedTensorError),
+    (packb({"inputs": raw(data="text")}), errors.MalformedTensorError),
+    (packb({"inputs": raw(shape=[-1])}), errors.MalformedTensorError),
+    (packb({"inputs": raw(shape="2")}), errors.MalformedTensorError),
+    (packb({"inputs": raw(shape=[2.0])}), errors.MalformedTensorError),
+    (packb({"inputs": raw(shape=[True, 2])}), errors.MalformedTensorError),
+    (packb({"inputs": raw(dtype="float128")}), errors.UnknownDtypeError),
+    (packb({"inputs": raw(dtype="object")}), errors.UnknownDtypeError),
+    (packb({"inputs": raw(dtype=7)}), errors.UnknownDtypeError),
+    (packb({"inputs": raw(data=b"\0" * 7)}), errors.ShapeDataMismatchError),
+    (packb({"inputs": raw(shape=[1_000_000_000, 1_000_000_000], data=b"")}), errors.TooLargeError),
+    (packb({"inputs": raw(shape=[1] * 7, data=b"\0" * 4)}), errors.TooLargeError),
+    (packb({"inputs": raw(data=b"\0" * (1 << 20))}), errors.TooLargeError),  # message over the limit
+    (packb({"inputs": {"a": raw(), "b": 3}}), errors.MalformedTensorError),
+]
+
+
+@pytest.mark.parametrize(("value", "error"), MALFORMED, ids=[e.__name__ + str(i) for i, (_, e) in enumerate(MALFORMED)])
+def test_each_malformed_input_raises_its_own_error(value: bytes | None, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        unpack_input(value, LIMITS)
+
+
+@settings(max_examples=400)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_raise_only_codec_errors(value: bytes) -> None:
+    try:
+        unpack_input(value, LIMITS)
+    except errors.CodecError:
+        pass
+
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=5) | st.binary(max_size=16),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5) | st.integers(-(2**63), 2**64 - 1), children, max_size=4),
+    max_leaves=20,
+)
+tensor_like = st.fixed_dictionaries(
+    {"dtype": st.sampled_from([*DTYPES, "complex64", "", "float32 "]), "data": st.binary(max_size=64)},
+    optional={"shape": st.lists(st.integers(-3, 2**40), max_size=10) | msgpack_values},
+)
+
+
+@settings(max_examples=400)
+@given(st.one_of(msgpack_values, st.fixed_dictionaries({"inputs": st.one_of(msgpack_values, tensor_like,
+       st.dictionaries(st.text(max_size=3), tensor_like | msgpack_values, max_size=3))})))  # fmt: skip
+def test_arbitrary_msgpack_structures_raise_only_codec_errors(obj: object) -> None:
+    try:
+        envelope = unpack_input(packb(obj), LIMITS)
+    except errors.CodecError:
+        return
+    for tensor in envelope.inputs.values():
+        if isinstance(tensor, np.ndarray):
+            assert tensor.size <= LIMITS.max_tensor_elements and tensor.ndim <= LIMITS.max_dims
+
+
+def test_huge_declared_shape_is_rejected_before_any_allocation() -> None:
+    value = packb({"inputs": raw(shape=[2**31, 2**31, 2**31], data=b"\0" * 16)})
+    with pytest.raises(errors.TooLargeError, match="elements"):
+        unpack_input(value, Limits(max_tensor_elements=math.prod([1000, 1000])))

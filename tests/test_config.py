@@ -1,0 +1,81 @@
+"""Configuration: file < environment < CLI, librdkafka pass-through, one-line errors, no secrets shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consumer import cli
+from consumer.config import load_settings
+from consumer.errors import ConfigError
+
+REQUIRED = {"bootstrap_servers": "k:9092", "input_topic": "in", "output_topic": "out", "group": "g", "model": "m.keras"}
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_cli_overrides_environment_which_overrides_the_file(tmp_path: Path) -> None:
+    file = write(tmp_path, 'max_batch_size = 64\nmax_wait_ms = 5\ngroup = "from-file"\n')
+    env = {"TFSTREAM_MAX_BATCH_SIZE": "128", "TFSTREAM_GROUP": "from-env"}
+    s = load_settings({**REQUIRED, "group": None, "max_wait_ms": 7.0}, file, env)
+    assert (s.max_batch_size, s.max_wait_ms, s.group) == (128, 7.0, "from-env")
+
+
+def test_librdkafka_settings_pass_through_from_file_and_environment(tmp_path: Path) -> None:
+    file = write(tmp_path, '[kafka]\n"security.protocol" = "SASL_SSL"\n[kafka.consumer]\n"session.timeout.ms" = 6000\n'
+                           '[kafka.producer]\n"linger.ms" = 20\n')  # fmt: skip
+    env = {"TFSTREAM_KAFKA_SASL_PASSWORD": "hunter2", "TFSTREAM_KAFKA_PRODUCER_LINGER_MS": "50"}
+    s = load_settings(REQUIRED, file, env)
+    assert s.kafka == {"security.protocol": "SASL_SSL", "sasl.password": "hunter2"}
+    assert s.kafka_consumer == {"session.timeout.ms": 6000}
+    assert s.kafka_producer == {"linger.ms": "50"}
+
+
+def test_secrets_are_redacted_from_the_printable_settings() -> None:
+    s = load_settings(REQUIRED, None, {"TFSTREAM_KAFKA_SASL_PASSWORD": "hunter2", "TFSTREAM_KAFKA_SSL_KEY_PASSWORD": "pw"})
+    assert "hunter2" not in str(s.redacted()) and "pw'" not in str(s.redacted())
+    assert s.redacted()["kafka"]["sasl.password"] == "***"
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"output_topic": "in"}, "loop"),
+        ({"from_beginning": True, "from_timestamp": "2024-01-01T00:00:00"}, "exclude"),
+        ({"from_timestamp": "yesterday"}, "from_timestamp"),
+        ({"allowed_batch_sizes": "1,2,4"}, "allowed_batch_sizes"),
+        ({"preprocess": "not a ref"}, "preprocess"),
+    ],
+)
+def test_a_bad_value_fails_with_one_line_naming_it(override: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle) as info:
+        load_settings({**REQUIRED, **override}, None, {})
+    assert "\n" not in str(info.value)
+
+
+def test_a_secret_in_a_bad_value_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({**REQUIRED, "kafka": {"sasl.password": ["hunter2"]}}, None, {})
+    assert "hunter2" not in str(info.value)
+
+
+def test_cli_exits_2_with_one_line_on_missing_or_bad_settings(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert cli.main(["run", "--input-topic", "in"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert cli.main(["run", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+    bad = write(tmp_path, "max_batch_size = [")
+    assert cli.main(["run", "--config", bad]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_cli_usage_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["run", "--max-batch-size", "many"])
+    assert info.value.code == 2

@@ -1,0 +1,72 @@
+"""Contiguous commit points under out-of-order acknowledgements, and batch closing rules."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consumer.batcher import Batcher
+from consumer.offsets import OffsetTracker
+
+P = ("in", 0)
+
+
+def test_commit_point_waits_for_the_oldest_unacknowledged_offset() -> None:
+    tracker = OffsetTracker()
+    for offset in range(10, 15):
+        tracker.add(P, offset)
+    tracker.done(P, 12)
+    tracker.done(P, 11)
+    assert tracker.committable() == {}
+    tracker.done(P, 10)
+    assert tracker.committable() == {P: 13}
+    tracker.mark_committed({P: 13})
+    assert tracker.committable() == {} and tracker.in_flight() == 2
+
+
+@given(st.permutations(list(range(30))), st.integers(0, 30))
+def test_commit_point_is_always_below_every_unacknowledged_offset(order: list[int], acked: int) -> None:
+    tracker = OffsetTracker()
+    for offset in range(30):
+        tracker.add(P, offset)
+    for offset in order[:acked]:
+        tracker.done(P, offset)
+    point = tracker.committable().get(P, 0)
+    assert all(o in order[:acked] for o in range(point))
+    assert point == 30 or point not in order[:acked]
+
+
+def test_forgotten_partitions_ignore_late_acknowledgements() -> None:
+    tracker = OffsetTracker()
+    tracker.add(P, 0)
+    tracker.forget([P])
+    tracker.done(P, 0)
+    assert tracker.committable() == {} and tracker.in_flight() == 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_batch_closes_when_full() -> None:
+    batcher: Batcher[int] = Batcher(max_batch_size=3, max_wait_ms=1000, clock=Clock())
+    batcher.add([1, 2])
+    assert not batcher.ready() and batcher.space() == 1
+    batcher.add([3, 4])
+    assert batcher.ready() and batcher.take() == [1, 2, 3] and len(batcher) == 1
+
+
+def test_batch_closes_when_its_oldest_message_waited_max_wait() -> None:
+    clock = Clock()
+    batcher: Batcher[int] = Batcher(max_batch_size=100, max_wait_ms=10, clock=clock)
+    assert batcher.seconds_left() is None
+    batcher.add([1])
+    clock.now = 0.009
+    batcher.add([2])
+    assert not batcher.ready()
+    clock.now = 0.010
+    assert batcher.ready() and batcher.take() == [1, 2] and batcher.seconds_left() is None

@@ -1,0 +1,75 @@
+"""Precompiled predict functions: equal to the model, padded to allowed sizes, never retraced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from consumer.errors import ModelError
+from consumer.model import load_model
+from consumer.predictor import Predictor, default_batch_sizes
+from consumer.validate import stack
+from tests import models
+
+
+def rows(n: int, width: int = 4) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(n)
+    return [{"input_layer": rng.normal(size=width).astype("float32")} for _ in range(n)]
+
+
+def test_default_batch_sizes_are_powers_of_two_up_to_the_max() -> None:
+    assert default_batch_sizes(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert default_batch_sizes(100) == [1, 2, 4, 8, 16, 32, 64, 100]
+
+
+def test_many_batch_sizes_add_zero_traces_after_warm_up(mlp_path: Path) -> None:
+    predictor = Predictor(load_model(mlp_path), default_batch_sizes(64))
+    predictor.warm_up()
+    warm = predictor.trace_count
+    assert warm == len(predictor.batch_sizes)
+    for n in [1, 3, 5, 7, 17, 33, 64, 2, 63, 31, 9]:
+        batch = rows(n)
+        out = predictor.predict(stack(batch, predictor.model.signature, predictor.bucket_for(n)), n)
+        assert out["output_0"].shape == (n, 3)
+    assert predictor.trace_count == warm
+
+
+def test_padding_rows_do_not_change_the_results(mlp_path: Path) -> None:
+    predictor = Predictor(load_model(mlp_path), [8])
+    batch = rows(5)
+    out = predictor.predict(stack(batch, predictor.model.signature, 8), 5)["output_0"]
+    expected = models.offline_predict(mlp_path, np.stack([r["input_layer"] for r in batch]))
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_xla_compilation_gives_the_same_results(mlp_path: Path) -> None:
+    plain, xla = (Predictor(load_model(mlp_path), [4], jit_compile=j) for j in (False, True))
+    batch = stack(rows(4), plain.model.signature, 4)
+    np.testing.assert_allclose(plain.predict(batch, 4)["output_0"], xla.predict(batch, 4)["output_0"], atol=1e-5)
+
+
+def test_multi_input_models_read_names_dtypes_and_shapes(multi_path: Path, tmp_path: Path) -> None:
+    for path in (multi_path, models.saved_model(multi_path, tmp_path / "multi_sm")):
+        model = load_model(path)
+        specs = {s.name: (s.dtype, s.shape) for s in model.signature.inputs}
+        assert specs == {"a": ("float32", (4,)), "b": ("int32", (2,))}
+        assert set(model.signature.outputs) == {"score", "embed"}
+
+
+def test_model_version_defaults_to_a_content_hash(mlp_path: Path) -> None:
+    assert load_model(mlp_path).version == load_model(mlp_path).version
+    assert load_model(mlp_path).version.startswith("sha256:")
+    assert load_model(mlp_path, name="n", version="7").version == "7"
+
+
+def test_bad_model_paths_raise_one_clear_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "nope.keras")
+    (tmp_path / "junk.keras").write_bytes(b"not a zip")
+    with pytest.raises(ModelError, match="cannot load"):
+        load_model(tmp_path / "junk.keras")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError):
+        load_model(tmp_path / "empty")

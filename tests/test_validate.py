@@ -1,0 +1,77 @@
+"""Fitting decoded inputs to a model's signature."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from consumer import errors
+from consumer.codec import Limits, pack_input, unpack_input
+from consumer.signature import Signature, TensorSpec
+from consumer.validate import conform, stack
+
+SINGLE = Signature((TensorSpec("x", "float32", (3,)),), ("y",), named_inputs=False)
+MULTI = Signature((TensorSpec("a", "float32", (2,)), TensorSpec("b", "int32", ())), ("y",), named_inputs=True)
+TEXT = Signature((TensorSpec("text", "string", ()),), ("y",), named_inputs=False)
+LIMITS = Limits()
+
+
+def fit(value: object, signature: Signature = SINGLE, **kwargs: bool) -> dict[str, object]:
+    return conform(unpack_input(pack_input(value) if not isinstance(value, bytes) else value, LIMITS), signature,
+                   LIMITS, **kwargs)  # fmt: skip
+
+
+def test_single_input_is_keyed_by_the_model_input_name() -> None:
+    out = fit(np.array([1, 2, 3], "float32"))
+    assert list(out) == ["x"] and out["x"].dtype == np.float32  # type: ignore[union-attr]
+
+
+def test_nested_lists_are_cast_to_the_model_dtype() -> None:
+    out = conform(unpack_input(pack_input(np.array([1, 2, 3]), as_lists=True), LIMITS), SINGLE, LIMITS)
+    assert out["x"].dtype == np.float32 and out["x"].tolist() == [1.0, 2.0, 3.0]  # type: ignore[union-attr]
+
+
+def test_named_inputs_must_match_exactly() -> None:
+    assert set(fit({"a": np.zeros(2, "float32"), "b": np.array(3, "int32")}, MULTI)) == {"a", "b"}
+    with pytest.raises(errors.WrongInputsError, match="missing"):
+        fit({"a": np.zeros(2, "float32")}, MULTI)
+    with pytest.raises(errors.WrongInputsError, match="unknown"):
+        fit({"a": np.zeros(2, "float32"), "b": np.array(3, "int32"), "c": np.zeros(1)}, MULTI)
+    with pytest.raises(errors.WrongInputsError, match="named inputs"):
+        fit(np.zeros(2, "float32"), MULTI)
+
+
+def test_wrong_shape_and_kind_changing_casts_are_rejected() -> None:
+    with pytest.raises(errors.WrongShapeError):
+        fit(np.zeros(4, "float32"))
+    with pytest.raises(errors.WrongDtypeError):
+        fit({"a": np.zeros(2, "float32"), "b": np.array(3.5, "float64")}, MULTI)
+    with pytest.raises(errors.WrongDtypeError):
+        fit(np.zeros(3, "float32"), TEXT)
+
+
+def test_float64_is_accepted_for_a_float32_model() -> None:
+    assert fit(np.zeros(3, "float64"))["x"].dtype == np.float32  # type: ignore[union-attr]
+
+
+def test_ragged_and_non_numeric_lists_are_malformed() -> None:
+    for bad in ([[1, 2], [3]], ["a", "b", "c"], [{"k": 1}] * 3):
+        with pytest.raises(errors.MalformedTensorError):
+            fit(msgpack.packb({"inputs": bad}))
+
+
+def test_non_finite_values_are_rejected_only_when_asked() -> None:
+    value = np.array([1, np.nan, 3], "float32")
+    assert np.isnan(fit(value)["x"]).any()  # type: ignore[arg-type]
+    with pytest.raises(errors.NonFiniteError):
+        fit(value, reject_non_finite=True)
+
+
+def test_string_inputs_take_bin() -> None:
+    assert fit(msgpack.packb({"inputs": b"raw"}), TEXT) == {"text": b"raw"}
+
+
+def test_stack_pads_with_zero_rows() -> None:
+    batch = stack([{"x": np.ones(3, "float32")}], SINGLE, rows=4)
+    assert batch["x"].shape == (4, 3) and batch["x"][1:].sum() == 0 and batch["x"][0].sum() == 3

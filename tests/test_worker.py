@@ -1,0 +1,170 @@
+"""The worker against the real broker, with real models."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from consumer.codec import pack_input
+from consumer.errors import DeliveryError
+from producer_tools.reader import read_topic
+from tests import models
+from tests.helpers import Background, committed, outputs, publish, run_worker, settings
+
+pytestmark = pytest.mark.integration
+Topics = Callable[..., list[str]]
+
+
+def test_each_input_yields_one_output_equal_to_the_model(bootstrap: str, topics: Topics, group: str, mlp_path: Path) -> None:
+    inp, out = topics("in", "out")
+    x = np.random.default_rng(0).normal(size=(300, 4)).astype("float32")
+    publish(bootstrap, inp, ((f"k{i}".encode(), pack_input(row, id=i)) for i, row in enumerate(x)),
+            headers=[("trace-id", b"abc")])  # fmt: skip
+    summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, model_version="v7"))
+    got = outputs(bootstrap, out, 300)
+    ids = Counter(record["id"] for _, record in got)
+    assert len(got) == 300 and set(ids) == set(range(300)) and max(ids.values()) == 1
+    expected = models.offline_predict(mlp_path, x)
+    for msg, record in got:
+        i = record["id"]
+        np.testing.assert_allclose(record["outputs"], expected[i], atol=1e-5)
+        assert msg.key() == f"k{i}".encode()
+        assert record["model"] == {"name": "mlp", "version": "v7"} and record["v"] == 1
+        assert record["source"]["topic"] == inp
+        headers = dict(msg.headers())
+        assert headers["trace-id"] == b"abc" and headers["tfstream.model.version"] == b"v7"
+    assert summary["predicted"] == 300 and summary["traces_after_warmup"] == 0
+    assert sum(committed(bootstrap, group, inp, 3).values()) == 300
+
+
+@pytest.mark.parametrize("fmt", ["keras", "saved_model"])
+def test_multi_input_models_predict_like_the_model(bootstrap: str, topics: Topics, group: str, multi_path: Path,
+                                                   tmp_path: Path, fmt: str) -> None:  # fmt: skip
+    path = multi_path if fmt == "keras" else models.saved_model(multi_path, tmp_path / "sm")
+    inp, out = topics("in", "out")
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(40, 4)).astype("float32"), rng.integers(0, 10, (40, 2)).astype("int32")
+    publish(bootstrap, inp, ((None, pack_input({"a": a[i], "b": b[i]}, id=i)) for i in range(40)))
+    run_worker(settings(bootstrap, path, inp, out, group))
+    expected = models.offline_predict(multi_path, {"a": a, "b": b})
+    got = outputs(bootstrap, out, 40)
+    assert len(got) == 40
+    for _, record in got:
+        for name in ("score", "embed"):
+            np.testing.assert_allclose(record["outputs"][name], expected[name][record["id"]], atol=1e-5)
+
+
+def test_bad_inputs_go_to_the_dead_letter_topic_with_their_reasons(bootstrap: str, topics: Topics, group: str,
+                                                                   mlp_path: Path) -> None:  # fmt: skip
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    good = pack_input(np.ones(4, "float32"), id="good")
+    bad = {
+        b"not-msgpack": (b"\xc1\xc1", "NotMsgpackError", "decode"),
+        b"no-inputs": (msgpack.packb({"id": 1}), "MissingInputsError", "decode"),
+        b"bad-dtype": (msgpack.packb({"inputs": {"dtype": "complex64", "shape": [4], "data": b"\0" * 32}}), "UnknownDtypeError", "decode"),
+        b"wrong-shape": (pack_input(np.ones(5, "float32")), "WrongShapeError", "validate"),
+        b"nan": (pack_input(np.array([1, np.nan, 0, 0], "float32")), "NonFiniteError", "validate"),
+    }  # fmt: skip
+    records = [(b"g0", good)] + [(k, v) for k, (v, _, _) in bad.items()] + [(b"g1", good)]
+    publish(bootstrap, inp, records, headers=[("trace-id", b"t1")])
+    summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, reject_non_finite=True))
+    dead = read_topic(bootstrap, dlq, min_count=len(bad))
+    assert summary["dead_lettered"] == len(bad) and len(outputs(bootstrap, out, 2)) == 2
+    assert {m.key() for m in dead} == set(bad)
+    for msg in dead:
+        value, error, stage = bad[msg.key()]
+        headers = dict(msg.headers())
+        assert msg.value() == value and headers["trace-id"] == b"t1"
+        assert headers["tfstream.errors.exception.class.name"] == error.encode()
+        assert headers["tfstream.errors.stage"] == stage.encode()
+        assert headers["tfstream.errors.topic"] == inp.encode() and headers["tfstream.errors.group"] == group.encode()
+        assert int(headers["tfstream.errors.offset"]) == [k for k, _ in records].index(msg.key())
+    assert committed(bootstrap, group, inp, 1) == {0: len(records)}
+
+
+def test_inputs_the_model_raises_on_are_isolated_and_dead_lettered(bootstrap: str, topics: Topics, group: str,
+                                                                   tmp_path: Path) -> None:  # fmt: skip
+    path = models.strict_saved_model(tmp_path / "strict")
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    x = np.ones((12, 4), "float32")
+    x[5, 2] = np.nan
+    publish(bootstrap, inp, ((None, pack_input(row, id=i)) for i, row in enumerate(x)))
+    summary = run_worker(settings(bootstrap, path, inp, out, group, dlq_topic=dlq, max_wait_ms=500))
+    dead = read_topic(bootstrap, dlq, min_count=1)
+    assert [dict(m.headers())["tfstream.errors.stage"] for m in dead] == [b"predict"]
+    assert sorted(r["id"] for _, r in outputs(bootstrap, out, 11)) == [i for i in range(12) if i != 5]
+    assert summary["predicted"] == 11
+
+
+def test_preprocess_runs_per_example_and_isolates_failures(bootstrap: str, topics: Topics, group: str,
+                                                           mlp_path: Path) -> None:  # fmt: skip
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    x = np.random.default_rng(3).normal(size=(20, 4)).astype("float32")
+    values = [msgpack.packb({"inputs": row.tobytes(), "id": i}) for i, row in enumerate(x)]
+    values[7] = msgpack.packb({"inputs": b"\x00\x01\x02", "id": 7})  # not four floats: preprocess fails
+    publish(bootstrap, inp, ((None, v) for v in values))
+    run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, max_wait_ms=500,
+                        preprocess="tests.preprocessors:decode_floats"))  # fmt: skip
+    got = {r["id"]: r["outputs"] for _, r in outputs(bootstrap, out, 19)}
+    assert sorted(got) == [i for i in range(20) if i != 7]
+    expected = models.offline_predict(mlp_path, x)
+    for i, value in got.items():
+        np.testing.assert_allclose(value, expected[i], atol=1e-5)
+    dead = read_topic(bootstrap, dlq, min_count=1)
+    assert [dict(m.headers())["tfstream.errors.stage"] for m in dead] == [b"preprocess"]
+
+
+def test_a_trickle_of_varied_batch_sizes_adds_zero_traces(bootstrap: str, topics: Topics, group: str,
+                                                          mlp_path: Path) -> None:  # fmt: skip
+    inp, out = topics("in", "out", partitions=1)
+    worker = Background(settings(bootstrap, mlp_path, inp, out, group, stop_at_end=False, max_wait_ms=30))
+    sent = 0
+    for size in [1, 3, 7, 2, 13, 5, 32, 9, 1, 20]:
+        publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=sent + i)) for i in range(size)))
+        sent += size
+        time.sleep(0.15)
+    got = outputs(bootstrap, out, sent)
+    worker.stop()
+    assert worker.error is None and worker.result is not None
+    rows = {int(dict(m.headers())["tfstream.batch.rows"]) for m, _ in got}
+    assert len(got) == sent and len(rows) >= 3
+    assert worker.result["traces_after_warmup"] == 0
+
+
+def test_time_window_processes_exactly_the_inputs_inside_it(bootstrap: str, topics: Topics, group: str,
+                                                            mlp_path: Path) -> None:  # fmt: skip
+    inp, out = topics("in", "out", partitions=2)
+    base = 1_700_000_000_000
+    stamps = [base + i * 1000 for i in range(30)]
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(30)),
+            timestamps=stamps)  # fmt: skip
+    s = settings(bootstrap, mlp_path, inp, out, group, from_beginning=False,
+                 from_timestamp="2023-11-14T22:13:30Z", until_timestamp="2023-11-14T22:13:40Z")  # fmt: skip
+    summary = run_worker(s)
+    assert (s.from_ms, s.until_ms) == (base + 10_000, base + 20_000)
+    got = sorted(r["id"] for _, r in outputs(bootstrap, out, 10))
+    assert got == list(range(10, 20)) and summary["predicted"] == 10
+
+
+def test_offsets_are_never_committed_ahead_of_acknowledged_outputs(bootstrap: str, topics: Topics, group: str,
+                                                                   mlp_path: Path) -> None:  # fmt: skip
+    inp, out = topics("in", "out", partitions=2)
+    ok = ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(600))
+    publish(bootstrap, inp, ok)
+    # Outputs carry their input's headers: these inputs' outputs exceed what the producer may send,
+    # so librdkafka refuses them (a real failure, not a mock).
+    publish(bootstrap, inp, ((b"big", pack_input(np.ones(4, "float32"), id=-1)),), headers=[("pad", b"x" * 4000)])
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(600, 900)))
+    with pytest.raises(DeliveryError, match="not committed"):
+        run_worker(settings(bootstrap, mlp_path, inp, out, group, kafka_producer={"message.max.bytes": 2000}))
+    delivered = {(r["source"]["partition"], r["source"]["offset"]) for _, r in outputs(bootstrap, out, 0)}
+    commits = committed(bootstrap, group, inp, 2)
+    for partition, offset in commits.items():
+        assert all((partition, o) in delivered for o in range(max(offset, 0)))
+    assert sum(max(o, 0) for o in commits.values()) < 901
