@@ -13,9 +13,7 @@ T = TypeVar("T")
 class Batcher(Generic[T]):
     """Holds messages until ``max_batch_size`` are waiting or the oldest waited ``max_wait_ms``."""
 
-    def __init__(
-        self, max_batch_size: int, max_wait_ms: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, max_batch_size: int, max_wait_ms: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self._clock = clock

@@ -42,8 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_run_parser(commands: Any) -> argparse.ArgumentParser:
-    run = commands.add_parser("run", help="consume inputs, predict, publish outputs",
-                              description="Run the consumer-group member(s) for one model.")  # fmt: skip
+    run = commands.add_parser(
+        "run",
+        help="consume inputs, predict, publish outputs",
+        description="Run the consumer-group member(s) for one model.",
+    )
     kafka = run.add_argument_group("Kafka")
     _flag(kafka, "--bootstrap-servers", "Kafka brokers, HOST:PORT[,HOST:PORT]", metavar="HOSTS")
     _flag(kafka, "--input-topic", "topic to read inputs from", metavar="IN")
@@ -54,33 +57,50 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     _flag(model, "--model", "a Keras .keras file or a SavedModel directory", metavar="PATH")
     _flag(model, "--model-name", "name reported in outputs (default: the file's stem)")
     _flag(model, "--model-version", "version reported in outputs (default: content hash)")
-    _flag(model, "--preprocess", "TensorFlow function applied per example, module:function",
-          metavar="MODULE:FN")  # fmt: skip
+    _flag(model, "--preprocess", "TensorFlow function applied per example, module:function", metavar="MODULE:FN")
     _flag(model, "--jit-compile", "compile predict functions with XLA", action="store_const", const=True)
     batching = run.add_argument_group("batching")
     _flag(batching, "--max-batch-size", "largest batch (default 256)", type=int, metavar="N")
-    _flag(batching, "--max-wait-ms", "a batch goes when its oldest input waited this long (default 10)",
-          type=float, metavar="MS")  # fmt: skip
-    _flag(batching, "--allowed-batch-sizes", "compiled batch sizes, comma-separated "
-          "(default: powers of two up to --max-batch-size)", metavar="N,N,...")  # fmt: skip
+    _flag(
+        batching,
+        "--max-wait-ms",
+        "a batch goes when its oldest input waited this long (default 10)",
+        type=float,
+        metavar="MS",
+    )
+    _flag(
+        batching,
+        "--allowed-batch-sizes",
+        "compiled batch sizes, comma-separated (default: powers of two up to --max-batch-size)",
+        metavar="N,N,...",
+    )
     devices = run.add_argument_group("devices")
     _flag(devices, "--workers", "worker processes (default: one per GPU, or one on CPU)", type=int, metavar="N")
     _flag(devices, "--devices", "auto, cpu, or gpu:0,1,... (default auto)", metavar="SPEC")
     bounds = run.add_argument_group("start and end")
     start = bounds.add_mutually_exclusive_group()
     _flag(start, "--from-beginning", "start new partitions at the earliest offset", action="store_const", const=True)
-    _flag(start, "--from-timestamp", "start new partitions at this time and skip older records",
-          metavar="ISO8601")  # fmt: skip
+    _flag(start, "--from-timestamp", "start new partitions at this time and skip older records", metavar="ISO8601")
     _flag(bounds, "--until-timestamp", "skip records at or after this time", metavar="ISO8601")
-    _flag(bounds, "--stop-at-end", "process what the partitions held at start, then exit 0",
-          action="store_const", const=True)  # fmt: skip
+    _flag(
+        bounds,
+        "--stop-at-end",
+        "process what the partitions held at start, then exit 0",
+        action="store_const",
+        const=True,
+    )
     other = run.add_argument_group("other")
     _flag(other, "--output-format", "msgpack (wire format v1, default) or json", choices=["msgpack", "json"])
     _flag(other, "--log-level", "debug, info, warning or error", choices=["debug", "info", "warning", "error"])
-    _flag(other, "--log-format", "auto (console on a terminal, else JSON), json or console",
-          choices=["auto", "json", "console"])  # fmt: skip
-    run.add_argument("--config", default=None, metavar="FILE.toml",
-                     help=f"TOML configuration file [env {ENV_PREFIX}CONFIG]")  # fmt: skip
+    _flag(
+        other,
+        "--log-format",
+        "auto (console on a terminal, else JSON), json or console",
+        choices=["auto", "json", "console"],
+    )
+    run.add_argument(
+        "--config", default=None, metavar="FILE.toml", help=f"TOML configuration file [env {ENV_PREFIX}CONFIG]"
+    )
     return run
 
 

@@ -26,10 +26,20 @@ FORMAT_VERSION = 1
 #: dtype names a raw-bytes TENSOR may carry.
 SUPPORTED_DTYPES = frozenset(
     {
-        "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-        "float16", "float32", "float64",
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
     }
-)  # fmt: skip
+)
 
 #: The key under which a single unnamed input or output travels internally.
 SINGLE = ""
@@ -105,7 +115,7 @@ def _check_version(version: Any) -> None:
 
 def _input_name(key: Any) -> str:
     if not isinstance(key, str) or not key:
-        raise errors.MalformedTensorError(f'input names must be non-empty strings, got {key!r}')
+        raise errors.MalformedTensorError(f"input names must be non-empty strings, got {key!r}")
     return key
 
 
@@ -148,9 +158,7 @@ def _decode_raw_tensor(obj: Mapping[str, Any], limits: Limits, name: Any) -> np.
 
 
 def _checked_shape(shape: Any, limits: Limits, name: Any) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise errors.MalformedTensorError(f'input {name!r}: "shape" must be a list of non-negative ints')
     if len(shape) > limits.max_dims:
         raise errors.TooLargeError(f"input {name!r} has {len(shape)} dimensions; the limit is {limits.max_dims}")
@@ -223,7 +231,7 @@ def unpack_output(value: bytes) -> dict[str, Any]:
     """Decode an output message (consumer side): TENSORs become NumPy arrays."""
     obj = msgpack.unpackb(value, raw=False, strict_map_key=False)
     if not isinstance(obj, dict) or "outputs" not in obj:
-        raise errors.NotAMapError("not a v1 output message: expected a map with \"outputs\"")
+        raise errors.NotAMapError('not a v1 output message: expected a map with "outputs"')
     out = obj["outputs"]
     limits = Limits(max_message_bytes=len(value) + 1, max_tensor_elements=len(value) + 1)
     if isinstance(out, dict) and not _is_raw_tensor_map(out):

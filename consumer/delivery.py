@@ -7,20 +7,20 @@ A failed delivery is never marked done: it is kept as ``failure`` and ends the r
 
 from __future__ import annotations
 
-import json
 import base64
+import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.errors import DeliveryError, InputError
-from consumer.offsets import OffsetTracker, Partition
+from consumer.offsets import OffsetTracker, Partition, coordinates
 
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, str | bytes | None]]
 HEADER_PREFIX = "tfstream."
 
 
@@ -55,8 +55,7 @@ class Outbox:
         self.failure: DeliveryError | None = None
 
     def send(self, source: Message, topic: str, value: bytes, key: bytes | None, headers: Headers) -> None:
-        partition: Partition = (source.topic(), source.partition())
-        offset = source.offset()
+        partition, offset = coordinates(source)
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is None:
@@ -88,17 +87,18 @@ class Outbox:
 
 def source_headers(msg: Message) -> Headers:
     """The input's own headers, carried over to its output (tracing ids and the like)."""
-    return list(msg.headers() or [])
+    headers = msg.headers() or []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)
 
 
 def dead_letter_headers(msg: Message, error: InputError, group: str, model: dict[str, str]) -> Headers:
     """Why the input failed and where it came from, in the style of ``__connect.errors.*``."""
-    ts_type, ts = msg.timestamp()
+    _, ts = msg.timestamp()
     fields = {
         "errors.stage": error.stage,
         "errors.exception.class.name": type(error).__name__,
         "errors.exception.message": str(error),
-        "errors.topic": msg.topic(),
+        "errors.topic": str(msg.topic()),
         "errors.partition": str(msg.partition()),
         "errors.offset": str(msg.offset()),
         "errors.timestamp": str(ts),
@@ -127,10 +127,15 @@ class DeadLetters:
     def send(self, msg: Message, error: InputError) -> None:
         self.counters.add(dead_lettered=1)
         if self.topic is None:
-            self.log.warning("input skipped (no dead-letter topic)", stage=error.stage,
-                             error=type(error).__name__, reason=str(error), offset=msg.offset(),
-                             partition=msg.partition())  # fmt: skip
-            self.outbox.tracker.done((msg.topic(), msg.partition()), msg.offset())
+            self.log.warning(
+                "input skipped (no dead-letter topic)",
+                stage=error.stage,
+                error=type(error).__name__,
+                reason=str(error),
+                offset=msg.offset(),
+                partition=msg.partition(),
+            )
+            self.outbox.tracker.done(*coordinates(msg))
             return
         headers = dead_letter_headers(msg, error, self.group, self.model)
         self.outbox.send(msg, self.topic, msg.value() or b"", msg.key(), headers)
@@ -155,7 +160,3 @@ def wait_until(condition: Callable[[], bool], timeout: float, tick: Callable[[],
             return False
         tick()
     return True
-
-
-def partitions_of(messages: Sequence[Message]) -> set[Partition]:
-    return {(m.topic(), m.partition()) for m in messages}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -10,6 +11,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from consumer.config import Settings
 from consumer.errors import BrokerError, ConfigError
 from consumer.offsets import Partition
+
+#: librdkafka's own log lines go through structlog (see consumer.logs), not raw to stderr.
+LIBRDKAFKA_LOGGER = logging.getLogger("librdkafka")
 
 #: librdkafka settings the correctness of the loop depends on; users cannot override them.
 _CONSUMER_FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": False, "enable.partition.eof": True}
@@ -23,6 +27,7 @@ def consumer_config(settings: Settings, client_id: str) -> dict[str, Any]:
         "bootstrap.servers": settings.bootstrap_servers,
         "group.id": settings.group,
         "client.id": client_id,
+        "logger": LIBRDKAFKA_LOGGER,
         "auto.offset.reset": "latest",
         "max.poll.interval.ms": 300_000,
         **settings.kafka,
@@ -36,6 +41,7 @@ def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
     return {
         "bootstrap.servers": settings.bootstrap_servers,
         "client.id": client_id,
+        "logger": LIBRDKAFKA_LOGGER,
         "linger.ms": 5,
         "compression.type": "lz4",
         "batch.num.messages": 10_000,

@@ -29,6 +29,17 @@ def configure(level: str = "info", fmt: str = "auto", **context: Any) -> None:
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(**context)
+    librdkafka = logging.getLogger("librdkafka")
+    librdkafka.handlers = [_ToStructlog()]
+    librdkafka.setLevel(_LEVELS[level])
+    librdkafka.propagate = False
+
+
+class _ToStructlog(logging.Handler):
+    """Forwards stdlib records (librdkafka's) to structlog, so every line has one format."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger(record.name).log(record.levelno, record.getMessage())
 
 
 def get_logger(name: str) -> Any:

@@ -133,4 +133,3 @@ def _load_saved_model(path: Path, name: str, version: str) -> LoadedModel:
 
     signature = Signature(inputs=specs, outputs=outputs, named_inputs=len(specs) > 1)
     return LoadedModel(name, version, signature, call, keepalive=loaded)
-

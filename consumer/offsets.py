@@ -11,8 +11,20 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol, cast
 
 Partition = tuple[str, int]
+
+
+class HasCoordinates(Protocol):
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+
+
+def coordinates(msg: HasCoordinates) -> tuple[Partition, int]:
+    """A fetched record's (topic, partition) and offset; always set on records from a consumer."""
+    return (cast(str, msg.topic()), cast(int, msg.partition())), cast(int, msg.offset())
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from consumer.codec import encode_tensor, encode_tensor_for_json, output_envelope, pack_output
-from consumer.delivery import HEADER_PREFIX, Counters, Outbox, encode_json, source_headers
+from consumer.delivery import HEADER_PREFIX, Counters, Headers, Outbox, encode_json, source_headers
 from consumer.pipeline import Batch
 
 
@@ -20,16 +20,14 @@ class Emitter:
     ) -> None:
         self.outbox, self.topic, self.model, self.counters = outbox, topic, model, counters
         self._json = output_format == "json"
-        self._encode_tensor: Callable[[np.ndarray], Any] = (
-            encode_tensor_for_json if self._json else encode_tensor
-        )
-        self._model_headers = [
+        self._encode_tensor: Callable[[np.ndarray], Any] = encode_tensor_for_json if self._json else encode_tensor
+        self._model_headers: Headers = [
             (HEADER_PREFIX + "model.name", model["name"].encode()),
             (HEADER_PREFIX + "model.version", model["version"].encode()),
         ]
 
     def emit(self, batch: Batch, outputs: dict[str, np.ndarray], bucket: int, predict_ms: float) -> None:
-        headers = [
+        headers: Headers = [
             *self._model_headers,
             (HEADER_PREFIX + "batch.rows", str(batch.rows).encode()),
             (HEADER_PREFIX + "predict.ms", f"{predict_ms:.3f}".encode()),
@@ -39,8 +37,12 @@ class Emitter:
             tensors = {name: self._encode_tensor(value[row]) for name, value in outputs.items()}
             body = next(iter(tensors.values())) if single else tensors
             ident, has_id = batch.ids[row]
-            source = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
-                      "timestamp": msg.timestamp()[1]}  # fmt: skip
+            source = {
+                "topic": msg.topic(),
+                "partition": msg.partition(),
+                "offset": msg.offset(),
+                "timestamp": msg.timestamp()[1],
+            }
             envelope = output_envelope(body, model=self.model, source=source, id=ident, has_id=has_id)
             value = encode_json(envelope) if self._json else pack_output(envelope)
             self.outbox.send(msg, self.topic, value, msg.key(), source_headers(msg) + headers)

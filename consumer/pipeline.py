@@ -157,9 +157,7 @@ class Pipeline:
     def dataset(self) -> tf.data.Dataset:
         specs = {s.name: tf.TensorSpec((None, *s.shape), tf_dtype(s)) for s in self.raw_signature.inputs}
         scalar = tf.TensorSpec((), tf.int64)
-        ds = tf.data.Dataset.from_generator(
-            self._generate, output_signature=(scalar, scalar, scalar, specs)
-        )
+        ds = tf.data.Dataset.from_generator(self._generate, output_signature=(scalar, scalar, scalar, specs))
         if self._transform is not None:
             transform = self._transform
             ds = ds.map(

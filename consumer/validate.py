@@ -17,24 +17,17 @@ Example = dict[str, np.ndarray | bytes]
 _NUMERIC_KINDS = frozenset("biuf")
 
 
-def conform(
-    envelope: InputEnvelope, signature: Signature, limits: Limits, reject_non_finite: bool = False
-) -> Example:
+def conform(envelope: InputEnvelope, signature: Signature, limits: Limits, reject_non_finite: bool = False) -> Example:
     """Return the inputs keyed by the model's input names, cast to the model's dtypes."""
     named = _match_names(envelope.inputs, signature)
-    return {
-        spec.name: _conform_tensor(named[spec.name], spec, limits, reject_non_finite)
-        for spec in signature.inputs
-    }
+    return {spec.name: _conform_tensor(named[spec.name], spec, limits, reject_non_finite) for spec in signature.inputs}
 
 
 def _match_names(inputs: dict[str, WireTensor], signature: Signature) -> dict[str, WireTensor]:
     names = signature.input_names
     if set(inputs) == {SINGLE}:
         if len(names) != 1:
-            raise errors.WrongInputsError(
-                f"the model takes named inputs {list(names)}; send \"inputs\" as a map of them"
-            )
+            raise errors.WrongInputsError(f'the model takes named inputs {list(names)}; send "inputs" as a map of them')
         return {names[0]: inputs[SINGLE]}
     missing, unknown = set(names) - set(inputs), set(inputs) - set(names)
     if missing or unknown:
@@ -46,9 +39,7 @@ def _match_names(inputs: dict[str, WireTensor], signature: Signature) -> dict[st
     return inputs
 
 
-def _conform_tensor(
-    value: WireTensor, spec: TensorSpec, limits: Limits, reject_non_finite: bool
-) -> np.ndarray | bytes:
+def _conform_tensor(value: WireTensor, spec: TensorSpec, limits: Limits, reject_non_finite: bool) -> np.ndarray | bytes:
     if spec.dtype == STRING:
         if not isinstance(value, bytes):
             raise errors.WrongDtypeError(f"input {spec.name!r} is a string input; send bin")
@@ -74,9 +65,7 @@ def _list_to_array(value: list[Any], spec: TensorSpec, limits: Limits) -> np.nda
             f"input {spec.name!r} is not a regular nested list of numbers: {exc}"
         ) from None
     if array.ndim > limits.max_dims:
-        raise errors.TooLargeError(
-            f"input {spec.name!r} has {array.ndim} dimensions; the limit is {limits.max_dims}"
-        )
+        raise errors.TooLargeError(f"input {spec.name!r} has {array.ndim} dimensions; the limit is {limits.max_dims}")
     if array.dtype.kind not in _NUMERIC_KINDS:
         raise errors.MalformedTensorError(
             f"input {spec.name!r} is a list of {array.dtype.kind!r}-kind values, not numbers"

@@ -27,7 +27,7 @@ from consumer.delivery import Counters, DeadLetters, Outbox, wait_until
 from consumer.errors import BrokerError, ConfigError, PredictError
 from consumer.logs import get_logger
 from consumer.model import load_model
-from consumer.offsets import OffsetTracker, Partition
+from consumer.offsets import OffsetTracker, Partition, coordinates
 from consumer.outputs import Emitter
 from consumer.pipeline import Batch, Inputs, Pipeline, pad_to
 from consumer.positions import EndOfInput, TimeWindow, apply_start_positions
@@ -67,18 +67,29 @@ class Worker:
         self.predictor = Predictor(model, sizes, s.jit_compile)
         warm = self.predictor.warm_up()
         self.warm_traces = self.predictor.trace_count
-        self.log.info("model ready", model=model.name, version=model.version, inputs=model.signature.describe(),
-                      batch_sizes=sizes, full_batch_ms=round(warm[max(warm)] * 1000, 2))  # fmt: skip
+        self.log.info(
+            "model ready",
+            model=model.name,
+            version=model.version,
+            inputs=model.signature.describe(),
+            batch_sizes=sizes,
+            full_batch_ms=round(warm[max(warm)] * 1000, 2),
+        )
         client_id = f"tfstream-{s.group}-{self.slot}"
-        self.producer = Producer(kafka_io.producer_config(s, client_id))
         self.consumer = Consumer(kafka_io.consumer_config(s, client_id))
         topics = [s.input_topic, s.output_topic] + ([s.dlq_topic] if s.dlq_topic else [])
-        kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, s.connect_timeout_s)
+        try:
+            kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, s.connect_timeout_s)
+        except Exception:
+            self.consumer.close()
+            raise
+        self.producer = Producer(kafka_io.producer_config(s, client_id))
         self.outbox = Outbox(self.producer, self.tracker)
         dead_letters = DeadLetters(self.outbox, s.dlq_topic, s.group, self.model_info, self.counters, self.log)
         limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)
-        self.pipeline = Pipeline(self.predictor, dead_letters, limits, s.pipeline_depth,
-                                 load_preprocess(s.preprocess), s.reject_non_finite)  # fmt: skip
+        self.pipeline = Pipeline(
+            self.predictor, dead_letters, limits, s.pipeline_depth, load_preprocess(s.preprocess), s.reject_non_finite
+        )
         self.dead_letters = dead_letters
         self.emitter = Emitter(self.outbox, s.output_topic, self.model_info, s.output_format, self.counters)
         poll_interval = int(kafka_io.consumer_config(s, client_id)["max.poll.interval.ms"])
@@ -90,8 +101,9 @@ class Worker:
         if not hasattr(self, "predictor"):
             self.start()
         started = time.monotonic()
-        self.consumer.subscribe([self.settings.input_topic], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_lost)  # fmt: skip
+        self.consumer.subscribe(
+            [self.settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
         predict = threading.Thread(target=self._predict_loop, name="predict", daemon=True)
         predict.start()
         try:
@@ -105,8 +117,12 @@ class Worker:
         return self.summary(time.monotonic() - started)
 
     def summary(self, seconds: float) -> dict[str, Any]:
-        return {**self.counters.snapshot(), "traces_after_warmup": self.traces_after_warmup,
-                "seconds": round(seconds, 3), "device": self.device}  # fmt: skip
+        return {
+            **self.counters.snapshot(),
+            "traces_after_warmup": self.traces_after_warmup,
+            "seconds": round(seconds, 3),
+            "device": self.device,
+        }
 
     @property
     def traces_after_warmup(self) -> int:
@@ -135,18 +151,18 @@ class Worker:
 
     def _route(self, msg: Message) -> None:
         error = msg.error()
-        partition: Partition = (msg.topic(), msg.partition())
+        partition, offset = coordinates(msg)
         if error is not None:
             self._on_consumer_error(error, partition)
             return
-        if self.settings.stop_at_end and not self.ends.within_bound(self.consumer, partition, msg.offset()):
+        if self.settings.stop_at_end and not self.ends.within_bound(self.consumer, partition, offset):
             self._pause({partition})
             return
         self.ends.at_end.discard(partition)
-        self.tracker.add(partition, msg.offset())
+        self.tracker.add(partition, offset)
         self.counters.add(consumed=1)
         if not self.window.keeps(msg.timestamp()[1]):
-            self.tracker.done(partition, msg.offset())
+            self.tracker.done(partition, offset)
             self.counters.add(skipped=1)
             return
         self.batcher.add([msg])
@@ -208,7 +224,8 @@ class Worker:
             return {name: value[: batch.rows] for name, value in outputs.items()}
         except (tf.errors.OpError, ValueError, TypeError) as exc:
             self.log.warning("predict failed on a batch; retrying its inputs one by one", error=str(exc))
-            return self._predict_one_by_one(batch, inputs)
+            self._predict_one_by_one(batch, inputs)
+            return None
 
     def _predict_one_by_one(self, batch: Batch, inputs: Inputs) -> None:
         size = self.predictor.bucket_for(1)
@@ -244,11 +261,15 @@ class Worker:
     def _finish(self, partitions: set[Partition] | None, budget: float) -> None:
         """Push the open batch through, wait (bounded) for acknowledgements, commit."""
         self._flush_batcher(budget)
-        drained = wait_until(lambda: self.tracker.in_flight(partitions) == 0 or self._failed(),
-                             budget, lambda: self.outbox.poll(0.05))  # fmt: skip
+        drained = wait_until(
+            lambda: self.tracker.in_flight(partitions) == 0 or self._failed(), budget, lambda: self.outbox.poll(0.05)
+        )
         if not drained:
-            self.log.warning("drain budget spent; uncommitted inputs will be read again",
-                             in_flight=self.tracker.in_flight(partitions), budget_s=budget)  # fmt: skip
+            self.log.warning(
+                "drain budget spent; uncommitted inputs will be read again",
+                in_flight=self.tracker.in_flight(partitions),
+                budget_s=budget,
+            )
         self._maybe_commit(force=True, partitions=partitions)
 
     def _flush_batcher(self, budget: float) -> None:

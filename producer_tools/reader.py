@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
@@ -14,9 +15,15 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 30.0, min_count: int
 
 
 def iter_topic(bootstrap: str, topic: str, timeout: float = 30.0, min_count: int = 0) -> Iterator[Message]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tfstream-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True,
-                         "isolation.level": "read_committed"})  # fmt: skip
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "tfstream-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
@@ -26,11 +33,12 @@ def iter_topic(bootstrap: str, topic: str, timeout: float = 30.0, min_count: int
             msg = consumer.poll(0.2)
             if msg is None:
                 continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
+            error, partition = msg.error(), cast(int, msg.partition())
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(partition)
                 continue
-            at_end.discard(msg.partition())
+            at_end.discard(partition)
             count += 1
             yield msg
     finally:

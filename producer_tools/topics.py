@@ -11,8 +11,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1, timeout: float = 30.0) -> None:
     """Create each topic that does not exist yet; an existing topic is left as it is."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
-                                  operation_timeout=timeout, request_timeout=timeout)  # fmt: skip
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
     for name, future in futures.items():
         try:
             future.result(timeout=timeout)

@@ -17,8 +17,13 @@ from tests.conftest import FAST_GROUP
 Record = tuple[bytes | None, bytes | None]
 
 
-def publish(bootstrap: str, topic: str, records: Iterable[Record], headers: list[tuple[str, bytes]] | None = None,
-            timestamps: Sequence[int] | None = None) -> None:  # fmt: skip
+def publish(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[Record],
+    headers: list[tuple[str, bytes]] | None = None,
+    timestamps: Sequence[int] | None = None,
+) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
     for i, (key, value) in enumerate(records):
         extra = {"timestamp": timestamps[i]} if timestamps else {}
@@ -28,8 +33,17 @@ def publish(bootstrap: str, topic: str, records: Iterable[Record], headers: list
 
 def settings(bootstrap: str, model: Path, input_topic: str, output_topic: str, group: str, **extra: Any) -> Settings:
     consumer = {**FAST_GROUP, **extra.pop("kafka_consumer", {})}
-    values = dict(bootstrap_servers=bootstrap, model=model, input_topic=input_topic, output_topic=output_topic,
-                  group=group, max_batch_size=32, from_beginning=True, stop_at_end=True, kafka_consumer=consumer)  # fmt: skip
+    values = dict(
+        bootstrap_servers=bootstrap,
+        model=model,
+        input_topic=input_topic,
+        output_topic=output_topic,
+        group=group,
+        max_batch_size=32,
+        from_beginning=True,
+        stop_at_end=True,
+        kafka_consumer=consumer,
+    )
     return load_settings({**values, **extra}, None, {})
 
 

@@ -11,8 +11,9 @@ import tensorflow as tf
 
 def mlp(path: Path, features: int = 4, classes: int = 3) -> Path:
     keras.utils.set_random_seed(1)
-    model = keras.Sequential([keras.Input((features,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(classes)], name="mlp")  # fmt: skip
+    model = keras.Sequential(
+        [keras.Input((features,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(classes)], name="mlp"
+    )
     model.save(path)
     return path
 
@@ -23,8 +24,10 @@ def multi_input(path: Path) -> Path:
     a = keras.Input((4,), name="a")
     b = keras.Input((2,), name="b", dtype="int32")
     joined = keras.layers.Concatenate()([a, keras.layers.Flatten()(keras.layers.Embedding(10, 2)(b))])
-    model = keras.Model({"a": a, "b": b}, {"score": keras.layers.Dense(1, name="score")(joined),
-                                           "embed": keras.layers.Dense(2, name="embed")(joined)})  # fmt: skip
+    model = keras.Model(
+        {"a": a, "b": b},
+        {"score": keras.layers.Dense(1, name="score")(joined), "embed": keras.layers.Dense(2, name="embed")(joined)},
+    )
     model.save(path)
     return path
 

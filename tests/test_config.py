@@ -27,8 +27,11 @@ def test_cli_overrides_environment_which_overrides_the_file(tmp_path: Path) -> N
 
 
 def test_librdkafka_settings_pass_through_from_file_and_environment(tmp_path: Path) -> None:
-    file = write(tmp_path, '[kafka]\n"security.protocol" = "SASL_SSL"\n[kafka.consumer]\n"session.timeout.ms" = 6000\n'
-                           '[kafka.producer]\n"linger.ms" = 20\n')  # fmt: skip
+    file = write(
+        tmp_path,
+        '[kafka]\n"security.protocol" = "SASL_SSL"\n[kafka.consumer]\n"session.timeout.ms" = 6000\n'
+        '[kafka.producer]\n"linger.ms" = 20\n',
+    )
     env = {"TFSTREAM_KAFKA_SASL_PASSWORD": "hunter2", "TFSTREAM_KAFKA_PRODUCER_LINGER_MS": "50"}
     s = load_settings(REQUIRED, file, env)
     assert s.kafka == {"security.protocol": "SASL_SSL", "sasl.password": "hunter2"}
@@ -37,7 +40,9 @@ def test_librdkafka_settings_pass_through_from_file_and_environment(tmp_path: Pa
 
 
 def test_secrets_are_redacted_from_the_printable_settings() -> None:
-    s = load_settings(REQUIRED, None, {"TFSTREAM_KAFKA_SASL_PASSWORD": "hunter2", "TFSTREAM_KAFKA_SSL_KEY_PASSWORD": "pw"})
+    s = load_settings(
+        REQUIRED, None, {"TFSTREAM_KAFKA_SASL_PASSWORD": "hunter2", "TFSTREAM_KAFKA_SSL_KEY_PASSWORD": "pw"}
+    )
     assert "hunter2" not in str(s.redacted()) and "pw'" not in str(s.redacted())
     assert s.redacted()["kafka"]["sasl.password"] == "***"
 
@@ -65,7 +70,9 @@ def test_a_secret_in_a_bad_value_is_not_echoed() -> None:
     assert "hunter2" not in str(info.value)
 
 
-def test_cli_exits_2_with_one_line_on_missing_or_bad_settings(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_cli_exits_2_with_one_line_on_missing_or_bad_settings(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     assert cli.main(["run", "--input-topic", "in"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
     assert cli.main(["run", "--config", str(tmp_path / "missing.toml")]) == 2

@@ -18,8 +18,9 @@ LIMITS = Limits()
 
 
 def fit(value: object, signature: Signature = SINGLE, **kwargs: bool) -> dict[str, object]:
-    return conform(unpack_input(pack_input(value) if not isinstance(value, bytes) else value, LIMITS), signature,
-                   LIMITS, **kwargs)  # fmt: skip
+    return conform(
+        unpack_input(pack_input(value) if not isinstance(value, bytes) else value, LIMITS), signature, LIMITS, **kwargs
+    )
 
 
 def test_single_input_is_keyed_by_the_model_input_name() -> None:

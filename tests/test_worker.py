@@ -21,11 +21,17 @@ pytestmark = pytest.mark.integration
 Topics = Callable[..., list[str]]
 
 
-def test_each_input_yields_one_output_equal_to_the_model(bootstrap: str, topics: Topics, group: str, mlp_path: Path) -> None:
+def test_each_input_yields_one_output_equal_to_the_model(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
     inp, out = topics("in", "out")
     x = np.random.default_rng(0).normal(size=(300, 4)).astype("float32")
-    publish(bootstrap, inp, ((f"k{i}".encode(), pack_input(row, id=i)) for i, row in enumerate(x)),
-            headers=[("trace-id", b"abc")])  # fmt: skip
+    publish(
+        bootstrap,
+        inp,
+        ((f"k{i}".encode(), pack_input(row, id=i)) for i, row in enumerate(x)),
+        headers=[("trace-id", b"abc")],
+    )
     summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, model_version="v7"))
     got = outputs(bootstrap, out, 300)
     ids = Counter(record["id"] for _, record in got)
@@ -44,8 +50,9 @@ def test_each_input_yields_one_output_equal_to_the_model(bootstrap: str, topics:
 
 
 @pytest.mark.parametrize("fmt", ["keras", "saved_model"])
-def test_multi_input_models_predict_like_the_model(bootstrap: str, topics: Topics, group: str, multi_path: Path,
-                                                   tmp_path: Path, fmt: str) -> None:  # fmt: skip
+def test_multi_input_models_predict_like_the_model(
+    bootstrap: str, topics: Topics, group: str, multi_path: Path, tmp_path: Path, fmt: str
+) -> None:
     path = multi_path if fmt == "keras" else models.saved_model(multi_path, tmp_path / "sm")
     inp, out = topics("in", "out")
     rng = np.random.default_rng(1)
@@ -60,17 +67,22 @@ def test_multi_input_models_predict_like_the_model(bootstrap: str, topics: Topic
             np.testing.assert_allclose(record["outputs"][name], expected[name][record["id"]], atol=1e-5)
 
 
-def test_bad_inputs_go_to_the_dead_letter_topic_with_their_reasons(bootstrap: str, topics: Topics, group: str,
-                                                                   mlp_path: Path) -> None:  # fmt: skip
+def test_bad_inputs_go_to_the_dead_letter_topic_with_their_reasons(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
     inp, out, dlq = topics("in", "out", "dlq", partitions=1)
     good = pack_input(np.ones(4, "float32"), id="good")
     bad = {
         b"not-msgpack": (b"\xc1\xc1", "NotMsgpackError", "decode"),
         b"no-inputs": (msgpack.packb({"id": 1}), "MissingInputsError", "decode"),
-        b"bad-dtype": (msgpack.packb({"inputs": {"dtype": "complex64", "shape": [4], "data": b"\0" * 32}}), "UnknownDtypeError", "decode"),
+        b"bad-dtype": (
+            msgpack.packb({"inputs": {"dtype": "complex64", "shape": [4], "data": b"\0" * 32}}),
+            "UnknownDtypeError",
+            "decode",
+        ),
         b"wrong-shape": (pack_input(np.ones(5, "float32")), "WrongShapeError", "validate"),
         b"nan": (pack_input(np.array([1, np.nan, 0, 0], "float32")), "NonFiniteError", "validate"),
-    }  # fmt: skip
+    }
     records = [(b"g0", good)] + [(k, v) for k, (v, _, _) in bad.items()] + [(b"g1", good)]
     publish(bootstrap, inp, records, headers=[("trace-id", b"t1")])
     summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, reject_non_finite=True))
@@ -88,8 +100,9 @@ def test_bad_inputs_go_to_the_dead_letter_topic_with_their_reasons(bootstrap: st
     assert committed(bootstrap, group, inp, 1) == {0: len(records)}
 
 
-def test_inputs_the_model_raises_on_are_isolated_and_dead_lettered(bootstrap: str, topics: Topics, group: str,
-                                                                   tmp_path: Path) -> None:  # fmt: skip
+def test_inputs_the_model_raises_on_are_isolated_and_dead_lettered(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+) -> None:
     path = models.strict_saved_model(tmp_path / "strict")
     inp, out, dlq = topics("in", "out", "dlq", partitions=1)
     x = np.ones((12, 4), "float32")
@@ -102,15 +115,26 @@ def test_inputs_the_model_raises_on_are_isolated_and_dead_lettered(bootstrap: st
     assert summary["predicted"] == 11
 
 
-def test_preprocess_runs_per_example_and_isolates_failures(bootstrap: str, topics: Topics, group: str,
-                                                           mlp_path: Path) -> None:  # fmt: skip
+def test_preprocess_runs_per_example_and_isolates_failures(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
     inp, out, dlq = topics("in", "out", "dlq", partitions=1)
     x = np.random.default_rng(3).normal(size=(20, 4)).astype("float32")
     values = [msgpack.packb({"inputs": row.tobytes(), "id": i}) for i, row in enumerate(x)]
     values[7] = msgpack.packb({"inputs": b"\x00\x01\x02", "id": 7})  # not four floats: preprocess fails
     publish(bootstrap, inp, ((None, v) for v in values))
-    run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, max_wait_ms=500,
-                        preprocess="tests.preprocessors:decode_floats"))  # fmt: skip
+    run_worker(
+        settings(
+            bootstrap,
+            mlp_path,
+            inp,
+            out,
+            group,
+            dlq_topic=dlq,
+            max_wait_ms=500,
+            preprocess="tests.preprocessors:decode_floats",
+        )
+    )
     got = {r["id"]: r["outputs"] for _, r in outputs(bootstrap, out, 19)}
     assert sorted(got) == [i for i in range(20) if i != 7]
     expected = models.offline_predict(mlp_path, x)
@@ -120,8 +144,9 @@ def test_preprocess_runs_per_example_and_isolates_failures(bootstrap: str, topic
     assert [dict(m.headers())["tfstream.errors.stage"] for m in dead] == [b"preprocess"]
 
 
-def test_a_trickle_of_varied_batch_sizes_adds_zero_traces(bootstrap: str, topics: Topics, group: str,
-                                                          mlp_path: Path) -> None:  # fmt: skip
+def test_a_trickle_of_varied_batch_sizes_adds_zero_traces(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
     inp, out = topics("in", "out", partitions=1)
     worker = Background(settings(bootstrap, mlp_path, inp, out, group, stop_at_end=False, max_wait_ms=30))
     sent = 0
@@ -137,23 +162,37 @@ def test_a_trickle_of_varied_batch_sizes_adds_zero_traces(bootstrap: str, topics
     assert worker.result["traces_after_warmup"] == 0
 
 
-def test_time_window_processes_exactly_the_inputs_inside_it(bootstrap: str, topics: Topics, group: str,
-                                                            mlp_path: Path) -> None:  # fmt: skip
+def test_time_window_processes_exactly_the_inputs_inside_it(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
     inp, out = topics("in", "out", partitions=2)
     base = 1_700_000_000_000
     stamps = [base + i * 1000 for i in range(30)]
-    publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(30)),
-            timestamps=stamps)  # fmt: skip
-    s = settings(bootstrap, mlp_path, inp, out, group, from_beginning=False,
-                 from_timestamp="2023-11-14T22:13:30Z", until_timestamp="2023-11-14T22:13:40Z")  # fmt: skip
+    publish(
+        bootstrap,
+        inp,
+        ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(30)),
+        timestamps=stamps,
+    )
+    s = settings(
+        bootstrap,
+        mlp_path,
+        inp,
+        out,
+        group,
+        from_beginning=False,
+        from_timestamp="2023-11-14T22:13:30Z",
+        until_timestamp="2023-11-14T22:13:40Z",
+    )
     summary = run_worker(s)
     assert (s.from_ms, s.until_ms) == (base + 10_000, base + 20_000)
     got = sorted(r["id"] for _, r in outputs(bootstrap, out, 10))
     assert got == list(range(10, 20)) and summary["predicted"] == 10
 
 
-def test_offsets_are_never_committed_ahead_of_acknowledged_outputs(bootstrap: str, topics: Topics, group: str,
-                                                                   mlp_path: Path) -> None:  # fmt: skip
+def test_offsets_are_never_committed_ahead_of_acknowledged_outputs(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
     inp, out = topics("in", "out", partitions=2)
     ok = ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(600))
     publish(bootstrap, inp, ok)

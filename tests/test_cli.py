@@ -1,0 +1,140 @@
+"""``python -m consumer run`` as users run it: a real process, real signals, real exit codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from consumer.codec import pack_input
+from producer_tools.embedded_broker import free_port
+from producer_tools.reader import read_topic
+from tests.helpers import outputs, publish
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {
+    **os.environ,
+    "TFSTREAM_KAFKA_CONSUMER_SESSION_TIMEOUT_MS": "6000",
+    "TFSTREAM_KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS": "500",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "PYTHONPATH": str(ROOT),
+}
+
+
+def consumer_command(bootstrap: str, model: Path, inp: str, out: str, group: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "consumer",
+        "run",
+        "--bootstrap-servers",
+        bootstrap,
+        "--input-topic",
+        inp,
+        "--output-topic",
+        out,
+        "--group",
+        group,
+        "--model",
+        str(model),
+        "--max-batch-size",
+        "32",
+        "--from-beginning",
+        *extra,
+    ]
+
+
+def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(
+    bootstrap: str, topics: Callable[..., list[str]], group: str, mlp_path: Path
+) -> None:
+    inp, out = topics("in", "out")
+    total = 3000
+
+    def trickle() -> None:
+        for start in range(0, total, 100):
+            publish(
+                bootstrap,
+                inp,
+                ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(start, start + 100)),
+            )
+            time.sleep(0.05)
+
+    publisher = threading.Thread(target=trickle)
+    process = subprocess.Popen(
+        consumer_command(bootstrap, mlp_path, inp, out, group), env=ENV, stderr=subprocess.PIPE, text=True
+    )
+    publisher.start()
+    first = len(read_topic(bootstrap, out, timeout=60, min_count=300))
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    publisher.join()
+    assert process.returncode == 0, err[-2000:]
+    assert first >= 300 and '"event": "summary"' in err
+    finished = subprocess.run(
+        consumer_command(bootstrap, mlp_path, inp, out, group, "--stop-at-end"),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    ids = Counter(record["id"] for _, record in outputs(bootstrap, out, total))
+    print(
+        f"SIGTERM run: {first}+ outputs before the signal; {len(ids)} distinct ids, "
+        f"{sum(ids.values()) - len(ids)} duplicates"
+    )
+    assert set(ids) == set(range(total)) and max(ids.values()) == 1
+
+
+def test_a_missing_model_exits_1_with_one_line(
+    bootstrap: str, topics: Callable[..., list[str]], group: str, tmp_path: Path
+) -> None:
+    inp, out = topics("in", "out")
+    run = subprocess.run(
+        consumer_command(bootstrap, tmp_path / "nope.keras", inp, out, group),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1].startswith("error: model path") and "does not exist" in run.stderr
+
+
+def test_a_missing_topic_exits_2_naming_it(
+    bootstrap: str, topics: Callable[..., list[str]], group: str, mlp_path: Path
+) -> None:
+    (inp,) = topics("in")
+    run = subprocess.run(
+        consumer_command(bootstrap, mlp_path, inp, "no-such-topic", group),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert "topic 'no-such-topic' does not exist" in run.stderr.strip().splitlines()[-1]
+
+
+def test_an_unreachable_broker_fails_after_the_connect_timeout(mlp_path: Path) -> None:
+    started = time.monotonic()
+    run = subprocess.run(
+        consumer_command(f"127.0.0.1:{free_port()}", mlp_path, "in", "out", "g"),
+        env={**ENV, "TFSTREAM_CONNECT_TIMEOUT_S": "3"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert "cannot reach Kafka" in run.stderr.strip().splitlines()[-1]
+    assert time.monotonic() - started < 60
