@@ -113,13 +113,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
-        return run_in_process(settings)
+        return run_in_process(settings, device=claim_device(settings))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TfStreamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def claim_device(settings: Settings) -> str:
+    """Pin this process to its device before TensorFlow is imported; one device per process."""
+    spec = settings.devices.strip().lower()
+    if (settings.workers or 1) > 1 or "," in spec:
+        raise ConfigError(
+            "invalid setting workers/devices: several worker processes need the supervisor, which this "
+            "release does not have yet; start one process per device (same --group) instead"
+        )
+    if spec == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return "cpu"
+    if spec.startswith("gpu:") and spec[4:].isdigit():
+        os.environ["CUDA_VISIBLE_DEVICES"] = spec[4:]
+        return spec
+    if spec == "auto":
+        return "auto"
+    raise ConfigError(f"invalid setting devices={settings.devices!r}: use auto, cpu or gpu:N")
 
 
 def run_in_process(settings: Settings, slot: int = 0, device: str = "cpu") -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,25 @@ def test_cli_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["run", "--max-batch-size", "many"])
     assert info.value.code == 2
+
+
+def test_devices_pin_one_process_and_refuse_what_needs_the_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert cli.claim_device(load_settings({**REQUIRED, "devices": "gpu:1"}, None, {})) == "gpu:1"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    assert cli.claim_device(load_settings({**REQUIRED, "devices": "cpu"}, None, {})) == "cpu"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    for bad in ({"workers": 2}, {"devices": "gpu:0,1"}, {"devices": "tpu"}):
+        with pytest.raises(ConfigError):
+            cli.claim_device(load_settings({**REQUIRED, **bad}, None, {}))
+
+
+def test_docker_compose_file_is_valid_and_creates_the_topics() -> None:
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).parent.parent / "docker-compose.yml").read_text())
+    kafka, topics = compose["services"]["kafka"], compose["services"]["create-topics"]
+    assert kafka["image"].startswith("apache/kafka") and "9092:9092" in kafka["ports"]
+    assert "broker,controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]
+    assert topics["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert all(t in topics["command"][0] for t in ("inputs", "predictions", "dead-letters"))
