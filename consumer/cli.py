@@ -1,24 +1,23 @@
 """``python -m consumer``: the command-line contract.
 
+``run`` starts the supervisor (no TensorFlow here), which spawns one worker per device.
 Usage and configuration errors exit 2 with one line; other failures exit 1 with one line;
-SIGTERM/SIGINT drain and exit 0 (a second signal exits at once).
+SIGTERM/SIGINT drain every worker and exit 0 (a second signal exits at once).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from consumer import __version__
+from consumer import __version__, logs
 from consumer.config import ENV_PREFIX, Settings, load_settings
-from consumer.errors import ConfigError, TfStreamError
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+from consumer.devices import plan_workers
+from consumer.errors import ConfigError
+from consumer.supervisor import EXIT_USAGE, Supervisor
 
 
 def _flag(group: Any, name: str, help: str, **kwargs: Any) -> None:
@@ -113,56 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
-        return run_in_process(settings, device=claim_device(settings))
+        slots = plan_workers(settings.devices, settings.workers)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except TfStreamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-
-
-def claim_device(settings: Settings) -> str:
-    """Pin this process to its device before TensorFlow is imported; one device per process."""
-    spec = settings.devices.strip().lower()
-    if (settings.workers or 1) > 1 or "," in spec:
-        raise ConfigError(
-            "invalid setting workers/devices: several worker processes need the supervisor, which this "
-            "release does not have yet; start one process per device (same --group) instead"
-        )
-    if spec == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        return "cpu"
-    if spec.startswith("gpu:") and spec[4:].isdigit():
-        os.environ["CUDA_VISIBLE_DEVICES"] = spec[4:]
-        return spec
-    if spec == "auto":
-        return "auto"
-    raise ConfigError(f"invalid setting devices={settings.devices!r}: use auto, cpu or gpu:N")
-
-
-def run_in_process(settings: Settings, slot: int = 0, device: str = "cpu") -> int:
-    """Run one worker in this process, with signal handling for a clean drain."""
-    from consumer import logs
-
-    logs.configure(settings.log_level, settings.log_format, worker=slot, device=device)
-    from consumer.worker import Worker  # imports TensorFlow
-
-    worker = Worker(settings, slot, device)
-    _install_signal_handlers(worker.request_stop)
-    summary = worker.run()
-    print(json.dumps({"event": "summary", **summary}), file=sys.stderr)
-    return EXIT_OK
-
-
-def _install_signal_handlers(stop: Any) -> None:
-    received: list[int] = []
-
-    def handle(signum: int, _frame: Any) -> None:
-        if received:
-            os._exit(EXIT_FAILURE)
-        received.append(signum)
-        stop()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
+    logs.configure(settings.log_level, settings.log_format, worker="supervisor")
+    supervisor = Supervisor(settings, slots)
+    code = supervisor.run()
+    summary = {"event": "summary", **supervisor.summary()}
+    summary["supervisor_imported_tensorflow"] = "tensorflow" in sys.modules
+    print(json.dumps(summary), file=sys.stderr)
+    if supervisor.error:
+        print(f"error: {supervisor.error}", file=sys.stderr)
+    return code

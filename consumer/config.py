@@ -56,6 +56,7 @@ class Settings(BaseModel):
     pipeline_depth: int = Field(4, ge=1, le=64)
     drain_timeout_s: float = Field(30.0, gt=0, le=3600)
     connect_timeout_s: float = Field(30.0, gt=0, le=3600)
+    start_attempts: int = Field(3, ge=1, le=1000)
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=64)
     max_tensor_elements: int = Field(16 * 1024 * 1024, ge=1)
     max_dims: int = Field(8, ge=0, le=32)

@@ -16,7 +16,13 @@ class Emitter:
     """Encodes outputs in the wire format (or JSON) and hands them to the outbox, key = input key."""
 
     def __init__(
-        self, outbox: Outbox, topic: str, model: dict[str, str], output_format: str, counters: Counters
+        self,
+        outbox: Outbox,
+        topic: str,
+        model: dict[str, str],
+        output_format: str,
+        counters: Counters,
+        worker: str = "",
     ) -> None:
         self.outbox, self.topic, self.model, self.counters = outbox, topic, model, counters
         self._json = output_format == "json"
@@ -24,6 +30,7 @@ class Emitter:
         self._model_headers: Headers = [
             (HEADER_PREFIX + "model.name", model["name"].encode()),
             (HEADER_PREFIX + "model.version", model["version"].encode()),
+            (HEADER_PREFIX + "worker", worker.encode()),
         ]
 
     def emit(self, batch: Batch, outputs: dict[str, np.ndarray], bucket: int, predict_ms: float) -> None:

@@ -12,6 +12,8 @@ at half of it. When the pipeline is full the loop pauses its partitions (back-pr
 from __future__ import annotations
 
 import importlib
+import os
+import socket
 import threading
 import time
 from typing import Any
@@ -74,6 +76,8 @@ class Worker:
             inputs=model.signature.describe(),
             batch_sizes=sizes,
             full_batch_ms=round(warm[max(warm)] * 1000, 2),
+            tf_devices=[d.name for d in tf.config.list_logical_devices()],
+            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
         )
         client_id = f"tfstream-{s.group}-{self.slot}"
         self.consumer = Consumer(kafka_io.consumer_config(s, client_id))
@@ -91,7 +95,8 @@ class Worker:
             self.predictor, dead_letters, limits, s.pipeline_depth, load_preprocess(s.preprocess), s.reject_non_finite
         )
         self.dead_letters = dead_letters
-        self.emitter = Emitter(self.outbox, s.output_topic, self.model_info, s.output_format, self.counters)
+        worker = f"{socket.gethostname()}/{os.getpid()}/{self.slot}/{self.device}"
+        self.emitter = Emitter(self.outbox, s.output_topic, self.model_info, s.output_format, self.counters, worker)
         poll_interval = int(kafka_io.consumer_config(s, client_id)["max.poll.interval.ms"])
         self.drain_budget = min(s.drain_timeout_s, poll_interval / 2000)
 

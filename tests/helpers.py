@@ -2,19 +2,60 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from consumer.codec import unpack_output
+from consumer.codec import pack_input, unpack_output
 from consumer.config import Settings, load_settings
 from producer_tools.reader import read_topic
 from tests.conftest import FAST_GROUP
 
 Record = tuple[bytes | None, bytes | None]
+ROOT = Path(__file__).resolve().parent.parent
+#: The environment of a deployment under test: short group timeouts, quiet TensorFlow.
+ENV = {
+    **os.environ,
+    "TFSTREAM_KAFKA_CONSUMER_SESSION_TIMEOUT_MS": str(FAST_GROUP["session.timeout.ms"]),
+    "TFSTREAM_KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS": str(FAST_GROUP["heartbeat.interval.ms"]),
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "PYTHONPATH": str(ROOT),
+}
+
+
+def consumer_command(bootstrap: str, model: Path, inp: str, out: str, group: str, *extra: str) -> list[str]:
+    """``python -m consumer run`` as a user types it, starting new groups at the beginning."""
+    return [
+        sys.executable,
+        "-m",
+        "consumer",
+        "run",
+        "--bootstrap-servers",
+        bootstrap,
+        "--input-topic",
+        inp,
+        "--output-topic",
+        out,
+        "--group",
+        group,
+        "--model",
+        str(model),
+        "--max-batch-size",
+        "32",
+        "--from-beginning",
+        *extra,
+    ]
 
 
 def publish(
@@ -88,3 +129,83 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
         return {tp.partition: tp.offset for tp in found}
     finally:
         consumer.close()
+
+
+class Trickle:
+    """Publishes ``total`` inputs with ids 0.. in chunks, in a thread, so a test can act mid-stream."""
+
+    def __init__(self, bootstrap: str, topic: str, total: int, chunk: int = 100, pause: float = 0.05) -> None:
+        self.bootstrap, self.topic, self.total, self.chunk, self.pause = bootstrap, topic, total, chunk, pause
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        one = np.ones(4, "float32")
+        for start in range(0, self.total, self.chunk):
+            ids = range(start, min(start + self.chunk, self.total))
+            publish(self.bootstrap, self.topic, ((str(i).encode(), pack_input(one, id=i)) for i in ids))
+            time.sleep(self.pause)
+
+    def join(self, timeout: float = 120) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the publisher did not finish"
+
+
+class Deployment:
+    """``python -m consumer run`` in a real process; its JSON log lines are collected as they come."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        found = []
+        for line in list(self.lines):
+            if line.startswith("{") and f'"event": "{name}"' in line:
+                found.append(json.loads(line))
+        return found
+
+    def wait_for(self, name: str, count: int = 1, timeout: float = 90) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.events(name)) < count:
+            assert self.process.poll() is None, "the deployment exited early:\n" + self.tail()
+            assert time.monotonic() < deadline, f"no {count}x {name!r} within {timeout}s:\n" + self.tail()
+            time.sleep(0.1)
+        return self.events(name)
+
+    def stop(self, timeout: float = 90) -> dict[str, Any]:
+        """SIGTERM, wait, and return the supervisor's summary (the exit code must be 0)."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.finish(timeout)
+
+    def finish(self, timeout: float = 120) -> dict[str, Any]:
+        self.process.wait(timeout)
+        self.reader.join(10)
+        assert self.process.returncode == 0, self.tail()
+        (summary,) = self.events("summary")
+        return summary
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.lines[-lines:])
+
+
+def wait_for_outputs(bootstrap: str, topic: str, ids: set[int], timeout: float = 120) -> Counter[Any]:
+    """Read ``topic`` until every id in ``ids`` has an output; return how often each id came out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = Counter(unpack_output(m.value())["id"] for m in read_topic(bootstrap, topic, timeout=10))
+        if ids <= set(seen) or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.5)
+
+
+def worker_labels(bootstrap: str, topic: str) -> Counter[bytes]:
+    """How many outputs each worker (``tfstream.worker`` header) produced."""
+    return Counter(dict(m.headers() or [])["tfstream.worker"] for m in read_topic(bootstrap, topic, timeout=10))

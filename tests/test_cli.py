@@ -2,56 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from consumer.codec import pack_input
 from producer_tools.embedded_broker import free_port
 from producer_tools.reader import read_topic
-from tests.helpers import outputs, publish
+from tests.helpers import ENV, Trickle, consumer_command, outputs
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {
-    **os.environ,
-    "TFSTREAM_KAFKA_CONSUMER_SESSION_TIMEOUT_MS": "6000",
-    "TFSTREAM_KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS": "500",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "PYTHONPATH": str(ROOT),
-}
-
-
-def consumer_command(bootstrap: str, model: Path, inp: str, out: str, group: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "consumer",
-        "run",
-        "--bootstrap-servers",
-        bootstrap,
-        "--input-topic",
-        inp,
-        "--output-topic",
-        out,
-        "--group",
-        group,
-        "--model",
-        str(model),
-        "--max-batch-size",
-        "32",
-        "--from-beginning",
-        *extra,
-    ]
 
 
 def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(
@@ -59,21 +23,10 @@ def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(
 ) -> None:
     inp, out = topics("in", "out")
     total = 3000
-
-    def trickle() -> None:
-        for start in range(0, total, 100):
-            publish(
-                bootstrap,
-                inp,
-                ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(start, start + 100)),
-            )
-            time.sleep(0.05)
-
-    publisher = threading.Thread(target=trickle)
     process = subprocess.Popen(
         consumer_command(bootstrap, mlp_path, inp, out, group), env=ENV, stderr=subprocess.PIPE, text=True
     )
-    publisher.start()
+    publisher = Trickle(bootstrap, inp, total)
     first = len(read_topic(bootstrap, out, timeout=60, min_count=300))
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
@@ -126,15 +79,17 @@ def test_a_missing_topic_exits_2_naming_it(
     assert "topic 'no-such-topic' does not exist" in run.stderr.strip().splitlines()[-1]
 
 
-def test_an_unreachable_broker_fails_after_the_connect_timeout(mlp_path: Path) -> None:
+def test_an_unreachable_broker_fails_after_the_connect_timeout_and_the_start_attempts(mlp_path: Path) -> None:
     started = time.monotonic()
     run = subprocess.run(
         consumer_command(f"127.0.0.1:{free_port()}", mlp_path, "in", "out", "g"),
-        env={**ENV, "TFSTREAM_CONNECT_TIMEOUT_S": "3"},
+        env={**ENV, "TFSTREAM_CONNECT_TIMEOUT_S": "3", "TFSTREAM_START_ATTEMPTS": "2"},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert run.returncode == 1
-    assert "cannot reach Kafka" in run.stderr.strip().splitlines()[-1]
-    assert time.monotonic() - started < 60
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot reach Kafka") and "could not start (2 attempts)" in last
+    assert run.stderr.count('"event": "worker started"') == 2
+    assert time.monotonic() - started < 100

@@ -1,0 +1,116 @@
+"""The entry point of one spawned worker process: pin the device, then import TensorFlow and serve.
+
+It reports to the supervisor over a one-way pipe: ``("ready", info)`` once the model is warmed
+up and the topics are checked, ``("summary", counts)`` when it finished cleanly, and
+``("error", message)`` before a failing exit. Exit codes tell the supervisor what to do:
+0 done, 1 failed (restart), 2 configuration error and 3 model error (both final).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from consumer.config import Settings
+from consumer.devices import WorkerSlot
+from consumer.errors import ConfigError, ModelError, TfStreamError
+
+EXIT_DONE, EXIT_FAILED, EXIT_CONFIG, EXIT_MODEL = 0, 1, 2, 3
+
+
+def worker_main(settings: Settings, slot: WorkerSlot, report: multiprocessing.connection.Connection) -> None:
+    """Run one worker until it is done; never returns (exits with a code the supervisor reads)."""
+    os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only; it forwards SIGTERM
+    os.environ.update(slot.environment())
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines are noise here
+    try:
+        summary = _serve(settings, slot, report)
+        _send(report, "summary", summary)
+        code = EXIT_DONE
+    except ConfigError as exc:
+        code = _fail(report, exc, EXIT_CONFIG)
+    except ModelError as exc:
+        code = _fail(report, exc, EXIT_MODEL)
+    except TfStreamError as exc:
+        code = _fail(report, exc, EXIT_FAILED)
+    except BaseException as exc:  # a bug: keep the traceback, but still tell the supervisor in one line
+        import traceback
+
+        traceback.print_exc()
+        code = _fail(report, f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _serve(settings: Settings, slot: WorkerSlot, report: multiprocessing.connection.Connection) -> dict[str, Any]:
+    from consumer import logs
+
+    logs.configure(settings.log_level, settings.log_format, worker=slot.slot, device=slot.device)
+    configure_tensorflow(slot)
+    from consumer.worker import Worker  # imports TensorFlow, after the device is pinned
+
+    worker = Worker(settings, slot.slot, slot.device)
+    install_signal_handlers(worker.request_stop)
+    _stop_when_parent_dies(worker.request_stop)
+    worker.start()
+    _send(report, "ready", {"device": slot.device, "pid": os.getpid()})
+    return worker.run()
+
+
+def configure_tensorflow(slot: WorkerSlot) -> None:
+    """Threads for a CPU share, memory growth on a GPU: both must happen before any op runs."""
+    import tensorflow as tf
+
+    if slot.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(slot.intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(slot.inter_op_threads)
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def install_signal_handlers(stop: Any) -> None:
+    """First SIGTERM/SIGINT: drain and exit 0. A second one: exit at once."""
+    received: list[int] = []
+
+    def handle(signum: int, _frame: Any) -> None:
+        if received:
+            os._exit(EXIT_FAILED)
+        received.append(signum)
+        stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _stop_when_parent_dies(stop: Any) -> None:
+    """A worker whose supervisor was killed drains and exits instead of living on as an orphan."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        stop()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _fail(report: multiprocessing.connection.Connection, error: BaseException | str, code: int) -> int:
+    message = str(error)
+    if not _send(report, "error", message):
+        print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _send(report: multiprocessing.connection.Connection, kind: str, payload: Any) -> bool:
+    try:
+        report.send((kind, json.loads(json.dumps(payload, default=str))))
+        return True
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,97 @@
+"""Which devices this machine offers and how workers are laid out on them, without TensorFlow.
+
+The supervisor must never initialise CUDA (a forked or spawned child would inherit a broken
+context), so GPUs are found from ``CUDA_VISIBLE_DEVICES`` or ``nvidia-smi -L``, never from
+TensorFlow. Each worker slot names one device; CPU workers split the cores between them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from consumer.errors import ConfigError
+
+_NVIDIA_SMI_LINE = re.compile(r"^GPU (\d+):", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """One worker process: its slot number, its device, and the TensorFlow threads it may use."""
+
+    slot: int
+    device: str  # "cpu" or "gpu:<id>" (the id as CUDA_VISIBLE_DEVICES takes it)
+    intra_op_threads: int = 0  # 0: TensorFlow's default
+    inter_op_threads: int = 0
+
+    @property
+    def gpu_id(self) -> str | None:
+        return self.device[4:] if self.device.startswith("gpu:") else None
+
+    def environment(self) -> dict[str, str]:
+        """Variables to set before TensorFlow is imported in the worker."""
+        env = {"CUDA_VISIBLE_DEVICES": self.gpu_id if self.gpu_id is not None else ""}
+        if self.intra_op_threads:
+            env["OMP_NUM_THREADS"] = str(self.intra_op_threads)
+        return env
+
+
+def discover_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
+    """GPU ids visible to this process: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi -L``."""
+    environ = os.environ if environ is None else environ
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    smi = shutil.which("nvidia-smi", path=environ.get("PATH"))
+    if smi is None:
+        return []
+    try:
+        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=15, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return _NVIDIA_SMI_LINE.findall(listing)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def plan_workers(
+    devices: str, workers: int | None, environ: Mapping[str, str] | None = None, cores: int | None = None
+) -> list[WorkerSlot]:
+    """Turn ``--devices`` and ``--workers`` into worker slots; raise ``ConfigError`` if they conflict."""
+    spec = devices.strip().lower()
+    if spec == "cpu":
+        return _cpu_slots(workers or 1, cores or usable_cores())
+    if spec == "auto":
+        gpus = discover_gpus(environ)
+        return _gpu_slots(gpus, workers) if gpus else _cpu_slots(workers or 1, cores or usable_cores())
+    if spec.startswith("gpu:"):
+        ids = [d.strip() for d in spec[4:].split(",")]
+        if not all(ids) or len(set(ids)) != len(ids):
+            raise ConfigError(f"invalid setting devices={devices!r}: list GPU ids once each, as in gpu:0,1")
+        return _gpu_slots(ids, workers)
+    raise ConfigError(f"invalid setting devices={devices!r}: use auto, cpu, or gpu:ID[,ID...]")
+
+
+def _cpu_slots(workers: int, cores: int) -> list[WorkerSlot]:
+    """Split the cores between CPU workers so that together they do not oversubscribe."""
+    intra = max(1, cores // workers)
+    inter = min(2, intra)
+    return [WorkerSlot(slot, "cpu", intra, inter) for slot in range(workers)]
+
+
+def _gpu_slots(ids: list[str], workers: int | None) -> list[WorkerSlot]:
+    if workers is not None and workers > len(ids):
+        raise ConfigError(
+            f"invalid setting workers={workers}: only {len(ids)} GPU(s) ({','.join(ids)}) are available and "
+            "each worker owns one; lower --workers, or use --devices cpu"
+        )
+    return [WorkerSlot(slot, f"gpu:{gpu}") for slot, gpu in enumerate(ids[: workers or len(ids)])]

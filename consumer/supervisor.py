@@ -1,0 +1,254 @@
+"""The supervisor: one spawned worker process per device slot, restarted when it dies.
+
+It never imports TensorFlow, and starts workers with ``spawn``, never ``fork``: a process that
+forks after TensorFlow or CUDA initialised hangs (the Celery prefork failure). It forwards
+SIGTERM/SIGINT so every worker drains, restarts crashed workers with exponential back-off
+(reset once a worker stayed up for ``healthy_after_s``), and gives up with the worker's own
+one-line reason when a worker keeps dying before it ever became ready.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from consumer.child import EXIT_CONFIG, EXIT_DONE, EXIT_MODEL, worker_main
+from consumer.config import Settings
+from consumer.devices import WorkerSlot
+from consumer.logs import get_logger
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_FINAL = {EXIT_CONFIG: EXIT_USAGE, EXIT_MODEL: EXIT_FAILURE}
+
+
+@dataclass
+class Child:
+    """What the supervisor knows of one worker slot across its restarts."""
+
+    slot: WorkerSlot
+    process: BaseProcess | None = None
+    report: multiprocessing.connection.Connection | None = None
+    ready_at: float | None = None
+    failures: int = 0  # consecutive crashes, reset after a healthy period
+    start_failures: int = 0  # consecutive crashes before ever becoming ready
+    restart_at: float | None = None
+    restarts: int = 0
+    finished: bool = False
+    exit_code: int | None = None
+    last_error: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None
+
+    def name(self) -> str:
+        return f"worker {self.slot.slot} ({self.slot.device})"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Exponential back-off between restarts; how many failed starts end the run."""
+
+    base_s: float = 1.0
+    max_s: float = 30.0
+    healthy_after_s: float = 60.0
+    start_attempts: int = 3
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.max_s, self.base_s * 2 ** max(0, failures - 1)))
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the worker processes of one deployment member."""
+
+    def __init__(self, settings: Settings, slots: list[WorkerSlot], policy: RestartPolicy | None = None) -> None:
+        self.settings = settings
+        self.policy = policy or RestartPolicy(start_attempts=settings.start_attempts)
+        self.children = [Child(slot) for slot in slots]
+        self.log = get_logger("consumer.supervisor")
+        self._context = multiprocessing.get_context("spawn")
+        self._signals: list[int] = []
+        self._stopping_since: float | None = None
+        self._fatal: tuple[int, str] | None = None
+        self.error: str | None = None  # the one line to print when ``run`` returns non-zero
+
+    # -- main loop -----------------------------------------------------------------------
+    def run(self) -> int:
+        self._install_signal_handlers()
+        self.log.info("starting workers", workers=[c.slot.device for c in self.children], pid=os.getpid())
+        for child in self.children:
+            self._start(child)
+        while not all(c.finished for c in self.children):
+            if self._signals and self._stopping_since is None:
+                self._stop_all("signal received: draining workers")
+            self._wait(0.5)
+            self._restart_due()
+            self._kill_if_drain_hangs()
+        return self._result()
+
+    def _start(self, child: Child) -> None:
+        receive, send = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=worker_main, args=(self.settings, child.slot, send), name=f"tfstream-worker-{child.slot.slot}"
+        )
+        process.start()
+        send.close()  # the child holds the only writing end: EOF means it is gone
+        child.process, child.report, child.ready_at, child.restart_at = process, receive, None, None
+        self.log.info("worker started", worker=child.slot.slot, device=child.slot.device, pid=process.pid)
+
+    def _wait(self, timeout: float) -> None:
+        live = [c for c in self.children if c.alive]
+        waitables: list[Any] = [c.report for c in live] + [c.process.sentinel for c in live if c.process]
+        if not waitables:
+            time.sleep(timeout)
+            return
+        ready = multiprocessing.connection.wait(waitables, timeout)
+        for child in live:
+            assert child.process is not None
+            if child.report in ready:
+                self._read_reports(child)
+            if child.process.sentinel in ready:
+                self._on_exit(child)
+
+    def _read_reports(self, child: Child) -> None:
+        assert child.report is not None
+        try:
+            while child.report.poll():
+                kind, payload = child.report.recv()
+                self._on_report(child, kind, payload)
+        except (EOFError, OSError):
+            pass
+
+    def _on_report(self, child: Child, kind: str, payload: Any) -> None:
+        if kind == "ready":
+            child.ready_at, child.start_failures = time.monotonic(), 0
+            self.log.info("worker ready", worker=child.slot.slot, device=child.slot.device, pid=payload.get("pid"))
+        elif kind == "summary":
+            child.summary = payload
+        elif kind == "error":
+            child.last_error = str(payload)
+
+    # -- exits and restarts --------------------------------------------------------------
+    def _on_exit(self, child: Child) -> None:
+        assert child.process is not None and child.report is not None
+        self._read_reports(child)
+        child.process.join()
+        code = child.process.exitcode if child.process.exitcode is not None else EXIT_FAILURE
+        child.report.close()
+        child.process, child.report, child.exit_code = None, None, code
+        if code == EXIT_DONE or self._stopping_since is not None:
+            child.finished = True
+            self.log.info("worker exited", worker=child.slot.slot, exit_code=code)
+        elif code in _FINAL:
+            self._give_up(_FINAL[code], child.last_error or f"{child.name()} exited with {code}")
+        else:
+            self._schedule_restart(child, code)
+
+    def _schedule_restart(self, child: Child, code: int) -> None:
+        reason = child.last_error or _describe_exit(code)
+        now = time.monotonic()
+        if child.ready_at is None:
+            child.start_failures += 1
+            if child.start_failures >= self.policy.start_attempts:
+                attempts = f" ({child.start_failures} attempts)" if child.start_failures > 1 else ""
+                self._give_up(EXIT_FAILURE, f"{reason} [{child.name()} could not start{attempts}]")
+                return
+        elif now - child.ready_at >= self.policy.healthy_after_s:
+            child.failures = 0
+        child.failures += 1
+        child.restart_at = now + self.policy.delay(child.failures)
+        self.log.warning(
+            "worker died; restarting",
+            worker=child.slot.slot,
+            device=child.slot.device,
+            reason=reason,
+            restart_in_s=round(child.restart_at - now, 1),
+        )
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.restart_at is not None and child.restart_at <= now and self._stopping_since is None:
+                child.restarts += 1
+                self._start(child)
+
+    def _give_up(self, code: int, message: str) -> None:
+        if self._fatal is None:
+            self._fatal = (code, message)
+        self._stop_all("a worker failed for good: stopping the others")
+
+    # -- stopping ------------------------------------------------------------------------
+    def _stop_all(self, why: str) -> None:
+        if self._stopping_since is None:
+            self._stopping_since = time.monotonic()
+            self.log.info(why)
+        for child in self.children:
+            if child.restart_at is not None or not child.alive:
+                child.restart_at, child.finished = None, True
+            elif child.process is not None and child.process.pid:
+                _signal(child.process.pid, signal.SIGTERM)
+
+    def _kill_if_drain_hangs(self) -> None:
+        budget = self.settings.drain_timeout_s + 30
+        if self._stopping_since is None or time.monotonic() - self._stopping_since < budget:
+            return
+        for child in self.children:
+            if child.process is not None and child.process.pid:
+                self.log.error("worker did not drain in time: killing it", worker=child.slot.slot)
+                _signal(child.process.pid, signal.SIGKILL)
+
+    def _install_signal_handlers(self) -> None:
+        def handle(signum: int, _frame: Any) -> None:
+            self._signals.append(signum)
+            if len(self._signals) > 1:  # a second signal: no more waiting
+                for child in self.children:
+                    if child.process is not None and child.process.pid:
+                        _signal(child.process.pid, signal.SIGKILL)
+                os._exit(EXIT_FAILURE)
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def _result(self) -> int:
+        self.log.info("supervisor stopped", restarts=sum(c.restarts for c in self.children))
+        if self._fatal is not None:
+            self.error = self._fatal[1]
+            return self._fatal[0]
+        failed = [c for c in self.children if c.exit_code not in (EXIT_DONE, None)]
+        if failed:
+            first = failed[0]
+            self.error = f"{first.last_error or _describe_exit(first.exit_code)} [{first.name()}]"
+        return EXIT_FAILURE if failed else EXIT_OK
+
+    def summary(self) -> dict[str, Any]:
+        """Totals over the workers' own summaries, and one entry per worker."""
+        totals: dict[str, Any] = {}
+        for child in self.children:
+            for key, value in child.summary.items():
+                if isinstance(value, int | float) and not isinstance(value, bool) and key != "seconds":
+                    totals[key] = totals.get(key, 0) + value
+        workers = [
+            {"worker": c.slot.slot, "device": c.slot.device, "restarts": c.restarts, "exit_code": c.exit_code}
+            | c.summary
+            for c in self.children
+        ]
+        return {**totals, "restarts": sum(c.restarts for c in self.children), "workers": workers}
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"the worker was killed by {signal.Signals(-code).name}"
+    return f"the worker exited with code {code}"
