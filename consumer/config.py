@@ -139,6 +139,20 @@ def load_settings(
         raise ConfigError(_one_line(exc, sources)) from None
 
 
+def load_client_tables(config_file: str | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What the user-side tools share with the consumer: ``bootstrap_servers`` and the librdkafka
+    tables (``kafka``, ``kafka_consumer``, ``kafka_producer``), from the file, then the environment."""
+    environ = os.environ if environ is None else environ
+    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    merged: dict[str, Any] = {table: {} for table in _KAFKA_TABLES.values()}
+    for values in (_read_toml(config_file) if config_file else {}, _read_env(environ)):
+        for table in _KAFKA_TABLES.values():
+            merged[table] |= {str(k): v for k, v in values.get(table, {}).items()}
+        if "bootstrap_servers" in values:
+            merged["bootstrap_servers"] = values["bootstrap_servers"]
+    return merged
+
+
 def _one_line(exc: ValidationError, sources: Mapping[str, str]) -> str:
     first = exc.errors()[0]
     key = ".".join(str(part) for part in first["loc"])

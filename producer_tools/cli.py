@@ -1,4 +1,8 @@
-"""``python -m producer_tools``: the user-side tools."""
+"""``python -m producer_tools``: the user-side tools.
+
+Exit codes: 0 done; 1 a runtime failure (undelivered messages, broker errors); 2 a usage or
+input-file error, one line naming what was wrong (nothing is published then).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,102 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from confluent_kafka import KafkaException
+
+from consumer.errors import ConfigError, TfStreamError
+from producer_tools import commands
+from producer_tools.clients import add_client_flags
+
+Command = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m producer_tools", description="User-side tools for tfstream.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser("demo", help="run the whole path on the embedded broker and summarise")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _publish(sub)
+    _collect(sub)
+    _replay(sub)
+    _reset_offsets(sub)
+    _lag(sub)
+    _demo(sub)
+    broker = sub.add_parser("broker", help="run the embedded broker in the foreground until Ctrl-C")
+    broker.add_argument("--port", type=int, default=9092)
+    broker.set_defaults(run=lambda args: run_broker(args.port))
+    return parser
+
+
+def _command(sub: argparse._SubParsersAction, name: str, run: Command, help: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help, description=help)
+    add_client_flags(parser)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _input_file_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--key-field", help="field, column or .npz array holding each message key (default: row number)"
+    )
+    parser.add_argument("--id-field", help="field, column or .npz array holding each id (default: row number)")
+    parser.add_argument("--input-name", help="folders: the model input the file bytes go to (default: unnamed)")
+    parser.add_argument("--columns", metavar="A,B,...", help="CSV: the feature columns (default: all but key/id)")
+    parser.add_argument("--dtype", help="cast numeric inputs to this NumPy dtype, e.g. float32")
+
+
+def _publish(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "publish", commands.run_publish, "publish inputs from a file in wire format v1")
+    p.add_argument("file", type=Path, help=".npy, .npz, .jsonl, .csv, or a folder of files sent as raw bytes")
+    p.add_argument("--topic", required=True, help="the input topic")
+    _input_file_flags(p)
+    p.add_argument("--tensor-form", choices=["raw", "list"], default="raw", help="raw bytes (default) or nested lists")
+    p.add_argument(
+        "--rate", type=_positive(float), metavar="N", help="messages per second (default: as fast as possible)"
+    )
+    p.add_argument("--count", type=_positive(int), metavar="N", help="send N messages, cycling through the file")
+    p.add_argument("--repeat", type=_positive(int), default=1, metavar="K", help="send the file K times (default 1)")
+
+
+def _collect(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "collect", commands.run_collect, "read predictions into .npz or .jsonl")
+    p.add_argument("--topic", required=True, help="the prediction topic")
+    p.add_argument("--out", required=True, type=Path, help="where to write: PATH.npz or PATH.jsonl")
+    p.add_argument("--count", type=_positive(int), metavar="N", help="stop after N records")
+    p.add_argument("--idle", type=_positive(float), metavar="S", help="stop after S seconds without a new record")
+    p.add_argument("--join", type=Path, metavar="FILE", help="the input file: write (input, prediction) pairs")
+    p.add_argument("--join-on", choices=["id", "key"], default="id", help="match inputs by id (default) or key")
+    _input_file_flags(p)
+
+
+def _replay(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "replay", commands.run_replay, "copy a time range of one topic to another (backfills)")
+    p.add_argument("--from-topic", required=True)
+    p.add_argument("--to-topic", required=True)
+    p.add_argument("--from-timestamp", metavar="ISO8601", help="first record time kept (inclusive)")
+    p.add_argument("--until-timestamp", metavar="ISO8601", help="records at or after this time are left out")
+
+
+def _reset_offsets(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "reset-offsets", commands.run_reset_offsets, "move a stopped group's committed offsets")
+    p.add_argument("--group", required=True)
+    p.add_argument("--topic", required=True)
+    to = p.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-timestamp", metavar="ISO8601", help="the first record at or after this time")
+    to.add_argument("--to-earliest", action="store_true", help="the start of each partition")
+    to.add_argument("--to-latest", action="store_true", help="the end of each partition (skip the backlog)")
+    p.add_argument("--dry-run", action="store_true", help="show the new offsets, commit nothing")
+
+
+def _lag(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "lag", commands.run_lag, "per-partition committed offset, end offset and lag of a group")
+    p.add_argument("--group", required=True)
+    p.add_argument("--topic", required=True)
+    p.add_argument("--watch", type=_positive(float), metavar="S", help="refresh every S seconds until Ctrl-C")
+
+
+def _demo(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="run the whole path on the embedded broker and summarise")
     demo.add_argument(
         "--bootstrap-servers",
         default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
@@ -22,23 +114,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--workdir", type=Path, default=Path("demo-output"), help="where the model and logs go")
     demo.add_argument("--count", type=int, default=400, help="inputs to publish (at most 400)")
-    broker = commands.add_parser("broker", help="run the embedded broker in the foreground until Ctrl-C")
-    broker.add_argument("--port", type=int, default=9092)
-    return parser
+    demo.set_defaults(run=run_demo)
+
+
+def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
+    def parse(text: str) -> float | int:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        from producer_tools import demo
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (TfStreamError, KafkaException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
-        if not 1 <= args.count <= 400:
-            print("error: --count must be between 1 and 400", file=sys.stderr)
-            return 2
-        return demo.main(args.bootstrap_servers, args.workdir, args.count)
-    if args.command == "broker":
-        return run_broker(args.port)
-    return 2
+
+def run_demo(args: argparse.Namespace) -> int:
+    from producer_tools import demo
+
+    if not 1 <= args.count <= 400:
+        raise ConfigError("invalid setting --count: the demo publishes between 1 and 400 inputs")
+    return demo.main(args.bootstrap_servers, args.workdir, args.count)
 
 
 def run_broker(port: int) -> int:

@@ -1,12 +1,72 @@
-"""Read a whole topic without joining a group: assign every partition, stop at partition EOF."""
+"""Read a topic's partitions without joining a group: assign, read, stop at the end, a count or idleness."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import cast
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from consumer.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StopWhen:
+    """When a read ends: every partition at its end (once ``min_count`` records were read),
+    ``count`` records, ``idle`` seconds of quiet, or ``timeout`` seconds in all (the first wins)."""
+
+    at_end: bool = True
+    min_count: int = 0
+    count: int | None = None
+    idle: float | None = None
+    timeout: float | None = None
+
+
+def partitions_of(client: Consumer | Producer, topic: str, timeout: float = 30.0) -> list[int]:
+    """The topic's partition ids; ``ConfigError`` if it does not exist (never auto-creates it)."""
+    try:
+        found = client.list_topics(timeout=timeout).topics.get(topic)
+    except KafkaException as exc:
+        raise ConfigError(f"cannot reach Kafka to look up topic {topic!r}: {exc.args[0].str()}") from None
+    if found is None or found.error is not None or not found.partitions:
+        raise ConfigError(f"topic {topic!r} does not exist: create it or fix the name")
+    return sorted(found.partitions)
+
+
+def read_partitions(
+    consumer: Consumer, topic: str, stop: StopWhen, starts: Mapping[int, int] | None = None
+) -> Iterator[Message]:
+    """Records of ``topic`` from ``starts`` (default: the beginning), until ``stop`` holds."""
+    partitions = partitions_of(consumer, topic)
+    starts = starts or {}
+    consumer.assign([TopicPartition(topic, p, starts.get(p, OFFSET_BEGINNING)) for p in partitions])
+    at_end: set[int] = set()
+    count, began = 0, time.monotonic()
+    last = began
+    while not _stopped(stop, len(at_end) == len(partitions), count, began, last):
+        msg = consumer.poll(0.2)
+        if msg is None:
+            continue
+        error, partition = msg.error(), cast(int, msg.partition())
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                at_end.add(partition)
+            continue
+        at_end.discard(partition)
+        count, last = count + 1, time.monotonic()
+        yield msg
+
+
+def _stopped(stop: StopWhen, all_at_end: bool, count: int, began: float, last: float) -> bool:
+    now = time.monotonic()
+    return (
+        (stop.at_end and all_at_end and count >= stop.min_count)
+        or (stop.count is not None and count >= stop.count)
+        or (stop.idle is not None and now - last >= stop.idle)
+        or (stop.timeout is not None and now - began >= stop.timeout)
+    )
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 30.0, min_count: int = 0) -> list[Message]:
@@ -25,21 +85,6 @@ def iter_topic(bootstrap: str, topic: str, timeout: float = 30.0, min_count: int
         }
     )
     try:
-        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        at_end: set[int] = set()
-        count, deadline = 0, time.monotonic() + timeout
-        while time.monotonic() < deadline and (len(at_end) < len(partitions) or count < min_count):
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            error, partition = msg.error(), cast(int, msg.partition())
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(partition)
-                continue
-            at_end.discard(partition)
-            count += 1
-            yield msg
+        yield from read_partitions(consumer, topic, StopWhen(min_count=min_count, timeout=timeout))
     finally:
         consumer.close()

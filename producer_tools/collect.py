@@ -1,0 +1,134 @@
+"""``collect``: read a prediction topic into ``.npz`` or JSON Lines, optionally joined with its inputs.
+
+Records are read with ``isolation.level=read_committed`` (what exactly-once output needs) from
+every partition, until the end of the topic, ``--count`` records, or ``--idle`` seconds of quiet.
+Both the msgpack wire format and ``--output-format json`` outputs are understood.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+from confluent_kafka import Message
+
+from consumer.codec import unpack_output
+from producer_tools.sources import Example, Tensor
+
+
+@dataclass
+class Collected:
+    """Output records in topic order, with what a join found for each."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    undecodable: int = 0
+
+    def add(self, msg: Message) -> None:
+        try:
+            record = decode_output(msg.value() or b"")
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+            self.undecodable += 1
+            return
+        self.records.append(record)
+        self.keys.append(msg.key())
+
+
+def decode_output(value: bytes) -> dict[str, Any]:
+    """A v1 output in msgpack, or the same envelope in JSON; TENSORs become arrays."""
+    if value[:1] == b"{":
+        record = json.loads(value)
+        out = record["outputs"]
+        record["outputs"] = _json_tensor(out) if "dtype" in out else {name: _json_tensor(t) for name, t in out.items()}
+        return record
+    return unpack_output(value)
+
+
+def _json_tensor(obj: dict[str, Any]) -> np.ndarray:
+    return np.asarray(obj["data"], dtype=obj["dtype"]).reshape(obj["shape"])
+
+
+def join_inputs(collected: Collected, examples: Iterable[Example], on: str) -> tuple[list[int], list[Example]]:
+    """Rows of ``collected`` that match an input by ``id`` or ``key``, and the matching inputs."""
+    if on == "key":
+        index = {example.key: example for example in examples}
+        lookup = list(collected.keys)
+    else:
+        index = {_hashable(example.id): example for example in examples}
+        lookup = [_hashable(record.get("id")) for record in collected.records]
+    rows = [row for row, wanted in enumerate(lookup) if wanted in index]
+    return rows, [index[lookup[row]] for row in rows]
+
+
+def _hashable(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, list | dict) else value
+
+
+def write_npz(path: Path, collected: Collected, rows: list[int], inputs: list[Example] | None) -> None:
+    """ids, keys, source coordinates and outputs (``outputs`` or ``outputs.<name>``), stacked."""
+    records = [collected.records[row] for row in rows]
+    arrays: dict[str, np.ndarray] = {
+        "ids": _column([r.get("id") for r in records]),
+        "keys": np.asarray([k or b"" for k in (collected.keys[row] for row in rows)], dtype=object).astype(bytes),
+        "partitions": np.asarray([r["source"]["partition"] for r in records], dtype=np.int32),
+        "offsets": np.asarray([r["source"]["offset"] for r in records], dtype=np.int64),
+        "timestamps": np.asarray([r["source"]["timestamp"] for r in records], dtype=np.int64),
+    }
+    arrays |= _stacked("outputs", [r["outputs"] for r in records])
+    if inputs is not None:
+        arrays |= _stacked("inputs", [example.inputs for example in inputs])
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+
+
+def _stacked(prefix: str, values: list[Tensor | dict[str, Tensor]]) -> dict[str, np.ndarray]:
+    if not values:
+        return {}
+    if isinstance(values[0], dict):
+        named = [v for v in values if isinstance(v, dict)]
+        return {f"{prefix}.{n}": np.stack([np.asarray(v[n]) for v in named]) for n in values[0]}
+    return {prefix: np.stack([np.asarray(v) for v in values])}
+
+
+def _column(values: list[Any]) -> np.ndarray:
+    """ids as numbers or text (never pickled objects, so ``np.load`` needs no ``allow_pickle``)."""
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    return np.asarray(["" if v is None else str(v) for v in values])
+
+
+def write_jsonl(path: Path, collected: Collected, rows: list[int], inputs: list[Example] | None) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for n, row in enumerate(rows):
+            record = collected.records[row]
+            line = {
+                "key": _text(collected.keys[row]),
+                "id": record.get("id"),
+                "outputs": _listed(record["outputs"]),
+                "model": record.get("model"),
+                "source": record.get("source"),
+            }
+            if inputs is not None:
+                line["inputs"] = _listed(inputs[n].inputs)
+            handle.write(json.dumps(line, default=_text) + "\n")
+
+
+def _listed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {name: _listed(v) for name, v in value.items()}
+    return _text(value) if isinstance(value, bytes) else np.asarray(value).tolist()
+
+
+def _text(value: Any) -> Any:
+    """Bytes as UTF-8 text when they are, else base64."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode("ascii")

@@ -1,0 +1,147 @@
+"""The body of each ``python -m producer_tools`` command: read arguments, act, print one summary line."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime
+
+from consumer.errors import ConfigError
+from consumer.positions import TimeWindow
+from producer_tools import collect, groups, publish, replay, sources
+from producer_tools.clients import Clients
+from producer_tools.reader import StopWhen, partitions_of, read_partitions
+
+
+def epoch_ms(text: str | None, flag: str) -> int | None:
+    """An ISO 8601 time (UTC when no zone is given) as epoch milliseconds."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"invalid setting {flag}={text!r}: use ISO 8601, e.g. 2024-06-01T00:00:00Z") from None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def read_options(args: argparse.Namespace) -> sources.ReadOptions:
+    return sources.ReadOptions(
+        key_field=args.key_field,
+        id_field=args.id_field,
+        input_name=args.input_name,
+        columns=tuple(c.strip() for c in args.columns.split(",")) if args.columns else None,
+        dtype=args.dtype,
+    )
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    examples = sources.read_inputs(args.file, read_options(args))  # the whole file is checked first
+    clients = Clients(args)
+    producer = clients.producer()
+    partitions_of(producer, args.topic)
+    planned, total = publish.plan(examples, args.repeat, args.count)
+    started = time.monotonic()
+    delivered = publish.send_all(producer, args.topic, planned, total, args.tensor_form == "list", args.rate)
+    seconds = time.monotonic() - started
+    print(
+        f"published {delivered.ok} of {total} messages to {args.topic} in {seconds:.1f}s "
+        f"({delivered.ok / max(seconds, 1e-9):,.0f} msg/s); {delivered.failed} failed"
+        + (f" (first error: {delivered.first_error})" if delivered.failed else "")
+    )
+    return 0 if delivered.ok == total else 1
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    suffix = args.out.suffix.lower()
+    if suffix not in {".npz", ".jsonl"}:
+        raise ConfigError(f"invalid setting --out={str(args.out)!r}: write .npz or .jsonl")
+    examples = sources.read_inputs(args.join, read_options(args)) if args.join else None
+    consumer = Clients(args).consumer()
+    stop = StopWhen(at_end=args.count is None and args.idle is None, count=args.count, idle=args.idle)
+    found = collect.Collected()
+    try:
+        from tqdm import tqdm
+
+        for msg in tqdm(read_partitions(consumer, args.topic, stop), desc=f"collect {args.topic}", unit="msg"):
+            found.add(msg)
+    finally:
+        consumer.close()
+    rows, joined = (
+        collect.join_inputs(found, examples, args.join_on) if examples else (list(range(len(found.records))), None)
+    )
+    (collect.write_npz if suffix == ".npz" else collect.write_jsonl)(args.out, found, rows, joined)
+    unmatched = f"; {len(found.records) - len(rows)} without a matching input" if examples else ""
+    print(
+        f"collected {len(rows)} predictions from {args.topic} into {args.out}"
+        f"{unmatched}; {found.undecodable} undecodable records skipped"
+    )
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    window = TimeWindow(
+        epoch_ms(args.from_timestamp, "--from-timestamp"), epoch_ms(args.until_timestamp, "--until-timestamp")
+    )
+    if window.from_ms is not None and window.until_ms is not None and window.until_ms <= window.from_ms:
+        raise ConfigError("invalid settings: --until-timestamp must be later than --from-timestamp")
+    if args.from_topic == args.to_topic:
+        raise ConfigError("invalid settings: --to-topic must differ from --from-topic")
+    clients = Clients(args)
+    consumer, producer = clients.consumer(), clients.producer()
+    try:
+        counts, delivered = replay.replay(consumer, producer, args.from_topic, args.to_topic, window)
+    finally:
+        consumer.close()
+    copied = counts.read - counts.outside
+    print(
+        f"replayed {delivered.ok} of {copied} records in the window from {args.from_topic} to {args.to_topic} "
+        f"({counts.read} read, {counts.outside} outside the window); {delivered.failed} failed"
+    )
+    return 0 if delivered.ok == copied else 1
+
+
+def run_reset_offsets(args: argparse.Namespace) -> int:
+    clients = Clients(args)
+    to = "earliest" if args.to_earliest else "latest" if args.to_latest else "timestamp"
+    timestamp = epoch_ms(args.to_timestamp, "--to-timestamp")
+    groups.refuse_if_active(clients.admin(), args.group)
+    consumer = clients.consumer(group=args.group, **{"isolation.level": "read_uncommitted"})
+    try:
+        bounds = groups.end_offsets(consumer, args.topic)
+        before = groups.committed_offsets(consumer, args.topic, sorted(bounds))
+        after = groups.targets(consumer, args.topic, to, timestamp, bounds)
+        for partition in sorted(after):
+            print(f"  {args.topic}[{partition}]  {_shown(before[partition])} -> {after[partition]}")
+        if not args.dry_run:
+            groups.commit(consumer, args.topic, after)
+    finally:
+        consumer.close()
+    verb = "would move" if args.dry_run else "moved"
+    print(f"{verb} group {args.group} on {args.topic} ({len(after)} partitions) to {to}{' (dry run)' * args.dry_run}")
+    return 0
+
+
+def run_lag(args: argparse.Namespace) -> int:
+    consumer = Clients(args).consumer(group=args.group)
+    try:
+        while True:
+            rows = groups.lag(consumer, args.topic)
+            _print_lag(args.group, args.topic, rows)
+            if not args.watch:
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        consumer.close()
+
+
+def _print_lag(group: str, topic: str, rows: list[groups.PartitionLag]) -> None:
+    print(f"{'partition':>9} {'committed':>12} {'end':>12} {'lag':>10}")
+    for row in rows:
+        print(f"{row.partition:>9} {_shown(row.committed):>12} {row.end:>12} {row.lag:>10}")
+    print(f"group {group} on {topic}: total lag {sum(r.lag for r in rows)} over {len(rows)} partitions", flush=True)
+
+
+def _shown(offset: int | None) -> str:
+    return "-" if offset is None else str(offset)

@@ -1,0 +1,216 @@
+"""Read input files into examples, checking all of a file before anything is published.
+
+Formats: ``.npy`` (one example per row), ``.npz`` (named arrays → named inputs), ``.jsonl``
+(one object per line: ``inputs``, optional ``id`` and ``key``), ``.csv`` (numeric columns → one
+vector), and a directory (each file's bytes as one example). Every problem raises
+``ConfigError`` with the file (and line) in one sentence.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from consumer.errors import ConfigError
+
+Tensor = np.ndarray | bytes
+Inputs = Tensor | dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One message to publish: its key, its id (echoed in the output) and its inputs."""
+
+    key: bytes | None
+    id: Any
+    inputs: Inputs
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    key_field: str | None = None
+    id_field: str | None = None
+    input_name: str | None = None  # directories: the input the bytes go to (default: unnamed)
+    columns: tuple[str, ...] | None = None  # CSV: the feature columns (default: all but key/id)
+    dtype: str | None = None  # cast numeric inputs to this NumPy dtype
+
+
+def read_inputs(path: Path, options: ReadOptions | None = None) -> list[Example]:
+    options = options or ReadOptions()
+    if not path.exists():
+        raise ConfigError(f"input file {str(path)!r} does not exist")
+    readers = {".npy": _read_npy, ".npz": _read_npz, ".jsonl": _read_jsonl, ".csv": _read_csv}
+    reader = _read_folder if path.is_dir() else readers.get(path.suffix.lower())
+    if reader is None:
+        raise ConfigError(f"input file {str(path)!r}: use .npy, .npz, .jsonl, .csv or a folder of files")
+    try:
+        examples = reader(path, options)
+    except (OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read input file {str(path)!r}: {exc}") from None
+    if not examples:
+        raise ConfigError(f"input file {str(path)!r} holds no examples")
+    return examples
+
+
+def _cast(array: np.ndarray, options: ReadOptions, where: str) -> np.ndarray:
+    if array.dtype.kind not in "biuf":
+        raise ConfigError(f"{where}: values must be numbers, found {array.dtype}")
+    return array.astype(options.dtype) if options.dtype else array
+
+
+def _row_key(i: int) -> bytes:
+    return str(i).encode()
+
+
+def _read_npy(path: Path, options: ReadOptions) -> list[Example]:
+    _refuse_fields(path, options)
+    array = _cast(np.load(path, allow_pickle=False), options, str(path))
+    if array.ndim == 0:
+        raise ConfigError(f"input file {str(path)!r} holds a scalar; expected one example per row")
+    return [Example(_row_key(i), i, row) for i, row in enumerate(array)]
+
+
+def _read_npz(path: Path, options: ReadOptions) -> list[Example]:
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    keys = _take_column(arrays, options.key_field, path)
+    ids = _take_column(arrays, options.id_field, path)
+    if not arrays:
+        raise ConfigError(f"input file {str(path)!r} has no input arrays")
+    rows = {len(a) if a.ndim else 0 for a in arrays.values()}
+    if len(rows) != 1 or 0 in rows:
+        sizes = {name: (len(a) if a.ndim else 0) for name, a in arrays.items()}
+        raise ConfigError(f"input file {str(path)!r}: arrays must have the same number of rows, got {sizes}")
+    arrays = {name: _cast(a, options, f"{path}[{name}]") for name, a in arrays.items()}
+    count = rows.pop()
+    return [
+        Example(
+            _to_key(keys[i]) if keys is not None else _row_key(i),
+            ids[i].item() if ids is not None else i,
+            {name: a[i] for name, a in arrays.items()},
+        )
+        for i in range(count)
+    ]
+
+
+def _take_column(arrays: dict[str, np.ndarray], name: str | None, path: Path) -> np.ndarray | None:
+    if name is None:
+        return None
+    if name not in arrays:
+        raise ConfigError(f"input file {str(path)!r} has no array {name!r}; it has {sorted(arrays)}")
+    return arrays.pop(name)
+
+
+def _read_jsonl(path: Path, options: ReadOptions) -> list[Example]:
+    examples: list[Example] = []
+    shapes: dict[str, tuple[int, ...]] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                examples.append(_jsonl_example(line, f"{path}:{number}", len(examples), shapes, options))
+    return examples
+
+
+def _jsonl_example(
+    line: str, where: str, index: int, shapes: dict[str, tuple[int, ...]], options: ReadOptions
+) -> Example:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not JSON ({exc.msg})") from None
+    if not isinstance(obj, dict) or "inputs" not in obj:
+        raise ConfigError(f'{where}: expected an object with "inputs"')
+    raw = obj["inputs"]
+    named = raw if isinstance(raw, dict) else {"": raw}
+    inputs = {
+        name: _json_tensor(value, f"{where} input {name!r}" if name else where, shapes, name, options)
+        for name, value in named.items()
+    }
+    key = obj.get(options.key_field or "key")
+    ident = obj.get(options.id_field or "id", index)
+    return Example(
+        _to_key(key) if key is not None else _row_key(index), ident, inputs if isinstance(raw, dict) else inputs[""]
+    )
+
+
+def _json_tensor(value: Any, where: str, shapes: dict[str, tuple[int, ...]], name: str, options: ReadOptions) -> Tensor:
+    if isinstance(value, str):
+        return value.encode()
+    try:
+        array = _cast(np.asarray(value), options, where)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a regular nested list of numbers ({exc})") from None
+    expected = shapes.setdefault(name, array.shape)
+    if array.shape != expected:
+        raise ConfigError(f"{where}: shape {list(array.shape)} differs from the first row's {list(expected)}")
+    return array
+
+
+def _read_csv(path: Path, options: ReadOptions) -> list[Example]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = list(reader.fieldnames or [])
+        features = _csv_features(header, options, path)
+        return [
+            _csv_example(row, features, f"{path}:{number}", number - 2, options) for number, row in enumerate(reader, 2)
+        ]
+
+
+def _csv_features(header: list[str], options: ReadOptions, path: Path) -> list[str]:
+    wanted = [c for c in (options.key_field, options.id_field, *(options.columns or ())) if c]
+    missing = [c for c in wanted if c not in header]
+    if not header or missing:
+        raise ConfigError(f"input file {str(path)!r} has no column(s) {missing or 'at all'}; its header is {header}")
+    features = list(options.columns or [c for c in header if c not in {options.key_field, options.id_field}])
+    if not features:
+        raise ConfigError(f"input file {str(path)!r} has no feature columns")
+    return features
+
+
+def _csv_example(row: dict[str, Any], features: list[str], where: str, index: int, options: ReadOptions) -> Example:
+    values = []
+    for column in features:
+        cell = row.get(column)
+        try:
+            values.append(float(cell))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: column {column!r} holds {cell!r}, not a number") from None
+    vector = np.asarray(values, dtype=options.dtype or "float32")
+    key = row[options.key_field] if options.key_field else None
+    ident = row[options.id_field] if options.id_field else index
+    return Example(_to_key(key) if key is not None else _row_key(index), ident, vector)
+
+
+def _read_folder(path: Path, options: ReadOptions) -> list[Example]:
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    name = options.input_name
+    return [Example(f.name.encode(), f.name, {name: f.read_bytes()} if name else f.read_bytes()) for f in files]
+
+
+def _refuse_fields(path: Path, options: ReadOptions) -> None:
+    if options.key_field or options.id_field:
+        raise ConfigError(f"input file {str(path)!r}: .npy rows have no fields; keys and ids are row numbers")
+
+
+def _to_key(value: Any) -> bytes:
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def repeat(examples: list[Example], times: int, count: int | None) -> Iterator[Example]:
+    """The examples ``times`` times over, cut at ``count`` messages in all."""
+    sent = 0
+    for _ in range(times):
+        for example in examples:
+            if count is not None and sent >= count:
+                return
+            yield example
+            sent += 1

@@ -1,0 +1,235 @@
+"""``python -m producer_tools`` against the real broker: every input format, collect, replay, offsets, lag."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confluent_kafka import Consumer
+
+from consumer.codec import Limits, unpack_input
+from producer_tools.cli import main
+from producer_tools.reader import read_topic
+from tests import models
+from tests.conftest import FAST_GROUP
+from tests.helpers import committed, publish, run_worker, settings
+
+pytestmark = pytest.mark.integration
+Topics = Callable[..., list[str]]
+
+
+def tool(bootstrap: str, *argv: str) -> int:
+    command, *rest = argv
+    return main([command, "--bootstrap-servers", bootstrap, *rest])
+
+
+def published(bootstrap: str, topic: str, count: int) -> list[tuple[bytes | None, dict]]:
+    decoded = []
+    for msg in read_topic(bootstrap, topic, min_count=count):
+        envelope = unpack_input(msg.value(), Limits())
+        decoded.append((msg.key(), {"id": envelope.id, "inputs": envelope.inputs}))
+    return decoded
+
+
+def test_publish_predict_collect_round_trip_joins_each_input_with_its_prediction(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, tmp_path: Path
+) -> None:
+    inp, out = topics("in", "out")
+    x = np.random.default_rng(5).normal(size=(120, 4)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    assert tool(bootstrap, "publish", str(tmp_path / "x.npy"), "--topic", inp) == 0
+    run_worker(settings(bootstrap, mlp_path, inp, out, group))
+    result = tmp_path / "pairs.npz"
+    assert tool(bootstrap, "collect", "--topic", out, "--out", str(result), "--join", str(tmp_path / "x.npy")) == 0
+    with np.load(result) as pairs:
+        order = np.argsort(pairs["ids"])
+        assert sorted(pairs["ids"].tolist()) == list(range(120))
+        np.testing.assert_array_equal(pairs["inputs"][order], x)
+        np.testing.assert_allclose(pairs["outputs"][order], models.offline_predict(mlp_path, x), atol=1e-5)
+        assert set(pairs["keys"].tolist()) == {str(i).encode() for i in range(120)}
+
+
+def test_every_input_format_publishes_the_examples_it_holds(bootstrap: str, topics: Topics, tmp_path: Path) -> None:
+    a, b = np.arange(6, dtype="float32").reshape(3, 2), np.array([[1], [2], [3]], "int32")
+    np.savez(tmp_path / "m.npz", a=a, b=b, user=np.array(["u1", "u2", "u3"]))
+    (tmp_path / "j.jsonl").write_text(
+        '{"inputs": [1, 2], "id": "r0", "key": "k0"}\n\n{"inputs": [3, 4], "id": "r1", "key": "k1"}\n'
+    )
+    (tmp_path / "c.csv").write_text("user,f1,f2\nalice,1.5,2\nbob,3,4.25\n")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(b"\xff\xd8cat")
+    (folder / "dog.jpg").write_bytes(b"\xff\xd8dog")
+    cases = {
+        "npz": ([str(tmp_path / "m.npz"), "--key-field", "user"], 3),
+        "jsonl": ([str(tmp_path / "j.jsonl"), "--tensor-form", "list"], 2),
+        "csv": ([str(tmp_path / "c.csv"), "--key-field", "user", "--dtype", "float32"], 2),
+        "folder": ([str(folder), "--input-name", "image"], 2),
+    }
+    got = {}
+    for name, (argv, count) in cases.items():
+        (topic,) = topics(name, partitions=1)
+        assert tool(bootstrap, "publish", "--topic", topic, *argv) == 0
+        got[name] = published(bootstrap, topic, count)
+    assert [k for k, _ in got["npz"]] == [b"u1", b"u2", b"u3"]
+    np.testing.assert_array_equal(got["npz"][2][1]["inputs"]["a"], a[2])
+    np.testing.assert_array_equal(got["npz"][2][1]["inputs"]["b"], b[2])
+    assert [(k, e["id"], e["inputs"][""]) for k, e in got["jsonl"]] == [(b"k0", "r0", [1, 2]), (b"k1", "r1", [3, 4])]
+    assert [k for k, _ in got["csv"]] == [b"alice", b"bob"]
+    np.testing.assert_array_equal(got["csv"][1][1]["inputs"][""], np.array([3, 4.25], "float32"))
+    assert [(k, e["inputs"]["image"]) for k, e in got["folder"]] == [
+        (b"cat.jpg", b"\xff\xd8cat"),
+        (b"dog.jpg", b"\xff\xd8dog"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "extra", "needle"),
+    [
+        ("ragged.jsonl", '{"inputs": [1, 2]}\n{"inputs": [1, 2, 3]}\n', [], "ragged.jsonl:2: shape [3] differs"),
+        ("broken.npy", "this is not numpy", [], "cannot read input file"),
+        ("c.csv", "a,b\n1,2\n", ["--key-field", "user"], "no column(s) ['user']"),
+        ("text.csv", "a,b\n1,x\n", [], "column 'b' holds 'x', not a number"),
+        ("bad.jsonl", '{"inputs": [1]}\nnot json\n', [], "bad.jsonl:2: not JSON"),
+    ],
+)
+def test_bad_input_files_fail_in_one_line_with_exit_2_and_publish_nothing(
+    bootstrap: str,
+    topics: Topics,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    content: str,
+    extra: list[str],
+    needle: str,
+) -> None:
+    (topic,) = topics("in", partitions=1)
+    (tmp_path / name).write_text(content)
+    assert tool(bootstrap, "publish", str(tmp_path / name), "--topic", topic, *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
+    assert read_topic(bootstrap, topic, timeout=5) == []
+
+
+def test_publish_count_cycles_the_file_and_rate_paces_it(bootstrap: str, topics: Topics, tmp_path: Path) -> None:
+    (topic,) = topics("in", partitions=1)
+    np.save(tmp_path / "x.npy", np.ones((3, 2), "float32"))
+    import time
+
+    started = time.monotonic()
+    assert tool(bootstrap, "publish", str(tmp_path / "x.npy"), "--topic", topic, "--count", "10", "--rate", "50") == 0
+    assert time.monotonic() - started >= 9 / 50  # paced: never faster than the rate (a lower bound only)
+    assert [e["id"] for _, e in published(bootstrap, topic, 10)] == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
+
+
+def test_collect_writes_json_lines_and_stops_at_a_count(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, tmp_path: Path
+) -> None:
+    inp, out = topics("in", "out", partitions=1)
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps({"inputs": [i, 0, 0, 1], "id": i}) + "\n" for i in range(10)))
+    assert tool(bootstrap, "publish", str(tmp_path / "x.jsonl"), "--topic", inp) == 0
+    run_worker(settings(bootstrap, mlp_path, inp, out, group))
+    assert tool(bootstrap, "collect", "--topic", out, "--out", str(tmp_path / "o.jsonl"), "--count", "4") == 0
+    lines = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and all(len(line["outputs"]) == 3 and line["source"]["topic"] == inp for line in lines)
+    assert tool(bootstrap, "collect", "--topic", out, "--out", str(tmp_path / "all.jsonl"), "--idle", "2") == 0
+    assert len((tmp_path / "all.jsonl").read_text().splitlines()) == 10
+
+
+def test_replay_copies_exactly_the_time_range_keeping_keys_headers_and_timestamps(
+    bootstrap: str, topics: Topics
+) -> None:
+    source, target = topics("src", "dst", partitions=2)
+    base = 1_700_000_000_000
+    publish(
+        bootstrap,
+        source,
+        ((str(i).encode(), f"v{i}".encode()) for i in range(40)),
+        headers=[("trace", b"t")],
+        timestamps=[base + i * 1000 for i in range(40)],
+    )
+    assert (
+        tool(
+            bootstrap,
+            "replay",
+            "--from-topic",
+            source,
+            "--to-topic",
+            target,
+            "--from-timestamp",
+            "2023-11-14T22:13:30Z",
+            "--until-timestamp",
+            "2023-11-14T22:13:45Z",
+        )
+        == 0
+    )
+    copied = read_topic(bootstrap, target, min_count=15)
+    assert sorted(int(m.key()) for m in copied) == list(range(10, 25))
+    for msg in copied:
+        i = int(msg.key())
+        headers = dict(msg.headers())
+        assert msg.value() == f"v{i}".encode() and msg.timestamp()[1] == base + i * 1000
+        assert headers["trace"] == b"t" and headers["tfstream.replay.timestamp"] == str(base + i * 1000).encode()
+
+
+def test_reset_offsets_moves_a_stopped_group_and_refuses_a_running_one(
+    bootstrap: str, topics: Topics, group: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (topic,) = topics("in", partitions=2)
+    base = 1_700_000_000_000
+    publish(bootstrap, topic, ((None, b"x") for _ in range(20)), timestamps=[base + i * 1000 for i in range(20)])
+    ends = {p: sum(1 for m in read_topic(bootstrap, topic) if m.partition() == p) for p in (0, 1)}
+    assert tool(bootstrap, "reset-offsets", "--group", group, "--topic", topic, "--to-latest") == 0
+    assert committed(bootstrap, group, topic, 2) == ends
+    assert tool(bootstrap, "reset-offsets", "--group", group, "--topic", topic, "--to-earliest", "--dry-run") == 0
+    assert committed(bootstrap, group, topic, 2) == ends and "(dry run)" in capsys.readouterr().out
+    assert (
+        tool(bootstrap, "reset-offsets", "--group", group, "--topic", topic, "--to-timestamp", "2023-11-14T22:13:30Z")
+        == 0
+    )
+    expected = {
+        p: sum(1 for m in read_topic(bootstrap, topic) if m.partition() == p and m.timestamp()[1] < base + 10_000)
+        for p in (0, 1)
+    }
+    assert committed(bootstrap, group, topic, 2) == expected
+    member = Consumer({"bootstrap.servers": bootstrap, "group.id": group, **FAST_GROUP})
+    member.subscribe([topic])
+    stop = threading.Event()
+    polling = threading.Thread(target=lambda: [member.poll(0.1) for _ in iter(stop.is_set, True)], daemon=True)
+    _wait_for_assignment(member)
+    polling.start()  # keeps the member in the group while the tool runs
+    try:
+        assert tool(bootstrap, "reset-offsets", "--group", group, "--topic", topic, "--to-earliest") == 2
+        assert "has active members" in capsys.readouterr().err
+    finally:
+        stop.set()
+        polling.join()
+        member.close()
+
+
+def test_lag_reports_committed_end_and_lag_per_partition(
+    bootstrap: str, topics: Topics, group: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (topic,) = topics("in", partitions=2)
+    publish(bootstrap, topic, ((None, b"x") for _ in range(30)))
+    ends = {p: sum(1 for m in read_topic(bootstrap, topic) if m.partition() == p) for p in (0, 1)}
+    assert tool(bootstrap, "reset-offsets", "--group", group, "--topic", topic, "--to-earliest") == 0
+    capsys.readouterr()
+    assert tool(bootstrap, "lag", "--group", group, "--topic", topic) == 0
+    out = capsys.readouterr().out
+    assert f"total lag {sum(ends.values())} over 2 partitions" in out
+    rows = [line.split() for line in out.splitlines()[1:3]]
+    assert rows == [[str(p), "0", str(ends[p]), str(ends[p])] for p in (0, 1)]
+
+
+def _wait_for_assignment(member: Consumer, timeout: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not member.assignment():
+        assert time.monotonic() < deadline, "the member never got partitions"
+        member.poll(0.1)
