@@ -6,6 +6,8 @@ import argparse
 import time
 from datetime import UTC, datetime
 
+import numpy as np
+
 from consumer.errors import ConfigError
 from consumer.positions import TimeWindow
 from producer_tools import collect, groups, publish, replay, sources
@@ -25,6 +27,13 @@ def epoch_ms(text: str | None, flag: str) -> int | None:
 
 
 def read_options(args: argparse.Namespace) -> sources.ReadOptions:
+    if args.dtype is not None:
+        try:
+            np.dtype(args.dtype)
+        except TypeError:
+            raise ConfigError(
+                f"invalid setting --dtype={args.dtype!r}: use a NumPy dtype name such as float32"
+            ) from None
     return sources.ReadOptions(
         key_field=args.key_field,
         id_field=args.id_field,

@@ -95,6 +95,8 @@ def test_every_input_format_publishes_the_examples_it_holds(bootstrap: str, topi
         ("c.csv", "a,b\n1,2\n", ["--key-field", "user"], "no column(s) ['user']"),
         ("text.csv", "a,b\n1,x\n", [], "column 'b' holds 'x', not a number"),
         ("bad.jsonl", '{"inputs": [1]}\nnot json\n', [], "bad.jsonl:2: not JSON"),
+        ("ok.jsonl", '{"inputs": [1]}\n', ["--dtype", "floaty"], "invalid setting --dtype='floaty'"),
+        ("missing.npy", None, [], "does not exist"),
     ],
 )
 def test_bad_input_files_fail_in_one_line_with_exit_2_and_publish_nothing(
@@ -103,12 +105,13 @@ def test_bad_input_files_fail_in_one_line_with_exit_2_and_publish_nothing(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     name: str,
-    content: str,
+    content: str | None,
     extra: list[str],
     needle: str,
 ) -> None:
     (topic,) = topics("in", partitions=1)
-    (tmp_path / name).write_text(content)
+    if content is not None:
+        (tmp_path / name).write_text(content)
     assert tool(bootstrap, "publish", str(tmp_path / name), "--topic", topic, *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
