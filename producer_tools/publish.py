@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from tqdm import tqdm
 
 from consumer.codec import pack_input
@@ -27,7 +27,7 @@ class DeliveryCount:
     failed: int = 0
     first_error: str = ""
 
-    def __call__(self, err: KafkaError | None, _msg: Message) -> None:
+    def __call__(self, err: KafkaError | None, _msg: Message | None) -> None:
         if err is None:
             self.ok += 1
             return
@@ -84,3 +84,9 @@ def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | No
             return
         except BufferError:  # the local queue is full: wait for acknowledgements
             producer.poll(0.1)
+        except KafkaException as exc:  # refused before sending (too large, unknown partition): a failure
+            report = options.get("on_delivery")
+            if report is None:
+                raise
+            report(exc.args[0], None)
+            return

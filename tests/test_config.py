@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -87,17 +86,6 @@ def test_cli_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["run", "--max-batch-size", "many"])
     assert info.value.code == 2
-
-
-def test_devices_pin_one_process_and_refuse_what_needs_the_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert cli.claim_device(load_settings({**REQUIRED, "devices": "gpu:1"}, None, {})) == "gpu:1"
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
-    assert cli.claim_device(load_settings({**REQUIRED, "devices": "cpu"}, None, {})) == "cpu"
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
-    for bad in ({"workers": 2}, {"devices": "gpu:0,1"}, {"devices": "tpu"}):
-        with pytest.raises(ConfigError):
-            cli.claim_device(load_settings({**REQUIRED, **bad}, None, {}))
 
 
 def test_docker_compose_file_is_valid_and_creates_the_topics() -> None:

@@ -129,6 +129,19 @@ def test_publish_count_cycles_the_file_and_rate_paces_it(bootstrap: str, topics:
     assert [e["id"] for _, e in published(bootstrap, topic, 10)] == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
 
 
+def test_publish_counts_refused_messages_and_exits_1(
+    bootstrap: str, topics: Topics, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (topic,) = topics("in", partitions=1)
+    np.save(tmp_path / "x.npy", np.stack([np.ones(4, "float32"), np.ones(4, "float32")]))
+    np.save(tmp_path / "big.npy", np.ones((1, 4000), "float32"))
+    monkeypatch.setenv("TFSTREAM_KAFKA_PRODUCER_MESSAGE_MAX_BYTES", "2000")
+    assert tool(bootstrap, "publish", str(tmp_path / "x.npy"), "--topic", topic) == 0
+    assert tool(bootstrap, "publish", str(tmp_path / "big.npy"), "--topic", topic) == 1
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("published 0 of 1 messages") and "1 failed (first error:" in summary
+
+
 def test_collect_writes_json_lines_and_stops_at_a_count(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path, tmp_path: Path
 ) -> None:
