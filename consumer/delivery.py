@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.errors import DeliveryError, InputError
 from consumer.offsets import OffsetTracker, Partition, coordinates
+from consumer.timing import Timeline
 
 Headers = list[tuple[str, str | bytes | None]]
 HEADER_PREFIX = "tfstream."
@@ -49,17 +50,20 @@ class Counters:
 class Outbox:
     """Sends records for input messages and marks the inputs done once they are acknowledged."""
 
-    def __init__(self, producer: Producer, tracker: OffsetTracker) -> None:
+    def __init__(self, producer: Producer, tracker: OffsetTracker, timeline: Timeline | None = None) -> None:
         self.producer = producer
         self.tracker = tracker
+        self.timeline = timeline or Timeline()
         self.failure: DeliveryError | None = None
 
     def send(self, source: Message, topic: str, value: bytes, key: bytes | None, headers: Headers) -> None:
         partition, offset = coordinates(source)
+        input_timestamp = source.timestamp()[1]
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is None:
                 self.tracker.done(partition, offset)
+                self.timeline.acknowledged(input_timestamp)
             else:
                 self._fail(topic, partition, offset, err)
 

@@ -26,6 +26,8 @@ from consumer.logs import get_logger
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 _FINAL = {EXIT_CONFIG: EXIT_USAGE, EXIT_MODEL: EXIT_FAILURE}
+#: Worker summary counts that add up across workers.
+SUMMED = ("consumed", "predicted", "dead_lettered", "skipped", "batches", "padded_rows", "traces_after_warmup")
 
 
 @dataclass
@@ -230,11 +232,7 @@ class Supervisor:
 
     def summary(self) -> dict[str, Any]:
         """Totals over the workers' own summaries, and one entry per worker."""
-        totals: dict[str, Any] = {}
-        for child in self.children:
-            for key, value in child.summary.items():
-                if isinstance(value, int | float) and not isinstance(value, bool) and key != "seconds":
-                    totals[key] = totals.get(key, 0) + value
+        totals = {key: sum(int(c.summary.get(key, 0)) for c in self.children) for key in SUMMED}
         workers = [
             {"worker": c.slot.slot, "device": c.slot.device, "restarts": c.restarts, "exit_code": c.exit_code}
             | c.summary

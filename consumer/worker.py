@@ -34,6 +34,7 @@ from consumer.outputs import Emitter
 from consumer.pipeline import Batch, Inputs, Pipeline, pad_to
 from consumer.positions import EndOfInput, TimeWindow, apply_start_positions
 from consumer.predictor import Predictor, default_batch_sizes
+from consumer.timing import Timeline, peak_rss_mb, rss_mb
 
 POLL_SECONDS = 0.1
 
@@ -54,6 +55,8 @@ class Worker:
         self._predict_failure: BaseException | None = None
         self._last_commit = time.monotonic()
         self.warm_traces = 0
+        self.timeline = Timeline()
+        self.rss_after_warmup_mb = 0.0
 
     # -- start ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -69,6 +72,7 @@ class Worker:
         self.predictor = Predictor(model, sizes, s.jit_compile)
         warm = self.predictor.warm_up()
         self.warm_traces = self.predictor.trace_count
+        self.rss_after_warmup_mb = rss_mb()
         self.log.info(
             "model ready",
             model=model.name,
@@ -88,7 +92,7 @@ class Worker:
             self.consumer.close()
             raise
         self.producer = Producer(kafka_io.producer_config(s, client_id))
-        self.outbox = Outbox(self.producer, self.tracker)
+        self.outbox = Outbox(self.producer, self.tracker, self.timeline)
         dead_letters = DeadLetters(self.outbox, s.dlq_topic, s.group, self.model_info, self.counters, self.log)
         limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)
         self.pipeline = Pipeline(
@@ -127,6 +131,9 @@ class Worker:
             "traces_after_warmup": self.traces_after_warmup,
             "seconds": round(seconds, 3),
             "device": self.device,
+            **self.timeline.summary(),
+            "rss_after_warmup_mb": self.rss_after_warmup_mb,
+            "peak_rss_mb": peak_rss_mb(),
         }
 
     @property
@@ -166,6 +173,7 @@ class Worker:
         self.ends.at_end.discard(partition)
         self.tracker.add(partition, offset)
         self.counters.add(consumed=1)
+        self.timeline.consumed()
         if not self.window.keeps(msg.timestamp()[1]):
             self.tracker.done(partition, offset)
             self.counters.add(skipped=1)

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     _reset_offsets(sub)
     _lag(sub)
     _demo(sub)
+    _bench(sub)
     broker = sub.add_parser("broker", help="run the embedded broker in the foreground until Ctrl-C")
     broker.add_argument("--port", type=int, default=9092)
     broker.set_defaults(run=lambda args: run_broker(args.port))
@@ -115,6 +116,41 @@ def _demo(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--workdir", type=Path, default=Path("demo-output"), help="where the model and logs go")
     demo.add_argument("--count", type=int, default=400, help="inputs to publish (at most 400)")
     demo.set_defaults(run=run_demo)
+
+
+def _bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure the system against its limits and the usual approaches")
+    p.add_argument("--bootstrap-servers", help="use this Kafka, not the embedded broker")
+    p.add_argument("--workload", default="mlp", help="mlp, mobilenet, or a model path (default mlp)")
+    p.add_argument(
+        "--messages", type=_positive(int), metavar="N", help="preloaded messages (mlp 100000, mobilenet 2000)"
+    )
+    p.add_argument("--batch-size", type=_positive(int), metavar="N", help="max batch size (mlp 256, mobilenet 32)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, metavar="MS", help="the consumer's --max-wait-ms")
+    p.add_argument("--latency-seconds", type=_positive(float), default=10.0, metavar="S", help="steady-rate phase")
+    p.add_argument("--baseline-seconds", type=_positive(float), default=10.0, metavar="S", help="per-message loops")
+    p.add_argument("--backlog", type=_positive(int), metavar="N", help="also drain a backlog of N messages for memory")
+    p.add_argument("--partitions", type=_positive(int), default=4, metavar="N")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
+    p.add_argument("--workdir", type=Path, default=Path("bench-output"), help="models and the broker log")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from producer_tools.bench import report
+    from producer_tools.bench.run import BenchOptions, run
+
+    options = BenchOptions(
+        workload=args.workload, messages=args.messages, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
+        latency_seconds=args.latency_seconds, baseline_seconds=args.baseline_seconds, backlog=args.backlog,
+        partitions=args.partitions, json_path=args.json, workdir=args.workdir, bootstrap=args.bootstrap_servers,
+    )  # fmt: skip
+    result = run(options)
+    report.print_table(result)
+    if args.json:
+        report.write_json(args.json, result)
+        print(f"results written to {args.json}")
+    return 0
 
 
 def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:

@@ -1,0 +1,1 @@
+"""``python -m producer_tools bench``: the system against its limits and the usual approaches."""

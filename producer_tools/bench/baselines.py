@@ -1,0 +1,153 @@
+"""What the system is measured against: its two limits and the approaches users usually write.
+
+Each function returns messages (examples) per second. The slow approaches run for a time budget
+rather than the whole backlog: per-message ``model.predict`` manages tens of messages a second.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any
+
+import msgpack
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from producer_tools.bench.workloads import Inputs, Workload
+from producer_tools.reader import partitions_of
+
+
+def _consumer(bootstrap: str, topic: str) -> Consumer:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"bench-{os.getpid()}", "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions_of(consumer, topic)])
+    return consumer
+
+
+def _producer(bootstrap: str) -> Producer:
+    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4", "acks": "all"})
+
+
+def io_limit(bootstrap: str, source: str, target: str, count: int) -> float:
+    """A bare relay: consume batches → msgpack decode → produce; no model. First consumed to last acked."""
+    consumer, producer = _consumer(bootstrap, source), _producer(bootstrap)
+    seen, started = 0, None
+    while seen < count:
+        for msg in consumer.consume(num_messages=1000, timeout=1.0):
+            if msg.error() is not None:
+                continue
+            started = started or time.perf_counter()
+            msgpack.unpackb(msg.value(), raw=False)
+            _produce(producer, target, msg.value(), msg.key())
+            seen += 1
+        producer.poll(0)
+    producer.flush(60)
+    consumer.close()
+    return count / (time.perf_counter() - (started or time.perf_counter()))
+
+
+def _produce(producer: Producer, topic: str, value: Any, key: Any) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+def compute_limit(workload: Workload, inputs: Inputs, min_seconds: float = 3.0) -> tuple[float, float]:
+    """The bare precompiled predict function at the batch size, inputs in memory.
+
+    Returns (examples/s, seconds of one full batch)."""
+    from consumer.model import load_model
+    from consumer.predictor import Predictor
+
+    predictor = Predictor(load_model(workload.model_path, version="bench"), [workload.batch_size])
+    predictor.warm_up()
+    size = workload.batch_size
+    rows = len(next(iter(inputs.values())))
+    batches = [
+        {s.name: np.asarray(inputs[s.name][i : i + size], dtype=s.dtype) for s in workload.signature.inputs}
+        for i in range(0, rows - size + 1, size)
+    ] or [predictor_inputs(workload, inputs, size)]
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < min_seconds or done < 3:
+        predictor.run(batches[done % len(batches)], size)
+        done += 1
+    seconds = time.perf_counter() - started
+    return done * size / seconds, seconds / done
+
+
+def predictor_inputs(workload: Workload, inputs: Inputs, size: int) -> dict[str, np.ndarray]:
+    """A full batch when fewer rows than one batch exist: the rows repeated."""
+    return {
+        s.name: np.resize(np.asarray(inputs[s.name], dtype=s.dtype), (size, *s.shape))
+        for s in workload.signature.inputs
+    }
+
+
+def per_message_loop(bootstrap: str, topic: str, out: str, workload: Workload, how: str, budget_s: float) -> float:
+    """A consumer loop that predicts each message alone: ``model.predict`` or a ``tf.function``."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(workload.model_path, compile=False)
+    call = tf.function(lambda x: model(x, training=False)) if how == "tf.function" else None
+    consumer, producer = _consumer(bootstrap, topic), _producer(bootstrap)
+    done, started = 0, None
+    while started is None or time.perf_counter() - started < budget_s:
+        msg = consumer.poll(1.0)
+        if msg is None or msg.error() is not None:
+            continue
+        started = started or time.perf_counter()
+        x = _decode_single(msg.value() or b"", workload)
+        y = model.predict(x, verbose=0) if call is None else call(x).numpy()
+        _produce(producer, out, msgpack.packb({"outputs": y.tobytes()}), msg.key())
+        producer.poll(0)
+        done += 1
+    producer.flush(30)
+    consumer.close()
+    return done / (time.perf_counter() - (started or time.perf_counter()))
+
+
+def _decode_single(value: bytes, workload: Workload) -> np.ndarray:
+    """What glue code usually does: unpack, frombuffer, add a batch axis, cast."""
+    tensor = msgpack.unpackb(value, raw=False)["inputs"]
+    (spec,) = workload.signature.inputs
+    return np.frombuffer(tensor["data"], tensor["dtype"]).reshape(1, *tensor["shape"]).astype(spec.dtype)
+
+
+_POOL_MODEL: Any = None
+
+
+def _pool_init(path: str) -> None:
+    global _POOL_MODEL
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    _POOL_MODEL = keras.saving.load_model(path, compile=False)
+
+
+def _pool_predict(chunk: np.ndarray) -> int:
+    return len(_POOL_MODEL.predict(chunk, verbose=0))
+
+
+def process_pool(workload: Workload, inputs: Inputs, workers: int | None = None) -> float:
+    """``ProcessPoolExecutor`` mapping ``model.predict`` over chunks (spawned, each loads the model;
+    with ``fork`` after TensorFlow it would hang). Timed after every worker is warm."""
+    (spec,) = workload.signature.inputs
+    data = np.asarray(next(iter(inputs.values())), dtype=spec.dtype)
+    workers = workers or os.cpu_count() or 1
+    chunks = np.array_split(data, max(1, math.ceil(len(data) / workload.batch_size)))
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_pool_init, initargs=(str(workload.model_path),)
+    ) as pool:
+        list(pool.map(_pool_predict, [chunks[0]] * workers))  # warm every worker
+        started = time.perf_counter()
+        done = sum(pool.map(_pool_predict, chunks))
+        return done / (time.perf_counter() - started)

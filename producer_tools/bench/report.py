@@ -1,0 +1,86 @@
+"""The benchmark's table, ratios, target checks and JSON record."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+
+def environment() -> dict[str, Any]:
+    import confluent_kafka
+    import numpy
+    import tensorflow as tf
+
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "tensorflow": tf.__version__,
+        "confluent_kafka": confluent_kafka.version()[0],
+        "librdkafka": confluent_kafka.libversion()[0],
+        "numpy": numpy.__version__,
+    }
+
+
+def ratios(rates: dict[str, float | None]) -> dict[str, float | None]:
+    system = rates.get("system") or 0.0
+    out: dict[str, float | None] = {}
+    for name, rate in rates.items():
+        if name != "system":
+            out[f"system / {name}"] = round(system / rate, 2) if rate else None
+    return out
+
+
+def targets(workload: str, rates: dict[str, float | None], result: dict[str, Any]) -> dict[str, bool | None]:
+    """The issue's targets, checked (informational: the bench never fails on them)."""
+    r = result["ratios"]
+    latency = result.get("latency_ms", {})
+    budget = result["settings"]["max_wait_ms"] + 3 * result["full_batch_ms"] + 50
+    checks: dict[str, bool | None] = {
+        "zero traces after warm-up": result["traces_after_warmup"] == 0,
+        f"latency p99 <= {budget:.0f} ms": latency["p99"] <= budget if "p99" in latency else None,
+        "memory: peak - post-warm-up <= 300 MB": result["memory_growth_mb"] <= 300,
+    }
+    if workload == "mlp":
+        checks["system >= 0.6 x I/O limit"] = _at_least(r.get("system / io_limit"), 0.6)
+        checks["system >= 100 x per-message model.predict"] = _at_least(
+            r.get("system / model.predict per message"), 100
+        )
+    if workload == "mobilenet":
+        checks["system >= 0.9 x compute limit"] = _at_least(r.get("system / compute_limit"), 0.9)
+    return checks
+
+
+def _at_least(value: float | None, floor: float) -> bool | None:
+    return None if value is None else value >= floor
+
+
+def print_table(result: dict[str, Any]) -> None:
+    settings = result["settings"]
+    print(f"\nbenchmark: {result['workload']} on {result['environment']['cpus']} CPUs, batch {settings['batch_size']}")
+    print(f"{'measure':<36} {'messages/s':>14}")
+    for name, rate in result["rates"].items():
+        print(f"{name:<36} {f'{rate:14.1f}' if rate else '-':>14}")
+    print(f"\n{'ratio':<44} {'value':>8}")
+    for name, value in result["ratios"].items():
+        print(f"{name:<44} {value if value is not None else '-':>8}")
+    latency = result.get("latency_ms", {})
+    if "p50" in latency:
+        rate = result["latency_rate"]
+        print(
+            f"\nlatency at {rate:,.0f} msg/s: p50 {latency['p50']} ms, p95 {latency['p95']} ms, p99 {latency['p99']} ms"
+        )
+    print(
+        f"full batch predict: {result['full_batch_ms']:.2f} ms; traces after warm-up: {result['traces_after_warmup']}"
+    )
+    print(f"worker memory: {result['rss_after_warmup_mb']} MB after warm-up, peak {result['peak_rss_mb']} MB")
+    print("\ntargets:")
+    for name, ok in result["targets"].items():
+        print(f"  [{'ok' if ok else 'MISS' if ok is not None else 'n/a'}] {name}")
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    path.write_text(json.dumps(result, indent=2, default=str))

@@ -1,0 +1,85 @@
+"""The models a benchmark runs and the inputs it feeds them.
+
+(a) ``mlp``: 64 float32 features → 256 → 256 → 10, I/O-bound. (b) ``mobilenet``: MobileNetV2 at
+96x96x3 with random weights (no download), compute-bound; its images travel as uint8 and the
+consumer casts them. (c) any model file, with inputs generated from its signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from consumer.signature import STRING, Signature
+
+Inputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    model_path: Path
+    signature: Signature
+    wire_dtypes: dict[str, str]  # what producers send; the consumer casts to the model's dtype
+    batch_size: int
+    messages: int
+
+    def inputs(self, count: int, seed: int = 0) -> Inputs:
+        """``count`` examples per input, in the dtype producers send."""
+        rng = np.random.default_rng(seed)
+        return {
+            spec.name: _random(rng, (count, *spec.shape), self.wire_dtypes[spec.name]) for spec in self.signature.inputs
+        }
+
+    def wire_example(self, inputs: Inputs, row: int) -> Any:
+        """Row ``row`` as ``pack_input`` takes it: one array, or a dict for a named-input model."""
+        if self.signature.named_inputs:
+            return {name: value[row] for name, value in inputs.items()}
+        return next(iter(inputs.values()))[row]
+
+
+def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    if dtype == STRING:
+        return np.full(shape, b"x", dtype=object)
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        return rng.normal(size=shape).astype(dtype)
+    if kind == "b":
+        return rng.integers(0, 2, shape).astype(bool)
+    return rng.integers(0, 10, shape).astype(dtype)
+
+
+def build(name_or_path: str, workdir: Path) -> Workload:
+    from consumer.model import load_model
+
+    if name_or_path == "mlp":
+        path, batch, messages, wire = _mlp(workdir / "bench_mlp.keras"), 256, 100_000, "float32"
+    elif name_or_path == "mobilenet":
+        path, batch, messages, wire = _mobilenet(workdir / "bench_mobilenet.keras"), 32, 2_000, "uint8"
+    else:
+        path, batch, messages, wire = Path(name_or_path), 256, 20_000, ""
+    signature = load_model(path, version="bench").signature
+    dtypes = {spec.name: wire or spec.dtype for spec in signature.inputs}
+    return Workload(path.stem, path, signature, dtypes, batch, messages)
+
+
+def _mlp(path: Path) -> Path:
+    import keras
+
+    if not path.exists():
+        keras.utils.set_random_seed(0)
+        layers = [keras.layers.Dense(256, activation="relu"), keras.layers.Dense(256, activation="relu")]
+        keras.Sequential([keras.Input((64,)), *layers, keras.layers.Dense(10)], name="bench_mlp").save(path)
+    return path
+
+
+def _mobilenet(path: Path) -> Path:
+    import keras
+
+    if not path.exists():
+        keras.utils.set_random_seed(0)
+        keras.applications.MobileNetV2(input_shape=(96, 96, 3), weights=None, classes=10).save(path)
+    return path
