@@ -69,8 +69,12 @@ class EndOfInput:
         self.assigned = (self.assigned or set()) | partitions
 
     def revoke(self, partitions: set[Partition]) -> None:
+        """An eager rebalance revokes everything before it assigns again: with nothing left, the
+        worker waits for its next assignment (which may be empty) instead of counting as done."""
         if self.assigned is not None:
             self.assigned -= partitions
+            if not self.assigned:
+                self.assigned = None
         self.at_end -= partitions
 
     def reached_eof(self, partition: Partition) -> None:

@@ -297,6 +297,9 @@ class Worker:
         return self.outbox.failure is not None or self._predict_failure is not None
 
     def _release(self, partitions: set[Partition]) -> None:
+        # librdkafka keeps a partition paused across revoke and re-assign: a partition paused here
+        # (back-pressure, or at its stop-at-end bound) and assigned again would never be read again
+        self.consumer.resume([TopicPartition(*p) for p in partitions])
         self.tracker.forget(partitions)
         self.ends.revoke(partitions)
         self._paused -= partitions

@@ -70,3 +70,23 @@ def test_batch_closes_when_its_oldest_message_waited_max_wait() -> None:
     assert not batcher.ready()
     clock.now = 0.010
     assert batcher.ready() and batcher.take() == [1, 2] and batcher.seconds_left() is None
+
+
+def test_a_bounded_run_is_not_done_between_a_revoke_and_the_next_assignment() -> None:
+    from consumer.positions import EndOfInput
+
+    ends = EndOfInput()
+    assert not ends.finished()  # nothing assigned yet
+    ends.assign({("t", 0), ("t", 1)})
+    ends.reached_eof(("t", 0))
+    ends.reached_eof(("t", 1))
+    assert ends.finished()
+    ends.revoke({("t", 0), ("t", 1)})  # an eager rebalance: everything goes first
+    assert not ends.finished()
+    ends.assign({("t", 1)})
+    assert not ends.finished()  # its end must be reached again under the new assignment
+    ends.reached_eof(("t", 1))
+    assert ends.finished()
+    ends.revoke({("t", 1)})
+    ends.assign(set())  # more workers than partitions: an empty assignment is a finished one
+    assert ends.finished()
