@@ -30,6 +30,9 @@ def consumer_config(settings: Settings, client_id: str) -> dict[str, Any]:
         "logger": LIBRDKAFKA_LOGGER,
         "auto.offset.reset": "latest",
         "max.poll.interval.ms": 300_000,
+        # an upper bound on a caught-up fetch: real Kafka answers as soon as data arrives, the
+        # embedded broker only when this runs out (500 ms by default: that much added latency)
+        "fetch.wait.max.ms": 100,
         **settings.kafka,
         **settings.kafka_consumer,
         **_CONSUMER_FIXED,

@@ -37,6 +37,8 @@ from consumer.predictor import Predictor, default_batch_sizes
 from consumer.timing import Timeline, peak_rss_mb, rss_mb
 
 POLL_SECONDS = 0.1
+#: How long the fetch loop waits for messages while the next batch waits for pipeline room.
+BLOCKED_WAIT_SECONDS = 0.005
 
 
 class Worker:
@@ -50,6 +52,8 @@ class Worker:
         self.ends = EndOfInput()
         self.window = TimeWindow(settings.from_ms, settings.until_ms)
         self.batcher: Batcher[Message] = Batcher(settings.max_batch_size, settings.max_wait_ms)
+        #: messages held before fetching pauses: ``pipeline_depth`` full batches (the pipeline holds as many more)
+        self.high_water = settings.max_batch_size * settings.pipeline_depth
         self._stop = threading.Event()
         self._paused: set[Partition] = set()
         self._predict_failure: BaseException | None = None
@@ -152,14 +156,27 @@ class Worker:
             raise RuntimeError("the predict thread ended unexpectedly")
 
     def _fetch(self) -> None:
+        self._feed_pipeline()
         self._apply_backpressure()
-        wait = self.batcher.seconds_left()
-        timeout = POLL_SECONDS if wait is None else min(wait, POLL_SECONDS)
-        for msg in self.consumer.consume(num_messages=max(1, self.batcher.space()), timeout=timeout):
+        count, timeout = self._fetch_plan()
+        for msg in self.consumer.consume(num_messages=count, timeout=timeout):
             self._route(msg)
+        self._feed_pipeline()
+        self.outbox.poll(0)
+
+    def _feed_pipeline(self) -> None:
         while self.batcher.ready() and self.pipeline.has_room():
             self.pipeline.put(self.batcher.take())
-        self.outbox.poll(0)
+
+    def _fetch_plan(self) -> tuple[int, float]:
+        """How many messages to ask for, and how long to wait for them: wake on the first input, fill
+        its batch by its deadline; while the pipeline is full, read ahead up to the high-water mark."""
+        if self.batcher.ready():
+            return max(1, self.high_water - len(self.batcher)), BLOCKED_WAIT_SECONDS
+        wait = self.batcher.seconds_left()
+        if wait is None:  # consume() waits for the whole count: ask for one, so the first input starts the clock
+            return 1, POLL_SECONDS
+        return self.batcher.space(), min(wait, POLL_SECONDS)
 
     def _route(self, msg: Message) -> None:
         error = msg.error()
@@ -189,9 +206,13 @@ class Worker:
             self.log.warning("consumer error", error=error.str(), partition=partition)
 
     def _apply_backpressure(self) -> None:
-        blocked = self.batcher.space() == 0 and not self.pipeline.has_room()
+        """Pause at the high-water mark, resume at one batch: pausing drops librdkafka's prefetched
+        data, so a wide gap between the two keeps pause/resume rare."""
+        held = len(self.batcher)
+        if self.settings.max_batch_size < held < self.high_water:
+            return
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        if blocked:
+        if held >= self.high_water:
             self._pause(assigned - self._paused)
         else:
             done = self.ends.at_end if self.settings.stop_at_end else set()
