@@ -1,0 +1,38 @@
+"""The bench command runs end to end on a tiny workload. Figures are not checked here: speed is
+measured by running the bench, never asserted in the test suite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from producer_tools.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_runs_every_phase_and_writes_its_json(
+    bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    tiny = ["--messages", "400", "--batch-size", "32", "--latency-seconds", "1", "--baseline-seconds", "1"]
+    argv = ["bench", "--bootstrap-servers", bootstrap, *tiny, "--json", str(out), "--workdir", str(tmp_path)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    measures = [
+        "io_limit",
+        "compute_limit",
+        "system",
+        "model.predict per message",
+        "tf.function per message",
+        "process pool",
+    ]
+    assert list(result["rates"]) == measures and all(result["rates"][m] > 0 for m in measures)
+    assert set(result["ratios"]) == {f"system / {m}" for m in measures if m != "system"}
+    assert result["system_summary"]["predicted"] == 400 and result["traces_after_warmup"] == 0
+    assert {"p50", "p95", "p99"} <= set(result["latency_ms"]) and result["environment"]["cpus"] >= 1
+    assert result["rss_after_warmup_mb"] > 0 and result["peak_rss_mb"] >= result["rss_after_warmup_mb"]
+    table = capsys.readouterr().out
+    assert "system / io_limit" in table and "targets:" in table
