@@ -6,7 +6,6 @@ few malformed ones), runs ``python -m consumer run --stop-at-end`` and summarise
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from tqdm import tqdm
 
 from consumer.codec import pack_input, unpack_output
 from consumer.delivery import source_headers
+from producer_tools.consumer_run import consumer_command, consumer_env
 from producer_tools.embedded_broker import EmbeddedBroker
 from producer_tools.reader import read_topic
 from producer_tools.topics import create_topics
@@ -61,36 +61,13 @@ def publish(bootstrap: str, inputs: np.ndarray, bad: int) -> None:
 
 
 def run_consumer(bootstrap: str, model: Path) -> int:
-    command = [
-        sys.executable,
-        "-m",
-        "consumer",
-        "run",
-        "--bootstrap-servers",
-        bootstrap,
-        "--input-topic",
-        TOPICS["input"],
-        "--output-topic",
-        TOPICS["output"],
-        "--dlq-topic",
-        TOPICS["dlq"],
-        "--group",
-        f"demo-{int(time.time())}",
-        "--model",
-        str(model),
-        "--from-beginning",
-        "--stop-at-end",
-        "--max-wait-ms",
-        "20",
-    ]
-    env = {
-        **os.environ,
-        "TFSTREAM_KAFKA_CONSUMER_SESSION_TIMEOUT_MS": "6000",
-        "TFSTREAM_KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS": "500",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
+    group = f"demo-{int(time.time())}"
+    command = consumer_command(
+        bootstrap, model, TOPICS["input"], TOPICS["output"], group,
+        "--dlq-topic", TOPICS["dlq"], "--from-beginning", "--stop-at-end", "--max-wait-ms", "20",
+    )  # fmt: skip
     print("$ " + " ".join(command[1:]), flush=True)
-    return subprocess.call(command, env=env)
+    return subprocess.call(command, env=consumer_env())
 
 
 def summarise(bootstrap: str, model_path: Path, inputs: np.ndarray, labels: np.ndarray, bad: int) -> int:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -19,43 +17,20 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from consumer.codec import pack_input, unpack_output
 from consumer.config import Settings, load_settings
+from producer_tools.consumer_run import consumer_command as run_command
+from producer_tools.consumer_run import consumer_env
 from producer_tools.reader import read_topic
 from tests.conftest import FAST_GROUP
 
 Record = tuple[bytes | None, bytes | None]
 ROOT = Path(__file__).resolve().parent.parent
-#: The environment of a deployment under test: short group timeouts, quiet TensorFlow.
-ENV = {
-    **os.environ,
-    "TFSTREAM_KAFKA_CONSUMER_SESSION_TIMEOUT_MS": str(FAST_GROUP["session.timeout.ms"]),
-    "TFSTREAM_KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS": str(FAST_GROUP["heartbeat.interval.ms"]),
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "PYTHONPATH": str(ROOT),
-}
+#: The environment of a deployment under test: short group timeouts, quiet TensorFlow, this checkout.
+ENV = consumer_env(PYTHONPATH=str(ROOT))
 
 
 def consumer_command(bootstrap: str, model: Path, inp: str, out: str, group: str, *extra: str) -> list[str]:
-    """``python -m consumer run`` as a user types it, starting new groups at the beginning."""
-    return [
-        sys.executable,
-        "-m",
-        "consumer",
-        "run",
-        "--bootstrap-servers",
-        bootstrap,
-        "--input-topic",
-        inp,
-        "--output-topic",
-        out,
-        "--group",
-        group,
-        "--model",
-        str(model),
-        "--max-batch-size",
-        "32",
-        "--from-beginning",
-        *extra,
-    ]
+    """``python -m consumer run`` as a user types it, batches of 32, new groups from the beginning."""
+    return run_command(bootstrap, model, inp, out, group, "--max-batch-size", "32", "--from-beginning", *extra)
 
 
 def publish(

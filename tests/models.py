@@ -12,7 +12,13 @@ import tensorflow as tf
 def mlp(path: Path, features: int = 4, classes: int = 3) -> Path:
     keras.utils.set_random_seed(1)
     model = keras.Sequential(
-        [keras.Input((features,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(classes)], name="mlp"
+        # named explicitly: Keras numbers default names per process (input_layer, input_layer_1, ...)
+        [
+            keras.Input((features,), name="features"),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(classes),
+        ],
+        name="mlp",
     )
     model.save(path)
     return path

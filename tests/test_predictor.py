@@ -16,7 +16,7 @@ from tests import models
 
 def rows(n: int, width: int = 4) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(n)
-    return [{"input_layer": rng.normal(size=width).astype("float32")} for _ in range(n)]
+    return [{"features": rng.normal(size=width).astype("float32")} for _ in range(n)]
 
 
 def test_default_batch_sizes_are_powers_of_two_up_to_the_max() -> None:
@@ -40,7 +40,7 @@ def test_padding_rows_do_not_change_the_results(mlp_path: Path) -> None:
     predictor = Predictor(load_model(mlp_path), [8])
     batch = rows(5)
     out = predictor.predict(stack(batch, predictor.model.signature, 8), 5)["output_0"]
-    expected = models.offline_predict(mlp_path, np.stack([r["input_layer"] for r in batch]))
+    expected = models.offline_predict(mlp_path, np.stack([r["features"] for r in batch]))
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 

@@ -8,10 +8,8 @@ workers record, per input, output acknowledgement time minus the input's record 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,12 +21,7 @@ from tqdm import tqdm
 
 from consumer.codec import pack_input
 from producer_tools.bench.workloads import Inputs, Workload
-
-#: Short group timeouts: on the embedded broker a join then takes ~3 s instead of ~23 s.
-FAST_GROUP = {
-    "TFSTREAM_KAFKA_CONSUMER_SESSION_TIMEOUT_MS": "6000",
-    "TFSTREAM_KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS": "500",
-}
+from producer_tools.consumer_run import consumer_command, consumer_env
 
 
 def encode(workload: Workload, inputs: Inputs) -> list[bytes]:
@@ -68,8 +61,7 @@ class Run:
     lines: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        env = {**os.environ, **FAST_GROUP, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        self.process = subprocess.Popen(self.command, env=env, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(self.command, env=consumer_env(), stderr=subprocess.PIPE, text=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -96,16 +88,12 @@ class Run:
         return summaries[-1]
 
 
-def consumer_command(
-    bootstrap: str, source: str, out: str, workload: Workload, max_wait_ms: float, *extra: str
-) -> list[str]:
-    return [
-        sys.executable, "-m", "consumer", "run",
-        "--bootstrap-servers", bootstrap, "--input-topic", source, "--output-topic", out,
-        "--group", f"bench-{uuid.uuid4().hex[:8]}", "--model", str(workload.model_path),
-        "--max-batch-size", str(workload.batch_size), "--max-wait-ms", str(max_wait_ms), "--log-format", "json",
-        *extra,
-    ]  # fmt: skip
+def command(bootstrap: str, source: str, out: str, workload: Workload, max_wait_ms: float, *extra: str) -> list[str]:
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    return consumer_command(
+        bootstrap, workload.model_path, source, out, group, "--max-batch-size", str(workload.batch_size),
+        "--max-wait-ms", str(max_wait_ms), "--log-format", "json", *extra,
+    )  # fmt: skip
 
 
 def throughput(summary: dict[str, Any]) -> float:
@@ -118,9 +106,7 @@ def throughput(summary: dict[str, Any]) -> float:
 
 def drain(bootstrap: str, source: str, out: str, workload: Workload, max_wait_ms: float) -> dict[str, Any]:
     """Process a preloaded backlog with ``--stop-at-end``; the workers' summary."""
-    return Run(
-        consumer_command(bootstrap, source, out, workload, max_wait_ms, "--from-beginning", "--stop-at-end")
-    ).finish()
+    return Run(command(bootstrap, source, out, workload, max_wait_ms, "--from-beginning", "--stop-at-end")).finish()
 
 
 def steady_latency(
@@ -134,7 +120,7 @@ def steady_latency(
     max_wait_ms: float,
 ) -> dict[str, Any]:
     """Publish at ``rate`` for ``seconds`` into a running consumer; the workers' summary."""
-    run = Run(consumer_command(bootstrap, source, out, workload, max_wait_ms, "--from-beginning"))
+    run = Run(command(bootstrap, source, out, workload, max_wait_ms, "--from-beginning"))
     run.wait_for("partitions assigned")
     publish(bootstrap, source, values, max(1, int(rate * seconds)), rate, desc=f"steady {rate:,.0f}/s")
     time.sleep(max(1.0, 3 * max_wait_ms / 1000))  # let the last inputs through before the drain
