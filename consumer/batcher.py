@@ -13,10 +13,18 @@ T = TypeVar("T")
 class Batcher(Generic[T]):
     """Holds messages until ``max_batch_size`` are waiting or the oldest waited ``max_wait_ms``."""
 
-    def __init__(self, max_batch_size: int, max_wait_ms: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_wait_ms: float,
+        clock: Callable[[], float] = time.monotonic,
+        size: Callable[[T], int] = lambda _: 0,
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self._clock = clock
+        self._size = size
+        self.bytes = 0  # what the held messages weigh, by ``size``
         self._items: deque[T] = deque()
         self._oldest: float | None = None
 
@@ -28,6 +36,7 @@ class Batcher(Generic[T]):
             if self._oldest is None:
                 self._oldest = self._clock()
             self._items.append(item)
+            self.bytes += self._size(item)
 
     def space(self) -> int:
         """How many more messages the open batch takes before it is full."""
@@ -46,11 +55,13 @@ class Batcher(Generic[T]):
         """Close and return the open batch (at most ``max_batch_size`` messages)."""
         count = min(len(self._items), self.max_batch_size)
         batch = [self._items.popleft() for _ in range(count)]
+        self.bytes -= sum(self._size(item) for item in batch)
         self._oldest = self._clock() if self._items else None
         return batch
 
     def drop(self, keep: Callable[[T], bool]) -> None:
         """Remove the messages for which ``keep`` is False (partitions taken away)."""
         self._items = deque(item for item in self._items if keep(item))
+        self.bytes = sum(self._size(item) for item in self._items)
         if not self._items:
             self._oldest = None

@@ -54,6 +54,7 @@ class Settings(BaseModel):
     delivery: Literal["at-least-once"] = "at-least-once"
     commit_interval_ms: int = Field(1000, ge=10, le=600_000)
     pipeline_depth: int = Field(4, ge=1, le=64)
+    read_ahead_mb: float = Field(32.0, gt=0, le=4096)
     drain_timeout_s: float = Field(30.0, gt=0, le=3600)
     connect_timeout_s: float = Field(30.0, gt=0, le=3600)
     start_attempts: int = Field(3, ge=1, le=1000)

@@ -39,6 +39,8 @@ from consumer.timing import Timeline, peak_rss_mb, rss_mb
 POLL_SECONDS = 0.1
 #: How long the fetch loop waits for messages while the next batch waits for pipeline room.
 BLOCKED_WAIT_SECONDS = 0.005
+#: How many messages one read-ahead call asks for.
+READ_AHEAD_CHUNK = 1000
 
 
 class Worker:
@@ -51,9 +53,11 @@ class Worker:
         self.tracker = OffsetTracker()
         self.ends = EndOfInput()
         self.window = TimeWindow(settings.from_ms, settings.until_ms)
-        self.batcher: Batcher[Message] = Batcher(settings.max_batch_size, settings.max_wait_ms)
-        #: messages held before fetching pauses: ``pipeline_depth`` full batches (the pipeline holds as many more)
-        self.high_water = settings.max_batch_size * settings.pipeline_depth
+        self.batcher: Batcher[Message] = Batcher(
+            settings.max_batch_size, settings.max_wait_ms, size=lambda m: len(m.value() or b"")
+        )
+        #: read ahead (while the pipeline is full) until this many message bytes are held, then pause
+        self.read_ahead_bytes = int(settings.read_ahead_mb * 2**20)
         self._stop = threading.Event()
         self._paused: set[Partition] = set()
         self._predict_failure: BaseException | None = None
@@ -170,9 +174,9 @@ class Worker:
 
     def _fetch_plan(self) -> tuple[int, float]:
         """How many messages to ask for, and how long to wait for them: wake on the first input, fill
-        its batch by its deadline; while the pipeline is full, read ahead up to the high-water mark."""
+        its batch by its deadline; while the pipeline is full, read ahead up to the read-ahead budget."""
         if self.batcher.ready():
-            return max(1, self.high_water - len(self.batcher)), BLOCKED_WAIT_SECONDS
+            return READ_AHEAD_CHUNK, BLOCKED_WAIT_SECONDS
         wait = self.batcher.seconds_left()
         if wait is None:  # consume() waits for the whole count: ask for one, so the first input starts the clock
             return 1, POLL_SECONDS
@@ -206,13 +210,13 @@ class Worker:
             self.log.warning("consumer error", error=error.str(), partition=partition)
 
     def _apply_backpressure(self) -> None:
-        """Pause at the high-water mark, resume at one batch: pausing drops librdkafka's prefetched
+        """Pause at the read-ahead budget, resume at one batch: pausing drops librdkafka's prefetched
         data, so a wide gap between the two keeps pause/resume rare."""
-        held = len(self.batcher)
-        if self.settings.max_batch_size < held < self.high_water:
+        full = self.batcher.bytes >= self.read_ahead_bytes
+        if not full and len(self.batcher) > self.settings.max_batch_size:
             return
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        if held >= self.high_water:
+        if full:
             self._pause(assigned - self._paused)
         else:
             done = self.ends.at_end if self.settings.stop_at_end else set()
