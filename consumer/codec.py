@@ -199,7 +199,12 @@ def pack_input(
     message: dict[str, Any] = {"inputs": body, "v": FORMAT_VERSION}
     if id is not None:
         message["id"] = id
-    return msgpack.packb(message, use_bin_type=True)
+    try:
+        return msgpack.packb(message, use_bin_type=True)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise errors.CodecError(
+            f"cannot encode the message ({exc}): ids and inputs must be msgpack values, integers within 64 bits"
+        ) from None
 
 
 def output_envelope(

@@ -135,6 +135,8 @@ def _jsonl_example(
     }
     key = obj.get(options.key_field or "key")
     ident = obj.get(options.id_field or "id", index)
+    if isinstance(ident, int) and not -(2**63) <= ident < 2**64:
+        raise ConfigError(f"{where}: id {ident} does not fit in 64 bits (msgpack integers do not)")
     return Example(
         _to_key(key) if key is not None else _row_key(index), ident, inputs if isinstance(raw, dict) else inputs[""]
     )

@@ -26,7 +26,10 @@ def packb(obj: object) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-@given(arrays, st.one_of(st.none(), st.integers(), st.text(max_size=20), st.binary(max_size=10)))
+MSGPACK_INTS = st.integers(-(2**63), 2**64 - 1)
+
+
+@given(arrays, st.one_of(st.none(), MSGPACK_INTS, st.text(max_size=20), st.binary(max_size=10)))
 def test_raw_tensor_round_trips_bit_exactly_with_its_id(array: np.ndarray, ident: object) -> None:
     envelope = unpack_input(pack_input(array, id=ident), LIMITS)
     decoded = envelope.inputs[SINGLE]
@@ -34,6 +37,12 @@ def test_raw_tensor_round_trips_bit_exactly_with_its_id(array: np.ndarray, ident
     assert decoded.dtype == array.dtype and decoded.shape == array.shape
     assert decoded.tobytes() == array.tobytes()
     assert envelope.has_id == (ident is not None) and envelope.id == ident
+
+
+@pytest.mark.parametrize("ident", [2**64, -(2**63) - 1])
+def test_an_id_msgpack_cannot_hold_is_a_codec_error_not_a_crash(ident: int) -> None:
+    with pytest.raises(errors.CodecError, match="64 bits"):
+        pack_input(np.zeros(2, "float32"), id=ident)
 
 
 @given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=3, max_side=4), elements=st.floats(-1e6, 1e6)))

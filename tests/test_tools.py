@@ -97,6 +97,7 @@ def test_every_input_format_publishes_the_examples_it_holds(bootstrap: str, topi
         ("bad.jsonl", '{"inputs": [1]}\nnot json\n', [], "bad.jsonl:2: not JSON"),
         ("ok.jsonl", '{"inputs": [1]}\n', ["--dtype", "floaty"], "invalid setting --dtype='floaty'"),
         ("missing.npy", None, [], "does not exist"),
+        ("huge.jsonl", '{"inputs": [1], "id": 18446744073709551616}\n', [], "huge.jsonl:1: id 18446744073709551616"),
     ],
 )
 def test_bad_input_files_fail_in_one_line_with_exit_2_and_publish_nothing(
