@@ -1,11 +1,17 @@
-"""``python -m consumer run`` as a subprocess: the command line and the environment the demo,
-the bench and the tests start it with."""
+"""``python -m consumer run`` as a subprocess: the command line, the environment and the process
+handle the demo, the bench and the tests use."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 #: Short group timeouts: on the embedded broker a join then takes ~3 s instead of ~23 s.
 FAST_GROUP_ENV = {
@@ -26,3 +32,51 @@ def consumer_command(bootstrap: str, model: Path, inp: str, out: str, group: str
 def consumer_env(**extra: str) -> dict[str, str]:
     """This process's environment with short group timeouts (for the embedded broker)."""
     return {**os.environ, **FAST_GROUP_ENV, **extra}
+
+
+class ConsumerProcess:
+    """``python -m consumer run`` in its own process; its JSON log lines are collected as they come."""
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(command, env=env or consumer_env(), stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The logged JSON lines whose ``event`` is ``name``, so far."""
+        marker = f'"event": "{name}"'
+        return [json.loads(line) for line in list(self.lines) if line.startswith("{") and marker in line]
+
+    def wait_for(self, name: str, count: int = 1, timeout: float = 90) -> list[dict[str, Any]]:
+        """Wait until ``name`` was logged ``count`` times; ``RuntimeError`` if the process ends or time runs out."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.events(name)) < count:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the consumer exited before logging {name!r}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no {count}x {name!r} within {timeout}s:\n{self.tail()}")
+            time.sleep(0.1)
+        return found
+
+    def stop(self, timeout: float = 90) -> dict[str, Any]:
+        """SIGTERM, then ``finish``."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.finish(timeout)
+
+    def finish(self, timeout: float = 120) -> dict[str, Any]:
+        """Wait for the exit; the supervisor's summary. ``RuntimeError`` unless it exited 0 with one."""
+        self.process.wait(timeout)
+        self.reader.join(10)
+        summaries = self.events("summary")
+        if self.process.returncode != 0 or len(summaries) != 1:
+            raise RuntimeError(f"the consumer exited with {self.process.returncode}:\n{self.tail()}")
+        return summaries[0]
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.lines[-lines:])

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -17,8 +14,8 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from consumer.codec import pack_input, unpack_output
 from consumer.config import Settings, load_settings
+from producer_tools.consumer_run import ConsumerProcess, consumer_env
 from producer_tools.consumer_run import consumer_command as run_command
-from producer_tools.consumer_run import consumer_env
 from producer_tools.reader import read_topic
 from tests.conftest import FAST_GROUP
 
@@ -126,49 +123,8 @@ class Trickle:
         assert not self.thread.is_alive(), "the publisher did not finish"
 
 
-class Deployment:
-    """``python -m consumer run`` in a real process; its JSON log lines are collected as they come."""
-
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        found = []
-        for line in list(self.lines):
-            if line.startswith("{") and f'"event": "{name}"' in line:
-                found.append(json.loads(line))
-        return found
-
-    def wait_for(self, name: str, count: int = 1, timeout: float = 90) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while len(self.events(name)) < count:
-            assert self.process.poll() is None, "the deployment exited early:\n" + self.tail()
-            assert time.monotonic() < deadline, f"no {count}x {name!r} within {timeout}s:\n" + self.tail()
-            time.sleep(0.1)
-        return self.events(name)
-
-    def stop(self, timeout: float = 90) -> dict[str, Any]:
-        """SIGTERM, wait, and return the supervisor's summary (the exit code must be 0)."""
-        self.process.send_signal(signal.SIGTERM)
-        return self.finish(timeout)
-
-    def finish(self, timeout: float = 120) -> dict[str, Any]:
-        self.process.wait(timeout)
-        self.reader.join(10)
-        assert self.process.returncode == 0, self.tail()
-        (summary,) = self.events("summary")
-        return summary
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.lines[-lines:])
+#: A deployment under test: raises with the process's last log lines when it fails.
+Deployment = ConsumerProcess
 
 
 def wait_for_outputs(bootstrap: str, topic: str, ids: set[int], timeout: float = 120) -> Counter[Any]:

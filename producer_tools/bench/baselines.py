@@ -18,6 +18,7 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from producer_tools.bench.workloads import Inputs, Workload
+from producer_tools.publish import produce
 from producer_tools.reader import partitions_of
 
 
@@ -43,21 +44,12 @@ def io_limit(bootstrap: str, source: str, target: str, count: int) -> float:
                 continue
             started = started or time.perf_counter()
             msgpack.unpackb(msg.value(), raw=False)
-            _produce(producer, target, msg.value(), msg.key())
+            produce(producer, target, msg.value(), msg.key())
             seen += 1
         producer.poll(0)
     producer.flush(60)
     consumer.close()
     return count / (time.perf_counter() - (started or time.perf_counter()))
-
-
-def _produce(producer: Producer, topic: str, value: Any, key: Any) -> None:
-    while True:
-        try:
-            producer.produce(topic, value, key)
-            return
-        except BufferError:
-            producer.poll(0.05)
 
 
 def compute_limit(workload: Workload, inputs: Inputs, min_seconds: float = 3.0) -> tuple[float, float]:
@@ -107,7 +99,7 @@ def per_message_loop(bootstrap: str, topic: str, out: str, workload: Workload, h
         started = started or time.perf_counter()
         x = _decode_single(msg.value() or b"", workload)
         y = model.predict(x, verbose=0) if call is None else call(x).numpy()
-        _produce(producer, out, msgpack.packb({"outputs": y.tobytes()}), msg.key())
+        produce(producer, out, msgpack.packb({"outputs": y.tobytes()}), msg.key())
         producer.poll(0)
         done += 1
     producer.flush(30)

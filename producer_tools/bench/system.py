@@ -7,13 +7,8 @@ workers record, per input, output acknowledgement time minus the input's record 
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Producer
@@ -21,7 +16,8 @@ from tqdm import tqdm
 
 from consumer.codec import pack_input
 from producer_tools.bench.workloads import Inputs, Workload
-from producer_tools.consumer_run import consumer_command, consumer_env
+from producer_tools.consumer_run import ConsumerProcess, consumer_command
+from producer_tools.publish import Pacer, produce
 
 
 def encode(workload: Workload, inputs: Inputs) -> list[bytes]:
@@ -36,56 +32,12 @@ def publish(
     producer = Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4", "enable.idempotence": True}
     )
-    started = time.monotonic()
+    pacer = Pacer(rate)
     for i in tqdm(range(count), desc=desc, unit="msg", leave=False):
-        if rate:
-            ahead = started + i / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        while True:
-            try:
-                producer.produce(topic, values[i % len(values)], str(i).encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
+        pacer.wait(producer)
+        produce(producer, topic, values[i % len(values)], str(i).encode())
     if producer.flush(120):
         raise RuntimeError(f"could not publish the benchmark inputs to {topic}")
-
-
-@dataclass
-class Run:
-    """A ``python -m consumer run`` process; its JSON log lines are collected as they come."""
-
-    command: list[str]
-    lines: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.process = subprocess.Popen(self.command, env=consumer_env(), stderr=subprocess.PIPE, text=True)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, event: str, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(f'"event": "{event}"' in line for line in list(self.lines)):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the consumer never logged {event!r}:\n" + "".join(self.lines[-20:]))
-            time.sleep(0.1)
-
-    def finish(self, terminate: bool = False, timeout: float = 600) -> dict[str, Any]:
-        if terminate:
-            self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout)
-        self.reader.join(10)
-        summaries = [json.loads(line) for line in self.lines if line.startswith('{"event": "summary"')]
-        if self.process.returncode != 0 or not summaries:
-            raise RuntimeError(f"the consumer failed ({self.process.returncode}):\n" + "".join(self.lines[-20:]))
-        return summaries[-1]
 
 
 def command(bootstrap: str, source: str, out: str, workload: Workload, max_wait_ms: float, *extra: str) -> list[str]:
@@ -106,7 +58,8 @@ def throughput(summary: dict[str, Any]) -> float:
 
 def drain(bootstrap: str, source: str, out: str, workload: Workload, max_wait_ms: float) -> dict[str, Any]:
     """Process a preloaded backlog with ``--stop-at-end``; the workers' summary."""
-    return Run(command(bootstrap, source, out, workload, max_wait_ms, "--from-beginning", "--stop-at-end")).finish()
+    run = ConsumerProcess(command(bootstrap, source, out, workload, max_wait_ms, "--from-beginning", "--stop-at-end"))
+    return run.finish(timeout=600)
 
 
 def steady_latency(
@@ -120,8 +73,8 @@ def steady_latency(
     max_wait_ms: float,
 ) -> dict[str, Any]:
     """Publish at ``rate`` for ``seconds`` into a running consumer; the workers' summary."""
-    run = Run(command(bootstrap, source, out, workload, max_wait_ms, "--from-beginning"))
-    run.wait_for("partitions assigned")
+    run = ConsumerProcess(command(bootstrap, source, out, workload, max_wait_ms, "--from-beginning"))
+    run.wait_for("partitions assigned", timeout=180)
     publish(bootstrap, source, values, max(1, int(rate * seconds)), rate, desc=f"steady {rate:,.0f}/s")
     time.sleep(max(1.0, 3 * max_wait_ms / 1000))  # let the last inputs through before the drain
-    return run.finish(terminate=True)
+    return run.stop(timeout=600)
