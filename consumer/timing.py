@@ -52,12 +52,11 @@ class Timeline:
             ordered = sorted(self._latencies)
         if not ordered:
             return {"count": 0}
-        pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)  # noqa: E731
         return {
             "count": self._seen,
-            "p50": pick(0.50),
-            "p95": pick(0.95),
-            "p99": pick(0.99),
+            "p50": _percentile(ordered, 0.50),
+            "p95": _percentile(ordered, 0.95),
+            "p99": _percentile(ordered, 0.99),
             "max": round(ordered[-1], 2),
         }
 
@@ -67,6 +66,10 @@ class Timeline:
             "last_acknowledged_at": self.last_acknowledged,
             "latency_ms": self.latency_ms(),
         }
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
 
 def rss_mb() -> float:

@@ -90,8 +90,7 @@ def _replay(sub: argparse._SubParsersAction) -> None:
 
 def _reset_offsets(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "reset-offsets", commands.run_reset_offsets, "move a stopped group's committed offsets")
-    p.add_argument("--group", required=True)
-    p.add_argument("--topic", required=True)
+    _group_and_topic(p)
     to = p.add_mutually_exclusive_group(required=True)
     to.add_argument("--to-timestamp", metavar="ISO8601", help="the first record at or after this time")
     to.add_argument("--to-earliest", action="store_true", help="the start of each partition")
@@ -99,10 +98,14 @@ def _reset_offsets(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="show the new offsets, commit nothing")
 
 
+def _group_and_topic(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--group", required=True, help="the consumer group")
+    parser.add_argument("--topic", required=True, help="the topic the group reads")
+
+
 def _lag(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "lag", commands.run_lag, "per-partition committed offset, end offset and lag of a group")
-    p.add_argument("--group", required=True)
-    p.add_argument("--topic", required=True)
+    _group_and_topic(p)
     p.add_argument("--watch", type=_positive(float), metavar="S", help="refresh every S seconds until Ctrl-C")
 
 

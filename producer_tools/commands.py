@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime
 
 import numpy as np
+from tqdm import tqdm
 
 from consumer.errors import ConfigError
 from consumer.positions import TimeWindow
@@ -69,8 +70,6 @@ def run_collect(args: argparse.Namespace) -> int:
     stop = StopWhen(at_end=args.count is None and args.idle is None, count=args.count, idle=args.idle)
     found = collect.Collected()
     try:
-        from tqdm import tqdm
-
         for msg in tqdm(read_partitions(consumer, args.topic, stop), desc=f"collect {args.topic}", unit="msg"):
             found.add(msg)
     finally:
