@@ -12,6 +12,7 @@ subclass, never anything else, and no input can make it allocate more than the l
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -74,7 +75,7 @@ def unpack_input(value: bytes | None, limits: Limits) -> InputEnvelope:
         raise errors.TooLargeError(
             f"message is {len(value)} bytes; the limit is {limits.max_message_bytes} (max_message_bytes)"
         )
-    obj = _unpackb(value, limits)
+    obj = unpack_value(value, limits)
     if not isinstance(obj, dict):
         raise errors.NotAMapError(f"the value is a msgpack {type(obj).__name__}, not a map")
     _check_version(obj.get("v", FORMAT_VERSION))
@@ -90,7 +91,8 @@ def unpack_input(value: bytes | None, limits: Limits) -> InputEnvelope:
     return InputEnvelope(inputs=inputs, id=obj.get("id"), has_id="id" in obj)
 
 
-def _unpackb(value: bytes, limits: Limits) -> Any:
+def unpack_value(value: bytes, limits: Limits) -> Any:
+    """One msgpack object within ``limits``; ``NotMsgpackError`` if the bytes are anything else."""
     try:
         return msgpack.unpackb(
             value,
@@ -228,8 +230,20 @@ def encode_tensor_for_json(array: np.ndarray) -> dict[str, Any]:
     return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.tolist()}
 
 
+_packers = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """One reusable packer per thread: ``msgpack.packb`` allocates a fresh 1 MiB buffer per call,
+    which in a many-threaded process (TensorFlow's) costs an mmap/munmap pair each time."""
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer
+
+
 def pack_output(envelope: Mapping[str, Any]) -> bytes:
-    return msgpack.packb(envelope, use_bin_type=True)
+    return _packer().pack(envelope)
 
 
 def unpack_output(value: bytes) -> dict[str, Any]:

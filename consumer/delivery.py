@@ -55,6 +55,8 @@ class Outbox:
         self.tracker = tracker
         self.timeline = timeline or Timeline()
         self.failure: DeliveryError | None = None
+        self._serving = threading.Event()
+        self._server: threading.Thread | None = None
 
     def send(self, source: Message, topic: str, value: bytes, key: bytes | None, headers: Headers) -> None:
         partition, offset = coordinates(source)
@@ -77,6 +79,20 @@ class Outbox:
                 self._fail(topic, partition, offset, exc.args[0])
                 return
 
+    def send_batch(self, sources: list[Message], topic: str, values: list[bytes], headers: list[Headers]) -> None:
+        """One record per source message; the sources count as done together, once all are acknowledged."""
+        ack = BatchAck(self, topic, sources)
+        for msg, value, record_headers in zip(sources, values, headers, strict=True):
+            while True:
+                try:
+                    self.producer.produce(topic, value, msg.key(), headers=record_headers, on_delivery=ack.on_delivery)
+                    break
+                except BufferError:  # the producer's queue is full: wait for acknowledgements
+                    self.producer.poll(0.05)
+                except KafkaException as exc:  # refused before sending (too large, unknown topic...)
+                    self._fail(topic, *coordinates(msg), exc.args[0])
+                    break
+
     def _fail(self, topic: str, partition: Partition, offset: int, err: KafkaError) -> None:
         """Keep the first failure; the input is never marked done, so nothing past it commits."""
         if self.failure is None:
@@ -87,6 +103,46 @@ class Outbox:
 
     def poll(self, timeout: float = 0.0) -> None:
         self.producer.poll(timeout)
+
+    def serve_acknowledgements(self) -> None:
+        """Serve delivery reports as they arrive, in a thread of their own: an input is done (and its
+        latency taken) when the broker acknowledges its output, not when a loop next comes round."""
+        self._serving.clear()
+        self._server = threading.Thread(target=self._serve, name="acks", daemon=True)
+        self._server.start()
+
+    def _serve(self) -> None:
+        while not self._serving.is_set():
+            self.producer.poll(0.05)
+
+    def stop_serving(self) -> None:
+        self._serving.set()
+        if self._server is not None:
+            self._server.join()
+
+
+class BatchAck:
+    """Counts one batch's acknowledgements; the last one marks all its inputs done at once.
+
+    Delivery callbacks run in whichever thread polls the producer, so the count is locked."""
+
+    __slots__ = ("_lock", "outbox", "remaining", "sources", "topic")
+
+    def __init__(self, outbox: Outbox, topic: str, sources: list[Message]) -> None:
+        self.outbox, self.topic, self.sources = outbox, topic, sources
+        self.remaining = len(sources)
+        self._lock = threading.Lock()
+
+    def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:  # the batch never counts as done: nothing past it commits
+            self.outbox._fail(self.topic, *coordinates(self.sources[0]), err)
+            return
+        with self._lock:
+            self.remaining -= 1
+            if self.remaining:
+                return
+        self.outbox.tracker.done_many([coordinates(m) for m in self.sources])
+        self.outbox.timeline.acknowledged_many([m.timestamp()[1] for m in self.sources])
 
 
 def source_headers(msg: Message) -> Headers:

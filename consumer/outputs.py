@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 
-from consumer.codec import encode_tensor, encode_tensor_for_json, output_envelope, pack_output
+from consumer.codec import encode_tensor_for_json, output_envelope
 from consumer.delivery import HEADER_PREFIX, Counters, Headers, Outbox, encode_json, source_headers
+from consumer.envelopes import OutputPacker
 from consumer.pipeline import Batch
 
 
 class Emitter:
-    """Encodes outputs in the wire format (or JSON) and hands them to the outbox, key = input key."""
+    """Encodes outputs in the wire format (or JSON) and hands them to the outbox, key = input key.
+    Used by the predict thread only."""
 
     def __init__(
         self,
@@ -26,7 +25,7 @@ class Emitter:
     ) -> None:
         self.outbox, self.topic, self.model, self.counters = outbox, topic, model, counters
         self._json = output_format == "json"
-        self._encode_tensor: Callable[[np.ndarray], Any] = encode_tensor_for_json if self._json else encode_tensor
+        self._packer = OutputPacker(model)
         self._model_headers: Headers = [
             (HEADER_PREFIX + "model.name", model["name"].encode()),
             (HEADER_PREFIX + "model.version", model["version"].encode()),
@@ -39,9 +38,21 @@ class Emitter:
             (HEADER_PREFIX + "batch.rows", str(batch.rows).encode()),
             (HEADER_PREFIX + "predict.ms", f"{predict_ms:.3f}".encode()),
         ]
+        messages = batch.messages
+        values = self._json_values(batch, outputs) if self._json else self._msgpack_values(batch, outputs)
+        record_headers = [source_headers(m) + headers if m.headers() else headers for m in messages]
+        self.outbox.send_batch(messages, self.topic, values, record_headers)
+        self.counters.add(predicted=batch.rows, batches=1, padded_rows=bucket - batch.rows)
+
+    def _msgpack_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
+        sources = [(m.topic(), m.partition(), m.offset(), m.timestamp()[1]) for m in batch.messages]
+        return self._packer.pack_rows(outputs, sources, batch.ids)  # type: ignore[arg-type]
+
+    def _json_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
+        values = []
         single = len(outputs) == 1
         for row, msg in enumerate(batch.messages):
-            tensors = {name: self._encode_tensor(value[row]) for name, value in outputs.items()}
+            tensors = {name: encode_tensor_for_json(value[row]) for name, value in outputs.items()}
             body = next(iter(tensors.values())) if single else tensors
             ident, has_id = batch.ids[row]
             source = {
@@ -50,8 +61,5 @@ class Emitter:
                 "offset": msg.offset(),
                 "timestamp": msg.timestamp()[1],
             }
-            envelope = output_envelope(body, model=self.model, source=source, id=ident, has_id=has_id)
-            value = encode_json(envelope) if self._json else pack_output(envelope)
-            self.outbox.send(msg, self.topic, value, msg.key(), source_headers(msg) + headers)
-        self.counters.add(predicted=batch.rows, batches=1, padded_rows=bucket - batch.rows)
-        self.outbox.poll(0)
+            values.append(encode_json(output_envelope(body, model=self.model, source=source, id=ident, has_id=has_id)))
+        return values

@@ -21,12 +21,12 @@ import numpy as np
 import tensorflow as tf
 from confluent_kafka import Message
 
-from consumer.codec import Limits, unpack_input
+from consumer.codec import Limits
 from consumer.delivery import DeadLetters
-from consumer.errors import InputError, PreprocessError
+from consumer.errors import PreprocessError
 from consumer.predictor import Predictor
 from consumer.signature import STRING, Signature, TensorSpec
-from consumer.validate import Example, conform, stack
+from consumer.validate import BatchDecoder, pad_rows, stack
 
 Inputs = dict[str, Any]
 PROBE = "probe"
@@ -35,13 +35,18 @@ Preprocess = Callable[[Any], Any]
 
 @dataclass
 class Batch:
-    """The valid messages of one closed batch, in row order, with their ids."""
+    """The valid messages of one closed batch, in row order, with their stacked inputs and ids."""
 
     id: int
     messages: list[Message]
-    examples: list[Example]
+    inputs: dict[str, np.ndarray]
     ids: list[tuple[Any, bool]]
     closed_at: float
+
+    def row(self, index: int) -> Batch:
+        """Row ``index`` alone, as a batch of one."""
+        only = {name: column[index : index + 1] for name, column in self.inputs.items()}
+        return Batch(self.id, [self.messages[index]], only, [self.ids[index]], self.closed_at)
 
     @property
     def rows(self) -> int:
@@ -88,6 +93,7 @@ class Pipeline:
         self._closed = False
         self.failure: BaseException | None = None
         self._transform = self._build_transform() if preprocess else None
+        self.decoder = BatchDecoder(self.raw_signature, limits, reject_non_finite)
 
     # -- fetch-loop side -------------------------------------------------------------------
     def has_room(self) -> bool:
@@ -122,7 +128,7 @@ class Pipeline:
                 last_id = batch.id
                 bucket = self.predictor.bucket_for(batch.rows)
                 rows = batch.rows if self.preprocess else bucket
-                yield batch.id, batch.rows, bucket, stack(batch.examples, self.raw_signature, rows)
+                yield batch.id, batch.rows, bucket, pad_rows(batch.inputs, self.raw_signature, rows)
         except BaseException as exc:  # a bug here must end the run, not vanish in tf.data
             self.failure = exc
             raise
@@ -141,18 +147,13 @@ class Pipeline:
         return -(last_id + 1), 0, size, stack([], self.raw_signature, 0)
 
     def _decode(self, batch_id: int, messages: list[Message], closed_at: float) -> Batch | None:
-        batch = Batch(batch_id, [], [], [], closed_at)
-        for msg in messages:
-            try:
-                envelope = unpack_input(msg.value(), self.limits)
-                example = conform(envelope, self.raw_signature, self.limits, self.reject_non_finite)
-            except InputError as error:
-                self.dead_letters.send(msg, error)
-                continue
-            batch.messages.append(msg)
-            batch.examples.append(example)
-            batch.ids.append((envelope.id, envelope.has_id))
-        return batch if batch.messages else None
+        decoded = self.decoder.decode([msg.value() for msg in messages])
+        for index, error in decoded.failures:
+            self.dead_letters.send(messages[index], error)
+        if not decoded.rows:
+            return None
+        kept = messages if len(decoded.rows) == len(messages) else [messages[i] for i in decoded.rows]
+        return Batch(batch_id, kept, decoded.inputs, decoded.ids, closed_at)
 
     def dataset(self) -> tf.data.Dataset:
         specs = {s.name: tf.TensorSpec((None, *s.shape), tf_dtype(s)) for s in self.raw_signature.inputs}
@@ -207,21 +208,25 @@ class Pipeline:
 
     def _isolate_preprocess(self, batch: Batch) -> tuple[Batch, Inputs] | None:
         assert self._transform is not None
-        good = Batch(batch.id, [], [], [], batch.closed_at)
-        for msg, example, ident in zip(batch.messages, batch.examples, batch.ids, strict=True):
+        good: list[int] = []
+        for index, msg in enumerate(batch.messages):
             try:
-                self._transform(stack([example], self.raw_signature, 1), tf.constant(1, tf.int64))
+                self._transform(batch.row(index).inputs, tf.constant(1, tf.int64))
             except Exception as exc:
                 self.dead_letters.send(msg, PreprocessError(f"preprocess raised {type(exc).__name__}: {exc}"))
                 continue
-            good.messages.append(msg)
-            good.examples.append(example)
-            good.ids.append(ident)
-        if not good.messages:
+            good.append(index)
+        if not good:
             return None
-        raw = stack(good.examples, self.raw_signature, good.rows)
-        bucket = self.predictor.bucket_for(good.rows)
-        return good, self._transform(raw, tf.constant(bucket, tf.int64))
+        kept = Batch(
+            batch.id,
+            [batch.messages[i] for i in good],
+            {name: column[good] for name, column in batch.inputs.items()},
+            [batch.ids[i] for i in good],
+            batch.closed_at,
+        )
+        bucket = self.predictor.bucket_for(kept.rows)
+        return kept, self._transform(kept.inputs, tf.constant(bucket, tf.int64))
 
 
 def raw_signature(signature: Signature, preprocess: Preprocess | None) -> Signature:

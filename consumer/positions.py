@@ -23,6 +23,10 @@ class TimeWindow:
     from_ms: int | None = None
     until_ms: int | None = None
 
+    @property
+    def bounded(self) -> bool:
+        return self.from_ms is not None or self.until_ms is not None
+
     def keeps(self, timestamp_ms: int) -> bool:
         if self.from_ms is not None and timestamp_ms < self.from_ms:
             return False

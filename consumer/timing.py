@@ -7,12 +7,12 @@ endless stream) and summarised as percentiles.
 
 from __future__ import annotations
 
-import random
 import resource
 import threading
 import time
 from typing import Any
 
+import numpy as np
 import psutil
 
 RESERVOIR = 100_000
@@ -23,10 +23,10 @@ class Timeline:
 
     def __init__(self, reservoir: int = RESERVOIR) -> None:
         self._lock = threading.Lock()
-        self._latencies: list[float] = []
+        self._latencies = np.empty(reservoir, dtype=np.float64)
         self._seen = 0
         self._reservoir = reservoir
-        self._random = random.Random(0)
+        self._random = np.random.default_rng(0)
         self.first_consumed: float | None = None
         self.last_acknowledged: float | None = None
 
@@ -35,29 +35,35 @@ class Timeline:
             self.first_consumed = time.time()
 
     def acknowledged(self, input_timestamp_ms: int) -> None:
+        self.acknowledged_many([input_timestamp_ms])
+
+    def acknowledged_many(self, input_timestamps_ms: list[int]) -> None:
+        """Inputs whose outputs were all acknowledged now (reservoir sampling, algorithm R)."""
         now = time.time()
-        latency = now * 1000 - input_timestamp_ms
+        latencies = now * 1000 - np.asarray(input_timestamps_ms, dtype=np.float64)
         with self._lock:
             self.last_acknowledged = now
-            self._seen += 1
-            if len(self._latencies) < self._reservoir:
-                self._latencies.append(latency)
-            else:
-                slot = self._random.randrange(self._seen)
-                if slot < self._reservoir:
-                    self._latencies[slot] = latency
+            seen, room = self._seen, max(0, self._reservoir - self._seen)
+            head, tail = latencies[:room], latencies[room:]
+            self._latencies[seen : seen + len(head)] = head
+            if len(tail):
+                positions = np.arange(seen + len(head) + 1, seen + len(latencies) + 1)
+                slots = (self._random.random(len(tail)) * positions).astype(np.int64)
+                keep = slots < self._reservoir
+                self._latencies[slots[keep]] = tail[keep]
+            self._seen += len(latencies)
 
     def latency_ms(self) -> dict[str, float | int]:
         with self._lock:
-            ordered = sorted(self._latencies)
-        if not ordered:
+            ordered = np.sort(self._latencies[: min(self._seen, self._reservoir)])
+        if not len(ordered):
             return {"count": 0}
         return {
             "count": self._seen,
             "p50": _percentile(ordered, 0.50),
             "p95": _percentile(ordered, 0.95),
             "p99": _percentile(ordered, 0.99),
-            "max": round(ordered[-1], 2),
+            "max": round(float(ordered[-1]), 2),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -68,8 +74,8 @@ class Timeline:
         }
 
 
-def _percentile(ordered: list[float], q: float) -> float:
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+def _percentile(ordered: np.ndarray, q: float) -> float:
+    return round(float(ordered[min(len(ordered) - 1, int(q * len(ordered)))]), 2)
 
 
 def rss_mb() -> float:

@@ -5,12 +5,14 @@ Runs on every message, so it stays in NumPy and raises only ``InputError`` subcl
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from consumer import errors
-from consumer.codec import SINGLE, InputEnvelope, Limits, WireTensor
+from consumer.codec import SINGLE, InputEnvelope, Limits, WireTensor, unpack_input, unpack_value
 from consumer.signature import STRING, Signature, TensorSpec
 
 Example = dict[str, np.ndarray | bytes]
@@ -97,3 +99,142 @@ def stack(examples: list[Example], signature: Signature, rows: int) -> dict[str,
             column[row] = example[spec.name]
         batch[spec.name] = column
     return batch
+
+
+@dataclass
+class DecodedBatch:
+    """The inputs of the rows that decoded, stacked; ``rows`` index the given values."""
+
+    rows: list[int]
+    inputs: dict[str, np.ndarray]
+    ids: list[tuple[Any, bool]]
+    failures: list[tuple[int, errors.InputError]]
+
+
+class BatchDecoder:
+    """Decodes and conforms a batch of message values into stacked model inputs.
+
+    Most messages carry exactly the model's dtype and shape in the raw-bytes form: for them the
+    checks are a few comparisons, and each input's rows become one array from one joined buffer.
+    Anything else takes the general path (``unpack_input`` + ``conform``), which converts what can
+    be converted and raises the precise ``InputError`` for what cannot.
+    """
+
+    def __init__(self, signature: Signature, limits: Limits, reject_non_finite: bool = False) -> None:
+        self.signature, self.limits, self.reject_non_finite = signature, limits, reject_non_finite
+        self._raw = {
+            spec.name: (spec.dtype, list(spec.shape), math.prod(spec.shape) * np.dtype(spec.dtype).itemsize)
+            for spec in signature.inputs
+            if spec.dtype != STRING
+        }
+        self._fast = len(self._raw) == len(signature.inputs)
+        self._single = None if signature.named_inputs else signature.inputs[0].name
+
+    def decode(self, values: list[bytes | None]) -> DecodedBatch:
+        rows: list[int] = []
+        parts: list[dict[str, bytes | np.ndarray | bytes]] = []
+        ids: list[tuple[Any, bool]] = []
+        failures: list[tuple[int, errors.InputError]] = []
+        for index, value in enumerate(values):
+            try:
+                decoded = self._decode_one(value)
+            except errors.InputError as error:
+                failures.append((index, error))
+                continue
+            rows.append(index)
+            parts.append(decoded[0])
+            ids.append(decoded[1])
+        batch = DecodedBatch(rows, self._stack(parts), ids, failures)
+        return self._drop_non_finite(batch) if self.reject_non_finite else batch
+
+    def _decode_one(self, value: bytes | None) -> tuple[dict[str, Any], tuple[Any, bool]]:
+        fast = self._fast_path(value) if self._fast else None
+        if fast is not None:
+            return fast
+        envelope = unpack_input(value, self.limits)
+        return conform(envelope, self.signature, self.limits), (envelope.id, envelope.has_id)
+
+    def _fast_path(self, value: bytes | None) -> tuple[dict[str, bytes], tuple[Any, bool]] | None:
+        """The raw ``data`` of each input when the message is exactly what the model takes, else None."""
+        if value is None or len(value) > self.limits.max_message_bytes:
+            return None
+        try:
+            obj = unpack_value(value, self.limits)
+        except errors.InputError:
+            return None
+        if type(obj) is not dict or obj.get("v", 1) != 1 or obj.get("v", 1) is True:
+            return None
+        given = obj.get("inputs")
+        tensors = {self._single: given} if self._single is not None else given
+        if type(tensors) is not dict or len(tensors) != len(self._raw):
+            return None
+        found = {}
+        for name, (dtype, shape, nbytes) in self._raw.items():
+            tensor = tensors.get(name)
+            if type(tensor) is not dict or tensor.get("dtype") != dtype or not _same_shape(tensor.get("shape"), shape):
+                return None
+            data = tensor.get("data")
+            if type(data) is not bytes or len(data) != nbytes:
+                return None
+            found[name] = data
+        return found, (obj.get("id"), "id" in obj)
+
+    def _stack(self, parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        if parts and all(type(v) is bytes for part in parts for v in part.values()) and self._fast:
+            return {
+                spec.name: _from_wire(b"".join(p[spec.name] for p in parts), spec, (len(parts), *spec.shape))
+                for spec in self.signature.inputs
+            }
+        examples = [{spec.name: _as_array(p[spec.name], spec) for spec in self.signature.inputs} for p in parts]
+        return stack(examples, self.signature, len(parts))
+
+    def _drop_non_finite(self, batch: DecodedBatch) -> DecodedBatch:
+        bad: dict[int, str] = {}  # row → the first input holding NaN or infinity
+        if not batch.rows:
+            return batch
+        for name, column in batch.inputs.items():
+            if column.dtype.kind == "f":
+                finite = np.isfinite(column).reshape(len(column), -1).all(axis=1)
+                for row in np.flatnonzero(~finite):
+                    bad.setdefault(int(row), name)
+        if not bad:
+            return batch
+        good = np.array([row not in bad for row in range(len(batch.rows))])
+        failures = batch.failures + [
+            (batch.rows[row], errors.NonFiniteError(f"input {name!r} holds NaN or infinity"))
+            for row, name in bad.items()
+        ]
+        return DecodedBatch(
+            [r for r, g in zip(batch.rows, good, strict=True) if g],
+            {name: column[good] for name, column in batch.inputs.items()},
+            [i for i, g in zip(batch.ids, good, strict=True) if g],
+            sorted(failures, key=lambda f: f[0]),
+        )
+
+
+def _same_shape(given: Any, shape: list[int]) -> bool:
+    return type(given) is list and given == shape and all(type(d) is int for d in given)
+
+
+def _as_array(value: Any, spec: TensorSpec) -> Any:
+    """A fast-path row's raw bytes as the model's array; general-path rows are already conformed."""
+    if type(value) is bytes and spec.dtype != STRING:
+        return _from_wire(value, spec, spec.shape)
+    return value
+
+
+def _from_wire(data: bytes, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    """Little-endian wire bytes as the model's (native) dtype: no copy on little-endian hosts."""
+    wire = np.dtype(spec.dtype).newbyteorder("<")
+    return np.frombuffer(data, wire).reshape(shape).astype(spec.dtype, copy=False)
+
+
+def pad_rows(columns: dict[str, np.ndarray], signature: Signature, rows: int) -> dict[str, np.ndarray]:
+    """Stacked inputs grown to ``rows`` rows; the added rows are zeros (or empty strings)."""
+    have = len(next(iter(columns.values()))) if columns else 0
+    if have == rows:
+        return columns
+    padded = stack([], signature, rows)
+    for name, column in columns.items():
+        padded[name][:have] = column
+    return padded

@@ -18,6 +18,10 @@ from consumer.codec import pack_input
 from producer_tools.bench.workloads import Inputs, Workload
 from producer_tools.consumer_run import ConsumerProcess, consumer_command
 from producer_tools.publish import Pacer, produce
+from producer_tools.reader import read_topic
+
+#: inputs sent (and their outputs awaited) before the steady phase; a negligible share of its latencies
+PRIMERS = 8
 
 
 def encode(workload: Workload, inputs: Inputs) -> list[bytes]:
@@ -25,15 +29,25 @@ def encode(workload: Workload, inputs: Inputs) -> list[bytes]:
     return [pack_input(workload.wire_example(inputs, i), id=i) for i in range(rows)]
 
 
-def publish(
-    bootstrap: str, topic: str, values: list[bytes], count: int, rate: float | None = None, desc: str = "publish"
-) -> None:
-    """``count`` messages cycling through ``values``; at ``rate`` per second if given."""
-    producer = Producer(
+def input_producer(bootstrap: str) -> Producer:
+    return Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4", "enable.idempotence": True}
     )
+
+
+def publish(
+    bootstrap: str,
+    topic: str,
+    values: list[bytes],
+    count: int,
+    rate: float | None = None,
+    desc: str = "publish",
+    producer: Producer | None = None,
+) -> None:
+    """``count`` messages cycling through ``values``; at ``rate`` per second if given."""
+    producer = producer or input_producer(bootstrap)
     pacer = Pacer(rate)
-    for i in tqdm(range(count), desc=desc, unit="msg", leave=False):
+    for i in tqdm(range(count), desc=desc, unit="msg", leave=False, mininterval=1.0):
         pacer.wait(producer)
         produce(producer, topic, values[i % len(values)], str(i).encode())
     if producer.flush(120):
@@ -75,6 +89,12 @@ def steady_latency(
     """Publish at ``rate`` for ``seconds`` into a running consumer; the workers' summary."""
     run = ConsumerProcess(command(bootstrap, source, out, workload, max_wait_ms, "--from-beginning"))
     run.wait_for("partitions assigned", timeout=180)
-    publish(bootstrap, source, values, max(1, int(rate * seconds)), rate, desc=f"steady {rate:,.0f}/s")
+    # a few inputs first, and their outputs awaited: the workers' first fetches and the publisher's
+    # first sends (connections, producer id) take a few hundred ms that belong to start-up, not to
+    # steady-state latency
+    producer = input_producer(bootstrap)
+    publish(bootstrap, source, values, PRIMERS, desc="primers", producer=producer)
+    read_topic(bootstrap, out, timeout=60, min_count=PRIMERS)
+    publish(bootstrap, source, values, max(1, int(rate * seconds)), rate, f"steady {rate:,.0f}/s", producer)
     time.sleep(max(1.0, 3 * max_wait_ms / 1000))  # let the last inputs through before the drain
     return run.stop(timeout=600)

@@ -1,0 +1,144 @@
+"""The batch-at-once paths (decode, output packing, acknowledgement, latency sampling) agree with
+the per-message definitions they replace, on valid and hostile input alike."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from consumer import errors
+from consumer.codec import Limits, encode_tensor, output_envelope, pack_input, pack_output, unpack_input
+from consumer.envelopes import OutputPacker
+from consumer.offsets import OffsetTracker
+from consumer.signature import Signature, TensorSpec
+from consumer.timing import Timeline
+from consumer.validate import BatchDecoder, conform
+
+LIMITS = Limits(max_message_bytes=1 << 16, max_tensor_elements=1 << 12, max_dims=4)
+SINGLE = Signature((TensorSpec("x", "float32", (3,)),), ("y",), named_inputs=False)
+MULTI = Signature((TensorSpec("a", "float32", (2,)), TensorSpec("b", "int64", ())), ("y",), named_inputs=True)
+MSGPACK_INTS = st.integers(-(2**63), 2**64 - 1)
+
+
+def _good(signature: Signature) -> st.SearchStrategy[bytes]:
+    def one(spec: TensorSpec) -> st.SearchStrategy[np.ndarray]:
+        return hnp.arrays(np.dtype(spec.dtype), spec.shape)
+
+    if not signature.named_inputs:
+        body = one(signature.inputs[0])
+    else:
+        body = st.fixed_dictionaries({s.name: one(s) for s in signature.inputs})
+    ids = st.none() | MSGPACK_INTS | st.text(max_size=4)
+    return st.builds(lambda b, i, lists: pack_input(b, id=i, as_lists=lists), body, ids, st.booleans())
+
+
+def _hostile() -> st.SearchStrategy[bytes | None]:
+    tensors = st.fixed_dictionaries(
+        {"dtype": st.sampled_from(["float32", "float64", "int64", "int8", "bool"]), "data": st.binary(max_size=24)},
+        optional={"shape": st.lists(st.integers(-1, 4) | st.floats(0, 3) | st.booleans(), max_size=3)},
+    )
+    maps = st.fixed_dictionaries(
+        {"inputs": tensors | st.dictionaries(st.sampled_from(["a", "b", "x", "c"]), tensors, max_size=3)},
+        optional={"v": st.sampled_from([1, 2, True, 1.0]), "id": MSGPACK_INTS},
+    )
+    return st.none() | st.binary(max_size=40) | maps.map(lambda m: msgpack.packb(m, use_bin_type=True))
+
+
+def _one_by_one(values: list[bytes | None], signature: Signature, finite: bool) -> list[object]:
+    """What each message becomes by the per-message definition: its arrays and id, or its error type."""
+    results: list[object] = []
+    for value in values:
+        try:
+            envelope = unpack_input(value, LIMITS)
+            example = conform(envelope, signature, LIMITS, reject_non_finite=finite)
+            results.append(({k: np.asarray(v) for k, v in example.items()}, (envelope.id, envelope.has_id)))
+        except errors.InputError as error:
+            results.append(type(error))
+    return results
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([SINGLE, MULTI]).flatmap(
+        lambda sig: st.tuples(st.just(sig), st.lists(_good(sig) | _hostile(), max_size=12), st.booleans())
+    )
+)
+def test_batch_decode_agrees_with_decoding_each_message_alone(case: tuple[Signature, list[bytes | None], bool]) -> None:
+    signature, values, finite = case
+    expected = _one_by_one(values, signature, finite)
+    decoded = BatchDecoder(signature, LIMITS, reject_non_finite=finite).decode(values)
+    assert [type(e) for _, e in decoded.failures] == [r for r in expected if isinstance(r, type)]
+    assert sorted(decoded.rows + [i for i, _ in decoded.failures]) == list(range(len(values)))
+    for position, row in enumerate(decoded.rows):
+        arrays, ident = expected[row]  # type: ignore[misc]
+        assert decoded.ids[position] == ident
+        for name, array in arrays.items():
+            column = decoded.inputs[name]
+            assert column.dtype == array.dtype and column.shape[1:] == array.shape
+            assert column[position].tobytes() == array.tobytes()
+
+
+def test_a_mixed_batch_keeps_row_order_and_sends_only_bad_rows_away() -> None:
+    values = [
+        pack_input(np.array([1, 2, 3], "float32"), id=0),
+        pack_input(np.array([4, 5, 6], "float64"), id=1),  # general path: a cast
+        msgpack.packb([1, 2, 3]),
+        pack_input(np.array([7, np.nan, 9], "float32"), id=3),
+        pack_input(np.array([[1.0, 2.0, 3.0]], "float32").tolist()[0], id=4, as_lists=True),
+    ]
+    decoded = BatchDecoder(SINGLE, LIMITS, reject_non_finite=True).decode(values)
+    assert decoded.rows == [0, 1, 4] and [i for i, _ in decoded.ids] == [0, 1, 4]
+    assert [(i, type(e)) for i, e in decoded.failures] == [(2, errors.NotAMapError), (3, errors.NonFiniteError)]
+    assert decoded.inputs["x"].tolist() == [[1, 2, 3], [4, 5, 6], [1, 2, 3]]
+
+
+OUTPUT_ARRAYS = st.sampled_from(["float32", ">f8", "int64", "uint8", "bool"]).flatmap(
+    lambda d: hnp.arrays(np.dtype(d), hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4))
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=6), OUTPUT_ARRAYS, min_size=1, max_size=3),
+    st.lists(st.tuples(st.integers(0, 1000), MSGPACK_INTS | st.text(max_size=3) | st.none(), st.booleans())),
+)
+def test_packed_rows_are_byte_for_byte_the_output_envelope(outputs: dict[str, np.ndarray], rows: list) -> None:
+    count = min([len(rows), *(len(a) for a in outputs.values())])
+    outputs = {k: v[:count] for k, v in outputs.items()}
+    sources = [("topic-a", r[0] % 7, r[0] * 2**33, 1_700_000_000_000 + r[0]) for r in rows[:count]]
+    ids = [(r[1], r[2]) for r in rows[:count]]
+    model = {"name": "m", "version": "7"}
+    packed = OutputPacker(model).pack_rows(outputs, sources, ids)
+    for row in range(count):
+        tensors = {k: encode_tensor(v[row]) for k, v in outputs.items()}
+        body = next(iter(tensors.values())) if len(tensors) == 1 else tensors
+        source = dict(zip(("topic", "partition", "offset", "timestamp"), sources[row], strict=True))
+        envelope = output_envelope(body, model=model, source=source, id=ids[row][0], has_id=ids[row][1])
+        assert packed[row] == pack_output(envelope)
+
+
+def test_marking_a_batch_done_at_once_equals_marking_each_offset() -> None:
+    one, many = OffsetTracker(), OffsetTracker()
+    fetched = [(("in", p), o) for o in range(10) for p in (0, 1)]
+    one.add_many(fetched)
+    many.add_many(fetched)
+    batch = [f for f in fetched if f[1] != 4]
+    for partition, offset in batch:
+        one.done(partition, offset)
+    many.done_many(batch)
+    assert one.committable() == many.committable() == {("in", 0): 4, ("in", 1): 4}
+
+
+def test_latency_reservoir_stays_bounded_and_keeps_the_distribution() -> None:
+    timeline = Timeline(reservoir=1000)
+    now_ms = 1e12  # far in the past against time.time(): latencies are "now - ts", so offset them
+    for start in range(0, 20_000, 500):
+        timeline.acknowledged_many([int(now_ms - i) for i in range(start, start + 500)])
+    summary = timeline.latency_ms()
+    assert summary["count"] == 20_000
+    assert len(timeline._latencies) == 1000  # bounded whatever the stream length
+    spread = summary["p99"] - summary["p50"]  # latencies run uniformly over 20,000 ms
+    assert 0.4 * 20_000 < spread < 0.6 * 20_000
