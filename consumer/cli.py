@@ -89,6 +89,12 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
         const=True,
     )
     other = run.add_argument_group("other")
+    _flag(
+        other,
+        "--delivery",
+        "at-least-once (default) or exactly-once (transactions; readers use isolation.level=read_committed)",
+        choices=["at-least-once", "exactly-once"],
+    )
     _flag(other, "--output-format", "msgpack (wire format v1, default) or json", choices=["msgpack", "json"])
     _flag(other, "--log-level", "debug, info, warning or error", choices=["debug", "info", "warning", "error"])
     _flag(

@@ -51,7 +51,9 @@ class Settings(BaseModel):
     jit_compile: bool = False
     preprocess: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     output_format: Literal["msgpack", "json"] = "msgpack"
-    delivery: Literal["at-least-once"] = "at-least-once"
+    delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    transactional_id_prefix: str = Field("tfstream", min_length=1, pattern=r"^[\w.-]+$")
+    transaction_timeout_ms: int = Field(60_000, ge=1000, le=900_000)
     commit_interval_ms: int = Field(1000, ge=10, le=600_000)
     pipeline_depth: int = Field(4, ge=1, le=64)
     read_ahead_mb: float = Field(32.0, gt=0, le=4096)

@@ -48,50 +48,63 @@ class Counters:
 
 
 class Outbox:
-    """Sends records for input messages and marks the inputs done once they are acknowledged."""
+    """Sends records for input messages and marks the inputs done.
 
-    def __init__(self, producer: Producer, tracker: OffsetTracker, timeline: Timeline | None = None) -> None:
+    At least once, an input is done when the broker acknowledged its record. Exactly once
+    (``transactional``), an input is done as soon as its record is in the open transaction: the
+    transaction commits the records and the offsets together, or neither. ``lock`` is held while
+    one batch's records are produced, so a transaction never holds part of a batch.
+    """
+
+    def __init__(
+        self, producer: Producer, tracker: OffsetTracker, timeline: Timeline | None = None, transactional: bool = False
+    ) -> None:
         self.producer = producer
         self.tracker = tracker
         self.timeline = timeline or Timeline()
+        self.transactional = transactional
+        self.lock = threading.RLock()
+        #: while set, records are dropped unsent: their transaction was aborted and they will be redone
+        self.discarding = False
         self.failure: DeliveryError | None = None
         self._serving = threading.Event()
         self._server: threading.Thread | None = None
 
     def send(self, source: Message, topic: str, value: bytes, key: bytes | None, headers: Headers) -> None:
-        partition, offset = coordinates(source)
-        input_timestamp = source.timestamp()[1]
+        self.send_batch([source], topic, [value], [headers], keys=[key])
 
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is None:
-                self.tracker.done(partition, offset)
-                self.timeline.acknowledged(input_timestamp)
-            else:
-                self._fail(topic, partition, offset, err)
+    def send_batch(
+        self,
+        sources: list[Message],
+        topic: str,
+        values: list[bytes],
+        headers: list[Headers],
+        keys: list[bytes | None] | None = None,
+    ) -> None:
+        """One record per source message (key: the source's, unless given)."""
+        with self.lock:
+            if self.discarding:
+                return
+            ack = BatchAck(self, topic, sources)
+            for index, (msg, value, record_headers) in enumerate(zip(sources, values, headers, strict=True)):
+                key = msg.key() if keys is None else keys[index]
+                if not self._produce(topic, value, key, record_headers, ack, msg):
+                    return
+            if self.transactional:
+                self.tracker.done_many(coordinates(m) for m in sources)
 
+    def _produce(
+        self, topic: str, value: bytes, key: bytes | None, headers: Headers, ack: BatchAck, msg: Message
+    ) -> bool:
         while True:
             try:
-                self.producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
-                return
+                self.producer.produce(topic, value, key, headers=headers, on_delivery=ack.on_delivery)
+                return True
             except BufferError:  # the producer's queue is full: wait for acknowledgements
                 self.producer.poll(0.05)
             except KafkaException as exc:  # refused before sending (too large, unknown topic...)
-                self._fail(topic, partition, offset, exc.args[0])
-                return
-
-    def send_batch(self, sources: list[Message], topic: str, values: list[bytes], headers: list[Headers]) -> None:
-        """One record per source message; the sources count as done together, once all are acknowledged."""
-        ack = BatchAck(self, topic, sources)
-        for msg, value, record_headers in zip(sources, values, headers, strict=True):
-            while True:
-                try:
-                    self.producer.produce(topic, value, msg.key(), headers=record_headers, on_delivery=ack.on_delivery)
-                    break
-                except BufferError:  # the producer's queue is full: wait for acknowledgements
-                    self.producer.poll(0.05)
-                except KafkaException as exc:  # refused before sending (too large, unknown topic...)
-                    self._fail(topic, *coordinates(msg), exc.args[0])
-                    break
+                self._fail(topic, *coordinates(msg), exc.args[0])
+                return False
 
     def _fail(self, topic: str, partition: Partition, offset: int, err: KafkaError) -> None:
         """Keep the first failure; the input is never marked done, so nothing past it commits."""
@@ -134,14 +147,16 @@ class BatchAck:
         self._lock = threading.Lock()
 
     def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:  # the batch never counts as done: nothing past it commits
-            self.outbox._fail(self.topic, *coordinates(self.sources[0]), err)
-            return
+        if err is not None:
+            if not self.outbox.transactional:  # the batch never counts as done: nothing past it commits
+                self.outbox._fail(self.topic, *coordinates(self.sources[0]), err)
+            return  # exactly once: the transaction's commit fails and is aborted and redone
         with self._lock:
             self.remaining -= 1
             if self.remaining:
                 return
-        self.outbox.tracker.done_many([coordinates(m) for m in self.sources])
+        if not self.outbox.transactional:
+            self.outbox.tracker.done_many([coordinates(m) for m in self.sources])
         self.outbox.timeline.acknowledged_many([m.timestamp()[1] for m in self.sources])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -39,8 +40,21 @@ def consumer_config(settings: Settings, client_id: str) -> dict[str, Any]:
     }
 
 
-def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
+def transactional_id(settings: Settings, slot: int) -> str:
+    """Stable per worker slot and host: a restarted worker fences its dead predecessor's transaction."""
+    return f"{settings.transactional_id_prefix}-{settings.group}-{socket.gethostname()}-{slot}"
+
+
+def producer_config(settings: Settings, client_id: str, slot: int = 0) -> dict[str, Any]:
     _refuse_overrides(settings.kafka_producer | settings.kafka, _PRODUCER_FIXED, "kafka.producer")
+    transactional = (
+        {
+            "transactional.id": transactional_id(settings, slot),
+            "transaction.timeout.ms": settings.transaction_timeout_ms,
+        }
+        if settings.delivery == "exactly-once"
+        else {}
+    )
     return {
         "bootstrap.servers": settings.bootstrap_servers,
         "client.id": client_id,
@@ -51,6 +65,7 @@ def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
         **settings.kafka,
         **settings.kafka_producer,
         **_PRODUCER_FIXED,
+        **transactional,
     }
 
 

@@ -33,6 +33,7 @@ class _Progress:
     done: set[int] = field(default_factory=set)
     next_offset: int | None = None  # the offset to commit: everything below it is done
     committed: int | None = None
+    first: int | None = None  # the first offset fetched since the partition was (re)tracked
 
 
 class OffsetTracker:
@@ -44,8 +45,7 @@ class OffsetTracker:
 
     def add(self, partition: Partition, offset: int) -> None:
         """Record a fetched offset (offsets arrive in increasing order per partition)."""
-        with self._lock:
-            self._partitions.setdefault(partition, _Progress()).pending.append(offset)
+        self.add_many([(partition, offset)])
 
     def done(self, partition: Partition, offset: int) -> None:
         """Mark an offset finished. Offsets of forgotten partitions are ignored."""
@@ -72,7 +72,10 @@ class OffsetTracker:
         """Record many fetched offsets under one lock."""
         with self._lock:
             for partition, offset in fetched:
-                self._partitions.setdefault(partition, _Progress()).pending.append(offset)
+                progress = self._partitions.get(partition)
+                if progress is None:
+                    progress = self._partitions[partition] = _Progress(first=offset)
+                progress.pending.append(offset)
 
     @staticmethod
     def _advance(progress: _Progress) -> None:
@@ -103,6 +106,12 @@ class OffsetTracker:
         with self._lock:
             chosen = self._partitions if partitions is None else set(partitions) & set(self._partitions)
             return sum(len(self._partitions[p].pending) for p in chosen)
+
+    def rewind_points(self) -> dict[Partition, int]:
+        """Where to read again from after an aborted transaction: the last commit, or the first fetch."""
+        with self._lock:
+            points = {p: pr.committed if pr.committed is not None else pr.first for p, pr in self._partitions.items()}
+            return {p: o for p, o in points.items() if o is not None}
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         """Drop all state of partitions this worker no longer owns."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from consumer.codec import encode_tensor_for_json, output_envelope
-from consumer.delivery import HEADER_PREFIX, Counters, Headers, Outbox, encode_json, source_headers
+from consumer.delivery import HEADER_PREFIX, Counters, DeadLetters, Headers, Outbox, encode_json, source_headers
 from consumer.envelopes import OutputPacker
 from consumer.pipeline import Batch
 
@@ -21,9 +21,11 @@ class Emitter:
         model: dict[str, str],
         output_format: str,
         counters: Counters,
+        dead_letters: DeadLetters,
         worker: str = "",
     ) -> None:
         self.outbox, self.topic, self.model, self.counters = outbox, topic, model, counters
+        self.dead_letters = dead_letters
         self._json = output_format == "json"
         self._packer = OutputPacker(model)
         self._model_headers: Headers = [
@@ -32,7 +34,15 @@ class Emitter:
             (HEADER_PREFIX + "worker", worker.encode()),
         ]
 
-    def emit(self, batch: Batch, outputs: dict[str, np.ndarray], bucket: int, predict_ms: float) -> None:
+    def emit(self, batch: Batch, outputs: dict[str, np.ndarray] | None, bucket: int = 0, predict_ms: float = 0) -> None:
+        """The batch's dead letters, then its outputs (if any), as one unit of a transaction."""
+        with self.outbox.lock:
+            for msg, error in batch.dead:
+                self.dead_letters.send(msg, error)
+            if outputs is not None and batch.rows:
+                self._send_outputs(batch, outputs, bucket, predict_ms)
+
+    def _send_outputs(self, batch: Batch, outputs: dict[str, np.ndarray], bucket: int, predict_ms: float) -> None:
         headers: Headers = [
             *self._model_headers,
             (HEADER_PREFIX + "batch.rows", str(batch.rows).encode()),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,7 @@ import tensorflow as tf
 from confluent_kafka import Message
 
 from consumer.codec import Limits
-from consumer.delivery import DeadLetters
-from consumer.errors import PreprocessError
+from consumer.errors import InputError, PreprocessError
 from consumer.predictor import Predictor
 from consumer.signature import STRING, Signature, TensorSpec
 from consumer.validate import BatchDecoder, pad_rows, stack
@@ -42,6 +41,8 @@ class Batch:
     inputs: dict[str, np.ndarray]
     ids: list[tuple[Any, bool]]
     closed_at: float
+    #: inputs of this batch that failed before predict, sent to the dead-letter topic with its outputs
+    dead: list[tuple[Message, InputError]] = field(default_factory=list)
 
     def row(self, index: int) -> Batch:
         """Row ``index`` alone, as a batch of one."""
@@ -74,7 +75,6 @@ class Pipeline:
     def __init__(
         self,
         predictor: Predictor,
-        dead_letters: DeadLetters,
         limits: Limits,
         depth: int,
         preprocess: Preprocess | None = None,
@@ -82,7 +82,6 @@ class Pipeline:
     ) -> None:
         self.predictor = predictor
         self.signature = predictor.model.signature
-        self.dead_letters = dead_letters
         self.limits = limits
         self.reject_non_finite = reject_non_finite
         self.preprocess = preprocess
@@ -90,6 +89,7 @@ class Pipeline:
         self._queue: queue.Queue[tuple[int, list[Message], float] | None] = queue.Queue(maxsize=depth)
         self._registry: dict[int, Batch] = {}
         self._next_id = 0
+        self.finished = 0
         self._closed = False
         self.failure: BaseException | None = None
         self._transform = self._build_transform() if preprocess else None
@@ -122,8 +122,6 @@ class Pipeline:
                     last_id = -1
                     continue
                 batch = self._decode(*item)
-                if batch is None:
-                    continue
                 self._registry[batch.id] = batch
                 last_id = batch.id
                 bucket = self.predictor.bucket_for(batch.rows)
@@ -146,14 +144,12 @@ class Pipeline:
         size = self.predictor.batch_sizes[0]
         return -(last_id + 1), 0, size, stack([], self.raw_signature, 0)
 
-    def _decode(self, batch_id: int, messages: list[Message], closed_at: float) -> Batch | None:
+    def _decode(self, batch_id: int, messages: list[Message], closed_at: float) -> Batch:
+        """The batch's valid rows; the others ride along as dead letters (a batch may have no rows)."""
         decoded = self.decoder.decode([msg.value() for msg in messages])
-        for index, error in decoded.failures:
-            self.dead_letters.send(messages[index], error)
-        if not decoded.rows:
-            return None
+        dead = [(messages[index], error) for index, error in decoded.failures]
         kept = messages if len(decoded.rows) == len(messages) else [messages[i] for i in decoded.rows]
-        return Batch(batch_id, kept, decoded.inputs, decoded.ids, closed_at)
+        return Batch(batch_id, kept, decoded.inputs, decoded.ids, closed_at, dead)
 
     def dataset(self) -> tf.data.Dataset:
         specs = {s.name: tf.TensorSpec((None, *s.shape), tf_dtype(s)) for s in self.raw_signature.inputs}
@@ -186,7 +182,18 @@ class Pipeline:
 
     # -- predict-thread side -------------------------------------------------------------
     def batches(self) -> Iterator[tuple[Batch, Inputs]]:
-        """Padded model inputs per batch, in order; batches dropped by preprocess are redone."""
+        """Padded model inputs per batch, in order; a batch counts as finished when the caller asks
+        for the next one."""
+        for item in self._ordered():
+            yield item
+            self.finished += 1
+
+    def idle(self) -> bool:
+        """Every batch put in has been through the predict thread."""
+        return self.finished >= self._next_id
+
+    def _ordered(self) -> Iterator[tuple[Batch, Inputs]]:
+        """Batches in order; batches dropped by preprocess are redone."""
         for element_id, _rows, _bucket, inputs in self.dataset():
             batch_id = int(element_id)
             if batch_id < 0:  # a probe: everything before it has passed
@@ -202,29 +209,29 @@ class Pipeline:
         for batch_id in sorted(self._registry):
             if before is not None and batch_id >= before:
                 return
-            redone = self._isolate_preprocess(self._registry.pop(batch_id))
-            if redone is not None:
-                yield redone
+            yield self._isolate_preprocess(self._registry.pop(batch_id))
 
-    def _isolate_preprocess(self, batch: Batch) -> tuple[Batch, Inputs] | None:
+    def _isolate_preprocess(self, batch: Batch) -> tuple[Batch, Inputs]:
         assert self._transform is not None
         good: list[int] = []
+        dead = list(batch.dead)
         for index, msg in enumerate(batch.messages):
             try:
                 self._transform(batch.row(index).inputs, tf.constant(1, tf.int64))
             except Exception as exc:
-                self.dead_letters.send(msg, PreprocessError(f"preprocess raised {type(exc).__name__}: {exc}"))
+                dead.append((msg, PreprocessError(f"preprocess raised {type(exc).__name__}: {exc}")))
                 continue
             good.append(index)
-        if not good:
-            return None
         kept = Batch(
             batch.id,
             [batch.messages[i] for i in good],
             {name: column[good] for name, column in batch.inputs.items()},
             [batch.ids[i] for i in good],
             batch.closed_at,
+            dead,
         )
+        if not good:
+            return kept, {}
         bucket = self.predictor.bucket_for(kept.rows)
         return kept, self._transform(kept.inputs, tf.constant(bucket, tf.int64))
 

@@ -36,6 +36,7 @@ from consumer.pipeline import Batch, Inputs, Pipeline, pad_to
 from consumer.positions import EndOfInput, TimeWindow, apply_start_positions
 from consumer.predictor import Predictor, default_batch_sizes
 from consumer.timing import Timeline, peak_rss_mb, rss_mb
+from consumer.transactions import Transactions
 
 POLL_SECONDS = 0.1
 #: How long the fetch loop waits for messages while the next batch waits for pipeline room.
@@ -101,16 +102,25 @@ class Worker:
         except Exception:
             self.consumer.close()
             raise
-        self.producer = Producer(kafka_io.producer_config(s, client_id))
-        self.outbox = Outbox(self.producer, self.tracker, self.timeline)
+        exactly_once = s.delivery == "exactly-once"
+        self.producer = Producer(kafka_io.producer_config(s, client_id, self.slot))
+        self.outbox = Outbox(self.producer, self.tracker, self.timeline, transactional=exactly_once)
+        self.transactions: Transactions | None = None
+        if exactly_once:
+            self.transactions = Transactions(
+                self.producer, self.outbox, self.tracker, s.transaction_timeout_ms / 2000, self.log
+            )
+            self.transactions.start()
         dead_letters = DeadLetters(self.outbox, s.dlq_topic, s.group, self.model_info, self.counters, self.log)
         limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)
         self.pipeline = Pipeline(
-            self.predictor, dead_letters, limits, s.pipeline_depth, load_preprocess(s.preprocess), s.reject_non_finite
+            self.predictor, limits, s.pipeline_depth, load_preprocess(s.preprocess), s.reject_non_finite
         )
         self.dead_letters = dead_letters
         worker = f"{socket.gethostname()}/{os.getpid()}/{self.slot}/{self.device}"
-        self.emitter = Emitter(self.outbox, s.output_topic, self.model_info, s.output_format, self.counters, worker)
+        self.emitter = Emitter(
+            self.outbox, s.output_topic, self.model_info, s.output_format, self.counters, dead_letters, worker
+        )
         poll_interval = int(kafka_io.consumer_config(s, client_id)["max.poll.interval.ms"])
         self.drain_budget = min(s.drain_timeout_s, poll_interval / 2000)
 
@@ -264,6 +274,10 @@ class Worker:
         if not force and now - self._last_commit < self.settings.commit_interval_ms / 1000:
             return
         self._last_commit = now
+        if self.transactions is not None:
+            if not self.transactions.commit(self.consumer):
+                self._rewind()
+            return
         try:
             accepted = kafka_io.commit(self.consumer, self.tracker.committable(partitions))
         except KafkaException as exc:
@@ -275,33 +289,36 @@ class Worker:
     def _predict_loop(self) -> None:
         try:
             for batch, inputs in self.pipeline.batches():
-                started = time.perf_counter()
-                outputs = self._predict(batch, inputs)
-                if outputs is not None:
-                    bucket = self.predictor.bucket_for(batch.rows)
-                    self.emitter.emit(batch, outputs, bucket, (time.perf_counter() - started) * 1000)
+                self._predict(batch, inputs)
         except BaseException as exc:
             self._predict_failure = exc
 
-    def _predict(self, batch: Batch, inputs: Inputs) -> dict[str, Any] | None:
+    def _predict(self, batch: Batch, inputs: Inputs) -> None:
+        if not batch.rows:  # every input failed before predict
+            self.emitter.emit(batch, None)
+            return
+        started = time.perf_counter()
+        bucket = self.predictor.bucket_for(batch.rows)
         try:
-            outputs = self.predictor.run(inputs, self.predictor.bucket_for(batch.rows))
-            return {name: value[: batch.rows] for name, value in outputs.items()}
+            outputs = self.predictor.run(inputs, bucket)
         except (tf.errors.OpError, ValueError, TypeError) as exc:
             self.log.warning("predict failed on a batch; retrying its inputs one by one", error=str(exc))
-            self._predict_one_by_one(batch, inputs)
-            return None
+            with self.outbox.lock:  # one unit of a transaction, like any batch
+                self.emitter.emit(batch, None)
+                self._predict_one_by_one(batch, inputs)
+            return
+        rows = {name: value[: batch.rows] for name, value in outputs.items()}
+        self.emitter.emit(batch, rows, bucket, (time.perf_counter() - started) * 1000)
 
     def _predict_one_by_one(self, batch: Batch, inputs: Inputs) -> None:
         size = self.predictor.bucket_for(1)
         for row, msg in enumerate(batch.messages):
-            single = batch.row(row)
             try:
                 outputs = self.predictor.run(pad_to({k: v[row : row + 1] for k, v in inputs.items()}, size), size)
             except (tf.errors.OpError, ValueError, TypeError) as exc:
                 self.dead_letters.send(msg, PredictError(f"the model raised {type(exc).__name__}: {exc}"))
                 continue
-            self.emitter.emit(single, {k: v[:1] for k, v in outputs.items()}, size, 0.0)
+            self.emitter.emit(batch.row(row), {k: v[:1] for k, v in outputs.items()}, size, 0.0)
 
     # -- rebalance -----------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -321,7 +338,30 @@ class Worker:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
         self.log.warning("partitions lost: nothing of them is committed", partitions=sorted(lost))
+        if self.transactions is not None:  # the open transaction holds their outputs: abort it
+            self.transactions.abort("partitions lost")
+            self._release(lost)
+            self._rewind()
+            return
         self._release(lost)
+
+    def _rewind(self) -> None:
+        """After an aborted transaction: let the batches in flight drain unsent, then read again
+        from the last committed offsets."""
+        assert self.transactions is not None
+        self.batcher.drop(lambda _: False)
+        if not wait_until(self.pipeline.idle, self.drain_budget, lambda: time.sleep(0.01)):
+            raise BrokerError("a transaction was aborted and the batches in flight did not drain; restarting")
+        points = self.tracker.rewind_points()
+        self.tracker.forget(points)
+        self.ends.at_end -= set(points)
+        self._resume(self._paused & set(points))
+        for (topic, partition), offset in points.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+        self.log.info(
+            "rewound to the last committed offsets", positions={f"{t}[{p}]": o for (t, p), o in points.items()}
+        )
+        self.transactions.resume()
 
     def _finish(self, partitions: set[Partition] | None, budget: float) -> None:
         """Push the open batch through, wait (bounded) for acknowledgements, commit."""
@@ -329,6 +369,8 @@ class Worker:
         drained = wait_until(
             lambda: self.tracker.in_flight(partitions) == 0 or self._failed(), budget, lambda: self.outbox.poll(0.05)
         )
+        if not drained and self.transactions is not None:
+            raise BrokerError("the drain budget ran out with inputs in flight; restarting to keep exactly-once")
         if not drained:
             self.log.warning(
                 "drain budget spent; uncommitted inputs will be read again",
@@ -366,6 +408,8 @@ class Worker:
         self.producer.flush(self.settings.drain_timeout_s)
         self.outbox.stop_serving()
         self._maybe_commit(force=True)
+        if self.transactions is not None:
+            self.transactions.close()
         self.consumer.close()
         self.log.info("worker stopped", **self.counters.snapshot(), traces_after_warmup=self.traces_after_warmup)
 

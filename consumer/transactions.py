@@ -1,0 +1,93 @@
+"""Exactly-once delivery: outputs, dead letters and consumed offsets commit in one transaction.
+
+A transaction spans the batches produced since the last commit (``commit_interval_ms``); the
+outbox's lock keeps every batch whole inside one. Errors are handled as librdkafka's
+``examples/transactions.c`` does: a retriable error retries the commit, an abortable one aborts
+and the worker reads again from its last committed offsets, anything else is fatal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from consumer.delivery import Outbox
+from consumer.errors import BrokerError
+from consumer.offsets import OffsetTracker, Partition
+
+
+class Transactions:
+    """Begins, commits and aborts the transactions of one worker's producer."""
+
+    def __init__(self, producer: Producer, outbox: Outbox, tracker: OffsetTracker, timeout_s: float, log: Any):
+        self.producer, self.outbox, self.tracker, self.timeout_s, self.log = producer, outbox, tracker, timeout_s, log
+        self._offsets_sent: dict[Partition, int] | None = None  # a commit that failed retriably after them
+
+    def start(self) -> None:
+        """Fence any earlier producer with this transactional id, then open the first transaction."""
+        try:
+            self.producer.init_transactions(self.timeout_s)
+            self.producer.begin_transaction()
+        except KafkaException as exc:
+            raise BrokerError(
+                f"cannot start a Kafka transaction ({exc.args[0].str()}); exactly-once needs brokers with "
+                "transactions enabled, or use --delivery at-least-once"
+            ) from None
+
+    def commit(self, consumer: Consumer) -> bool:
+        """Commit what was produced with the offsets it covers; False if the transaction was aborted
+        (the caller must rewind), True otherwise. Nothing is committed while no offset moved."""
+        with self.outbox.lock:
+            offsets = self._offsets_sent or self.tracker.committable()
+            if not offsets:
+                return True
+            try:
+                if self._offsets_sent is None:
+                    request = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                    self.producer.send_offsets_to_transaction(
+                        request, consumer.consumer_group_metadata(), self.timeout_s
+                    )
+                    self._offsets_sent = offsets
+                self.producer.commit_transaction(self.timeout_s)
+            except KafkaException as exc:
+                return self._failed(exc.args[0])
+            self._offsets_sent = None
+            self.tracker.mark_committed(offsets)
+            self.producer.begin_transaction()
+            return True
+
+    def _failed(self, error: KafkaError) -> bool:
+        if error.txn_requires_abort():
+            self.abort(f"the transaction failed ({error.str()})")
+            return False
+        if error.retriable():
+            self.log.warning("transaction commit failed; retrying at the next commit", error=error.str())
+            return True
+        raise BrokerError(
+            f"fatal transaction error ({error.str()}); the worker restarts and its transactional id "
+            "fences this producer"
+        )
+
+    def abort(self, reason: str) -> None:
+        """Abort the open transaction; records of batches still in flight are dropped until ``resume``."""
+        with self.outbox.lock:
+            self.log.warning("transaction aborted; its inputs will be processed again", reason=reason)
+            self._offsets_sent = None
+            self.outbox.discarding = True
+            try:
+                self.producer.abort_transaction(self.timeout_s)
+            except KafkaException as exc:
+                raise BrokerError(f"could not abort a transaction ({exc.args[0].str()})") from None
+
+    def resume(self) -> None:
+        with self.outbox.lock:
+            self.outbox.discarding = False
+            self.producer.begin_transaction()
+
+    def close(self) -> None:
+        """At shutdown, after the last commit: abort the empty transaction left open."""
+        try:
+            self.producer.abort_transaction(self.timeout_s)
+        except KafkaException as exc:
+            self.log.warning("could not close the last transaction", error=exc.args[0].str())

@@ -1,0 +1,105 @@
+"""Faults, on one machine against the embedded broker (or KAFKA_BOOTSTRAP_SERVERS): workers killed
+again and again in both delivery modes, exactly-once bookkeeping, a frozen broker, an output topic
+Each test prints what it counted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from consumer.codec import pack_input, unpack_output
+from producer_tools.reader import read_topic
+from tests.helpers import (
+    ENV,
+    Deployment,
+    Trickle,
+    committed,
+    consumer_command,
+    publish,
+    wait_for_outputs,
+    worker_labels,
+)
+
+pytestmark = pytest.mark.integration
+Topics = Callable[..., list[str]]
+REAL_KAFKA = bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+
+
+def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    return dict(Counter(m.partition() for m in read_topic(bootstrap, topic, timeout=10)))
+
+
+def _pid(label: bytes) -> int:
+    return int(label.decode().split("/")[1])
+
+
+def _kill_workers_with_progress(bootstrap: str, out: str, deployment: Deployment, kills: int) -> list[int]:
+    """SIGKILL ``kills`` times a worker that produced outputs since it (re)started, waiting for its
+    replacement each time."""
+    killed: list[int] = []
+    for round_ in range(kills):
+        deadline = time.monotonic() + 90
+        while True:
+            candidates = [w for w in worker_labels(bootstrap, out) if _pid(w) not in killed]
+            if candidates or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert candidates, "no worker made progress"
+        victim = _pid(candidates[-1])
+        os.kill(victim, signal.SIGKILL)
+        killed.append(victim)
+        deployment.wait_for("worker ready", 3 + round_)
+    return killed
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_workers_killed_repeatedly_mid_stream_lose_nothing(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, delivery: str
+) -> None:
+    inp, out = topics("in", "out", partitions=4)
+    total = 3000
+    command = consumer_command(bootstrap, mlp_path, inp, out, group, "--workers", "2", "--delivery", delivery)
+    deployment = Deployment(command, ENV)
+    deployment.wait_for("worker ready", 2)
+    deployment.wait_for("partitions assigned", 2)
+    publisher = Trickle(bootstrap, inp, total, pause=0.15)
+    killed = _kill_workers_with_progress(bootstrap, out, deployment, kills=2)
+    publisher.join()
+    seen = wait_for_outputs(bootstrap, out, set(range(total)))
+    summary = deployment.stop()
+    duplicates = sum(seen.values()) - len(seen)
+    print(f"{delivery}: killed {killed}; {len(seen)} of {total} predicted, {duplicates} duplicates visible")
+    assert set(seen) == set(range(total))
+    assert summary["restarts"] == 2
+    assert sum(committed(bootstrap, group, inp, 4).values()) == total  # every input's offset committed
+    if delivery == "at-least-once":
+        assert duplicates <= 2 * 1500  # each kill re-reads at most its uncommitted window
+    elif REAL_KAFKA:  # the embedded broker shows aborted writes to read_committed readers
+        assert duplicates == 0
+
+
+def test_exactly_once_commits_outputs_dead_letters_and_offsets_together(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    inp, out, dlq = topics("in", "out", "dlq", partitions=3)
+    good = [(str(i).encode(), pack_input(np.full(4, i, "float32"), id=i)) for i in range(500)]
+    bad = [(b"bad", b"\xc1 not msgpack") for _ in range(5)]
+    publish(bootstrap, inp, good[:250] + bad + good[250:])
+    command = consumer_command(
+        bootstrap, mlp_path, inp, out, group, "--delivery", "exactly-once", "--dlq-topic", dlq, "--stop-at-end"
+    )
+    summary = Deployment(command, ENV).finish(timeout=180)
+    ids = Counter(unpack_output(m.value())["id"] for m in read_topic(bootstrap, out, timeout=10, min_count=500))
+    dead = read_topic(bootstrap, dlq, timeout=10, min_count=5)
+    offsets = committed(bootstrap, group, inp, 3)
+    print(f"exactly-once bounded run: {len(ids)} ids, {len(dead)} dead letters, committed {offsets}")
+    assert ids == Counter(range(500)) and len(dead) == 5
+    assert summary["predicted"] == 500 and summary["dead_lettered"] == 5
+    assert offsets == _end_offsets(bootstrap, inp)
