@@ -195,9 +195,11 @@ class DeadLetters:
         model: dict[str, str],
         counters: Counters,
         log: Any,
+        max_value_bytes: int = 1_000_000,
     ) -> None:
         self.outbox, self.topic, self.group, self.model = outbox, topic, group, model
         self.counters, self.log = counters, log
+        self.max_value_bytes = max_value_bytes
 
     def send(self, msg: Message, error: InputError) -> None:
         self.counters.add(dead_lettered=1)
@@ -213,7 +215,11 @@ class DeadLetters:
             self.outbox.tracker.done(*coordinates(msg))
             return
         headers = dead_letter_headers(msg, error, self.group, self.model)
-        self.outbox.send(msg, self.topic, msg.value() or b"", msg.key(), headers)
+        value = msg.value() or b""
+        if len(value) > self.max_value_bytes:  # the producer would refuse it, and the stream would stop on it
+            headers.append((HEADER_PREFIX + "errors.value.omitted.bytes", str(len(value)).encode()))
+            value = b""
+        self.outbox.send(msg, self.topic, value, msg.key(), headers)
 
 
 def json_default(value: Any) -> Any:

@@ -111,7 +111,10 @@ class Worker:
                 self.producer, self.outbox, self.tracker, s.transaction_timeout_ms / 2000, self.log
             )
             self.transactions.start()
-        dead_letters = DeadLetters(self.outbox, s.dlq_topic, s.group, self.model_info, self.counters, self.log)
+        producer_limit = int(kafka_io.producer_config(s, client_id).get("message.max.bytes", 1_000_000))
+        dead_letters = DeadLetters(
+            self.outbox, s.dlq_topic, s.group, self.model_info, self.counters, self.log, producer_limit - 64 * 1024
+        )
         limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)
         self.pipeline = Pipeline(
             self.predictor, limits, s.pipeline_depth, load_preprocess(s.preprocess), s.reject_non_finite

@@ -10,6 +10,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+from confluent_kafka import Producer
 
 from consumer.codec import pack_input
 from consumer.errors import DeliveryError
@@ -207,3 +208,21 @@ def test_offsets_are_never_committed_ahead_of_acknowledged_outputs(
     for partition, offset in commits.items():
         assert all((partition, o) in delivered for o in range(max(offset, 0)))
     assert sum(max(o, 0) for o in commits.values()) < 901
+
+
+def test_a_dead_letter_too_large_to_produce_keeps_its_reason_and_drops_its_value(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    huge = b"\xc1" * 1_500_000  # larger than the producer's default message.max.bytes (1,000,000)
+    producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 4_000_000})
+    producer.produce(inp, huge, b"huge")
+    producer.produce(inp, pack_input(np.ones(4, "float32"), id="after"), b"after")
+    assert producer.flush(30) == 0
+    summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq))
+    (dead,) = read_topic(bootstrap, dlq, min_count=1)
+    headers = dict(dead.headers())
+    assert dead.key() == b"huge" and not dead.value()
+    assert headers["tfstream.errors.value.omitted.bytes"] == b"1500000"
+    assert headers["tfstream.errors.exception.class.name"] == b"NotMsgpackError"
+    assert summary["predicted"] == 1 and committed(bootstrap, group, inp, 1) == {0: 2}
