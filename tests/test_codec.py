@@ -187,3 +187,49 @@ def test_huge_declared_shape_is_rejected_before_any_allocation() -> None:
     value = packb({"inputs": raw(shape=[2**31, 2**31, 2**31], data=b"\0" * 16)})
     with pytest.raises(errors.TooLargeError, match="elements"):
         unpack_input(value, Limits(max_tensor_elements=math.prod([1000, 1000])))
+
+
+def _peak_bytes(action: object) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(errors.InputError):
+            action()  # type: ignore[operator]
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\x91" * 100_000 + b"\xc0",  # 100,000 nested arrays
+        b"\x81\xa1a" * 50_000 + b"\xc0",  # 50,000 nested maps
+        packb({"inputs": raw(shape=[10**9], data=b"\0" * 8)}),  # a billion elements declared, 8 bytes given
+        packb({"inputs": raw(shape=[2**62, 4], data=b"")}),
+        packb({"inputs": [[[[[[[[[[1.0]]]]]]]]]]}),  # nesting deeper than max_dims
+        b"\xdd\xff\xff\xff\xff",  # an array header announcing 4 billion items, then nothing
+        b"\xc6\xff\xff\xff\xff" + b"\0" * 16,  # a bin header announcing 4 GiB
+    ],
+    ids=["deep-arrays", "deep-maps", "billion-elements", "overflowing-shape", "deep-list", "huge-array", "huge-bin"],
+)
+def test_hostile_structures_are_input_errors_in_bounded_memory(value: bytes) -> None:
+    from consumer.signature import Signature, TensorSpec
+    from consumer.validate import conform
+
+    signature = Signature((TensorSpec("x", "float32", (2,)),), ("y",), named_inputs=False)
+
+    def decode_and_fit() -> None:
+        conform(unpack_input(value, LIMITS), signature, LIMITS)
+
+    with pytest.raises(errors.InputError):
+        decode_and_fit()
+    assert _peak_bytes(decode_and_fit) < 16 * len(value) + 2**20
+
+
+def test_a_100_mb_data_field_is_refused_before_it_is_parsed() -> None:
+    value = packb({"inputs": raw(shape=[25 * 2**20], data=b"\0" * (100 * 2**20))})
+    with pytest.raises(errors.TooLargeError, match="bytes; the limit"):
+        unpack_input(value, Limits())  # the default 16 MiB message limit
+    assert _peak_bytes(lambda: unpack_input(value, Limits())) < 2**20  # no copy of the 100 MB
