@@ -22,6 +22,16 @@ from consumer.offsets import OffsetTracker, Partition, coordinates
 from consumer.timing import Timeline
 
 Headers = list[tuple[str, str | bytes | None]]
+#: Delivery errors that retrying the same record cannot cure: they end the run (exit 1).
+PERMANENT = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+        KafkaError._INVALID_ARG,
+    }
+)
 HEADER_PREFIX = "tfstream."
 
 
@@ -108,10 +118,12 @@ class Outbox:
 
     def _fail(self, topic: str, partition: Partition, offset: int, err: KafkaError) -> None:
         """Keep the first failure; the input is never marked done, so nothing past it commits."""
-        if self.failure is None:
+        if self.failure is None and not self.discarding:
+            retriable = err.code() not in PERMANENT and not err.fatal()
             self.failure = DeliveryError(
                 f"could not deliver a record to topic {topic!r} ({err.str()}); "
-                f"input {partition[0]}[{partition[1]}]@{offset} and later are not committed"
+                f"input {partition[0]}[{partition[1]}]@{offset} and later are not committed",
+                retriable=retriable,
             )
 
     def poll(self, timeout: float = 0.0) -> None:
@@ -147,10 +159,9 @@ class BatchAck:
         self._lock = threading.Lock()
 
     def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            if not self.outbox.transactional:  # the batch never counts as done: nothing past it commits
-                self.outbox._fail(self.topic, *coordinates(self.sources[0]), err)
-            return  # exactly once: the transaction's commit fails and is aborted and redone
+        if err is not None:  # the batch never counts as done: nothing past it commits
+            self.outbox._fail(self.topic, *coordinates(self.sources[0]), err)
+            return
         with self._lock:
             self.remaining -= 1
             if self.remaining:

@@ -47,7 +47,13 @@ class BrokerError(TfStreamError):
 
 
 class DeliveryError(TfStreamError):
-    """The broker did not acknowledge an output; nothing past it is committed."""
+    """The broker did not acknowledge an output; nothing past it is committed. ``retriable``: the
+    cause may go away (a topic created, a permission granted, a broker back), so the worker pauses
+    and tries again instead of exiting."""
+
+    def __init__(self, message: str, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 class InputError(TfStreamError):

@@ -60,6 +60,8 @@ def producer_config(settings: Settings, client_id: str, slot: int = 0) -> dict[s
         "client.id": client_id,
         "logger": LIBRDKAFKA_LOGGER,
         "linger.ms": 5,
+        # an output topic that is missing is an error to report, not one to create with defaults
+        "allow.auto.create.topics": False,
         "compression.type": "lz4",
         "batch.num.messages": 10_000,
         **settings.kafka,
@@ -78,8 +80,8 @@ def _refuse_overrides(given: Mapping[str, Any], fixed: Mapping[str, Any], table:
             )
 
 
-def check_topics(client: Consumer | Producer, topics: Iterable[str], bootstrap: str, timeout: float) -> None:
-    """Fail with one line if Kafka is unreachable within ``timeout`` or a topic is missing."""
+def check_topics(client: Consumer | Producer, topics: Iterable[str], bootstrap: str, timeout: float) -> list[str]:
+    """Fail with one line if Kafka is unreachable within ``timeout``; return the topics that are missing."""
     try:
         metadata = client.list_topics(timeout=timeout)
     except KafkaException as exc:
@@ -87,10 +89,16 @@ def check_topics(client: Consumer | Producer, topics: Iterable[str], bootstrap: 
             f"cannot reach Kafka at {bootstrap} within {timeout:.0f}s ({exc.args[0].str()}); "
             "check --bootstrap-servers and that the broker is up"
         ) from None
+    missing = []
     for topic in topics:
         found = metadata.topics.get(topic)
         if found is None or (found.error is not None and found.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
-            raise ConfigError(f"topic {topic!r} does not exist on {bootstrap}: create it or fix the topic name")
+            missing.append(topic)
+    return missing
+
+
+def missing_topic_error(topic: str, bootstrap: str) -> ConfigError:
+    return ConfigError(f"topic {topic!r} does not exist on {bootstrap}: create it or fix the topic name")
 
 
 def commit(consumer: Consumer, offsets: Mapping[Partition, int]) -> dict[Partition, int]:

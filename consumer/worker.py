@@ -27,7 +27,7 @@ from consumer.batcher import Batcher
 from consumer.codec import Limits
 from consumer.config import Settings
 from consumer.delivery import Counters, DeadLetters, Outbox, wait_until
-from consumer.errors import BrokerError, ConfigError, PredictError
+from consumer.errors import BrokerError, ConfigError, DeliveryError, PredictError
 from consumer.logs import get_logger
 from consumer.model import load_model
 from consumer.offsets import OffsetTracker, Partition, coordinates
@@ -41,6 +41,8 @@ from consumer.transactions import Transactions
 POLL_SECONDS = 0.1
 #: How long the fetch loop waits for messages while the next batch waits for pipeline room.
 BLOCKED_WAIT_SECONDS = 0.005
+#: Waits before reading again after outputs could not be delivered.
+FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 1.0, 30.0
 #: How many messages one read-ahead call asks for.
 READ_AHEAD_CHUNK = 1000
 
@@ -67,6 +69,7 @@ class Worker:
         self.warm_traces = 0
         self.timeline = Timeline()
         self.rss_after_warmup_mb = 0.0
+        self._backoff = FIRST_BACKOFF_SECONDS
 
     # -- start ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -98,10 +101,14 @@ class Worker:
         self.consumer = Consumer(kafka_io.consumer_config(s, client_id))
         topics = [s.input_topic, s.output_topic] + ([s.dlq_topic] if s.dlq_topic else [])
         try:
-            kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, s.connect_timeout_s)
+            missing = kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, s.connect_timeout_s)
+            if s.input_topic in missing:
+                raise kafka_io.missing_topic_error(s.input_topic, s.bootstrap_servers)
         except Exception:
             self.consumer.close()
             raise
+        for topic in missing:  # outputs wait (paused, nothing committed) until it exists
+            self.log.error(f"topic {topic!r} does not exist: create it; until then outputs cannot be delivered")
         exactly_once = s.delivery == "exactly-once"
         self.producer = Producer(kafka_io.producer_config(s, client_id, self.slot))
         self.outbox = Outbox(self.producer, self.tracker, self.timeline, transactional=exactly_once)
@@ -168,8 +175,11 @@ class Worker:
         return self.settings.stop_at_end and self.ends.finished() and self.tracker.in_flight() == 0
 
     def _raise_failures(self, predict: threading.Thread, finished: bool = False) -> None:
-        if self.outbox.failure is not None:
-            raise self.outbox.failure
+        failure = self.outbox.failure
+        if failure is not None and failure.retriable and not finished and not self._stop.is_set():
+            self._recover(failure)
+        elif failure is not None:
+            raise failure
         if self._predict_failure is not None:
             raise self._predict_failure
         if not finished and not predict.is_alive():
@@ -280,6 +290,7 @@ class Worker:
         if self.transactions is not None:
             if not self.transactions.commit(self.consumer):
                 self._rewind()
+                self._resume(self._paused - (self.ends.at_end if self.settings.stop_at_end else set()))
             return
         try:
             accepted = kafka_io.commit(self.consumer, self.tracker.committable(partitions))
@@ -287,6 +298,8 @@ class Worker:
             self.log.warning("commit failed; retrying at the next commit", error=str(exc))
             return
         self.tracker.mark_committed(accepted)
+        if accepted:
+            self._backoff = FIRST_BACKOFF_SECONDS
 
     # -- predict thread ------------------------------------------------------------------
     def _predict_loop(self) -> None:
@@ -345,26 +358,55 @@ class Worker:
             self.transactions.abort("partitions lost")
             self._release(lost)
             self._rewind()
+            self._resume(self._paused - (self.ends.at_end if self.settings.stop_at_end else set()))
             return
         self._release(lost)
 
     def _rewind(self) -> None:
-        """After an aborted transaction: let the batches in flight drain unsent, then read again
-        from the last committed offsets."""
-        assert self.transactions is not None
+        """Let the batches in flight drain unsent, then read again from the last committed offsets
+        (after an aborted transaction, or outputs that could not be delivered)."""
+        self.outbox.discarding = True
         self.batcher.drop(lambda _: False)
         if not wait_until(self.pipeline.idle, self.drain_budget, lambda: time.sleep(0.01)):
-            raise BrokerError("a transaction was aborted and the batches in flight did not drain; restarting")
+            raise BrokerError("the batches in flight did not drain while rewinding; restarting the worker")
         points = self.tracker.rewind_points()
         self.tracker.forget(points)
         self.ends.at_end -= set(points)
-        self._resume(self._paused & set(points))
         for (topic, partition), offset in points.items():
-            self.consumer.seek(TopicPartition(topic, partition, offset))
-        self.log.info(
-            "rewound to the last committed offsets", positions={f"{t}[{p}]": o for (t, p), o in points.items()}
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                raise BrokerError(f"could not rewind {topic}[{partition}] to {offset}: {exc.args[0].str()}") from None
+        positions = {f"{t}[{p}]": o for (t, p), o in points.items()}
+        self.log.info("rewound to the last committed offsets", positions=positions)
+        if self.transactions is not None:
+            self.transactions.resume()
+        self.outbox.discarding = False
+
+    def _recover(self, failure: DeliveryError) -> None:
+        """Outputs cannot be delivered (a topic missing, not writable, brokers down): stop reading,
+        commit nothing past the failure, rewind, wait, and try again; back-off doubles up to 30 s."""
+        self.log.error(
+            "cannot deliver outputs",
+            error=str(failure),
+            action="consumption paused, nothing committed past the failure; fix the cause (create the topic, "
+            "grant the permission, bring the brokers back) and the worker carries on by itself",
+            retry_in_s=self._backoff,
         )
-        self.transactions.resume()
+        self._pause({(tp.topic, tp.partition) for tp in self.consumer.assignment()} - self._paused)
+        self.outbox.discarding = True
+        wait_until(self.pipeline.idle, self.drain_budget, lambda: time.sleep(0.01))
+        self.producer.flush(self.drain_budget)  # settle what is in flight: acknowledged inputs stay done
+        if self.transactions is not None:
+            self.transactions.abort(str(failure))
+        else:
+            self._maybe_commit(force=True)
+        self.outbox.failure = None
+        self._rewind()
+        self._stop.wait(self._backoff)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
+        done = self.ends.at_end if self.settings.stop_at_end else set()
+        self._resume(self._paused - done)
 
     def _finish(self, partitions: set[Partition] | None, budget: float) -> None:
         """Push the open batch through, wait (bounded) for acknowledgements, commit."""

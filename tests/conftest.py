@@ -15,6 +15,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
 
+#: The embedded broker's process id, for fault tests that freeze it (None with KAFKA_BOOTSTRAP_SERVERS).
+BROKER_PID: list[int | None] = [None]
+
+
 @pytest.fixture(scope="session")
 def bootstrap() -> Iterator[str]:
     given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -24,7 +28,16 @@ def bootstrap() -> Iterator[str]:
     from producer_tools.embedded_broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
+        BROKER_PID[0] = broker.pid
         yield broker.bootstrap_servers
+
+
+@pytest.fixture
+def broker_pid(bootstrap: str) -> int:
+    """The embedded broker's pid; skips against an external Kafka, which a test cannot freeze."""
+    if BROKER_PID[0] is None:
+        pytest.skip("needs the embedded broker (KAFKA_BOOTSTRAP_SERVERS is set)")
+    return BROKER_PID[0]
 
 
 @pytest.fixture

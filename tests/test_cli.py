@@ -64,12 +64,12 @@ def test_a_missing_model_exits_1_with_one_line(
     assert run.stderr.strip().splitlines()[-1].startswith("error: model path") and "does not exist" in run.stderr
 
 
-def test_a_missing_topic_exits_2_naming_it(
+def test_a_missing_input_topic_exits_2_naming_it(
     bootstrap: str, topics: Callable[..., list[str]], group: str, mlp_path: Path
 ) -> None:
-    (inp,) = topics("in")
+    (out,) = topics("out")
     run = subprocess.run(
-        consumer_command(bootstrap, mlp_path, inp, "no-such-topic", group),
+        consumer_command(bootstrap, mlp_path, "no-such-topic", out, group),
         env=ENV,
         capture_output=True,
         text=True,

@@ -103,3 +103,52 @@ def test_exactly_once_commits_outputs_dead_letters_and_offsets_together(
     assert ids == Counter(range(500)) and len(dead) == 5
     assert summary["predicted"] == 500 and summary["dead_lettered"] == 5
     assert offsets == _end_offsets(bootstrap, inp)
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_a_missing_output_topic_pauses_the_stream_until_it_exists(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, delivery: str
+) -> None:
+    from producer_tools.topics import create_topics
+
+    (inp,) = topics("in", partitions=2)
+    out = f"late-out-{group}"
+    publish(bootstrap, inp, [(str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(300)])
+    env = {**ENV, "TFSTREAM_KAFKA_PRODUCER_TOPIC_METADATA_PROPAGATION_MAX_MS": "1500"}
+    deployment = Deployment(consumer_command(bootstrap, mlp_path, inp, out, group, "--delivery", delivery), env)
+    deployment.wait_for("cannot deliver outputs", 2, timeout=120)  # it failed, waited, tried again
+    held = committed(bootstrap, group, inp, 2)
+    create_topics(bootstrap, [out], partitions=2)
+    seen = wait_for_outputs(bootstrap, out, set(range(300)))
+    summary = deployment.stop()
+    duplicates = sum(seen.values()) - len(seen)
+    print(
+        f"{delivery}, output topic missing: committed while missing {held}; then {len(seen)} of 300, {duplicates} dup"
+    )
+    assert all(offset < 0 for offset in held.values())  # nothing committed while outputs could not go out
+    assert set(seen) == set(range(300)) and duplicates == 0
+    assert summary["restarts"] == 0
+
+
+def test_a_broker_frozen_past_the_session_timeout_is_ridden_out(
+    bootstrap: str, broker_pid: int, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    inp, out = topics("in", "out", partitions=2)
+    total = 2000
+    deployment = Deployment(consumer_command(bootstrap, mlp_path, inp, out, group), ENV)
+    deployment.wait_for("partitions assigned", 1)
+    publisher = Trickle(bootstrap, inp, total, pause=0.1)
+    wait_for_outputs(bootstrap, out, set(range(100)))
+    frozen = 10.0  # the tests' session.timeout.ms is 6 s
+    os.kill(broker_pid, signal.SIGSTOP)
+    try:
+        time.sleep(frozen)
+    finally:
+        os.kill(broker_pid, signal.SIGCONT)
+    publisher.join()
+    seen = wait_for_outputs(bootstrap, out, set(range(total)), timeout=180)
+    summary = deployment.stop()
+    duplicates = sum(seen.values()) - len(seen)
+    print(f"broker frozen {frozen:.0f}s: {len(seen)} of {total} predicted, {duplicates} duplicates, "
+          f"{summary['restarts']} restarts")  # fmt: skip
+    assert set(seen) == set(range(total))
