@@ -2,7 +2,8 @@
 
 It reports to the supervisor over a one-way pipe: ``("ready", info)`` once the model is warmed
 up and the topics are checked, ``("summary", counts)`` when it finished cleanly, and
-``("error", message)`` before a failing exit. Exit codes tell the supervisor what to do:
+``("error", message)`` before a failing exit, and ``("status", ...)`` every second once ready
+(for ``/readyz``). Exit codes tell the supervisor what to do:
 0 done, 1 failed (restart), 2 configuration error and 3 model error (both final).
 """
 
@@ -15,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from consumer.config import Settings
@@ -22,6 +24,7 @@ from consumer.devices import WorkerSlot
 from consumer.errors import ConfigError, ModelError, TfStreamError
 
 EXIT_DONE, EXIT_FAILED, EXIT_CONFIG, EXIT_MODEL = 0, 1, 2, 3
+STATUS_SECONDS = 1.0
 
 
 def worker_main(settings: Settings, slot: WorkerSlot, report: multiprocessing.connection.Connection) -> None:
@@ -60,6 +63,7 @@ def _serve(settings: Settings, slot: WorkerSlot, report: multiprocessing.connect
     _stop_when_parent_dies(worker.request_stop)
     worker.start()
     _send(report, "ready", {"device": slot.device, "pid": os.getpid()})
+    _report_status_every_second(worker, report)
     return worker.run()
 
 
@@ -101,6 +105,16 @@ def _stop_when_parent_dies(stop: Any) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _report_status_every_second(worker: Any, report: multiprocessing.connection.Connection) -> None:
+    """What /readyz needs: joined the group, not stuck in a batch."""
+
+    def loop() -> None:
+        while _send(report, "status", worker.status()):
+            time.sleep(STATUS_SECONDS)
+
+    threading.Thread(target=loop, name="status", daemon=True).start()
+
+
 def _fail(report: multiprocessing.connection.Connection, error: BaseException | str, code: int) -> int:
     message = str(error)
     if not _send(report, "error", message):
@@ -108,9 +122,13 @@ def _fail(report: multiprocessing.connection.Connection, error: BaseException | 
     return code
 
 
+_SEND_LOCK = threading.Lock()  # the status thread and the main thread share the pipe
+
+
 def _send(report: multiprocessing.connection.Connection, kind: str, payload: Any) -> bool:
     try:
-        report.send((kind, json.loads(json.dumps(payload, default=str))))
+        with _SEND_LOCK:
+            report.send((kind, json.loads(json.dumps(payload, default=str))))
         return True
     except (OSError, ValueError):
         return False

@@ -96,6 +96,13 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
         choices=["at-least-once", "exactly-once"],
     )
     _flag(other, "--output-format", "msgpack (wire format v1, default) or json", choices=["msgpack", "json"])
+    _flag(
+        other,
+        "--metrics-port",
+        "serve /metrics, /healthz and /readyz on this port (default: off; 0 picks a free one)",
+        type=int,
+        metavar="PORT",
+    )
     _flag(other, "--log-level", "debug, info, warning or error", choices=["debug", "info", "warning", "error"])
     _flag(
         other,
@@ -124,7 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     logs.configure(settings.log_level, settings.log_format, worker="supervisor")
     supervisor = Supervisor(settings, slots)
-    code = supervisor.run()
+    try:
+        code = supervisor.run()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     summary = {"event": "summary", **supervisor.summary()}
     summary["supervisor_imported_tensorflow"] = "tensorflow" in sys.modules
     print(json.dumps(summary), file=sys.stderr)

@@ -64,6 +64,8 @@ class Settings(BaseModel):
     max_tensor_elements: int = Field(16 * 1024 * 1024, ge=1)
     max_dims: int = Field(8, ge=0, le=32)
     reject_non_finite: bool = False
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    stuck_batch_s: float = Field(60.0, gt=0, le=86_400)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     kafka: dict[str, KafkaValue] = Field(default_factory=dict)

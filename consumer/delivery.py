@@ -46,15 +46,19 @@ class Counters:
     batches: int = 0
     padded_rows: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: also told every addition (the Prometheus counters), when metrics are on
+    sink: Callable[[dict[str, int]], None] | None = field(default=None, repr=False)
 
     def add(self, **amounts: int) -> None:
         with self._lock:
             for name, amount in amounts.items():
                 setattr(self, name, getattr(self, name) + amount)
+        if self.sink is not None:
+            self.sink(amounts)
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
-            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+            return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "sink"}
 
 
 class Outbox:
@@ -73,6 +77,8 @@ class Outbox:
         self.tracker = tracker
         self.timeline = timeline or Timeline()
         self.transactional = transactional
+        #: per-batch acknowledgement hook (topic, input timestamps in ms): the metrics, when on
+        self.on_acknowledged: Callable[[str, list[int]], None] | None = None
         self.lock = threading.RLock()
         #: while set, records are dropped unsent: their transaction was aborted and they will be redone
         self.discarding = False
@@ -168,7 +174,10 @@ class BatchAck:
                 return
         if not self.outbox.transactional:
             self.outbox.tracker.done_many([coordinates(m) for m in self.sources])
-        self.outbox.timeline.acknowledged_many([m.timestamp()[1] for m in self.sources])
+        timestamps = [m.timestamp()[1] for m in self.sources]
+        self.outbox.timeline.acknowledged_many(timestamps)
+        if self.outbox.on_acknowledged is not None:
+            self.outbox.on_acknowledged(self.topic, timestamps)
 
 
 def source_headers(msg: Message) -> Headers:
@@ -211,9 +220,12 @@ class DeadLetters:
         self.outbox, self.topic, self.group, self.model = outbox, topic, group, model
         self.counters, self.log = counters, log
         self.max_value_bytes = max_value_bytes
+        self.on_dead_letter: Callable[[str], None] | None = None
 
     def send(self, msg: Message, error: InputError) -> None:
         self.counters.add(dead_lettered=1)
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(type(error).__name__)
         if self.topic is None:
             self.log.warning(
                 "input skipped (no dead-letter topic)",

@@ -13,15 +13,19 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from consumer import metrics
 from consumer.child import EXIT_CONFIG, EXIT_DONE, EXIT_MODEL, worker_main
 from consumer.config import Settings
 from consumer.devices import WorkerSlot
+from consumer.endpoints import Endpoints
+from consumer.errors import ConfigError
 from consumer.logs import get_logger
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -46,6 +50,8 @@ class Child:
     exit_code: int | None = None
     last_error: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)  # the worker's last status report
+    status_at: float | None = None
 
     @property
     def alive(self) -> bool:
@@ -81,20 +87,52 @@ class Supervisor:
         self._stopping_since: float | None = None
         self._fatal: tuple[int, str] | None = None
         self.error: str | None = None  # the one line to print when ``run`` returns non-zero
+        self.endpoints: Endpoints | None = None
+        self._metrics_dir = metrics.prepare_directory() if settings.metrics_port is not None else None
+        self._restarts = metrics.restarts_counter() if self._metrics_dir else None
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
         self._install_signal_handlers()
         self.log.info("starting workers", workers=[c.slot.device for c in self.children], pid=os.getpid())
+        self._serve_endpoints()
         for child in self.children:
             self._start(child)
-        while not all(c.finished for c in self.children):
-            if self._signals and self._stopping_since is None:
-                self._stop_all("signal received: draining workers")
-            self._wait(0.5)
-            self._restart_due()
-            self._kill_if_drain_hangs()
+        try:
+            while not all(c.finished for c in self.children):
+                if self._signals and self._stopping_since is None:
+                    self._stop_all("signal received: draining workers")
+                self._wait(0.5)
+                self._restart_due()
+                self._kill_if_drain_hangs()
+        finally:
+            self._close_endpoints()
         return self._result()
+
+    def _serve_endpoints(self) -> None:
+        if self.settings.metrics_port is None:
+            return
+        try:
+            self.endpoints = Endpoints(self.settings.metrics_port, self.readiness).start()
+        except OSError as exc:
+            raise ConfigError(f"invalid setting metrics_port={self.settings.metrics_port}: {exc.strerror}") from None
+        self.log.info("serving /metrics, /healthz and /readyz", port=self.endpoints.port)
+
+    def _close_endpoints(self) -> None:
+        if self.endpoints is not None:
+            self.endpoints.stop()
+        if self._metrics_dir is not None:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when every worker is up, reported within 5 s, joined its group and is not stuck."""
+        now = time.monotonic()
+        workers = []
+        for c in self.children:
+            fresh = c.status_at is not None and now - c.status_at < 5
+            ready = c.alive and c.ready_at is not None and fresh and bool(c.status.get("ready"))
+            workers.append({**c.status, "worker": c.slot.slot, "device": c.slot.device, "ready": ready})
+        return self._stopping_since is None and all(w["ready"] for w in workers), {"workers": workers}
 
     def _start(self, child: Child) -> None:
         receive, send = self._context.Pipe(duplex=False)
@@ -133,6 +171,8 @@ class Supervisor:
         if kind == "ready":
             child.ready_at, child.start_failures = time.monotonic(), 0
             self.log.info("worker ready", worker=child.slot.slot, device=child.slot.device, pid=payload.get("pid"))
+        elif kind == "status":
+            child.status, child.status_at = payload, time.monotonic()
         elif kind == "summary":
             child.summary = payload
         elif kind == "error":
@@ -145,7 +185,10 @@ class Supervisor:
         child.process.join()
         code = child.process.exitcode if child.process.exitcode is not None else EXIT_FAILURE
         child.report.close()
+        if self._metrics_dir is not None and child.process.pid:
+            metrics.worker_exited(child.process.pid)
         child.process, child.report, child.exit_code = None, None, code
+        child.status, child.status_at = {}, None
         if code == EXIT_DONE or self._stopping_since is not None:
             child.finished = True
             self.log.info("worker exited", worker=child.slot.slot, exit_code=code)
@@ -180,6 +223,8 @@ class Supervisor:
         for child in self.children:
             if child.restart_at is not None and child.restart_at <= now and self._stopping_since is None:
                 child.restarts += 1
+                if self._restarts is not None:
+                    self._restarts.labels(worker=str(child.slot.slot)).inc()
                 self._start(child)
 
     def _give_up(self, code: int, message: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import tensorflow as tf
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from consumer import kafka_io
+from consumer import kafka_io, metrics
 from consumer.batcher import Batcher
 from consumer.codec import Limits
 from consumer.config import Settings
@@ -53,7 +53,10 @@ class Worker:
     def __init__(self, settings: Settings, slot: int = 0, device: str = "cpu") -> None:
         self.settings, self.slot, self.device = settings, slot, device
         self.log = get_logger("consumer.worker")
-        self.counters = Counters()
+        self.metrics = metrics.WorkerMetrics(slot, device) if metrics.enabled() else None
+        self.counters = Counters(sink=self.metrics.count if self.metrics else None)
+        self.batch_started_at: float | None = None  # monotonic; set while the predict thread runs a batch
+        self._joined = False
         self.tracker = OffsetTracker()
         self.ends = EndOfInput()
         self.window = TimeWindow(settings.from_ms, settings.until_ms)
@@ -98,7 +101,10 @@ class Worker:
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
         )
         client_id = f"tfstream-{s.group}-{self.slot}"
-        self.consumer = Consumer(kafka_io.consumer_config(s, client_id))
+        config = kafka_io.consumer_config(s, client_id)
+        if self.metrics is not None:
+            config |= {"statistics.interval.ms": 5000, "stats_cb": self.metrics.statistics}
+        self.consumer = Consumer(config)
         topics = [s.input_topic, s.output_topic] + ([s.dlq_topic] if s.dlq_topic else [])
         try:
             missing = kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, s.connect_timeout_s)
@@ -127,6 +133,9 @@ class Worker:
             self.predictor, limits, s.pipeline_depth, load_preprocess(s.preprocess), s.reject_non_finite
         )
         self.dead_letters = dead_letters
+        if self.metrics is not None:
+            dead_letters.on_dead_letter = self.metrics.dead_letter
+            self.outbox.on_acknowledged = self._acknowledged
         worker = f"{socket.gethostname()}/{os.getpid()}/{self.slot}/{self.device}"
         self.emitter = Emitter(
             self.outbox, s.output_topic, self.model_info, s.output_format, self.counters, dead_letters, worker
@@ -166,6 +175,29 @@ class Worker:
             "rss_after_warmup_mb": self.rss_after_warmup_mb,
             "peak_rss_mb": peak_rss_mb(),
         }
+
+    def status(self) -> dict[str, Any]:
+        """For the supervisor's /readyz (and the gauges): joined, stuck, in flight. Any thread."""
+        stuck_s = batch_stuck_for(self.batch_started_at, time.monotonic(), self.settings.stuck_batch_s)
+        status: dict[str, Any] = {
+            "ready": self._joined and stuck_s is None,
+            "joined": self._joined,
+            "in_flight": self.tracker.in_flight(),
+            "traces_after_warmup": self.traces_after_warmup,
+        }
+        if stuck_s is not None:
+            status["stuck_in_batch_s"] = round(stuck_s, 1)
+        if self.metrics is not None:
+            self.metrics.in_flight.set(status["in_flight"])
+            self.metrics.traces.set(status["traces_after_warmup"])
+            self.metrics.ready.set(1 if status["ready"] else 0)
+        return status
+
+    def _acknowledged(self, topic: str, timestamps_ms: list[int]) -> None:
+        assert self.metrics is not None
+        now_ms = time.time() * 1000
+        kind = "output" if topic == self.settings.output_topic else "dead_letter"
+        self.metrics.acknowledged(kind, ((now_ms - ts) / 1000 for ts in timestamps_ms))
 
     @property
     def traces_after_warmup(self) -> int:
@@ -310,6 +342,13 @@ class Worker:
             self._predict_failure = exc
 
     def _predict(self, batch: Batch, inputs: Inputs) -> None:
+        self.batch_started_at = time.monotonic()
+        try:
+            self._predict_batch(batch, inputs)
+        finally:
+            self.batch_started_at = None
+
+    def _predict_batch(self, batch: Batch, inputs: Inputs) -> None:
         if not batch.rows:  # every input failed before predict
             self.emitter.emit(batch, None)
             return
@@ -324,7 +363,10 @@ class Worker:
                 self._predict_one_by_one(batch, inputs)
             return
         rows = {name: value[: batch.rows] for name, value in outputs.items()}
-        self.emitter.emit(batch, rows, bucket, (time.perf_counter() - started) * 1000)
+        predict_s = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.batch(batch.rows, max(0.0, self.batch_started_at or 0.0) - batch.closed_at, predict_s)
+        self.emitter.emit(batch, rows, bucket, predict_s * 1000)
 
     def _predict_one_by_one(self, batch: Batch, inputs: Inputs) -> None:
         size = self.predictor.bucket_for(1)
@@ -338,6 +380,7 @@ class Worker:
 
     # -- rebalance -----------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._joined = True  # with partitions, or idle in the group: either way a ready member
         owned = {(tp.topic, tp.partition) for tp in partitions}
         self.log.info("partitions assigned", partitions=sorted(owned), device=self.device)
         self.ends.assign(owned)
@@ -457,6 +500,13 @@ class Worker:
             self.transactions.close()
         self.consumer.close()
         self.log.info("worker stopped", **self.counters.snapshot(), traces_after_warmup=self.traces_after_warmup)
+
+
+def batch_stuck_for(started_at: float | None, now: float, budget_s: float) -> float | None:
+    """How long the current batch has run, if that is longer than its budget; else None."""
+    if started_at is None or now - started_at <= budget_s:
+        return None
+    return now - started_at
 
 
 def freeze_heap() -> None:
