@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     _replay(sub)
     _reset_offsets(sub)
     _lag(sub)
+    topics = _command(sub, "create-topics", commands.run_create_topics, "create topics that do not exist yet")
+    topics.add_argument("topics", nargs="+", metavar="TOPIC")
+    topics.add_argument("--partitions", type=int, default=4, help="partitions of each new topic (default 4)")
     _demo(sub)
     _bench(sub)
     broker = sub.add_parser("broker", help="run the embedded broker in the foreground until Ctrl-C")
@@ -117,7 +120,7 @@ def _demo(sub: argparse._SubParsersAction) -> None:
         help="use this Kafka, not the embedded broker [env KAFKA_BOOTSTRAP_SERVERS]",
     )
     demo.add_argument("--workdir", type=Path, default=Path("demo-output"), help="where the model and logs go")
-    demo.add_argument("--count", type=int, default=400, help="inputs to publish (at most 400)")
+    demo.add_argument("--count", type=int, default=360, help="held-out digits to publish (at most 360, the default)")
     demo.set_defaults(run=run_demo)
 
 
@@ -182,8 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from producer_tools import demo
 
-    if not 1 <= args.count <= 400:
-        raise ConfigError("invalid setting --count: the demo publishes between 1 and 400 inputs")
+    if not 1 <= args.count <= 360:
+        raise ConfigError("invalid setting --count: the demo publishes between 1 and 360 held-out digits")
     return demo.main(args.bootstrap_servers, args.workdir, args.count)
 
 

@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 import numpy as np
 from tqdm import tqdm
 
-from consumer.errors import ConfigError
+from consumer.errors import BrokerError, ConfigError
 from consumer.positions import TimeWindow
 from producer_tools import collect, groups, publish, replay, sources
 from producer_tools.clients import Clients
 from producer_tools.reader import StopWhen, partitions_of, read_partitions
+from producer_tools.topics import create_topics
 
 
 def epoch_ms(text: str | None, flag: str) -> int | None:
@@ -126,6 +127,17 @@ def run_reset_offsets(args: argparse.Namespace) -> int:
         consumer.close()
     verb = "would move" if args.dry_run else "moved"
     print(f"{verb} group {args.group} on {args.topic} ({len(after)} partitions) to {to}{' (dry run)' * args.dry_run}")
+    return 0
+
+
+def run_create_topics(args: argparse.Namespace) -> int:
+    if args.partitions < 1:
+        raise ConfigError("invalid setting --partitions: at least 1")
+    try:
+        create_topics(Clients(args).admin(), args.topics, partitions=args.partitions)
+    except RuntimeError as exc:
+        raise BrokerError(str(exc)) from None
+    print(f"topics ready: {', '.join(args.topics)} ({args.partitions} partitions when created here)")
     return 0
 
 

@@ -8,9 +8,11 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
-def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1, timeout: float = 30.0) -> None:
+def create_topics(
+    bootstrap: str | AdminClient, names: Iterable[str], partitions: int = 1, timeout: float = 30.0
+) -> None:
     """Create each topic that does not exist yet; an existing topic is left as it is."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap}) if isinstance(bootstrap, str) else bootstrap
     futures = admin.create_topics(
         [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
         operation_timeout=timeout,

@@ -1,0 +1,56 @@
+"""The user's manual stays true: the generated flag reference, the compose file, the example model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from producer_tools import cli_reference, digits
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_flag_reference_is_what_the_parsers_say() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert cli_reference.reference() in readme, "run: python -m producer_tools.cli_reference --write README.md"
+    for command in ("consumer run", "producer_tools publish", "producer_tools create-topics", "producer_tools bench"):
+        assert f"#### `python -m {command}`" in readme
+
+
+def test_the_compose_file_wires_kafka_topics_consumer_gpu_and_prometheus() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "create-topics", "consumer", "consumer-gpu", "prometheus"} <= set(services)
+    kafka = services["kafka"]["environment"]
+    assert "HOST://" in kafka["KAFKA_LISTENERS"] and "INTERNAL://" in kafka["KAFKA_LISTENERS"]
+    for name in ("consumer", "consumer-gpu"):
+        service = services[name]
+        env = service["environment"]
+        assert env["TFSTREAM_BOOTSTRAP_SERVERS"] == "kafka:29092"  # the internal listener
+        assert service["depends_on"]["create-topics"]["condition"] == "service_completed_successfully"
+        assert env["TFSTREAM_MODEL"].startswith("/models/") and any(":/models" in v for v in service["volumes"])
+    gpu = services["consumer-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    assert services["consumer"]["build"]["args"]["BASE"].startswith("python:3.11")
+    scrape = yaml.safe_load((ROOT / "examples" / "prometheus.yml").read_text())
+    assert "consumer:9108" in scrape["scrape_configs"][0]["static_configs"][0]["targets"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert (
+        "ARG BASE=tensorflow/tensorflow:" in dockerfile
+        and 'ENTRYPOINT ["python", "-m", "consumer", "run"]' in dockerfile
+    )
+
+
+def test_the_digits_example_trains_a_real_model_and_scores_collected_predictions(tmp_path: Path) -> None:
+    x_test, _, accuracy = digits.train(tmp_path, epochs=10)
+    assert len(x_test) == 360 and accuracy > 0.9  # 1,797 real images, 20% held out
+    assert np.load(tmp_path / "heldout.npy").shape == (360, 64) and np.load(tmp_path / "labels.npy").shape == (360,)
+    import keras
+
+    offline = keras.saving.load_model(tmp_path / "digits.keras").predict(x_test, verbose=0)
+    ids = np.arange(0, 360, 3)
+    np.savez(tmp_path / "preds.npz", ids=ids, outputs=offline[ids])  # what collect writes, for a third of them
+    line = digits.score(tmp_path / "preds.npz", tmp_path)
+    assert line.startswith("120 predictions") and "max |streamed - offline| = 0.00e+00" in line
