@@ -55,7 +55,7 @@ def _serve(settings: Settings, slot: WorkerSlot, report: multiprocessing.connect
     from consumer import logs
 
     logs.configure(settings.log_level, settings.log_format, worker=slot.slot, device=slot.device)
-    configure_tensorflow(slot)
+    configure_tensorflow(slot, settings.gpu_memory)
     from consumer.worker import Worker  # imports TensorFlow, after the device is pinned
 
     worker = Worker(settings, slot.slot, slot.device)
@@ -67,15 +67,20 @@ def _serve(settings: Settings, slot: WorkerSlot, report: multiprocessing.connect
     return worker.run()
 
 
-def configure_tensorflow(slot: WorkerSlot) -> None:
-    """Threads for a CPU share, memory growth on a GPU: both must happen before any op runs."""
+def configure_tensorflow(slot: WorkerSlot, gpu_memory: str = "grow") -> None:
+    """Threads for a CPU share; on a GPU, memory grown on demand or capped at ``gpu_memory`` MiB
+    (so several workers can share one GPU). Both must happen before any op runs."""
     import tensorflow as tf
 
     if slot.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(slot.intra_op_threads)
         tf.config.threading.set_inter_op_parallelism_threads(slot.inter_op_threads)
     for gpu in tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.set_memory_growth(gpu, True)
+        if gpu_memory == "grow":
+            tf.config.experimental.set_memory_growth(gpu, True)
+        else:
+            limit = tf.config.LogicalDeviceConfiguration(memory_limit=int(gpu_memory))
+            tf.config.set_logical_device_configuration(gpu, [limit])
 
 
 def install_signal_handlers(stop: Any) -> None:

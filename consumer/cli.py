@@ -55,7 +55,19 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     model = run.add_argument_group("model")
     _flag(model, "--model", "a Keras .keras file or a SavedModel directory", metavar="PATH")
     _flag(model, "--model-name", "name reported in outputs (default: the file's stem)")
-    _flag(model, "--model-version", "version reported in outputs (default: content hash)")
+    _flag(
+        model,
+        "--model-version",
+        "a versioned model directory: the version to serve (default: the highest); a single model: the "
+        "version reported in outputs (default: content hash)",
+    )
+    _flag(
+        model,
+        "--model-poll-seconds",
+        "watch a versioned model directory and swap in new versions without a pause",
+        type=float,
+        metavar="S",
+    )
     _flag(model, "--preprocess", "TensorFlow function applied per example, module:function", metavar="MODULE:FN")
     _flag(model, "--jit-compile", "compile predict functions with XLA", action="store_const", const=True)
     batching = run.add_argument_group("batching")
@@ -76,6 +88,14 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     devices = run.add_argument_group("devices")
     _flag(devices, "--workers", "worker processes (default: one per GPU, or one on CPU)", type=int, metavar="N")
     _flag(devices, "--devices", "auto, cpu, or gpu:0,1,... (default auto)", metavar="SPEC")
+    _flag(
+        devices,
+        "--workers-per-device",
+        "workers sharing each GPU (default 1); set --gpu-memory so they fit",
+        type=int,
+        metavar="N",
+    )
+    _flag(devices, "--gpu-memory", "per worker: grow (default, on demand) or a fixed limit in MiB", metavar="grow|MIB")
     bounds = run.add_argument_group("start and end")
     start = bounds.add_mutually_exclusive_group()
     _flag(start, "--from-beginning", "start new partitions at the earliest offset", action="store_const", const=True)
@@ -125,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
-        slots = plan_workers(settings.devices, settings.workers)
+        slots = plan_workers(settings.devices, settings.workers, per_device=settings.workers_per_device)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

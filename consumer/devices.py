@@ -64,7 +64,11 @@ def usable_cores() -> int:
 
 
 def plan_workers(
-    devices: str, workers: int | None, environ: Mapping[str, str] | None = None, cores: int | None = None
+    devices: str,
+    workers: int | None,
+    environ: Mapping[str, str] | None = None,
+    cores: int | None = None,
+    per_device: int = 1,
 ) -> list[WorkerSlot]:
     """Turn ``--devices`` and ``--workers`` into worker slots; raise ``ConfigError`` if they conflict."""
     spec = devices.strip().lower()
@@ -72,12 +76,12 @@ def plan_workers(
         return _cpu_slots(workers or 1, cores or usable_cores())
     if spec == "auto":
         gpus = discover_gpus(environ)
-        return _gpu_slots(gpus, workers) if gpus else _cpu_slots(workers or 1, cores or usable_cores())
+        return _gpu_slots(gpus, workers, per_device) if gpus else _cpu_slots(workers or 1, cores or usable_cores())
     if spec.startswith("gpu:"):
         ids = [d.strip() for d in spec[4:].split(",")]
         if not all(ids) or len(set(ids)) != len(ids):
             raise ConfigError(f"invalid setting devices={devices!r}: list GPU ids once each, as in gpu:0,1")
-        return _gpu_slots(ids, workers)
+        return _gpu_slots(ids, workers, per_device)
     raise ConfigError(f"invalid setting devices={devices!r}: use auto, cpu, or gpu:ID[,ID...]")
 
 
@@ -88,10 +92,13 @@ def _cpu_slots(workers: int, cores: int) -> list[WorkerSlot]:
     return [WorkerSlot(slot, "cpu", intra, inter) for slot in range(workers)]
 
 
-def _gpu_slots(ids: list[str], workers: int | None) -> list[WorkerSlot]:
-    if workers is not None and workers > len(ids):
+def _gpu_slots(ids: list[str], workers: int | None, per_device: int = 1) -> list[WorkerSlot]:
+    """``per_device`` workers on each GPU (they share it: give each a --gpu-memory limit)."""
+    capacity = len(ids) * per_device
+    if workers is not None and workers > capacity:
         raise ConfigError(
-            f"invalid setting workers={workers}: only {len(ids)} GPU(s) ({','.join(ids)}) are available and "
-            "each worker owns one; lower --workers, or use --devices cpu"
+            f"invalid setting workers={workers}: only {len(ids)} GPU(s) ({','.join(ids)}) with {per_device} "
+            "worker(s) each are available; lower --workers, raise --workers-per-device, or use --devices cpu"
         )
-    return [WorkerSlot(slot, f"gpu:{gpu}") for slot, gpu in enumerate(ids[: workers or len(ids)])]
+    devices = [f"gpu:{gpu}" for gpu in ids for _ in range(per_device)]
+    return [WorkerSlot(slot, device) for slot, device in enumerate(devices[: workers or capacity])]

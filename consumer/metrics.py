@@ -88,6 +88,17 @@ class WorkerMetrics:
             multiprocess_mode="livemax",
         ).labels(worker=str(worker), device=device).set(1)  # fmt: skip
         self._lagging: set[tuple[str, str]] = set()
+        self.reloads = counter("model_reloads_total", "new model versions loaded or rejected", "result")
+        self.version = Gauge(
+            PREFIX + "model_version_serving", "the version number being served (0: not a versioned directory)",
+            ["worker"], registry=None, multiprocess_mode="livemax",
+        ).labels(**label)  # fmt: skip
+
+    def model_reload(self, result: str) -> None:
+        self.reloads.labels(result=result, **self.labels).inc()
+
+    def serving(self, version: str) -> None:
+        self.version.set(int(version) if version.isdigit() else 0)
 
     def count(self, amounts: dict[str, int]) -> None:
         """Mirror of ``Counters.add``: the counts that have a Prometheus counter."""

@@ -27,11 +27,17 @@ class Emitter:
         self.outbox, self.topic, self.model, self.counters = outbox, topic, model, counters
         self.dead_letters = dead_letters
         self._json = output_format == "json"
+        self._worker = worker
+        self.set_model(model)
+
+    def set_model(self, model: dict[str, str]) -> None:
+        """Outputs from now on carry this model's name and version (value and headers)."""
+        self.model = model
         self._packer = OutputPacker(model)
         self._model_headers: Headers = [
             (HEADER_PREFIX + "model.name", model["name"].encode()),
             (HEADER_PREFIX + "model.version", model["version"].encode()),
-            (HEADER_PREFIX + "worker", worker.encode()),
+            (HEADER_PREFIX + "worker", self._worker.encode()),
         ]
 
     def emit(self, batch: Batch, outputs: dict[str, np.ndarray] | None, bucket: int = 0, predict_ms: float = 0) -> None:

@@ -29,14 +29,15 @@ from consumer.config import Settings
 from consumer.delivery import Counters, DeadLetters, Outbox, wait_until
 from consumer.errors import BrokerError, ConfigError, DeliveryError, PredictError
 from consumer.logs import get_logger
-from consumer.model import load_model
 from consumer.offsets import OffsetTracker, Partition, coordinates
 from consumer.outputs import Emitter
 from consumer.pipeline import Batch, Inputs, Pipeline, pad_to
 from consumer.positions import EndOfInput, TimeWindow, apply_start_positions
-from consumer.predictor import Predictor, default_batch_sizes
+from consumer.predictor import default_batch_sizes
+from consumer.reload import Served, Watcher, build, first_model, release_unreachable
 from consumer.timing import Timeline, peak_rss_mb, rss_mb
 from consumer.transactions import Transactions
+from consumer.versions import ModelVersion
 
 POLL_SECONDS = 0.1
 #: How long the fetch loop waits for messages while the next batch waits for pipeline room.
@@ -70,6 +71,7 @@ class Worker:
         self._predict_failure: BaseException | None = None
         self._last_commit = time.monotonic()
         self.warm_traces = 0
+        self._traces_before = 0  # traces after warm-up of models served before this one
         self.timeline = Timeline()
         self.rss_after_warmup_mb = 0.0
         self._backoff = FIRST_BACKOFF_SECONDS
@@ -82,12 +84,19 @@ class Worker:
     def start(self) -> None:
         """Everything before joining the group: model, compiled functions, clients, topics."""
         s = self.settings
-        model = load_model(s.model, s.model_name, s.model_version)
-        self.model_info = {"name": model.name, "version": model.version}
         sizes = s.allowed_batch_sizes or default_batch_sizes(s.max_batch_size)
-        self.predictor = Predictor(model, sizes, s.jit_compile)
-        warm = self.predictor.warm_up()
+        served, versions, pinned = first_model(s.model, s.model_name, s.model_version, sizes, s.jit_compile)
+        model = served.model
+        self.model_info = served.info
+        self.predictor = served.predictor
+        warm = self.predictor.warmup_seconds
         self.warm_traces = self.predictor.trace_count
+        self.watcher: Watcher | None = None
+        if versions is not None and s.model_poll_seconds:
+            self.watcher = Watcher(
+                versions, pinned, served, lambda v: self._build_version(v, sizes), s.model_poll_seconds, self.log,
+                self.metrics.model_reload if self.metrics else None,
+            )  # fmt: skip
         freeze_heap()
         self.rss_after_warmup_mb = rss_mb()
         self.log.info(
@@ -140,6 +149,10 @@ class Worker:
         self.emitter = Emitter(
             self.outbox, s.output_topic, self.model_info, s.output_format, self.counters, dead_letters, worker
         )
+        if self.metrics is not None:
+            self.metrics.serving(self.model_info["version"])
+        if self.watcher is not None:
+            self.watcher.start()
         poll_interval = int(kafka_io.consumer_config(s, client_id)["max.poll.interval.ms"])
         self.drain_budget = min(s.drain_timeout_s, poll_interval / 2000)
 
@@ -201,7 +214,7 @@ class Worker:
 
     @property
     def traces_after_warmup(self) -> int:
-        return self.predictor.trace_count - self.warm_traces
+        return self._traces_before + self.predictor.trace_count - self.warm_traces
 
     def _bounded_run_done(self) -> bool:
         return self.settings.stop_at_end and self.ends.finished() and self.tracker.in_flight() == 0
@@ -341,7 +354,30 @@ class Worker:
         except BaseException as exc:
             self._predict_failure = exc
 
+    def _build_version(self, version: ModelVersion, sizes: list[int]) -> Served:
+        name = self.settings.model_name or self.settings.model.name
+        return build(version.path, name, str(version.number), sizes, self.settings.jit_compile, version.number)
+
+    def _swap_if_ready(self) -> None:
+        """Between two batches: serve the version the watcher prepared, release the old one."""
+        served = self.watcher.take() if self.watcher is not None else None
+        if served is None:
+            return
+        old = self.model_info
+        self._traces_before += self.traces_after_warmup
+        self.predictor = self.pipeline.predictor = served.predictor
+        self.warm_traces = served.predictor.trace_count
+        self.model_info = served.info
+        self.emitter.set_model(self.model_info)
+        self.dead_letters.model = self.model_info
+        del served
+        release_unreachable()
+        if self.metrics is not None:
+            self.metrics.serving(self.model_info["version"])
+        self.log.info("model version swapped", previous=old["version"], serving=self.model_info["version"])
+
     def _predict(self, batch: Batch, inputs: Inputs) -> None:
+        self._swap_if_ready()
         self.batch_started_at = time.monotonic()
         try:
             self._predict_batch(batch, inputs)
@@ -496,6 +532,8 @@ class Worker:
         self.producer.flush(self.settings.drain_timeout_s)
         self.outbox.stop_serving()
         self._maybe_commit(force=True)
+        if self.watcher is not None:
+            self.watcher.stop()
         if self.transactions is not None:
             self.transactions.close()
         self.consumer.close()

@@ -9,8 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 
-def mlp(path: Path, features: int = 4, classes: int = 3) -> Path:
-    keras.utils.set_random_seed(1)
+def mlp(path: Path, features: int = 4, classes: int = 3, seed: int = 1) -> Path:
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential(
         # named explicitly: Keras numbers default names per process (input_layer, input_layer_1, ...)
         [

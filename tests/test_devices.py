@@ -82,3 +82,24 @@ def test_conflicting_device_settings_are_refused_in_one_line(devices: str, worke
 def test_restart_back_off_doubles_up_to_its_cap() -> None:
     policy = RestartPolicy(base_s=1, max_s=10)
     assert [policy.delay(n) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+
+
+def test_several_workers_can_share_each_gpu() -> None:
+    slots = plan_workers("gpu:0,1", None, per_device=2)
+    assert [s.device for s in slots] == ["gpu:0", "gpu:0", "gpu:1", "gpu:1"]
+    assert [s.environment()["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "0", "1", "1"]
+    assert len(plan_workers("gpu:0,1", 3, per_device=2)) == 3
+    with pytest.raises(ConfigError, match="raise --workers-per-device"):
+        plan_workers("gpu:0", 3, per_device=2)
+
+
+@pytest.mark.parametrize(("value", "ok"), [("grow", True), ("2048", True), ("0", False), ("2GB", False)])
+def test_gpu_memory_is_grow_or_a_limit_in_mib(value: str, ok: bool, tmp_path: Path) -> None:
+    from consumer.config import load_settings
+
+    cli = {"bootstrap_servers": "b", "input_topic": "i", "output_topic": "o", "group": "g", "model": tmp_path}
+    if ok:
+        assert load_settings({**cli, "gpu_memory": value}, environ={}).gpu_memory == value
+    else:
+        with pytest.raises(ConfigError, match="gpu_memory"):
+            load_settings({**cli, "gpu_memory": value}, environ={})
