@@ -61,13 +61,7 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
         "a versioned model directory: the version to serve (default: the highest); a single model: the "
         "version reported in outputs (default: content hash)",
     )
-    _flag(
-        model,
-        "--model-poll-seconds",
-        "watch a versioned model directory and swap in new versions without a pause",
-        type=float,
-        metavar="S",
-    )
+    _flag(model, "--model-poll-seconds", "watch a versioned --model, swap in new versions", type=float, metavar="S")
     _flag(model, "--preprocess", "TensorFlow function applied per example, module:function", metavar="MODULE:FN")
     _flag(model, "--jit-compile", "compile predict functions with XLA", action="store_const", const=True)
     batching = run.add_argument_group("batching")
@@ -88,13 +82,7 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     devices = run.add_argument_group("devices")
     _flag(devices, "--workers", "worker processes (default: one per GPU, or one on CPU)", type=int, metavar="N")
     _flag(devices, "--devices", "auto, cpu, or gpu:0,1,... (default auto)", metavar="SPEC")
-    _flag(
-        devices,
-        "--workers-per-device",
-        "workers sharing each GPU (default 1); set --gpu-memory so they fit",
-        type=int,
-        metavar="N",
-    )
+    _flag(devices, "--workers-per-device", "workers sharing each GPU (default 1)", type=int, metavar="N")
     _flag(devices, "--gpu-memory", "per worker: grow (default, on demand) or a fixed limit in MiB", metavar="grow|MIB")
     bounds = run.add_argument_group("start and end")
     start = bounds.add_mutually_exclusive_group()

@@ -137,6 +137,11 @@ def wait_for_outputs(bootstrap: str, topic: str, ids: set[int], timeout: float =
         time.sleep(0.5)
 
 
+def worker_pid(label: bytes) -> int:
+    """The process id in a ``tfstream.worker`` header (``host/pid/slot/device``)."""
+    return int(label.decode().split("/")[1])
+
+
 def worker_labels(bootstrap: str, topic: str) -> Counter[bytes]:
     """How many outputs each worker (``tfstream.worker`` header) produced."""
     return Counter(dict(m.headers() or [])["tfstream.worker"] for m in read_topic(bootstrap, topic, timeout=10))

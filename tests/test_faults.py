@@ -25,6 +25,7 @@ from tests.helpers import (
     publish,
     wait_for_outputs,
     worker_labels,
+    worker_pid,
 )
 
 pytestmark = pytest.mark.integration
@@ -36,10 +37,6 @@ def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     return dict(Counter(m.partition() for m in read_topic(bootstrap, topic, timeout=10)))
 
 
-def _pid(label: bytes) -> int:
-    return int(label.decode().split("/")[1])
-
-
 def _kill_workers_with_progress(bootstrap: str, out: str, deployment: Deployment, kills: int) -> list[int]:
     """SIGKILL ``kills`` times a worker that produced outputs since it (re)started, waiting for its
     replacement each time."""
@@ -47,12 +44,12 @@ def _kill_workers_with_progress(bootstrap: str, out: str, deployment: Deployment
     for round_ in range(kills):
         deadline = time.monotonic() + 90
         while True:
-            candidates = [w for w in worker_labels(bootstrap, out) if _pid(w) not in killed]
+            candidates = [w for w in worker_labels(bootstrap, out) if worker_pid(w) not in killed]
             if candidates or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
         assert candidates, "no worker made progress"
-        victim = _pid(candidates[-1])
+        victim = worker_pid(candidates[-1])
         os.kill(victim, signal.SIGKILL)
         killed.append(victim)
         deployment.wait_for("worker ready", 3 + round_)

@@ -19,14 +19,11 @@ from tests.helpers import (
     publish,
     wait_for_outputs,
     worker_labels,
+    worker_pid,
 )
 
 pytestmark = pytest.mark.integration
 Topics = Callable[..., list[str]]
-
-
-def pid_of(label: bytes) -> int:
-    return int(label.decode().split("/")[1])
 
 
 def test_stop_at_end_with_two_workers_ends_when_both_are_done(
@@ -69,7 +66,7 @@ def test_two_workers_split_the_partitions_and_a_sigkilled_worker_loses_nothing(
     publisher = Trickle(bootstrap, inp, total, pause=0.1)
     deployment.wait_for("partitions assigned", 2)
     labels = _wait_for_labels(bootstrap, out, 2)
-    victim = pid_of(max(labels, key=lambda label: labels[label]))  # a worker that has made progress
+    victim = worker_pid(max(labels, key=lambda label: labels[label]))  # a worker that has made progress
     os.kill(victim, signal.SIGKILL)
     deployment.wait_for("worker ready", 3)
     publisher.join()
@@ -96,7 +93,7 @@ def test_a_second_supervisor_joins_and_leaves_under_load_without_loss_or_duplica
     second = Deployment(consumer_command(bootstrap, mlp_path, inp, out, group), ENV)
     (ready,) = second.wait_for("worker ready")
     _wait_for_labels(bootstrap, out, 2)
-    assert any(pid_of(label) == ready["pid"] for label in worker_labels(bootstrap, out))
+    assert any(worker_pid(label) == ready["pid"] for label in worker_labels(bootstrap, out))
     second.stop()
     publisher.join()
     seen = wait_for_outputs(bootstrap, out, set(range(total)))
