@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import time
@@ -139,6 +140,10 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--partitions", type=_positive(int), default=4, metavar="N")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     p.add_argument("--workdir", type=Path, default=Path("bench-output"), help="models and the broker log")
+    p.add_argument(
+        "--consumer-args", default="", metavar="'FLAGS'",
+        help="more flags for python -m consumer run, e.g. '--workers 2 --delivery exactly-once'",
+    )  # fmt: skip
     p.set_defaults(run=run_bench)
 
 
@@ -150,6 +155,7 @@ def run_bench(args: argparse.Namespace) -> int:
         workload=args.workload, messages=args.messages, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
         latency_seconds=args.latency_seconds, baseline_seconds=args.baseline_seconds, backlog=args.backlog,
         partitions=args.partitions, json_path=args.json, workdir=args.workdir, bootstrap=args.bootstrap_servers,
+        consumer_args=tuple(shlex.split(args.consumer_args)),
     )  # fmt: skip
     result = run(options)
     report.print_table(result)

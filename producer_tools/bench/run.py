@@ -28,6 +28,11 @@ class BenchOptions:
     json_path: Path | None = None
     workdir: Path = Path("bench-output")
     bootstrap: str | None = None
+    consumer_args: tuple[str, ...] = ()  # more flags for python -m consumer run, e.g. --workers 2
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return ("--max-wait-ms", str(self.max_wait_ms), *self.consumer_args)
 
 
 def step(number: int, what: str) -> None:
@@ -62,23 +67,24 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
     step(3, "compute limit: the bare precompiled predict function, inputs in memory")
     rates["compute_limit"], full_batch_s = baselines.compute_limit(workload, inputs)
     step(4, "the system: python -m consumer run --stop-at-end draining the topic")
-    drained = system.drain(bootstrap, topics["in"], topics["out"], workload, options.max_wait_ms)
+    drained = system.drain(bootstrap, topics["in"], topics["out"], workload, options.flags)
     system_rate = rates["system"] = system.throughput(drained)
     step(5, f"latency at half that throughput for {options.latency_seconds:.0f}s")
     latency_rate = max(1.0, system_rate / 2)
     steady = system.steady_latency(
         bootstrap, topics["steady"], topics["steady_out"], workload, values, latency_rate,
-        options.latency_seconds, options.max_wait_ms,
+        options.latency_seconds, options.flags,
     )  # fmt: skip
     step(6, f"the usual approaches ({options.baseline_seconds:.0f}s each for the per-message loops)")
     rates |= _usual(bootstrap, topics, workload, inputs, options.baseline_seconds)
     step(7, "memory under a backlog" if options.backlog else "memory (add --backlog N for a larger backlog)")
     memory_run = _backlog(bootstrap, options, workload, values) if options.backlog else drained
-    worker = memory_run["workers"][0]
+    worker = max(memory_run["workers"], key=lambda w: w.get("peak_rss_mb", 0) - w.get("rss_after_warmup_mb", 0))
     result: dict[str, Any] = {
         "workload": options.workload,
         "settings": {
             "messages": workload.messages, "batch_size": workload.batch_size, "max_wait_ms": options.max_wait_ms,
+            "consumer_args": list(options.consumer_args),
             "partitions": options.partitions, "latency_seconds": options.latency_seconds,
             "backlog": options.backlog or workload.messages,
             "broker": "embedded" if options.bootstrap is None else bootstrap,
@@ -88,7 +94,7 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
         "ratios": report.ratios(rates),
         "full_batch_ms": full_batch_s * 1000,
         "latency_rate": latency_rate,
-        "latency_ms": steady["workers"][0].get("latency_ms", {}),
+        "latency_ms": _worst_latency(steady["workers"]),
         "traces_after_warmup": drained["traces_after_warmup"] + steady["traces_after_warmup"],
         "rss_after_warmup_mb": worker.get("rss_after_warmup_mb"),
         "peak_rss_mb": worker.get("peak_rss_mb"),
@@ -129,4 +135,14 @@ def _backlog(
     create_topics(bootstrap, [topic, topic + "-out"], partitions=options.partitions)
     assert options.backlog is not None
     system.publish(bootstrap, topic, values, options.backlog, desc="backlog")
-    return system.drain(bootstrap, topic, topic + "-out", workload, options.max_wait_ms)
+    return system.drain(bootstrap, topic, topic + "-out", workload, options.flags)
+
+
+def _worst_latency(workers: list[dict[str, Any]]) -> dict[str, float]:
+    """Each percentile's worst value over the workers (one worker: its own figures)."""
+    measured = [w["latency_ms"] for w in workers if w.get("latency_ms", {}).get("count")]
+    if not measured:
+        return {}
+    return {k: max(m[k] for m in measured) for k in ("p50", "p95", "p99", "max")} | {
+        "count": sum(m["count"] for m in measured)
+    }

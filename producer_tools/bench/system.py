@@ -20,6 +20,8 @@ from producer_tools.consumer_run import ConsumerProcess, consumer_command
 from producer_tools.publish import Pacer, produce
 from producer_tools.reader import read_topic
 
+#: flags for ``python -m consumer run``
+Flags = tuple[str, ...]
 #: inputs sent (and their outputs awaited) before the steady phase; a negligible share of its latencies
 PRIMERS = 8
 
@@ -54,11 +56,12 @@ def publish(
         raise RuntimeError(f"could not publish the benchmark inputs to {topic}")
 
 
-def command(bootstrap: str, source: str, out: str, workload: Workload, max_wait_ms: float, *extra: str) -> list[str]:
+def command(bootstrap: str, source: str, out: str, workload: Workload, flags: Flags, *extra: str) -> list[str]:
+    """``python -m consumer run`` for the workload; ``flags``: ``--max-wait-ms`` and whatever else the user asked."""
     group = f"bench-{uuid.uuid4().hex[:8]}"
     return consumer_command(
         bootstrap, workload.model_path, source, out, group, "--max-batch-size", str(workload.batch_size),
-        "--max-wait-ms", str(max_wait_ms), "--log-format", "json", *extra,
+        "--log-format", "json", *flags, *extra,
     )  # fmt: skip
 
 
@@ -70,9 +73,9 @@ def throughput(summary: dict[str, Any]) -> float:
     return summary["predicted"] / span if span > 0 else 0.0
 
 
-def drain(bootstrap: str, source: str, out: str, workload: Workload, max_wait_ms: float) -> dict[str, Any]:
+def drain(bootstrap: str, source: str, out: str, workload: Workload, flags: Flags) -> dict[str, Any]:
     """Process a preloaded backlog with ``--stop-at-end``; the workers' summary."""
-    run = ConsumerProcess(command(bootstrap, source, out, workload, max_wait_ms, "--from-beginning", "--stop-at-end"))
+    run = ConsumerProcess(command(bootstrap, source, out, workload, flags, "--from-beginning", "--stop-at-end"))
     return run.finish(timeout=600)
 
 
@@ -84,10 +87,10 @@ def steady_latency(
     values: list[bytes],
     rate: float,
     seconds: float,
-    max_wait_ms: float,
+    flags: Flags,
 ) -> dict[str, Any]:
     """Publish at ``rate`` for ``seconds`` into a running consumer; the workers' summary."""
-    run = ConsumerProcess(command(bootstrap, source, out, workload, max_wait_ms, "--from-beginning"))
+    run = ConsumerProcess(command(bootstrap, source, out, workload, flags, "--from-beginning"))
     run.wait_for("partitions assigned", timeout=180)
     # a few inputs first, and their outputs awaited: the workers' first fetches and the publisher's
     # first sends (connections, producer id) take a few hundred ms that belong to start-up, not to
@@ -96,5 +99,5 @@ def steady_latency(
     publish(bootstrap, source, values, PRIMERS, desc="primers", producer=producer)
     read_topic(bootstrap, out, timeout=60, min_count=PRIMERS)
     publish(bootstrap, source, values, max(1, int(rate * seconds)), rate, f"steady {rate:,.0f}/s", producer)
-    time.sleep(max(1.0, 3 * max_wait_ms / 1000))  # let the last inputs through before the drain
+    time.sleep(3.0)  # let the last inputs through (exactly-once: their transaction commit) before the drain
     return run.stop(timeout=600)
