@@ -19,9 +19,10 @@ def rows(n: int, width: int = 4) -> list[dict[str, np.ndarray]]:
     return [{"features": rng.normal(size=width).astype("float32")} for _ in range(n)]
 
 
-def test_default_batch_sizes_are_powers_of_two_up_to_the_max() -> None:
-    assert default_batch_sizes(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
-    assert default_batch_sizes(100) == [1, 2, 4, 8, 16, 32, 64, 100]
+def test_default_batch_sizes_are_powers_of_two_and_their_midpoints_up_to_the_max() -> None:
+    assert default_batch_sizes(256) == [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+    assert default_batch_sizes(100) == [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 100]
+    assert default_batch_sizes(1) == [1]
 
 
 def test_many_batch_sizes_add_zero_traces_after_warm_up(mlp_path: Path) -> None:
