@@ -25,7 +25,7 @@ def default_batch_sizes(max_batch_size: int) -> list[int]:
     """Powers of two up to ``max_batch_size``, the midpoints between them from 8 up (12, 24, 48…),
     and ``max_batch_size`` itself: a partial batch is padded by at most a third, not up to half.
     Padding is real compute: MobileNetV2 at half load added 656 padding rows to 1,608 inputs with
-    powers of two alone, 161–409 with the midpoints."""
+    powers of two alone, 161 to 409 with the midpoints."""
     powers = [1 << i for i in range(max_batch_size.bit_length()) if 1 << i <= max_batch_size]
     midpoints = [p + p // 2 for p in powers if p >= 8 and p + p // 2 <= max_batch_size]
     return sorted({*powers, *midpoints, max_batch_size})
