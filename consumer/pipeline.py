@@ -192,6 +192,10 @@ class Pipeline:
         """Every batch put in has been through the predict thread."""
         return self.finished >= self._next_id
 
+    def in_flight(self) -> int:
+        """Batches put in and not yet through the predict thread."""
+        return self._next_id - self.finished
+
     def _ordered(self) -> Iterator[tuple[Batch, Inputs]]:
         """Batches in order; batches dropped by preprocess are redone."""
         for element_id, _rows, _bucket, inputs in self.dataset():

@@ -44,6 +44,8 @@ POLL_SECONDS = 0.1
 BLOCKED_WAIT_SECONDS = 0.005
 #: Waits before reading again after outputs could not be delivered.
 FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 1.0, 30.0
+#: Batches in flight (predicting, and the next one decoded) at which a partial batch waits to grow.
+BUSY_BATCHES = 2
 #: How many messages one read-ahead call asks for.
 READ_AHEAD_CHUNK = 1000
 
@@ -238,7 +240,13 @@ class Worker:
         self._feed_pipeline()
 
     def _feed_pipeline(self) -> None:
+        """A full batch goes as soon as there is room. A partial one (its wait is up) goes only when
+        the device is about to be free: while two batches are in flight it keeps growing, so a busy
+        model gets fewer, fuller batches (less per-batch overhead and padding) instead of a queue
+        of small ones."""
         while self.batcher.ready() and self.pipeline.has_room():
+            if self.batcher.space() > 0 and self.pipeline.in_flight() >= BUSY_BATCHES:
+                return
             self.pipeline.put(self.batcher.take())
 
     def _fetch_plan(self) -> tuple[int, float]:
