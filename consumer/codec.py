@@ -69,13 +69,22 @@ class InputEnvelope:
 
 def unpack_input(value: bytes | None, limits: Limits) -> InputEnvelope:
     """Decode one input message value; raise a ``CodecError`` subclass if it is not v1."""
+    return envelope_of(read_message(value, limits), limits)
+
+
+def read_message(value: bytes | None, limits: Limits) -> Any:
+    """The msgpack object an input message holds, checked against ``limits`` before parsing."""
     if value is None:
         raise errors.NotMsgpackError("the message has no value (a tombstone); expected a msgpack map")
     if len(value) > limits.max_message_bytes:
         raise errors.TooLargeError(
             f"message is {len(value)} bytes; the limit is {limits.max_message_bytes} (max_message_bytes)"
         )
-    obj = unpack_value(value, limits)
+    return unpack_value(value, limits)
+
+
+def envelope_of(obj: Any, limits: Limits) -> InputEnvelope:
+    """A parsed input message as an envelope; a ``CodecError`` subclass if it is not v1."""
     if not isinstance(obj, dict):
         raise errors.NotAMapError(f"the value is a msgpack {type(obj).__name__}, not a map")
     _check_version(obj.get("v", FORMAT_VERSION))

@@ -88,6 +88,10 @@ class WorkerMetrics:
             multiprocess_mode="livemax",
         ).labels(worker=str(worker), device=device).set(1)  # fmt: skip
         self._lagging: set[tuple[str, str]] = set()
+        #: ``Counters`` names → their Prometheus counters
+        self._counted = {
+            "consumed": self.consumed, "predicted": self.predicted, "skipped": self.skipped, "padded_rows": self.padded,
+        }  # fmt: skip
         self.reloads = counter("model_reloads_total", "new model versions loaded or rejected", "result")
         self.version = Gauge(
             PREFIX + "model_version_serving", "the version number being served (0: not a versioned directory)",
@@ -103,11 +107,9 @@ class WorkerMetrics:
     def count(self, amounts: dict[str, int]) -> None:
         """Mirror of ``Counters.add``: the counts that have a Prometheus counter."""
         for name, amount in amounts.items():
-            metric = {"consumed": self.consumed, "predicted": self.predicted, "skipped": self.skipped}.get(name)
+            metric = self._counted.get(name)
             if metric is not None:
                 metric.inc(amount)
-            elif name == "padded_rows":
-                self.padded.inc(amount)
 
     def dead_letter(self, reason: str) -> None:
         self.dead_lettered.labels(reason=reason, **self.labels).inc()

@@ -49,15 +49,10 @@ class OffsetTracker:
 
     def done(self, partition: Partition, offset: int) -> None:
         """Mark an offset finished. Offsets of forgotten partitions are ignored."""
-        with self._lock:
-            progress = self._partitions.get(partition)
-            if progress is None:
-                return
-            progress.done.add(offset)
-            self._advance(progress)
+        self.done_many([(partition, offset)])
 
     def done_many(self, finished: Iterable[tuple[Partition, int]]) -> None:
-        """Mark many offsets finished under one lock (a whole batch's inputs)."""
+        """Mark many offsets finished under one lock (a whole batch's inputs); forgotten partitions' are ignored."""
         with self._lock:
             touched = set()
             for partition, offset in finished:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from consumer.errors import ConfigError
 from consumer.model import LoadedModel, load_model
 from consumer.predictor import Predictor
 from consumer.versions import ModelVersion, VersionDirectory, choose, initial_version, is_versioned_base
@@ -67,8 +68,6 @@ def first_model(
 
 
 def _pinned(version: str | None) -> int | None:
-    from consumer.errors import ConfigError
-
     if version is None:
         return None
     if not version.isdigit():

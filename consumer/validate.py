@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from consumer import errors
-from consumer.codec import SINGLE, InputEnvelope, Limits, WireTensor, unpack_input, unpack_value
+from consumer.codec import SINGLE, InputEnvelope, Limits, WireTensor, envelope_of, read_message
 from consumer.signature import STRING, Signature, TensorSpec
 
 Example = dict[str, np.ndarray | bytes]
@@ -132,7 +132,7 @@ class BatchDecoder:
 
     def decode(self, values: list[bytes | None]) -> DecodedBatch:
         rows: list[int] = []
-        parts: list[dict[str, bytes | np.ndarray | bytes]] = []
+        parts: list[dict[str, bytes | np.ndarray]] = []
         ids: list[tuple[Any, bool]] = []
         failures: list[tuple[int, errors.InputError]] = []
         for index, value in enumerate(values):
@@ -148,20 +148,15 @@ class BatchDecoder:
         return self._drop_non_finite(batch) if self.reject_non_finite else batch
 
     def _decode_one(self, value: bytes | None) -> tuple[dict[str, Any], tuple[Any, bool]]:
-        fast = self._fast_path(value) if self._fast else None
+        obj = read_message(value, self.limits)  # parsed once, for both paths
+        fast = self._fast_path(obj) if self._fast else None
         if fast is not None:
             return fast
-        envelope = unpack_input(value, self.limits)
+        envelope = envelope_of(obj, self.limits)
         return conform(envelope, self.signature, self.limits), (envelope.id, envelope.has_id)
 
-    def _fast_path(self, value: bytes | None) -> tuple[dict[str, bytes], tuple[Any, bool]] | None:
+    def _fast_path(self, obj: Any) -> tuple[dict[str, bytes], tuple[Any, bool]] | None:
         """The raw ``data`` of each input when the message is exactly what the model takes, else None."""
-        if value is None or len(value) > self.limits.max_message_bytes:
-            return None
-        try:
-            obj = unpack_value(value, self.limits)
-        except errors.InputError:
-            return None
         if type(obj) is not dict or obj.get("v", 1) != 1 or obj.get("v", 1) is True:
             return None
         given = obj.get("inputs")

@@ -113,6 +113,7 @@ class Worker:
         )
         client_id = f"tfstream-{s.group}-{self.slot}"
         config = kafka_io.consumer_config(s, client_id)
+        self.drain_budget = min(s.drain_timeout_s, int(config["max.poll.interval.ms"]) / 2000)
         if self.metrics is not None:
             config |= {"statistics.interval.ms": 5000, "stats_cb": self.metrics.statistics}
         self.consumer = Consumer(config)
@@ -127,7 +128,8 @@ class Worker:
         for topic in missing:  # outputs wait (paused, nothing committed) until it exists
             self.log.error(f"topic {topic!r} does not exist: create it; until then outputs cannot be delivered")
         exactly_once = s.delivery == "exactly-once"
-        self.producer = Producer(kafka_io.producer_config(s, client_id, self.slot))
+        producer_config = kafka_io.producer_config(s, client_id, self.slot)
+        self.producer = Producer(producer_config)
         self.outbox = Outbox(self.producer, self.tracker, self.timeline, transactional=exactly_once)
         self.transactions: Transactions | None = None
         if exactly_once:
@@ -135,7 +137,7 @@ class Worker:
                 self.producer, self.outbox, self.tracker, s.transaction_timeout_ms / 2000, self.log
             )
             self.transactions.start()
-        producer_limit = int(kafka_io.producer_config(s, client_id).get("message.max.bytes", 1_000_000))
+        producer_limit = int(producer_config.get("message.max.bytes", 1_000_000))
         dead_letters = DeadLetters(
             self.outbox, s.dlq_topic, s.group, self.model_info, self.counters, self.log, producer_limit - 64 * 1024
         )
@@ -155,8 +157,6 @@ class Worker:
             self.metrics.serving(self.model_info["version"])
         if self.watcher is not None:
             self.watcher.start()
-        poll_interval = int(kafka_io.consumer_config(s, client_id)["max.poll.interval.ms"])
-        self.drain_budget = min(s.drain_timeout_s, poll_interval / 2000)
 
     # -- run -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -322,13 +322,19 @@ class Worker:
         if full:
             self._pause(assigned - self._paused)
         else:
-            done = self.ends.at_end if self.settings.stop_at_end else set()
-            self._resume((self._paused & assigned) - done)
+            self._resume((self._paused & assigned) - self._finished_partitions())
 
     def _pause(self, partitions: set[Partition]) -> None:
         if partitions:
             self.consumer.pause([TopicPartition(*p) for p in partitions])
             self._paused |= partitions
+
+    def _finished_partitions(self) -> set[Partition]:
+        """Partitions a bounded run has read to their end: they stay paused."""
+        return self.ends.at_end if self.settings.stop_at_end else set()
+
+    def _resume_unfinished(self) -> None:
+        self._resume(self._paused - self._finished_partitions())
 
     def _resume(self, partitions: set[Partition]) -> None:
         if partitions:
@@ -343,7 +349,7 @@ class Worker:
         if self.transactions is not None:
             if not self.transactions.commit(self.consumer):
                 self._rewind()
-                self._resume(self._paused - (self.ends.at_end if self.settings.stop_at_end else set()))
+                self._resume_unfinished()
             return
         try:
             accepted = kafka_io.commit(self.consumer, self.tracker.committable(partitions))
@@ -409,7 +415,8 @@ class Worker:
         rows = {name: value[: batch.rows] for name, value in outputs.items()}
         predict_s = time.perf_counter() - started
         if self.metrics is not None:
-            self.metrics.batch(batch.rows, max(0.0, self.batch_started_at or 0.0) - batch.closed_at, predict_s)
+            queue_wait_s = max(0.0, (self.batch_started_at or batch.closed_at) - batch.closed_at)
+            self.metrics.batch(batch.rows, queue_wait_s, predict_s)
         self.emitter.emit(batch, rows, bucket, predict_s * 1000)
 
     def _predict_one_by_one(self, batch: Batch, inputs: Inputs) -> None:
@@ -445,17 +452,25 @@ class Worker:
             self.transactions.abort("partitions lost")
             self._release(lost)
             self._rewind()
-            self._resume(self._paused - (self.ends.at_end if self.settings.stop_at_end else set()))
+            self._resume_unfinished()
             return
         self._release(lost)
 
     def _rewind(self) -> None:
         """Let the batches in flight drain unsent, then read again from the last committed offsets
-        (after an aborted transaction, or outputs that could not be delivered)."""
+        (after an aborted transaction)."""
+        self._drain_unsent()
+        self._seek_to_commits()
+
+    def _drain_unsent(self) -> None:
+        """Send nothing more: drop the open batch, let the batches in flight pass the pipeline unsent."""
         self.outbox.discarding = True
         self.batcher.drop(lambda _: False)
         if not wait_until(self.pipeline.idle, self.drain_budget, lambda: time.sleep(0.01)):
             raise BrokerError("the batches in flight did not drain while rewinding; restarting the worker")
+
+    def _seek_to_commits(self) -> None:
+        """Read again from the last committed offsets, and send again."""
         points = self.tracker.rewind_points()
         self.tracker.forget(points)
         self.ends.at_end -= set(points)
@@ -481,19 +496,17 @@ class Worker:
             retry_in_s=self._backoff,
         )
         self._pause({(tp.topic, tp.partition) for tp in self.consumer.assignment()} - self._paused)
-        self.outbox.discarding = True
-        wait_until(self.pipeline.idle, self.drain_budget, lambda: time.sleep(0.01))
+        self._drain_unsent()
         self.producer.flush(self.drain_budget)  # settle what is in flight: acknowledged inputs stay done
         if self.transactions is not None:
             self.transactions.abort(str(failure))
         else:
             self._maybe_commit(force=True)
         self.outbox.failure = None
-        self._rewind()
+        self._seek_to_commits()
         self._stop.wait(self._backoff)
         self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
-        done = self.ends.at_end if self.settings.stop_at_end else set()
-        self._resume(self._paused - done)
+        self._resume_unfinished()
 
     def _finish(self, partitions: set[Partition] | None, budget: float) -> None:
         """Push the open batch through, wait (bounded) for acknowledgements, commit."""
