@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from producer_tools.reader import read_topic
 from tests.conftest import FAST_GROUP
 
 Record = tuple[bytes | None, bytes | None]
+#: The ``topics`` fixture: ``topics("in", "out", partitions=3)`` makes fresh topics, returns their names.
+Topics = Callable[..., list[str]]
 ROOT = Path(__file__).resolve().parent.parent
 #: The environment of a deployment under test: short group timeouts, quiet TensorFlow, this checkout.
 ENV = consumer_env(PYTHONPATH=str(ROOT))

@@ -8,7 +8,6 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from producer_tools.reader import read_topic
 from tests.helpers import (
     ENV,
     Deployment,
+    Topics,
     Trickle,
     committed,
     consumer_command,
@@ -29,7 +29,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.integration
-Topics = Callable[..., list[str]]
 REAL_KAFKA = bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
 
 

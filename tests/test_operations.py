@@ -6,7 +6,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumer.codec import pack_input
 from consumer.worker import batch_stuck_for
 from producer_tools.embedded_broker import free_port
-from tests.helpers import ENV, Deployment, consumer_command, publish, wait_for_outputs
-
-Topics = Callable[..., list[str]]
+from tests.helpers import ENV, Deployment, Topics, consumer_command, publish, wait_for_outputs
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,9 @@ import pytest
 from consumer import kafka_io
 from consumer.codec import pack_input
 from consumer.config import load_settings
-from tests.helpers import ENV, consumer_command, publish
+from tests.helpers import ENV, Topics, consumer_command, publish
 
 pytestmark = pytest.mark.integration
-Topics = Callable[..., list[str]]
 SECRET = "s3cr3t-Passw0rd-do-not-print"
 SECURITY = {
     "TFSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from consumer.codec import pack_input
 from tests.helpers import (
     ENV,
     Deployment,
+    Topics,
     Trickle,
     consumer_command,
     publish,
@@ -23,7 +23,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.integration
-Topics = Callable[..., list[str]]
 
 
 def test_stop_at_end_with_two_workers_ends_when_both_are_done(

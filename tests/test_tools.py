@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,9 @@ from producer_tools.cli import main
 from producer_tools.reader import read_topic
 from tests import models
 from tests.conftest import FAST_GROUP
-from tests.helpers import committed, publish, run_worker, settings
+from tests.helpers import Topics, committed, publish, run_worker, settings
 
 pytestmark = pytest.mark.integration
-Topics = Callable[..., list[str]]
 
 
 def tool(bootstrap: str, *argv: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import shutil
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,7 @@ from consumer.timing import rss_mb
 from consumer.versions import VersionDirectory, choose, initial_version, is_versioned_base
 from producer_tools.reader import read_topic
 from tests import models
-from tests.helpers import ENV, Deployment, Trickle, consumer_command, publish, wait_for_outputs
-
-Topics = Callable[..., list[str]]
+from tests.helpers import ENV, Deployment, Topics, Trickle, consumer_command, publish, wait_for_outputs
 
 
 def drop_version(base: Path, number: int, seed: int) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -16,10 +15,9 @@ from consumer.codec import pack_input
 from consumer.errors import DeliveryError
 from producer_tools.reader import read_topic
 from tests import models
-from tests.helpers import Background, committed, outputs, publish, run_worker, settings
+from tests.helpers import Background, Topics, committed, outputs, publish, run_worker, settings
 
 pytestmark = pytest.mark.integration
-Topics = Callable[..., list[str]]
 
 
 def test_each_input_yields_one_output_equal_to_the_model(
