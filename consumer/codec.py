@@ -103,18 +103,23 @@ def envelope_of(obj: Any, limits: Limits) -> InputEnvelope:
 def unpack_value(value: bytes, limits: Limits) -> Any:
     """One msgpack object within ``limits``; ``NotMsgpackError`` if the bytes are anything else."""
     try:
-        return msgpack.unpackb(
-            value,
-            raw=False,
-            strict_map_key=False,
-            max_bin_len=limits.max_message_bytes,
-            max_str_len=limits.max_message_bytes,
-            max_array_len=limits.max_tensor_elements,
-            max_map_len=4096,
-            max_ext_len=0,
-        )
+        return unpack_strict(value, limits)
     except Exception as exc:  # msgpack raises several unrelated types; all mean "not v1"
         raise errors.NotMsgpackError(f"not a single complete msgpack object: {exc}") from None
+
+
+def unpack_strict(value: bytes, limits: Limits) -> Any:
+    """``msgpack.unpackb`` within ``limits``; raises whatever msgpack raises."""
+    return msgpack.unpackb(
+        value,
+        raw=False,
+        strict_map_key=False,
+        max_bin_len=limits.max_message_bytes,
+        max_str_len=limits.max_message_bytes,
+        max_array_len=limits.max_tensor_elements,
+        max_map_len=4096,
+        max_ext_len=0,
+    )
 
 
 def _check_version(version: Any) -> None:

@@ -8,6 +8,7 @@ A failed delivery is never marked done: it is kept as ``failure`` and ends the r
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.errors import DeliveryError, InputError
-from consumer.offsets import OffsetTracker, Partition, coordinates
+from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.timing import Timeline
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -107,7 +108,7 @@ class Outbox:
                 if not self._produce(topic, value, key, record_headers, ack, msg):
                     return
             if self.transactional:
-                self.tracker.done_many(coordinates(m) for m in sources)
+                self.tracker.done_many(coordinates_of(sources))
 
     def _produce(
         self, topic: str, value: bytes, key: bytes | None, headers: Headers, ack: BatchAck, msg: Message
@@ -157,24 +158,24 @@ class BatchAck:
 
     Delivery callbacks run in whichever thread polls the producer, so the count is locked."""
 
-    __slots__ = ("_lock", "outbox", "remaining", "sources", "topic")
+    __slots__ = ("_acknowledged", "last", "outbox", "sources", "topic")
 
     def __init__(self, outbox: Outbox, topic: str, sources: list[Message]) -> None:
         self.outbox, self.topic, self.sources = outbox, topic, sources
-        self.remaining = len(sources)
-        self._lock = threading.Lock()
+        self.last = len(sources) - 1
+        # next() on a count is one atomic step: no lock, whichever thread polls the producer
+        self._acknowledged = itertools.count()
 
     def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:  # the batch never counts as done: nothing past it commits
             self.outbox._fail(self.topic, *coordinates(self.sources[0]), err)
-            return
-        with self._lock:
-            self.remaining -= 1
-            if self.remaining:
-                return
+        elif next(self._acknowledged) == self.last:
+            self._all_acknowledged()
+
+    def _all_acknowledged(self) -> None:
         if not self.outbox.transactional:
-            self.outbox.tracker.done_many([coordinates(m) for m in self.sources])
-        timestamps = [m.timestamp()[1] for m in self.sources]
+            self.outbox.tracker.done_many(coordinates_of(self.sources))
+        timestamps = timestamps_of(self.sources)
         self.outbox.timeline.acknowledged_many(timestamps)
         if self.outbox.on_acknowledged is not None:
             self.outbox.on_acknowledged(self.topic, timestamps)

@@ -33,27 +33,33 @@ class OutputPacker:
         self._source_head = pack("source") + bytes([_FIXMAP | 4]) + pack("topic")
         self._partition_key, self._offset_key = pack("partition"), pack("offset")
         self._timestamp_key = pack("timestamp")
-        self._topics: dict[str, bytes] = {}
+        self._partitions: dict[tuple[str, int], bytes] = {}
 
     def pack_rows(
         self,
         outputs: Mapping[str, np.ndarray],
-        sources: Sequence[tuple[str, int, int, int]],
+        coords: Sequence[tuple[tuple[str, int], int]],
+        timestamps: Sequence[int],
         ids: Sequence[tuple[Any, bool]],
     ) -> list[bytes]:
-        """One value per row: ``outputs`` hold ``len(sources)`` rows; a source is (topic, partition,
-        offset, timestamp); an id is (value, present)."""
+        """One value per row: ``outputs`` hold ``len(coords)`` rows; a row's source is its
+        ((topic, partition), offset) and timestamp; an id is (value, present)."""
+        rows = len(coords)
         single = len(outputs) == 1
-        columns = [self._column(name, array, len(sources), named=not single) for name, array in outputs.items()]
+        columns = [self._column(name, array, rows, named=not single) for name, array in outputs.items()]
+        head = {False: bytes([_FIXMAP | 4]), True: bytes([_FIXMAP | 5])}
         body_head = self._outputs_key + (b"" if single else _map_header(len(columns)))
+        model, timestamp_key, version, id_key = self._model, self._timestamp_key, self._version, self._id_key
         pack, values = self._pack, []
-        for row, (source, (ident, has_id)) in enumerate(zip(sources, ids, strict=True)):
-            parts = [bytes([_FIXMAP | (5 if has_id else 4)]), body_head]
+        for row, ((partition, offset), timestamp, (ident, has_id)) in enumerate(
+            zip(coords, timestamps, ids, strict=True)
+        ):
+            parts = [head[has_id], body_head]
             for prefix, data, width in columns:
                 parts += (prefix, data[row * width : (row + 1) * width])
-            parts += (self._model, self._source(source, pack), self._version)
+            parts += (model, self._source_of(partition), pack(offset), timestamp_key, pack(timestamp), version)
             if has_id:
-                parts += (self._id_key, pack(ident))
+                parts += (id_key, pack(ident))
             values.append(b"".join(parts))
         return values
 
@@ -75,15 +81,16 @@ class OutputPacker:
         )  # fmt: skip
         return prefix, data, width
 
-    def _source(self, source: tuple[str, int, int, int], pack: Any) -> bytes:
-        topic, partition, offset, timestamp = source
-        head = self._topics.get(topic)
+    def _source_of(self, partition: tuple[str, int]) -> bytes:
+        """The "source" map up to its offset's value, which is the same for all of a partition's rows."""
+        head = self._partitions.get(partition)
         if head is None:
-            head = self._topics[topic] = self._source_head + pack(topic)
-        return b"".join((
-            head, self._partition_key, pack(partition), self._offset_key, pack(offset),
-            self._timestamp_key, pack(timestamp),
-        ))  # fmt: skip
+            topic, number = partition
+            pack = self._pack
+            head = self._partitions[partition] = b"".join(
+                (self._source_head, pack(topic), self._partition_key, pack(number), self._offset_key)
+            )
+        return head
 
 
 def _map_header(size: int) -> bytes:

@@ -7,6 +7,7 @@ import numpy as np
 from consumer.codec import encode_tensor_for_json, output_envelope
 from consumer.delivery import HEADER_PREFIX, Counters, DeadLetters, Headers, Outbox, encode_json, source_headers
 from consumer.envelopes import OutputPacker
+from consumer.offsets import coordinates_of, timestamps_of
 from consumer.pipeline import Batch
 
 
@@ -61,8 +62,8 @@ class Emitter:
         self.counters.add(predicted=batch.rows, batches=1, padded_rows=bucket - batch.rows)
 
     def _msgpack_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
-        sources = [(m.topic(), m.partition(), m.offset(), m.timestamp()[1]) for m in batch.messages]
-        return self._packer.pack_rows(outputs, sources, batch.ids)  # type: ignore[arg-type]
+        messages = batch.messages
+        return self._packer.pack_rows(outputs, coordinates_of(messages), timestamps_of(messages), batch.ids)
 
     def _json_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
         values = []

@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from itertools import compress
 from typing import Any
 
 import tensorflow as tf
@@ -29,7 +30,7 @@ from consumer.config import Settings
 from consumer.delivery import Counters, DeadLetters, Outbox, wait_until
 from consumer.errors import BrokerError, ConfigError, DeliveryError, PredictError
 from consumer.logs import get_logger
-from consumer.offsets import OffsetTracker, Partition, coordinates
+from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of
 from consumer.outputs import Emitter
 from consumer.pipeline import Batch, Inputs, Pipeline, pad_to
 from consumer.positions import EndOfInput, TimeWindow, apply_start_positions
@@ -64,7 +65,9 @@ class Worker:
         self.ends = EndOfInput()
         self.window = TimeWindow(settings.from_ms, settings.until_ms)
         self.batcher: Batcher[Message] = Batcher(
-            settings.max_batch_size, settings.max_wait_ms, size=lambda m: len(m.value() or b"")
+            settings.max_batch_size,
+            settings.max_wait_ms,
+            size=len,  # a Message's len is its value's
         )
         #: read ahead (while the pipeline is full) until this many message bytes are held, then pause
         self.read_ahead_bytes = int(settings.read_ahead_mb * 2**20)
@@ -271,31 +274,35 @@ class Worker:
                     self._on_consumer_error(error, coordinates(msg)[0])
 
     def _keep(self, kept: list[Message]) -> None:
+        fetched = coordinates_of(kept)
         if self.settings.stop_at_end:
-            kept = self._within_bounds(kept)
+            kept, fetched = self._within_bounds(kept, fetched)
             if not kept:
                 return
-        fetched = [coordinates(m) for m in kept]
         self.tracker.add_many(fetched)
         self.timeline.consumed()
         if self.window.bounded:
             kept, skipped = self._split_by_window(kept)
-            self.tracker.done_many(coordinates(m) for m in skipped)
+            self.tracker.done_many(coordinates_of(skipped))
             self.counters.add(consumed=len(fetched), skipped=len(skipped))
         else:
             self.counters.add(consumed=len(fetched))
         self.batcher.add(kept)
 
-    def _within_bounds(self, messages: list[Message]) -> list[Message]:
-        kept = []
-        for msg in messages:
-            partition, offset = coordinates(msg)
-            if self.ends.within_bound(self.consumer, partition, offset):
-                self.ends.at_end.discard(partition)
-                kept.append(msg)
-            else:
-                self._pause({partition})
-        return kept
+    def _within_bounds(
+        self, messages: list[Message], fetched: list[tuple[Partition, int]]
+    ) -> tuple[list[Message], list[tuple[Partition, int]]]:
+        """The records below their partition's stop-at-end bound; a partition that reached it pauses.
+        Offsets grow within a partition, so each partition's last record decides for the rest."""
+        last = dict(fetched)  # partition → its last offset here
+        past = {p for p, offset in last.items() if not self.ends.within_bound(self.consumer, p, offset)}
+        self.ends.at_end.difference_update(last.keys() - past)
+        if not past:
+            return messages, fetched
+        self._pause(past)
+        bounds = self.ends.bounds
+        keep = [p not in past or offset < bounds[p] for p, offset in fetched]
+        return list(compress(messages, keep)), list(compress(fetched, keep))
 
     def _split_by_window(self, messages: list[Message]) -> tuple[list[Message], list[Message]]:
         kept: list[Message] = []
@@ -313,10 +320,12 @@ class Worker:
             self.log.warning("consumer error", error=error.str(), partition=partition)
 
     def _apply_backpressure(self) -> None:
-        """Pause at the read-ahead budget, resume at one batch: pausing drops librdkafka's prefetched
-        data, so a wide gap between the two keeps pause/resume rare."""
+        """Pause at the read-ahead budget, resume at half of it: pausing drops librdkafka's prefetched
+        data, so a wide gap between the two keeps pause/resume rare, and what is still held covers
+        the time a resumed partition takes to deliver again (resuming at one batch left the model
+        idle for most of a second after each resume)."""
         full = self.batcher.bytes >= self.read_ahead_bytes
-        if not full and len(self.batcher) > self.settings.max_batch_size:
+        if not full and self.batcher.bytes > self.read_ahead_bytes // 2:
             return
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         if full:
@@ -365,6 +374,7 @@ class Worker:
         try:
             for batch, inputs in self.pipeline.batches():
                 self._predict(batch, inputs)
+                self.pipeline.mark_finished()
         except BaseException as exc:
             self._predict_failure = exc
 

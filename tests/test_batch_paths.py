@@ -81,6 +81,64 @@ def test_batch_decode_agrees_with_decoding_each_message_alone(case: tuple[Signat
             assert column[position].tobytes() == array.tobytes()
 
 
+def _exact(signature: Signature) -> st.SearchStrategy[bytes]:
+    """Messages carrying exactly the model's dtypes and shapes, in the raw-bytes form."""
+
+    def one(spec: TensorSpec) -> st.SearchStrategy[np.ndarray]:
+        return hnp.arrays(np.dtype(spec.dtype), spec.shape)
+
+    body = (
+        one(signature.inputs[0])
+        if not signature.named_inputs
+        else st.fixed_dictionaries({s.name: one(s) for s in signature.inputs})
+    )
+    ids = st.none() | MSGPACK_INTS | st.text(max_size=4)
+    return st.builds(lambda b, i: pack_input(b, id=i), body, ids)
+
+
+def _near_miss(signature: Signature) -> st.SearchStrategy[bytes | None]:
+    """One field off from exact: each must leave the whole-batch path and be judged on its own."""
+    spec = signature.inputs[0]
+    tensor = {"dtype": spec.dtype, "shape": list(spec.shape), "data": bytes(np.zeros(spec.shape, spec.dtype))}
+    others = {s.name: encode_tensor(np.zeros(s.shape, s.dtype)) for s in signature.inputs[1:]}
+
+    def message(change: dict[str, object], top: dict[str, object]) -> bytes:
+        inputs = {**tensor, **change}
+        body = {spec.name: inputs, **others} if signature.named_inputs else inputs
+        return msgpack.packb({"inputs": body, **top}, use_bin_type=True)
+
+    changes = st.sampled_from([
+        ({"shape": [True] * len(spec.shape)}, {}), ({"data": b"\0"}, {}), ({"dtype": "float64"}, {}),
+        ({}, {"v": True}), ({}, {"v": 2}), ({"shape": [float(d) for d in spec.shape]}, {}),
+    ])  # fmt: skip
+    return st.none() | st.just(b"\xc1") | changes.map(lambda c: message(*c))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([SINGLE, MULTI]).flatmap(
+        lambda sig: st.tuples(
+            st.just(sig), st.lists(_exact(sig), min_size=1, max_size=12), st.lists(_near_miss(sig), max_size=1)
+        )
+    )
+)
+def test_whole_batch_path_takes_exact_batches_and_nothing_else(
+    case: tuple[Signature, list[bytes], list[bytes | None]],
+) -> None:
+    signature, exact, miss = case
+    values: list[bytes | None] = [*exact, *miss]
+    decoder = BatchDecoder(signature, LIMITS)
+    assert (decoder._decode_exact(values) is None) == bool(miss)
+    expected = _one_by_one(values, signature, finite=False)
+    decoded = decoder.decode(values)
+    assert [type(e) for _, e in decoded.failures] == [r for r in expected if isinstance(r, type)]
+    for position, row in enumerate(decoded.rows):
+        arrays, ident = expected[row]  # type: ignore[misc]
+        assert decoded.ids[position] == ident
+        for name, array in arrays.items():
+            assert decoded.inputs[name][position].tobytes() == array.tobytes()
+
+
 def test_a_mixed_batch_keeps_row_order_and_sends_only_bad_rows_away() -> None:
     values = [
         pack_input(np.array([1, 2, 3], "float32"), id=0),
@@ -111,7 +169,8 @@ def test_packed_rows_are_byte_for_byte_the_output_envelope(outputs: dict[str, np
     sources = [("topic-a", r[0] % 7, r[0] * 2**33, 1_700_000_000_000 + r[0]) for r in rows[:count]]
     ids = [(r[1], r[2]) for r in rows[:count]]
     model = {"name": "m", "version": "7"}
-    packed = OutputPacker(model).pack_rows(outputs, sources, ids)
+    coords = [((topic, partition), offset) for topic, partition, offset, _ in sources]
+    packed = OutputPacker(model).pack_rows(outputs, coords, [s[3] for s in sources], ids)
     for row in range(count):
         tensors = {k: encode_tensor(v[row]) for k, v in outputs.items()}
         body = next(iter(tensors.values())) if len(tensors) == 1 else tensors

@@ -90,3 +90,16 @@ def test_a_bounded_run_is_not_done_between_a_revoke_and_the_next_assignment() ->
     ends.revoke({("t", 1)})
     ends.assign(set())  # more workers than partitions: an empty assignment is a finished one
     assert ends.finished()
+
+
+def test_batches_cut_across_fetched_chunks_keep_order_and_weight() -> None:
+    batcher: Batcher[bytes] = Batcher(max_batch_size=4, max_wait_ms=1000, clock=Clock(), size=len)
+    batcher.add([b"a", b"bb", b"ccc"])
+    batcher.add([])
+    batcher.add([b"dddd", b"e", b"ff"])
+    assert len(batcher) == 6 and batcher.bytes == 13
+    assert batcher.take() == [b"a", b"bb", b"ccc", b"dddd"] and batcher.bytes == 3
+    batcher.add([b"g"])
+    batcher.drop(lambda item: item != b"e")
+    assert len(batcher) == 2 and batcher.bytes == 3 and batcher.take() == [b"ff", b"g"]
+    assert len(batcher) == 0 and batcher.bytes == 0 and batcher.seconds_left() is None
