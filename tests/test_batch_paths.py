@@ -21,9 +21,10 @@ LIMITS = Limits(max_message_bytes=1 << 16, max_tensor_elements=1 << 12, max_dims
 SINGLE = Signature((TensorSpec("x", "float32", (3,)),), ("y",), named_inputs=False)
 MULTI = Signature((TensorSpec("a", "float32", (2,)), TensorSpec("b", "int64", ())), ("y",), named_inputs=True)
 MSGPACK_INTS = st.integers(-(2**63), 2**64 - 1)
+BOTH_FORMS = st.booleans()  # tensors as raw bytes or as nested lists
 
 
-def _good(signature: Signature) -> st.SearchStrategy[bytes]:
+def _good(signature: Signature, as_lists: st.SearchStrategy[bool] = BOTH_FORMS) -> st.SearchStrategy[bytes]:
     def one(spec: TensorSpec) -> st.SearchStrategy[np.ndarray]:
         return hnp.arrays(np.dtype(spec.dtype), spec.shape)
 
@@ -32,7 +33,7 @@ def _good(signature: Signature) -> st.SearchStrategy[bytes]:
     else:
         body = st.fixed_dictionaries({s.name: one(s) for s in signature.inputs})
     ids = st.none() | MSGPACK_INTS | st.text(max_size=4)
-    return st.builds(lambda b, i, lists: pack_input(b, id=i, as_lists=lists), body, ids, st.booleans())
+    return st.builds(lambda b, i, lists: pack_input(b, id=i, as_lists=lists), body, ids, as_lists)
 
 
 def _hostile() -> st.SearchStrategy[bytes | None]:
@@ -83,17 +84,7 @@ def test_batch_decode_agrees_with_decoding_each_message_alone(case: tuple[Signat
 
 def _exact(signature: Signature) -> st.SearchStrategy[bytes]:
     """Messages carrying exactly the model's dtypes and shapes, in the raw-bytes form."""
-
-    def one(spec: TensorSpec) -> st.SearchStrategy[np.ndarray]:
-        return hnp.arrays(np.dtype(spec.dtype), spec.shape)
-
-    body = (
-        one(signature.inputs[0])
-        if not signature.named_inputs
-        else st.fixed_dictionaries({s.name: one(s) for s in signature.inputs})
-    )
-    ids = st.none() | MSGPACK_INTS | st.text(max_size=4)
-    return st.builds(lambda b, i: pack_input(b, id=i), body, ids)
+    return _good(signature, as_lists=st.just(False))
 
 
 def _near_miss(signature: Signature) -> st.SearchStrategy[bytes | None]:
