@@ -156,14 +156,14 @@ class Outbox:
 class BatchAck:
     """Counts one batch's acknowledgements; the last one marks all its inputs done at once.
 
-    Delivery callbacks run in whichever thread polls the producer, so the count is locked."""
+    Delivery callbacks run in whichever thread polls the producer; ``next()`` on an
+    ``itertools.count`` is one atomic step, so exactly one callback sees the last count."""
 
     __slots__ = ("_acknowledged", "last", "outbox", "sources", "topic")
 
     def __init__(self, outbox: Outbox, topic: str, sources: list[Message]) -> None:
         self.outbox, self.topic, self.sources = outbox, topic, sources
         self.last = len(sources) - 1
-        # next() on a count is one atomic step: no lock, whichever thread polls the producer
         self._acknowledged = itertools.count()
 
     def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:

@@ -96,5 +96,17 @@ class EndOfInput:
             return False
         return True
 
+    def reached_bounds(self, consumer: Consumer, fetched: list[tuple[Partition, int]]) -> set[Partition]:
+        """The partitions this fetch took to their bound (now at their end; the others are not).
+        Offsets ascend within a partition, so each partition's last record decides."""
+        last = dict(fetched)  # partition → its last offset here
+        past = {p for p, offset in last.items() if not self.within_bound(consumer, p, offset)}
+        self.at_end.difference_update(last.keys() - past)
+        return past
+
+    def below_bound(self, partition: Partition, offset: int) -> bool:
+        """For a partition ``reached_bounds`` returned: whether a record of it is still to be processed."""
+        return offset < self.bounds[partition]
+
     def finished(self) -> bool:
         return self.assigned is not None and self.assigned <= self.at_end

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ from consumer.signature import STRING, Signature, TensorSpec
 
 Example = dict[str, np.ndarray | bytes]
 _NUMERIC_KINDS = frozenset("biuf")
+_INT = frozenset({int})
 
 
 def conform(envelope: InputEnvelope, signature: Signature, limits: Limits, reject_non_finite: bool = False) -> Example:
@@ -138,40 +138,18 @@ class BatchDecoder:
         return self._drop_non_finite(batch) if self.reject_non_finite else batch
 
     def _decode_exact(self, values: list[bytes | None]) -> DecodedBatch | None:
-        """The whole batch at once when every message is exactly what the model takes, else None
-        (then each message goes its own way). The checks are those of ``_fast_path``."""
+        """The whole batch at once when every message is exactly what the model takes (``_fast_path``),
+        else None: then each message goes its own way."""
         try:
             if max(map(len, values)) > self.limits.max_message_bytes:  # type: ignore[arg-type]
                 return None
-            objs = list(map(self._unpack, values))
+            found = [self._fast_path(obj) for obj in map(self._unpack, values)]
         except Exception:  # a tombstone (None) or bytes that are not msgpack: each message decides
             return None
-        columns: dict[str, list[bytes]] = {name: [] for name in self._raw}
-        shapes: list[Any] = []
-        for obj in objs:
-            if type(obj) is not dict or (version := obj.get("v", 1)) != 1 or version is True:
-                return None
-            tensors = obj.get("inputs")
-            if self._single is not None:
-                tensors = {self._single: tensors}
-            elif type(tensors) is not dict or len(tensors) != len(self._raw):
-                return None
-            for name, (dtype, shape, nbytes) in self._raw.items():
-                tensor = tensors.get(name)
-                if type(tensor) is not dict or tensor.get("dtype") != dtype or (given := tensor.get("shape")) != shape:
-                    return None
-                data = tensor.get("data")
-                if type(data) is not bytes or len(data) != nbytes:
-                    return None
-                shapes.append(given)
-                columns[name].append(data)
-        if not set(map(type, chain.from_iterable(shapes))) <= {int}:  # [True] == [1]: no bool dims
+        exact = [f for f in found if f is not None]
+        if len(exact) < len(found):
             return None
-        inputs = {
-            spec.name: _from_wire(b"".join(columns[spec.name]), spec, (len(objs), *spec.shape))
-            for spec in self.signature.inputs
-        }
-        return DecodedBatch(list(range(len(objs))), inputs, [(o.get("id"), "id" in o) for o in objs], [])
+        return DecodedBatch(list(range(len(exact))), self._join([f[0] for f in exact]), [f[1] for f in exact], [])
 
     def _decode_each(self, values: list[bytes | None]) -> DecodedBatch:
         rows: list[int] = []
@@ -199,7 +177,7 @@ class BatchDecoder:
 
     def _fast_path(self, obj: Any) -> tuple[dict[str, bytes], tuple[Any, bool]] | None:
         """The raw ``data`` of each input when the message is exactly what the model takes, else None."""
-        if type(obj) is not dict or obj.get("v", 1) != 1 or obj.get("v", 1) is True:
+        if type(obj) is not dict or (version := obj.get("v", 1)) != 1 or version is True:
             return None
         given = obj.get("inputs")
         tensors = {self._single: given} if self._single is not None else given
@@ -218,12 +196,16 @@ class BatchDecoder:
 
     def _stack(self, parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         if parts and all(type(v) is bytes for part in parts for v in part.values()) and self._fast:
-            return {
-                spec.name: _from_wire(b"".join(p[spec.name] for p in parts), spec, (len(parts), *spec.shape))
-                for spec in self.signature.inputs
-            }
+            return self._join(parts)
         examples = [{spec.name: _as_array(p[spec.name], spec) for spec in self.signature.inputs} for p in parts]
         return stack(examples, self.signature, len(parts))
+
+    def _join(self, parts: list[dict[str, bytes]]) -> dict[str, np.ndarray]:
+        """Fast-path rows (each input's raw bytes) as one array per input, from one joined buffer."""
+        return {
+            spec.name: _from_wire(b"".join([p[spec.name] for p in parts]), spec, (len(parts), *spec.shape))
+            for spec in self.signature.inputs
+        }
 
     def _drop_non_finite(self, batch: DecodedBatch) -> DecodedBatch:
         bad: dict[int, str] = {}  # row → the first input holding NaN or infinity
@@ -250,7 +232,8 @@ class BatchDecoder:
 
 
 def _same_shape(given: Any, shape: list[int]) -> bool:
-    return type(given) is list and given == shape and all(type(d) is int for d in given)
+    # [True] == [1] and [3.0] == [3]: the dims must also all be ints (a set of types: no Python loop)
+    return type(given) is list and given == shape and set(map(type, given)) <= _INT
 
 
 def _as_array(value: Any, spec: TensorSpec) -> Any:

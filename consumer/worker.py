@@ -292,16 +292,12 @@ class Worker:
     def _within_bounds(
         self, messages: list[Message], fetched: list[tuple[Partition, int]]
     ) -> tuple[list[Message], list[tuple[Partition, int]]]:
-        """The records below their partition's stop-at-end bound; a partition that reached it pauses.
-        Offsets grow within a partition, so each partition's last record decides for the rest."""
-        last = dict(fetched)  # partition → its last offset here
-        past = {p for p, offset in last.items() if not self.ends.within_bound(self.consumer, p, offset)}
-        self.ends.at_end.difference_update(last.keys() - past)
+        """The records below their partition's stop-at-end bound; a partition that reached it pauses."""
+        past = self.ends.reached_bounds(self.consumer, fetched)
         if not past:
             return messages, fetched
         self._pause(past)
-        bounds = self.ends.bounds
-        keep = [p not in past or offset < bounds[p] for p, offset in fetched]
+        keep = [p not in past or self.ends.below_bound(p, offset) for p, offset in fetched]
         return list(compress(messages, keep)), list(compress(fetched, keep))
 
     def _split_by_window(self, messages: list[Message]) -> tuple[list[Message], list[Message]]:
