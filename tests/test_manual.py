@@ -53,4 +53,7 @@ def test_the_digits_example_trains_a_real_model_and_scores_collected_predictions
     ids = np.arange(0, 360, 3)
     np.savez(tmp_path / "preds.npz", ids=ids, outputs=offline[ids])  # what collect writes, for a third of them
     line = digits.score(tmp_path / "preds.npz", tmp_path)
-    assert line.startswith("120 predictions") and "max |streamed - offline| = 0.00e+00" in line
+    assert line.startswith("120 predictions")
+    # the same rows in a batch of 120 and one of 360: equal up to float rounding (the summation order
+    # depends on the batch shape and the CPU; 0 on one machine, 1.8e-07 on another)
+    assert float(line.rsplit("= ", 1)[1]) <= 1e-5
