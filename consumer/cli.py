@@ -81,7 +81,13 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
         metavar="N,N,...",
     )
     devices = run.add_argument_group("devices")
-    _flag(devices, "--workers", "worker processes (default: one per GPU, or one on CPU)", type=int, metavar="N")
+    _flag(
+        devices,
+        "--workers",
+        "worker processes (default: one per GPU, or two on a CPU with two cores or more)",
+        type=int,
+        metavar="N",
+    )
     _flag(devices, "--devices", "auto, cpu, or gpu:0,1,... (default auto)", metavar="SPEC")
     _flag(devices, "--workers-per-device", "workers sharing each GPU (default 1)", type=int, metavar="N")
     _flag(devices, "--gpu-memory", "per worker: grow (default, on demand) or a fixed limit in MiB", metavar="grow|MIB")

@@ -23,8 +23,10 @@ Record = tuple[bytes | None, bytes | None]
 #: The ``topics`` fixture: ``topics("in", "out", partitions=3)`` makes fresh topics, returns their names.
 Topics = Callable[..., list[str]]
 ROOT = Path(__file__).resolve().parent.parent
-#: The environment of a deployment under test: short group timeouts, quiet TensorFlow, this checkout.
-ENV = consumer_env(PYTHONPATH=str(ROOT))
+#: The environment of a deployment under test: short group timeouts, quiet TensorFlow, this checkout,
+#: and one worker unless a test passes ``--workers`` (the CPU default of two is run by the bench
+#: test and the demo; two interpreters loading TensorFlow per test would slow the suite for nothing).
+ENV = consumer_env(PYTHONPATH=str(ROOT), TFSTREAM_WORKERS="1")
 
 
 def consumer_command(bootstrap: str, model: Path, inp: str, out: str, group: str, *extra: str) -> list[str]:

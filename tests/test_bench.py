@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from consumer.devices import DEFAULT_CPU_WORKERS, usable_cores
 from producer_tools.cli import main
 
 pytestmark = pytest.mark.integration
@@ -32,6 +33,8 @@ def test_bench_runs_every_phase_and_writes_its_json(
     assert list(result["rates"]) == measures and all(result["rates"][m] > 0 for m in measures)
     assert set(result["ratios"]) == {f"system / {m}" for m in measures if m != "system"}
     assert result["system_summary"]["predicted"] == 400 and result["traces_after_warmup"] == 0
+    # the consumer runs with its defaults: two CPU workers where there are two cores
+    assert len(result["system_summary"]["workers"]) == min(DEFAULT_CPU_WORKERS, usable_cores())
     assert {"p50", "p95", "p99"} <= set(result["latency_ms"]) and result["environment"]["cpus"] >= 1
     assert result["rss_after_warmup_mb"] > 0 and result["peak_rss_mb"] >= result["rss_after_warmup_mb"]
     table = capsys.readouterr().out

@@ -40,10 +40,13 @@ def test_cpu_workers_split_the_cores_between_them() -> None:
     assert [s.intra_op_threads for s in plan_workers("cpu", 3, cores=2)] == [1, 1, 1]
 
 
-def test_auto_without_gpus_means_one_cpu_worker(tmp_path: Path) -> None:
+def test_auto_without_gpus_means_two_cpu_workers_sharing_the_cores(tmp_path: Path) -> None:
     env = fake_nvidia_smi(tmp_path, "No devices were found") | {"PATH": str(tmp_path)}
-    (slot,) = plan_workers("auto", None, environ=env, cores=2)
-    assert slot.device == "cpu" and slot.intra_op_threads == 2
+    slots = plan_workers("auto", None, environ=env, cores=2)
+    assert [(s.device, s.intra_op_threads) for s in slots] == [("cpu", 1), ("cpu", 1)]
+    assert [(s.device, s.intra_op_threads) for s in plan_workers("cpu", None, cores=8)] == [("cpu", 4), ("cpu", 4)]
+    (single,) = plan_workers("auto", None, environ=env, cores=1)
+    assert single.intra_op_threads == 1
 
 
 def test_auto_finds_gpus_with_nvidia_smi_and_gives_each_its_own_worker(tmp_path: Path) -> None:
