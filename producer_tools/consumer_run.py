@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +56,29 @@ class ConsumerProcess:
 
     def wait_for(self, name: str, count: int = 1, timeout: float = 90) -> list[dict[str, Any]]:
         """Wait until ``name`` was logged ``count`` times; ``RuntimeError`` if the process ends or time runs out."""
+        self._wait(lambda: len(self.events(name)) >= count, f"{count}x {name!r}", timeout)
+        return self.events(name)
+
+    def wait_until_balanced(self, partitions: int, timeout: float = 180) -> None:
+        """Wait until every worker holds its share of the ``partitions``: the first worker to join
+        takes them all, and a rebalance follows as each other one joins."""
+        workers = len(self.wait_for("starting workers", timeout=timeout)[0]["workers"])
+
+        def balanced() -> bool:
+            latest = {event["worker"]: event["partitions"] for event in self.events("partitions assigned")}
+            held = [tuple(p) for owned in latest.values() for p in owned]
+            return len(latest) == workers and len(held) == len(set(held)) == partitions
+
+        self._wait(balanced, f"{workers} workers sharing {partitions} partitions", timeout)
+
+    def _wait(self, condition: Callable[[], bool], what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while len(found := self.events(name)) < count:
+        while not condition():
             if self.process.poll() is not None:
-                raise RuntimeError(f"the consumer exited before logging {name!r}:\n{self.tail()}")
+                raise RuntimeError(f"the consumer exited before {what}:\n{self.tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no {count}x {name!r} within {timeout}s:\n{self.tail()}")
+                raise RuntimeError(f"no {what} within {timeout}s:\n{self.tail()}")
             time.sleep(0.1)
-        return found
 
     def stop(self, timeout: float = 90) -> dict[str, Any]:
         """SIGTERM, then ``finish``."""

@@ -73,7 +73,7 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
     latency_rate = max(1.0, system_rate / 2)
     steady = system.steady_latency(
         bootstrap, topics["steady"], topics["steady_out"], workload, values, latency_rate,
-        options.latency_seconds, options.flags,
+        options.latency_seconds, options.flags, options.partitions,
     )  # fmt: skip
     step(6, f"the usual approaches ({options.baseline_seconds:.0f}s each for the per-message loops)")
     rates |= _usual(bootstrap, topics, workload, inputs, options.baseline_seconds)

@@ -88,10 +88,12 @@ def steady_latency(
     rate: float,
     seconds: float,
     flags: Flags,
+    partitions: int,
 ) -> dict[str, Any]:
-    """Publish at ``rate`` for ``seconds`` into a running consumer; the workers' summary."""
+    """Publish at ``rate`` for ``seconds`` into a running consumer, once every worker holds its
+    partitions (not across the rebalances of the workers joining); the workers' summary."""
     run = ConsumerProcess(command(bootstrap, source, out, workload, flags, "--from-beginning"))
-    run.wait_for("partitions assigned", timeout=180)
+    run.wait_until_balanced(partitions)
     # a few inputs first, and their outputs awaited: the workers' first fetches and the publisher's
     # first sends (connections, producer id) take a few hundred ms that belong to start-up, not to
     # steady-state latency
