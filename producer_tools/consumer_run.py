@@ -75,9 +75,9 @@ class ConsumerProcess:
         deadline = time.monotonic() + timeout
         while not condition():
             if self.process.poll() is not None:
-                raise RuntimeError(f"the consumer exited before {what}:\n{self.tail()}")
+                raise RuntimeError(f"the consumer exited while waiting for {what}:\n{self.tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no {what} within {timeout}s:\n{self.tail()}")
+                raise RuntimeError(f"waited {timeout}s in vain for {what}:\n{self.tail()}")
             time.sleep(0.1)
 
     def stop(self, timeout: float = 90) -> dict[str, Any]:
