@@ -97,22 +97,37 @@ class Outbox:
         values: list[bytes],
         headers: list[Headers],
         keys: list[bytes | None] | None = None,
+        coords: list[tuple[Partition, int]] | None = None,
+        timestamps: list[int] | None = None,
     ) -> None:
-        """One record per source message (key: the source's, unless given)."""
+        """One record per source message (key: the source's, unless given). ``coords`` and
+        ``timestamps``: the sources', when the caller already has them."""
         with self.lock:
             if self.discarding:
                 return
-            ack = BatchAck(self, topic, sources)
-            for index, (msg, value, record_headers) in enumerate(zip(sources, values, headers, strict=True)):
-                key = msg.key() if keys is None else keys[index]
-                if not self._produce(topic, value, key, record_headers, ack, msg):
-                    return
+            coords = coordinates_of(sources) if coords is None else coords
+            ack = BatchAck(self, topic, coords, timestamps_of(sources) if timestamps is None else timestamps)
+            produce, on_delivery = self.producer.produce, ack.on_delivery
+            keys = [msg.key() for msg in sources] if keys is None else keys
+            for index, (value, key, record_headers) in enumerate(zip(values, keys, headers, strict=True)):
+                try:  # the common case, kept lean: one call per record
+                    produce(topic, value, key, headers=record_headers, on_delivery=on_delivery)
+                except (BufferError, KafkaException):
+                    if not self._produce(topic, value, key, record_headers, ack, coords[index]):
+                        return
             if self.transactional:
-                self.tracker.done_many(coordinates_of(sources))
+                self.tracker.done_many(coords)
 
     def _produce(
-        self, topic: str, value: bytes, key: bytes | None, headers: Headers, ack: BatchAck, msg: Message
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Headers,
+        ack: BatchAck,
+        source: tuple[Partition, int],
     ) -> bool:
+        """Produce one record, waiting while the producer's queue is full; False if it was refused."""
         while True:
             try:
                 self.producer.produce(topic, value, key, headers=headers, on_delivery=ack.on_delivery)
@@ -120,7 +135,7 @@ class Outbox:
             except BufferError:  # the producer's queue is full: wait for acknowledgements
                 self.producer.poll(0.05)
             except KafkaException as exc:  # refused before sending (too large, unknown topic...)
-                self._fail(topic, *coordinates(msg), exc.args[0])
+                self._fail(topic, *source, exc.args[0])
                 return False
 
     def _fail(self, topic: str, partition: Partition, offset: int, err: KafkaError) -> None:
@@ -159,26 +174,25 @@ class BatchAck:
     Delivery callbacks run in whichever thread polls the producer; ``next()`` on an
     ``itertools.count`` is one atomic step, so exactly one callback sees the last count."""
 
-    __slots__ = ("_acknowledged", "last", "outbox", "sources", "topic")
+    __slots__ = ("_acknowledged", "coords", "last", "outbox", "timestamps", "topic")
 
-    def __init__(self, outbox: Outbox, topic: str, sources: list[Message]) -> None:
-        self.outbox, self.topic, self.sources = outbox, topic, sources
-        self.last = len(sources) - 1
+    def __init__(self, outbox: Outbox, topic: str, coords: list[tuple[Partition, int]], timestamps: list[int]) -> None:
+        self.outbox, self.topic, self.coords, self.timestamps = outbox, topic, coords, timestamps
+        self.last = len(coords) - 1
         self._acknowledged = itertools.count()
 
     def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:  # the batch never counts as done: nothing past it commits
-            self.outbox._fail(self.topic, *coordinates(self.sources[0]), err)
+            self.outbox._fail(self.topic, *self.coords[0], err)
         elif next(self._acknowledged) == self.last:
             self._all_acknowledged()
 
     def _all_acknowledged(self) -> None:
         if not self.outbox.transactional:
-            self.outbox.tracker.done_many(coordinates_of(self.sources))
-        timestamps = timestamps_of(self.sources)
-        self.outbox.timeline.acknowledged_many(timestamps)
+            self.outbox.tracker.done_many(self.coords)
+        self.outbox.timeline.acknowledged_many(self.timestamps)
         if self.outbox.on_acknowledged is not None:
-            self.outbox.on_acknowledged(self.topic, timestamps)
+            self.outbox.on_acknowledged(self.topic, self.timestamps)
 
 
 def source_headers(msg: Message) -> Headers:

@@ -33,7 +33,7 @@ class OutputPacker:
         self._source_head = pack("source") + bytes([_FIXMAP | 4]) + pack("topic")
         self._partition_key, self._offset_key = pack("partition"), pack("offset")
         self._timestamp_key = pack("timestamp")
-        self._partitions: dict[tuple[str, int], bytes] = {}
+        self._sources: dict[tuple[str, int], bytes] = {}
 
     def pack_rows(
         self,
@@ -47,19 +47,30 @@ class OutputPacker:
         rows = len(coords)
         single = len(outputs) == 1
         columns = [self._column(name, array, rows, named=not single) for name, array in outputs.items()]
-        head = {False: bytes([_FIXMAP | 4]), True: bytes([_FIXMAP | 5])}
-        body_head = self._outputs_key + (b"" if single else _map_header(len(columns)))
-        model, timestamp_key, version, id_key = self._model, self._timestamp_key, self._version, self._id_key
-        pack, values = self._pack, []
+        body_head = self._outputs_key + (b"" if single else map_header(len(columns)))
+        # every row: head, [prefix, data]..., model + source up to the offset, offset, "timestamp",
+        # timestamp, "v": 1[, "id", id]; the parts that never change are joined once here
+        if len(columns) == 1:
+            (prefix, data, width), more = columns[0], []
+            heads = {flag: bytes([_FIXMAP | (4 + flag)]) + body_head + prefix for flag in (False, True)}
+        else:
+            prefix, data, width, more = b"", memoryview(b""), 0, columns
+            heads = {flag: bytes([_FIXMAP | (4 + flag)]) + body_head for flag in (False, True)}
+        tails = {False: self._version, True: self._version + self._id_key}
+        sources, timestamp_key = self._sources, self._timestamp_key
+        pack, values, last_timestamp, packed_timestamp = self._pack, [], None, b""
         for row, ((partition, offset), timestamp, (ident, has_id)) in enumerate(
             zip(coords, timestamps, ids, strict=True)
         ):
-            parts = [head[has_id], body_head]
-            for prefix, data, width in columns:
-                parts += (prefix, data[row * width : (row + 1) * width])
-            parts += (model, self._source_of(partition), pack(offset), timestamp_key, pack(timestamp), version)
+            if timestamp != last_timestamp:  # rows fetched together mostly share their timestamp
+                last_timestamp, packed_timestamp = timestamp, timestamp_key + pack(timestamp)
+            source = sources.get(partition) or self._source_of(partition)
+            parts = [heads[has_id], data[row * width : (row + 1) * width]]
+            for other_prefix, other_data, other_width in more:
+                parts += (other_prefix, other_data[row * other_width : (row + 1) * other_width])
+            parts += (source, pack(offset), packed_timestamp, tails[has_id])
             if has_id:
-                parts += (id_key, pack(ident))
+                parts.append(pack(ident))
             values.append(b"".join(parts))
         return values
 
@@ -77,29 +88,28 @@ class OutputPacker:
             + bytes([head])
             + pack("dtype") + pack(arr.dtype.name)
             + pack("shape") + pack(list(arr.shape[1:]))
-            + pack("data") + _bin_header(width)
+            + pack("data") + bin_header(width)
         )  # fmt: skip
         return prefix, data, width
 
     def _source_of(self, partition: tuple[str, int]) -> bytes:
-        """The "source" map up to its offset's value, which is the same for all of a partition's rows."""
-        head = self._partitions.get(partition)
-        if head is None:
-            topic, number = partition
-            pack = self._pack
-            head = self._partitions[partition] = b"".join(
-                (self._source_head, pack(topic), self._partition_key, pack(number), self._offset_key)
-            )
-        return head
+        """The model map, then the "source" map up to its offset's value: the same for all of a
+        partition's rows. The timestamp's key follows the offset, so it ends the part after it."""
+        topic, number = partition
+        pack = self._pack
+        self._sources[partition] = b"".join(
+            (self._model, self._source_head, pack(topic), self._partition_key, pack(number), self._offset_key)
+        )
+        return self._sources[partition]
 
 
-def _map_header(size: int) -> bytes:
+def map_header(size: int) -> bytes:
     if size < 16:
         return bytes([_FIXMAP | size])
     return b"\xde" + size.to_bytes(2, "big") if size < 2**16 else b"\xdf" + size.to_bytes(4, "big")
 
 
-def _bin_header(size: int) -> bytes:
+def bin_header(size: int) -> bytes:
     if size < 2**8:
         return b"\xc4" + size.to_bytes(1, "big")
     return b"\xc5" + size.to_bytes(2, "big") if size < 2**16 else b"\xc6" + size.to_bytes(4, "big")

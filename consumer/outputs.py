@@ -56,14 +56,14 @@ class Emitter:
             (HEADER_PREFIX + "predict.ms", f"{predict_ms:.3f}".encode()),
         ]
         messages = batch.messages
-        values = self._json_values(batch, outputs) if self._json else self._msgpack_values(batch, outputs)
+        coords, timestamps = coordinates_of(messages), timestamps_of(messages)
+        if self._json:
+            values = self._json_values(batch, outputs)
+        else:
+            values = self._packer.pack_rows(outputs, coords, timestamps, batch.ids)
         record_headers = [source_headers(m) + headers if m.headers() else headers for m in messages]
-        self.outbox.send_batch(messages, self.topic, values, record_headers)
+        self.outbox.send_batch(messages, self.topic, values, record_headers, coords=coords, timestamps=timestamps)
         self.counters.add(predicted=batch.rows, batches=1, padded_rows=bucket - batch.rows)
-
-    def _msgpack_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
-        messages = batch.messages
-        return self._packer.pack_rows(outputs, coordinates_of(messages), timestamps_of(messages), batch.ids)
 
     def _json_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
         values = []

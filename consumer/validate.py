@@ -14,6 +14,7 @@ import numpy as np
 
 from consumer import errors
 from consumer.codec import SINGLE, InputEnvelope, Limits, WireTensor, envelope_of, read_message, unpack_strict
+from consumer.layout import CanonicalLayout, Sliced
 from consumer.signature import STRING, Signature, TensorSpec
 
 Example = dict[str, np.ndarray | bytes]
@@ -132,6 +133,7 @@ class BatchDecoder:
         self._fast = len(self._raw) == len(signature.inputs)
         self._single = None if signature.named_inputs else signature.inputs[0].name
         self._unpack = functools.partial(unpack_strict, limits=limits)
+        self._layout = CanonicalLayout(signature, limits) if self._fast else None
 
     def decode(self, values: list[bytes | None]) -> DecodedBatch:
         batch = (self._decode_exact(values) if self._fast and values else None) or self._decode_each(values)
@@ -143,13 +145,34 @@ class BatchDecoder:
         try:
             if max(map(len, values)) > self.limits.max_message_bytes:  # type: ignore[arg-type]
                 return None
-            found = [self._fast_path(obj) for obj in map(self._unpack, values)]
+            sliced = self._layout.slice_batch(values) if self._layout is not None else None  # type: ignore[arg-type]
+            if sliced is not None:
+                columns, ids = sliced
+                inputs = {
+                    spec.name: _from_wire(column, spec, (len(values), *spec.shape))
+                    for spec, column in zip(self.signature.inputs, columns, strict=True)
+                }
+                return DecodedBatch(list(range(len(values))), inputs, ids, [])
+            found = [self._exact_one(value) for value in values]  # type: ignore[arg-type]
         except Exception:  # a tombstone (None) or bytes that are not msgpack: each message decides
             return None
-        exact = [f for f in found if f is not None]
-        if len(exact) < len(found):
+        if None in found:
             return None
-        return DecodedBatch(list(range(len(exact))), self._join([f[0] for f in exact]), [f[1] for f in exact], [])
+        exact: list[Sliced] = found  # type: ignore[assignment]
+        inputs = {
+            spec.name: _from_wire(b"".join([data[i] for data, _ in exact]), spec, (len(exact), *spec.shape))
+            for i, spec in enumerate(self.signature.inputs)
+        }
+        return DecodedBatch(list(range(len(exact))), inputs, [ident for _, ident in exact], [])
+
+    def _exact_one(self, value: bytes) -> Sliced | None:
+        """Sliced when in the canonical layout (the usual case, a few byte comparisons), else parsed."""
+        assert self._layout is not None
+        sliced = self._layout.slice(value)
+        if sliced is not None:
+            return sliced
+        fast = self._fast_path(self._unpack(value))
+        return None if fast is None else ([fast[0][name] for name in self._raw], fast[1])
 
     def _decode_each(self, values: list[bytes | None]) -> DecodedBatch:
         rows: list[int] = []
@@ -243,7 +266,7 @@ def _as_array(value: Any, spec: TensorSpec) -> Any:
     return value
 
 
-def _from_wire(data: bytes, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+def _from_wire(data: bytes | np.ndarray, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
     """Little-endian wire bytes as the model's (native) dtype: no copy on little-endian hosts."""
     wire = np.dtype(spec.dtype).newbyteorder("<")
     return np.frombuffer(data, wire).reshape(shape).astype(spec.dtype, copy=False)

@@ -321,8 +321,8 @@ class Worker:
         the time a resumed partition takes to deliver again (resuming at one batch left the model
         idle for most of a second after each resume)."""
         full = self.batcher.bytes >= self.read_ahead_bytes
-        if not full and self.batcher.bytes > self.read_ahead_bytes // 2:
-            return
+        if not full and (not self._paused or self.batcher.bytes > self.read_ahead_bytes // 2):
+            return  # asking for the assignment takes librdkafka's locks: only when there is work
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         if full:
             self._pause(assigned - self._paused)

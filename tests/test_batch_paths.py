@@ -12,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 from consumer import errors
 from consumer.codec import Limits, encode_tensor, output_envelope, pack_input, pack_output, unpack_input
 from consumer.envelopes import OutputPacker
+from consumer.layout import CanonicalLayout
 from consumer.offsets import OffsetTracker
 from consumer.signature import Signature, TensorSpec
 from consumer.timing import Timeline
@@ -128,6 +129,81 @@ def test_whole_batch_path_takes_exact_batches_and_nothing_else(
         assert decoded.ids[position] == ident
         for name, array in arrays.items():
             assert decoded.inputs[name][position].tobytes() == array.tobytes()
+
+
+def _canonical(signature: Signature) -> st.SearchStrategy[bytes]:
+    """What ``pack_input`` writes, with ids of every msgpack integer width (and none, and strings)."""
+    ids = (
+        st.none()
+        | MSGPACK_INTS
+        | st.sampled_from([0, 127, 128, -32, -33, 255, 256, 2**16, 2**32, 2**63])
+        | st.text(max_size=2)
+    )
+    return st.builds(lambda b, i: pack_input(b, id=i), _good(signature, as_lists=st.just(False)).map(_inputs_of), ids)
+
+
+def _inputs_of(value: bytes) -> object:
+    inputs = unpack_input(value, LIMITS).inputs
+    return next(iter(inputs.values())) if set(inputs) == {""} else inputs
+
+
+def _mutated(signature: Signature) -> st.SearchStrategy[bytes]:
+    """A canonical message with one byte changed, cut short or followed by a stray byte."""
+
+    def mutate(value: bytes, at: int, byte: int, how: int) -> bytes:
+        at %= len(value)
+        if how == 0:
+            return value[:at] + bytes([byte]) + value[at + 1 :]
+        return value[:at] if how == 1 else value + bytes([byte])
+
+    return st.builds(mutate, _canonical(signature), st.integers(0, 400), st.integers(0, 255), st.integers(0, 2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([SINGLE, MULTI]).flatmap(
+        lambda sig: st.tuples(
+            st.just(sig), st.lists(_canonical(sig), min_size=1, max_size=12), st.lists(_mutated(sig), max_size=2)
+        )
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_canonical_layout_is_read_as_msgpack_reads_it(
+    case: tuple[Signature, list[bytes], list[bytes]], shuffle: object
+) -> None:
+    """Slicing canonical messages (all at once, or one by one) gives what parsing gives, whatever
+    the id widths; a message one byte off is judged as parsing judges it."""
+    signature, canonical, mutated = case
+    values: list[bytes | None] = [*canonical, *mutated]
+    shuffle.shuffle(values)  # type: ignore[attr-defined]
+    expected = _one_by_one(values, signature, finite=False)
+    decoded = BatchDecoder(signature, LIMITS).decode(values)
+    assert [type(e) for _, e in decoded.failures] == [r for r in expected if isinstance(r, type)]
+    assert decoded.rows == [i for i, r in enumerate(expected) if not isinstance(r, type)]
+    for position, row in enumerate(decoded.rows):
+        arrays, ident = expected[row]  # type: ignore[misc]
+        assert decoded.ids[position] == ident and type(decoded.ids[position][0]) is type(ident[0])
+        for name, array in arrays.items():
+            assert decoded.inputs[name][position].tobytes() == array.tobytes()
+
+
+def test_canonical_batches_are_sliced_at_once() -> None:
+    """The whole-batch slicing path really runs (not only the per-message fallback)."""
+    layout = CanonicalLayout(SINGLE, LIMITS)
+    ids = [0, 200, -5, 70_000, 2**64 - 1, -(2**63)]
+    values = [pack_input(np.array([i, i + 1, i + 2], "float32"), id=ident) for i, ident in enumerate(ids)]
+    sliced = layout.slice_batch(values)
+    assert sliced is not None
+    columns, found = sliced
+    assert found == [(ident, True) for ident in ids]
+    assert np.frombuffer(columns[0].tobytes(), "<f4").reshape(-1, 3)[:, 0].tolist() == list(range(len(ids)))
+    assert layout.slice_batch([*values, pack_input(np.zeros(3, "float32"), id="text")]) is None
+    without_id = layout.slice_batch([pack_input(np.ones(3, "float32"))])
+    assert (
+        without_id is not None
+        and without_id[1] == [(None, False)]
+        and without_id[0][0].tobytes() == bytes(np.ones(3, "<f4"))
+    )
 
 
 def test_a_mixed_batch_keeps_row_order_and_sends_only_bad_rows_away() -> None:
