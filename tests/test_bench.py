@@ -36,6 +36,8 @@ def test_bench_runs_every_phase_and_writes_its_json(
     # the consumer runs with its defaults: two CPU workers where there are two cores
     assert len(result["system_summary"]["workers"]) == min(DEFAULT_CPU_WORKERS, usable_cores())
     assert {"p50", "p95", "p99"} <= set(result["latency_ms"]) and result["environment"]["cpus"] >= 1
+    versions = {k: result["environment"][k] for k in ("confluent_kafka", "librdkafka", "tensorflow")}
+    assert all(v.count(".") >= 2 for v in versions.values()), versions  # full versions, not a first character
     assert result["rss_after_warmup_mb"] > 0 and result["peak_rss_mb"] >= result["rss_after_warmup_mb"]
     table = capsys.readouterr().out
     assert "system / io_limit" in table and "targets:" in table
