@@ -140,30 +140,27 @@ class BatchDecoder:
         return self._drop_non_finite(batch) if self.reject_non_finite else batch
 
     def _decode_exact(self, values: list[bytes | None]) -> DecodedBatch | None:
-        """The whole batch at once when every message is exactly what the model takes (``_fast_path``),
-        else None: then each message goes its own way."""
+        """The whole batch at once when every message is exactly what the model takes, else None:
+        then each message goes its own way. A batch all in the canonical layout is sliced as one
+        block; otherwise each message is sliced or parsed alone."""
+        assert self._layout is not None
         try:
             if max(map(len, values)) > self.limits.max_message_bytes:  # type: ignore[arg-type]
                 return None
-            sliced = self._layout.slice_batch(values) if self._layout is not None else None  # type: ignore[arg-type]
-            if sliced is not None:
-                columns, ids = sliced
-                inputs = {
-                    spec.name: _from_wire(column, spec, (len(values), *spec.shape))
-                    for spec, column in zip(self.signature.inputs, columns, strict=True)
-                }
-                return DecodedBatch(list(range(len(values))), inputs, ids, [])
-            found = [self._exact_one(value) for value in values]  # type: ignore[arg-type]
+            sliced = self._layout.slice_batch(values)  # type: ignore[arg-type]
+            if sliced is None:
+                found = [self._exact_one(value) for value in values]  # type: ignore[arg-type]
+                if None in found:
+                    return None
+                sliced = _as_columns(found, len(self.signature.inputs))  # type: ignore[arg-type]  # no None left
         except Exception:  # a tombstone (None) or bytes that are not msgpack: each message decides
             return None
-        if None in found:
-            return None
-        exact: list[Sliced] = found  # type: ignore[assignment]
+        columns, ids = sliced
         inputs = {
-            spec.name: _from_wire(b"".join([data[i] for data, _ in exact]), spec, (len(exact), *spec.shape))
-            for i, spec in enumerate(self.signature.inputs)
+            spec.name: _from_wire(column, spec, (len(values), *spec.shape))
+            for spec, column in zip(self.signature.inputs, columns, strict=True)
         }
-        return DecodedBatch(list(range(len(exact))), inputs, [ident for _, ident in exact], [])
+        return DecodedBatch(list(range(len(values))), inputs, ids, [])
 
     def _exact_one(self, value: bytes) -> Sliced | None:
         """Sliced when in the canonical layout (the usual case, a few byte comparisons), else parsed."""
@@ -252,6 +249,12 @@ class BatchDecoder:
             [i for i, g in zip(batch.ids, good, strict=True) if g],
             sorted(failures, key=lambda f: f[0]),
         )
+
+
+def _as_columns(rows: list[Sliced], inputs: int) -> tuple[list[np.ndarray], list[tuple[Any, bool]]]:
+    """Per-message slices as one joined byte array per input, and the ids."""
+    columns = [np.frombuffer(b"".join([data[i] for data, _ in rows]), np.uint8) for i in range(inputs)]
+    return columns, [ident for _, ident in rows]
 
 
 def _same_shape(given: Any, shape: list[int]) -> bool:
