@@ -68,7 +68,9 @@ class Outbox:
     At least once, an input is done when the broker acknowledged its record. Exactly once
     (``transactional``), an input is done as soon as its record is in the open transaction: the
     transaction commits the records and the offsets together, or neither. ``lock`` is held while
-    one batch's records are produced, so a transaction never holds part of a batch.
+    one batch's records are produced, so a transaction never holds part of a batch. Delivery
+    reports then come for failures only; the inputs' latency is taken when their transaction
+    commits (``committed``), which is when their outputs become visible.
     """
 
     def __init__(
@@ -84,6 +86,8 @@ class Outbox:
         #: while set, records are dropped unsent: their transaction was aborted and they will be redone
         self.discarding = False
         self.failure: DeliveryError | None = None
+        #: exactly once: (topic, input timestamps) of the batches in the open transaction
+        self._uncommitted: list[tuple[str, list[int]]] = []
         self._serving = threading.Event()
         self._server: threading.Thread | None = None
 
@@ -117,6 +121,7 @@ class Outbox:
                         return
             if self.transactional:
                 self.tracker.done_many(coords)
+                self._uncommitted.append((topic, ack.timestamps))
 
     def _produce(
         self,
@@ -137,6 +142,23 @@ class Outbox:
             except KafkaException as exc:  # refused before sending (too large, unknown topic...)
                 self._fail(topic, *source, exc.args[0])
                 return False
+
+    def committed(self) -> None:
+        """Exactly once: the open transaction committed; its inputs count as acknowledged now."""
+        with self.lock:
+            for topic, timestamps in self._uncommitted:
+                self.acknowledged(topic, timestamps)
+            self._uncommitted.clear()
+
+    def aborted(self) -> None:
+        """Exactly once: the open transaction was aborted; its inputs will be processed again."""
+        with self.lock:
+            self._uncommitted.clear()
+
+    def acknowledged(self, topic: str, timestamps: list[int]) -> None:
+        self.timeline.acknowledged_many(timestamps)
+        if self.on_acknowledged is not None:
+            self.on_acknowledged(topic, timestamps)
 
     def _fail(self, topic: str, partition: Partition, offset: int, err: KafkaError) -> None:
         """Keep the first failure; the input is never marked done, so nothing past it commits."""
@@ -187,12 +209,9 @@ class BatchAck:
         elif next(self._acknowledged) == self.last:
             self._all_acknowledged()
 
-    def _all_acknowledged(self) -> None:
-        if not self.outbox.transactional:
-            self.outbox.tracker.done_many(self.coords)
-        self.outbox.timeline.acknowledged_many(self.timestamps)
-        if self.outbox.on_acknowledged is not None:
-            self.outbox.on_acknowledged(self.topic, self.timestamps)
+    def _all_acknowledged(self) -> None:  # at least once: exactly once reports failures only
+        self.outbox.tracker.done_many(self.coords)
+        self.outbox.acknowledged(self.topic, self.timestamps)
 
 
 def source_headers(msg: Message) -> Headers:

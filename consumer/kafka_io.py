@@ -46,13 +46,18 @@ def transactional_id(settings: Settings, slot: int) -> str:
 
 
 def producer_config(settings: Settings, client_id: str, slot: int = 0) -> dict[str, Any]:
-    _refuse_overrides(settings.kafka_producer | settings.kafka, _PRODUCER_FIXED, "kafka.producer")
+    exactly_once = settings.delivery == "exactly-once"
+    # at least once, an input is done when its record's delivery report says so; exactly once, the
+    # commit reports a failed record, so only failures need one (no Python callback per delivered
+    # record: a tenth of a worker's CPU on a small model)
+    fixed = _PRODUCER_FIXED | {"delivery.report.only.error": exactly_once}
+    _refuse_overrides(settings.kafka_producer | settings.kafka, fixed, "kafka.producer")
     transactional = (
         {
             "transactional.id": transactional_id(settings, slot),
             "transaction.timeout.ms": settings.transaction_timeout_ms,
         }
-        if settings.delivery == "exactly-once"
+        if exactly_once
         else {}
     )
     return {
@@ -66,7 +71,7 @@ def producer_config(settings: Settings, client_id: str, slot: int = 0) -> dict[s
         "batch.num.messages": 10_000,
         **settings.kafka,
         **settings.kafka_producer,
-        **_PRODUCER_FIXED,
+        **fixed,
         **transactional,
     }
 

@@ -54,6 +54,7 @@ class Transactions:
                 return self._failed(exc.args[0])
             self._offsets_sent = None
             self.tracker.mark_committed(offsets)
+            self.outbox.committed()
             self.producer.begin_transaction()
             return True
 
@@ -75,6 +76,7 @@ class Transactions:
             self.log.warning("transaction aborted; its inputs will be processed again", reason=reason)
             self._offsets_sent = None
             self.outbox.discarding = True
+            self.outbox.aborted()
             try:
                 self.producer.abort_transaction(self.timeout_s)
             except KafkaException as exc:

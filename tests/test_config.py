@@ -97,3 +97,28 @@ def test_docker_compose_file_is_valid_and_creates_the_topics() -> None:
     assert "broker,controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]
     assert topics["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert all(t in topics["command"][0] for t in ("inputs", "predictions", "dead-letters"))
+
+
+@pytest.mark.parametrize(
+    ("delivery", "producer", "refused"),
+    [
+        ("at-least-once", {"enable.idempotence": False}, True),
+        ("at-least-once", {"delivery.report.only.error": "true"}, True),  # nothing would ever commit
+        ("exactly-once", {"delivery.report.only.error": "false"}, True),
+        ("exactly-once", {"delivery.report.only.error": "true"}, False),  # what it sets itself
+        ("at-least-once", {"linger.ms": 20}, False),
+    ],
+)
+def test_producer_settings_the_delivery_guarantee_needs_cannot_be_overridden(
+    delivery: str, producer: dict[str, object], refused: bool
+) -> None:
+    from consumer.kafka_io import producer_config
+
+    settings = load_settings({**REQUIRED, "delivery": delivery, "kafka_producer": producer}, None, {})
+    if not refused:
+        config = producer_config(settings, "client")
+        assert config["delivery.report.only.error"] is (delivery == "exactly-once")
+        return
+    with pytest.raises(ConfigError, match="the consumer's delivery guarantee needs") as info:
+        producer_config(settings, "client")
+    assert "\n" not in str(info.value)

@@ -99,6 +99,10 @@ def test_exactly_once_commits_outputs_dead_letters_and_offsets_together(
     assert ids == Counter(range(500)) and len(dead) == 5
     assert summary["predicted"] == 500 and summary["dead_lettered"] == 5
     assert offsets == _end_offsets(bootstrap, inp)
+    # delivery reports come for failures only: each input counts as acknowledged when its
+    # transaction commits, outputs and dead letters alike, once
+    (worker,) = summary["workers"]
+    assert worker["latency_ms"]["count"] == 505 and worker["last_acknowledged_at"] is not None
 
 
 @pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
