@@ -4,9 +4,10 @@
     {"inputs": {"dtype": D, "shape": S, "data": <bin>}, "v": 1[, "id": <any>]}
 
 For a given model everything but the tensor bytes and the id is the same in every such message,
-so a message is checked with a few byte comparisons and its tensor bytes are sliced out; only the
-id (when present) goes through msgpack. Any other encoding of the same content (keys in another
-order, a wider bin header, no ``v``) is still valid wire format: it takes the parsing path.
+so a batch of them is checked with a few array comparisons and its tensor bytes are sliced out;
+integer ids are read from their bytes, any other id goes through msgpack (one message at a time).
+Any other encoding of the same content (keys in another order, a wider bin header, no ``v``) is
+still valid wire format: it takes the parsing path.
 """
 
 from __future__ import annotations
