@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import shutil
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -71,14 +72,17 @@ def test_memory_returns_to_its_level_over_repeated_reloads(tmp_path: Path) -> No
     gc.freeze()  # as the worker does after warm-up
     served = build(paths[0], "mlp", "1", [1, 8, 32], False, 1)
     levels = []
-    for reload in range(10):
+    for reload in range(16):
         served = build(paths[reload % 2], "mlp", str(reload % 2 + 1), [1, 8, 32], False, reload % 2 + 1)
         release_unreachable()
         levels.append(rss_mb())
     gc.unfreeze()
-    print(f"RSS after each of 10 reloads (MB): {levels}")
+    print(f"RSS after each of 16 reloads (MB): {levels}")
     assert served.model.version == "2"
-    assert max(levels[4:]) - levels[3] < 40  # flat after the first few (allocator warm-up)
+    # The allocator moves single readings by ±65 MB either way (measured), so medians of four are
+    # compared, after the first two (warm-up). A model kept per reload (17 MB) would add ~190 MB.
+    early, late = statistics.median(levels[2:6]), statistics.median(levels[-4:])
+    assert late - early < 60, (early, late)
 
 
 @pytest.mark.integration
