@@ -49,13 +49,10 @@ class OutputPacker:
         columns = [self._column(name, array, rows, named=not single) for name, array in outputs.items()]
         body_head = self._outputs_key + (b"" if single else map_header(len(columns)))
         # every row: head, [prefix, data]..., model + source up to the offset, offset, "timestamp",
-        # timestamp, "v": 1[, "id", id]; the parts that never change are joined once here
-        if len(columns) == 1:
-            (prefix, data, width), more = columns[0], []
-            heads = {flag: bytes([_FIXMAP | (4 + flag)]) + body_head + prefix for flag in (False, True)}
-        else:
-            prefix, data, width, more = b"", memoryview(b""), 0, columns
-            heads = {flag: bytes([_FIXMAP | (4 + flag)]) + body_head for flag in (False, True)}
+        # timestamp, "v": 1[, "id", id]; the parts that never change (up to the first output's
+        # bytes, and after the offset) are joined once here
+        (prefix, data, width), more = columns[0], columns[1:]
+        heads = {flag: bytes([_FIXMAP | (4 + flag)]) + body_head + prefix for flag in (False, True)}
         tails = {False: self._version, True: self._version + self._id_key}
         sources, timestamp_key = self._sources, self._timestamp_key
         pack, values, last_timestamp, packed_timestamp = self._pack, [], None, b""

@@ -25,7 +25,6 @@ from consumer.signature import STRING, Signature
 
 #: map headers of the top-level map: without, and with, an "id"
 _WITHOUT_ID, _WITH_ID = 0x82, 0x83
-_ID_KEY = np.frombuffer(msgpack.packb("id"), np.uint8)
 #: a batch whose messages have more distinct lengths than this is sliced one message at a time
 _MAX_LENGTHS = 8
 #: msgpack integer encodings by their size with the marker byte: (marker, big-endian dtype)
@@ -70,6 +69,7 @@ class CanonicalLayout:
         self._fixed.append((position, np.frombuffer(self._version, np.uint8)))
         self._end = position + len(self._version)
         self._id_at = self._end + len(self._id_key)
+        self._fixed_with_id = [*self._fixed, (self._end, np.frombuffer(self._id_key, np.uint8))]
 
     def slice_batch(self, values: list[bytes]) -> tuple[list[np.ndarray], list[tuple[Any, bool]]] | None:
         """Every message of a batch at once, when all are canonical with integer ids (or none):
@@ -101,7 +101,7 @@ class CanonicalLayout:
         if length == self._end:
             header, fixed = _WITHOUT_ID, self._fixed
         elif length > self._id_at:
-            header, fixed = _WITH_ID, [*self._fixed, (self._end, _ID_KEY)]
+            header, fixed = _WITH_ID, self._fixed_with_id
         else:
             return False
         return bool((block[:, 0] == header).all()) and all(
