@@ -130,9 +130,9 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap-servers", help="use this Kafka, not the embedded broker")
     p.add_argument("--workload", default="mlp", help="mlp, mobilenet, or a model path (default mlp)")
     p.add_argument(
-        "--messages", type=_positive(int), metavar="N", help="preloaded messages (mlp 100000, mobilenet 2000)"
+        "--messages", type=_positive(int), metavar="N", help="preloaded messages (mlp 400000, mobilenet 2000)"
     )
-    p.add_argument("--batch-size", type=_positive(int), metavar="N", help="max batch size (mlp 256, mobilenet 32)")
+    p.add_argument("--batch-size", type=_positive(int), metavar="N", help="max batch size (mlp 1024, mobilenet 32)")
     p.add_argument("--max-wait-ms", type=float, default=10.0, metavar="MS", help="the consumer's --max-wait-ms")
     p.add_argument("--latency-seconds", type=_positive(float), default=10.0, metavar="S", help="steady-rate phase")
     p.add_argument("--baseline-seconds", type=_positive(float), default=10.0, metavar="S", help="per-message loops")
