@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from consumer.devices import DEFAULT_CPU_WORKERS, usable_cores
+from producer_tools.bench import report
 from producer_tools.cli import main
 
 pytestmark = pytest.mark.integration
@@ -41,3 +42,10 @@ def test_bench_runs_every_phase_and_writes_its_json(
     assert result["rss_after_warmup_mb"] > 0 and result["peak_rss_mb"] >= result["rss_after_warmup_mb"]
     table = capsys.readouterr().out
     assert "system / io_limit" in table and "targets:" in table
+    # 400 messages fit in the relay's producer queue: the run says its I/O limit is a burst figure
+    assert len(result["warnings"]) == 1 and "I/O limit reads high" in table
+
+
+def test_a_run_long_enough_for_a_steady_relay_has_no_warning() -> None:
+    assert report.warnings(400_000, 100_000) == []
+    assert report.warnings(399_999, 100_000) != []

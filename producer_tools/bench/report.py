@@ -54,6 +54,16 @@ def targets(workload: str, rates: dict[str, float | None], result: dict[str, Any
     return checks
 
 
+def warnings(messages: int, relay_queue: int) -> list[str]:
+    """What makes this run's figures less comparable than they look."""
+    if messages < 4 * relay_queue:
+        return [
+            f"{messages:,} messages: the relay's first {relay_queue:,} fit in its producer queue, so the "
+            f"I/O limit reads high (a burst, not a steady rate); use --messages {4 * relay_queue} or more"
+        ]
+    return []
+
+
 def _at_least(value: float | None, floor: float) -> bool | None:
     return None if value is None else value >= floor
 
@@ -77,6 +87,8 @@ def print_table(result: dict[str, Any]) -> None:
         f"full batch predict: {result['full_batch_ms']:.2f} ms; traces after warm-up: {result['traces_after_warmup']}"
     )
     print(f"worker memory: {result['rss_after_warmup_mb']} MB after warm-up, peak {result['peak_rss_mb']} MB")
+    for warning in result.get("warnings", []):
+        print(f"\nnote: {warning}")
     print("\ntargets:")
     for name, ok in result["targets"].items():
         print(f"  [{'ok' if ok else 'MISS' if ok is not None else 'n/a'}] {name}")
