@@ -56,7 +56,7 @@ def build(name_or_path: str, workdir: Path) -> Workload:
     from consumer.model import load_model
 
     if name_or_path == "mlp":
-        # batch 1024, the size a user would pick for a model this small: it computes twice as many
+        # batch 1024, the size a user would pick for a model this small: it computes 1.6-1.7 times as many
         # examples a second as at 256. 400,000 messages, four times what the relay's producer queues
         # (100,000 by default): fewer fit in its queue and measure a burst, not its steady rate
         path, batch, messages, wire = _mlp(workdir / "bench_mlp.keras"), 1024, 400_000, "float32"
