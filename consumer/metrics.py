@@ -67,6 +67,10 @@ class WorkerMetrics:
             PREFIX + "end_to_end_latency_seconds", "output acknowledged minus input record timestamp", ["worker"],
             registry=None, buckets=LATENCY_BUCKETS,
         ).labels(**label)  # fmt: skip
+        self.consume_latency_seconds = Histogram(
+            PREFIX + "consume_latency_seconds", "input consumed by the worker minus its record timestamp", ["worker"],
+            registry=None, buckets=LATENCY_BUCKETS,
+        ).labels(**label)  # fmt: skip
         self.lag = Gauge(
             PREFIX + "consumer_lag", "messages behind the partition's end (librdkafka statistics)",
             ["topic", "partition"], registry=None, multiprocess_mode="livesum",
@@ -120,6 +124,11 @@ class WorkerMetrics:
             self.latency_seconds.observe(latency)
             count += 1
         self.produced.labels(kind=kind, **self.labels).inc(count)
+
+    def consumed_at(self, ages_s: Iterable[float]) -> None:
+        """How old the inputs just fetched were (their record timestamps against now)."""
+        for age in ages_s:
+            self.consume_latency_seconds.observe(age)
 
     def batch(self, rows: int, queue_wait_s: float, predict_s: float) -> None:
         self.batch_rows.observe(rows)

@@ -1,8 +1,10 @@
 """What a run measures about itself: first input and last acknowledgement, latency, memory.
 
 End-to-end latency is the time from an input's record timestamp to its output's broker
-acknowledgement. Latencies are kept in a bounded reservoir sample (so memory stays flat on an
-endless stream) and summarised as percentiles.
+acknowledgement; consume latency, from that timestamp to the worker receiving the record (what the
+input producer and the broker took, before the worker could do anything). Latencies are kept in
+bounded reservoir samples (so memory stays flat on an endless stream) and summarised as
+percentiles.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import resource
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,59 +21,97 @@ import psutil
 RESERVOIR = 100_000
 
 
-class Timeline:
-    """Thread-safe: the fetch loop marks consumption, delivery callbacks mark acknowledgements."""
+class Reservoir:
+    """A bounded, uniform sample of a stream of latencies (algorithm R), summarised as percentiles.
+    Thread-safe."""
 
-    def __init__(self, reservoir: int = RESERVOIR) -> None:
+    def __init__(self, size: int = RESERVOIR) -> None:
         self._lock = threading.Lock()
-        self._latencies = np.empty(reservoir, dtype=np.float64)
+        self._sample = np.empty(size, dtype=np.float64)
         self._seen = 0
-        self._reservoir = reservoir
+        self._size = size
         self._random = np.random.default_rng(0)
-        self.first_consumed: float | None = None
-        self.last_acknowledged: float | None = None
 
-    def consumed(self) -> None:
-        if self.first_consumed is None:
-            self.first_consumed = time.time()
+    def __len__(self) -> int:
+        return min(self._seen, self._size)
 
-    def acknowledged(self, input_timestamp_ms: int) -> None:
-        self.acknowledged_many([input_timestamp_ms])
-
-    def acknowledged_many(self, input_timestamps_ms: list[int]) -> None:
-        """Inputs whose outputs were all acknowledged now (reservoir sampling, algorithm R)."""
-        now = time.time()
-        latencies = now * 1000 - np.asarray(input_timestamps_ms, dtype=np.float64)
+    def add(self, latencies: np.ndarray) -> None:
         with self._lock:
-            self.last_acknowledged = now
-            seen, room = self._seen, max(0, self._reservoir - self._seen)
+            seen, room = self._seen, max(0, self._size - self._seen)
             head, tail = latencies[:room], latencies[room:]
-            self._latencies[seen : seen + len(head)] = head
+            self._sample[seen : seen + len(head)] = head
             if len(tail):
                 positions = np.arange(seen + len(head) + 1, seen + len(latencies) + 1)
                 slots = (self._random.random(len(tail)) * positions).astype(np.int64)
-                keep = slots < self._reservoir
-                self._latencies[slots[keep]] = tail[keep]
+                keep = slots < self._size
+                self._sample[slots[keep]] = tail[keep]
             self._seen += len(latencies)
 
-    def latency_ms(self) -> dict[str, float | int]:
+    def percentiles(self) -> dict[str, float | int]:
         with self._lock:
-            ordered = np.sort(self._latencies[: min(self._seen, self._reservoir)])
+            ordered = np.sort(self._sample[: min(self._seen, self._size)])
+            seen = self._seen
         if not len(ordered):
             return {"count": 0}
         return {
-            "count": self._seen,
+            "count": seen,
             "p50": _percentile(ordered, 0.50),
             "p95": _percentile(ordered, 0.95),
             "p99": _percentile(ordered, 0.99),
             "max": round(float(ordered[-1]), 2),
         }
 
+
+def ages_ms(timestamps_ms: Sequence[int], now: float) -> np.ndarray:
+    """``now`` (seconds) minus each record timestamp (ms), in ms."""
+    return now * 1000 - np.asarray(timestamps_ms, dtype=np.float64)
+
+
+class Timeline:
+    """Thread-safe: the fetch loop marks consumption, delivery callbacks mark acknowledgements.
+
+    Two latencies per input, both from its record timestamp: to the moment the worker consumed it
+    (the input producer's and the broker's share) and to its output's acknowledgement (end to end)."""
+
+    def __init__(self, reservoir: int = RESERVOIR) -> None:
+        self._end_to_end = Reservoir(reservoir)
+        self._consume = Reservoir(reservoir)
+        self.first_consumed: float | None = None
+        self.last_acknowledged: float | None = None
+
+    def consumed(self, input_timestamps_ms: Sequence[int] = ()) -> np.ndarray:
+        """Inputs the fetch loop just received; their consume latencies (ms)."""
+        now = time.time()
+        if self.first_consumed is None:
+            self.first_consumed = now
+        ages = ages_ms(input_timestamps_ms, now)
+        if len(ages):
+            self._consume.add(ages)
+        return ages
+
+    def acknowledged(self, input_timestamp_ms: int) -> None:
+        self.acknowledged_many([input_timestamp_ms])
+
+    def acknowledged_many(self, input_timestamps_ms: list[int]) -> None:
+        """Inputs whose outputs were all acknowledged now."""
+        now = time.time()
+        self._end_to_end.add(ages_ms(input_timestamps_ms, now))
+        self.last_acknowledged = now
+
+    def latency_ms(self) -> dict[str, float | int]:
+        """End to end: output acknowledged minus input timestamp."""
+        return self._end_to_end.percentiles()
+
+    def consume_latency_ms(self) -> dict[str, float | int]:
+        """Consumed by the worker minus input timestamp."""
+        return self._consume.percentiles()
+
     def summary(self) -> dict[str, Any]:
         return {
             "first_consumed_at": self.first_consumed,
             "last_acknowledged_at": self.last_acknowledged,
             "latency_ms": self.latency_ms(),
+            "consume_latency_ms": self.consume_latency_ms(),
         }
 
 

@@ -30,7 +30,7 @@ from consumer.config import Settings
 from consumer.delivery import Counters, DeadLetters, Outbox, wait_until
 from consumer.errors import BrokerError, ConfigError, DeliveryError, PredictError
 from consumer.logs import get_logger
-from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of
+from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.outputs import Emitter
 from consumer.pipeline import Batch, Inputs, Pipeline, pad_to
 from consumer.positions import EndOfInput, TimeWindow, apply_start_positions
@@ -239,7 +239,13 @@ class Worker:
         self._feed_pipeline()
         self._apply_backpressure()
         count, timeout = self._fetch_plan()
-        self._route(self.consumer.consume(num_messages=count, timeout=timeout))
+        # ``consume(count, timeout)`` would hold the records already fetched until all ``count``
+        # came: wait for one, then take what else is there, so each record counts as consumed
+        # (``consume_latency_ms``) when it reached this loop, not when its batch filled up
+        first = self.consumer.consume(num_messages=1, timeout=timeout)
+        self._route(first)
+        if first and count > 1:
+            self._route(self.consumer.consume(num_messages=count - 1, timeout=0))
         self._feed_pipeline()
 
     def _feed_pipeline(self) -> None:
@@ -258,9 +264,7 @@ class Worker:
         if self.batcher.ready():
             return READ_AHEAD_CHUNK, BLOCKED_WAIT_SECONDS
         wait = self.batcher.seconds_left()
-        if wait is None:  # consume() waits for the whole count: ask for one, so the first input starts the clock
-            return 1, POLL_SECONDS
-        return self.batcher.space(), min(wait, POLL_SECONDS)
+        return self.batcher.space(), POLL_SECONDS if wait is None else min(wait, POLL_SECONDS)
 
     def _route(self, messages: list[Message]) -> None:
         """Errors and records past a stop-at-end bound are handled apart; the rest is tracked, counted
@@ -280,7 +284,9 @@ class Worker:
             if not kept:
                 return
         self.tracker.add_many(fetched)
-        self.timeline.consumed()
+        ages_ms = self.timeline.consumed(timestamps_of(kept))
+        if self.metrics is not None:
+            self.metrics.consumed_at((ages_ms / 1000).tolist())
         if self.window.bounded:
             kept, skipped = self._split_by_window(kept)
             self.tracker.done_many(coordinates_of(skipped))

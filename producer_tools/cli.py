@@ -13,11 +13,12 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from confluent_kafka import KafkaException
 
-from consumer.errors import ConfigError, TfStreamError
+from consumer.errors import BrokerError, ConfigError, TfStreamError
 from producer_tools import commands
 from producer_tools.clients import add_client_flags
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument("--partitions", type=int, default=4, help="partitions of each new topic (default 4)")
     _demo(sub)
     _bench(sub)
+    _fetch_latency(sub)
     broker = sub.add_parser("broker", help="run the embedded broker in the foreground until Ctrl-C")
     broker.add_argument("--port", type=int, default=9092)
     broker.set_defaults(run=lambda args: run_broker(args.port))
@@ -135,6 +137,10 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive(int), metavar="N", help="max batch size (mlp 1024, mobilenet 32)")
     p.add_argument("--max-wait-ms", type=float, default=10.0, metavar="MS", help="the consumer's --max-wait-ms")
     p.add_argument("--latency-seconds", type=_positive(float), default=10.0, metavar="S", help="steady-rate phase")
+    p.add_argument(
+        "--latency-rate", type=_positive(float), metavar="R",
+        help="publish rate of the steady phase, msg/s (default: half the system's throughput, which the target is for)",
+    )  # fmt: skip
     p.add_argument("--baseline-seconds", type=_positive(float), default=10.0, metavar="S", help="per-message loops")
     p.add_argument("--backlog", type=_positive(int), metavar="N", help="also drain a backlog of N messages for memory")
     p.add_argument("--partitions", type=_positive(int), default=4, metavar="N")
@@ -153,8 +159,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
     options = BenchOptions(
         workload=args.workload, messages=args.messages, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
-        latency_seconds=args.latency_seconds, baseline_seconds=args.baseline_seconds, backlog=args.backlog,
-        partitions=args.partitions, json_path=args.json, workdir=args.workdir, bootstrap=args.bootstrap_servers,
+        latency_seconds=args.latency_seconds, latency_rate=args.latency_rate, baseline_seconds=args.baseline_seconds,
+        backlog=args.backlog, partitions=args.partitions, json_path=args.json, workdir=args.workdir,
+        bootstrap=args.bootstrap_servers,
         consumer_args=tuple(shlex.split(args.consumer_args)),
     )  # fmt: skip
     result = run(options)
@@ -162,6 +169,38 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         report.write_json(args.json, result)
         print(f"results written to {args.json}")
+    return 0
+
+
+def _fetch_latency(sub: argparse._SubParsersAction) -> None:
+    help = "how long records wait before a caught-up consumer has them (the broker's share of latency)"
+    p = sub.add_parser("fetch-latency", help=help, description=help)
+    p.add_argument("--bootstrap-servers", help="use this Kafka, not the embedded broker")
+    p.add_argument("--fetch-wait-ms", type=_positive(int), default=100, metavar="MS", help="fetch.wait.max.ms")
+    p.add_argument("--rate", type=_positive(float), default=5000.0, metavar="R", help="records per second")
+    p.add_argument("--seconds", type=_positive(float), default=8.0, metavar="S", help="how long to publish")
+    p.add_argument("--linger-ms", type=float, default=5.0, metavar="MS", help="the publisher's linger.ms")
+    p.set_defaults(run=run_fetch_latency)
+
+
+def run_fetch_latency(args: argparse.Namespace) -> int:
+    from producer_tools.bench.fetch_latency import Probe, measure
+
+    probe = Probe(args.fetch_wait_ms, args.rate, args.seconds, args.linger_ms)
+    with ExitStack() as stack:
+        bootstrap = args.bootstrap_servers
+        if bootstrap is None:
+            from producer_tools.embedded_broker import EmbeddedBroker
+
+            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
+        ages = measure(bootstrap, probe)
+    if not ages["count"]:
+        raise BrokerError("the probe received no records: check that the broker accepts produce and fetch")
+    print(
+        f"fetch.wait.max.ms {probe.fetch_wait_ms}, {probe.rate:,.0f} msg/s, publisher linger.ms {probe.linger_ms:g}: "
+        f"record timestamp to consumed p50 {ages['p50']} ms, p95 {ages['p95']}, p99 {ages['p99']}, "
+        f"max {ages['max']} ({ages['count']:,} records)"
+    )
     return 0
 
 

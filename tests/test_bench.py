@@ -10,6 +10,7 @@ import pytest
 
 from consumer.devices import DEFAULT_CPU_WORKERS, usable_cores
 from producer_tools.bench import report
+from producer_tools.bench.system import PRIMERS
 from producer_tools.cli import main
 
 pytestmark = pytest.mark.integration
@@ -20,6 +21,7 @@ def test_bench_runs_every_phase_and_writes_its_json(
 ) -> None:
     out = tmp_path / "bench.json"
     tiny = ["--messages", "400", "--batch-size", "32", "--latency-seconds", "1", "--baseline-seconds", "1"]
+    tiny += ["--latency-rate", "200"]
     argv = ["bench", "--bootstrap-servers", bootstrap, *tiny, "--json", str(out), "--workdir", str(tmp_path)]
     assert main(argv) == 0
     result = json.loads(out.read_text())
@@ -37,11 +39,18 @@ def test_bench_runs_every_phase_and_writes_its_json(
     # the consumer runs with its defaults: two CPU workers where there are two cores
     assert len(result["system_summary"]["workers"]) == min(DEFAULT_CPU_WORKERS, usable_cores())
     assert {"p50", "p95", "p99"} <= set(result["latency_ms"]) and result["environment"]["cpus"] >= 1
+    # the steady phase ran at the rate asked for, so the half-load latency target does not apply;
+    # its inputs (after a few primers) were consumed before their outputs were acknowledged
+    assert result["latency_rate"] == 200 and result["latency_ms"]["count"] == 200 + PRIMERS
+    target = next(name for name in result["targets"] if name.startswith("latency p99"))
+    assert result["targets"][target] is None
+    consumed, end_to_end = result["consume_latency_ms"], result["latency_ms"]
+    assert consumed["count"] == 200 + PRIMERS and all(0 < consumed[p] <= end_to_end[p] for p in ("p50", "p99", "max"))
     versions = {k: result["environment"][k] for k in ("confluent_kafka", "librdkafka", "tensorflow")}
     assert all(v.count(".") >= 2 for v in versions.values()), versions  # full versions, not a first character
     assert result["rss_after_warmup_mb"] > 0 and result["peak_rss_mb"] >= result["rss_after_warmup_mb"]
     table = capsys.readouterr().out
-    assert "system / io_limit" in table and "targets:" in table
+    assert "system / io_limit" in table and "targets:" in table and "the worker consuming it" in table
     # 400 messages fit in the relay's producer queue: the run says its I/O limit is a burst figure
     assert len(result["warnings"]) == 1 and "I/O limit reads high" in table
 
@@ -49,3 +58,26 @@ def test_bench_runs_every_phase_and_writes_its_json(
 def test_a_run_long_enough_for_a_steady_relay_has_no_warning() -> None:
     assert report.warnings(400_000, 100_000) == []
     assert report.warnings(399_999, 100_000) != []
+
+
+def test_the_latency_target_applies_only_at_half_load() -> None:
+    assert report.at_half_load({"latency_rate": "half the system's throughput"})
+    assert not report.at_half_load({"latency_rate": 2000.0})
+
+
+def test_fetch_latency_measures_each_record_against_a_real_broker(
+    bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["fetch-latency", "--bootstrap-servers", bootstrap, "--seconds", "2", "--rate", "500"]
+    assert main(argv) == 0
+    line = capsys.readouterr().out
+    print(line)
+    assert "fetch.wait.max.ms 100, 500 msg/s" in line and "record timestamp to consumed p50" in line
+    counted = int(line.rsplit("(", 1)[1].split()[0].replace(",", ""))
+    assert 200 <= counted <= 1000  # the second after the first second's warm-up, at 500 a second
+
+
+def test_fetch_latency_refuses_a_rate_that_is_not_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["fetch-latency", "--rate", "0"])
+    assert exit.value.code == 2 and "must be positive" in capsys.readouterr().err

@@ -103,6 +103,9 @@ def test_exactly_once_commits_outputs_dead_letters_and_offsets_together(
     # transaction commits, outputs and dead letters alike, once
     (worker,) = summary["workers"]
     assert worker["latency_ms"]["count"] == 505 and worker["last_acknowledged_at"] is not None
+    # consumed before committed, input by input: every percentile of the one below the other's
+    consumed, end_to_end = worker["consume_latency_ms"], worker["latency_ms"]
+    assert consumed["count"] == 505 and all(consumed[p] <= end_to_end[p] for p in ("p50", "p99", "max"))
 
 
 @pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])

@@ -69,6 +69,9 @@ def test_metrics_and_probes_during_a_real_run(bootstrap: str, topics: Topics, gr
     assert _total(samples, "tfstream_records_produced_total", kind="output") == 600
     assert _total(samples, "tfstream_records_produced_total", kind="dead_letter") == 6
     assert _total(samples, "tfstream_end_to_end_latency_seconds_count") == 606
+    assert _total(samples, "tfstream_consume_latency_seconds_count") == 606  # every input, once, when fetched
+    consumed_s = _total(samples, "tfstream_consume_latency_seconds_sum")
+    assert 0 < consumed_s < _total(samples, "tfstream_end_to_end_latency_seconds_sum")
     batches = _total(samples, "tfstream_batch_rows_count")
     assert batches >= 600 / 32 and _total(samples, "tfstream_batch_rows_sum") == 600
     assert _total(samples, "tfstream_predict_seconds_count") == batches

@@ -41,7 +41,9 @@ def targets(workload: str, rates: dict[str, float | None], result: dict[str, Any
     budget = result["settings"]["max_wait_ms"] + 3 * result["full_batch_ms"] + 50
     checks: dict[str, bool | None] = {
         "zero traces after warm-up": result["traces_after_warmup"] == 0,
-        f"latency p99 <= {budget:.0f} ms": latency["p99"] <= budget if "p99" in latency else None,
+        f"latency p99 <= {budget:.0f} ms at half load": (
+            latency["p99"] <= budget if "p99" in latency and at_half_load(result["settings"]) else None
+        ),
         "memory: peak - post-warm-up <= 300 MB": result["memory_growth_mb"] <= 300,
     }
     if workload == "mlp":
@@ -52,6 +54,11 @@ def targets(workload: str, rates: dict[str, float | None], result: dict[str, Any
     if workload == "mobilenet":
         checks["system >= 0.9 x compute limit"] = _at_least(r.get("system / compute_limit"), 0.9)
     return checks
+
+
+def at_half_load(settings: dict[str, Any]) -> bool:
+    """The latency target is for half the system's throughput, not for a rate given by hand."""
+    return not isinstance(settings.get("latency_rate"), (int, float))
 
 
 def warnings(messages: int, relay_queue: int) -> list[str]:
@@ -77,12 +84,13 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"\n{'ratio':<44} {'value':>8}")
     for name, value in result["ratios"].items():
         print(f"{name:<44} {value if value is not None else '-':>8}")
-    latency = result.get("latency_ms", {})
+    latency, consumed = result.get("latency_ms", {}), result.get("consume_latency_ms", {})
     if "p50" in latency:
-        rate = result["latency_rate"]
-        print(
-            f"\nlatency at {rate:,.0f} msg/s: p50 {latency['p50']} ms, p95 {latency['p95']} ms, p99 {latency['p99']} ms"
-        )
+        print(f"\nlatency at {result['latency_rate']:,.0f} msg/s, from the input's timestamp (ms):")
+        print(f"  {'to':<38} {'p50':>7} {'p95':>7} {'p99':>7}")
+        for name, row in (("the worker consuming it", consumed), ("its output acknowledged", latency)):
+            if "p50" in row:
+                print(f"  {name:<38} {row['p50']:>7} {row['p95']:>7} {row['p99']:>7}")
     print(
         f"full batch predict: {result['full_batch_ms']:.2f} ms; traces after warm-up: {result['traces_after_warmup']}"
     )

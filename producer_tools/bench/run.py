@@ -22,6 +22,8 @@ class BenchOptions:
     batch_size: int | None = None
     max_wait_ms: float = 10.0
     latency_seconds: float = 10.0
+    #: the steady phase's publish rate; None: half the system's throughput (what the target is for)
+    latency_rate: float | None = None
     baseline_seconds: float = 10.0
     backlog: int | None = None
     partitions: int = 4
@@ -69,8 +71,9 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
     step(4, "the system: python -m consumer run --stop-at-end draining the topic")
     drained = system.drain(bootstrap, topics["in"], topics["out"], workload, options.flags)
     system_rate = rates["system"] = system.throughput(drained)
-    step(5, f"latency at half that throughput for {options.latency_seconds:.0f}s")
-    latency_rate = max(1.0, system_rate / 2)
+    latency_rate = options.latency_rate or max(1.0, system_rate / 2)
+    at = "half that throughput" if options.latency_rate is None else f"{latency_rate:,.0f} msg/s"
+    step(5, f"latency at {at} for {options.latency_seconds:.0f}s")
     steady = system.steady_latency(
         bootstrap, topics["steady"], topics["steady_out"], workload, values, latency_rate,
         options.latency_seconds, options.flags, options.partitions,
@@ -86,6 +89,7 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
             "messages": workload.messages, "batch_size": workload.batch_size, "max_wait_ms": options.max_wait_ms,
             "consumer_args": list(options.consumer_args),
             "partitions": options.partitions, "latency_seconds": options.latency_seconds,
+            "latency_rate": options.latency_rate or "half the system's throughput",
             "backlog": options.backlog or workload.messages,
             "broker": "embedded" if options.bootstrap is None else bootstrap,
         },
@@ -95,6 +99,7 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
         "full_batch_ms": full_batch_s * 1000,
         "latency_rate": latency_rate,
         "latency_ms": _worst_latency(steady["workers"]),
+        "consume_latency_ms": _worst_latency(steady["workers"], "consume_latency_ms"),
         "traces_after_warmup": drained["traces_after_warmup"] + steady["traces_after_warmup"],
         "rss_after_warmup_mb": worker.get("rss_after_warmup_mb"),
         "peak_rss_mb": worker.get("peak_rss_mb"),
@@ -139,9 +144,9 @@ def _backlog(
     return system.drain(bootstrap, topic, topic + "-out", workload, options.flags)
 
 
-def _worst_latency(workers: list[dict[str, Any]]) -> dict[str, float]:
+def _worst_latency(workers: list[dict[str, Any]], key: str = "latency_ms") -> dict[str, float]:
     """Each percentile's worst value over the workers (one worker: its own figures)."""
-    measured = [w["latency_ms"] for w in workers if w.get("latency_ms", {}).get("count")]
+    measured = [w[key] for w in workers if w.get(key, {}).get("count")]
     if not measured:
         return {}
     return {k: max(m[k] for m in measured) for k in ("p50", "p95", "p99", "max")} | {
