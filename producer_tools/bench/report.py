@@ -58,7 +58,7 @@ def targets(workload: str, rates: dict[str, float | None], result: dict[str, Any
 
 def at_half_load(settings: dict[str, Any]) -> bool:
     """The latency target is for half the system's throughput, not for a rate given by hand."""
-    return not isinstance(settings.get("latency_rate"), (int, float))
+    return settings.get("latency_rate") is None
 
 
 def warnings(messages: int, relay_queue: int) -> list[str]:

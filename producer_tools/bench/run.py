@@ -89,7 +89,7 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
             "messages": workload.messages, "batch_size": workload.batch_size, "max_wait_ms": options.max_wait_ms,
             "consumer_args": list(options.consumer_args),
             "partitions": options.partitions, "latency_seconds": options.latency_seconds,
-            "latency_rate": options.latency_rate or "half the system's throughput",
+            "latency_rate": options.latency_rate,  # None: half the system's throughput
             "backlog": options.backlog or workload.messages,
             "broker": "embedded" if options.bootstrap is None else bootstrap,
         },
