@@ -174,7 +174,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def _fetch_latency(sub: argparse._SubParsersAction) -> None:
     help = "how long records wait before a caught-up consumer has them (the broker's share of latency)"
-    p = sub.add_parser("fetch-latency", help=help, description=help)
+    description = f"{help}; publishes to a new topic fetch-latency-ID, which it leaves in place"
+    p = sub.add_parser("fetch-latency", help=help, description=description)
     p.add_argument("--bootstrap-servers", help="use this Kafka, not the embedded broker")
     p.add_argument("--fetch-wait-ms", type=_positive(int), default=100, metavar="MS", help="fetch.wait.max.ms")
     p.add_argument("--rate", type=_positive(float), default=5000.0, metavar="R", help="records per second")
