@@ -23,6 +23,8 @@ from producer_tools import commands
 from producer_tools.clients import add_client_flags
 
 Command = Callable[[argparse.Namespace], int]
+#: librdkafka's upper limit for ``fetch.wait.max.ms``
+MAX_FETCH_WAIT_MS = 300_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +189,12 @@ def _fetch_latency(sub: argparse._SubParsersAction) -> None:
 def run_fetch_latency(args: argparse.Namespace) -> int:
     from producer_tools.bench.fetch_latency import Probe, measure
 
+    if args.linger_ms < 0:
+        raise ConfigError(f"invalid setting --linger-ms {args.linger_ms:g}: must be 0 or more")
+    if args.fetch_wait_ms > MAX_FETCH_WAIT_MS:
+        raise ConfigError(
+            f"invalid setting --fetch-wait-ms {args.fetch_wait_ms}: librdkafka takes at most {MAX_FETCH_WAIT_MS}"
+        )
     probe = Probe(args.fetch_wait_ms, args.rate, args.seconds, args.linger_ms)
     with ExitStack() as stack:
         bootstrap = args.bootstrap_servers

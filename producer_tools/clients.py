@@ -9,7 +9,10 @@ from the same ``[kafka]``, ``[kafka.producer]``, ``[kafka.consumer]`` tables and
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
+import sys
 import uuid
 from typing import Any
 
@@ -33,6 +36,41 @@ def add_client_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _OncePerMessage(logging.Filter):
+    """librdkafka repeats a failing connection's error at every reconnect (every few ms): each
+    message is shown once, numbers aside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "#", record.getMessage())
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
+def librdkafka_logger() -> logging.Logger:
+    """Where the tools' Kafka clients log: warnings and errors on stderr, as ``kafka: …``, once each
+    (not librdkafka's raw ``%3|…`` lines, repeated at every reconnect)."""
+    logger = logging.getLogger("tfstream.tools.librdkafka")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("kafka: %(message)s"))
+        handler.addFilter(_OncePerMessage())
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    return logger
+
+
+def admin_client(config: dict[str, Any]) -> AdminClient:
+    with_logger: dict[str, Any] = {"logger": librdkafka_logger(), **config}
+    return AdminClient(with_logger)
+
+
 class Clients:
     """Makes configured producers, consumers and admin clients for one command."""
 
@@ -47,7 +85,7 @@ class Clients:
                 "or put it in the --config file"
             )
         self.bootstrap: str = bootstrap
-        self.common: dict[str, Any] = {"bootstrap.servers": bootstrap, **tables["kafka"]}
+        self.common: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": librdkafka_logger(), **tables["kafka"]}
         self.tables = tables
 
     def producer(self, **extra: Any) -> Producer:
@@ -67,4 +105,4 @@ class Clients:
         return Consumer(config)
 
     def admin(self) -> AdminClient:
-        return AdminClient(dict(self.common))
+        return admin_client(self.common)

@@ -7,12 +7,15 @@ from collections.abc import Iterable
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from consumer.errors import BrokerError
+from producer_tools.clients import admin_client
+
 
 def create_topics(
     bootstrap: str | AdminClient, names: Iterable[str], partitions: int = 1, timeout: float = 30.0
 ) -> None:
     """Create each topic that does not exist yet; an existing topic is left as it is."""
-    admin = AdminClient({"bootstrap.servers": bootstrap}) if isinstance(bootstrap, str) else bootstrap
+    admin = admin_client({"bootstrap.servers": bootstrap}) if isinstance(bootstrap, str) else bootstrap
     futures = admin.create_topics(
         [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
         operation_timeout=timeout,
@@ -23,4 +26,9 @@ def create_topics(
             future.result(timeout=timeout)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise RuntimeError(f"cannot create topic {name!r}: {exc.args[0].str()}") from None
+                raise BrokerError(f"cannot create topic {name!r}: {exc.args[0].str()}") from None
+        except TimeoutError:
+            raise BrokerError(
+                f"no answer from Kafka within {timeout:.0f}s while creating topic {name!r}; "
+                "check --bootstrap-servers and that the broker is up"
+            ) from None

@@ -81,3 +81,15 @@ def test_fetch_latency_refuses_a_rate_that_is_not_positive(capsys: pytest.Captur
     with pytest.raises(SystemExit) as exit:
         main(["fetch-latency", "--rate", "0"])
     assert exit.value.code == 2 and "must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [(["--linger-ms", "-1"], "--linger-ms -1: must be 0 or more"), (["--fetch-wait-ms", "300001"], "at most 300000")],
+)
+def test_fetch_latency_refuses_settings_librdkafka_would_refuse(
+    flags: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["fetch-latency", *flags]) == 2  # before any broker is started
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid setting") and says in err and len(err.strip().splitlines()) == 1

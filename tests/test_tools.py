@@ -248,3 +248,29 @@ def _wait_for_assignment(member: Consumer, timeout: float = 30) -> None:
     while not member.assignment():
         assert time.monotonic() < deadline, "the member never got partitions"
         member.poll(0.1)
+
+
+def test_creating_topics_on_a_broker_that_does_not_answer_is_one_broker_error(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from consumer.errors import BrokerError
+    from producer_tools.embedded_broker import free_port
+    from producer_tools.topics import create_topics
+
+    with pytest.raises(BrokerError, match=r"no answer from Kafka within 2s while creating topic 'x'; check"):
+        create_topics(f"127.0.0.1:{free_port()}", ["x"], timeout=2)
+    assert "%3|" not in capfd.readouterr().err  # librdkafka's raw lines, one per reconnect, stay out
+
+
+def test_the_tools_show_each_librdkafka_message_once_numbers_aside() -> None:
+    import logging
+
+    from producer_tools.clients import _OncePerMessage
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("librdkafka", logging.ERROR, __file__, 0, message, None, None)
+
+    once = _OncePerMessage()
+    assert once.filter(record("127.0.0.1:1/bootstrap: Connect failed (after 0ms in state CONNECT)"))
+    assert not once.filter(record("127.0.0.1:1/bootstrap: Connect failed (after 51ms in state CONNECT)"))
+    assert once.filter(record("127.0.0.1:1/bootstrap: Disconnected"))
