@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any
 
+from consumer import logs
 from consumer.config import Settings
 from consumer.devices import WorkerSlot
 from consumer.errors import ConfigError, ModelError, TfStreamError
@@ -52,8 +53,6 @@ def worker_main(settings: Settings, slot: WorkerSlot, report: multiprocessing.co
 
 
 def _serve(settings: Settings, slot: WorkerSlot, report: multiprocessing.connection.Connection) -> dict[str, Any]:
-    from consumer import logs
-
     logs.configure(settings.log_level, settings.log_format, worker=slot.slot, device=slot.device)
     configure_tensorflow(slot, settings.gpu_memory)
     from consumer.worker import Worker  # imports TensorFlow, after the device is pinned
@@ -123,7 +122,7 @@ def _report_status_every_second(worker: Any, report: multiprocessing.connection.
 def _fail(report: multiprocessing.connection.Connection, error: BaseException | str, code: int) -> int:
     message = str(error)
     if not _send(report, "error", message):
-        print(f"error: {message}", file=sys.stderr)
+        logs.line(f"error: {message}")
     return code
 
 

@@ -142,18 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
         slots = plan_workers(settings.devices, settings.workers, per_device=settings.workers_per_device)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        logs.line(f"error: {exc}")
         return EXIT_USAGE
     logs.configure(settings.log_level, settings.log_format, worker="supervisor")
     supervisor = Supervisor(settings, slots)
     try:
         code = supervisor.run()
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        logs.line(f"error: {exc}")
         return EXIT_USAGE
     summary = {"event": "summary", **supervisor.summary()}
     summary["supervisor_imported_tensorflow"] = "tensorflow" in sys.modules
-    print(json.dumps(summary), file=sys.stderr)
+    logs.line(json.dumps(summary))
     if supervisor.error:
-        print(f"error: {supervisor.error}", file=sys.stderr)
+        logs.line(f"error: {supervisor.error}")
     return code

@@ -24,7 +24,10 @@ def configure(level: str = "info", fmt: str = "auto", **context: Any) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # one write per line (``print`` makes two: the line, then its newline). The supervisor and
+        # its workers share one stderr, unbuffered under PYTHONUNBUFFERED (as in the Dockerfile):
+        # two writes per line let a line from one process land inside another's
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.clear_contextvars()
@@ -40,6 +43,12 @@ class _ToStructlog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         structlog.get_logger(record.name).log(record.levelno, record.getMessage())
+
+
+def line(text: str) -> None:
+    """One line on stderr in one write, like the log lines (``print`` writes the newline apart)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def get_logger(name: str) -> Any:

@@ -1,0 +1,45 @@
+"""Log lines: each is written whole, so processes sharing one stderr never splice their lines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import structlog
+
+from consumer import logs
+
+
+class Recording:
+    """A stderr that records each ``write`` call, as an unbuffered pipe would receive them."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_each_log_line_reaches_stderr_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    stderr = Recording()
+    monkeypatch.setattr("sys.stderr", stderr)
+    try:
+        logs.configure(fmt="json", worker=0)
+        structlog.get_logger("test").info("worker ready", device="cpu")
+    finally:
+        structlog.reset_defaults()
+    (line,) = stderr.writes
+    assert line.endswith("\n") and json.loads(line) | {"timestamp": None} == {
+        "event": "worker ready", "device": "cpu", "worker": 0, "level": "info", "timestamp": None,
+    }  # fmt: skip
+
+
+def test_error_and_summary_lines_are_written_whole_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    stderr = Recording()
+    monkeypatch.setattr("sys.stderr", stderr)
+    logs.line("error: the model cannot be loaded")
+    assert stderr.writes == ["error: the model cannot be loaded\n"]
