@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from pathlib import Path
 
 from confluent_kafka import KafkaException
@@ -196,12 +195,9 @@ def run_fetch_latency(args: argparse.Namespace) -> int:
             f"invalid setting --fetch-wait-ms {args.fetch_wait_ms}: librdkafka takes at most {MAX_FETCH_WAIT_MS}"
         )
     probe = Probe(args.fetch_wait_ms, args.rate, args.seconds, args.linger_ms)
-    with ExitStack() as stack:
-        bootstrap = args.bootstrap_servers
-        if bootstrap is None:
-            from producer_tools.embedded_broker import EmbeddedBroker
+    from producer_tools.embedded_broker import bootstrap_or_embedded
 
-            bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap_servers
+    with bootstrap_or_embedded(args.bootstrap_servers) as bootstrap:
         ages = measure(bootstrap, probe)
     if not ages["count"]:
         raise BrokerError("the probe received no records: check that the broker accepts produce and fetch")

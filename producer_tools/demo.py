@@ -11,7 +11,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from consumer.codec import pack_input, unpack_output
 from consumer.delivery import source_headers
 from producer_tools import digits
 from producer_tools.consumer_run import consumer_command, consumer_env
-from producer_tools.embedded_broker import EmbeddedBroker
+from producer_tools.embedded_broker import bootstrap_or_embedded
 from producer_tools.reader import read_topic
 from producer_tools.topics import create_topics
 
@@ -80,11 +79,10 @@ def summarise(bootstrap: str, model_path: Path, inputs: np.ndarray, labels: np.n
 
 def main(bootstrap: str | None, workdir: Path, count: int | None = None, bad: int = 4) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        if bootstrap is None:
-            broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
-            bootstrap = broker.bootstrap_servers
-            print(f"embedded broker on {bootstrap} (log: {broker.log_path})", flush=True)
+    log_path, embedded = workdir / "broker.log", bootstrap is None
+    with bootstrap_or_embedded(bootstrap, log_path) as bootstrap:
+        if embedded:
+            print(f"embedded broker on {bootstrap} (log: {log_path})", flush=True)
         create_topics(bootstrap, TOPICS.values(), partitions=4)
         print("training the digits classifier (scikit-learn's handwritten digits)…", flush=True)
         inputs, labels, _ = digits.train(workdir)

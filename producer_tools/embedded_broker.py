@@ -11,6 +11,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -111,3 +113,13 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object | TracebackType) -> None:
         self.stop()
+
+
+@contextmanager
+def bootstrap_or_embedded(bootstrap: str | None, log_path: Path | None = None) -> Iterator[str]:
+    """``bootstrap`` when one is given; else an embedded broker's, running until the block ends."""
+    if bootstrap is not None:
+        yield bootstrap
+        return
+    with EmbeddedBroker(log_path=log_path) as broker:
+        yield broker.bootstrap_servers

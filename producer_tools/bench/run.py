@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 import uuid
-from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from producer_tools.bench import baselines, report, system, workloads
+from producer_tools.embedded_broker import bootstrap_or_embedded
 from producer_tools.topics import create_topics
 
 PHASES = 7
@@ -43,14 +43,8 @@ def step(number: int, what: str) -> None:
 
 def run(options: BenchOptions) -> dict[str, Any]:
     options.workdir.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        bootstrap = options.bootstrap
-        if bootstrap is None:
-            from producer_tools.embedded_broker import EmbeddedBroker
-
-            bootstrap = stack.enter_context(EmbeddedBroker(log_path=options.workdir / "broker.log")).bootstrap_servers
+    with bootstrap_or_embedded(options.bootstrap, options.workdir / "broker.log") as bootstrap:
         return _measure(options, bootstrap)
-    raise AssertionError("unreachable")
 
 
 def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
