@@ -79,7 +79,7 @@ class Timeline:
         self.first_consumed: float | None = None
         self.last_acknowledged: float | None = None
 
-    def consumed(self, input_timestamps_ms: Sequence[int] = ()) -> np.ndarray:
+    def consumed(self, input_timestamps_ms: Sequence[int]) -> np.ndarray:
         """Inputs the fetch loop just received; their consume latencies (ms)."""
         now = time.time()
         if self.first_consumed is None:

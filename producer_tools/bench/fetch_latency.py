@@ -14,12 +14,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from confluent_kafka import Consumer, Producer
 from tqdm import tqdm
 
 from consumer.errors import BrokerError
-from consumer.timing import ages_ms
+from consumer.timing import Reservoir, ages_ms
 from producer_tools.publish import Pacer, produce
 from producer_tools.topics import create_topics
 
@@ -38,7 +37,8 @@ class Probe:
 
 
 def measure(bootstrap: str, probe: Probe) -> dict[str, Any]:
-    """Percentiles (ms) of consumed - record timestamp over the probe's records."""
+    """Percentiles (ms) of consumed - record timestamp over the probe's records, as the workers
+    summarise their own (``consume_latency_ms``)."""
     topic = f"fetch-latency-{uuid.uuid4().hex[:8]}"
     create_topics(bootstrap, [topic], partitions=probe.partitions)
     consumer = _joined_consumer(bootstrap, topic, probe.fetch_wait_ms)
@@ -51,7 +51,7 @@ def measure(bootstrap: str, probe: Probe) -> dict[str, Any]:
         stop.set()
         publisher.join()
         consumer.close()
-    return _summary(np.concatenate(ages) if ages else np.empty(0))
+    return ages.percentiles()
 
 
 def _joined_consumer(bootstrap: str, topic: str, fetch_wait_ms: int) -> Consumer:
@@ -84,9 +84,9 @@ def _publish(bootstrap: str, topic: str, probe: Probe, stop: threading.Event) ->
     producer.flush(10)
 
 
-def _receive(consumer: Consumer, probe: Probe) -> list[np.ndarray]:
+def _receive(consumer: Consumer, probe: Probe) -> Reservoir:
     """Every record's age when received, after the warm-up."""
-    ages: list[np.ndarray] = []
+    ages = Reservoir()
     start = time.monotonic()
     with tqdm(total=round(probe.seconds), desc="fetch-latency", unit="s", leave=False) as bar:
         while (elapsed := time.monotonic() - start) < probe.seconds:
@@ -95,19 +95,7 @@ def _receive(consumer: Consumer, probe: Probe) -> list[np.ndarray]:
             now = time.time()
             stamps = [m.timestamp()[1] for m in messages if m.error() is None]
             if stamps and elapsed >= WARM_UP_SECONDS:
-                ages.append(ages_ms(stamps, now))
+                ages.add(ages_ms(stamps, now))
             bar.update(int(elapsed) - bar.n)
     return ages
 
-
-def _summary(ages: np.ndarray) -> dict[str, Any]:
-    if not len(ages):
-        return {"count": 0}
-    p50, p95, p99 = np.percentile(ages, [50, 95, 99])
-    return {
-        "count": len(ages),
-        "p50": round(float(p50), 1),
-        "p95": round(float(p95), 1),
-        "p99": round(float(p99), 1),
-        "max": round(float(ages.max()), 1),
-    }
