@@ -6,6 +6,7 @@ cd "$root"
 bash scripts/bootstrap.sh
 echo "==> ruff" >&2
 .venv/bin/ruff check consumer producer_tools tests
+.venv/bin/ruff format --check consumer producer_tools tests
 echo "==> mypy" >&2
 .venv/bin/mypy
 echo "==> pytest" >&2

@@ -98,4 +98,3 @@ def _receive(consumer: Consumer, probe: Probe) -> Reservoir:
                 ages.add(ages_ms(stamps, now))
             bar.update(int(elapsed) - bar.n)
     return ages
-
