@@ -62,6 +62,11 @@ class Counters:
             return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "sink"}
 
 
+#: How long ``Outbox.send_now`` keeps librdkafka sending without linger (if its sender thread misses
+#: that window, the records go after ``linger.ms`` as they would anyway).
+SEND_NOW_SECONDS = 0.001
+
+
 class Outbox:
     """Sends records for input messages and marks the inputs done.
 
@@ -172,6 +177,14 @@ class Outbox:
 
     def poll(self, timeout: float = 0.0) -> None:
         self.producer.poll(timeout)
+
+    def send_now(self) -> None:
+        """Send the records produced so far without waiting out ``linger.ms``: called when a batch's
+        records are all produced and no batch is behind it, so nothing is coming soon to share their
+        request. librdkafka's only call for that is ``flush``, which sends without linger while it
+        runs; a millisecond is enough for its sender thread to wake up (and ``flush`` serves the
+        delivery reports that come meanwhile). It does not wait for the acknowledgements."""
+        self.producer.flush(SEND_NOW_SECONDS)
 
     def serve_acknowledgements(self) -> None:
         """Serve delivery reports as they arrive, in a thread of their own: an input is done (and its

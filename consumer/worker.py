@@ -409,6 +409,8 @@ class Worker:
             self._predict_batch(batch, inputs)
         finally:
             self.batch_started_at = None
+        if self.pipeline.in_flight() <= 1:  # no batch behind this one: its outputs need not linger
+            self.outbox.send_now()
 
     def _predict_batch(self, batch: Batch, inputs: Inputs) -> None:
         if not batch.rows:  # every input failed before predict

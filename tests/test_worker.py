@@ -224,3 +224,24 @@ def test_a_dead_letter_too_large_to_produce_keeps_its_reason_and_drops_its_value
     assert headers["tfstream.errors.value.omitted.bytes"] == b"1500000"
     assert headers["tfstream.errors.exception.class.name"] == b"NotMsgpackError"
     assert summary["predicted"] == 1 and committed(bootstrap, group, inp, 1) == {0: 2}
+
+
+def test_a_batch_s_outputs_are_sent_when_it_is_done_not_after_linger(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """With a ``linger.ms`` of 2 minutes, the outputs still come out: each batch's are sent as soon as
+    they are all produced (should librdkafka's sender miss one batch's moment, the next batch sends
+    both: hence three waves)."""
+    inp, out = topics("in", "out", partitions=1)
+    s = settings(bootstrap, mlp_path, inp, out, group, stop_at_end=False, kafka_producer={"linger.ms": 120_000})
+    worker = Background(s)
+    try:
+        for wave in range(3):
+            ids = range(wave * 10, wave * 10 + 10)
+            publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in ids))
+            time.sleep(0.5)
+        got = outputs(bootstrap, out, 30, timeout=60)
+    finally:
+        worker.stop()
+    assert sorted(record["id"] for _, record in got) == list(range(30))
+    assert worker.error is None and worker.result is not None and worker.result["predicted"] == 30
