@@ -198,13 +198,15 @@ def run_fetch_latency(args: argparse.Namespace) -> int:
     from producer_tools.embedded_broker import bootstrap_or_embedded
 
     with bootstrap_or_embedded(args.bootstrap_servers) as bootstrap:
-        ages = measure(bootstrap, probe)
+        result = measure(bootstrap, probe)
+    ages, round_trip = result["consumed"], result["fetch_round_trip_ms"]
     if not ages["count"]:
         raise BrokerError("the probe received no records: check that the broker accepts produce and fetch")
+    held = "n/a" if round_trip["p50"] is None else f"p50 {round_trip['p50']} ms, p99 {round_trip['p99']}"
     print(
         f"fetch.wait.max.ms {probe.fetch_wait_ms}, {probe.rate:,.0f} msg/s, publisher linger.ms {probe.linger_ms:g}: "
         f"record timestamp to consumed p50 {ages['p50']} ms, p95 {ages['p95']}, p99 {ages['p99']}, "
-        f"max {ages['max']} ({ages['count']:,} records)"
+        f"max {ages['max']} ({ages['count']:,} records); fetch round trip {held}"
     )
     return 0
 

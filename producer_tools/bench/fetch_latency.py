@@ -3,15 +3,19 @@
 A paced producer stamps each record with the time it is produced; a consumer that keeps up takes
 "now - timestamp" for every record it receives. What that measures is the input producer's
 ``linger.ms``, the broker's produce path and how soon the broker answers a waiting fetch: the
-floor under the consumer's own ``consume_latency_ms`` on that broker, at that rate.
+floor under the consumer's own ``consume_latency_ms`` on that broker, at that rate. librdkafka's
+statistics give the last part alone: the round trip of the consumer's requests to the partitions'
+broker, which are its fetches.
 """
 
 from __future__ import annotations
 
+import json
+import statistics
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
@@ -36,25 +40,51 @@ class Probe:
     partitions: int = 2
 
 
+@dataclass
+class FetchRoundTrips:
+    """The p50 and p99 (µs) of each statistics window of librdkafka's round trips to the brokers
+    that lead partitions (not the group coordinator's connection, which carries the heartbeats)."""
+
+    p50s: list[float] = field(default_factory=list)
+    p99s: list[float] = field(default_factory=list)
+    counting: bool = False
+
+    def on_statistics(self, stats_json: str) -> None:
+        if not self.counting:
+            return
+        for broker in json.loads(stats_json).get("brokers", {}).values():
+            rtt = broker.get("rtt", {})
+            if broker.get("nodeid", -1) >= 0 and rtt.get("cnt", 0) > 0:
+                self.p50s.append(rtt["p50"])
+                self.p99s.append(rtt["p99"])
+
+    def summary(self) -> dict[str, float | None]:
+        """ms: the median window's p50 and the worst window's p99."""
+        if not self.p50s:
+            return {"p50": None, "p99": None}
+        return {"p50": round(statistics.median(self.p50s) / 1000, 2), "p99": round(max(self.p99s) / 1000, 2)}
+
+
 def measure(bootstrap: str, probe: Probe) -> dict[str, Any]:
     """Percentiles (ms) of consumed - record timestamp over the probe's records, as the workers
-    summarise their own (``consume_latency_ms``)."""
+    summarise their own (``consume_latency_ms``), and the consumer's fetch round trips."""
     topic = f"fetch-latency-{uuid.uuid4().hex[:8]}"
     create_topics(bootstrap, [topic], partitions=probe.partitions)
-    consumer = _joined_consumer(bootstrap, topic, probe.fetch_wait_ms)
+    round_trips = FetchRoundTrips()
+    consumer = _joined_consumer(bootstrap, topic, probe.fetch_wait_ms, round_trips)
     stop = threading.Event()
     publisher = threading.Thread(target=_publish, args=(bootstrap, topic, probe, stop), daemon=True)
     publisher.start()
     try:
-        ages = _receive(consumer, probe)
+        ages = _receive(consumer, probe, round_trips)
     finally:
         stop.set()
         publisher.join()
         consumer.close()
-    return ages.percentiles()
+    return {"consumed": ages.percentiles(), "fetch_round_trip_ms": round_trips.summary()}
 
 
-def _joined_consumer(bootstrap: str, topic: str, fetch_wait_ms: int) -> Consumer:
+def _joined_consumer(bootstrap: str, topic: str, fetch_wait_ms: int, round_trips: FetchRoundTrips) -> Consumer:
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -63,6 +93,8 @@ def _joined_consumer(bootstrap: str, topic: str, fetch_wait_ms: int) -> Consumer
             "fetch.wait.max.ms": fetch_wait_ms,
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 500,
+            "statistics.interval.ms": 1000,
+            "stats_cb": round_trips.on_statistics,
         }
     )
     consumer.subscribe([topic])
@@ -84,8 +116,8 @@ def _publish(bootstrap: str, topic: str, probe: Probe, stop: threading.Event) ->
     producer.flush(10)
 
 
-def _receive(consumer: Consumer, probe: Probe) -> Reservoir:
-    """Every record's age when received, after the warm-up."""
+def _receive(consumer: Consumer, probe: Probe, round_trips: FetchRoundTrips) -> Reservoir:
+    """Every record's age when received, and the fetch round trips, after the warm-up."""
     ages = Reservoir()
     start = time.monotonic()
     with tqdm(total=round(probe.seconds), desc="fetch-latency", unit="s", leave=False) as bar:
@@ -94,7 +126,8 @@ def _receive(consumer: Consumer, probe: Probe) -> Reservoir:
             messages = consumer.consume(1, 0.05) + consumer.consume(10_000, 0)
             now = time.time()
             stamps = [m.timestamp()[1] for m in messages if m.error() is None]
-            if stamps and elapsed >= WARM_UP_SECONDS:
+            round_trips.counting = elapsed >= WARM_UP_SECONDS
+            if stamps and round_trips.counting:
                 ages.add(ages_ms(stamps, now))
             bar.update(int(elapsed) - bar.n)
     return ages
