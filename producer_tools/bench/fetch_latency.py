@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, Producer
 from tqdm import tqdm
 
 from consumer.errors import BrokerError
+from consumer.offsets import timestamps_of
 from consumer.timing import Reservoir, ages_ms
 from producer_tools.publish import Pacer, produce
 from producer_tools.topics import create_topics
@@ -47,10 +48,11 @@ class FetchRoundTrips:
 
     p50s: list[float] = field(default_factory=list)
     p99s: list[float] = field(default_factory=list)
-    counting: bool = False
+    #: windows reported before this (``time.monotonic()``) are start-up, and left out
+    counting_from: float = float("inf")
 
     def on_statistics(self, stats_json: str) -> None:
-        if not self.counting:
+        if time.monotonic() < self.counting_from:
             return
         for broker in json.loads(stats_json).get("brokers", {}).values():
             rtt = broker.get("rtt", {})
@@ -120,14 +122,14 @@ def _receive(consumer: Consumer, probe: Probe, round_trips: FetchRoundTrips) -> 
     """Every record's age when received, and the fetch round trips, after the warm-up."""
     ages = Reservoir()
     start = time.monotonic()
+    round_trips.counting_from = start + WARM_UP_SECONDS
     with tqdm(total=round(probe.seconds), desc="fetch-latency", unit="s", leave=False) as bar:
         while (elapsed := time.monotonic() - start) < probe.seconds:
             # one record as soon as it is there, then whatever else came with it
             messages = consumer.consume(1, 0.05) + consumer.consume(10_000, 0)
             now = time.time()
-            stamps = [m.timestamp()[1] for m in messages if m.error() is None]
-            round_trips.counting = elapsed >= WARM_UP_SECONDS
-            if stamps and round_trips.counting:
+            stamps = timestamps_of([m for m in messages if m.error() is None])
+            if stamps and elapsed >= WARM_UP_SECONDS:
                 ages.add(ages_ms(stamps, now))
             bar.update(int(elapsed) - bar.n)
     return ages
