@@ -145,6 +145,10 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-seconds", type=_positive(float), default=10.0, metavar="S", help="per-message loops")
     p.add_argument("--backlog", type=_positive(int), metavar="N", help="also drain a backlog of N messages for memory")
     p.add_argument("--partitions", type=_positive(int), default=4, metavar="N")
+    p.add_argument(
+        "--rounds", type=_positive(int), default=1, metavar="N",
+        help="measure the I/O limit, the system and the latency N times, interleaved; report the median (default 1)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     p.add_argument("--workdir", type=Path, default=Path("bench-output"), help="models and the broker log")
     p.add_argument(
@@ -162,7 +166,7 @@ def run_bench(args: argparse.Namespace) -> int:
         workload=args.workload, messages=args.messages, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
         latency_seconds=args.latency_seconds, latency_rate=args.latency_rate, baseline_seconds=args.baseline_seconds,
         backlog=args.backlog, partitions=args.partitions, json_path=args.json, workdir=args.workdir,
-        bootstrap=args.bootstrap_servers,
+        bootstrap=args.bootstrap_servers, rounds=args.rounds,
         consumer_args=tuple(shlex.split(args.consumer_args)),
     )  # fmt: skip
     result = run(options)

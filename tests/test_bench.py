@@ -21,7 +21,7 @@ def test_bench_runs_every_phase_and_writes_its_json(
 ) -> None:
     out = tmp_path / "bench.json"
     tiny = ["--messages", "400", "--batch-size", "32", "--latency-seconds", "1", "--baseline-seconds", "1"]
-    tiny += ["--latency-rate", "200"]
+    tiny += ["--latency-rate", "200", "--rounds", "2"]
     argv = ["bench", "--bootstrap-servers", bootstrap, *tiny, "--json", str(out), "--workdir", str(tmp_path)]
     assert main(argv) == 0
     result = json.loads(out.read_text())
@@ -36,6 +36,13 @@ def test_bench_runs_every_phase_and_writes_its_json(
     assert list(result["rates"]) == measures and all(result["rates"][m] > 0 for m in measures)
     assert set(result["ratios"]) == {f"system / {m}" for m in measures if m != "system"}
     assert result["system_summary"]["predicted"] == 400 and result["traces_after_warmup"] == 0
+    # two rounds of the relay, the system and the latency: the figures shown are the median round's
+    runs = result["runs"]
+    assert [len(runs[k]) for k in ("io_limit", "system", "system / io_limit", "latency_p99_ms")] == [2, 2, 2, 2]
+    # (of two, the one less flattering to the system)
+    assert min(runs["system"]) == pytest.approx(result["rates"]["system"], abs=0.1)
+    assert max(runs["io_limit"]) == pytest.approx(result["rates"]["io_limit"], abs=0.1)
+    assert result["latency_ms"]["p99"] == max(runs["latency_p99_ms"]) and result["settings"]["rounds"] == 2
     # the consumer runs with its defaults: two CPU workers where there are two cores
     assert len(result["system_summary"]["workers"]) == min(DEFAULT_CPU_WORKERS, usable_cores())
     assert {"p50", "p95", "p99"} <= set(result["latency_ms"]) and result["environment"]["cpus"] >= 1
@@ -51,6 +58,7 @@ def test_bench_runs_every_phase_and_writes_its_json(
     assert result["rss_after_warmup_mb"] > 0 and result["peak_rss_mb"] >= result["rss_after_warmup_mb"]
     table = capsys.readouterr().out
     assert "system / io_limit" in table and "targets:" in table and "the worker consuming it" in table
+    assert "2 rounds, median shown" in table
     # 400 messages fit in the relay's producer queue: the run says its I/O limit is a burst figure
     assert len(result["warnings"]) == 1 and "I/O limit reads high" in table
 

@@ -95,11 +95,23 @@ def print_table(result: dict[str, Any]) -> None:
         f"full batch predict: {result['full_batch_ms']:.2f} ms; traces after warm-up: {result['traces_after_warmup']}"
     )
     print(f"worker memory: {result['rss_after_warmup_mb']} MB after warm-up, peak {result['peak_rss_mb']} MB")
+    _print_spread(result)
     for warning in result.get("warnings", []):
         print(f"\nnote: {warning}")
     print("\ntargets:")
     for name, ok in result["targets"].items():
         print(f"  [{'ok' if ok else 'MISS' if ok is not None else 'n/a'}] {name}")
+
+
+def _print_spread(result: dict[str, Any]) -> None:
+    """With several rounds: each figure's range, so a reader sees how much the median can be trusted."""
+    runs = result.get("runs", {})
+    if len(runs.get("system", [])) < 2:
+        return
+    print(f"\n{len(runs['system'])} rounds, median shown; every round's figure:")
+    for name, values in runs.items():
+        shown = ", ".join(f"{v:,.2f}" if name == "system / io_limit" else f"{v:,.0f}" for v in values)
+        print(f"  {name:<20} {shown}")
 
 
 def write_json(path: Path, result: dict[str, Any]) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import statistics
 import sys
 import uuid
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ from producer_tools.bench import baselines, report, system, workloads
 from producer_tools.embedded_broker import bootstrap_or_embedded
 from producer_tools.topics import create_topics
 
-PHASES = 7
+PHASES = 6
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class BenchOptions:
     workdir: Path = Path("bench-output")
     bootstrap: str | None = None
     consumer_args: tuple[str, ...] = ()  # more flags for python -m consumer run, e.g. --workers 2
+    #: how many times the I/O limit, the system and the latency are measured (interleaved); the median counts
+    rounds: int = 1
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -57,26 +61,27 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
     values = system.encode(workload, inputs)
     topics = _topics(bootstrap, options.partitions)
     system.publish(bootstrap, topics["in"], values, workload.messages)
-    rates: dict[str, float | None] = {}
-    step(2, "I/O limit: a bare consume → decode → produce relay")
-    rates["io_limit"] = baselines.io_limit(bootstrap, topics["in"], topics["relay"], workload.messages)
-    step(3, "compute limit: the bare precompiled predict function, inputs in memory")
-    rates["compute_limit"], full_batch_s = baselines.compute_limit(workload, inputs)
-    step(4, "the system: python -m consumer run --stop-at-end draining the topic")
-    drained = system.drain(bootstrap, topics["in"], topics["out"], workload, options.flags)
-    system_rate = rates["system"] = system.throughput(drained)
-    latency_rate = options.latency_rate or max(1.0, system_rate / 2)
+    step(2, "compute limit: the bare precompiled predict function, inputs in memory")
+    compute_limit, full_batch_s = baselines.compute_limit(workload, inputs)
+    step(3, "I/O limit (a bare consume → decode → produce relay) and the system (python -m consumer run "
+         f"--stop-at-end draining the topic){_times(options.rounds)}")  # fmt: skip
+    rounds = _limits_and_system(bootstrap, topics, workload, options)
+    drained = rounds.median_drain()
+    rates: dict[str, float | None] = {
+        "io_limit": statistics.median_high(rounds.io_limit),
+        "compute_limit": compute_limit,
+        "system": system.throughput(drained),
+    }
+    latency_rate = options.latency_rate or max(1.0, (rates["system"] or 0.0) / 2)
     at = "half that throughput" if options.latency_rate is None else f"{latency_rate:,.0f} msg/s"
-    step(5, f"latency at {at} for {options.latency_seconds:.0f}s")
-    steady = system.steady_latency(
-        bootstrap, topics["steady"], topics["steady_out"], workload, values, latency_rate,
-        options.latency_seconds, options.flags, options.partitions,
-    )  # fmt: skip
-    step(6, f"the usual approaches ({options.baseline_seconds:.0f}s each for the per-message loops)")
+    step(4, f"latency at {at} for {options.latency_seconds:.0f}s{_times(options.rounds)}")
+    _latency_rounds(rounds, bootstrap, options, workload, values, latency_rate)
+    steady = rounds.median_steady()
+    step(5, f"the usual approaches ({options.baseline_seconds:.0f}s each for the per-message loops)")
     rates |= _usual(bootstrap, topics, workload, inputs, options.baseline_seconds)
-    step(7, "memory under a backlog" if options.backlog else "memory (add --backlog N for a larger backlog)")
-    memory_run = _backlog(bootstrap, options, workload, values) if options.backlog else drained
-    worker = max(memory_run["workers"], key=lambda w: w.get("peak_rss_mb", 0) - w.get("rss_after_warmup_mb", 0))
+    step(6, "memory under a backlog" if options.backlog else "memory (add --backlog N for a larger backlog)")
+    memory_runs = [_backlog(bootstrap, options, workload, values)] if options.backlog else rounds.drains
+    worker = max((w for run in memory_runs for w in run["workers"]), key=_growth)
     result: dict[str, Any] = {
         "workload": options.workload,
         "settings": {
@@ -85,19 +90,21 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
             "partitions": options.partitions, "latency_seconds": options.latency_seconds,
             "latency_rate": options.latency_rate,  # None: half the system's throughput
             "backlog": options.backlog or workload.messages,
+            "rounds": options.rounds,
             "broker": "embedded" if options.bootstrap is None else bootstrap,
         },
         "environment": report.environment(),
         "rates": rates,
         "ratios": report.ratios(rates),
+        "runs": rounds.figures(),
         "full_batch_ms": full_batch_s * 1000,
         "latency_rate": latency_rate,
         "latency_ms": _worst_latency(steady["workers"]),
         "consume_latency_ms": _worst_latency(steady["workers"], "consume_latency_ms"),
-        "traces_after_warmup": drained["traces_after_warmup"] + steady["traces_after_warmup"],
+        "traces_after_warmup": sum(run["traces_after_warmup"] for run in rounds.drains + rounds.steady),
         "rss_after_warmup_mb": worker.get("rss_after_warmup_mb"),
         "peak_rss_mb": worker.get("peak_rss_mb"),
-        "memory_growth_mb": round(worker.get("peak_rss_mb", 0) - worker.get("rss_after_warmup_mb", 0), 1),
+        "memory_growth_mb": round(_growth(worker), 1),
         "system_summary": drained,
     }  # fmt: skip
     result["targets"] = report.targets(options.workload, rates, result)
@@ -105,9 +112,99 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
     return result
 
 
+@dataclass
+class Rounds:
+    """What each round measured. The figures reported are the median round's, so a table's figures
+    come from one run, not a mix; for an even count, of the two rounds in the middle, the one less
+    flattering to the system (its lower throughput, the higher I/O limit, the higher p99)."""
+
+    io_limit: list[float] = field(default_factory=list)
+    drains: list[dict[str, Any]] = field(default_factory=list)
+    steady: list[dict[str, Any]] = field(default_factory=list)
+
+    def median_drain(self) -> dict[str, Any]:
+        return _median_by(self.drains, system.throughput, statistics.median_low)
+
+    def median_steady(self) -> dict[str, Any]:
+        return _median_by(self.steady, _p99, statistics.median_high)
+
+    def figures(self) -> dict[str, list[float]]:
+        """Every round's figure, in the order measured, for the spread."""
+        system_rates = [system.throughput(d) for d in self.drains]
+        pairs = zip(system_rates, self.io_limit, strict=True)
+        return {
+            "io_limit": [round(r, 1) for r in self.io_limit],
+            "system": [round(r, 1) for r in system_rates],
+            "system / io_limit": [round(s / i, 3) if i else 0.0 for s, i in pairs],
+            "latency_p99_ms": [_p99(run) for run in self.steady],
+        }
+
+
+def _limits_and_system(
+    bootstrap: str, topics: dict[str, str], workload: workloads.Workload, options: BenchOptions
+) -> Rounds:
+    """The relay and the system in turn, on the same preloaded messages: drift on a shared machine
+    moves both, not one of them."""
+    rounds = Rounds()
+    for number in range(1, options.rounds + 1):
+        rounds.io_limit.append(baselines.io_limit(bootstrap, topics["in"], topics["relay"], workload.messages))
+        rounds.drains.append(system.drain(bootstrap, topics["in"], topics["out"], workload, options.flags))
+        if options.rounds > 1:
+            io_rate, system_rate = rounds.io_limit[-1], system.throughput(rounds.drains[-1])
+            print(f"  round {number}/{options.rounds}: I/O limit {io_rate:,.0f} msg/s, system {system_rate:,.0f} msg/s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return rounds
+
+
+def _latency_rounds(
+    rounds: Rounds,
+    bootstrap: str,
+    options: BenchOptions,
+    workload: workloads.Workload,
+    values: list[bytes],
+    rate: float,
+) -> None:
+    for number in range(1, options.rounds + 1):
+        rounds.steady.append(_steady(bootstrap, options, workload, values, rate))
+        if options.rounds > 1:
+            p99 = _p99(rounds.steady[-1])
+            print(f"  round {number}/{options.rounds}: p99 {p99:,.1f} ms", file=sys.stderr, flush=True)
+
+
+def _steady(
+    bootstrap: str, options: BenchOptions, workload: workloads.Workload, values: list[bytes], rate: float
+) -> dict[str, Any]:
+    """One steady-rate run, on topics of its own (the consumer reads its input from the beginning)."""
+    source = f"bench-steady-{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, [source, source + "-out"], partitions=options.partitions)
+    return system.steady_latency(
+        bootstrap, source, source + "-out", workload, values, rate, options.latency_seconds, options.flags,
+        options.partitions,
+    )  # fmt: skip
+
+
+def _median_by(
+    runs: list[dict[str, Any]], key: Callable[[dict[str, Any]], float], median: Callable[[list[float]], float]
+) -> dict[str, Any]:
+    middle = median([key(run) for run in runs])
+    return next(run for run in runs if key(run) == middle)
+
+
+def _p99(run: dict[str, Any]) -> float:
+    return _worst_latency(run["workers"]).get("p99", 0.0)
+
+
+def _growth(worker: dict[str, Any]) -> float:
+    return float(worker.get("peak_rss_mb", 0) - worker.get("rss_after_warmup_mb", 0))
+
+
+def _times(rounds: int) -> str:
+    return f", {rounds} rounds" if rounds > 1 else ""
+
+
 def _topics(bootstrap: str, partitions: int) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:6]
-    names = {k: f"bench-{k}-{suffix}" for k in ("in", "relay", "out", "steady", "steady_out", "usual_out", "backlog")}
+    names = {k: f"bench-{k}-{suffix}" for k in ("in", "relay", "out", "usual_out")}
     create_topics(bootstrap, names.values(), partitions=partitions)
     return names
 
