@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import shutil
 import statistics
+import weakref
 from collections import defaultdict
 from pathlib import Path
 
@@ -57,11 +58,12 @@ def test_only_complete_integer_versions_count(tmp_path: Path) -> None:
 
 
 def wide_model(path: Path, seed: int) -> Path:
-    """4.2 M weights (17 MB): a model a leak could not hide."""
+    """16.8 M weights (67 MB): a model a leak could not hide. Tensors this large are allocated apart
+    from the heap and handed back to the system when freed, so the process's level stays steady."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    layers = [keras.Input((4,), name="features"), keras.layers.Dense(2048), keras.layers.Dense(2048)]
+    layers = [keras.Input((4,), name="features"), keras.layers.Dense(4096), keras.layers.Dense(4096)]
     keras.Sequential([*layers, keras.layers.Dense(3)], name="wide").save(path)
     return path
 
@@ -71,18 +73,20 @@ def test_memory_returns_to_its_level_over_repeated_reloads(tmp_path: Path) -> No
     gc.collect()
     gc.freeze()  # as the worker does after warm-up
     served = build(paths[0], "mlp", "1", [1, 8, 32], False, 1)
-    levels = []
+    replaced, levels = [], []
     for reload in range(16):
+        replaced.append(weakref.ref(served.model.keepalive))
         served = build(paths[reload % 2], "mlp", str(reload % 2 + 1), [1, 8, 32], False, reload % 2 + 1)
         release_unreachable()
         levels.append(rss_mb())
     gc.unfreeze()
     print(f"RSS after each of 16 reloads (MB): {levels}")
     assert served.model.version == "2"
-    # The allocator moves single readings by ±65 MB either way (measured), so medians of four are
-    # compared, after the first two (warm-up). A model kept per reload (17 MB) would add ~190 MB.
+    assert [ref() for ref in replaced] == [None] * 16  # nothing holds a replaced model
+    # Measured: +1-2 MB from the third reload to the last. A model kept per reload adds 65 MB each,
+    # ~650 MB between the medians compared; the first two readings are warm-up.
     early, late = statistics.median(levels[2:6]), statistics.median(levels[-4:])
-    assert late - early < 60, (early, late)
+    assert late - early < 100, (early, late)
 
 
 @pytest.mark.integration
