@@ -1,6 +1,6 @@
 """A consumer-group member that owns one device.
 
-    fetch loop (this thread)            predict thread
+    fetch loop (this thread)            predict thread (consumer/serving.py)
     consume → route → batcher ──put──▶ pipeline (tf.data) → predict → emit → outbox
         ▲  commit contiguous done offsets ◀── delivery reports mark inputs done ──┘
 
@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from itertools import compress
 from typing import Any
 
@@ -28,14 +29,15 @@ from consumer.batcher import Batcher
 from consumer.codec import Limits
 from consumer.config import Settings
 from consumer.delivery import Counters, DeadLetters, Outbox, wait_until
-from consumer.errors import BrokerError, ConfigError, DeliveryError, PredictError
+from consumer.errors import BrokerError, ConfigError, DeliveryError
 from consumer.logs import get_logger
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.outputs import Emitter
-from consumer.pipeline import Batch, Inputs, Pipeline, pad_to
+from consumer.pipeline import Pipeline
 from consumer.positions import EndOfInput, TimeWindow, apply_start_positions
 from consumer.predictor import default_batch_sizes
-from consumer.reload import Served, Watcher, build, first_model, release_unreachable
+from consumer.reload import Served, Watcher, build, first_model
+from consumer.serving import Serving
 from consumer.timing import Timeline, peak_rss_mb, rss_mb
 from consumer.transactions import Transactions
 from consumer.versions import ModelVersion
@@ -59,7 +61,6 @@ class Worker:
         self.log = get_logger("consumer.worker")
         self.metrics = metrics.WorkerMetrics(slot, device) if metrics.enabled() else None
         self.counters = Counters(sink=self.metrics.count if self.metrics else None)
-        self.batch_started_at: float | None = None  # monotonic; set while the predict thread runs a batch
         self._joined = False
         self.tracker = OffsetTracker()
         self.ends = EndOfInput()
@@ -73,10 +74,7 @@ class Worker:
         self.read_ahead_bytes = int(settings.read_ahead_mb * 2**20)
         self._stop = threading.Event()
         self._paused: set[Partition] = set()
-        self._predict_failure: BaseException | None = None
         self._last_commit = time.monotonic()
-        self.warm_traces = 0
-        self._traces_before = 0  # traces after warm-up of models served before this one
         self.timeline = Timeline()
         self.rss_after_warmup_mb = 0.0
         self._backoff = FIRST_BACKOFF_SECONDS
@@ -91,19 +89,28 @@ class Worker:
         s = self.settings
         sizes = s.allowed_batch_sizes or default_batch_sizes(s.max_batch_size)
         served, versions, pinned = first_model(s.model, s.model_name, s.model_version, sizes, s.jit_compile)
-        model = served.model
-        self.model_info = served.info
-        self.predictor = served.predictor
-        warm = self.predictor.warmup_seconds
-        self.warm_traces = self.predictor.trace_count
-        self.watcher: Watcher | None = None
+        watcher = None
         if versions is not None and s.model_poll_seconds:
-            self.watcher = Watcher(
-                versions, pinned, served, lambda v: self._build_version(v, sizes), s.model_poll_seconds, self.log,
-                self.metrics.model_reload if self.metrics else None,
-            )  # fmt: skip
+            reloads = self.metrics.model_reload if self.metrics else None
+            watcher = Watcher(versions, pinned, served, self._builder(sizes), s.model_poll_seconds, self.log, reloads)
         freeze_heap()
         self.rss_after_warmup_mb = rss_mb()
+        self._log_ready(served, sizes)
+        self._connect()
+        self.serving = self._serving(served, watcher)
+        if self.metrics is not None:
+            self.metrics.serving(served.info["version"])
+        if watcher is not None:
+            watcher.start()
+
+    def _builder(self, sizes: list[int]) -> Callable[[ModelVersion], Served]:
+        """How the watcher loads a new version: compiled for the same batch sizes."""
+        s = self.settings
+        name = s.model_name or s.model.name
+        return lambda version: build(version.path, name, str(version.number), sizes, s.jit_compile, version.number)
+
+    def _log_ready(self, served: Served, sizes: list[int]) -> None:
+        model, warm = served.model, served.predictor.warmup_seconds
         self.log.info(
             "model ready",
             model=model.name,
@@ -114,6 +121,10 @@ class Worker:
             tf_devices=[d.name for d in tf.config.list_logical_devices()],
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
         )
+
+    def _connect(self) -> None:
+        """The consumer (after checking the topics), the producer, its outbox and any transactions."""
+        s = self.settings
         client_id = f"tfstream-{s.group}-{self.slot}"
         config = kafka_io.consumer_config(s, client_id)
         self.drain_budget = min(s.drain_timeout_s, int(config["max.poll.interval.ms"]) / 2000)
@@ -131,46 +142,47 @@ class Worker:
         for topic in missing:  # outputs wait (paused, nothing committed) until it exists
             self.log.error(f"topic {topic!r} does not exist: create it; until then outputs cannot be delivered")
         exactly_once = s.delivery == "exactly-once"
-        producer_config = kafka_io.producer_config(s, client_id, self.slot)
-        self.producer = Producer(producer_config)
+        self.producer_config = kafka_io.producer_config(s, client_id, self.slot)
+        self.producer = Producer(self.producer_config)
         self.outbox = Outbox(self.producer, self.tracker, self.timeline, transactional=exactly_once)
+        if self.metrics is not None:
+            self.outbox.on_acknowledged = self._acknowledged
         self.transactions: Transactions | None = None
         if exactly_once:
             self.transactions = Transactions(
                 self.producer, self.outbox, self.tracker, s.transaction_timeout_ms / 2000, self.log
             )
             self.transactions.start()
-        producer_limit = int(producer_config.get("message.max.bytes", 1_000_000))
+
+    def _serving(self, served: Served, watcher: Watcher | None) -> Serving:
+        """The pipeline into the model, and where its outputs and dead letters go."""
+        s = self.settings
+        producer_limit = int(self.producer_config.get("message.max.bytes", 1_000_000))
         dead_letters = DeadLetters(
-            self.outbox, s.dlq_topic, s.group, self.model_info, self.counters, self.log, producer_limit - 64 * 1024
+            self.outbox, s.dlq_topic, s.group, served.info, self.counters, self.log, producer_limit - 64 * 1024
         )
-        limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)
-        self.pipeline = Pipeline(
-            self.predictor, limits, s.pipeline_depth, load_preprocess(s.preprocess), s.reject_non_finite
-        )
-        self.dead_letters = dead_letters
         if self.metrics is not None:
             dead_letters.on_dead_letter = self.metrics.dead_letter
-            self.outbox.on_acknowledged = self._acknowledged
-        worker = f"{socket.gethostname()}/{os.getpid()}/{self.slot}/{self.device}"
-        self.emitter = Emitter(
-            self.outbox, s.output_topic, self.model_info, s.output_format, self.counters, dead_letters, worker
+        limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)
+        self.pipeline = Pipeline(
+            served.predictor, limits, s.pipeline_depth, load_preprocess(s.preprocess), s.reject_non_finite
         )
-        if self.metrics is not None:
-            self.metrics.serving(self.model_info["version"])
-        if self.watcher is not None:
-            self.watcher.start()
+        worker = f"{socket.gethostname()}/{os.getpid()}/{self.slot}/{self.device}"
+        emitter = Emitter(
+            self.outbox, s.output_topic, served.info, s.output_format, self.counters, dead_letters, worker
+        )
+        return Serving(served, self.pipeline, emitter, dead_letters, self.outbox, watcher, self.metrics, self.log)
 
     # -- run -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Stream until ``request_stop`` or, with ``stop_at_end``, until the input is done."""
-        if not hasattr(self, "predictor"):
+        if not hasattr(self, "serving"):
             self.start()
         started = time.monotonic()
         self.consumer.subscribe(
             [self.settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        predict = threading.Thread(target=self._predict_loop, name="predict", daemon=True)
+        predict = threading.Thread(target=self.serving.run, name="predict", daemon=True)
         predict.start()
         self.outbox.serve_acknowledgements()
         try:
@@ -196,7 +208,7 @@ class Worker:
 
     def status(self) -> dict[str, Any]:
         """For the supervisor's /readyz (and the gauges): joined, stuck, in flight. Any thread."""
-        stuck_s = batch_stuck_for(self.batch_started_at, time.monotonic(), self.settings.stuck_batch_s)
+        stuck_s = batch_stuck_for(self.serving.batch_started_at, time.monotonic(), self.settings.stuck_batch_s)
         status: dict[str, Any] = {
             "ready": self._joined and stuck_s is None,
             "joined": self._joined,
@@ -219,7 +231,7 @@ class Worker:
 
     @property
     def traces_after_warmup(self) -> int:
-        return self._traces_before + self.predictor.trace_count - self.warm_traces
+        return self.serving.traces_after_warmup
 
     def _bounded_run_done(self) -> bool:
         return self.settings.stop_at_end and self.ends.finished() and self.tracker.in_flight() == 0
@@ -230,8 +242,8 @@ class Worker:
             self._recover(failure)
         elif failure is not None:
             raise failure
-        if self._predict_failure is not None:
-            raise self._predict_failure
+        if self.serving.failure is not None:
+            raise self.serving.failure
         if not finished and not predict.is_alive():
             raise RuntimeError("the predict thread ended unexpectedly")
 
@@ -371,78 +383,6 @@ class Worker:
         if accepted:
             self._backoff = FIRST_BACKOFF_SECONDS
 
-    # -- predict thread ------------------------------------------------------------------
-    def _predict_loop(self) -> None:
-        try:
-            for batch, inputs in self.pipeline.batches():
-                self._predict(batch, inputs)
-                self.pipeline.mark_finished()
-        except BaseException as exc:
-            self._predict_failure = exc
-
-    def _build_version(self, version: ModelVersion, sizes: list[int]) -> Served:
-        name = self.settings.model_name or self.settings.model.name
-        return build(version.path, name, str(version.number), sizes, self.settings.jit_compile, version.number)
-
-    def _swap_if_ready(self) -> None:
-        """Between two batches: serve the version the watcher prepared, release the old one."""
-        served = self.watcher.take() if self.watcher is not None else None
-        if served is None:
-            return
-        old = self.model_info
-        self._traces_before += self.traces_after_warmup
-        self.predictor = self.pipeline.predictor = served.predictor
-        self.warm_traces = served.predictor.trace_count
-        self.model_info = served.info
-        self.emitter.set_model(self.model_info)
-        self.dead_letters.model = self.model_info
-        del served
-        release_unreachable()
-        if self.metrics is not None:
-            self.metrics.serving(self.model_info["version"])
-        self.log.info("model version swapped", previous=old["version"], serving=self.model_info["version"])
-
-    def _predict(self, batch: Batch, inputs: Inputs) -> None:
-        self._swap_if_ready()
-        self.batch_started_at = time.monotonic()
-        try:
-            self._predict_batch(batch, inputs)
-        finally:
-            self.batch_started_at = None
-        if self.pipeline.in_flight() <= 1:  # no batch behind this one: its outputs need not linger
-            self.outbox.send_now()
-
-    def _predict_batch(self, batch: Batch, inputs: Inputs) -> None:
-        if not batch.rows:  # every input failed before predict
-            self.emitter.emit(batch, None)
-            return
-        started = time.perf_counter()
-        bucket = self.predictor.bucket_for(batch.rows)
-        try:
-            outputs = self.predictor.run(inputs, bucket)
-        except (tf.errors.OpError, ValueError, TypeError) as exc:
-            self.log.warning("predict failed on a batch; retrying its inputs one by one", error=str(exc))
-            with self.outbox.lock:  # one unit of a transaction, like any batch
-                self.emitter.emit(batch, None)
-                self._predict_one_by_one(batch, inputs)
-            return
-        rows = {name: value[: batch.rows] for name, value in outputs.items()}
-        predict_s = time.perf_counter() - started
-        if self.metrics is not None:
-            queue_wait_s = max(0.0, (self.batch_started_at or batch.closed_at) - batch.closed_at)
-            self.metrics.batch(batch.rows, queue_wait_s, predict_s)
-        self.emitter.emit(batch, rows, bucket, predict_s * 1000)
-
-    def _predict_one_by_one(self, batch: Batch, inputs: Inputs) -> None:
-        size = self.predictor.bucket_for(1)
-        for row, msg in enumerate(batch.messages):
-            try:
-                outputs = self.predictor.run(pad_to({k: v[row : row + 1] for k, v in inputs.items()}, size), size)
-            except (tf.errors.OpError, ValueError, TypeError) as exc:
-                self.dead_letters.send(msg, PredictError(f"the model raised {type(exc).__name__}: {exc}"))
-                continue
-            self.emitter.emit(batch.row(row), {k: v[:1] for k, v in outputs.items()}, size, 0.0)
-
     # -- rebalance -----------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._joined = True  # with partitions, or idle in the group: either way a ready member
@@ -547,7 +487,7 @@ class Worker:
                 self.outbox.poll(0.05)
 
     def _failed(self) -> bool:
-        return self.outbox.failure is not None or self._predict_failure is not None
+        return self.outbox.failure is not None or self.serving.failure is not None
 
     def _release(self, partitions: set[Partition]) -> None:
         # librdkafka keeps a partition paused across revoke and re-assign: a partition paused here
@@ -567,8 +507,8 @@ class Worker:
         self.producer.flush(self.settings.drain_timeout_s)
         self.outbox.stop_serving()
         self._maybe_commit(force=True)
-        if self.watcher is not None:
-            self.watcher.stop()
+        if self.serving.watcher is not None:
+            self.serving.watcher.stop()
         if self.transactions is not None:
             self.transactions.close()
         self.consumer.close()

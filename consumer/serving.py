@@ -1,0 +1,116 @@
+"""The predict thread: the pipeline's batches through the served model, their outputs to the outbox.
+
+It runs beside the worker's fetch loop (``consumer/worker.py``), which never runs the model.
+Between two batches it swaps in a version the model watcher prepared (``consumer/reload.py``), so
+no batch is mixed across versions. A batch the model fails on is retried one input at a time; an
+input that still fails goes to the dead-letter topic, and the others are answered.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import tensorflow as tf
+
+from consumer.delivery import DeadLetters, Outbox
+from consumer.errors import PredictError
+from consumer.metrics import WorkerMetrics
+from consumer.outputs import Emitter
+from consumer.pipeline import Batch, Inputs, Pipeline, pad_to
+from consumer.reload import Served, Watcher, release_unreachable
+
+
+class Serving:
+    """Runs each batch through the served model and emits its outputs (the predict thread's target)."""
+
+    def __init__(
+        self,
+        served: Served,
+        pipeline: Pipeline,
+        emitter: Emitter,
+        dead_letters: DeadLetters,
+        outbox: Outbox,
+        watcher: Watcher | None,
+        metrics: WorkerMetrics | None,
+        log: Any,
+    ) -> None:
+        self.predictor = served.predictor
+        self.model_info = served.info
+        self.pipeline, self.emitter, self.dead_letters, self.outbox = pipeline, emitter, dead_letters, outbox
+        self.watcher, self.metrics, self.log = watcher, metrics, log
+        self.warm_traces = self.predictor.trace_count
+        self._traces_before = 0  # traces after warm-up of the models served before this one
+        self.batch_started_at: float | None = None  # monotonic; set while a batch runs
+        self.failure: BaseException | None = None  # what ended the thread, for the fetch loop to raise
+
+    @property
+    def traces_after_warmup(self) -> int:
+        return self._traces_before + self.predictor.trace_count - self.warm_traces
+
+    def run(self) -> None:
+        try:
+            for batch, inputs in self.pipeline.batches():
+                self._predict(batch, inputs)
+                self.pipeline.mark_finished()
+        except BaseException as exc:
+            self.failure = exc
+
+    def _swap_if_ready(self) -> None:
+        """Between two batches: serve the version the watcher prepared, release the old one."""
+        served = self.watcher.take() if self.watcher is not None else None
+        if served is None:
+            return
+        old = self.model_info
+        self._traces_before += self.traces_after_warmup
+        self.predictor = self.pipeline.predictor = served.predictor
+        self.warm_traces = served.predictor.trace_count
+        self.model_info = served.info
+        self.emitter.set_model(self.model_info)
+        self.dead_letters.model = self.model_info
+        del served
+        release_unreachable()
+        if self.metrics is not None:
+            self.metrics.serving(self.model_info["version"])
+        self.log.info("model version swapped", previous=old["version"], serving=self.model_info["version"])
+
+    def _predict(self, batch: Batch, inputs: Inputs) -> None:
+        self._swap_if_ready()
+        self.batch_started_at = time.monotonic()
+        try:
+            self._predict_batch(batch, inputs)
+        finally:
+            self.batch_started_at = None
+        if self.pipeline.in_flight() <= 1:  # no batch behind this one: its outputs need not linger
+            self.outbox.send_now()
+
+    def _predict_batch(self, batch: Batch, inputs: Inputs) -> None:
+        if not batch.rows:  # every input failed before predict
+            self.emitter.emit(batch, None)
+            return
+        started = time.perf_counter()
+        bucket = self.predictor.bucket_for(batch.rows)
+        try:
+            outputs = self.predictor.run(inputs, bucket)
+        except (tf.errors.OpError, ValueError, TypeError) as exc:
+            self.log.warning("predict failed on a batch; retrying its inputs one by one", error=str(exc))
+            with self.outbox.lock:  # one unit of a transaction, like any batch
+                self.emitter.emit(batch, None)
+                self._predict_one_by_one(batch, inputs)
+            return
+        rows = {name: value[: batch.rows] for name, value in outputs.items()}
+        predict_s = time.perf_counter() - started
+        if self.metrics is not None:
+            queue_wait_s = max(0.0, (self.batch_started_at or batch.closed_at) - batch.closed_at)
+            self.metrics.batch(batch.rows, queue_wait_s, predict_s)
+        self.emitter.emit(batch, rows, bucket, predict_s * 1000)
+
+    def _predict_one_by_one(self, batch: Batch, inputs: Inputs) -> None:
+        size = self.predictor.bucket_for(1)
+        for row, msg in enumerate(batch.messages):
+            try:
+                outputs = self.predictor.run(pad_to({k: v[row : row + 1] for k, v in inputs.items()}, size), size)
+            except (tf.errors.OpError, ValueError, TypeError) as exc:
+                self.dead_letters.send(msg, PredictError(f"the model raised {type(exc).__name__}: {exc}"))
+                continue
+            self.emitter.emit(batch.row(row), {k: v[:1] for k, v in outputs.items()}, size, 0.0)
