@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from consumer import logs
@@ -59,7 +60,7 @@ def _serve(settings: Settings, slot: WorkerSlot, report: multiprocessing.connect
 
     worker = Worker(settings, slot.slot, slot.device)
     install_signal_handlers(worker.request_stop)
-    _stop_when_parent_dies(worker.request_stop)
+    when_parent_dies(worker.request_stop)
     worker.start()
     _send(report, "ready", {"device": slot.device, "pid": os.getpid()})
     _report_status_every_second(worker, report)
@@ -96,15 +97,17 @@ def install_signal_handlers(stop: Any) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def _stop_when_parent_dies(stop: Any) -> None:
-    """A worker whose supervisor was killed drains and exits instead of living on as an orphan."""
+def when_parent_dies(action: Callable[[], object]) -> None:
+    """In a spawned process: run ``action`` (in a thread of its own) once the process that started
+    it is gone. A worker whose supervisor was killed drains and exits instead of living on as an
+    orphan; the bench's process-pool workers exit too."""
     parent = multiprocessing.parent_process()
     if parent is None:
         return
 
     def watch() -> None:
         multiprocessing.connection.wait([parent.sentinel])
-        stop()
+        action()
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 

@@ -187,6 +187,8 @@ class Supervisor:
         child.report.close()
         if self._metrics_dir is not None and child.process.pid:
             metrics.worker_exited(child.process.pid)
+        if self._stopping_since is not None and code == -signal.SIGTERM and child.ready_at is None:
+            code = EXIT_DONE  # our SIGTERM came before its handlers: it held no partitions yet
         child.process, child.report, child.exit_code = None, None, code
         child.status, child.status_at = {}, None
         if code == EXIT_DONE or self._stopping_since is not None:

@@ -1,7 +1,9 @@
 """``python -m producer_tools``: the user-side tools.
 
 Exit codes: 0 done; 1 a runtime failure (undelivered messages, broker errors); 2 a usage or
-input-file error, one line naming what was wrong (nothing is published then).
+input-file error, one line naming what was wrong (nothing is published then); 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM): either way what the command started (an embedded broker, a
+consumer, a process pool) is stopped first.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from confluent_kafka import KafkaException
@@ -226,16 +230,46 @@ def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int
     return parse
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like Ctrl-C's ``KeyboardInterrupt``."""
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into ``Terminated`` while a command runs, so that every ``with`` block on the
+    way out stops what it started; without it the process dies at once and leaves its embedded
+    broker and consumer running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args))
+        with sigterm_unwinds():
+            return int(args.run(args))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (TfStreamError, KafkaException) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: stopped what this command had started", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("terminated (SIGTERM): stopped what this command had started", file=sys.stderr)
+        return 143
 
 
 def run_demo(args: argparse.Namespace) -> int:

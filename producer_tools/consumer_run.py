@@ -36,7 +36,8 @@ def consumer_env(**extra: str) -> dict[str, str]:
 
 
 class ConsumerProcess:
-    """``python -m consumer run`` in its own process; its JSON log lines are collected as they come."""
+    """``python -m consumer run`` in its own process; its JSON log lines are collected as they come.
+    As a context manager, it is stopped if the block ends while it still runs."""
 
     def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(command, env=env or consumer_env(), stderr=subprocess.PIPE, text=True)
@@ -79,6 +80,23 @@ class ConsumerProcess:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"waited {timeout}s in vain for {what}:\n{self.tail()}")
             time.sleep(0.1)
+
+    def __enter__(self) -> ConsumerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self, timeout: float = 30) -> None:
+        """If it still runs (the block ended early): SIGTERM, so it drains; SIGKILL after ``timeout``."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     def stop(self, timeout: float = 90) -> dict[str, Any]:
         """SIGTERM, then ``finish``."""

@@ -16,17 +16,31 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
+from consumer.errors import BrokerError
+
 READY_TIMEOUT_SECONDS = 20.0
 
 
-class BrokerStartError(RuntimeError):
-    """The embedded broker could not be started; the message says why and where its log is."""
+class BrokerStartError(BrokerError):
+    """The embedded broker could not be started; the message says why and where its log is (the
+    tools print it as their one ``error:`` line, exit 1)."""
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` (connections closing there do not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
 
 
 def broker_binary() -> str:
@@ -56,6 +70,8 @@ class EmbeddedBroker:
         return self._process.pid if self._process else None
 
     def start(self) -> EmbeddedBroker:
+        if port_in_use(self.port):  # else the readiness check would take the other listener for it
+            raise BrokerStartError(f"port {self.port} is already in use on 127.0.0.1: pick another with --port")
         url = f"tcp://127.0.0.1:{self.port}"
         command = [
             broker_binary(),
@@ -76,7 +92,11 @@ class EmbeddedBroker:
             self._process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        self._wait_until_ready()
+        try:
+            self._wait_until_ready()
+        except BaseException:  # Ctrl-C or SIGTERM while it starts: ``__exit__`` would never run
+            self.stop()
+            raise
         return self
 
     def _wait_until_ready(self) -> None:
@@ -92,7 +112,6 @@ class EmbeddedBroker:
                     return
             except OSError:
                 time.sleep(0.05)
-        self.stop()
         raise BrokerStartError(
             f"the embedded broker did not accept connections in {READY_TIMEOUT_SECONDS:.0f}s; see {self.log_path}"
         )

@@ -262,6 +262,18 @@ def test_creating_topics_on_a_broker_that_does_not_answer_is_one_broker_error(
     assert "%3|" not in capfd.readouterr().err  # librdkafka's raw lines, one per reconnect, stay out
 
 
+def test_the_broker_command_refuses_a_port_in_use_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["broker", "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: port {port} is already in use on 127.0.0.1: pick another with --port"
+
+
 def test_the_tools_show_each_librdkafka_message_once_numbers_aside() -> None:
     import logging
 

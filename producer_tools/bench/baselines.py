@@ -17,6 +17,7 @@ import msgpack
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from consumer.child import when_parent_dies
 from producer_tools.bench.workloads import Inputs, Workload
 from producer_tools.publish import produce
 from producer_tools.reader import partitions_of
@@ -132,6 +133,7 @@ _POOL_MODEL: Any = None
 
 def _pool_init(path: str) -> None:
     global _POOL_MODEL
+    when_parent_dies(lambda: os._exit(1))  # a killed bench leaves no worker waiting for work
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 

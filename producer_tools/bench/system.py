@@ -75,8 +75,8 @@ def throughput(summary: dict[str, Any]) -> float:
 
 def drain(bootstrap: str, source: str, out: str, workload: Workload, flags: Flags) -> dict[str, Any]:
     """Process a preloaded backlog with ``--stop-at-end``; the workers' summary."""
-    run = ConsumerProcess(command(bootstrap, source, out, workload, flags, "--from-beginning", "--stop-at-end"))
-    return run.finish(timeout=600)
+    with ConsumerProcess(command(bootstrap, source, out, workload, flags, "--from-beginning", "--stop-at-end")) as run:
+        return run.finish(timeout=600)
 
 
 def steady_latency(
@@ -92,14 +92,14 @@ def steady_latency(
 ) -> dict[str, Any]:
     """Publish at ``rate`` for ``seconds`` into a running consumer, once every worker holds its
     partitions (not across the rebalances of the workers joining); the workers' summary."""
-    run = ConsumerProcess(command(bootstrap, source, out, workload, flags, "--from-beginning"))
-    run.wait_until_balanced(partitions)
-    # a few inputs first, and their outputs awaited: the workers' first fetches and the publisher's
-    # first sends (connections, producer id) take a few hundred ms that belong to start-up, not to
-    # steady-state latency
-    producer = input_producer(bootstrap)
-    publish(bootstrap, source, values, PRIMERS, desc="primers", producer=producer)
-    read_topic(bootstrap, out, timeout=60, min_count=PRIMERS)
-    publish(bootstrap, source, values, max(1, int(rate * seconds)), rate, f"steady {rate:,.0f}/s", producer)
-    time.sleep(3.0)  # let the last inputs through (exactly-once: their transaction commit) before the drain
-    return run.stop(timeout=600)
+    with ConsumerProcess(command(bootstrap, source, out, workload, flags, "--from-beginning")) as run:
+        run.wait_until_balanced(partitions)
+        # a few inputs first, and their outputs awaited: the workers' first fetches and the publisher's
+        # first sends (connections, producer id) take a few hundred ms that belong to start-up, not to
+        # steady-state latency
+        producer = input_producer(bootstrap)
+        publish(bootstrap, source, values, PRIMERS, desc="primers", producer=producer)
+        read_topic(bootstrap, out, timeout=60, min_count=PRIMERS)
+        publish(bootstrap, source, values, max(1, int(rate * seconds)), rate, f"steady {rate:,.0f}/s", producer)
+        time.sleep(3.0)  # let the last inputs through (exactly-once: their transaction commit) before the drain
+        return run.stop(timeout=600)
