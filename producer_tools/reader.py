@@ -10,6 +10,7 @@ from typing import cast
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumer.errors import ConfigError
+from producer_tools.clients import librdkafka_logger
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def iter_topic(bootstrap: str, topic: str, timeout: float = 30.0, min_count: int
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
+            "logger": librdkafka_logger(),
             "group.id": "tfstream-reader",
             "enable.auto.commit": False,
             "enable.partition.eof": True,

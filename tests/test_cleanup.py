@@ -34,12 +34,13 @@ def _gone(process: psutil.Process, timeout: float = 30) -> bool:
     return True
 
 
-def test_sigterm_stops_a_tool_and_the_embedded_broker_it_started() -> None:
+@pytest.mark.parametrize("after_s", [1.0, 4.0])  # while its consumer joins the group; while it measures
+def test_sigterm_stops_a_tool_and_the_embedded_broker_it_started(after_s: float) -> None:
     command = [sys.executable, "-m", "producer_tools", "fetch-latency", "--seconds", "120", "--rate", "200"]
     tool = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         broker = _wait_for_child(psutil.Process(tool.pid), "tansu")
-        time.sleep(3)  # mid-measurement: publishing and consuming
+        time.sleep(after_s)
         tool.send_signal(signal.SIGTERM)
         _, err = tool.communicate(timeout=60)
     finally:
@@ -47,6 +48,7 @@ def test_sigterm_stops_a_tool_and_the_embedded_broker_it_started() -> None:
     assert tool.returncode == 143, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("terminated (SIGTERM): stopped what this command had started"), err
     assert _gone(broker, timeout=5), "the embedded broker outlived the tool"
+    assert "|FAIL|" not in err, err  # no client was left to complain about the broker it stopped
 
 
 @pytest.mark.integration

@@ -19,13 +19,19 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from consumer.child import when_parent_dies
 from producer_tools.bench.workloads import Inputs, Workload
+from producer_tools.clients import librdkafka_logger
 from producer_tools.publish import produce
 from producer_tools.reader import partitions_of
 
 
 def _consumer(bootstrap: str, topic: str) -> Consumer:
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"bench-{os.getpid()}", "enable.auto.commit": False}
+        {
+            "bootstrap.servers": bootstrap,
+            "logger": librdkafka_logger(),
+            "group.id": f"bench-{os.getpid()}",
+            "enable.auto.commit": False,
+        }
     )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions_of(consumer, topic)])
     return consumer
@@ -40,6 +46,7 @@ def _producer(bootstrap: str) -> Producer:
     return Producer(
         {
             "bootstrap.servers": bootstrap,
+            "logger": librdkafka_logger(),
             "linger.ms": 5,
             "compression.type": "lz4",
             "acks": "all",

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from consumer.errors import BrokerError
 from consumer.offsets import timestamps_of
 from consumer.timing import Reservoir, ages_ms
+from producer_tools.clients import librdkafka_logger
 from producer_tools.publish import Pacer, produce
 from producer_tools.topics import create_topics
 
@@ -90,6 +91,7 @@ def _joined_consumer(bootstrap: str, topic: str, fetch_wait_ms: int, round_trips
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
+            "logger": librdkafka_logger(),
             "group.id": f"fetch-latency-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": fetch_wait_ms,
@@ -101,16 +103,21 @@ def _joined_consumer(bootstrap: str, topic: str, fetch_wait_ms: int, round_trips
     )
     consumer.subscribe([topic])
     deadline = time.monotonic() + JOIN_TIMEOUT_SECONDS
-    while not consumer.assignment():
-        if time.monotonic() > deadline:
-            consumer.close()
-            raise BrokerError(f"the probe's consumer got no partitions of {topic!r} within {JOIN_TIMEOUT_SECONDS:.0f}s")
-        consumer.poll(0.1)
+    try:
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"the probe's consumer got no partitions of {topic!r} within {JOIN_TIMEOUT_SECONDS:.0f}s"
+                )
+            consumer.poll(0.1)
+    except BaseException:  # also Ctrl-C or SIGTERM while joining: leave the group before the broker goes
+        consumer.close()
+        raise
     return consumer
 
 
 def _publish(bootstrap: str, topic: str, probe: Probe, stop: threading.Event) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": probe.linger_ms})
+    producer = Producer({"bootstrap.servers": bootstrap, "logger": librdkafka_logger(), "linger.ms": probe.linger_ms})
     pacer, value = Pacer(probe.rate), b"x" * 100
     while not stop.is_set():
         pacer.wait(producer)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from consumer.codec import pack_input
 from producer_tools.bench.workloads import Inputs, Workload
+from producer_tools.clients import librdkafka_logger
 from producer_tools.consumer_run import ConsumerProcess, consumer_command
 from producer_tools.publish import Pacer, produce
 from producer_tools.reader import read_topic
@@ -33,7 +34,13 @@ def encode(workload: Workload, inputs: Inputs) -> list[bytes]:
 
 def input_producer(bootstrap: str) -> Producer:
     return Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4", "enable.idempotence": True}
+        {
+            "bootstrap.servers": bootstrap,
+            "logger": librdkafka_logger(),
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "enable.idempotence": True,
+        }
     )
 
 
