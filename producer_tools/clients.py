@@ -66,9 +66,21 @@ def librdkafka_logger() -> logging.Logger:
     return logger
 
 
+def _with_logger(config: dict[str, Any]) -> dict[str, Any]:
+    return {"logger": librdkafka_logger(), **config}
+
+
 def admin_client(config: dict[str, Any]) -> AdminClient:
-    with_logger: dict[str, Any] = {"logger": librdkafka_logger(), **config}
-    return AdminClient(with_logger)
+    """Every Kafka client the tools make goes through one of these three, so all log the same way."""
+    return AdminClient(_with_logger(config))
+
+
+def kafka_producer(config: dict[str, Any]) -> Producer:
+    return Producer(_with_logger(config))
+
+
+def kafka_consumer(config: dict[str, Any]) -> Consumer:
+    return Consumer(_with_logger(config))
 
 
 class Clients:
@@ -85,12 +97,12 @@ class Clients:
                 "or put it in the --config file"
             )
         self.bootstrap: str = bootstrap
-        self.common: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": librdkafka_logger(), **tables["kafka"]}
+        self.common: dict[str, Any] = {"bootstrap.servers": bootstrap, **tables["kafka"]}
         self.tables = tables
 
     def producer(self, **extra: Any) -> Producer:
         defaults = {"enable.idempotence": True, "acks": "all", "linger.ms": 10, "compression.type": "lz4"}
-        return Producer({**defaults, **self.common, **self.tables["kafka_producer"], **extra})
+        return kafka_producer({**defaults, **self.common, **self.tables["kafka_producer"], **extra})
 
     def consumer(self, group: str | None = None, **extra: Any) -> Consumer:
         config = {
@@ -102,7 +114,7 @@ class Clients:
             **self.tables["kafka_consumer"],
             **extra,
         }
-        return Consumer(config)
+        return kafka_consumer(config)
 
     def admin(self) -> AdminClient:
         return admin_client(self.common)

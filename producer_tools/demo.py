@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Producer
 from tqdm import tqdm
 
 from consumer.codec import pack_input, unpack_output
 from consumer.delivery import source_headers
 from producer_tools import digits
-from producer_tools.clients import librdkafka_logger
+from producer_tools.clients import kafka_producer
 from producer_tools.consumer_run import consumer_command, consumer_env
 from producer_tools.embedded_broker import bootstrap_or_embedded
 from producer_tools.reader import read_topic
@@ -30,9 +29,7 @@ TOPICS = {"input": "demo-inputs", "output": "demo-predictions", "dlq": "demo-dea
 
 
 def publish(bootstrap: str, inputs: np.ndarray, bad: int) -> None:
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "logger": librdkafka_logger(), "enable.idempotence": True, "linger.ms": 5}
-    )
+    producer = kafka_producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
     for i, row in enumerate(tqdm(inputs, desc="publish", unit="msg")):
         producer.produce(TOPICS["input"], pack_input(row, id=i), key=f"user-{i % 50}".encode())
     for i in range(bad):

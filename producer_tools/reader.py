@@ -10,7 +10,7 @@ from typing import cast
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumer.errors import ConfigError
-from producer_tools.clients import librdkafka_logger
+from producer_tools.clients import kafka_consumer
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,9 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 30.0, min_count: int
 
 
 def iter_topic(bootstrap: str, topic: str, timeout: float = 30.0, min_count: int = 0) -> Iterator[Message]:
-    consumer = Consumer(
+    consumer = kafka_consumer(
         {
             "bootstrap.servers": bootstrap,
-            "logger": librdkafka_logger(),
             "group.id": "tfstream-reader",
             "enable.auto.commit": False,
             "enable.partition.eof": True,

@@ -19,16 +19,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from consumer.child import when_parent_dies
 from producer_tools.bench.workloads import Inputs, Workload
-from producer_tools.clients import librdkafka_logger
+from producer_tools.clients import kafka_consumer, kafka_producer
 from producer_tools.publish import produce
 from producer_tools.reader import partitions_of
 
 
 def _consumer(bootstrap: str, topic: str) -> Consumer:
-    consumer = Consumer(
+    consumer = kafka_consumer(
         {
             "bootstrap.servers": bootstrap,
-            "logger": librdkafka_logger(),
             "group.id": f"bench-{os.getpid()}",
             "enable.auto.commit": False,
         }
@@ -43,10 +42,9 @@ RELAY_QUEUE = 100_000
 
 
 def _producer(bootstrap: str) -> Producer:
-    return Producer(
+    return kafka_producer(
         {
             "bootstrap.servers": bootstrap,
-            "logger": librdkafka_logger(),
             "linger.ms": 5,
             "compression.type": "lz4",
             "acks": "all",

@@ -18,13 +18,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 from tqdm import tqdm
 
 from consumer.errors import BrokerError
 from consumer.offsets import timestamps_of
 from consumer.timing import Reservoir, ages_ms
-from producer_tools.clients import librdkafka_logger
+from producer_tools.clients import kafka_consumer, kafka_producer
 from producer_tools.publish import Pacer, produce
 from producer_tools.topics import create_topics
 
@@ -88,10 +88,9 @@ def measure(bootstrap: str, probe: Probe) -> dict[str, Any]:
 
 
 def _joined_consumer(bootstrap: str, topic: str, fetch_wait_ms: int, round_trips: FetchRoundTrips) -> Consumer:
-    consumer = Consumer(
+    consumer = kafka_consumer(
         {
             "bootstrap.servers": bootstrap,
-            "logger": librdkafka_logger(),
             "group.id": f"fetch-latency-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": fetch_wait_ms,
@@ -117,7 +116,7 @@ def _joined_consumer(bootstrap: str, topic: str, fetch_wait_ms: int, round_trips
 
 
 def _publish(bootstrap: str, topic: str, probe: Probe, stop: threading.Event) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "logger": librdkafka_logger(), "linger.ms": probe.linger_ms})
+    producer = kafka_producer({"bootstrap.servers": bootstrap, "linger.ms": probe.linger_ms})
     pacer, value = Pacer(probe.rate), b"x" * 100
     while not stop.is_set():
         pacer.wait(producer)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from consumer.codec import pack_input
 from producer_tools.bench.workloads import Inputs, Workload
-from producer_tools.clients import librdkafka_logger
+from producer_tools.clients import kafka_producer
 from producer_tools.consumer_run import ConsumerProcess, consumer_command
 from producer_tools.publish import Pacer, produce
 from producer_tools.reader import read_topic
@@ -33,10 +33,9 @@ def encode(workload: Workload, inputs: Inputs) -> list[bytes]:
 
 
 def input_producer(bootstrap: str) -> Producer:
-    return Producer(
+    return kafka_producer(
         {
             "bootstrap.servers": bootstrap,
-            "logger": librdkafka_logger(),
             "linger.ms": 5,
             "compression.type": "lz4",
             "enable.idempotence": True,
