@@ -69,9 +69,25 @@ def _row_key(i: int) -> bytes:
     return str(i).encode()
 
 
+#: what every ``.npy`` file starts with (NumPy's format specification)
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def _read_npy(path: Path, options: ReadOptions) -> list[Example]:
     _refuse_fields(path, options)
-    array = _cast(np.load(path, allow_pickle=False), options, str(path))
+    with path.open("rb") as file:
+        if file.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise ConfigError(f"input file {str(path)!r} is not a .npy file (no NumPy header): save it with numpy.save")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise
+        raise ConfigError(
+            f"input file {str(path)!r} holds Python objects (dtype object), which are never unpickled: "
+            "save a numeric array, or publish bytes from a folder or strings from a .jsonl file"
+        ) from None
+    array = _cast(loaded, options, str(path))
     if array.ndim == 0:
         raise ConfigError(f"input file {str(path)!r} holds a scalar; expected one example per row")
     return [Example(_row_key(i), i, row) for i, row in enumerate(array)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from pathlib import Path
@@ -85,11 +86,19 @@ def test_every_input_format_publishes_the_examples_it_holds(bootstrap: str, topi
     ]
 
 
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
     ("name", "content", "extra", "needle"),
     [
         ("ragged.jsonl", '{"inputs": [1, 2]}\n{"inputs": [1, 2, 3]}\n', [], "ragged.jsonl:2: shape [3] differs"),
-        ("broken.npy", "this is not numpy", [], "cannot read input file"),
+        ("broken.npy", "this is not numpy", [], "is not a .npy file (no NumPy header): save it"),
+        ("truncated.npy", _npy_bytes(np.zeros((4, 8), "float32"))[:20], [], "cannot read input file"),
+        ("objects.npy", _npy_bytes(np.array([{"a": 1}, None], dtype=object)), [], "holds Python objects"),
         ("c.csv", "a,b\n1,2\n", ["--key-field", "user"], "no column(s) ['user']"),
         ("text.csv", "a,b\n1,x\n", [], "column 'b' holds 'x', not a number"),
         ("bad.jsonl", '{"inputs": [1]}\nnot json\n', [], "bad.jsonl:2: not JSON"),
@@ -104,12 +113,14 @@ def test_bad_input_files_fail_in_one_line_with_exit_2_and_publish_nothing(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     name: str,
-    content: str | None,
+    content: str | bytes | None,
     extra: list[str],
     needle: str,
 ) -> None:
     (topic,) = topics("in", partitions=1)
-    if content is not None:
+    if isinstance(content, bytes):
+        (tmp_path / name).write_bytes(content)
+    elif content is not None:
         (tmp_path / name).write_text(content)
     assert tool(bootstrap, "publish", str(tmp_path / name), "--topic", topic, *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
