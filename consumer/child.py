@@ -55,7 +55,7 @@ def worker_main(settings: Settings, slot: WorkerSlot, report: multiprocessing.co
 
 def _serve(settings: Settings, slot: WorkerSlot, report: multiprocessing.connection.Connection) -> dict[str, Any]:
     logs.configure(settings.log_level, settings.log_format, worker=slot.slot, device=slot.device)
-    configure_tensorflow(slot, settings.gpu_memory)
+    configure_tensorflow(slot, settings.gpu_memory, settings.allow_cpu_fallback)
     from consumer.worker import Worker  # imports TensorFlow, after the device is pinned
 
     worker = Worker(settings, slot.slot, slot.device)
@@ -67,20 +67,41 @@ def _serve(settings: Settings, slot: WorkerSlot, report: multiprocessing.connect
     return worker.run()
 
 
-def configure_tensorflow(slot: WorkerSlot, gpu_memory: str = "grow") -> None:
+def configure_tensorflow(slot: WorkerSlot, gpu_memory: str = "grow", allow_cpu_fallback: bool = False) -> None:
     """Threads for a CPU share; on a GPU, memory grown on demand or capped at ``gpu_memory`` MiB
-    (so several workers can share one GPU). Both must happen before any op runs."""
+    (so several workers can share one GPU). Both must happen before any op runs. A worker given a
+    GPU that TensorFlow cannot see fails, unless ``allow_cpu_fallback``: TensorFlow itself would
+    quietly run on the CPU, many times slower."""
     import tensorflow as tf
 
     if slot.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(slot.intra_op_threads)
         tf.config.threading.set_inter_op_parallelism_threads(slot.inter_op_threads)
-    for gpu in tf.config.list_physical_devices("GPU"):
+    gpus = tf.config.list_physical_devices("GPU")
+    if slot.gpu_id is not None and not gpus:
+        _no_gpu(slot, allow_cpu_fallback, built_with_cuda=tf.test.is_built_with_cuda())
+    for gpu in gpus:
         if gpu_memory == "grow":
             tf.config.experimental.set_memory_growth(gpu, True)
         else:
             limit = tf.config.LogicalDeviceConfiguration(memory_limit=int(gpu_memory))
             tf.config.set_logical_device_configuration(gpu, [limit])
+
+
+def _no_gpu(slot: WorkerSlot, allow_cpu_fallback: bool, built_with_cuda: bool) -> None:
+    why = "no working NVIDIA driver or GPU" if built_with_cuda else "this TensorFlow is built without CUDA"
+    if allow_cpu_fallback:
+        logs.get_logger("consumer.worker").warning(
+            "no GPU visible to TensorFlow: running on the CPU (--allow-cpu-fallback)",
+            cuda_visible_devices=slot.gpu_id,
+            cause=why,
+        )
+        return
+    raise ConfigError(
+        f"worker {slot.slot} was given {slot.device}, but TensorFlow sees no GPU (CUDA_VISIBLE_DEVICES={slot.gpu_id}; "
+        f"{why}): install tensorflow[and-cuda] and check nvidia-smi, run with --devices cpu, "
+        "or pass --allow-cpu-fallback"
+    )
 
 
 def install_signal_handlers(stop: Any) -> None:

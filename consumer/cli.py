@@ -91,6 +91,13 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     _flag(devices, "--devices", "auto, cpu, or gpu:0,1,... (default auto)", metavar="SPEC")
     _flag(devices, "--workers-per-device", "workers sharing each GPU (default 1)", type=int, metavar="N")
     _flag(devices, "--gpu-memory", "per worker: grow (default, on demand) or a fixed limit in MiB", metavar="grow|MIB")
+    _flag(
+        devices,
+        "--allow-cpu-fallback",
+        "a worker given a GPU that TensorFlow cannot see runs on the CPU with a warning, instead of failing",
+        action="store_const",
+        const=True,
+    )
     bounds = run.add_argument_group("start and end")
     start = bounds.add_mutually_exclusive_group()
     _flag(start, "--from-beginning", "start new partitions at the earliest offset", action="store_const", const=True)

@@ -51,6 +51,7 @@ class Settings(BaseModel):
     model_poll_seconds: float | None = Field(None, gt=0, le=86_400)
     workers_per_device: int = Field(1, ge=1, le=64)
     gpu_memory: str = Field("grow", pattern=r"^(grow|[1-9][0-9]*)$")
+    allow_cpu_fallback: bool = False
     jit_compile: bool = False
     preprocess: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     output_format: Literal["msgpack", "json"] = "msgpack"

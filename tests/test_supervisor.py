@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from consumer.codec import pack_input
 from tests.helpers import (
@@ -46,13 +48,34 @@ def test_gpu_pinning_runs_the_same_code_on_a_cpu_only_host(
     inp, out = topics("in", "out", partitions=1)
     publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(20)))
     env = {k: v for k, v in ENV.items() if k != "CUDA_VISIBLE_DEVICES"}
-    deployment = Deployment(
-        consumer_command(bootstrap, mlp_path, inp, out, group, "--devices", "gpu:0", "--stop-at-end"), env
-    )
+    command = consumer_command(bootstrap, mlp_path, inp, out, group, "--devices", "gpu:0", "--stop-at-end")
+    deployment = Deployment([*command, "--allow-cpu-fallback"], env)
     summary = deployment.finish(timeout=120)
     (ready,) = deployment.events("model ready")
     assert ready["device"] == "gpu:0" and ready["cuda_visible_devices"] == "0"
     assert summary["workers"][0]["device"] == "gpu:0" and summary["predicted"] == 20
+    (fallback,) = deployment.events("no GPU visible to TensorFlow: running on the CPU (--allow-cpu-fallback)")
+    assert fallback["level"] == "warning" and fallback["cuda_visible_devices"] == "0"
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a GPU is visible here")
+def test_a_gpu_that_tensorflow_cannot_see_is_a_configuration_error_not_a_quiet_cpu_run(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    inp, out = topics("in", "out", partitions=1)
+    env = {k: v for k, v in ENV.items() if k != "CUDA_VISIBLE_DEVICES"}
+    run = subprocess.run(
+        consumer_command(bootstrap, mlp_path, inp, out, group, "--devices", "gpu:0", "--stop-at-end"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: worker 0 was given gpu:0, but TensorFlow sees no GPU (CUDA_VISIBLE_DEVICES=0; ")
+    assert "--devices cpu" in last and "--allow-cpu-fallback" in last
+    assert '"event": "model ready"' not in run.stderr
 
 
 def test_two_workers_split_the_partitions_and_a_sigkilled_worker_loses_nothing(
