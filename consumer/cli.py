@@ -26,6 +26,11 @@ def _flag(group: Any, name: str, help: str, **kwargs: Any) -> None:
     group.add_argument(name, dest=dest, default=None, help=help + env, **kwargs)
 
 
+def _switch(group: Any, name: str, help: str) -> None:
+    """An on/off flag: given, it sets the setting to true; absent, the environment or file decides."""
+    _flag(group, name, help, action="store_const", const=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m consumer",
@@ -63,7 +68,7 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     )
     _flag(model, "--model-poll-seconds", "watch a versioned --model, swap in new versions", type=float, metavar="S")
     _flag(model, "--preprocess", "TensorFlow function applied per example, module:function", metavar="MODULE:FN")
-    _flag(model, "--jit-compile", "compile predict functions with XLA", action="store_const", const=True)
+    _switch(model, "--jit-compile", "compile predict functions with XLA")
     batching = run.add_argument_group("batching")
     _flag(batching, "--max-batch-size", "largest batch (default 256)", type=int, metavar="N")
     _flag(
@@ -91,25 +96,17 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     _flag(devices, "--devices", "auto, cpu, or gpu:0,1,... (default auto)", metavar="SPEC")
     _flag(devices, "--workers-per-device", "workers sharing each GPU (default 1)", type=int, metavar="N")
     _flag(devices, "--gpu-memory", "per worker: grow (default, on demand) or a fixed limit in MiB", metavar="grow|MIB")
-    _flag(
+    _switch(
         devices,
         "--allow-cpu-fallback",
         "a worker given a GPU that TensorFlow cannot see runs on the CPU with a warning, instead of failing",
-        action="store_const",
-        const=True,
     )
     bounds = run.add_argument_group("start and end")
     start = bounds.add_mutually_exclusive_group()
-    _flag(start, "--from-beginning", "start new partitions at the earliest offset", action="store_const", const=True)
+    _switch(start, "--from-beginning", "start new partitions at the earliest offset")
     _flag(start, "--from-timestamp", "start new partitions at this time and skip older records", metavar="ISO8601")
     _flag(bounds, "--until-timestamp", "skip records at or after this time", metavar="ISO8601")
-    _flag(
-        bounds,
-        "--stop-at-end",
-        "process what the partitions held at start, then exit 0",
-        action="store_const",
-        const=True,
-    )
+    _switch(bounds, "--stop-at-end", "process what the partitions held at start, then exit 0")
     other = run.add_argument_group("other")
     _flag(
         other,
