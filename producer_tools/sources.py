@@ -11,15 +11,16 @@ from __future__ import annotations
 import csv
 import json
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from consumer.errors import ConfigError
 
+T = TypeVar("T")
 Tensor = np.ndarray | bytes
 Inputs = Tensor | dict[str, Tensor]
 
@@ -78,8 +79,16 @@ def _read_npy(path: Path, options: ReadOptions) -> list[Example]:
     with path.open("rb") as file:
         if file.read(len(NPY_MAGIC)) != NPY_MAGIC:
             raise ConfigError(f"input file {str(path)!r} is not a .npy file (no NumPy header): save it with numpy.save")
+    array = _cast(_refusing_objects(path, lambda: np.load(path, allow_pickle=False)), options, str(path))
+    if array.ndim == 0:
+        raise ConfigError(f"input file {str(path)!r} holds a scalar; expected one example per row")
+    return [Example(_row_key(i), i, row) for i, row in enumerate(array)]
+
+
+def _refusing_objects(path: Path, load: Callable[[], T]) -> T:
+    """NumPy's own error for an array of Python objects names ``allow_pickle``, which users cannot pass."""
     try:
-        loaded = np.load(path, allow_pickle=False)
+        return load()
     except ValueError as exc:
         if "allow_pickle" not in str(exc):
             raise
@@ -87,15 +96,10 @@ def _read_npy(path: Path, options: ReadOptions) -> list[Example]:
             f"input file {str(path)!r} holds Python objects (dtype object), which are never unpickled: "
             "save a numeric array, or publish bytes from a folder or strings from a .jsonl file"
         ) from None
-    array = _cast(loaded, options, str(path))
-    if array.ndim == 0:
-        raise ConfigError(f"input file {str(path)!r} holds a scalar; expected one example per row")
-    return [Example(_row_key(i), i, row) for i, row in enumerate(array)]
 
 
 def _read_npz(path: Path, options: ReadOptions) -> list[Example]:
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
+    arrays = _refusing_objects(path, lambda: _npz_arrays(path))
     keys = _take_column(arrays, options.key_field, path)
     ids = _take_column(arrays, options.id_field, path)
     if not arrays:
@@ -114,6 +118,11 @@ def _read_npz(path: Path, options: ReadOptions) -> list[Example]:
         )
         for i in range(count)
     ]
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
 
 
 def _take_column(arrays: dict[str, np.ndarray], name: str | None, path: Path) -> np.ndarray | None:

@@ -92,6 +92,12 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
     ("name", "content", "extra", "needle"),
     [
@@ -99,6 +105,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
         ("broken.npy", "this is not numpy", [], "is not a .npy file (no NumPy header): save it"),
         ("truncated.npy", _npy_bytes(np.zeros((4, 8), "float32"))[:20], [], "cannot read input file"),
         ("objects.npy", _npy_bytes(np.array([{"a": 1}, None], dtype=object)), [], "holds Python objects"),
+        ("objects.npz", _npz_bytes(x=np.array(["a", None], dtype=object)), [], "holds Python objects"),
         ("c.csv", "a,b\n1,2\n", ["--key-field", "user"], "no column(s) ['user']"),
         ("text.csv", "a,b\n1,x\n", [], "column 'b' holds 'x', not a number"),
         ("bad.jsonl", '{"inputs": [1]}\nnot json\n', [], "bad.jsonl:2: not JSON"),
