@@ -479,11 +479,14 @@ class Worker:
         self._maybe_commit(force=True, partitions=partitions)
 
     def _flush_batcher(self, budget: float) -> None:
+        """Hand every batch still in the batcher to the pipeline, as its queue makes room. A batch is
+        taken only when there is room: taken and then refused, its inputs would never be done, and
+        the drain would wait out its whole budget for them."""
         deadline = time.monotonic() + budget
         while len(self.batcher) and time.monotonic() < deadline and not self._failed():
-            try:
-                self.pipeline.put(self.batcher.take(), timeout=0.1)
-            except Exception:  # queue full: the predict thread is still busy
+            if self.pipeline.has_room():  # this loop is the queue's only producer: the put cannot block
+                self.pipeline.put(self.batcher.take())
+            else:  # the predict thread is still busy
                 self.outbox.poll(0.05)
 
     def _failed(self) -> bool:

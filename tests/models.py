@@ -57,5 +57,28 @@ def strict_saved_model(out: Path) -> Path:
     return out
 
 
+class Slow(tf.Module):
+    """Doubles its input after a fixed amount of work per call (about 0.1-0.3 s on a small CPU):
+    a model far slower than the broker, so batches queue up in front of it."""
+
+    def __init__(self, iterations: int) -> None:
+        super().__init__()
+        self.iterations = iterations
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        work = tf.fill([256, 256], 1.0 / 256 + 0.0 * tf.reduce_sum(x))  # depends on x: never folded away
+        _, work = tf.while_loop(
+            lambda i, m: i < self.iterations, lambda i, m: (i + 1, tf.matmul(m, m)), (tf.constant(0), work)
+        )
+        return {"y": x * 2.0 + 0.0 * tf.reduce_sum(work)}
+
+
+def slow_saved_model(out: Path, iterations: int = 300) -> Path:
+    module = Slow(iterations)
+    tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})
+    return out
+
+
 def offline_predict(path: Path, inputs: np.ndarray | dict[str, np.ndarray]) -> object:
     return keras.saving.load_model(path).predict(inputs, verbose=0)

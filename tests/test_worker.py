@@ -161,6 +161,29 @@ def test_a_trickle_of_varied_batch_sizes_adds_zero_traces(
     assert worker.result["traces_after_warmup"] == 0
 
 
+def test_a_stop_pushes_every_fetched_input_through_a_full_pipeline_in_front_of_a_slow_model(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+) -> None:
+    """Stopping while batches wait in front of a slow model (a full pipeline queue, more read ahead
+    in the batcher): every fetched input is predicted and committed before the worker stops."""
+    inp, out = topics("in", "out", partitions=1)
+    total = 160
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(total)))
+    model = models.slow_saved_model(tmp_path / "slow")  # about 0.2 s per batch here
+    s = settings(
+        bootstrap, model, inp, out, group, stop_at_end=False, max_batch_size=8, pipeline_depth=1, drain_timeout_s=60
+    )
+    worker = Background(s)
+    deadline = time.monotonic() + 90
+    while worker.worker.counters.snapshot()["consumed"] < total and time.monotonic() < deadline:
+        time.sleep(0.05)  # stop once all is fetched: a batch at the model, one queued, the rest read ahead
+    worker.stop(timeout=120)
+    assert worker.error is None and worker.result is not None
+    print(f"stopped with {worker.result['consumed']} consumed, {worker.result['predicted']} predicted")
+    assert worker.result["consumed"] == total and worker.result["predicted"] == total
+    assert committed(bootstrap, group, inp, 1) == {0: total}
+
+
 def test_time_window_processes_exactly_the_inputs_inside_it(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path
 ) -> None:
