@@ -93,6 +93,7 @@ class Pipeline:
         self._next_id = 0
         self.finished = 0
         self._closed = False
+        self._end_queued = False
         self.failure: BaseException | None = None
         self._transform = self._build_transform() if preprocess else None
         self.decoder = BatchDecoder(self.raw_signature, limits, reject_non_finite)
@@ -102,18 +103,25 @@ class Pipeline:
     def has_room(self) -> bool:
         return not self._queue.full()
 
-    def put(self, messages: list[Message], timeout: float | None = None) -> None:
-        """Hand a closed batch to the pipeline; blocks while the queue is full."""
+    def put(self, messages: list[Message]) -> None:
+        """Hand a closed batch to the pipeline; blocks while the queue is full (see ``has_room``)."""
         if self._closed or not messages:
             return
-        self._queue.put((self._next_id, messages, time.monotonic()), timeout=timeout)
+        self._queue.put((self._next_id, messages, time.monotonic()))
         self._next_id += 1
 
-    def close(self) -> None:
-        """No more batches: the dataset ends after the ones already queued."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
+    def close(self, timeout: float | None = None) -> bool:
+        """No more batches: the dataset ends after the ones already queued. Waits at most ``timeout``
+        for room in the queue for that end; False if there was none (call again while the predict
+        thread is alive: a dead one never makes room)."""
+        self._closed = True
+        if not self._end_queued:
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                return False
+            self._end_queued = True
+        return True
 
     # -- tf.data side ----------------------------------------------------------------------
     def _generate(self) -> Iterator[tuple[int, int, int, Inputs]]:

@@ -489,6 +489,15 @@ class Worker:
             else:  # the predict thread is still busy
                 self.outbox.poll(0.05)
 
+    def _end_pipeline(self, predict: threading.Thread) -> None:
+        """Queue the pipeline's end for the predict thread, waiting for room while it can still make
+        some: a predict thread that died with the queue full never would, and the worker would hang
+        instead of exiting with its failure."""
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while not self.pipeline.close(timeout=0.1):
+            if not predict.is_alive() or time.monotonic() > deadline:
+                return
+
     def _failed(self) -> bool:
         return self.outbox.failure is not None or self.serving.failure is not None
 
@@ -505,7 +514,7 @@ class Worker:
     def _shutdown(self, predict: threading.Thread) -> None:
         self.log.info("draining", in_flight=self.tracker.in_flight())
         self._finish(None, self.settings.drain_timeout_s)
-        self.pipeline.close()
+        self._end_pipeline(predict)
         predict.join(timeout=self.settings.drain_timeout_s)
         self.producer.flush(self.settings.drain_timeout_s)
         self.outbox.stop_serving()

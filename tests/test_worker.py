@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -13,6 +14,8 @@ from confluent_kafka import Producer
 
 from consumer.codec import pack_input
 from consumer.errors import DeliveryError
+from consumer.pipeline import Batch
+from consumer.serving import Serving
 from producer_tools.reader import read_topic
 from tests import models
 from tests.helpers import Background, Topics, committed, outputs, publish, run_worker, settings
@@ -182,6 +185,33 @@ def test_a_stop_pushes_every_fetched_input_through_a_full_pipeline_in_front_of_a
     print(f"stopped with {worker.result['consumed']} consumed, {worker.result['predicted']} predicted")
     assert worker.result["consumed"] == total and worker.result["predicted"] == total
     assert committed(bootstrap, group, inp, 1) == {0: total}
+
+
+def test_a_predict_thread_that_dies_with_batches_queued_ends_the_worker_with_its_error(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug that ends the predict thread while batches wait in the full pipeline queue: the worker
+    stops with that error (the supervisor then restarts it) instead of hanging; nothing past the
+    failure is committed."""
+    inp, out = topics("in", "out", partitions=1)
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(160)))
+    model = models.slow_saved_model(tmp_path / "slow")  # about 0.2 s per batch: the queue fills
+    predict = Serving._predict
+    calls: list[int] = []
+
+    def failing_at_the_third_batch(self: Serving, batch: Batch, inputs: Any) -> None:
+        calls.append(batch.id)
+        if len(calls) == 3:
+            raise RuntimeError("injected: a bug in the predict thread")
+        predict(self, batch, inputs)
+
+    monkeypatch.setattr(Serving, "_predict", failing_at_the_third_batch)
+    s = settings(bootstrap, model, inp, out, group, stop_at_end=False, max_batch_size=8, pipeline_depth=1)
+    worker = Background(s)
+    worker.thread.join(120)
+    assert not worker.thread.is_alive(), "the worker hung after its predict thread died"
+    assert isinstance(worker.error, RuntimeError) and "injected" in str(worker.error)
+    assert committed(bootstrap, group, inp, 1)[0] <= 16  # at most the two batches before the failure
 
 
 def test_time_window_processes_exactly_the_inputs_inside_it(
