@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, ModelError
 from consumer.model import LoadedModel
 from consumer.signature import STRING
 from consumer.validate import stack
@@ -29,6 +29,10 @@ def default_batch_sizes(max_batch_size: int) -> list[int]:
     powers = [1 << i for i in range(max_batch_size.bit_length()) if 1 << i <= max_batch_size]
     midpoints = [p + p // 2 for p in powers if p >= 8 and p + p // 2 <= max_batch_size]
     return sorted({*powers, *midpoints, max_batch_size})
+
+
+class OutputShapeError(ValueError):
+    """An output without the batch as its first dimension: its rows cannot be matched to inputs."""
 
 
 class Predictor:
@@ -63,10 +67,14 @@ class Predictor:
         return self.batch_sizes[index]
 
     def warm_up(self) -> dict[int, float]:
-        """Trace and run every function once; return the seconds each second call took."""
+        """Trace and run every function once; return the seconds each second call took. A model
+        whose outputs do not have one row per input is refused here, before it serves."""
         for size in self.batch_sizes:
             batch = stack([], self.model.signature, size)
-            self.run(batch, size)
+            try:
+                self.run(batch, size)
+            except OutputShapeError as exc:
+                raise ModelError(f"model {self.model.name!r} cannot be served: {exc}") from None
             started = time.perf_counter()
             self.run(batch, size)
             self.warmup_seconds[size] = time.perf_counter() - started
@@ -78,9 +86,16 @@ class Predictor:
         return sum(fn.experimental_get_tracing_count() for fn in self._functions.values())
 
     def run(self, padded: Mapping[str, Any], size: int) -> dict[str, np.ndarray]:
-        """Run the function for ``size`` on an already padded batch; return NumPy outputs."""
-        outputs = self._concrete[size](dict(padded))
-        return {name: np.asarray(value) for name, value in outputs.items()}
+        """Run the function for ``size`` on an already padded batch; return NumPy outputs, each with
+        one row per input (``OutputShapeError`` otherwise)."""
+        outputs = {name: np.asarray(value) for name, value in self._concrete[size](dict(padded)).items()}
+        for name, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != size:
+                raise OutputShapeError(
+                    f"output {name!r} has shape {list(value.shape)} for a batch of {size}: "
+                    "every output needs the batch as its first dimension, one row per input"
+                )
+        return outputs
 
     def predict(self, batch: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:
         """Run ``rows`` rows of a batch padded to ``bucket_for(rows)``; drop the padding rows."""

@@ -80,5 +80,26 @@ def slow_saved_model(out: Path, iterations: int = 300) -> Path:
     return out
 
 
+class RowPerInputOrNot(tf.Module):
+    """Doubles its input, but returns an unbatched total beside it (``scalar_output``), or drops
+    the rows whose first value is 1000 or more: outputs without one row per input."""
+
+    def __init__(self, scalar_output: bool) -> None:
+        super().__init__()
+        self.scalar_output = scalar_output
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        if self.scalar_output:
+            return {"y": x * 2.0, "total": tf.reduce_sum(x)}
+        return {"y": tf.boolean_mask(x * 2.0, x[:, 0] < 1000.0)}
+
+
+def row_per_input_or_not(out: Path, scalar_output: bool) -> Path:
+    module = RowPerInputOrNot(scalar_output)
+    tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})
+    return out
+
+
 def offline_predict(path: Path, inputs: np.ndarray | dict[str, np.ndarray]) -> object:
     return keras.saving.load_model(path).predict(inputs, verbose=0)

@@ -74,3 +74,9 @@ def test_bad_model_paths_raise_one_clear_model_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError):
         load_model(tmp_path / "empty")
+
+
+def test_a_model_without_one_output_row_per_input_is_refused_at_warm_up(tmp_path: Path) -> None:
+    model = load_model(models.row_per_input_or_not(tmp_path / "scalar", scalar_output=True))
+    with pytest.raises(ModelError, match=r"output 'total' has shape \[\] for a batch of 1: every output needs"):
+        Predictor(model, [1, 4]).warm_up()

@@ -146,6 +146,30 @@ def test_preprocess_runs_per_example_and_isolates_failures(
     assert [dict(m.headers())["tfstream.errors.stage"] for m in dead] == [b"preprocess"]
 
 
+def test_inputs_for_which_the_model_returns_no_row_go_to_the_dead_letter_topic(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+) -> None:
+    """Outputs are matched to inputs by row: a batch whose outputs have fewer rows than inputs is
+    run again one input at a time, and the inputs the model still drops become dead letters."""
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    x = np.ones((20, 4), "float32")
+    x[[3, 11], 0] = 1000.0  # the model drops these rows
+    publish(bootstrap, inp, ((None, pack_input(row, id=i)) for i, row in enumerate(x)))
+    model = models.row_per_input_or_not(tmp_path / "drops", scalar_output=False)
+    summary = run_worker(settings(bootstrap, model, inp, out, group, dlq_topic=dlq, max_wait_ms=500))
+    got = {r["id"]: r["outputs"] for _, r in outputs(bootstrap, out, 18)}
+    assert sorted(got) == [i for i in range(20) if i not in (3, 11)]
+    for value in got.values():
+        np.testing.assert_array_equal(value, np.full(4, 2.0, "float32"))
+    dead = read_topic(bootstrap, dlq, min_count=2)
+    assert sorted(int(dict(m.headers())["tfstream.errors.offset"]) for m in dead) == [3, 11]
+    assert summary["dead_lettered"] == 2
+    for m in dead:
+        headers = dict(m.headers())
+        assert headers["tfstream.errors.stage"] == b"predict"
+        assert b"output 'y' has shape [0, 4] for a batch of 1" in headers["tfstream.errors.exception.message"]
+
+
 def test_a_trickle_of_varied_batch_sizes_adds_zero_traces(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path
 ) -> None:
