@@ -49,6 +49,11 @@ class Batcher(Generic[T]):
         """How many more messages the open batch takes before it is full."""
         return max(0, self.max_batch_size - self._count)
 
+    @property
+    def opened_at(self) -> float | None:
+        """When the open batch's first message came (by ``clock``); None when it is empty."""
+        return self._oldest
+
     def seconds_left(self) -> float | None:
         """Time until the open batch must go; None when it is empty."""
         if self._oldest is None:

@@ -108,9 +108,11 @@ class Outbox:
         keys: list[bytes | None] | None = None,
         coords: list[tuple[Partition, int]] | None = None,
         timestamps: list[int] | None = None,
+        timed: bool = False,
     ) -> None:
         """One record per source message (key: the source's, unless given). ``coords`` and
-        ``timestamps``: the sources', when the caller already has them."""
+        ``timestamps``: the sources', when the caller already has them. ``timed``: a batch's outputs,
+        whose wait for acknowledgement is its ``acknowledge`` stage (at least once)."""
         with self.lock:
             if self.discarding:
                 return
@@ -127,6 +129,8 @@ class Outbox:
             if self.transactional:
                 self.tracker.done_many(coords)
                 self._uncommitted.append((topic, ack.timestamps))
+            elif timed:
+                ack.produced_at = time.monotonic()
 
     def _produce(
         self,
@@ -209,12 +213,14 @@ class BatchAck:
     Delivery callbacks run in whichever thread polls the producer; ``next()`` on an
     ``itertools.count`` is one atomic step, so exactly one callback sees the last count."""
 
-    __slots__ = ("_acknowledged", "coords", "last", "outbox", "timestamps", "topic")
+    __slots__ = ("_acknowledged", "coords", "last", "outbox", "produced_at", "timestamps", "topic")
 
     def __init__(self, outbox: Outbox, topic: str, coords: list[tuple[Partition, int]], timestamps: list[int]) -> None:
         self.outbox, self.topic, self.coords, self.timestamps = outbox, topic, coords, timestamps
         self.last = len(coords) - 1
         self._acknowledged = itertools.count()
+        #: when its last record was handed to the producer, for a timed batch
+        self.produced_at: float | None = None
 
     def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:  # the batch never counts as done: nothing past it commits
@@ -223,6 +229,9 @@ class BatchAck:
             self._all_acknowledged()
 
     def _all_acknowledged(self) -> None:  # at least once: exactly once reports failures only
+        produced_at = self.produced_at
+        if produced_at is not None:
+            self.outbox.timeline.stage("acknowledge", time.monotonic() - produced_at)
         self.outbox.tracker.done_many(self.coords)
         self.outbox.acknowledged(self.topic, self.timestamps)
 

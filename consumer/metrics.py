@@ -63,6 +63,23 @@ class WorkerMetrics:
             PREFIX + "queue_wait_seconds", "from a batch closing to its predict starting", ["worker"],
             registry=None, buckets=LATENCY_BUCKETS,
         ).labels(**label)  # fmt: skip
+        self.batching_seconds = Histogram(
+            PREFIX + "batching_seconds", "from a batch's first input reaching the fetch loop to the batch closing",
+            ["worker"], registry=None, buckets=PREDICT_BUCKETS,
+        ).labels(**label)  # fmt: skip
+        self.emit_seconds = Histogram(
+            PREFIX + "emit_seconds", "packing a batch's outputs and handing them to the producer", ["worker"],
+            registry=None, buckets=PREDICT_BUCKETS,
+        ).labels(**label)  # fmt: skip
+        self.acknowledge_seconds = Histogram(
+            PREFIX + "acknowledge_seconds", "from a batch's outputs handed to the producer to the last acknowledged",
+            ["worker"], registry=None, buckets=PREDICT_BUCKETS,
+        ).labels(**label)  # fmt: skip
+        #: ``consumer.timing.STAGES`` → their histograms
+        self._stages = {
+            "batching": self.batching_seconds, "queue": self.queue_wait_seconds, "predict": self.predict_seconds,
+            "emit": self.emit_seconds, "acknowledge": self.acknowledge_seconds,
+        }  # fmt: skip
         self.latency_seconds = Histogram(
             PREFIX + "end_to_end_latency_seconds", "output acknowledged minus input record timestamp", ["worker"],
             registry=None, buckets=LATENCY_BUCKETS,
@@ -130,10 +147,12 @@ class WorkerMetrics:
         for age in ages_s:
             self.consume_latency_seconds.observe(age)
 
-    def batch(self, rows: int, queue_wait_s: float, predict_s: float) -> None:
+    def batch(self, rows: int) -> None:
         self.batch_rows.observe(rows)
-        self.queue_wait_seconds.observe(queue_wait_s)
-        self.predict_seconds.observe(predict_s)
+
+    def stage(self, name: str, seconds: float) -> None:
+        """One batch's time in one of the worker's stages (``consumer.timing.STAGES``)."""
+        self._stages[name].observe(seconds)
 
     def statistics(self, stats_json: str) -> None:
         """librdkafka's statistics callback: consumer lag per assigned partition."""

@@ -62,7 +62,9 @@ class Emitter:
         else:
             values = self._packer.pack_rows(outputs, coords, timestamps, batch.ids)
         record_headers = [source_headers(m) + headers if m.headers() else headers for m in messages]
-        self.outbox.send_batch(messages, self.topic, values, record_headers, coords=coords, timestamps=timestamps)
+        self.outbox.send_batch(
+            messages, self.topic, values, record_headers, coords=coords, timestamps=timestamps, timed=True
+        )
         self.counters.add(predicted=batch.rows, batches=1, padded_rows=bucket - batch.rows)
 
     def _json_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:

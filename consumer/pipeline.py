@@ -45,6 +45,8 @@ class Batch:
     closed_at: float
     #: inputs of this batch that failed before predict, sent to the dead-letter topic with its outputs
     dead: list[tuple[Message, InputError]] = field(default_factory=list)
+    #: when its first input reached the fetch loop (``time.monotonic``, like ``closed_at``)
+    opened_at: float | None = None
 
     def row(self, index: int) -> Batch:
         """Row ``index`` alone, as a batch of one."""
@@ -88,7 +90,7 @@ class Pipeline:
         self.reject_non_finite = reject_non_finite
         self.preprocess = preprocess
         self.raw_signature = raw_signature(self.signature, preprocess)
-        self._queue: queue.Queue[tuple[int, list[Message], float] | None] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[tuple[int, list[Message], float, float | None] | None] = queue.Queue(maxsize=depth)
         self._registry: dict[int, Batch] = {}
         self._next_id = 0
         self.finished = 0
@@ -103,11 +105,12 @@ class Pipeline:
     def has_room(self) -> bool:
         return not self._queue.full()
 
-    def put(self, messages: list[Message]) -> None:
-        """Hand a closed batch to the pipeline; blocks while the queue is full (see ``has_room``)."""
+    def put(self, messages: list[Message], opened_at: float | None = None) -> None:
+        """Hand a closed batch to the pipeline; blocks while the queue is full (see ``has_room``).
+        ``opened_at``: when its first input reached the fetch loop (``time.monotonic``)."""
         if self._closed or not messages:
             return
-        self._queue.put((self._next_id, messages, time.monotonic()))
+        self._queue.put((self._next_id, messages, time.monotonic(), opened_at))
         self._next_id += 1
 
     def close(self, timeout: float | None = None) -> bool:
@@ -155,12 +158,12 @@ class Pipeline:
         size = self.predictor.batch_sizes[0]
         return -(last_id + 1), 0, size, stack([], self.raw_signature, 0)
 
-    def _decode(self, batch_id: int, messages: list[Message], closed_at: float) -> Batch:
+    def _decode(self, batch_id: int, messages: list[Message], closed_at: float, opened_at: float | None) -> Batch:
         """The batch's valid rows; the others ride along as dead letters (a batch may have no rows)."""
         decoded = self.decoder.decode([msg.value() for msg in messages])
         dead = [(messages[index], error) for index, error in decoded.failures]
         kept = messages if len(decoded.rows) == len(messages) else [messages[i] for i in decoded.rows]
-        return Batch(batch_id, kept, decoded.inputs, decoded.ids, closed_at, dead)
+        return Batch(batch_id, kept, decoded.inputs, decoded.ids, closed_at, dead, opened_at)
 
     def dataset(self) -> tf.data.Dataset:
         """Each element is one call of ``_generate``'s next step through ``tf.numpy_function``: a
@@ -265,6 +268,7 @@ class Pipeline:
             [batch.ids[i] for i in good],
             batch.closed_at,
             dead,
+            batch.opened_at,
         )
         if not good:
             return kept, {}

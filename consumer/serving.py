@@ -99,11 +99,21 @@ class Serving:
                 self._predict_one_by_one(batch, inputs)
             return
         rows = {name: value[: batch.rows] for name, value in outputs.items()}
-        predict_s = time.perf_counter() - started
+        predicted = time.perf_counter()
+        self._time_stages(batch, predicted - started)
+        self.emitter.emit(batch, rows, bucket, (predicted - started) * 1000)
+        self.outbox.timeline.stage("emit", time.perf_counter() - predicted)
+
+    def _time_stages(self, batch: Batch, predict_s: float) -> None:
+        """The batch's stages up to predict (``consumer.timing.STAGES``); its ``emit`` and
+        ``acknowledge`` are timed as they end."""
         if self.metrics is not None:
-            queue_wait_s = max(0.0, (self.batch_started_at or batch.closed_at) - batch.closed_at)
-            self.metrics.batch(batch.rows, queue_wait_s, predict_s)
-        self.emitter.emit(batch, rows, bucket, predict_s * 1000)
+            self.metrics.batch(batch.rows)
+        timeline = self.outbox.timeline
+        opened_at = batch.closed_at if batch.opened_at is None else batch.opened_at
+        timeline.stage("batching", max(0.0, batch.closed_at - opened_at))
+        timeline.stage("queue", max(0.0, (self.batch_started_at or batch.closed_at) - batch.closed_at))
+        timeline.stage("predict", predict_s)
 
     def _predict_one_by_one(self, batch: Batch, inputs: Inputs) -> None:
         size = self.predictor.bucket_for(1)

@@ -2,9 +2,9 @@
 
 End-to-end latency is the time from an input's record timestamp to its output's broker
 acknowledgement; consume latency, from that timestamp to the worker receiving the record (what the
-input producer and the broker took, before the worker could do anything). Latencies are kept in
-bounded reservoir samples (so memory stays flat on an endless stream) and summarised as
-percentiles.
+input producer and the broker took, before the worker could do anything). The worker's share is
+split per batch into ``STAGES``. Latencies are kept in bounded reservoir samples (so memory stays
+flat on an endless stream) and summarised as percentiles.
 """
 
 from __future__ import annotations
@@ -12,13 +12,18 @@ from __future__ import annotations
 import resource
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import psutil
 
 RESERVOIR = 100_000
+#: The worker's share of a batch's latency, in order (each per batch, in ``Timeline.stage``):
+#: its first input reaching the fetch loop → the batch closing (full, or its ``max_wait_ms`` up, or
+#: later while the model is busy) → its predict starting (decoding in tf.data, waiting behind other
+#: batches) → predict done → its outputs packed and handed to the producer → the last one acknowledged.
+STAGES = ("batching", "queue", "predict", "emit", "acknowledge")
 
 
 class Reservoir:
@@ -76,6 +81,9 @@ class Timeline:
     def __init__(self, reservoir: int = RESERVOIR) -> None:
         self._end_to_end = Reservoir(reservoir)
         self._consume = Reservoir(reservoir)
+        self._stages = {name: Reservoir(reservoir // 10) for name in STAGES}
+        #: called with each stage's duration (name, seconds) as well: the metrics, when on
+        self.on_stage: Callable[[str, float], None] | None = None
         self.first_consumed: float | None = None
         self.last_acknowledged: float | None = None
 
@@ -98,6 +106,12 @@ class Timeline:
         self._end_to_end.add(ages_ms(input_timestamps_ms, now))
         self.last_acknowledged = now
 
+    def stage(self, name: str, seconds: float) -> None:
+        """One batch spent ``seconds`` in stage ``name`` (one of ``STAGES``)."""
+        self._stages[name].add(np.array([seconds * 1000]))
+        if self.on_stage is not None:
+            self.on_stage(name, seconds)
+
     def latency_ms(self) -> dict[str, float | int]:
         """End to end: output acknowledged minus input timestamp."""
         return self._end_to_end.percentiles()
@@ -112,6 +126,7 @@ class Timeline:
             "last_acknowledged_at": self.last_acknowledged,
             "latency_ms": self.latency_ms(),
             "consume_latency_ms": self.consume_latency_ms(),
+            "stages_ms": {name: reservoir.percentiles() for name, reservoir in self._stages.items()},
         }
 
 

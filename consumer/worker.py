@@ -76,6 +76,8 @@ class Worker:
         self._paused: set[Partition] = set()
         self._last_commit = time.monotonic()
         self.timeline = Timeline()
+        if self.metrics is not None:
+            self.timeline.on_stage = self.metrics.stage
         self.rss_after_warmup_mb = 0.0
         self._backoff = FIRST_BACKOFF_SECONDS
 
@@ -268,7 +270,11 @@ class Worker:
         while self.batcher.ready() and self.pipeline.has_room():
             if self.batcher.space() > 0 and self.pipeline.in_flight() >= BUSY_BATCHES:
                 return
-            self.pipeline.put(self.batcher.take())
+            self._close_batch()
+
+    def _close_batch(self) -> None:
+        opened_at = self.batcher.opened_at
+        self.pipeline.put(self.batcher.take(), opened_at)
 
     def _fetch_plan(self) -> tuple[int, float]:
         """How many messages to ask for, and how long to wait for them: wake on the first input, fill
@@ -485,7 +491,7 @@ class Worker:
         deadline = time.monotonic() + budget
         while len(self.batcher) and time.monotonic() < deadline and not self._failed():
             if self.pipeline.has_room():  # this loop is the queue's only producer: the put cannot block
-                self.pipeline.put(self.batcher.take())
+                self._close_batch()
             else:  # the predict thread is still busy
                 self.outbox.poll(0.05)
 

@@ -53,11 +53,18 @@ def test_bench_runs_every_phase_and_writes_its_json(
     assert result["targets"][target] is None
     consumed, end_to_end = result["consume_latency_ms"], result["latency_ms"]
     assert consumed["count"] == 200 + PRIMERS and all(0 < consumed[p] <= end_to_end[p] for p in ("p50", "p99", "max"))
+    # the worker's share, stage by stage: every stage timed for the same batches, each within the whole
+    stages = result["stages_ms"]
+    assert list(stages) == ["batching", "queue", "predict", "emit", "acknowledge"]
+    assert len({row["count"] for row in stages.values()}) == 1 and stages["predict"]["count"] >= 1
+    assert all(0 <= row["p50"] <= row["max"] < end_to_end["max"] for row in stages.values())
+    assert stages["predict"]["p50"] > 0 and stages["acknowledge"]["p50"] > 0
     versions = {k: result["environment"][k] for k in ("confluent_kafka", "librdkafka", "tensorflow")}
     assert all(v.count(".") >= 2 for v in versions.values()), versions  # full versions, not a first character
     assert result["rss_after_warmup_mb"] > 0 and result["peak_rss_mb"] >= result["rss_after_warmup_mb"]
     table = capsys.readouterr().out
     assert "system / io_limit" in table and "targets:" in table and "the worker consuming it" in table
+    assert "the worker, per batch:" in table and "    acknowledge " in table
     assert "2 rounds, median shown" in table
     # 400 messages fit in the relay's producer queue: the run says its I/O limit is a burst figure
     assert len(result["warnings"]) == 1 and "I/O limit reads high" in table

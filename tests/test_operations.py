@@ -74,7 +74,9 @@ def test_metrics_and_probes_during_a_real_run(bootstrap: str, topics: Topics, gr
     assert 0 < consumed_s < _total(samples, "tfstream_end_to_end_latency_seconds_sum")
     batches = _total(samples, "tfstream_batch_rows_count")
     assert batches >= 600 / 32 and _total(samples, "tfstream_batch_rows_sum") == 600
-    assert _total(samples, "tfstream_predict_seconds_count") == batches
+    for stage in ("batching", "queue_wait", "predict", "emit", "acknowledge"):  # the worker's share, per batch
+        assert _total(samples, f"tfstream_{stage}_seconds_count") == batches, stage
+    assert _total(samples, "tfstream_acknowledge_seconds_sum") > 0
     assert _total(samples, "tfstream_in_flight_messages") == 0
     assert _total(samples, "tfstream_traces_since_warmup") == 0
     assert _total(samples, "tfstream_worker_info", device="cpu") == 2

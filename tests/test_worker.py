@@ -16,6 +16,7 @@ from consumer.codec import pack_input
 from consumer.errors import DeliveryError
 from consumer.pipeline import Batch
 from consumer.serving import Serving
+from consumer.timing import STAGES
 from producer_tools.reader import read_topic
 from tests import models
 from tests.helpers import Background, Topics, committed, outputs, publish, run_worker, settings
@@ -49,6 +50,9 @@ def test_each_input_yields_one_output_equal_to_the_model(
         assert headers["trace-id"] == b"abc" and headers["tfstream.model.version"] == b"v7"
     assert summary["predicted"] == 300 and summary["traces_after_warmup"] == 0
     assert sum(committed(bootstrap, group, inp, 3).values()) == 300
+    # the worker's share of the latency, timed stage by stage for every batch
+    timed = {name: row["count"] for name, row in summary["stages_ms"].items()}
+    assert timed == dict.fromkeys(STAGES, summary["batches"])
 
 
 @pytest.mark.parametrize("fmt", ["keras", "saved_model"])

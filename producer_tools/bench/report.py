@@ -91,6 +91,7 @@ def print_table(result: dict[str, Any]) -> None:
         for name, row in (("the worker consuming it", consumed), ("its output acknowledged", latency)):
             if "p50" in row:
                 print(f"  {name:<38} {row['p50']:>7} {row['p95']:>7} {row['p99']:>7}")
+        _print_stages(result.get("stages_ms", {}))
     print(
         f"full batch predict: {result['full_batch_ms']:.2f} ms; traces after warm-up: {result['traces_after_warmup']}"
     )
@@ -101,6 +102,16 @@ def print_table(result: dict[str, Any]) -> None:
     print("\ntargets:")
     for name, ok in result["targets"].items():
         print(f"  [{'ok' if ok else 'MISS' if ok is not None else 'n/a'}] {name}")
+
+
+def _print_stages(stages: dict[str, dict[str, float]]) -> None:
+    """The worker's share, stage by stage, per batch (``consumer.timing.STAGES``)."""
+    if not any("p50" in row for row in stages.values()):
+        return
+    print(f"  {'the worker, per batch:':<38} {'p50':>7} {'p95':>7} {'p99':>7}")
+    for name, row in stages.items():
+        if "p50" in row:
+            print(f"    {name:<36} {row['p50']:>7} {row['p95']:>7} {row['p99']:>7}")
 
 
 def _print_spread(result: dict[str, Any]) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import statistics
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from consumer.timing import STAGES
 from producer_tools.bench import baselines, report, system, workloads
 from producer_tools.embedded_broker import bootstrap_or_embedded
 from producer_tools.topics import create_topics
@@ -101,6 +102,7 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
         "latency_rate": latency_rate,
         "latency_ms": _worst_latency(steady["workers"]),
         "consume_latency_ms": _worst_latency(steady["workers"], "consume_latency_ms"),
+        "stages_ms": {name: _worst(w.get("stages_ms", {}).get(name, {}) for w in steady["workers"]) for name in STAGES},
         "traces_after_warmup": sum(run["traces_after_warmup"] for run in rounds.drains + rounds.steady),
         "rss_after_warmup_mb": worker.get("rss_after_warmup_mb"),
         "peak_rss_mb": worker.get("peak_rss_mb"),
@@ -237,7 +239,12 @@ def _backlog(
 
 def _worst_latency(workers: list[dict[str, Any]], key: str = "latency_ms") -> dict[str, float]:
     """Each percentile's worst value over the workers (one worker: its own figures)."""
-    measured = [w[key] for w in workers if w.get(key, {}).get("count")]
+    return _worst(w.get(key, {}) for w in workers)
+
+
+def _worst(percentiles: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Each percentile's worst value over several summaries of the same measure (``count``: their sum)."""
+    measured = [p for p in percentiles if p.get("count")]
     if not measured:
         return {}
     return {k: max(m[k] for m in measured) for k in ("p50", "p95", "p99", "max")} | {
