@@ -19,6 +19,7 @@ from typing import Any
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "tfstream_"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 PREDICT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -52,42 +53,33 @@ class WorkerMetrics:
         self.dead_lettered = counter("messages_dead_lettered_total", "inputs sent to the dead-letter topic", "reason")
         self.produced = counter("records_produced_total", "records the broker acknowledged", "kind")
         self.padded = counter("padding_rows_total", "rows added to fill batches to a compiled size").labels(**label)
-        self.batch_rows = Histogram(
-            PREFIX + "batch_rows", "inputs per batch", ["worker"], registry=None,
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
-        ).labels(**label)  # fmt: skip
-        self.predict_seconds = Histogram(
-            PREFIX + "predict_seconds", "predict time of one batch", ["worker"], registry=None, buckets=PREDICT_BUCKETS
-        ).labels(**label)
-        self.queue_wait_seconds = Histogram(
-            PREFIX + "queue_wait_seconds", "from a batch closing to its predict starting", ["worker"],
-            registry=None, buckets=LATENCY_BUCKETS,
-        ).labels(**label)  # fmt: skip
-        self.batching_seconds = Histogram(
-            PREFIX + "batching_seconds", "from a batch's first input reaching the fetch loop to the batch closing",
-            ["worker"], registry=None, buckets=PREDICT_BUCKETS,
-        ).labels(**label)  # fmt: skip
-        self.emit_seconds = Histogram(
-            PREFIX + "emit_seconds", "packing a batch's outputs and handing them to the producer", ["worker"],
-            registry=None, buckets=PREDICT_BUCKETS,
-        ).labels(**label)  # fmt: skip
-        self.acknowledge_seconds = Histogram(
-            PREFIX + "acknowledge_seconds", "from a batch's outputs handed to the producer to the last acknowledged",
-            ["worker"], registry=None, buckets=PREDICT_BUCKETS,
-        ).labels(**label)  # fmt: skip
-        #: ``consumer.timing.STAGES`` → their histograms
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Any:
+            return Histogram(PREFIX + name, doc, ["worker"], registry=None, buckets=buckets).labels(**label)
+
+        self.batch_rows = histogram("batch_rows", "inputs per batch", ROWS_BUCKETS)
+        #: the worker's stages, per batch (``consumer.timing.STAGES``; the queue wait keeps its coarser buckets)
         self._stages = {
-            "batching": self.batching_seconds, "queue": self.queue_wait_seconds, "predict": self.predict_seconds,
-            "emit": self.emit_seconds, "acknowledge": self.acknowledge_seconds,
+            "batching": histogram(
+                "batching_seconds", "from a batch's first input reaching the fetch loop to the batch closing",
+                PREDICT_BUCKETS,
+            ),
+            "queue": histogram("queue_wait_seconds", "from a batch closing to its predict starting", LATENCY_BUCKETS),
+            "predict": histogram("predict_seconds", "predict time of one batch", PREDICT_BUCKETS),
+            "emit": histogram(
+                "emit_seconds", "packing a batch's outputs and handing them to the producer", PREDICT_BUCKETS
+            ),
+            "acknowledge": histogram(
+                "acknowledge_seconds", "from a batch's outputs handed to the producer to the last acknowledged",
+                PREDICT_BUCKETS,
+            ),
         }  # fmt: skip
-        self.latency_seconds = Histogram(
-            PREFIX + "end_to_end_latency_seconds", "output acknowledged minus input record timestamp", ["worker"],
-            registry=None, buckets=LATENCY_BUCKETS,
-        ).labels(**label)  # fmt: skip
-        self.consume_latency_seconds = Histogram(
-            PREFIX + "consume_latency_seconds", "input consumed by the worker minus its record timestamp", ["worker"],
-            registry=None, buckets=LATENCY_BUCKETS,
-        ).labels(**label)  # fmt: skip
+        self.latency_seconds = histogram(
+            "end_to_end_latency_seconds", "output acknowledged minus input record timestamp", LATENCY_BUCKETS
+        )
+        self.consume_latency_seconds = histogram(
+            "consume_latency_seconds", "input consumed by the worker minus its record timestamp", LATENCY_BUCKETS
+        )
         self.lag = Gauge(
             PREFIX + "consumer_lag", "messages behind the partition's end (librdkafka statistics)",
             ["topic", "partition"], registry=None, multiprocess_mode="livesum",
