@@ -25,10 +25,21 @@ def create_topics(
         try:
             future.result(timeout=timeout)
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            code = exc.args[0].code()
+            if code in NO_ANSWER:
+                raise _no_answer(name, timeout) from None
+            if code != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BrokerError(f"cannot create topic {name!r}: {exc.args[0].str()}") from None
-        except TimeoutError:
-            raise BrokerError(
-                f"no answer from Kafka within {timeout:.0f}s while creating topic {name!r}; "
-                "check --bootstrap-servers and that the broker is up"
-            ) from None
+        except TimeoutError:  # the same wait, run out on this side first
+            raise _no_answer(name, timeout) from None
+
+
+#: librdkafka's errors for a broker that never answered (its own request timeout can fire first)
+NO_ANSWER = frozenset({KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
+
+
+def _no_answer(name: str, timeout: float) -> BrokerError:
+    return BrokerError(
+        f"no answer from Kafka within {timeout:.0f}s while creating topic {name!r}; "
+        "check --bootstrap-servers and that the broker is up"
+    )
