@@ -14,13 +14,14 @@ import os
 import re
 import sys
 import uuid
+from concurrent.futures import Future
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from consumer.config import load_client_tables
-from consumer.errors import ConfigError
+from consumer.errors import BrokerError, ConfigError
 
 
 def add_client_flags(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +82,29 @@ def kafka_producer(config: dict[str, Any]) -> Producer:
 
 def kafka_consumer(config: dict[str, Any]) -> Consumer:
     return Consumer(_with_logger(config))
+
+
+#: librdkafka's errors for a broker that never answered (its own request timeout can fire first)
+NO_ANSWER = frozenset({KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
+
+
+def admin_result(future: Future[Any], timeout: float, doing: str) -> Any:
+    """An AdminClient future's result. A broker that never answers is one ``BrokerError`` saying so,
+    whichever timeout fires first (this wait's, or librdkafka's request timeout); other errors raise."""
+    try:
+        return future.result(timeout=timeout)
+    except TimeoutError:
+        raise _no_answer(doing, timeout) from None
+    except KafkaException as exc:
+        if exc.args[0].code() in NO_ANSWER:
+            raise _no_answer(doing, timeout) from None
+        raise
+
+
+def _no_answer(doing: str, timeout: float) -> BrokerError:
+    return BrokerError(
+        f"no answer from Kafka within {timeout:.0f}s while {doing}; check --bootstrap-servers and that the broker is up"
+    )
 
 
 class Clients:

@@ -17,6 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupState, Kafk
 from confluent_kafka.admin import AdminClient
 
 from consumer.errors import BrokerError, ConfigError
+from producer_tools.clients import admin_result
 from producer_tools.reader import partitions_of
 
 _ACTIVE = {
@@ -96,9 +97,10 @@ def offset_at_time(consumer: Consumer, topic: str, partition: int, timestamp_ms:
         consumer.unassign()
 
 
-def refuse_if_active(admin: AdminClient, group: str) -> None:
+def refuse_if_active(admin: AdminClient, group: str, timeout: float = 30.0) -> None:
     """Moving a group's offsets under running members would be overwritten (or worse): refuse."""
-    description = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    described = admin.describe_consumer_groups([group], request_timeout=timeout)[group]
+    description = admin_result(described, timeout, f"describing group {group!r}")
     if description.members or description.state in _ACTIVE:
         raise ConfigError(
             f"group {group!r} has active members (state {description.state.name}, {len(description.members)} "

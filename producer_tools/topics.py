@@ -8,7 +8,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.errors import BrokerError
-from producer_tools.clients import admin_client
+from producer_tools.clients import admin_client, admin_result
 
 
 def create_topics(
@@ -23,23 +23,7 @@ def create_topics(
     )
     for name, future in futures.items():
         try:
-            future.result(timeout=timeout)
+            admin_result(future, timeout, f"creating topic {name!r}")
         except KafkaException as exc:
-            code = exc.args[0].code()
-            if code in NO_ANSWER:
-                raise _no_answer(name, timeout) from None
-            if code != KafkaError.TOPIC_ALREADY_EXISTS:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BrokerError(f"cannot create topic {name!r}: {exc.args[0].str()}") from None
-        except TimeoutError:  # the same wait, run out on this side first
-            raise _no_answer(name, timeout) from None
-
-
-#: librdkafka's errors for a broker that never answered (its own request timeout can fire first)
-NO_ANSWER = frozenset({KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
-
-
-def _no_answer(name: str, timeout: float) -> BrokerError:
-    return BrokerError(
-        f"no answer from Kafka within {timeout:.0f}s while creating topic {name!r}; "
-        "check --bootstrap-servers and that the broker is up"
-    )

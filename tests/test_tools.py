@@ -280,6 +280,22 @@ def test_creating_topics_on_a_broker_that_does_not_answer_is_one_broker_error(
     assert "%3|" not in capfd.readouterr().err  # librdkafka's raw lines, one per reconnect, stay out
 
 
+def test_describing_a_group_on_a_broker_that_does_not_answer_is_one_broker_error(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """``reset-offsets`` first checks that the group is idle: on an unreachable broker that check
+    ended in a ``TimeoutError`` traceback."""
+    from consumer.errors import BrokerError
+    from producer_tools.clients import admin_client
+    from producer_tools.embedded_broker import free_port
+    from producer_tools.groups import refuse_if_active
+
+    admin = admin_client({"bootstrap.servers": f"127.0.0.1:{free_port()}"})
+    with pytest.raises(BrokerError, match=r"no answer from Kafka within 2s while describing group 'g'; check"):
+        refuse_if_active(admin, "g", timeout=2)
+    assert "%3|" not in capfd.readouterr().err
+
+
 def test_the_broker_command_refuses_a_port_in_use_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     import socket
 
