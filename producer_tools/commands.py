@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from datetime import UTC, datetime
 
@@ -66,6 +67,9 @@ def run_collect(args: argparse.Namespace) -> int:
     suffix = args.out.suffix.lower()
     if suffix not in {".npz", ".jsonl"}:
         raise ConfigError(f"invalid setting --out={str(args.out)!r}: write .npz or .jsonl")
+    folder = args.out.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):  # before reading, not after
+        raise ConfigError(f"invalid setting --out={str(args.out)!r}: {str(folder)!r} is not a writable directory")
     examples = sources.read_inputs(args.join, read_options(args)) if args.join else None
     consumer = Clients(args).consumer()
     stop = StopWhen(at_end=args.count is None and args.idle is None, count=args.count, idle=args.idle)
@@ -78,7 +82,10 @@ def run_collect(args: argparse.Namespace) -> int:
     rows, joined = (
         collect.join_inputs(found, examples, args.join_on) if examples else (list(range(len(found.records))), None)
     )
-    (collect.write_npz if suffix == ".npz" else collect.write_jsonl)(args.out, found, rows, joined)
+    try:
+        (collect.write_npz if suffix == ".npz" else collect.write_jsonl)(args.out, found, rows, joined)
+    except OSError as exc:
+        raise ConfigError(f"cannot write --out={str(args.out)!r}: {exc.strerror or exc}") from None
     unmatched = f"; {len(found.records) - len(rows)} without a matching input" if examples else ""
     print(
         f"collected {len(rows)} predictions from {args.topic} into {args.out}"

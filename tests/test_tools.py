@@ -173,6 +173,17 @@ def test_collect_writes_json_lines_and_stops_at_a_count(
     assert len((tmp_path / "all.jsonl").read_text().splitlines()) == 10
 
 
+def test_collect_refuses_an_output_it_could_not_write_before_reading_anything(
+    bootstrap: str, topics: Topics, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (out,) = topics("out", partitions=1)
+    missing = tmp_path / "no-such-folder" / "p.npz"
+    assert tool(bootstrap, "collect", "--topic", out, "--out", str(missing), "--idle", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    folder = str(missing.parent)
+    assert err == [f"error: invalid setting --out={str(missing)!r}: {folder!r} is not a writable directory"]
+
+
 def test_replay_copies_exactly_the_time_range_keeping_keys_headers_and_timestamps(
     bootstrap: str, topics: Topics
 ) -> None:
