@@ -105,7 +105,7 @@ class Pipeline:
     def has_room(self) -> bool:
         return not self._queue.full()
 
-    def put(self, messages: list[Message], opened_at: float | None = None) -> None:
+    def put(self, messages: list[Message], opened_at: float | None) -> None:
         """Hand a closed batch to the pipeline; blocks while the queue is full (see ``has_room``).
         ``opened_at``: when its first input reached the fetch loop (``time.monotonic``)."""
         if self._closed or not messages:
@@ -113,10 +113,10 @@ class Pipeline:
         self._queue.put((self._next_id, messages, time.monotonic(), opened_at))
         self._next_id += 1
 
-    def close(self, timeout: float | None = None) -> bool:
+    def close(self, timeout: float) -> bool:
         """No more batches: the dataset ends after the ones already queued. Waits at most ``timeout``
-        for room in the queue for that end; False if there was none (call again while the predict
-        thread is alive: a dead one never makes room)."""
+        for room in the queue for that end (never without bound: a dead predict thread never makes
+        room); False if there was none (call again while the predict thread is alive)."""
         self._closed = True
         if not self._end_queued:
             try:
