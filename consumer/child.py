@@ -15,6 +15,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -34,10 +35,15 @@ STATUS_SECONDS = 1.0
 GIL_SWITCH_SECONDS = 0.001
 
 
-def worker_main(settings: Settings, slot: WorkerSlot, report: multiprocessing.connection.Connection) -> None:
-    """Run one worker until it is done; never returns (exits with a code the supervisor reads)."""
+def worker_main(
+    settings: Settings, slot: WorkerSlot, report: multiprocessing.connection.Connection, scratch: str
+) -> None:
+    """Run one worker until it is done; never returns (exits with a code the supervisor reads).
+    Its temporary files go to ``scratch``, which the supervisor removes once it exited."""
     os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only; it forwards SIGTERM
-    os.environ.update(slot.environment())
+    os.makedirs(scratch, exist_ok=True)
+    tempfile.tempdir = scratch
+    os.environ.update(slot.environment(), TMPDIR=scratch)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines are noise here
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     try:

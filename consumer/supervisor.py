@@ -15,6 +15,7 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
@@ -89,11 +90,13 @@ class Supervisor:
         self.error: str | None = None  # the one line to print when ``run`` returns non-zero
         self.endpoints: Endpoints | None = None
         self._metrics_dir = metrics.prepare_directory() if settings.metrics_port is not None else None
+        self._scratch = ""  # the workers' temporary files, one folder each, removed when they exit
         self._restarts = metrics.restarts_counter() if self._metrics_dir else None
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
         self._install_signal_handlers()
+        self._scratch = tempfile.mkdtemp(prefix="tfstream-scratch-")
         self.log.info("starting workers", workers=[c.slot.device for c in self.children], pid=os.getpid())
         self._serve_endpoints()
         for child in self.children:
@@ -107,6 +110,7 @@ class Supervisor:
                 self._kill_if_drain_hangs()
         finally:
             self._close_endpoints()
+            self._remove_files()
         return self._result()
 
     def _serve_endpoints(self) -> None:
@@ -121,8 +125,11 @@ class Supervisor:
     def _close_endpoints(self) -> None:
         if self.endpoints is not None:
             self.endpoints.stop()
-        if self._metrics_dir is not None:
-            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    def _remove_files(self) -> None:
+        for folder in (self._metrics_dir, self._scratch):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when every worker is up, reported within 5 s, joined its group and is not stuck."""
@@ -137,12 +144,20 @@ class Supervisor:
     def _start(self, child: Child) -> None:
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=worker_main, args=(self.settings, child.slot, send), name=f"tfstream-worker-{child.slot.slot}"
+            target=worker_main,
+            args=(self.settings, child.slot, send, self._scratch_of(child)),
+            name=f"tfstream-worker-{child.slot.slot}",
         )
         process.start()
         send.close()  # the child holds the only writing end: EOF means it is gone
         child.process, child.report, child.ready_at, child.restart_at = process, receive, None, None
         self.log.info("worker started", worker=child.slot.slot, device=child.slot.device, pid=process.pid)
+
+    def _scratch_of(self, child: Child) -> str:
+        """The worker's temporary folder: TensorFlow writes a file of generated code there for each
+        function it converts, and removes them only on a normal interpreter exit, which a worker
+        never has (it ends with ``os._exit``, or a SIGKILL)."""
+        return os.path.join(self._scratch, f"worker-{child.slot.slot}")
 
     def _wait(self, timeout: float) -> None:
         live = [c for c in self.children if c.alive]
@@ -185,6 +200,7 @@ class Supervisor:
         child.process.join()
         code = child.process.exitcode if child.process.exitcode is not None else EXIT_FAILURE
         child.report.close()
+        shutil.rmtree(self._scratch_of(child), ignore_errors=True)
         if self._metrics_dir is not None and child.process.pid:
             metrics.worker_exited(child.process.pid)
         if self._stopping_since is not None and code == -signal.SIGTERM and child.ready_at is None:
@@ -261,6 +277,7 @@ class Supervisor:
                 for child in self.children:
                     if child.process is not None and child.process.pid:
                         _signal(child.process.pid, signal.SIGKILL)
+                self._remove_files()
                 os._exit(EXIT_FAILURE)
 
         signal.signal(signal.SIGTERM, handle)

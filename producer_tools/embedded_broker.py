@@ -7,6 +7,7 @@ real Apache Kafka (see docker-compose.yml).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -58,7 +59,11 @@ class EmbeddedBroker:
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()
-        self.log_path = log_path or Path(tempfile.mkdtemp(prefix="tfstream-broker-")) / "broker.log"
+        self._own_folder: Path | None = None  # removed at a clean stop
+        if log_path is None:
+            self._own_folder = Path(tempfile.mkdtemp(prefix="tfstream-broker-"))
+            log_path = self._own_folder / "broker.log"
+        self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -95,7 +100,7 @@ class EmbeddedBroker:
         try:
             self._wait_until_ready()
         except BaseException:  # Ctrl-C or SIGTERM while it starts: ``__exit__`` would never run
-            self.stop()
+            self.stop(keep_log=True)
             raise
         return self
 
@@ -116,16 +121,23 @@ class EmbeddedBroker:
             f"the embedded broker did not accept connections in {READY_TIMEOUT_SECONDS:.0f}s; see {self.log_path}"
         )
 
-    def stop(self) -> None:
+    def stop(self, keep_log: bool = False) -> None:
+        """Stop the broker. A log folder of its own is removed, unless ``keep_log`` or the broker had
+        already exited by itself: then its log says why."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        if process.poll() is not None:
+            keep_log = True
+        else:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        if self._own_folder is not None and not keep_log:
+            shutil.rmtree(self._own_folder, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

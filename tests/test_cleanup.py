@@ -1,4 +1,5 @@
-"""What the tools leave behind when stopped early: nothing (no broker, consumer or pool worker)."""
+"""What the tools leave behind, even when stopped early: nothing (no broker, consumer or pool
+worker process, no temporary file)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
+from consumer.codec import pack_input
 from producer_tools.consumer_run import ConsumerProcess, consumer_command
-from tests.helpers import ENV, Topics
+from producer_tools.embedded_broker import EmbeddedBroker
+from tests.helpers import ENV, Topics, publish
 
 
 def _wait_for_child(parent: psutil.Process, name: str, timeout: float = 60) -> psutil.Process:
@@ -35,9 +39,10 @@ def _gone(process: psutil.Process, timeout: float = 30) -> bool:
 
 
 @pytest.mark.parametrize("after_s", [1.0, 4.0])  # while its consumer joins the group; while it measures
-def test_sigterm_stops_a_tool_and_the_embedded_broker_it_started(after_s: float) -> None:
+def test_sigterm_stops_a_tool_and_the_embedded_broker_it_started(after_s: float, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "producer_tools", "fetch-latency", "--seconds", "120", "--rate", "200"]
-    tool = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**ENV, "TMPDIR": str(tmp_path)}
+    tool = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         broker = _wait_for_child(psutil.Process(tool.pid), "tansu")
         time.sleep(after_s)
@@ -49,6 +54,45 @@ def test_sigterm_stops_a_tool_and_the_embedded_broker_it_started(after_s: float)
     assert err.strip().splitlines()[-1].startswith("terminated (SIGTERM): stopped what this command had started"), err
     assert _gone(broker, timeout=5), "the embedded broker outlived the tool"
     assert "|FAIL|" not in err, err  # no client was left to complain about the broker it stopped
+    assert _left_in(tmp_path) == [], "the broker's log folder was left behind"
+
+
+def _left_in(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_the_embedded_broker_removes_its_own_log_folder_but_not_a_log_it_was_given(tmp_path: Path) -> None:
+    with EmbeddedBroker() as broker:
+        own = broker.log_path
+        assert own.exists()
+    assert not own.parent.exists()
+    given = tmp_path / "broker.log"
+    with EmbeddedBroker(log_path=given):
+        pass
+    assert given.exists()
+
+
+@pytest.mark.integration
+def test_the_consumer_leaves_no_temporary_file_even_from_a_killed_worker(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, tmp_path: Path
+) -> None:
+    """TensorFlow writes a file of generated code per function it converts, and removes them only
+    at a normal interpreter exit, which a worker never has: they piled up in the system's /tmp."""
+    inp, out = topics("in", "out", partitions=2)
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(100)))
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**ENV, "TMPDIR": str(temporary)}
+    run = ConsumerProcess(consumer_command(bootstrap, mlp_path, inp, out, group, "--workers", "2"), env)
+    with run:
+        first = run.wait_for("worker ready", 2)[0]
+        during = _left_in(temporary)
+        psutil.Process(first["pid"]).kill()
+        run.wait_for("worker ready", 3)
+        summary = run.stop()
+    assert summary["restarts"] == 1, run.tail()
+    assert any("__autograph_generated_file" in name for name in during), during  # what there was to remove
+    assert _left_in(temporary) == []
 
 
 @pytest.mark.integration
@@ -74,7 +118,7 @@ def test_pool_workers_exit_when_the_process_that_started_them_is_killed(tmp_path
             from producer_tools.bench.baselines import _pool_init
 
             if __name__ == "__main__":
-                pool = ProcessPoolExecutor(1, get_context("spawn"), _pool_init, ({str(mlp_path)!r},))
+                pool = ProcessPoolExecutor(1, get_context("spawn"), _pool_init, ({str(mlp_path)!r}, {str(tmp_path)!r}))
                 print(pool.submit(os.getpid).result(), flush=True)
                 time.sleep(300)
             """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -136,9 +137,10 @@ def _decode_single(value: bytes, workload: Workload) -> np.ndarray:
 _POOL_MODEL: Any = None
 
 
-def _pool_init(path: str) -> None:
+def _pool_init(path: str, scratch: str) -> None:
     global _POOL_MODEL
     when_parent_dies(lambda: os._exit(1))  # a killed bench leaves no worker waiting for work
+    tempfile.tempdir = scratch  # TensorFlow's generated code: a pool process never runs atexit to remove it
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
@@ -156,9 +158,12 @@ def process_pool(workload: Workload, inputs: Inputs, workers: int | None = None)
     data = np.asarray(next(iter(inputs.values())), dtype=spec.dtype)
     workers = workers or os.cpu_count() or 1
     chunks = np.array_split(data, max(1, math.ceil(len(data) / workload.batch_size)))
-    with ProcessPoolExecutor(
-        workers, mp_context=get_context("spawn"), initializer=_pool_init, initargs=(str(workload.model_path),)
-    ) as pool:
+    with (
+        tempfile.TemporaryDirectory(prefix="tfstream-pool-") as scratch,
+        ProcessPoolExecutor(
+            workers, get_context("spawn"), initializer=_pool_init, initargs=(str(workload.model_path), scratch)
+        ) as pool,
+    ):
         list(pool.map(_pool_predict, [chunks[0]] * workers))  # warm every worker
         started = time.perf_counter()
         done = sum(pool.map(_pool_predict, chunks))
