@@ -3,18 +3,20 @@
 A transaction spans the batches produced since the last commit (``commit_interval_ms``); the
 outbox's lock keeps every batch whole inside one. Errors are handled as librdkafka's
 ``examples/transactions.c`` does: a retriable error retries the commit, an abortable one aborts
-and the worker reads again from its last committed offsets, anything else is fatal.
+and the worker reads again from its last committed offsets, anything else is fatal (the worker
+restarts).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from consumer.delivery import Outbox
 from consumer.errors import BrokerError
-from consumer.offsets import OffsetTracker, Partition
+from consumer.offsets import OffsetTracker
 
 
 class Transactions:
@@ -22,7 +24,6 @@ class Transactions:
 
     def __init__(self, producer: Producer, outbox: Outbox, tracker: OffsetTracker, timeout_s: float, log: Any):
         self.producer, self.outbox, self.tracker, self.timeout_s, self.log = producer, outbox, tracker, timeout_s, log
-        self._offsets_sent: dict[Partition, int] | None = None  # a commit that failed retriably after them
 
     def start(self) -> None:
         """Fence any earlier producer with this transactional id, then open the first transaction."""
@@ -39,32 +40,53 @@ class Transactions:
         """Commit what was produced with the offsets it covers; False if the transaction was aborted
         (the caller must rewind), True otherwise. Nothing is committed while no offset moved."""
         with self.outbox.lock:
-            offsets = self._offsets_sent or self.tracker.committable()
+            offsets = self.tracker.committable()
             if not offsets:
                 return True
             try:
-                if self._offsets_sent is None:
-                    request = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                    self.producer.send_offsets_to_transaction(
-                        request, consumer.consumer_group_metadata(), self.timeout_s
-                    )
-                    self._offsets_sent = offsets
-                self.producer.commit_transaction(self.timeout_s)
+                request = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                self.producer.send_offsets_to_transaction(request, consumer.consumer_group_metadata(), self.timeout_s)
             except KafkaException as exc:
-                return self._failed(exc.args[0])
-            self._offsets_sent = None
+                return self._failed(exc.args[0], committing=False)
+            try:
+                self._commit_transaction()
+            except KafkaException as exc:
+                return self._failed(exc.args[0], committing=True)
             self.tracker.mark_committed(offsets)
             self.outbox.committed()
             self.producer.begin_transaction()
             return True
 
-    def _failed(self, error: KafkaError) -> bool:
+    def _commit_transaction(self) -> None:
+        """Once a commit has begun, the transaction takes no more records until it ends (librdkafka
+        refuses them with ``_STATE``): a commit that fails retriably (timed out) is retried here at
+        once, with the outbox's lock held, for up to ``transaction.timeout.ms`` (the coordinator
+        aborts the transaction after that anyway)."""
+        deadline = time.monotonic() + 2 * self.timeout_s
+        while True:
+            try:
+                self.producer.commit_transaction(self.timeout_s)
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not error.retriable() or error.txn_requires_abort() or time.monotonic() >= deadline:
+                    raise
+                self.log.warning("transaction commit failed; retrying", error=error.str())
+
+    def _failed(self, error: KafkaError, committing: bool) -> bool:
         if error.txn_requires_abort():
             self.abort(f"the transaction failed ({error.str()})")
             return False
-        if error.retriable():
-            self.log.warning("transaction commit failed; retrying at the next commit", error=error.str())
+        if error.retriable() and not committing:  # the transaction is still open: more can join it
+            self.log.warning(
+                "adding the offsets to the transaction failed; retrying at the next commit", error=error.str()
+            )
             return True
+        if error.retriable():
+            raise BrokerError(
+                f"could not commit a transaction within {2 * self.timeout_s:.0f}s ({error.str()}); the worker "
+                "restarts, and its transactional id settles the transaction"
+            )
         raise BrokerError(
             f"fatal transaction error ({error.str()}); the worker restarts and its transactional id "
             "fences this producer"
@@ -74,7 +96,6 @@ class Transactions:
         """Abort the open transaction; records of batches still in flight are dropped until ``resume``."""
         with self.outbox.lock:
             self.log.warning("transaction aborted; its inputs will be processed again", reason=reason)
-            self._offsets_sent = None
             self.outbox.discarding = True
             self.outbox.aborted()
             try:

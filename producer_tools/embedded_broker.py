@@ -76,6 +76,7 @@ class EmbeddedBroker:
 
     def start(self) -> EmbeddedBroker:
         if port_in_use(self.port):  # else the readiness check would take the other listener for it
+            self._remove_own_folder()
             raise BrokerStartError(f"port {self.port} is already in use on 127.0.0.1: pick another with --port")
         url = f"tcp://127.0.0.1:{self.port}"
         command = [
@@ -136,7 +137,11 @@ class EmbeddedBroker:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
-        if self._own_folder is not None and not keep_log:
+        if not keep_log:
+            self._remove_own_folder()
+
+    def _remove_own_folder(self) -> None:
+        if self._own_folder is not None:
             shutil.rmtree(self._own_folder, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedBroker:

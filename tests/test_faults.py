@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog.testing
 
 from consumer.codec import pack_input, unpack_output
+from consumer.transactions import Transactions
 from producer_tools.reader import read_topic
 from tests.helpers import (
     ENV,
@@ -23,6 +26,8 @@ from tests.helpers import (
     committed,
     consumer_command,
     publish,
+    run_worker,
+    settings,
     wait_for_outputs,
     worker_labels,
     worker_pid,
@@ -131,6 +136,46 @@ def test_a_missing_output_topic_pauses_the_stream_until_it_exists(
     assert all(offset < 0 for offset in held.values())  # nothing committed while outputs could not go out
     assert set(seen) == set(range(300)) and duplicates == 0
     assert summary["restarts"] == 0
+
+
+def test_exactly_once_rides_out_a_transaction_commit_that_times_out(
+    bootstrap: str, broker_pid: int, topics: Topics, group: str, mlp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker freezes as the first commit begins, mid-stream, for longer than one attempt (2 s)
+    and less than the transaction timeout (4 s). Once a commit has begun, librdkafka refuses new
+    records until it ends: the worker used to go on producing, was refused with ``_STATE``, logged
+    ``cannot deliver outputs``, aborted the transaction and redid its inputs after a back-off."""
+    inp, out = topics("in", "out", partitions=2)
+    TOTAL = 20_000  # still flowing when the first commit begins, a commit interval (1 s) in
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(TOTAL)))
+    commit = Transactions._commit_transaction
+    frozen: list[float] = []
+
+    def freeze_first(self: Transactions) -> None:
+        if not frozen:
+            frozen.append(time.monotonic())
+            os.kill(broker_pid, signal.SIGSTOP)
+            threading.Timer(3.0, os.kill, (broker_pid, signal.SIGCONT)).start()
+        commit(self)
+
+    monkeypatch.setattr(Transactions, "_commit_transaction", freeze_first)
+    s = settings(bootstrap, mlp_path, inp, out, group, delivery="exactly-once", transaction_timeout_ms=4000)
+    with structlog.testing.capture_logs() as logs:
+        summary = run_worker(s)
+    events = Counter(entry["event"] for entry in logs)
+    ids = Counter(unpack_output(m.value())["id"] for m in read_topic(bootstrap, out, timeout=10, min_count=TOTAL))
+    print(
+        f"commit through a 3 s freeze: {dict(events)}; {len(ids)} ids, committed {committed(bootstrap, group, inp, 2)}"
+    )
+    assert frozen and events["transaction commit failed; retrying"] >= 1  # the frozen commit was retried
+    assert (
+        "cannot deliver outputs" not in events
+        and "transaction aborted; its inputs will be processed again" not in events
+    )
+    assert summary["predicted"] == TOTAL and set(ids) == set(range(TOTAL))
+    assert committed(bootstrap, group, inp, 2) == _end_offsets(bootstrap, inp)
+    if REAL_KAFKA:
+        assert max(ids.values()) == 1
 
 
 def test_a_broker_frozen_past_the_session_timeout_is_ridden_out(

@@ -307,9 +307,13 @@ def test_describing_a_group_on_a_broker_that_does_not_answer_is_one_broker_error
     assert "%3|" not in capfd.readouterr().err
 
 
-def test_the_broker_command_refuses_a_port_in_use_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_broker_command_refuses_a_port_in_use_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import socket
+    import tempfile
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -317,6 +321,7 @@ def test_the_broker_command_refuses_a_port_in_use_in_one_line(capsys: pytest.Cap
         assert main(["broker", "--port", str(port)]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"error: port {port} is already in use on 127.0.0.1: pick another with --port"
+    assert list(tmp_path.iterdir()) == []  # no empty log folder left behind
 
 
 def test_the_tools_show_each_librdkafka_message_once_numbers_aside() -> None:
