@@ -4,8 +4,8 @@ A watcher thread polls the base directory every ``model_poll_seconds``. A new co
 loaded and warmed up for every allowed batch size in that thread while the old one keeps
 serving; the predict thread swaps it in between two batches (``take``), so no batch is mixed
 across versions. A version that fails to load, to warm up, or takes other inputs than the
-served one is logged, counted and skipped; the old one keeps serving. The old model is released
-after the swap.
+served one is logged, counted and skipped until its files change; the old one keeps serving. The
+old model is released after the swap.
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ from typing import Any
 from consumer.errors import ConfigError
 from consumer.model import LoadedModel, load_model
 from consumer.predictor import Predictor
-from consumer.versions import ModelVersion, VersionDirectory, choose, initial_version, is_versioned_base
+from consumer.versions import (
+    Fingerprint,
+    ModelVersion,
+    VersionDirectory,
+    choose,
+    initial_version,
+    is_versioned_base,
+)
 
 
 @dataclass
@@ -95,7 +102,8 @@ class Watcher:
         self.on_result = on_result
         self.serving = current.number
         self.signature = current.model.signature
-        self.rejected: set[int] = set()
+        #: versions that failed, with their files then: one is tried again once its files change
+        self.rejected: dict[int, Fingerprint | None] = {}
         self._ready: Served | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -124,7 +132,10 @@ class Watcher:
 
     def check(self) -> None:
         target = choose(self.directory.complete(), self.pinned)
-        if target is None or target.number == self.serving or target.number in self.rejected:
+        if target is None or target.number == self.serving:
+            return
+        files = self.directory.fingerprint_of(target.number)
+        if target.number in self.rejected and self.rejected[target.number] == files:
             return
         self.log.info("loading model version", version=target.number, serving=self.serving)
         try:
@@ -135,7 +146,7 @@ class Watcher:
                     f"{self.signature.describe()}; changing the input contract needs a restart"
                 )
         except Exception as exc:
-            self.rejected.add(target.number)
+            self.rejected[target.number] = files
             self.log.error("model version rejected; the served version keeps serving", version=target.number,
                            serving=self.serving, error=f"{type(exc).__name__}: {exc}")  # fmt: skip
             if self.on_result is not None:

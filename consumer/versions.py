@@ -38,7 +38,10 @@ def model_in(directory: Path) -> Path | None:
     return files[0] if len(files) == 1 else None
 
 
-def fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def fingerprint(path: Path) -> Fingerprint:
     """Names, sizes and modification times of everything under ``path``: equal twice = at rest."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
@@ -49,7 +52,7 @@ class VersionDirectory:
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self._seen: dict[int, tuple[tuple[str, int, int], ...]] = {}
+        self._seen: dict[int, Fingerprint] = {}
 
     def candidates(self) -> list[ModelVersion]:
         """Versions holding a model, complete or not, in increasing order."""
@@ -72,6 +75,10 @@ class VersionDirectory:
                 stable.append(version)
         self._seen = seen
         return stable
+
+    def fingerprint_of(self, number: int) -> Fingerprint | None:
+        """The files of version ``number`` as the last ``complete`` saw them."""
+        return self._seen.get(number)
 
 
 def choose(versions: list[ModelVersion], pinned: int | None) -> ModelVersion | None:

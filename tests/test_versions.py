@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 
 from consumer.codec import pack_input, unpack_output
 from consumer.errors import ConfigError, ModelError
-from consumer.reload import build, first_model, release_unreachable
+from consumer.reload import Served, Watcher, build, first_model, release_unreachable
 from consumer.timing import rss_mb
-from consumer.versions import VersionDirectory, choose, initial_version, is_versioned_base
+from consumer.versions import ModelVersion, VersionDirectory, choose, initial_version, is_versioned_base
 from producer_tools.reader import read_topic
 from tests import models
 from tests.helpers import ENV, Deployment, Topics, Trickle, consumer_command, publish, wait_for_outputs
@@ -55,6 +56,32 @@ def test_only_complete_integer_versions_count(tmp_path: Path) -> None:
         initial_version(tmp_path, pinned=7)
     with pytest.raises(ConfigError, match="pins a version number"):
         first_model(tmp_path, None, "latest", [1], False)
+
+
+def test_a_rejected_version_is_tried_again_once_its_files_change(tmp_path: Path) -> None:
+    """A broken version 2 is rejected once, not reloaded at every poll; repaired in place (the same
+    number), it is loaded: before, a rejected number was skipped until the worker restarted."""
+    drop_version(tmp_path, 1, seed=1)
+    served, directory, pinned = first_model(tmp_path, "mlp", None, [1], False)
+    assert directory is not None and served.number == 1
+    results: list[str] = []
+    log = structlog.get_logger("test")
+
+    def make(version: ModelVersion) -> Served:
+        return build(version.path, "mlp", str(version.number), [1], False, version.number)
+
+    watcher = Watcher(directory, pinned, served, make, 0.1, log, on_result=results.append)
+    watcher.directory.complete()
+    drop_broken_version(tmp_path, 2)
+    for _ in range(4):  # seen, stood still, then polled twice more
+        watcher.check()
+    assert results == ["rejected"] and watcher.take() is None
+    models.mlp(tmp_path / "2" / "mlp.keras", seed=2)  # repaired in place
+    for _ in range(3):
+        watcher.check()
+    assert results == ["rejected", "loaded"]
+    ready = watcher.take()
+    assert ready is not None and ready.number == 2 and ready.model.version == "2"
 
 
 def wide_model(path: Path, seed: int) -> Path:
