@@ -141,8 +141,8 @@ def test_a_missing_output_topic_pauses_the_stream_until_it_exists(
 def test_exactly_once_rides_out_a_transaction_commit_that_times_out(
     bootstrap: str, broker_pid: int, topics: Topics, group: str, mlp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The broker freezes as the first commit begins, mid-stream, for longer than one attempt (2 s)
-    and less than the transaction timeout (4 s). Once a commit has begun, librdkafka refuses new
+    """The broker freezes as the first commit begins, mid-stream, for longer than one attempt (2.5 s)
+    and less than the transaction timeout (5 s). Once a commit has begun, librdkafka refuses new
     records until it ends: the worker used to go on producing, was refused with ``_STATE``, logged
     ``cannot deliver outputs``, aborted the transaction and redid its inputs after a back-off."""
     inp, out = topics("in", "out", partitions=2)
@@ -159,7 +159,7 @@ def test_exactly_once_rides_out_a_transaction_commit_that_times_out(
         commit(self)
 
     monkeypatch.setattr(Transactions, "_commit_transaction", freeze_first)
-    s = settings(bootstrap, mlp_path, inp, out, group, delivery="exactly-once", transaction_timeout_ms=4000)
+    s = settings(bootstrap, mlp_path, inp, out, group, delivery="exactly-once", transaction_timeout_ms=5000)
     with structlog.testing.capture_logs() as logs:
         summary = run_worker(s)
     events = Counter(entry["event"] for entry in logs)
