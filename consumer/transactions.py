@@ -10,6 +10,7 @@ restarts).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -43,29 +44,34 @@ class Transactions:
             offsets = self.tracker.committable()
             if not offsets:
                 return True
+            request = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
             try:
-                request = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                self.producer.send_offsets_to_transaction(request, consumer.consumer_group_metadata(), self.timeout_s)
-            except KafkaException as exc:
-                return self._failed(exc.args[0], committing=False)
-            try:
+                self._retrying(
+                    lambda: self.producer.send_offsets_to_transaction(
+                        request, consumer.consumer_group_metadata(), self.timeout_s
+                    )
+                )
                 self._commit_transaction()
             except KafkaException as exc:
-                return self._failed(exc.args[0], committing=True)
+                return self._failed(exc.args[0])
             self.tracker.mark_committed(offsets)
             self.outbox.committed()
             self.producer.begin_transaction()
             return True
 
     def _commit_transaction(self) -> None:
-        """Once a commit has begun, the transaction takes no more records until it ends (librdkafka
-        refuses them with ``_STATE``): a commit that fails retriably (timed out) is retried here at
-        once, with the outbox's lock held, for up to ``transaction.timeout.ms`` (the coordinator
-        aborts the transaction after that anyway)."""
+        self._retrying(lambda: self.producer.commit_transaction(self.timeout_s))
+
+    def _retrying(self, step: Callable[[], None]) -> None:
+        """Run one step of a commit, again at once while it fails retriably (timed out), for up to
+        ``transaction.timeout.ms`` (the coordinator aborts the transaction after that anyway). Not
+        later: once a commit has begun, librdkafka refuses new records until it ends; and a commit
+        put off past a revoke would commit the revoked partitions' outputs without their offsets.
+        The caller holds the outbox's lock, so the batches wait meanwhile."""
         deadline = time.monotonic() + 2 * self.timeout_s
         while True:
             try:
-                self.producer.commit_transaction(self.timeout_s)
+                step()
                 return
             except KafkaException as exc:
                 error = exc.args[0]
@@ -73,15 +79,10 @@ class Transactions:
                     raise
                 self.log.warning("transaction commit failed; retrying", error=error.str())
 
-    def _failed(self, error: KafkaError, committing: bool) -> bool:
+    def _failed(self, error: KafkaError) -> bool:
         if error.txn_requires_abort():
             self.abort(f"the transaction failed ({error.str()})")
             return False
-        if error.retriable() and not committing:  # the transaction is still open: more can join it
-            self.log.warning(
-                "adding the offsets to the transaction failed; retrying at the next commit", error=error.str()
-            )
-            return True
         if error.retriable():
             raise BrokerError(
                 f"could not commit a transaction within {2 * self.timeout_s:.0f}s ({error.str()}); the worker "

@@ -138,42 +138,47 @@ def test_a_missing_output_topic_pauses_the_stream_until_it_exists(
     assert summary["restarts"] == 0
 
 
+@pytest.mark.parametrize("step", ["_retrying", "_commit_transaction"])  # adding the offsets; committing
 def test_exactly_once_rides_out_a_transaction_commit_that_times_out(
-    bootstrap: str, broker_pid: int, topics: Topics, group: str, mlp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bootstrap: str,
+    broker_pid: int,
+    topics: Topics,
+    group: str,
+    mlp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
 ) -> None:
-    """The broker freezes as the first commit begins, mid-stream, for longer than one attempt (2.5 s)
-    and less than the transaction timeout (5 s). Once a commit has begun, librdkafka refuses new
-    records until it ends: the worker used to go on producing, was refused with ``_STATE``, logged
-    ``cannot deliver outputs``, aborted the transaction and redid its inputs after a back-off."""
+    """The broker freezes as the first commit begins (as it adds the offsets, or as it commits),
+    mid-stream, for longer than one attempt (2.5 s) and less than the transaction timeout (5 s).
+    Once a commit has begun, librdkafka refuses new records until it ends: the worker used to go on
+    producing, was refused with ``_STATE``, logged ``cannot deliver outputs``, aborted the
+    transaction and redid its inputs after a back-off."""
     inp, out = topics("in", "out", partitions=2)
-    TOTAL = 20_000  # still flowing when the first commit begins, a commit interval (1 s) in
-    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(TOTAL)))
-    commit = Transactions._commit_transaction
+    total = 20_000  # still flowing when the first commit begins, a commit interval (1 s) in
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(total)))
+    original = getattr(Transactions, step)
     frozen: list[float] = []
 
-    def freeze_first(self: Transactions) -> None:
+    def freeze_first(self: Transactions, *args: object) -> None:
         if not frozen:
             frozen.append(time.monotonic())
             os.kill(broker_pid, signal.SIGSTOP)
             threading.Timer(3.0, os.kill, (broker_pid, signal.SIGCONT)).start()
-        commit(self)
+        original(self, *args)
 
-    monkeypatch.setattr(Transactions, "_commit_transaction", freeze_first)
+    monkeypatch.setattr(Transactions, step, freeze_first)
     s = settings(bootstrap, mlp_path, inp, out, group, delivery="exactly-once", transaction_timeout_ms=5000)
     with structlog.testing.capture_logs() as logs:
         summary = run_worker(s)
     events = Counter(entry["event"] for entry in logs)
-    ids = Counter(unpack_output(m.value())["id"] for m in read_topic(bootstrap, out, timeout=10, min_count=TOTAL))
-    print(
-        f"commit through a 3 s freeze: {dict(events)}; {len(ids)} ids, committed {committed(bootstrap, group, inp, 2)}"
-    )
-    assert frozen and events["transaction commit failed; retrying"] >= 1  # the frozen commit was retried
-    assert (
-        "cannot deliver outputs" not in events
-        and "transaction aborted; its inputs will be processed again" not in events
-    )
-    assert summary["predicted"] == TOTAL and set(ids) == set(range(TOTAL))
-    assert committed(bootstrap, group, inp, 2) == _end_offsets(bootstrap, inp)
+    ids = Counter(unpack_output(m.value())["id"] for m in read_topic(bootstrap, out, timeout=10, min_count=total))
+    offsets = committed(bootstrap, group, inp, 2)
+    print(f"{step} through a 3 s freeze: {dict(events)}; {len(ids)} ids, committed {offsets}")
+    assert frozen and events["transaction commit failed; retrying"] >= 1  # the frozen step was retried
+    assert "cannot deliver outputs" not in events
+    assert "transaction aborted; its inputs will be processed again" not in events
+    assert summary["predicted"] == total and set(ids) == set(range(total))
+    assert offsets == _end_offsets(bootstrap, inp)
     if REAL_KAFKA:
         assert max(ids.values()) == 1
 
