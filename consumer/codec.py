@@ -42,6 +42,9 @@ SUPPORTED_DTYPES = frozenset(
     }
 )
 
+#: The dtype of a string output TENSOR, whose ``data`` is a list of bin (outputs only).
+STRING_DTYPE = "string"
+
 #: The key under which a single unnamed input or output travels internally.
 SINGLE = ""
 
@@ -186,11 +189,32 @@ def _checked_shape(shape: Any, limits: Limits, name: Any) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def encode_tensor(array: np.ndarray) -> dict[str, Any]:
-    """The raw-bytes TENSOR form of ``array`` (little-endian, C order)."""
+def wire_array(array: Any) -> np.ndarray:
+    """``array`` as a TENSOR carries it: little-endian, and bfloat16 widened to float32 (exactly:
+    NumPy alone cannot read bfloat16)."""
     arr = np.asarray(array)
+    if arr.dtype.name == "bfloat16":
+        return arr.astype(np.float32)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return arr
+
+
+def is_string_array(arr: np.ndarray) -> bool:
+    """A ``tf.string`` output (NumPy object array of bytes) or any array of str/bytes."""
+    return arr.dtype.kind in "OSU"
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+def encode_tensor(array: np.ndarray) -> dict[str, Any]:
+    """The raw-bytes TENSOR form of ``array`` (little-endian, C order); for strings, ``data`` is
+    the list of their bytes in C order (dtype ``string``)."""
+    arr = wire_array(array)
+    if is_string_array(arr):
+        return {"dtype": STRING_DTYPE, "shape": list(arr.shape), "data": [_as_bytes(v) for v in arr.reshape(-1)]}
     return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": np.ascontiguousarray(arr).tobytes()}
 
 
@@ -239,8 +263,12 @@ def output_envelope(
 
 
 def encode_tensor_for_json(array: np.ndarray) -> dict[str, Any]:
-    """The JSON output form of a TENSOR: like the raw form, with ``data`` as a nested list."""
-    arr = np.asarray(array)
+    """The JSON output form of a TENSOR: like the raw form, with ``data`` as a nested list (of
+    bytes for strings, which JSON output writes as base64 text)."""
+    arr = wire_array(array)
+    if is_string_array(arr):
+        data = np.vectorize(_as_bytes, otypes=[object])(arr).tolist() if arr.size else arr.tolist()
+        return {"dtype": STRING_DTYPE, "shape": list(arr.shape), "data": data}
     return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.tolist()}
 
 
@@ -268,7 +296,17 @@ def unpack_output(value: bytes) -> dict[str, Any]:
     out = obj["outputs"]
     limits = Limits(max_message_bytes=len(value) + 1, max_tensor_elements=len(value) + 1)
     if isinstance(out, dict) and not _is_raw_tensor_map(out):
-        obj["outputs"] = {k: decode_tensor(v, limits, name=k) for k, v in out.items()}
+        obj["outputs"] = {k: _decode_output(v, limits, name=k) for k, v in out.items()}
     else:
-        obj["outputs"] = decode_tensor(out, limits, name="outputs")
+        obj["outputs"] = _decode_output(out, limits, name="outputs")
     return obj
+
+
+def _decode_output(obj: Any, limits: Limits, name: Any) -> WireTensor:
+    """An output TENSOR; a string one becomes a NumPy object array of bytes."""
+    if isinstance(obj, dict) and obj.get("dtype") == STRING_DTYPE and isinstance(obj.get("data"), list):
+        dims = _checked_shape(obj.get("shape", []), limits, name)
+        strings = np.empty(len(obj["data"]), dtype=object)
+        strings[:] = obj["data"]
+        return strings.reshape(dims)
+    return decode_tensor(obj, limits, name)

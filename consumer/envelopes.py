@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from consumer.codec import FORMAT_VERSION
+from consumer.codec import FORMAT_VERSION, encode_tensor, is_string_array, output_envelope, wire_array
 
 _FIXMAP = 0x80
 
@@ -26,7 +26,8 @@ class OutputPacker:
         self._packer = msgpack.Packer(use_bin_type=True)
         pack = self._packer.pack
         self._pack = pack
-        self._model = pack("model") + pack(dict(model))
+        self._model_map = dict(model)
+        self._model = pack("model") + pack(self._model_map)
         self._version = pack("v") + pack(FORMAT_VERSION)
         self._outputs_key = pack("outputs")
         self._id_key = pack("id")
@@ -46,6 +47,8 @@ class OutputPacker:
         ((topic, partition), offset) and timestamp; an id is (value, present)."""
         rows = len(coords)
         single = len(outputs) == 1
+        if any(is_string_array(np.asarray(array)) for array in outputs.values()):
+            return self._pack_each(outputs, coords, timestamps, ids)
         columns = [self._column(name, array, rows, named=not single) for name, array in outputs.items()]
         body_head = self._outputs_key + (b"" if single else map_header(len(columns)))
         # every row: head, [prefix, data]..., model + source up to the offset, offset, "timestamp",
@@ -71,11 +74,28 @@ class OutputPacker:
             values.append(b"".join(parts))
         return values
 
+    def _pack_each(
+        self,
+        outputs: Mapping[str, np.ndarray],
+        coords: Sequence[tuple[tuple[str, int], int]],
+        timestamps: Sequence[int],
+        ids: Sequence[tuple[Any, bool]],
+    ) -> list[bytes]:
+        """Row by row, for outputs with strings (whose rows have no fixed width)."""
+        values, single = [], len(outputs) == 1
+        for row, (((topic, partition), offset), timestamp, (ident, has_id)) in enumerate(
+            zip(coords, timestamps, ids, strict=True)
+        ):
+            tensors = {name: encode_tensor(array[row]) for name, array in outputs.items()}
+            body = next(iter(tensors.values())) if single else tensors
+            source = {"topic": topic, "partition": partition, "offset": offset, "timestamp": timestamp}
+            envelope = output_envelope(body, model=self._model_map, source=source, id=ident, has_id=has_id)
+            values.append(self._pack(envelope))
+        return values
+
     def _column(self, name: str, array: np.ndarray, rows: int, named: bool) -> tuple[bytes, memoryview, int]:
         """(what precedes a row's bytes, the batch's bytes, one row's width) for one output."""
-        arr = np.asarray(array)
-        if arr.dtype.byteorder == ">":
-            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        arr = wire_array(array)
         data = memoryview(np.ascontiguousarray(arr[:rows]).tobytes())
         width = len(data) // rows if rows else 0
         pack = self._pack

@@ -18,7 +18,7 @@ import msgpack
 import numpy as np
 from confluent_kafka import Message
 
-from consumer.codec import unpack_output
+from consumer.codec import STRING_DTYPE, unpack_output
 from producer_tools.sources import Example, Tensor
 
 
@@ -51,6 +51,11 @@ def decode_output(value: bytes) -> dict[str, Any]:
 
 
 def _json_tensor(obj: dict[str, Any]) -> np.ndarray:
+    if obj["dtype"] == STRING_DTYPE:  # JSON output writes the bytes of each string as base64
+        strings = [base64.b64decode(text) for text in np.asarray(obj["data"], dtype=object).reshape(-1)]
+        column = np.empty(len(strings), dtype=object)
+        column[:] = strings
+        return column.reshape(obj["shape"])
     return np.asarray(obj["data"], dtype=obj["dtype"]).reshape(obj["shape"])
 
 
@@ -91,8 +96,14 @@ def _stacked(prefix: str, values: list[Tensor | dict[str, Tensor]]) -> dict[str,
         return {}
     if isinstance(values[0], dict):
         named = [v for v in values if isinstance(v, dict)]
-        return {f"{prefix}.{n}": np.stack([np.asarray(v[n]) for v in named]) for n in values[0]}
-    return {prefix: np.stack([np.asarray(v) for v in values])}
+        return {f"{prefix}.{n}": _stack([v[n] for v in named]) for n in values[0]}
+    return {prefix: _stack(values)}
+
+
+def _stack(values: list[Any]) -> np.ndarray:
+    """Rows stacked; strings as a bytes array (``S``), never pickled objects."""
+    stacked = np.stack([np.asarray(v) for v in values])
+    return stacked.astype(bytes) if stacked.dtype == object else stacked
 
 
 def _column(values: list[Any]) -> np.ndarray:

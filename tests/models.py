@@ -101,5 +101,29 @@ def row_per_input_or_not(out: Path, scalar_output: bool) -> Path:
     return out
 
 
+LABELS = ("cat", "dog", "bird", "naïve")
+
+
+class LabelsAndHalves(tf.Module):
+    """A classifier head as served models often have: the label of the largest value (a string,
+    ``tf.string``), its score, and the input in bfloat16 (a mixed-precision output)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        best = tf.argmax(x, axis=1)
+        return {
+            "label": tf.gather(tf.constant(LABELS), best),
+            "top2": tf.gather(tf.constant(LABELS), tf.math.top_k(x, k=2).indices),
+            "score": tf.reduce_max(x, axis=1),
+            "half": tf.cast(x, tf.bfloat16),
+        }
+
+
+def labels_and_halves(out: Path) -> Path:
+    module = LabelsAndHalves()
+    tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})
+    return out
+
+
 def offline_predict(path: Path, inputs: np.ndarray | dict[str, np.ndarray]) -> object:
     return keras.saving.load_model(path).predict(inputs, verbose=0)

@@ -17,6 +17,7 @@ from consumer.errors import DeliveryError
 from consumer.pipeline import Batch
 from consumer.serving import Serving
 from consumer.timing import STAGES
+from producer_tools.collect import Collected, decode_output, write_npz
 from producer_tools.reader import read_topic
 from tests import models
 from tests.helpers import Background, Topics, committed, outputs, publish, run_worker, settings
@@ -172,6 +173,41 @@ def test_inputs_for_which_the_model_returns_no_row_go_to_the_dead_letter_topic(
         headers = dict(m.headers())
         assert headers["tfstream.errors.stage"] == b"predict"
         assert b"output 'y' has shape [0, 4] for a batch of 1" in headers["tfstream.errors.exception.message"]
+
+
+@pytest.mark.parametrize("output_format", ["msgpack", "json"])
+def test_string_and_bfloat16_outputs_arrive_readable(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path, output_format: str
+) -> None:
+    """A string output used to go out as ``dtype: object`` with 8 bytes of a memory address as its
+    data, and a bfloat16 one as a dtype NumPy cannot read."""
+    inp, out = topics("in", "out", partitions=1)
+    x = np.random.default_rng(3).permuted(np.tile(np.arange(4, dtype="float32"), (40, 1)), axis=1)
+    publish(bootstrap, inp, ((None, pack_input(row, id=i)) for i, row in enumerate(x)))
+    model = models.labels_and_halves(tmp_path / "labels")
+    run_worker(settings(bootstrap, model, inp, out, group, output_format=output_format))
+    got = {
+        record["id"]: record["outputs"]
+        for record in (decode_output(m.value()) for m in read_topic(bootstrap, out, min_count=40))
+    }
+    assert sorted(got) == list(range(40))
+    labels = [label.encode() for label in models.LABELS]
+    for i, row in enumerate(x):
+        outs = got[i]
+        assert outs["label"].dtype == object and outs["label"].shape == ()
+        assert outs["label"].item() == labels[int(row.argmax())]
+        assert outs["top2"].tolist() == [labels[int(j)] for j in np.argsort(-row)[:2]]
+        assert outs["half"].dtype == np.float32  # widened exactly: these values are bfloat16's too
+        np.testing.assert_array_equal(outs["half"], row)
+        assert outs["score"] == row.max()
+    path = tmp_path / "collected.npz"
+    collected = Collected()
+    for m in read_topic(bootstrap, out, min_count=40):  # one partition: in id order
+        collected.add(m)
+    write_npz(path, collected, list(range(40)), None)
+    with np.load(path) as saved:  # strings as bytes, not pickled objects: no allow_pickle needed
+        assert saved["outputs.label"].dtype.kind == "S" and saved["outputs.top2"].shape == (40, 2)
+        assert saved["outputs.label"].tolist() == [labels[int(row.argmax())] for row in x]
 
 
 def test_a_trickle_of_varied_batch_sizes_adds_zero_traces(
