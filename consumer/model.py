@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from consumer.errors import ModelError
@@ -72,7 +73,7 @@ def _spec(name: str, dtype: Any, shape: Any) -> TensorSpec:
             "functions need fixed example shapes (export the model with fixed input shapes)"
         )
     tf_dtype = tf.as_dtype(dtype)
-    return TensorSpec(name, STRING if tf_dtype == tf.string else tf_dtype.as_numpy_dtype().dtype.name, dims)
+    return TensorSpec(name, STRING if tf_dtype == tf.string else np.dtype(tf_dtype.as_numpy_dtype).name, dims)
 
 
 def _load_keras(path: Path, name: str, version: str) -> LoadedModel:

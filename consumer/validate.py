@@ -57,9 +57,14 @@ def _conform_tensor(value: WireTensor, spec: TensorSpec, limits: Limits, reject_
             f"input {spec.name!r} has shape {list(array.shape)}; the model takes {list(spec.shape)}"
         )
     array = _cast(array, spec)
-    if reject_non_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+    if reject_non_finite and is_float(array.dtype) and not np.isfinite(array).all():
         raise errors.NonFiniteError(f"input {spec.name!r} holds NaN or infinity")
     return array
+
+
+def is_float(dtype: np.dtype) -> bool:
+    """Floating point, bfloat16 included (NumPy gives it kind ``V``)."""
+    return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
 def _list_to_array(value: list[Any], spec: TensorSpec, limits: Limits) -> np.ndarray:
@@ -232,7 +237,7 @@ class BatchDecoder:
         if not batch.rows:
             return batch
         for name, column in batch.inputs.items():
-            if column.dtype.kind == "f":
+            if is_float(column.dtype):
                 finite = np.isfinite(column).reshape(len(column), -1).all(axis=1)
                 for row in np.flatnonzero(~finite):
                     bad.setdefault(int(row), name)

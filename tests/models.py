@@ -125,5 +125,19 @@ def labels_and_halves(out: Path) -> Path:
     return out
 
 
+class Bfloat16Input(tf.Module):
+    """Takes bfloat16 (as models exported from TPUs often do) and doubles it, in float32."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.bfloat16, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": tf.cast(x, tf.float32) * 2.0}
+
+
+def bfloat16_input(out: Path) -> Path:
+    module = Bfloat16Input()
+    tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})
+    return out
+
+
 def offline_predict(path: Path, inputs: np.ndarray | dict[str, np.ndarray]) -> object:
     return keras.saving.load_model(path).predict(inputs, verbose=0)

@@ -210,6 +210,26 @@ def test_string_and_bfloat16_outputs_arrive_readable(
         assert saved["outputs.label"].tolist() == [labels[int(row.argmax())] for row in x]
 
 
+def test_a_model_taking_bfloat16_is_served_from_float32_inputs(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+) -> None:
+    """It failed to load (``expected number as argument to bfloat16 constructor``), and NumPy
+    gives bfloat16 the kind ``V``, which the NaN check skipped."""
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    x = np.arange(40, dtype="float32").reshape(10, 4) / 4  # exact in bfloat16
+    records = [pack_input(row, id=i) for i, row in enumerate(x)]
+    records += [pack_input(x[0].tolist(), id=10), pack_input(np.array([1, np.nan, 2, 3], "float32"), id=11)]
+    publish(bootstrap, inp, ((None, r) for r in records))
+    model = models.bfloat16_input(tmp_path / "b16")
+    summary = run_worker(settings(bootstrap, model, inp, out, group, dlq_topic=dlq, reject_non_finite=True))
+    got = {r["id"]: r["outputs"] for _, r in outputs(bootstrap, out, 11)}
+    assert sorted(got) == list(range(11)) and summary["dead_lettered"] == 1
+    for i in range(11):
+        np.testing.assert_array_equal(got[i], x[i % 10] * 2)
+    (dead,) = read_topic(bootstrap, dlq, min_count=1)
+    assert dict(dead.headers())["tfstream.errors.exception.class.name"] == b"NonFiniteError"
+
+
 def test_a_trickle_of_varied_batch_sizes_adds_zero_traces(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path
 ) -> None:
