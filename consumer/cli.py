@@ -66,6 +66,7 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
         "a versioned model directory: the version to serve (default: the highest); a single model: the "
         "version reported in outputs (default: content hash)",
     )
+    _flag(model, "--signature", "the SavedModel signature to serve (default serving_default)", metavar="NAME")
     _flag(model, "--model-poll-seconds", "watch a versioned --model, swap in new versions", type=float, metavar="S")
     _flag(model, "--preprocess", "TensorFlow function applied per example, module:function", metavar="MODULE:FN")
     _switch(model, "--jit-compile", "compile predict functions with XLA")

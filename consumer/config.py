@@ -48,6 +48,7 @@ class Settings(BaseModel):
     stop_at_end: bool = False
     model_name: str | None = None
     model_version: str | None = None
+    signature: str = Field("serving_default", min_length=1)
     model_poll_seconds: float | None = Field(None, gt=0, le=86_400)
     workers_per_device: int = Field(1, ge=1, le=64)
     gpu_memory: str = Field("grow", pattern=r"^(grow|[1-9][0-9]*)$")

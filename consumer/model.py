@@ -21,6 +21,8 @@ from consumer.signature import STRING, Signature, TensorSpec
 
 TensorDict = dict[str, tf.Tensor]
 _KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+#: The SavedModel signature served unless ``--signature`` names another (TF Serving's default too).
+DEFAULT_SIGNATURE = "serving_default"
 
 
 @dataclass
@@ -34,8 +36,11 @@ class LoadedModel:
     keepalive: Any = None  # the object owning the variables; dropped on unload
 
 
-def load_model(path: str | Path, name: str | None = None, version: str | None = None) -> LoadedModel:
-    """Load ``path``; ``name`` defaults to its stem and ``version`` to a content hash."""
+def load_model(
+    path: str | Path, name: str | None = None, version: str | None = None, signature: str = DEFAULT_SIGNATURE
+) -> LoadedModel:
+    """Load ``path``; ``name`` defaults to its stem and ``version`` to a content hash; a SavedModel
+    serves its ``signature``."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model path {str(path)!r} does not exist; pass a .keras file or a SavedModel directory")
@@ -43,8 +48,12 @@ def load_model(path: str | Path, name: str | None = None, version: str | None = 
     version = version or content_hash(path)
     try:
         if path.is_dir():
-            return _load_saved_model(path, name, version)
+            return _load_saved_model(path, name, version, signature)
         if path.suffix in _KERAS_SUFFIXES:
+            if signature != DEFAULT_SIGNATURE:
+                raise ModelError(
+                    f"--signature {signature!r} applies to SavedModels; {str(path)!r} is a Keras file: drop it"
+                )
             return _load_keras(path, name, version)
     except ModelError:
         raise
@@ -119,12 +128,16 @@ def _name_outputs(out: Any, names: list[str]) -> TensorDict:
     return {names[0]: out}
 
 
-def _load_saved_model(path: Path, name: str, version: str) -> LoadedModel:
+def _load_saved_model(path: Path, name: str, version: str, signature: str) -> LoadedModel:
     loaded = tf.saved_model.load(str(path))
     signatures = getattr(loaded, "signatures", {})
-    if "serving_default" not in signatures:
-        raise ModelError(f"SavedModel {str(path)!r} has no 'serving_default' signature")
-    fn = signatures["serving_default"]
+    if signature not in signatures:
+        have = ", ".join(repr(k) for k in sorted(signatures)) or "none"
+        raise ModelError(
+            f"SavedModel {str(path)!r} has no signature {signature!r} (it has: {have}); "
+            "pass the one to serve with --signature NAME"
+        )
+    fn = signatures[signature]
     _, kwargs = fn.structured_input_signature
     specs = tuple(_spec(k, v.dtype, v.shape) for k, v in sorted(kwargs.items()))
     outputs = tuple(sorted(fn.structured_outputs))
@@ -132,5 +145,5 @@ def _load_saved_model(path: Path, name: str, version: str) -> LoadedModel:
     def call(inputs: Mapping[str, tf.Tensor]) -> TensorDict:
         return dict(fn(**{k: inputs[k] for k in kwargs}))
 
-    signature = Signature(inputs=specs, outputs=outputs, named_inputs=len(specs) > 1)
-    return LoadedModel(name, version, signature, call, keepalive=loaded)
+    served = Signature(inputs=specs, outputs=outputs, named_inputs=len(specs) > 1)
+    return LoadedModel(name, version, served, call, keepalive=loaded)

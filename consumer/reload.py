@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from consumer.errors import ConfigError
-from consumer.model import LoadedModel, load_model
+from consumer.model import DEFAULT_SIGNATURE, LoadedModel, load_model
 from consumer.predictor import Predictor
 from consumer.versions import (
     Fingerprint,
@@ -44,10 +44,16 @@ class Served:
 
 
 def build(
-    path: Path, name: str | None, version: str | None, sizes: list[int], jit_compile: bool, number: int | None = None
+    path: Path,
+    name: str | None,
+    version: str | None,
+    sizes: list[int],
+    jit_compile: bool,
+    number: int | None = None,
+    signature: str = DEFAULT_SIGNATURE,
 ) -> Served:
     """Load, compile and warm up one model (any thread); name and version default as ``load_model``'s."""
-    model = load_model(path, name, version)
+    model = load_model(path, name, version, signature)
     predictor = Predictor(model, sizes, jit_compile)
     predictor.warm_up()
     return Served(model, predictor, number)
@@ -63,14 +69,20 @@ def release_unreachable() -> None:
 
 
 def first_model(
-    path: Path, name: str | None, version: str | None, sizes: list[int], jit_compile: bool
+    path: Path,
+    name: str | None,
+    version: str | None,
+    sizes: list[int],
+    jit_compile: bool,
+    signature: str = DEFAULT_SIGNATURE,
 ) -> tuple[Served, VersionDirectory | None, int | None]:
     """The model to start with; for a versioned base also its directory and the pinned number."""
     if not is_versioned_base(path):
-        return build(path, name, version, sizes, jit_compile), None, None
+        return build(path, name, version, sizes, jit_compile, signature=signature), None, None
     pinned = _pinned(version)
     chosen = initial_version(path, pinned)
-    served = build(chosen.path, name or path.name, str(chosen.number), sizes, jit_compile, chosen.number)
+    number = chosen.number
+    served = build(chosen.path, name or path.name, str(number), sizes, jit_compile, number, signature)
     return served, VersionDirectory(path), pinned
 
 

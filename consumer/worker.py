@@ -90,7 +90,9 @@ class Worker:
         """Everything before joining the group: model, compiled functions, clients, topics."""
         s = self.settings
         sizes = s.allowed_batch_sizes or default_batch_sizes(s.max_batch_size)
-        served, versions, pinned = first_model(s.model, s.model_name, s.model_version, sizes, s.jit_compile)
+        served, versions, pinned = first_model(
+            s.model, s.model_name, s.model_version, sizes, s.jit_compile, s.signature
+        )
         watcher = None
         if versions is not None and s.model_poll_seconds:
             reloads = self.metrics.model_reload if self.metrics else None
@@ -109,7 +111,9 @@ class Worker:
         """How the watcher loads a new version: compiled for the same batch sizes."""
         s = self.settings
         name = s.model_name or s.model.name
-        return lambda version: build(version.path, name, str(version.number), sizes, s.jit_compile, version.number)
+        return lambda version: build(
+            version.path, name, str(version.number), sizes, s.jit_compile, version.number, s.signature
+        )
 
     def _log_ready(self, served: Served, sizes: list[int]) -> None:
         model, warm = served.model, served.predictor.warmup_seconds

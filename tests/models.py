@@ -139,5 +139,23 @@ def bfloat16_input(out: Path) -> Path:
     return out
 
 
+class TwoSignatures(tf.Module):
+    """A SavedModel with two signatures and no ``serving_default``: ``double`` and ``triple``."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def double(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": x * 2.0}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def triple(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": x * 3.0}
+
+
+def two_signatures(out: Path) -> Path:
+    module = TwoSignatures()
+    tf.saved_model.save(module, str(out), signatures={"double": module.double, "triple": module.triple})
+    return out
+
+
 def offline_predict(path: Path, inputs: np.ndarray | dict[str, np.ndarray]) -> object:
     return keras.saving.load_model(path).predict(inputs, verbose=0)

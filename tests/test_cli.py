@@ -9,11 +9,14 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from consumer.codec import pack_input
 from producer_tools.embedded_broker import free_port
 from producer_tools.reader import read_topic
-from tests.helpers import ENV, Trickle, consumer_command, outputs
+from tests import models
+from tests.helpers import ENV, Trickle, consumer_command, outputs, publish
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +65,33 @@ def test_a_missing_model_exits_1_with_one_line(
     )
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].startswith("error: model path") and "does not exist" in run.stderr
+
+
+def test_signature_picks_what_a_savedmodel_serves(
+    bootstrap: str, topics: Callable[..., list[str]], group: str, tmp_path: Path
+) -> None:
+    inp, out = topics("in", "out", partitions=1)
+    x = np.arange(40, dtype="float32").reshape(10, 4)
+    publish(bootstrap, inp, ((None, pack_input(row, id=i)) for i, row in enumerate(x)))
+    model = models.two_signatures(tmp_path / "two")
+    refused = subprocess.run(
+        consumer_command(bootstrap, model, inp, out, group, "--stop-at-end"),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.endswith(
+        "has no signature 'serving_default' (it has: 'double', 'triple'); pass the one to serve with --signature NAME"
+    )
+    command = consumer_command(bootstrap, model, inp, out, group, "--stop-at-end", "--signature", "triple")
+    served = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=180)
+    assert served.returncode == 0, served.stderr[-2000:]
+    got = {r["id"]: r["outputs"] for _, r in outputs(bootstrap, out, 10)}
+    for i, row in enumerate(x):
+        np.testing.assert_array_equal(got[i], row * 3)
 
 
 def test_a_missing_input_topic_exits_2_naming_it(

@@ -80,3 +80,19 @@ def test_a_model_without_one_output_row_per_input_is_refused_at_warm_up(tmp_path
     model = load_model(models.row_per_input_or_not(tmp_path / "scalar", scalar_output=True))
     with pytest.raises(ModelError, match=r"output 'total' has shape \[\] for a batch of 1: every output needs"):
         Predictor(model, [1, 4]).warm_up()
+
+
+def test_a_savedmodel_serves_the_signature_named_and_says_which_it_has(tmp_path: Path, mlp_path: Path) -> None:
+    path = models.two_signatures(tmp_path / "two")
+    with pytest.raises(ModelError) as refused:
+        load_model(path)
+    assert str(refused.value) == (
+        f"SavedModel {str(path)!r} has no signature 'serving_default' (it has: 'double', 'triple'); "
+        "pass the one to serve with --signature NAME"
+    )
+    predictor = Predictor(load_model(path, signature="triple"), [4])
+    x = np.arange(8, dtype="float32").reshape(2, 4)
+    out = predictor.predict(stack([{"x": row} for row in x], predictor.model.signature, 4), 2)
+    np.testing.assert_array_equal(out["y"], x * 3)
+    with pytest.raises(ModelError, match=r"--signature 'triple' applies to SavedModels; .* is a Keras file"):
+        load_model(mlp_path, signature="triple")
