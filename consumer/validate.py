@@ -84,14 +84,29 @@ def _list_to_array(value: list[Any], spec: TensorSpec, limits: Limits) -> np.nda
 
 
 def _cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Integers to any integer type, integers and floats to any float type, when every value fits:
+    one that does not (300 for uint8, 1e6 for float16) is refused, never wrapped round or made inf."""
     target = np.dtype(spec.dtype)
-    if array.dtype == target:
-        return array
-    if array.size == 0 or np.can_cast(array.dtype, target, casting="same_kind"):
-        return array.astype(target)
-    raise errors.WrongDtypeError(
-        f"input {spec.name!r} is {array.dtype.name}; the model takes {spec.dtype} "
-        "and that cast would change the kind of value"
+    if array.dtype == target or array.size == 0:
+        return array.astype(target, copy=False)
+    integers = array.dtype.kind in "iu" and target.kind in "iu"
+    if not integers and not np.can_cast(array.dtype, target, casting="same_kind"):
+        raise errors.WrongDtypeError(
+            f"input {spec.name!r} is {array.dtype.name}; the model takes {spec.dtype} "
+            "and that cast would change the kind of value"
+        )
+    if integers and not np.iinfo(target).min <= array.min() <= array.max() <= np.iinfo(target).max:
+        raise _out_of_range(spec)
+    with np.errstate(over="ignore"):
+        cast = array.astype(target)
+    if is_float(target) and (np.isinf(cast) & np.isfinite(array)).any():
+        raise _out_of_range(spec)
+    return cast
+
+
+def _out_of_range(spec: TensorSpec) -> errors.WrongDtypeError:
+    return errors.WrongDtypeError(
+        f"input {spec.name!r} holds values outside the range of {spec.dtype}, the model's dtype"
     )
 
 

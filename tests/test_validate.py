@@ -33,6 +33,41 @@ def test_nested_lists_are_cast_to_the_model_dtype() -> None:
     assert out["x"].dtype == np.float32 and out["x"].tolist() == [1.0, 2.0, 3.0]  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    ("dtype", "value", "expected"),
+    [
+        ("uint8", [0, 17, 255], [0, 17, 255]),  # a list of pixel values: int64 until cast (refused before)
+        ("uint8", np.array([3, 4, 5], "int32"), [3, 4, 5]),
+        ("int32", [-1, 0, 2**31 - 1], [-1, 0, 2**31 - 1]),
+        ("uint16", np.array([1, 2, 3], "uint64"), [1, 2, 3]),
+        ("float16", [1.5, -2, 65504], [1.5, -2.0, 65504.0]),
+    ],
+)
+def test_integers_fit_any_integer_type_and_floats_any_float_type(dtype: str, value: object, expected: list) -> None:
+    signature = Signature((TensorSpec("x", dtype, (3,)),), ("y",), named_inputs=False)
+    out = fit(value, signature)["x"]
+    assert out.dtype == np.dtype(dtype) and out.tolist() == expected  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value"),
+    [
+        ("uint8", [0, 1, 256]),
+        ("uint8", [-1, 0, 1]),
+        ("int32", [0, 1, 3_000_000_000]),  # was wrapped round to -1,294,967,296
+        ("float16", [1e6, 0, 1]),  # was made inf
+        ("float16", [3_000_000_000, 0, 1]),
+    ],
+)
+def test_a_value_outside_the_model_dtype_is_refused_not_wrapped_or_made_inf(
+    dtype: str, value: list, recwarn: pytest.WarningsRecorder
+) -> None:
+    signature = Signature((TensorSpec("x", dtype, (3,)),), ("y",), named_inputs=False)
+    with pytest.raises(errors.WrongDtypeError, match=f"input 'x' holds values outside the range of {dtype}"):
+        fit(value, signature)
+    assert not recwarn.list  # no RuntimeWarning printed per message either
+
+
 def test_named_inputs_must_match_exactly() -> None:
     assert set(fit({"a": np.zeros(2, "float32"), "b": np.array(3, "int32")}, MULTI)) == {"a", "b"}
     with pytest.raises(errors.WrongInputsError, match="missing"):
