@@ -8,7 +8,7 @@ only its tensor bytes (a slice of the batch's one ``tobytes()``), its source coo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -48,7 +48,7 @@ class OutputPacker:
         rows = len(coords)
         single = len(outputs) == 1
         if any(is_string_array(np.asarray(array)) for array in outputs.values()):
-            return self._pack_each(outputs, coords, timestamps, ids)
+            return self._pack_each(outputs, zip(coords, timestamps, ids, strict=True))
         columns = [self._column(name, array, rows, named=not single) for name, array in outputs.items()]
         body_head = self._outputs_key + (b"" if single else map_header(len(columns)))
         # every row: head, [prefix, data]..., model + source up to the offset, offset, "timestamp",
@@ -74,18 +74,11 @@ class OutputPacker:
             values.append(b"".join(parts))
         return values
 
-    def _pack_each(
-        self,
-        outputs: Mapping[str, np.ndarray],
-        coords: Sequence[tuple[tuple[str, int], int]],
-        timestamps: Sequence[int],
-        ids: Sequence[tuple[Any, bool]],
-    ) -> list[bytes]:
-        """Row by row, for outputs with strings (whose rows have no fixed width)."""
+    def _pack_each(self, outputs: Mapping[str, np.ndarray], rows: Iterable[tuple[Any, int, Any]]) -> list[bytes]:
+        """Row by row, for outputs with strings (whose rows have no fixed width); ``rows``: each
+        row's source coordinates, timestamp and id, as ``pack_rows`` takes them."""
         values, single = [], len(outputs) == 1
-        for row, (((topic, partition), offset), timestamp, (ident, has_id)) in enumerate(
-            zip(coords, timestamps, ids, strict=True)
-        ):
+        for row, (((topic, partition), offset), timestamp, (ident, has_id)) in enumerate(rows):
             tensors = {name: encode_tensor(array[row]) for name, array in outputs.items()}
             body = next(iter(tensors.values())) if single else tensors
             source = {"topic": topic, "partition": partition, "offset": offset, "timestamp": timestamp}

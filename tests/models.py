@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -52,9 +53,7 @@ class Strict(tf.Module):
 
 
 def strict_saved_model(out: Path) -> Path:
-    module = Strict()
-    tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})
-    return out
+    return save_serving(Strict(), out)
 
 
 class Slow(tf.Module):
@@ -75,9 +74,7 @@ class Slow(tf.Module):
 
 
 def slow_saved_model(out: Path, iterations: int = 300) -> Path:
-    module = Slow(iterations)
-    tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})
-    return out
+    return save_serving(Slow(iterations), out)
 
 
 class RowPerInputOrNot(tf.Module):
@@ -96,7 +93,11 @@ class RowPerInputOrNot(tf.Module):
 
 
 def row_per_input_or_not(out: Path, scalar_output: bool) -> Path:
-    module = RowPerInputOrNot(scalar_output)
+    return save_serving(RowPerInputOrNot(scalar_output), out)
+
+
+def save_serving(module: Any, out: Path) -> Path:
+    """Save a ``tf.Module`` as a SavedModel whose ``serving_default`` is its ``serve``."""
     tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})
     return out
 
@@ -120,9 +121,7 @@ class LabelsAndHalves(tf.Module):
 
 
 def labels_and_halves(out: Path) -> Path:
-    module = LabelsAndHalves()
-    tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})
-    return out
+    return save_serving(LabelsAndHalves(), out)
 
 
 class Bfloat16Input(tf.Module):
@@ -134,9 +133,7 @@ class Bfloat16Input(tf.Module):
 
 
 def bfloat16_input(out: Path) -> Path:
-    module = Bfloat16Input()
-    tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})
-    return out
+    return save_serving(Bfloat16Input(), out)
 
 
 class TwoSignatures(tf.Module):

@@ -21,6 +21,11 @@ from tests.helpers import ENV, Trickle, consumer_command, outputs, publish
 pytestmark = pytest.mark.integration
 
 
+def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """The consumer run to its end, its output captured."""
+    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
 def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(
     bootstrap: str, topics: Callable[..., list[str]], group: str, mlp_path: Path
 ) -> None:
@@ -36,13 +41,7 @@ def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(
     publisher.join()
     assert process.returncode == 0, err[-2000:]
     assert first >= 300 and '"event": "summary"' in err
-    finished = subprocess.run(
-        consumer_command(bootstrap, mlp_path, inp, out, group, "--stop-at-end"),
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    finished = _run(consumer_command(bootstrap, mlp_path, inp, out, group, "--stop-at-end"), timeout=120)
     assert finished.returncode == 0, finished.stderr[-2000:]
     ids = Counter(record["id"] for _, record in outputs(bootstrap, out, total))
     print(
@@ -56,13 +55,7 @@ def test_a_missing_model_exits_1_with_one_line(
     bootstrap: str, topics: Callable[..., list[str]], group: str, tmp_path: Path
 ) -> None:
     inp, out = topics("in", "out")
-    run = subprocess.run(
-        consumer_command(bootstrap, tmp_path / "nope.keras", inp, out, group),
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = _run(consumer_command(bootstrap, tmp_path / "nope.keras", inp, out, group), timeout=60)
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].startswith("error: model path") and "does not exist" in run.stderr
 
@@ -74,20 +67,14 @@ def test_signature_picks_what_a_savedmodel_serves(
     x = np.arange(40, dtype="float32").reshape(10, 4)
     publish(bootstrap, inp, ((None, pack_input(row, id=i)) for i, row in enumerate(x)))
     model = models.two_signatures(tmp_path / "two")
-    refused = subprocess.run(
-        consumer_command(bootstrap, model, inp, out, group, "--stop-at-end"),
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = _run(consumer_command(bootstrap, model, inp, out, group, "--stop-at-end"), timeout=120)
     assert refused.returncode == 1
     last = refused.stderr.strip().splitlines()[-1]
     assert last.endswith(
         "has no signature 'serving_default' (it has: 'double', 'triple'); pass the one to serve with --signature NAME"
     )
     command = consumer_command(bootstrap, model, inp, out, group, "--stop-at-end", "--signature", "triple")
-    served = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=180)
+    served = _run(command, timeout=180)
     assert served.returncode == 0, served.stderr[-2000:]
     got = {r["id"]: r["outputs"] for _, r in outputs(bootstrap, out, 10)}
     for i, row in enumerate(x):
@@ -98,13 +85,7 @@ def test_a_missing_input_topic_exits_2_naming_it(
     bootstrap: str, topics: Callable[..., list[str]], group: str, mlp_path: Path
 ) -> None:
     (out,) = topics("out")
-    run = subprocess.run(
-        consumer_command(bootstrap, mlp_path, "no-such-topic", out, group),
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = _run(consumer_command(bootstrap, mlp_path, "no-such-topic", out, group), timeout=60)
     assert run.returncode == 2
     assert "topic 'no-such-topic' does not exist" in run.stderr.strip().splitlines()[-1]
 
