@@ -305,8 +305,13 @@ def unpack_output(value: bytes) -> dict[str, Any]:
 def _decode_output(obj: Any, limits: Limits, name: Any) -> WireTensor:
     """An output TENSOR; a string one becomes a NumPy object array of bytes."""
     if isinstance(obj, dict) and obj.get("dtype") == STRING_DTYPE and isinstance(obj.get("data"), list):
-        dims = _checked_shape(obj.get("shape", []), limits, name)
-        strings = np.empty(len(obj["data"]), dtype=object)
-        strings[:] = obj["data"]
-        return strings.reshape(dims)
+        return string_array(obj["data"], _checked_shape(obj.get("shape", []), limits, name))
     return decode_tensor(obj, limits, name)
+
+
+def string_array(strings: list[bytes], shape: Any) -> np.ndarray:
+    """A string TENSOR's flat list of bytes as a NumPy object array of ``shape`` (``np.array`` would
+    make fixed-width ``S`` items instead, dropping trailing NUL bytes)."""
+    array = np.empty(len(strings), dtype=object)
+    array[:] = strings
+    return array.reshape(shape)

@@ -95,13 +95,17 @@ def _cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
             f"input {spec.name!r} is {array.dtype.name}; the model takes {spec.dtype} "
             "and that cast would change the kind of value"
         )
-    if integers and not np.iinfo(target).min <= array.min() <= array.max() <= np.iinfo(target).max:
+    if integers and not _fits(array, np.iinfo(target)):
         raise _out_of_range(spec)
     with np.errstate(over="ignore"):
         cast = array.astype(target)
     if is_float(target) and (np.isinf(cast) & np.isfinite(array)).any():
         raise _out_of_range(spec)
     return cast
+
+
+def _fits(array: np.ndarray, limits: np.iinfo) -> bool:
+    return bool(limits.min <= array.min() and array.max() <= limits.max)
 
 
 def _out_of_range(spec: TensorSpec) -> errors.WrongDtypeError:

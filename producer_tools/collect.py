@@ -18,7 +18,7 @@ import msgpack
 import numpy as np
 from confluent_kafka import Message
 
-from consumer.codec import STRING_DTYPE, unpack_output
+from consumer.codec import STRING_DTYPE, string_array, unpack_output
 from producer_tools.sources import Example, Tensor
 
 
@@ -52,10 +52,8 @@ def decode_output(value: bytes) -> dict[str, Any]:
 
 def _json_tensor(obj: dict[str, Any]) -> np.ndarray:
     if obj["dtype"] == STRING_DTYPE:  # JSON output writes the bytes of each string as base64
-        strings = [base64.b64decode(text) for text in np.asarray(obj["data"], dtype=object).reshape(-1)]
-        column = np.empty(len(strings), dtype=object)
-        column[:] = strings
-        return column.reshape(obj["shape"])
+        texts = np.asarray(obj["data"], dtype=object).reshape(-1)
+        return string_array([base64.b64decode(text) for text in texts], obj["shape"])
     return np.asarray(obj["data"], dtype=obj["dtype"]).reshape(obj["shape"])
 
 
