@@ -11,6 +11,7 @@ so only the bad inputs go to the dead-letter topic.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import time
 from collections.abc import Callable, Iterator
@@ -125,6 +126,14 @@ class Pipeline:
                 return False
             self._end_queued = True
         return True
+
+    def abandon(self) -> None:
+        """The predict thread has failed: take no more batches, and wake tf.data's thread if it waits
+        for one, so the dataset can be torn down (the teardown waits for that thread: on a quiet
+        stream, until the next batch came)."""
+        self._closed = True
+        with contextlib.suppress(queue.Full):  # full: batches are waiting, its next wait ends at once
+            self._queue.put_nowait(None)
 
     # -- tf.data side ----------------------------------------------------------------------
     def _generate(self) -> Iterator[tuple[int, int, int, Inputs]]:

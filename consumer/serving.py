@@ -49,12 +49,16 @@ class Serving:
         return self._traces_before + self.predictor.trace_count - self.warm_traces
 
     def run(self) -> None:
+        # held here, not only by the loop: a failure leaving the loop must not tear the dataset down
+        # before ``abandon`` has woken tf.data's thread (the teardown waits for that thread)
+        batches = self.pipeline.batches()
         try:
-            for batch, inputs in self.pipeline.batches():
+            for batch, inputs in batches:
                 self._predict(batch, inputs)
                 self.pipeline.mark_finished()
         except BaseException as exc:
             self.failure = exc
+            self.pipeline.abandon()
 
     def _swap_if_ready(self) -> None:
         """Between two batches: serve the version the watcher prepared, release the old one."""

@@ -298,6 +298,26 @@ def test_a_predict_thread_that_dies_with_batches_queued_ends_the_worker_with_its
     assert committed(bootstrap, group, inp, 1)[0] <= 16  # at most the two batches before the failure
 
 
+def test_a_predict_thread_that_dies_on_the_last_input_ends_the_worker_at_once(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quiet case: nothing arrives after the batch the predict thread dies on. tf.data's
+    thread was then waiting for the next batch, and tearing the dataset down waited for it: the
+    worker hung, alive and holding its partitions, until another input came."""
+    inp, out = topics("in", "out", partitions=1)
+
+    def failing(self: Serving, batch: Batch, inputs: Any) -> None:
+        raise RuntimeError("injected: a bug in the predict thread")
+
+    monkeypatch.setattr(Serving, "_predict", failing)
+    worker = Background(settings(bootstrap, mlp_path, inp, out, group, stop_at_end=False))
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(3)))
+    worker.thread.join(60)
+    assert not worker.thread.is_alive(), "the worker hung after its predict thread died"
+    assert isinstance(worker.error, RuntimeError) and "injected" in str(worker.error)
+    assert committed(bootstrap, group, inp, 1)[0] < 0  # nothing committed
+
+
 def test_time_window_processes_exactly_the_inputs_inside_it(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path
 ) -> None:
