@@ -21,6 +21,7 @@ import msgpack
 import numpy as np
 
 from consumer import errors
+from consumer.json_output import json_numbers
 
 FORMAT_VERSION = 1
 
@@ -264,12 +265,12 @@ def output_envelope(
 
 def encode_tensor_for_json(array: np.ndarray) -> dict[str, Any]:
     """The JSON output form of a TENSOR: like the raw form, with ``data`` as a nested list (of
-    bytes for strings, which JSON output writes as base64 text)."""
+    bytes for strings, which JSON output writes as base64 text; NaN and the infinities as strings)."""
     arr = wire_array(array)
     if is_string_array(arr):
         data = np.vectorize(_as_bytes, otypes=[object])(arr).tolist() if arr.size else arr.tolist()
         return {"dtype": STRING_DTYPE, "shape": list(arr.shape), "data": data}
-    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.tolist()}
+    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": json_numbers(arr)}
 
 
 _packers = threading.local()

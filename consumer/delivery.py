@@ -7,9 +7,7 @@ A failed delivery is never marked done: it is kept as ``failure`` and ends the r
 
 from __future__ import annotations
 
-import base64
 import itertools
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -299,17 +297,6 @@ class DeadLetters:
             headers.append((HEADER_PREFIX + "errors.value.omitted.bytes", str(len(value)).encode()))
             value = b""
         self.outbox.send(msg, self.topic, value, msg.key(), headers)
-
-
-def json_default(value: Any) -> Any:
-    """JSON output: bytes become base64 text."""
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
-
-
-def encode_json(envelope: dict[str, Any]) -> bytes:
-    return json.dumps(envelope, default=json_default, separators=(",", ":")).encode()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, tick: Callable[[], None]) -> bool:

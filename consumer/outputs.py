@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from consumer.codec import encode_tensor_for_json, output_envelope
-from consumer.delivery import HEADER_PREFIX, Counters, DeadLetters, Headers, Outbox, encode_json, source_headers
+from consumer.delivery import HEADER_PREFIX, Counters, DeadLetters, Headers, Outbox, source_headers
 from consumer.envelopes import OutputPacker
+from consumer.json_output import encode_json, json_value
 from consumer.offsets import coordinates_of, timestamps_of
 from consumer.pipeline import Batch
 
@@ -80,5 +81,6 @@ class Emitter:
                 "offset": msg.offset(),
                 "timestamp": msg.timestamp()[1],
             }
-            values.append(encode_json(output_envelope(body, model=self.model, source=source, id=ident, has_id=has_id)))
+            envelope = output_envelope(body, model=self.model, source=source, id=json_value(ident), has_id=has_id)
+            values.append(encode_json(envelope))
         return values

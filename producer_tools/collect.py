@@ -19,6 +19,7 @@ import numpy as np
 from confluent_kafka import Message
 
 from consumer.codec import STRING_DTYPE, string_array, unpack_output
+from consumer.json_output import json_numbers, json_value
 from producer_tools.sources import Example, Tensor
 
 
@@ -107,7 +108,9 @@ def _stack(values: list[Any]) -> np.ndarray:
 def _column(values: list[Any]) -> np.ndarray:
     """ids as numbers or text (never pickled objects, so ``np.load`` needs no ``allow_pickle``)."""
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return np.asarray(values, dtype=np.int64)
+        for dtype in (np.int64, np.uint64):  # msgpack integers: int64, or uint64 above it
+            if all(np.iinfo(dtype).min <= v <= np.iinfo(dtype).max for v in values):
+                return np.asarray(values, dtype=dtype)
     return np.asarray(["" if v is None else str(v) for v in values])
 
 
@@ -117,7 +120,7 @@ def write_jsonl(path: Path, collected: Collected, rows: list[int], inputs: list[
             record = collected.records[row]
             line = {
                 "key": _text(collected.keys[row]),
-                "id": record.get("id"),
+                "id": json_value(record.get("id"), bytes_as=_text),
                 "outputs": _listed(record["outputs"]),
                 "model": record.get("model"),
                 "source": record.get("source"),
@@ -130,7 +133,7 @@ def write_jsonl(path: Path, collected: Collected, rows: list[int], inputs: list[
 def _listed(value: Any) -> Any:
     if isinstance(value, dict):
         return {name: _listed(v) for name, v in value.items()}
-    return _text(value) if isinstance(value, bytes) else np.asarray(value).tolist()
+    return _text(value) if isinstance(value, bytes) else json_value(json_numbers(np.asarray(value)), bytes_as=_text)
 
 
 def _text(value: Any) -> Any:

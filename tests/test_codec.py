@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 
 import msgpack
@@ -14,6 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 from consumer import codec, errors
 from consumer.codec import SINGLE, Limits, pack_input, unpack_input
+from consumer.json_output import json_numbers, json_value
 
 LIMITS = Limits(max_message_bytes=1 << 20, max_tensor_elements=1 << 16, max_dims=6)
 DTYPES = sorted(codec.SUPPORTED_DTYPES)
@@ -233,3 +235,13 @@ def test_a_100_mb_data_field_is_refused_before_it_is_parsed() -> None:
     with pytest.raises(errors.TooLargeError, match="bytes; the limit"):
         unpack_input(value, Limits())  # the default 16 MiB message limit
     assert _peak_bytes(lambda: unpack_input(value, Limits())) < 2**20  # no copy of the 100 MB
+
+
+def test_json_output_writes_non_finite_numbers_and_non_text_keys_as_strings() -> None:
+    """JSON has no NaN or infinities and only text keys: strict parsers refused the old output."""
+    assert json_numbers(np.array(np.nan, np.float32)) == "NaN"
+    assert json_numbers(np.array([[1, np.inf, -np.inf]], np.float16)) == [[1.0, "Infinity", "-Infinity"]]
+    assert json_numbers(np.array([1, 2], np.int8)) == [1, 2]
+    ident = {True: 1, None: 2, 1.5: b"\xff", b"k": [float("nan")], "s": (float("-inf"),)}
+    text = json.dumps(json_value(ident), allow_nan=False)
+    assert json.loads(text) == {"true": 1, "null": 2, "1.5": "/w==", "aw==": ["NaN"], "s": ["-Infinity"]}

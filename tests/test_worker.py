@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,7 @@ from consumer.errors import DeliveryError
 from consumer.pipeline import Batch
 from consumer.serving import Serving
 from consumer.timing import STAGES
-from producer_tools.collect import Collected, decode_output, write_npz
+from producer_tools.collect import Collected, decode_output, write_jsonl, write_npz
 from producer_tools.reader import read_topic
 from tests import models
 from tests.helpers import Background, Topics, committed, outputs, publish, run_worker, settings
@@ -208,6 +209,51 @@ def test_string_and_bfloat16_outputs_arrive_readable(
     with np.load(path) as saved:  # strings as bytes, not pickled objects: no allow_pickle needed
         assert saved["outputs.label"].dtype.kind == "S" and saved["outputs.top2"].shape == (40, 2)
         assert saved["outputs.label"].tolist() == [labels[int(row.argmax())] for row in x]
+
+
+@pytest.mark.parametrize("output_format", ["msgpack", "json"])
+def test_outputs_and_collect_are_strict_json_whatever_the_ids_and_the_model_return(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, tmp_path: Path, output_format: str
+) -> None:
+    """An id that is a map with a `bin` key killed a JSON-output worker (`keys must be str`), again
+    at each restart, and `collect` to JSON Lines; NaN and infinite outputs or ids were written as
+    `NaN`/`Infinity`, which JSON parsers (JavaScript's, Go's, Jackson by default) refuse; an id
+    above int64 made `collect` to `.npz` fail."""
+    inp, out = topics("in", "out", partitions=1)
+    ids: list[Any] = [{b"k": 1, 2: [float("-inf")]}, float("nan"), float("inf"), 2**64 - 1, "plain"]
+    x = np.ones((5, 4), "float32")
+    x[1] = [3e38, 3e38, -3e38, 3e38]  # overflows the model's layers: non-finite outputs
+    values = [msgpack.packb({"inputs": row.tolist(), "id": ident, "v": 1}) for row, ident in zip(x, ids, strict=True)]
+    publish(bootstrap, inp, ((None, value) for value in values))
+    summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, output_format=output_format))
+    assert summary["predicted"] == 5
+    expected = np.asarray(models.offline_predict(mlp_path, x))
+    assert not np.isfinite(expected[1]).all()
+    texts = ["NaN" if np.isnan(v) else "Infinity" if v > 0 else "-Infinity" for v in expected[1] if not np.isfinite(v)]
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+
+    records = read_topic(bootstrap, out, min_count=5)
+    # a bin key is base64 text in JSON output, like every bin there; collect writes it as UTF-8 text
+    first_id = {"aw==" if output_format == "json" else "k": 1, "2": ["-Infinity"]}
+    if output_format == "json":
+        strict = [json.loads(m.value(), parse_constant=refuse) for m in records]
+        assert [r["id"] for r in strict] == [first_id, "NaN", "Infinity", 2**64 - 1, "plain"]
+        assert [item for item in strict[1]["outputs"]["data"] if isinstance(item, str)] == texts
+    collected = Collected()
+    for m in records:
+        collected.add(m)
+    got = np.stack([r["outputs"] for r in collected.records])  # JSON's strings read back as numbers
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    path = tmp_path / "collected.jsonl"
+    write_jsonl(path, collected, list(range(5)), None)
+    lines = [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+    assert [line["id"] for line in lines] == [first_id, "NaN", "Infinity", 2**64 - 1, "plain"]
+    assert [item for item in lines[1]["outputs"] if isinstance(item, str)] == texts
+    write_npz(tmp_path / "collected.npz", collected, [3], None)
+    with np.load(tmp_path / "collected.npz") as saved:
+        assert saved["ids"].tolist() == [2**64 - 1]
 
 
 def test_a_model_taking_bfloat16_is_served_from_float32_inputs(
