@@ -95,6 +95,8 @@ class Settings(BaseModel):
             raise ValueError("until_timestamp must be later than from_timestamp")
         if self.input_topic in {self.output_topic, self.dlq_topic}:
             raise ValueError("output_topic and dlq_topic must differ from input_topic (a loop)")
+        if self.dlq_topic is not None and self.dlq_topic == self.output_topic:
+            raise ValueError("dlq_topic must differ from output_topic: dead letters are inputs, not predictions")
         sizes = self.allowed_batch_sizes
         if sizes is not None and (not sizes or min(sizes) < 1 or max(sizes) != self.max_batch_size):
             raise ValueError("allowed_batch_sizes must be positive and its largest must equal max_batch_size")

@@ -7,6 +7,7 @@ Either way the result is a :class:`LoadedModel`: a signature in plain terms and 
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,11 @@ def load_model(
             if signature != DEFAULT_SIGNATURE:
                 raise ModelError(
                     f"--signature {signature!r} applies to SavedModels; {str(path)!r} is a Keras file: drop it"
+                )
+            if not zipfile.is_zipfile(path) and path.suffix == ".keras":
+                raise ModelError(
+                    f"{str(path)!r} is not a .keras file (a zip archive): it is damaged, cut short, or "
+                    "something else renamed; save the model again with model.save('name.keras')"
                 )
             return _load_keras(path, name, version)
     except ModelError:

@@ -52,6 +52,7 @@ def test_secrets_are_redacted_from_the_printable_settings() -> None:
     [
         ({"max_batch_size": 0}, "max_batch_size"),
         ({"output_topic": "in"}, "loop"),
+        ({"dlq_topic": "out"}, "dlq_topic must differ from output_topic"),
         ({"from_beginning": True, "from_timestamp": "2024-01-01T00:00:00"}, "exclude"),
         ({"from_timestamp": "yesterday"}, "from_timestamp"),
         ({"allowed_batch_sizes": "1,2,4"}, "allowed_batch_sizes"),

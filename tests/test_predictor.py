@@ -69,8 +69,11 @@ def test_bad_model_paths_raise_one_clear_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="does not exist"):
         load_model(tmp_path / "nope.keras")
     (tmp_path / "junk.keras").write_bytes(b"not a zip")
+    with pytest.raises(ModelError, match=r"junk.keras' is not a .keras file \(a zip archive\): it is damaged"):
+        load_model(tmp_path / "junk.keras")  # Keras itself said "File not found"
+    (tmp_path / "junk.h5").write_bytes(b"not HDF5")
     with pytest.raises(ModelError, match="cannot load"):
-        load_model(tmp_path / "junk.keras")
+        load_model(tmp_path / "junk.h5")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError):
         load_model(tmp_path / "empty")
