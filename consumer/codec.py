@@ -24,6 +24,8 @@ from consumer import errors
 from consumer.json_output import json_numbers
 
 FORMAT_VERSION = 1
+#: how many lists or maps deep an input's ``id`` may nest
+MAX_ID_DEPTH = 32
 
 #: dtype names a raw-bytes TENSOR may carry.
 SUPPORTED_DTYPES = frozenset(
@@ -101,7 +103,29 @@ def envelope_of(obj: Any, limits: Limits) -> InputEnvelope:
             raise errors.MissingInputsError('"inputs" is an empty map')
     else:
         inputs = {SINGLE: decode_tensor(raw, limits, name="inputs")}
-    return InputEnvelope(inputs=inputs, id=obj.get("id"), has_id="id" in obj)
+    ident, has_id = id_of(obj)
+    return InputEnvelope(inputs=inputs, id=ident, has_id=has_id)
+
+
+def id_of(obj: Mapping[Any, Any]) -> tuple[Any, bool]:
+    """The message's ``id`` and whether it has one. An id nested more than ``MAX_ID_DEPTH`` lists or
+    maps deep is refused: ids are echoed, and JSON output walks them."""
+    ident = obj.get("id")
+    if isinstance(ident, list | dict) and _nesting(ident) > MAX_ID_DEPTH:
+        raise errors.TooLargeError(
+            f'"id" is nested more than {MAX_ID_DEPTH} lists or maps deep; send a flat id (a number, a string)'
+        )
+    return ident, "id" in obj
+
+
+def _nesting(value: list[Any] | dict[Any, Any]) -> int:
+    """How many lists or maps deep ``value`` goes, counted up to just past ``MAX_ID_DEPTH``."""
+    depth, level = 0, [value]
+    while level and depth <= MAX_ID_DEPTH:
+        depth += 1
+        members = (v for item in level for v in (item.values() if isinstance(item, dict) else item))
+        level = [v for v in members if isinstance(v, list | dict)]
+    return depth
 
 
 def unpack_value(value: bytes, limits: Limits) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from consumer import errors
-from consumer.codec import SINGLE, InputEnvelope, Limits, WireTensor, envelope_of, read_message, unpack_strict
+from consumer.codec import SINGLE, InputEnvelope, Limits, WireTensor, envelope_of, id_of, read_message, unpack_strict
 from consumer.layout import CanonicalLayout, Sliced
 from consumer.signature import STRING, Signature, TensorSpec
 
@@ -236,7 +236,7 @@ class BatchDecoder:
             if type(data) is not bytes or len(data) != nbytes:
                 return None
             found[name] = data
-        return found, (obj.get("id"), "id" in obj)
+        return found, id_of(obj)
 
     def _stack(self, parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         if parts and all(type(v) is bytes for part in parts for v in part.values()) and self._fast:

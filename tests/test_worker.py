@@ -256,6 +256,25 @@ def test_outputs_and_collect_are_strict_json_whatever_the_ids_and_the_model_retu
         assert saved["ids"].tolist() == [2**64 - 1]
 
 
+def test_an_id_nested_past_the_limit_is_dead_lettered_not_fatal(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """A list 900 deep as an id (msgpack reads up to 1,024) made JSON output raise RecursionError in
+    the predict thread: the worker died, and again after each restart, on the same input."""
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    row = msgpack.packb([1.0, 2.0, 3.0, 4.0])
+    values = [b"\x83\xa6inputs" + row + b"\xa1v\x01\xa2id" + b"\x91" * depth + b"\x07" for depth in (32, 900)]
+    publish(bootstrap, inp, ((None, value) for value in [*values, pack_input(np.ones(4, "float32"), id=2)]))
+    summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, output_format="json", dlq_topic=dlq))
+    assert summary["predicted"] == 2 and summary["dead_lettered"] == 1
+    ids = [json.loads(m.value())["id"] for m in read_topic(bootstrap, out, min_count=2)]
+    assert ids == [json.loads("[" * 32 + "7" + "]" * 32), 2]
+    (dead,) = read_topic(bootstrap, dlq, min_count=1)
+    headers = dict(dead.headers())
+    assert headers["tfstream.errors.offset"] == b"1"
+    assert b'"id" is nested more than 32 lists or maps deep' in headers["tfstream.errors.exception.message"]
+
+
 def test_a_model_taking_bfloat16_is_served_from_float32_inputs(
     bootstrap: str, topics: Topics, group: str, tmp_path: Path
 ) -> None:
