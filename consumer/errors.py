@@ -21,7 +21,8 @@
           │    ├── WrongDtypeError
           │    └── NonFiniteError
           ├── PreprocessError      (stage "preprocess") the user's preprocess function failed
-          └── PredictError         (stage "predict") the model failed on this one input
+          ├── PredictError         (stage "predict") the model failed on this one input
+          └── EmitError            (stage "emit") its output could not be encoded
 
 Input errors are data, not control flow: the worker turns them into dead letters and
 the stream goes on. The other errors end the process with their message.
@@ -130,3 +131,9 @@ class PredictError(InputError):
     """The model raised on this input even when run alone."""
 
     stage = "predict"
+
+
+class EmitError(InputError):
+    """This input's output could not be encoded (a bug, caught so one input cannot stop the stream)."""
+
+    stage = "emit"

@@ -7,8 +7,9 @@ import numpy as np
 from consumer.codec import encode_tensor_for_json, output_envelope
 from consumer.delivery import HEADER_PREFIX, Counters, DeadLetters, Headers, Outbox, source_headers
 from consumer.envelopes import OutputPacker
+from consumer.errors import EmitError
 from consumer.json_output import encode_json, json_value
-from consumer.offsets import coordinates_of, timestamps_of
+from consumer.offsets import Partition, coordinates_of, timestamps_of
 from consumer.pipeline import Batch
 
 
@@ -56,17 +57,42 @@ class Emitter:
             (HEADER_PREFIX + "batch.rows", str(batch.rows).encode()),
             (HEADER_PREFIX + "predict.ms", f"{predict_ms:.3f}".encode()),
         ]
-        messages = batch.messages
+        rows, messages = batch.rows, batch.messages
         coords, timestamps = coordinates_of(messages), timestamps_of(messages)
-        if self._json:
-            values = self._json_values(batch, outputs)
-        else:
-            values = self._packer.pack_rows(outputs, coords, timestamps, batch.ids)
+        try:
+            values = self._values(batch, outputs, coords, timestamps)
+        except Exception:  # one input whose output cannot be encoded must not stop the stream
+            batch, values = self._encode_each(batch, outputs)
+            if not batch.rows:
+                return
+            messages = batch.messages
+            coords, timestamps = coordinates_of(messages), timestamps_of(messages)
         record_headers = [source_headers(m) + headers if m.headers() else headers for m in messages]
         self.outbox.send_batch(
             messages, self.topic, values, record_headers, coords=coords, timestamps=timestamps, timed=True
         )
-        self.counters.add(predicted=batch.rows, batches=1, padded_rows=bucket - batch.rows)
+        self.counters.add(predicted=batch.rows, batches=1, padded_rows=bucket - rows)
+
+    def _values(
+        self, batch: Batch, outputs: dict[str, np.ndarray], coords: list[tuple[Partition, int]], timestamps: list[int]
+    ) -> list[bytes]:
+        if self._json:
+            return self._json_values(batch, outputs)
+        return self._packer.pack_rows(outputs, coords, timestamps, batch.ids)
+
+    def _encode_each(self, batch: Batch, outputs: dict[str, np.ndarray]) -> tuple[Batch, list[bytes]]:
+        """The batch's rows whose outputs encode, and their values; the others are dead letters."""
+        good: list[int] = []
+        values: list[bytes] = []
+        for row, msg in enumerate(batch.messages):
+            one = {name: array[row : row + 1] for name, array in outputs.items()}
+            try:
+                values += self._values(batch.row(row), one, coordinates_of([msg]), timestamps_of([msg]))
+            except Exception as exc:
+                self.dead_letters.send(msg, EmitError(f"its output cannot be encoded: {type(exc).__name__}: {exc}"))
+                continue
+            good.append(row)
+        return batch.rows_at(good), values
 
     def _json_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
         values = []

@@ -51,8 +51,13 @@ class Batch:
 
     def row(self, index: int) -> Batch:
         """Row ``index`` alone, as a batch of one."""
-        only = {name: column[index : index + 1] for name, column in self.inputs.items()}
-        return Batch(self.id, [self.messages[index]], only, [self.ids[index]], self.closed_at)
+        return self.rows_at([index])
+
+    def rows_at(self, indices: list[int]) -> Batch:
+        """These rows alone, in this order (their dead letters stay with this batch)."""
+        inputs = {name: column[indices] for name, column in self.inputs.items()}
+        messages, ids = [self.messages[i] for i in indices], [self.ids[i] for i in indices]
+        return Batch(self.id, messages, inputs, ids, self.closed_at, opened_at=self.opened_at)
 
     @property
     def rows(self) -> int:
@@ -270,15 +275,8 @@ class Pipeline:
                 dead.append((msg, PreprocessError(f"preprocess raised {type(exc).__name__}: {exc}")))
                 continue
             good.append(index)
-        kept = Batch(
-            batch.id,
-            [batch.messages[i] for i in good],
-            {name: column[good] for name, column in batch.inputs.items()},
-            [batch.ids[i] for i in good],
-            batch.closed_at,
-            dead,
-            batch.opened_at,
-        )
+        kept = batch.rows_at(good)
+        kept.dead = dead
         if not good:
             return kept, {}
         bucket = self.predictor.bucket_for(kept.rows)

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
+from consumer import outputs as outputs_module
 from consumer.codec import pack_input
+from consumer.envelopes import OutputPacker
 from consumer.errors import DeliveryError
 from consumer.pipeline import Batch
 from consumer.serving import Serving
@@ -273,6 +275,44 @@ def test_an_id_nested_past_the_limit_is_dead_lettered_not_fatal(
     headers = dict(dead.headers())
     assert headers["tfstream.errors.offset"] == b"1"
     assert b'"id" is nested more than 32 lists or maps deep' in headers["tfstream.errors.exception.message"]
+
+
+@pytest.mark.parametrize("output_format", ["msgpack", "json"])
+def test_an_output_that_cannot_be_encoded_is_dead_lettered_alone(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, monkeypatch: pytest.MonkeyPatch, output_format: str
+) -> None:
+    """Defence against the next such bug (two were found, both on ids in JSON output): an encoding
+    failure used to kill the worker, and again at each restart on the same input, stalling its
+    partition. Now the batch is encoded row by row and only the row that fails is dead-lettered."""
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(40)))
+
+    def refuse_13(ident: Any) -> None:
+        if ident == 13:
+            raise ValueError("injected: cannot encode id 13")
+
+    if output_format == "json":
+        json_value = outputs_module.json_value
+        monkeypatch.setattr(outputs_module, "json_value", lambda ident: (refuse_13(ident), json_value(ident))[1])
+    else:
+        pack_rows = OutputPacker.pack_rows
+
+        def packing(self: OutputPacker, outs: Any, coords: Any, timestamps: Any, ids: Any) -> list[bytes]:
+            for ident, _ in ids:
+                refuse_13(ident)
+            return pack_rows(self, outs, coords, timestamps, ids)
+
+        monkeypatch.setattr(OutputPacker, "pack_rows", packing)
+    s = settings(bootstrap, mlp_path, inp, out, group, output_format=output_format, dlq_topic=dlq)
+    summary = run_worker(s)
+    assert summary["predicted"] == 39 and summary["dead_lettered"] == 1
+    got = sorted(decode_output(m.value())["id"] for m in read_topic(bootstrap, out, min_count=39))
+    assert got == [i for i in range(40) if i != 13]
+    (dead,) = read_topic(bootstrap, dlq, min_count=1)
+    headers = dict(dead.headers())
+    assert headers["tfstream.errors.stage"] == b"emit" and headers["tfstream.errors.offset"] == b"13"
+    assert headers["tfstream.errors.exception.message"].endswith(b"ValueError: injected: cannot encode id 13")
+    assert committed(bootstrap, group, inp, 1) == {0: 40}
 
 
 def test_a_model_taking_bfloat16_is_served_from_float32_inputs(
