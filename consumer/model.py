@@ -35,6 +35,8 @@ class LoadedModel:
     signature: Signature
     call: Callable[[Mapping[str, tf.Tensor]], TensorDict]
     keepalive: Any = None  # the object owning the variables; dropped on unload
+    #: the batch size the model's inputs fix, if they do (``Input(batch_size=1)``, a ``[1, 4]`` spec)
+    fixed_batch: int | None = None
 
 
 def load_model(
@@ -81,6 +83,12 @@ def content_hash(path: Path) -> str:
 
 
 def _spec(name: str, dtype: Any, shape: Any) -> TensorSpec:
+    if tf.TensorShape(shape).rank in (None, 0):
+        raise ModelError(
+            f"model input {name!r} has {'no' if tf.TensorShape(shape).rank == 0 else 'an unknown'} batch "
+            "dimension; the consumer feeds batches of examples (export the model with an input shape "
+            "like [None, ...])"
+        )
     dims = tuple(shape)[1:]
     if any(d is None for d in dims):
         raise ModelError(
@@ -89,6 +97,14 @@ def _spec(name: str, dtype: Any, shape: Any) -> TensorSpec:
         )
     tf_dtype = tf.as_dtype(dtype)
     return TensorSpec(name, STRING if tf_dtype == tf.string else np.dtype(tf_dtype.as_numpy_dtype).name, dims)
+
+
+def _fixed_batch(name: str, shapes: Mapping[str, Any]) -> int | None:
+    """The batch size the inputs fix, if any (one size for all inputs that fix one)."""
+    fixed = {input_name: shape[0] for input_name, shape in shapes.items() if shape[0] is not None}
+    if len(set(fixed.values())) > 1:
+        raise ModelError(f"model {name!r} fixes different batch sizes for its inputs: {fixed}; it cannot be served")
+    return next(iter(fixed.values()), None)
 
 
 def _load_keras(path: Path, name: str, version: str) -> LoadedModel:
@@ -109,7 +125,8 @@ def _load_keras(path: Path, name: str, version: str) -> LoadedModel:
         return _name_outputs(model(arrange(inputs), training=False), output_names)
 
     signature = Signature(inputs=specs, outputs=tuple(output_names), named_inputs=named)
-    return LoadedModel(name, version, signature, call, keepalive=model)
+    fixed = _fixed_batch(name, {t.name: tuple(t.shape) for t in model.inputs})
+    return LoadedModel(name, version, signature, call, keepalive=model, fixed_batch=fixed)
 
 
 def _keras_output_names(model: Any, specs: tuple[TensorSpec, ...]) -> list[str]:
@@ -152,4 +169,5 @@ def _load_saved_model(path: Path, name: str, version: str, signature: str) -> Lo
         return dict(fn(**{k: inputs[k] for k in kwargs}))
 
     served = Signature(inputs=specs, outputs=outputs, named_inputs=len(specs) > 1)
-    return LoadedModel(name, version, served, call, keepalive=loaded)
+    fixed = _fixed_batch(name, {k: tuple(v.shape) for k, v in kwargs.items()})
+    return LoadedModel(name, version, served, call, keepalive=loaded, fixed_batch=fixed)

@@ -31,6 +31,19 @@ def default_batch_sizes(max_batch_size: int) -> list[int]:
     return sorted({*powers, *midpoints, max_batch_size})
 
 
+def _sizes_for(model: LoadedModel, sizes: list[int]) -> list[int]:
+    """``sizes``, or only the batch size the model fixes (which must then be the largest)."""
+    fixed = model.fixed_batch
+    if fixed is None:
+        return sizes
+    if sizes[-1] != fixed:
+        raise ModelError(
+            f"model {model.name!r} takes batches of exactly {fixed} (its inputs fix the batch dimension): "
+            f"run with --max-batch-size {fixed}, or export it with None as the batch dimension"
+        )
+    return [fixed]
+
+
 class OutputShapeError(ValueError):
     """An output without the batch as its first dimension: its rows cannot be matched to inputs."""
 
@@ -42,7 +55,7 @@ class Predictor:
         if not batch_sizes or min(batch_sizes) < 1:
             raise ConfigError("allowed_batch_sizes must be a non-empty list of positive ints")
         self.model = model
-        self.batch_sizes = sorted(set(batch_sizes))
+        self.batch_sizes = _sizes_for(model, sorted(set(batch_sizes)))
         self.max_batch_size = self.batch_sizes[-1]
         self._functions = {size: self._compile(size, jit_compile) for size in self.batch_sizes}
         # called directly, a concrete function skips tf.function's per-call argument binding and

@@ -156,3 +156,25 @@ def two_signatures(out: Path) -> Path:
 
 def offline_predict(path: Path, inputs: np.ndarray | dict[str, np.ndarray]) -> object:
     return keras.saving.load_model(path).predict(inputs, verbose=0)
+
+
+class Shaped(tf.Module):
+    """Doubles its input, declared with the given shape (a fixed batch dimension, or no rank)."""
+
+    def __init__(self, shape: list[int | None] | None) -> None:
+        super().__init__()
+        self.serve = tf.function(self._double, input_signature=[tf.TensorSpec(shape, tf.float32, name="x")])
+
+    def _double(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": x * 2}
+
+
+def shaped_saved_model(out: Path, shape: list[int | None] | None) -> Path:
+    return save_serving(Shaped(shape), out)
+
+
+def fixed_batch_keras(path: Path, batch: int) -> Path:
+    """A Keras model built with ``Input(batch_size=...)``, as exports for a fixed batch are."""
+    inputs = keras.Input((4,), batch_size=batch, name="features")
+    keras.Model(inputs, keras.layers.Dense(3)(inputs)).save(path)
+    return path

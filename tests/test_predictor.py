@@ -99,3 +99,27 @@ def test_a_savedmodel_serves_the_signature_named_and_says_which_it_has(tmp_path:
     np.testing.assert_array_equal(out["y"], x * 3)
     with pytest.raises(ModelError, match=r"--signature 'triple' applies to SavedModels; .* is a Keras file"):
         load_model(mlp_path, signature="triple")
+
+
+def test_a_model_with_a_fixed_batch_is_served_at_that_size_or_refused_in_one_line(tmp_path: Path) -> None:
+    """Such a model used to crash each worker start on a multi-line TypeError from tracing ("in
+    user code:"), retried three times as if it were transient."""
+    for path, batch in [
+        (models.shaped_saved_model(tmp_path / "sm", [2, 4]), 2),
+        (models.fixed_batch_keras(tmp_path / "fixed.keras", 2), 2),
+    ]:
+        model = load_model(path)
+        assert model.fixed_batch == batch
+        with pytest.raises(ModelError, match=r"takes batches of exactly 2 .*: run with --max-batch-size 2,"):
+            Predictor(model, default_batch_sizes(32))
+        predictor = Predictor(model, default_batch_sizes(2))
+        assert predictor.batch_sizes == [2]
+        predictor.warm_up()
+        x = np.arange(4, dtype="float32")
+        (out,) = predictor.predict(stack([{model.signature.inputs[0].name: x}], model.signature, 2), 1).values()
+        assert out.shape[0] == 1
+    assert load_model(models.shaped_saved_model(tmp_path / "free", [None, 4])).fixed_batch is None
+    with pytest.raises(ModelError, match="model input 'x' has an unknown batch dimension"):
+        load_model(models.shaped_saved_model(tmp_path / "any", None))
+    with pytest.raises(ModelError, match="model input 'x' has no batch dimension"):
+        load_model(models.shaped_saved_model(tmp_path / "scalar", []))
