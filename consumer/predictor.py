@@ -8,8 +8,9 @@ fixed input signature, so a call with any other shape fails loudly instead of re
 from __future__ import annotations
 
 import bisect
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,8 +62,28 @@ class Predictor:
         # called directly, a concrete function skips tf.function's per-call argument binding and
         # retrace checks (half a millisecond a call on a small CPU); its fixed signature still refuses
         # any other shape or dtype
-        self._concrete = {size: fn.get_concrete_function() for size, fn in self._functions.items()}
+        self._concrete: dict[int, Any] = {}
+        for size, fn in self._functions.items():
+            with self._refused_at(size):
+                self._concrete[size] = fn.get_concrete_function()
         self.warmup_seconds: dict[int, float] = {}
+
+    @contextlib.contextmanager
+    def _refused_at(self, size: int) -> Iterator[None]:
+        """A model that cannot be traced or run at ``size`` is a ``ModelError`` (not retried: it is
+        not transient); TensorFlow's multi-line message is cut to its last line, the error itself."""
+        try:
+            yield
+        except OutputShapeError as exc:
+            raise ModelError(f"model {self.model.name!r} cannot be served: {exc}") from None
+        except (TypeError, ValueError, tf.errors.InvalidArgumentError) as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            # sizes are tried in order: a failure past 1 means single examples passed
+            hint = "; it takes single examples: --max-batch-size 1 serves it" if size > self.batch_sizes[0] == 1 else ""
+            error = lines[-1] if lines else ""
+            if not error.startswith(f"{type(exc).__name__}:"):
+                error = f"{type(exc).__name__}: {error}"
+            raise ModelError(f"model {self.model.name!r} cannot run a batch of {size}: {error}{hint}") from None
 
     def _compile(self, size: int, jit_compile: bool) -> Any:
         specs = {
@@ -84,10 +105,8 @@ class Predictor:
         whose outputs do not have one row per input is refused here, before it serves."""
         for size in self.batch_sizes:
             batch = stack([], self.model.signature, size)
-            try:
+            with self._refused_at(size):
                 self.run(batch, size)
-            except OutputShapeError as exc:
-                raise ModelError(f"model {self.model.name!r} cannot be served: {exc}") from None
             started = time.perf_counter()
             self.run(batch, size)
             self.warmup_seconds[size] = time.perf_counter() - started

@@ -178,3 +178,15 @@ def fixed_batch_keras(path: Path, batch: int) -> Path:
     inputs = keras.Input((4,), batch_size=batch, name="features")
     keras.Model(inputs, keras.layers.Dense(3)(inputs)).save(path)
     return path
+
+
+class SingleExampleOnly(tf.Module):
+    """Declares a batch of any size but reshapes it to one row: it runs batches of 1 only."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": tf.reshape(x, [1, 4]) * 2}
+
+
+def single_example_only(out: Path) -> Path:
+    return save_serving(SingleExampleOnly(), out)

@@ -123,3 +123,16 @@ def test_a_model_with_a_fixed_batch_is_served_at_that_size_or_refused_in_one_lin
         load_model(models.shaped_saved_model(tmp_path / "any", None))
     with pytest.raises(ModelError, match="model input 'x' has no batch dimension"):
         load_model(models.shaped_saved_model(tmp_path / "scalar", []))
+
+
+def test_a_model_that_fails_at_a_batch_size_is_a_model_error_with_the_error_itself(tmp_path: Path) -> None:
+    """It crashed each worker start on TensorFlow's multi-line error (the one line shown was "in
+    user code:" or its first line), retried three times as if transient."""
+    model = load_model(models.single_example_only(tmp_path / "single"))
+    with pytest.raises(ModelError) as refused:
+        Predictor(model, default_batch_sizes(8)).warm_up()
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("model 'single' cannot run a batch of 2: ValueError: Cannot reshape a tensor with 8")
+    assert message.endswith("; it takes single examples: --max-batch-size 1 serves it")
+    Predictor(model, default_batch_sizes(1)).warm_up()
