@@ -156,7 +156,7 @@ def _report_status_every_second(worker: Any, report: multiprocessing.connection.
 
 
 def _fail(report: multiprocessing.connection.Connection, error: BaseException | str, code: int) -> int:
-    message = str(error)
+    message = logs.one_line(str(error))
     if not _send(report, "error", message):
         logs.line(f"error: {message}")
     return code

@@ -51,5 +51,14 @@ def line(text: str) -> None:
     sys.stderr.flush()
 
 
+def one_line(message: str) -> str:
+    """A message of several lines (TensorFlow's errors) as one: its first line and its last, where
+    TensorFlow puts the error itself."""
+    lines = [text.strip() for text in message.splitlines() if text.strip()]
+    if len(lines) < 2:
+        return lines[0] if lines else message
+    return f"{lines[0]} … {lines[-1]}"
+
+
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)

@@ -43,3 +43,11 @@ def test_error_and_summary_lines_are_written_whole_too(monkeypatch: pytest.Monke
     monkeypatch.setattr("sys.stderr", stderr)
     logs.line("error: the model cannot be loaded")
     assert stderr.writes == ["error: the model cannot be loaded\n"]
+
+
+def test_a_multi_line_error_becomes_one_line_keeping_its_last_line() -> None:
+    """TensorFlow's errors span many lines, the error itself last: the run's one `error:` line was
+    their first ("TypeError: in user code:") followed by the rest of the traceback."""
+    message = 'in user code:\n\n    File "x.py", line 3\n\n    TypeError: Binding inputs failed\n'
+    assert logs.one_line(message) == "in user code: … TypeError: Binding inputs failed"
+    assert logs.one_line("plain") == "plain" and logs.one_line("") == ""
