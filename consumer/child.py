@@ -24,9 +24,11 @@ from typing import Any
 from consumer import logs
 from consumer.config import Settings
 from consumer.devices import WorkerSlot
-from consumer.errors import ConfigError, ModelError, TfStreamError
+from consumer.errors import ConfigError, DeliveryError, ModelError, TfStreamError
 
 EXIT_DONE, EXIT_FAILED, EXIT_CONFIG, EXIT_MODEL = 0, 1, 2, 3
+#: an output no retry can deliver (larger than ``message.max.bytes``): a restart would meet it again
+EXIT_UNDELIVERABLE = 4
 STATUS_SECONDS = 1.0
 #: How long a worker thread holds the interpreter lock before another waiting one gets it (Python's
 #: default is 5 ms). Four threads share it: the fetch loop, tf.data's decode, predict with its
@@ -54,6 +56,8 @@ def worker_main(
         code = _fail(report, exc, EXIT_CONFIG)
     except ModelError as exc:
         code = _fail(report, exc, EXIT_MODEL)
+    except DeliveryError as exc:
+        code = _fail(report, exc, EXIT_FAILED if exc.retriable else EXIT_UNDELIVERABLE)
     except TfStreamError as exc:
         code = _fail(report, exc, EXIT_FAILED)
     except BaseException as exc:  # a bug: keep the traceback, but still tell the supervisor in one line

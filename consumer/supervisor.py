@@ -22,7 +22,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from consumer import metrics
-from consumer.child import EXIT_CONFIG, EXIT_DONE, EXIT_MODEL, worker_main
+from consumer.child import EXIT_CONFIG, EXIT_DONE, EXIT_MODEL, EXIT_UNDELIVERABLE, worker_main
 from consumer.config import Settings
 from consumer.devices import WorkerSlot
 from consumer.endpoints import Endpoints
@@ -30,7 +30,8 @@ from consumer.errors import ConfigError
 from consumer.logs import get_logger
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-_FINAL = {EXIT_CONFIG: EXIT_USAGE, EXIT_MODEL: EXIT_FAILURE}
+#: worker exits a restart cannot cure: the run ends with this code
+_FINAL = {EXIT_CONFIG: EXIT_USAGE, EXIT_MODEL: EXIT_FAILURE, EXIT_UNDELIVERABLE: EXIT_FAILURE}
 #: Worker summary counts that add up across workers.
 SUMMED = ("consumed", "predicted", "dead_lettered", "skipped", "batches", "padded_rows", "traces_after_warmup")
 

@@ -60,6 +60,24 @@ def test_a_missing_model_exits_1_with_one_line(
     assert run.stderr.strip().splitlines()[-1].startswith("error: model path") and "does not exist" in run.stderr
 
 
+def test_an_output_no_retry_can_deliver_ends_the_run_with_exit_1(
+    bootstrap: str, topics: Callable[..., list[str]], group: str, mlp_path: Path, tmp_path: Path
+) -> None:
+    """The README promised exit 1; the supervisor restarted the worker instead, which met the same
+    output again, forever (1, 2, 4 … 30 s apart)."""
+    inp, out = topics("in", "out", partitions=1)
+    # outputs carry their input's headers: with these, each output is larger than the producer may send
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(5)), [("pad", b"x" * 4000)])
+    config = tmp_path / "small.toml"
+    config.write_text('[kafka.producer]\n"message.max.bytes" = 2000\n')
+    command = consumer_command(bootstrap, mlp_path, inp, out, group, "--stop-at-end", "--config", str(config))
+    run = _run(command, timeout=120)
+    assert run.returncode == 1, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: could not deliver a record to topic '{out}'") and "not committed" in last
+    assert "worker died; restarting" not in run.stderr
+
+
 def test_signature_picks_what_a_savedmodel_serves(
     bootstrap: str, topics: Callable[..., list[str]], group: str, tmp_path: Path
 ) -> None:
