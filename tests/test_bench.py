@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from consumer.devices import DEFAULT_CPU_WORKERS, usable_cores
-from producer_tools.bench import report
+from producer_tools.bench import report, run, system, workloads
 from producer_tools.bench.system import PRIMERS
 from producer_tools.cli import main
+from tests import models
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +111,15 @@ def test_fetch_latency_refuses_settings_librdkafka_would_refuse(
     assert main(["fetch-latency", *flags]) == 2  # before any broker is started
     err = capsys.readouterr().err
     assert err.startswith("error: invalid setting") and says in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_usual_approaches_run_on_a_savedmodel_workload(bootstrap: str, tmp_path: Path) -> None:
+    """The bench crashed on a SavedModel given by path (Keras 3 cannot load one): its usual
+    approaches call the serving signature; per-message ``model.predict`` does not apply (None)."""
+    workload = workloads.build(str(models.shaped_saved_model(tmp_path / "sm", [None, 4])), tmp_path)
+    inputs = workload.inputs(64)
+    topics = run._topics(bootstrap, 1)
+    system.publish(bootstrap, topics["in"], system.encode(workload, inputs), 64)
+    rates = run._usual(bootstrap, topics, workload, inputs, 1.0)
+    assert rates["model.predict per message"] is None
+    assert (rates["tf.function per message"] or 0) > 0 and (rates["process pool"] or 0) > 0

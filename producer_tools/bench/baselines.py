@@ -10,8 +10,10 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -103,13 +105,49 @@ def predictor_inputs(workload: Workload, inputs: Inputs, size: int) -> dict[str,
     }
 
 
-def per_message_loop(bootstrap: str, topic: str, out: str, workload: Workload, how: str, budget_s: float) -> float:
-    """A consumer loop that predicts each message alone: ``model.predict`` or a ``tf.function``."""
+GlueCall = Callable[[np.ndarray], Any]
+
+
+def glue_call(path: Path, how: str) -> GlueCall | None:
+    """The model as glue code calls it on a batch: ``model.predict``, or a ``tf.function``. A
+    SavedModel is called through its serving signature (a concrete function); Keras 3 gives it no
+    ``model.predict``, so that approach does not apply to it (None)."""
     import keras
     import tensorflow as tf
 
-    model = keras.saving.load_model(workload.model_path, compile=False)
-    call = tf.function(lambda x: model(x, training=False)) if how == "tf.function" else None
+    from consumer.model import DEFAULT_SIGNATURE
+
+    if path.is_dir():
+        if how == "predict":
+            return None
+        loaded = tf.saved_model.load(str(path))
+        serve = loaded.signatures[DEFAULT_SIGNATURE]
+        (name,) = serve.structured_input_signature[1]
+        return lambda x: (loaded, serve(**{name: tf.constant(x)}))[1]
+    model = keras.saving.load_model(path, compile=False)
+    if how == "predict":
+        return lambda x: model.predict(x, verbose=0)
+    call = tf.function(lambda x: model(x, training=False))
+    return call
+
+
+def _first_output(outputs: Any) -> np.ndarray:
+    """A model's output, or the first of its outputs (a dict or list of them), as NumPy."""
+    if isinstance(outputs, dict):
+        outputs = next(iter(outputs.values()))
+    elif isinstance(outputs, list | tuple):
+        outputs = outputs[0]
+    return np.asarray(outputs)
+
+
+def per_message_loop(
+    bootstrap: str, topic: str, out: str, workload: Workload, how: str, budget_s: float
+) -> float | None:
+    """A consumer loop that predicts each message alone: ``model.predict`` or a ``tf.function``
+    (None: not an approach for this model)."""
+    call = glue_call(workload.model_path, how)
+    if call is None:
+        return None
     consumer, producer = _consumer(bootstrap, topic), _producer(bootstrap)
     done, started = 0, None
     while started is None or time.perf_counter() - started < budget_s:
@@ -118,7 +156,7 @@ def per_message_loop(bootstrap: str, topic: str, out: str, workload: Workload, h
             continue
         started = started or time.perf_counter()
         x = _decode_single(msg.value() or b"", workload)
-        y = model.predict(x, verbose=0) if call is None else call(x).numpy()
+        y = _first_output(call(x))
         produce(producer, out, msgpack.packb({"outputs": y.tobytes()}), msg.key())
         producer.poll(0)
         done += 1
@@ -142,18 +180,17 @@ def _pool_init(path: str, scratch: str) -> None:
     when_parent_dies(lambda: os._exit(1))  # a killed bench leaves no worker waiting for work
     tempfile.tempdir = scratch  # TensorFlow's generated code: a pool process never runs atexit to remove it
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
-    _POOL_MODEL = keras.saving.load_model(path, compile=False)
+    _POOL_MODEL = glue_call(Path(path), "predict") or glue_call(Path(path), "tf.function")
 
 
 def _pool_predict(chunk: np.ndarray) -> int:
-    return len(_POOL_MODEL.predict(chunk, verbose=0))
+    return len(_first_output(_POOL_MODEL(chunk)))
 
 
 def process_pool(workload: Workload, inputs: Inputs, workers: int | None = None) -> float:
-    """``ProcessPoolExecutor`` mapping ``model.predict`` over chunks (spawned, each loads the model;
-    with ``fork`` after TensorFlow it would hang). Timed after every worker is warm."""
+    """``ProcessPoolExecutor`` mapping ``model.predict`` over chunks (a SavedModel's signature:
+    ``glue_call``), spawned, each process loading the model (with ``fork`` after TensorFlow it
+    would hang). Timed after every worker is warm."""
     (spec,) = workload.signature.inputs
     data = np.asarray(next(iter(inputs.values())), dtype=spec.dtype)
     workers = workers or os.cpu_count() or 1
