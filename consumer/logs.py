@@ -54,10 +54,20 @@ def line(text: str) -> None:
 def one_line(message: str) -> str:
     """A message of several lines (TensorFlow's errors) as one: its first line and its last, where
     TensorFlow puts the error itself."""
-    lines = [text.strip() for text in message.splitlines() if text.strip()]
+    lines = _lines(message)
     if len(lines) < 2:
         return lines[0] if lines else message
     return f"{lines[0]} … {lines[-1]}"
+
+
+def last_line(message: str) -> str:
+    """The last non-blank line of ``message`` (TensorFlow's error itself), or ""."""
+    lines = _lines(message)
+    return lines[-1] if lines else ""
+
+
+def _lines(message: str) -> list[str]:
+    return [text.strip() for text in message.splitlines() if text.strip()]
 
 
 def get_logger(name: str) -> Any:

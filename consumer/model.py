@@ -83,9 +83,10 @@ def content_hash(path: Path) -> str:
 
 
 def _spec(name: str, dtype: Any, shape: Any) -> TensorSpec:
-    if tf.TensorShape(shape).rank in (None, 0):
+    rank = tf.TensorShape(shape).rank
+    if rank in (None, 0):
         raise ModelError(
-            f"model input {name!r} has {'no' if tf.TensorShape(shape).rank == 0 else 'an unknown'} batch "
+            f"model input {name!r} has {'no' if rank == 0 else 'an unknown'} batch "
             "dimension; the consumer feeds batches of examples (export the model with an input shape "
             "like [None, ...])"
         )

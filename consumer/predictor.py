@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from consumer.errors import ConfigError, ModelError
+from consumer.logs import last_line
 from consumer.model import LoadedModel
 from consumer.signature import STRING
 from consumer.validate import stack
@@ -77,10 +78,9 @@ class Predictor:
         except OutputShapeError as exc:
             raise ModelError(f"model {self.model.name!r} cannot be served: {exc}") from None
         except (TypeError, ValueError, tf.errors.InvalidArgumentError) as exc:
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             # sizes are tried in order: a failure past 1 means single examples passed
             hint = "; it takes single examples: --max-batch-size 1 serves it" if size > self.batch_sizes[0] == 1 else ""
-            error = lines[-1] if lines else ""
+            error = last_line(str(exc))
             if not error.startswith(f"{type(exc).__name__}:"):
                 error = f"{type(exc).__name__}: {error}"
             raise ModelError(f"model {self.model.name!r} cannot run a batch of {size}: {error}{hint}") from None

@@ -108,8 +108,9 @@ def _stack(values: list[Any]) -> np.ndarray:
 def _column(values: list[Any]) -> np.ndarray:
     """ids as numbers or text (never pickled objects, so ``np.load`` needs no ``allow_pickle``)."""
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        low, high = min(values, default=0), max(values, default=0)
         for dtype in (np.int64, np.uint64):  # msgpack integers: int64, or uint64 above it
-            if all(np.iinfo(dtype).min <= v <= np.iinfo(dtype).max for v in values):
+            if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
                 return np.asarray(values, dtype=dtype)
     return np.asarray(["" if v is None else str(v) for v in values])
 

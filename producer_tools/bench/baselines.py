@@ -123,12 +123,16 @@ def glue_call(path: Path, how: str) -> GlueCall | None:
         loaded = tf.saved_model.load(str(path))
         serve = loaded.signatures[DEFAULT_SIGNATURE]
         (name,) = serve.structured_input_signature[1]
-        return lambda x: (loaded, serve(**{name: tf.constant(x)}))[1]
+
+        def call_signature(x: np.ndarray) -> Any:
+            assert loaded is not None  # referenced here so the variables the signature reads stay alive
+            return serve(**{name: tf.constant(x)})
+
+        return call_signature
     model = keras.saving.load_model(path, compile=False)
     if how == "predict":
         return lambda x: model.predict(x, verbose=0)
-    call = tf.function(lambda x: model(x, training=False))
-    return call
+    return tf.function(lambda x: model(x, training=False))
 
 
 def _first_output(outputs: Any) -> np.ndarray:
