@@ -234,10 +234,17 @@ class BatchAck:
         self.outbox.acknowledged(self.topic, self.timestamps)
 
 
+#: Headers the worker writes on its outputs and dead letters. An input's own copies of them (left by
+#: an earlier run: dead letters replayed into the input topic) are dropped, so that each appears once,
+#: with this run's value.
+OWN_HEADERS = tuple(HEADER_PREFIX + name for name in ("errors.", "model.", "batch.", "predict.", "worker"))
+
+
 def source_headers(msg: Message) -> Headers:
-    """The input's own headers, carried over to its output (tracing ids and the like)."""
+    """The input's own headers, carried over to its output (tracing ids and the like), but ``OWN_HEADERS``."""
     headers = msg.headers() or []
-    return list(headers.items()) if isinstance(headers, dict) else list(headers)
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return [(name, value) for name, value in pairs if not name.startswith(OWN_HEADERS)]
 
 
 def dead_letter_headers(msg: Message, error: InputError, group: str, model: dict[str, str]) -> Headers:

@@ -2,7 +2,8 @@
 
 Keys, values, headers and record timestamps are kept; two headers are added so the copy can
 always be traced back, even where the target topic's broker overwrites timestamps
-(``LogAppendTime``): ``tfstream.replay.timestamp`` and ``tfstream.replay.source``.
+(``LogAppendTime``): ``tfstream.replay.timestamp`` and ``tfstream.replay.source``. A copy of a copy
+keeps the first copy's, which name the original record.
 Each partition is read from ``offsets_for_times(from)`` to its end, and every record's own
 timestamp is checked, so the range is exact even where that lookup is coarse.
 """
@@ -58,11 +59,12 @@ def replay(
 
 def _copy(producer: Producer, msg: Message, target: str, same_layout: bool, delivered: DeliveryCount) -> None:
     timestamp = msg.timestamp()[1]
-    headers = [
-        *(msg.headers() or []),
-        (REPLAY_HEADER + "timestamp", str(timestamp).encode()),
-        (REPLAY_HEADER + "source", f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode()),
-    ]
+    headers = list(msg.headers() or [])
+    if not any(name.startswith(REPLAY_HEADER) for name, _ in headers):  # a copy of a copy names the original
+        headers += [
+            (REPLAY_HEADER + "timestamp", str(timestamp).encode()),
+            (REPLAY_HEADER + "source", f"{msg.topic()}/{msg.partition()}/{msg.offset()}".encode()),
+        ]
     extra = {"partition": msg.partition()} if same_layout and msg.key() is None else {}
     produce(
         producer, target, msg.value(), msg.key(), headers=headers, timestamp=timestamp, on_delivery=delivered, **extra

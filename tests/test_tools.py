@@ -187,7 +187,7 @@ def test_collect_refuses_an_output_it_could_not_write_before_reading_anything(
 def test_replay_copies_exactly_the_time_range_keeping_keys_headers_and_timestamps(
     bootstrap: str, topics: Topics
 ) -> None:
-    source, target = topics("src", "dst", partitions=2)
+    source, target, again = topics("src", "dst", "dst2", partitions=2)
     base = 1_700_000_000_000
     publish(
         bootstrap,
@@ -218,6 +218,14 @@ def test_replay_copies_exactly_the_time_range_keeping_keys_headers_and_timestamp
         headers = dict(msg.headers())
         assert msg.value() == f"v{i}".encode() and msg.timestamp()[1] == base + i * 1000
         assert headers["trace"] == b"t" and headers["tfstream.replay.timestamp"] == str(base + i * 1000).encode()
+    # a copy of the copy: each header once, naming the original record
+    assert tool(bootstrap, "replay", "--from-topic", target, "--to-topic", again) == 0
+    origins = {m.key(): dict(m.headers())["tfstream.replay.source"] for m in copied}
+    for msg in read_topic(bootstrap, again, min_count=15):
+        names = [name for name, _ in msg.headers()]
+        assert sorted(names) == ["tfstream.replay.source", "tfstream.replay.timestamp", "trace"]
+        assert dict(msg.headers())["tfstream.replay.source"] == origins[msg.key()]
+        assert origins[msg.key()].startswith(source.encode() + b"/")
 
 
 def test_reset_offsets_moves_a_stopped_group_and_refuses_a_running_one(
