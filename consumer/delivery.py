@@ -240,11 +240,15 @@ class BatchAck:
 OWN_HEADERS = tuple(HEADER_PREFIX + name for name in ("errors.", "model.", "batch.", "predict.", "worker"))
 
 
+def message_headers(msg: Message) -> Headers:
+    """A record's headers as a list of (name, value) pairs."""
+    headers = msg.headers() or []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
 def source_headers(msg: Message) -> Headers:
     """The input's own headers, carried over to its output (tracing ids and the like), but ``OWN_HEADERS``."""
-    headers = msg.headers() or []
-    pairs = headers.items() if isinstance(headers, dict) else headers
-    return [(name, value) for name, value in pairs if not name.startswith(OWN_HEADERS)]
+    return [(name, value) for name, value in message_headers(msg) if not name.startswith(OWN_HEADERS)]
 
 
 def dead_letter_headers(msg: Message, error: InputError, group: str, model: dict[str, str]) -> Headers:

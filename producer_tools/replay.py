@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from tqdm import tqdm
 
+from consumer.delivery import message_headers
 from consumer.positions import TimeWindow
 from producer_tools.publish import DeliveryCount, produce
 from producer_tools.reader import StopWhen, partitions_of, read_partitions
@@ -59,7 +60,7 @@ def replay(
 
 def _copy(producer: Producer, msg: Message, target: str, same_layout: bool, delivered: DeliveryCount) -> None:
     timestamp = msg.timestamp()[1]
-    headers = list(msg.headers() or [])
+    headers = message_headers(msg)
     if not any(name.startswith(REPLAY_HEADER) for name, _ in headers):  # a copy of a copy names the original
         headers += [
             (REPLAY_HEADER + "timestamp", str(timestamp).encode()),
