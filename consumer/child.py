@@ -24,11 +24,13 @@ from typing import Any
 from consumer import logs
 from consumer.config import Settings
 from consumer.devices import WorkerSlot
-from consumer.errors import ConfigError, DeliveryError, ModelError, TfStreamError
+from consumer.errors import ConfigError, DeliveryError, FencedError, ModelError, TfStreamError
 
 EXIT_DONE, EXIT_FAILED, EXIT_CONFIG, EXIT_MODEL = 0, 1, 2, 3
 #: an output no retry can deliver (larger than ``message.max.bytes``): a restart would meet it again
 EXIT_UNDELIVERABLE = 4
+#: exactly-once: another producer took this worker's transactional id; a restart would take it back
+EXIT_FENCED = 5
 STATUS_SECONDS = 1.0
 #: How long a worker thread holds the interpreter lock before another waiting one gets it (Python's
 #: default is 5 ms). Four threads share it: the fetch loop, tf.data's decode, predict with its
@@ -58,6 +60,8 @@ def worker_main(
         code = _fail(report, exc, EXIT_MODEL)
     except DeliveryError as exc:
         code = _fail(report, exc, EXIT_FAILED if exc.retriable else EXIT_UNDELIVERABLE)
+    except FencedError as exc:
+        code = _fail(report, exc, EXIT_FENCED)
     except TfStreamError as exc:
         code = _fail(report, exc, EXIT_FAILED)
     except BaseException as exc:  # a bug: keep the traceback, but still tell the supervisor in one line
@@ -74,7 +78,7 @@ def _serve(settings: Settings, slot: WorkerSlot, report: multiprocessing.connect
     configure_tensorflow(slot, settings.gpu_memory, settings.allow_cpu_fallback)
     from consumer.worker import Worker  # imports TensorFlow, after the device is pinned
 
-    worker = Worker(settings, slot.slot, slot.device)
+    worker = Worker(settings, slot.slot, slot.device, slot.transactional_number)
     install_signal_handlers(worker.request_stop)
     when_parent_dies(worker.request_stop)
     worker.start()

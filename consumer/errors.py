@@ -4,6 +4,7 @@
      ├── ConfigError              a setting is wrong: exit 2 with one line
      ├── ModelError               the model cannot be loaded or is not supported
      ├── BrokerError              Kafka cannot be reached, or a topic is missing
+     │    └── FencedError          exactly-once: another producer took this worker's transactional id
      ├── DeliveryError            the broker refused an output: stop, commit nothing past it
      └── InputError               one message cannot be predicted: it goes to the dead-letter topic
           ├── CodecError           (stage "decode") not wire format v1
@@ -45,6 +46,11 @@ class ModelError(TfStreamError):
 
 class BrokerError(TfStreamError):
     """Kafka cannot be reached, or a topic the run needs does not exist."""
+
+
+class FencedError(BrokerError):
+    """Exactly-once: a newer producer with this worker's ``transactional.id`` fenced it. The worker
+    stops for good: restarted, it would fence the other one in turn."""
 
 
 class DeliveryError(TfStreamError):

@@ -17,21 +17,22 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from consumer import metrics
-from consumer.child import EXIT_CONFIG, EXIT_DONE, EXIT_MODEL, EXIT_UNDELIVERABLE, worker_main
+from consumer.child import EXIT_CONFIG, EXIT_DONE, EXIT_FENCED, EXIT_MODEL, EXIT_UNDELIVERABLE, worker_main
 from consumer.config import Settings
 from consumer.devices import WorkerSlot
 from consumer.endpoints import Endpoints
 from consumer.errors import ConfigError
+from consumer.host_slots import HostSlots
 from consumer.logs import get_logger
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 #: worker exits a restart cannot cure: the run ends with this code
-_FINAL = {EXIT_CONFIG: EXIT_USAGE, EXIT_MODEL: EXIT_FAILURE, EXIT_UNDELIVERABLE: EXIT_FAILURE}
+_FINAL = {EXIT_CONFIG: EXIT_USAGE} | dict.fromkeys((EXIT_MODEL, EXIT_UNDELIVERABLE, EXIT_FENCED), EXIT_FAILURE)
 #: Worker summary counts that add up across workers.
 SUMMED = ("consumed", "predicted", "dead_lettered", "skipped", "batches", "padded_rows", "traces_after_warmup")
 
@@ -93,6 +94,7 @@ class Supervisor:
         self._metrics_dir = metrics.prepare_directory() if settings.metrics_port is not None else None
         self._scratch = ""  # the workers' temporary files, one folder each, removed when they exit
         self._restarts = metrics.restarts_counter() if self._metrics_dir else None
+        self._host_slots = HostSlots(settings.transactional_id_prefix, settings.group)
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -100,6 +102,7 @@ class Supervisor:
         self._scratch = tempfile.mkdtemp(prefix="tfstream-scratch-")
         self.log.info("starting workers", workers=[c.slot.device for c in self.children], pid=os.getpid())
         self._serve_endpoints()
+        self._claim_transactional_numbers()
         for child in self.children:
             self._start(child)
         try:
@@ -112,7 +115,27 @@ class Supervisor:
         finally:
             self._close_endpoints()
             self._remove_files()
+            self._host_slots.release()
         return self._result()
+
+    def _claim_transactional_numbers(self) -> None:
+        """Exactly-once: numbers for the workers' transactional ids that no other supervisor of this
+        group on this host holds (``consumer.host_slots``), kept across the workers' restarts."""
+        if self.settings.delivery != "exactly-once":
+            return
+        try:
+            numbers = self._host_slots.claim(len(self.children))
+        except OSError as exc:
+            self.log.warning(
+                "cannot claim transactional ids on this host; a second supervisor of this group here would "
+                "fence this one's workers",
+                folder=str(self._host_slots.folder),
+                error=str(exc),
+            )
+            return
+        for child, number in zip(self.children, numbers, strict=True):
+            child.slot = replace(child.slot, transactional_number=number)
+        self.log.info("transactional ids claimed on this host", numbers=numbers)
 
     def _serve_endpoints(self) -> None:
         if self.settings.metrics_port is None:

@@ -16,15 +16,27 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from consumer.delivery import Outbox
-from consumer.errors import BrokerError
+from consumer.errors import BrokerError, FencedError
 from consumer.offsets import OffsetTracker
+
+#: A newer producer with the same ``transactional.id`` took over (librdkafka's and the broker's codes).
+_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 
 
 class Transactions:
     """Begins, commits and aborts the transactions of one worker's producer."""
 
-    def __init__(self, producer: Producer, outbox: Outbox, tracker: OffsetTracker, timeout_s: float, log: Any):
+    def __init__(
+        self,
+        producer: Producer,
+        outbox: Outbox,
+        tracker: OffsetTracker,
+        timeout_s: float,
+        log: Any,
+        transactional_id: str = "",
+    ) -> None:
         self.producer, self.outbox, self.tracker, self.timeout_s, self.log = producer, outbox, tracker, timeout_s, log
+        self.transactional_id = transactional_id
 
     def start(self) -> None:
         """Fence any earlier producer with this transactional id, then open the first transaction."""
@@ -80,6 +92,7 @@ class Transactions:
                 self.log.warning("transaction commit failed; retrying", error=error.str())
 
     def _failed(self, error: KafkaError) -> bool:
+        self._refuse_if_fenced(error)
         if error.txn_requires_abort():
             self.abort(f"the transaction failed ({error.str()})")
             return False
@@ -102,7 +115,16 @@ class Transactions:
             try:
                 self.producer.abort_transaction(self.timeout_s)
             except KafkaException as exc:
+                self._refuse_if_fenced(exc.args[0])
                 raise BrokerError(f"could not abort a transaction ({exc.args[0].str()})") from None
+
+    def _refuse_if_fenced(self, error: KafkaError) -> None:
+        if error.code() in _FENCED:
+            raise FencedError(
+                f"another producer took this worker's transactional id {self.transactional_id!r} ({error.str()}): "
+                "another consumer of this group runs under this host name with the same transactional_id_prefix "
+                "(containers sharing one host name?); give each deployment its own transactional_id_prefix"
+            )
 
     def resume(self) -> None:
         with self.outbox.lock:

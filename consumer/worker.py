@@ -56,8 +56,11 @@ READ_AHEAD_CHUNK = 1000
 class Worker:
     """Loads and warms the model, joins the group, and streams until stopped or done."""
 
-    def __init__(self, settings: Settings, slot: int = 0, device: str = "cpu") -> None:
+    def __init__(
+        self, settings: Settings, slot: int = 0, device: str = "cpu", transactional_number: int | None = None
+    ) -> None:
         self.settings, self.slot, self.device = settings, slot, device
+        self.transactional_number = slot if transactional_number is None else transactional_number
         self.log = get_logger("consumer.worker")
         self.metrics = metrics.WorkerMetrics(slot, device) if metrics.enabled() else None
         self.counters = Counters(sink=self.metrics.count if self.metrics else None)
@@ -148,7 +151,7 @@ class Worker:
         for topic in missing:  # outputs wait (paused, nothing committed) until it exists
             self.log.error(f"topic {topic!r} does not exist: create it; until then outputs cannot be delivered")
         exactly_once = s.delivery == "exactly-once"
-        self.producer_config = kafka_io.producer_config(s, client_id, self.slot)
+        self.producer_config = kafka_io.producer_config(s, client_id, self.transactional_number)
         self.producer = Producer(self.producer_config)
         self.outbox = Outbox(self.producer, self.tracker, self.timeline, transactional=exactly_once)
         if self.metrics is not None:
@@ -156,7 +159,12 @@ class Worker:
         self.transactions: Transactions | None = None
         if exactly_once:
             self.transactions = Transactions(
-                self.producer, self.outbox, self.tracker, s.transaction_timeout_ms / 2000, self.log
+                self.producer,
+                self.outbox,
+                self.tracker,
+                s.transaction_timeout_ms / 2000,
+                self.log,
+                self.producer_config["transactional.id"],
             )
             self.transactions.start()
 

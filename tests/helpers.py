@@ -108,17 +108,21 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
 
 
 class Trickle:
-    """Publishes ``total`` inputs with ids 0.. in chunks, in a thread, so a test can act mid-stream."""
+    """Publishes ``total`` inputs with ids ``first``.. in chunks, in a thread, so a test can act mid-stream."""
 
-    def __init__(self, bootstrap: str, topic: str, total: int, chunk: int = 100, pause: float = 0.05) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, total: int, chunk: int = 100, pause: float = 0.05, first: int = 0
+    ) -> None:
         self.bootstrap, self.topic, self.total, self.chunk, self.pause = bootstrap, topic, total, chunk, pause
+        self.first = first
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         one = np.ones(4, "float32")
-        for start in range(0, self.total, self.chunk):
-            ids = range(start, min(start + self.chunk, self.total))
+        end = self.first + self.total
+        for start in range(self.first, end, self.chunk):
+            ids = range(start, min(start + self.chunk, end))
             publish(self.bootstrap, self.topic, ((str(i).encode(), pack_input(one, id=i)) for i in ids))
             time.sleep(self.pause)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import structlog.testing
+from confluent_kafka import Producer
 
 from consumer.codec import pack_input, unpack_output
 from consumer.transactions import Transactions
@@ -205,3 +207,36 @@ def test_a_broker_frozen_past_the_session_timeout_is_ridden_out(
     print(f"broker frozen {frozen:.0f}s: {len(seen)} of {total} predicted, {duplicates} duplicates, "
           f"{summary['restarts']} restarts")  # fmt: skip
     assert set(seen) == set(range(total))
+
+
+def test_exactly_once_supervisors_sharing_a_host_take_their_own_ids_and_a_fenced_one_stops(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """Two supervisors of one group on one host: their workers' transactional ids differ (before, both
+    used PREFIX-GROUP-HOST-0 and fenced each other's worker, restart after restart). A worker that
+    is fenced anyway, by a producer elsewhere with its id, stops its run in one line, for good."""
+    inp, out = topics("in", "out", partitions=4)
+    total = 3000
+    exactly_once = consumer_command(bootstrap, mlp_path, inp, out, group, "--delivery", "exactly-once")
+    first = Deployment(exactly_once, ENV)
+    (claimed,) = first.wait_for("transactional ids claimed on this host")
+    first.wait_for("worker ready")
+    second = Deployment(exactly_once, ENV)
+    assert second.wait_for("transactional ids claimed on this host")[0]["numbers"] == [1]
+    assert claimed["numbers"] == [0]
+    publisher = Trickle(bootstrap, inp, total, pause=0.1)
+    publisher.join()
+    seen = wait_for_outputs(bootstrap, out, set(range(total)))
+    assert set(seen) == set(range(total))
+    assert not first.events("worker died; restarting") and not second.events("worker died; restarting")
+    # a producer with the first one's id, as if a copy of it ran under the same host name elsewhere
+    thief = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"tfstream-{group}-{socket.gethostname()}-0"})
+    thief.init_transactions(30)
+    more = Trickle(bootstrap, inp, 400, pause=0.1, first=total)
+    more.join()
+    first.process.wait(120)
+    assert first.process.returncode == 1 and not first.events("worker died; restarting")
+    (error,) = [line for line in first.lines if line.startswith("error: ")]
+    assert "another producer took this worker's transactional id" in error and "transactional_id_prefix" in error
+    assert set(wait_for_outputs(bootstrap, out, set(range(total + 400)))) >= set(range(total + 400))
+    assert second.stop()["restarts"] == 0
