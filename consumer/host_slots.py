@@ -5,11 +5,13 @@ after a restart, so that a restarted worker fences its dead predecessor's open t
 supervisors of one group on one host would both number their workers 0, 1 …; so each number is
 claimed with a lock on a file in a folder every process of the host shares, and a second
 supervisor takes the next free numbers. A lock is released when its process exits, however it
-exits (the kernel drops it), and the next supervisor takes the number again.
+exits (the kernel drops it), and the next supervisor takes the number again. ``release`` also
+removes the files; a process that takes a lock checks that its file was not removed meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -32,7 +34,7 @@ class HostSlots:
         self.folder = folder or lock_folder()
         digest = hashlib.sha256(group.encode()).hexdigest()[:16]  # a group id may hold any character
         self._stem = f"{prefix}-{digest}"
-        self._locks: list[int] = []  # open file descriptors, each holding its number's lock
+        self._locks: list[tuple[int, Path]] = []  # open file descriptors, each holding its file's lock
 
     def claim(self, count: int) -> list[int]:
         """The ``count`` lowest numbers no other live process holds; ``OSError`` if the folder cannot
@@ -48,7 +50,9 @@ class HostSlots:
         raise OSError(f"no free number below {MAX_NUMBERS} in {self.folder}")
 
     def release(self) -> None:
-        for descriptor in self._locks:
+        for descriptor, path in self._locks:
+            with contextlib.suppress(OSError):  # another user's file, in a folder that keeps it theirs
+                path.unlink()
             os.close(descriptor)  # closing the file drops its lock
         self._locks.clear()
 
@@ -59,14 +63,28 @@ class HostSlots:
 
     def _lock(self, number: int) -> bool:
         path = self.folder / f"{self._stem}-{number}.lock"
-        try:  # another user's file: opened without O_CREAT, which fs.protected_regular refuses there
-            descriptor = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(descriptor)
-            return False
-        self._locks.append(descriptor)
-        return True
+        while True:
+            descriptor = _open(path)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(descriptor)
+                return False
+            if _same_file(descriptor, path):
+                self._locks.append((descriptor, path))
+                return True
+            os.close(descriptor)  # its holder removed it as we opened it: lock the one at its path now
+
+
+def _open(path: Path) -> int:
+    try:  # another user's file: opened without O_CREAT, which fs.protected_regular refuses there
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    try:
+        return os.fstat(descriptor).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False

@@ -15,7 +15,11 @@ def test_supervisors_on_one_host_take_the_lowest_free_numbers_and_give_them_back
     assert HostSlots("tfstream", "other/group", tmp_path).claim(1) == [0]
     assert HostSlots("other-prefix", "fraud", tmp_path).claim(1) == [0]
     first.release()
-    assert HostSlots("tfstream", "fraud", tmp_path).claim(3) == [0, 1, 4]
+    third = HostSlots("tfstream", "fraud", tmp_path)
+    assert third.claim(3) == [0, 1, 4]
+    third.release()
+    second.release()
+    assert len(list(tmp_path.glob("*.lock"))) == 2  # the two single claims not released
 
 
 def test_a_killed_supervisor_s_numbers_are_free_again(tmp_path: Path) -> None:
