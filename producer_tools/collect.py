@@ -19,6 +19,7 @@ import numpy as np
 from confluent_kafka import Message
 
 from consumer.codec import STRING_DTYPE, string_array, unpack_output
+from consumer.errors import InputError, NotAMapError
 from consumer.json_output import json_numbers, json_value
 from producer_tools.sources import Example, Tensor
 
@@ -30,12 +31,15 @@ class Collected:
     records: list[dict[str, Any]] = field(default_factory=list)
     keys: list[bytes | None] = field(default_factory=list)
     undecodable: int = 0
+    first_undecodable: str = ""  # where and why, for the summary
 
     def add(self, msg: Message) -> None:
         try:
             record = decode_output(msg.value() or b"")
-        except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+        except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException, InputError) as exc:
             self.undecodable += 1
+            if not self.first_undecodable:
+                self.first_undecodable = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}: {exc}"
             return
         self.records.append(record)
         self.keys.append(msg.key())
@@ -45,6 +49,8 @@ def decode_output(value: bytes) -> dict[str, Any]:
     """A v1 output in msgpack, or the same envelope in JSON; TENSORs become arrays."""
     if value[:1] == b"{":
         record = json.loads(value)
+        if not isinstance(record, dict) or "outputs" not in record:
+            raise NotAMapError('not a v1 output message: expected a map with "outputs"')
         out = record["outputs"]
         record["outputs"] = _json_tensor(out) if "dtype" in out else {name: _json_tensor(t) for name, t in out.items()}
         return record

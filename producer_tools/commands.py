@@ -79,6 +79,11 @@ def run_collect(args: argparse.Namespace) -> int:
             found.add(msg)
     finally:
         consumer.close()
+    if found.undecodable and not found.records:
+        raise ConfigError(
+            f"no record in {args.topic!r} is a prediction ({found.undecodable} read; first: "
+            f"{found.first_undecodable}): --topic must be the consumer's --output-topic"
+        )
     rows, joined = (
         collect.join_inputs(found, examples, args.join_on) if examples else (list(range(len(found.records))), None)
     )
@@ -90,6 +95,7 @@ def run_collect(args: argparse.Namespace) -> int:
     print(
         f"collected {len(rows)} predictions from {args.topic} into {args.out}"
         f"{unmatched}; {found.undecodable} undecodable records skipped"
+        + (f" (first: {found.first_undecodable})" if found.undecodable else "")
     )
     return 0
 

@@ -7,6 +7,7 @@ import json
 import threading
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 from confluent_kafka import Consumer
@@ -160,7 +161,7 @@ def test_publish_counts_refused_messages_and_exits_1(
 
 
 def test_collect_writes_json_lines_and_stops_at_a_count(
-    bootstrap: str, topics: Topics, group: str, mlp_path: Path, tmp_path: Path
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     inp, out = topics("in", "out", partitions=1)
     (tmp_path / "x.jsonl").write_text("".join(json.dumps({"inputs": [i, 0, 0, 1], "id": i}) + "\n" for i in range(10)))
@@ -171,6 +172,13 @@ def test_collect_writes_json_lines_and_stops_at_a_count(
     assert len(lines) == 4 and all(len(line["outputs"]) == 3 and line["source"]["topic"] == inp for line in lines)
     assert tool(bootstrap, "collect", "--topic", out, "--out", str(tmp_path / "all.jsonl"), "--idle", "2") == 0
     assert len((tmp_path / "all.jsonl").read_text().splitlines()) == 10
+    # the wrong topic: one line saying so, whatever its records hold, and exit 2
+    publish(bootstrap, inp, [(None, value) for value in (b"{}", b'{"outputs": [1]}', msgpack.packb({"outputs": 5}))])
+    capsys.readouterr()
+    assert tool(bootstrap, "collect", "--topic", inp, "--out", str(tmp_path / "in.npz"), "--idle", "2") == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith(f"error: no record in {inp!r} is a prediction (13 read; first: {inp}[0]@0: not a v1 output")
+    assert line.endswith("--topic must be the consumer's --output-topic")
 
 
 def test_collect_refuses_an_output_it_could_not_write_before_reading_anything(
