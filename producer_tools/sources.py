@@ -136,7 +136,7 @@ def _take_column(arrays: dict[str, np.ndarray], name: str | None, path: Path) ->
 def _read_jsonl(path: Path, options: ReadOptions) -> list[Example]:
     examples: list[Example] = []
     shapes: dict[str, tuple[int, ...]] = {}
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
                 examples.append(_jsonl_example(line, f"{path}:{number}", len(examples), shapes, options))
@@ -181,7 +181,7 @@ def _json_tensor(value: Any, where: str, shapes: dict[str, tuple[int, ...]], nam
 
 
 def _read_csv(path: Path, options: ReadOptions) -> list[Example]:
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = list(reader.fieldnames or [])
         features = _csv_features(header, options, path)

@@ -56,10 +56,11 @@ def test_publish_predict_collect_round_trip_joins_each_input_with_its_prediction
 def test_every_input_format_publishes_the_examples_it_holds(bootstrap: str, topics: Topics, tmp_path: Path) -> None:
     a, b = np.arange(6, dtype="float32").reshape(3, 2), np.array([[1], [2], [3]], "int32")
     np.savez(tmp_path / "m.npz", a=a, b=b, user=np.array(["u1", "u2", "u3"]))
+    bom = "\ufeff"  # as spreadsheets and Windows editors save UTF-8 text
     (tmp_path / "j.jsonl").write_text(
-        '{"inputs": [1, 2], "id": "r0", "key": "k0"}\n\n{"inputs": [3, 4], "id": "r1", "key": "k1"}\n'
+        bom + '{"inputs": [1, 2], "id": "r0", "key": "k0"}\n\n{"inputs": [3, 4], "id": "r1", "key": "k1"}\n'
     )
-    (tmp_path / "c.csv").write_text("user,f1,f2\nalice,1.5,2\nbob,3,4.25\n")
+    (tmp_path / "c.csv").write_text(bom + "user,f1,f2\nalice,1.5,2\nbob,3,4.25\n")
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "cat.jpg").write_bytes(b"\xff\xd8cat")
