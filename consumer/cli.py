@@ -18,6 +18,7 @@ from consumer.config import ENV_PREFIX, Settings, load_settings
 from consumer.devices import plan_workers
 from consumer.errors import ConfigError
 from consumer.supervisor import EXIT_USAGE, Supervisor
+from consumer.versions import check_polling
 
 
 def _flag(group: Any, name: str, help: str, **kwargs: Any) -> None:
@@ -145,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
+        check_polling(settings.model, settings.model_poll_seconds)
         slots = plan_workers(settings.devices, settings.workers, per_device=settings.workers_per_device)
     except ConfigError as exc:
         logs.line(f"error: {exc}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from consumer.errors import ModelError
+from consumer.errors import ConfigError, ModelError
 
 _KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -28,6 +28,17 @@ def is_versioned_base(path: Path) -> bool:
     if not path.is_dir() or (path / "saved_model.pb").exists():
         return False
     return any(child.is_dir() and child.name.isdigit() for child in path.iterdir())
+
+
+def check_polling(model: Path, poll_seconds: float | None) -> None:
+    """``model_poll_seconds`` watches a versioned base directory; given a single model, it would
+    quietly do nothing (a model edited in place is never reloaded), so it is refused."""
+    if poll_seconds and (model.is_file() or (model / "saved_model.pb").exists()):
+        raise ConfigError(
+            f"invalid setting model_poll_seconds={poll_seconds:g}: it watches a versioned model directory "
+            f"(BASE/<version>/), and {str(model)!r} is a single model; move it to BASE/1/ and pass --model BASE, "
+            "or drop the setting"
+        )
 
 
 def model_in(directory: Path) -> Path | None:

@@ -81,6 +81,12 @@ def test_cli_exits_2_with_one_line_on_missing_or_bad_settings(
     bad = write(tmp_path, "max_batch_size = [")
     assert cli.main(["run", "--config", bad]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+    # watching a single model for new versions would quietly do nothing
+    (tmp_path / "m.keras").write_bytes(b"")
+    required = ["--bootstrap-servers", "b:9092", "--input-topic", "in", "--output-topic", "out", "--group", "g"]
+    assert cli.main(["run", *required, "--model", str(tmp_path / "m.keras"), "--model-poll-seconds", "5"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: invalid setting model_poll_seconds=5: it watches a versioned model directory")
 
 
 def test_cli_usage_errors_exit_2() -> None:
