@@ -100,12 +100,12 @@ class Supervisor:
     def run(self) -> int:
         self._install_signal_handlers()
         self._scratch = tempfile.mkdtemp(prefix="tfstream-scratch-")
-        self.log.info("starting workers", workers=[c.slot.device for c in self.children], pid=os.getpid())
-        self._serve_endpoints()
-        self._claim_transactional_numbers()
-        for child in self.children:
-            self._start(child)
-        try:
+        try:  # whatever happens from here, the folders are removed (a metrics port in use, say)
+            self.log.info("starting workers", workers=[c.slot.device for c in self.children], pid=os.getpid())
+            self._serve_endpoints()
+            self._claim_transactional_numbers()
+            for child in self.children:
+                self._start(child)
             while not all(c.finished for c in self.children):
                 if self._signals and self._stopping_since is None:
                     self._stop_all("signal received: draining workers")

@@ -4,6 +4,7 @@ worker process, no temporary file)."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -55,6 +56,21 @@ def test_sigterm_stops_a_tool_and_the_embedded_broker_it_started(after_s: float,
     assert _gone(broker, timeout=5), "the embedded broker outlived the tool"
     assert "|FAIL|" not in err, err  # no client was left to complain about the broker it stopped
     assert _left_in(tmp_path) == [], "the broker's log folder was left behind"
+
+
+def test_a_run_refused_at_start_leaves_no_temporary_folder(tmp_path: Path) -> None:
+    """A metrics port in use ends the run with exit 2 before any worker starts; the supervisor's
+    scratch and metrics folders were left behind."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = consumer_command("127.0.0.1:1", tmp_path / "m.keras", "in", "out", "g", "--metrics-port", str(port))
+        done = subprocess.run(command, env={**ENV, "TMPDIR": str(temporary)}, capture_output=True, text=True)
+    assert done.returncode == 2 and f"metrics_port={port}" in done.stderr.strip().splitlines()[-1]
+    assert _left_in(temporary) == []
 
 
 def _left_in(folder: Path) -> list[str]:
