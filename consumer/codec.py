@@ -313,11 +313,16 @@ def pack_output(envelope: Mapping[str, Any]) -> bytes:
     return _packer().pack(envelope)
 
 
-def unpack_output(value: bytes) -> dict[str, Any]:
-    """Decode an output message (consumer side): TENSORs become NumPy arrays."""
-    obj = msgpack.unpackb(value, raw=False, strict_map_key=False)
+def output_map(obj: Any) -> dict[str, Any]:
+    """A decoded output message (msgpack or JSON), checked to be a map with ``outputs``."""
     if not isinstance(obj, dict) or "outputs" not in obj:
         raise errors.NotAMapError('not a v1 output message: expected a map with "outputs"')
+    return obj
+
+
+def unpack_output(value: bytes) -> dict[str, Any]:
+    """Decode an output message (consumer side): TENSORs become NumPy arrays."""
+    obj = output_map(msgpack.unpackb(value, raw=False, strict_map_key=False))
     out = obj["outputs"]
     limits = Limits(max_message_bytes=len(value) + 1, max_tensor_elements=len(value) + 1)
     if isinstance(out, dict) and not _is_raw_tensor_map(out):

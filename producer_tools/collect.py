@@ -18,8 +18,8 @@ import msgpack
 import numpy as np
 from confluent_kafka import Message
 
-from consumer.codec import STRING_DTYPE, string_array, unpack_output
-from consumer.errors import InputError, NotAMapError
+from consumer.codec import STRING_DTYPE, output_map, string_array, unpack_output
+from consumer.errors import InputError
 from consumer.json_output import json_numbers, json_value
 from producer_tools.sources import Example, Tensor
 
@@ -48,9 +48,7 @@ class Collected:
 def decode_output(value: bytes) -> dict[str, Any]:
     """A v1 output in msgpack, or the same envelope in JSON; TENSORs become arrays."""
     if value[:1] == b"{":
-        record = json.loads(value)
-        if not isinstance(record, dict) or "outputs" not in record:
-            raise NotAMapError('not a v1 output message: expected a map with "outputs"')
+        record = output_map(json.loads(value))
         out = record["outputs"]
         record["outputs"] = _json_tensor(out) if "dtype" in out else {name: _json_tensor(t) for name, t in out.items()}
         return record
