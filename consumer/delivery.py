@@ -175,6 +175,7 @@ class Outbox:
                 f"could not deliver a record to topic {topic!r} ({err.str()}); "
                 f"input {partition[0]}[{partition[1]}]@{offset} and later are not committed",
                 retriable=retriable,
+                cause=err,
             )
 
     def poll(self, timeout: float = 0.0) -> None:

@@ -31,6 +31,11 @@ the stream goes on. The other errors end the process with their message.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError
+
 
 class TfStreamError(Exception):
     """Root of every error raised by this project."""
@@ -58,9 +63,10 @@ class DeliveryError(TfStreamError):
     cause may go away (a topic created, a permission granted, a broker back), so the worker pauses
     and tries again instead of exiting."""
 
-    def __init__(self, message: str, retriable: bool = False) -> None:
+    def __init__(self, message: str, retriable: bool = False, cause: KafkaError | None = None) -> None:
         super().__init__(message)
         self.retriable = retriable
+        self.cause = cause  # the delivery report's KafkaError
 
 
 class InputError(TfStreamError):

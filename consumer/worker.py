@@ -459,7 +459,10 @@ class Worker:
 
     def _recover(self, failure: DeliveryError) -> None:
         """Outputs cannot be delivered (a topic missing, not writable, brokers down): stop reading,
-        commit nothing past the failure, rewind, wait, and try again; back-off doubles up to 30 s."""
+        commit nothing past the failure, rewind, wait, and try again; back-off doubles up to 30 s.
+        Exactly once, a fenced or dead producer ends the worker instead: no waiting fixes that."""
+        if self.transactions is not None and failure.cause is not None:
+            self.transactions.refuse_if_dead(failure.cause)
         self.log.error(
             "cannot deliver outputs",
             error=str(failure),

@@ -236,6 +236,7 @@ def test_exactly_once_supervisors_sharing_a_host_take_their_own_ids_and_a_fenced
     more.join()
     first.process.wait(120)
     assert first.process.returncode == 1 and not first.events("worker died; restarting")
+    assert not first.events("cannot deliver outputs")  # not told to create a topic first, then stopped
     (error,) = [line for line in first.lines if line.startswith("error: ")]
     assert "another producer took this worker's transactional id" in error and "transactional_id_prefix" in error
     assert set(wait_for_outputs(bootstrap, out, set(range(total + 400)))) >= set(range(total + 400))
