@@ -92,7 +92,7 @@ class Transactions:
                 self.log.warning("transaction commit failed; retrying", error=error.str())
 
     def _failed(self, error: KafkaError) -> bool:
-        self.refuse_if_fenced(error)
+        self._refuse_if_fenced(error)
         if error.txn_requires_abort():
             self.abort(f"the transaction failed ({error.str()})")
             return False
@@ -115,19 +115,19 @@ class Transactions:
             try:
                 self.producer.abort_transaction(self.timeout_s)
             except KafkaException as exc:
-                self.refuse_if_fenced(exc.args[0])
+                self._refuse_if_fenced(exc.args[0])
                 raise BrokerError(f"could not abort a transaction ({exc.args[0].str()})") from None
 
     def refuse_if_dead(self, error: KafkaError) -> None:
         """A record failed because this producer is fenced, or dead from another fatal error
         (``_FATAL``): raise ``FencedError`` (the run ends) or ``BrokerError`` (the worker restarts
         with a new producer) at once; waiting and retrying cannot cure either."""
-        self.refuse_if_fenced(error)
+        self._refuse_if_fenced(error)
         if error.code() == KafkaError._FATAL:
             self.abort(f"the producer hit a fatal error ({error.str()})")  # raises the fatal error's own cause
             raise BrokerError(f"the producer hit a fatal error ({error.str()}); the worker restarts with a new one")
 
-    def refuse_if_fenced(self, error: KafkaError) -> None:
+    def _refuse_if_fenced(self, error: KafkaError) -> None:
         """``FencedError`` if ``error`` says another producer took this worker's transactional id."""
         if error.code() in _FENCED:
             raise FencedError(
