@@ -32,6 +32,8 @@ PERMANENT = frozenset(
     }
 )
 HEADER_PREFIX = "tfstream."
+#: How long ``Outbox.dead_producer`` serves events to learn the fatal error behind a sign of one.
+FATAL_CAUSE_WAIT_SECONDS = 1.0
 
 
 @dataclass
@@ -89,6 +91,8 @@ class Outbox:
         #: while set, records are dropped unsent: their transaction was aborted and they will be redone
         self.discarding = False
         self.failure: DeliveryError | None = None
+        #: the fatal error librdkafka gave up on the producer with, once one was served
+        self.fatal_error: KafkaError | None = None
         #: exactly once: (topic, input timestamps) of the batches in the open transaction
         self._uncommitted: list[tuple[str, list[int]]] = []
         self._serving = threading.Event()
@@ -145,7 +149,7 @@ class Outbox:
                 self.producer.produce(topic, value, key, headers=headers, on_delivery=ack.on_delivery)
                 return True
             except BufferError:  # the producer's queue is full: wait for acknowledgements
-                self.producer.poll(0.05)
+                self.poll(0.05)
             except KafkaException as exc:  # refused before sending (too large, unknown topic...)
                 self._fail(topic, *source, exc.args[0])
                 return False
@@ -179,7 +183,37 @@ class Outbox:
             )
 
     def poll(self, timeout: float = 0.0) -> None:
-        self.producer.poll(timeout)
+        """Serve delivery reports for up to ``timeout`` seconds (see ``_served``)."""
+        self._served(self.producer.poll, timeout)
+
+    def flush(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for every record to be acknowledged or failed."""
+        self._served(self.producer.flush, timeout)
+
+    def _served(self, serve: Callable[[float], int], timeout: float) -> None:
+        """Every call that serves the producer's events goes through here: librdkafka's fatal error
+        is raised once, by whichever call serves it, and is kept (``dead_producer``)."""
+        try:
+            serve(timeout)
+        except KafkaException as exc:
+            if self.fatal_error is None:
+                self.fatal_error = exc.args[0]
+
+    def dead_producer(self) -> KafkaError | None:
+        """The fatal error the producer died of, if it did; None while it lives. Nothing cures that
+        but a new producer. A failed record can tell before the error is served (``_is_dead``): it
+        is then awaited briefly."""
+        cause = self.failure.cause if self.failure is not None else None
+        if self.fatal_error is None and cause is not None and self._is_dead(cause):
+            wait_until(lambda: self.fatal_error is not None, FATAL_CAUSE_WAIT_SECONDS, lambda: self.poll(0.05))
+            return self.fatal_error or cause
+        return self.fatal_error
+
+    def _is_dead(self, error: KafkaError) -> bool:
+        """A record's error that only a dead producer gives: ``produce`` refused with ``_FATAL``, or,
+        at least once (exactly once, aborts purge too), its queued records purged."""
+        purged = error.code() == KafkaError._PURGE_QUEUE and not self.transactional
+        return error.fatal() or error.code() == KafkaError._FATAL or purged
 
     def send_now(self) -> None:
         """Send the records produced so far without waiting out ``linger.ms``: called when a batch's
@@ -187,7 +221,7 @@ class Outbox:
         request. librdkafka's only call for that is ``flush``, which sends without linger while it
         runs; a millisecond is enough for its sender thread to wake up (and ``flush`` serves the
         delivery reports that come meanwhile). It does not wait for the acknowledgements."""
-        self.producer.flush(SEND_NOW_SECONDS)
+        self.flush(SEND_NOW_SECONDS)
 
     def serve_acknowledgements(self) -> None:
         """Serve delivery reports as they arrive, in a thread of their own: an input is done (and its
@@ -198,7 +232,7 @@ class Outbox:
 
     def _serve(self) -> None:
         while not self._serving.is_set():
-            self.producer.poll(0.05)
+            self.poll(0.05)
 
     def stop_serving(self) -> None:
         self._serving.set()

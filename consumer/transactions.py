@@ -118,14 +118,16 @@ class Transactions:
                 self._refuse_if_fenced(exc.args[0])
                 raise BrokerError(f"could not abort a transaction ({exc.args[0].str()})") from None
 
-    def refuse_if_dead(self, error: KafkaError) -> None:
-        """A record failed because this producer is fenced, or dead from another fatal error
-        (``_FATAL``): raise ``FencedError`` (the run ends) or ``BrokerError`` (the worker restarts
-        with a new producer) at once; waiting and retrying cannot cure either."""
-        self._refuse_if_fenced(error)
+    def refuse_if_fenced(self, error: KafkaError) -> None:
+        """``FencedError`` if ``error``, the producer's fatal error, says another producer took this
+        worker's transactional id. A record refused with ``_FATAL`` does not say which error it was:
+        an abort, refused too, tells."""
         if error.code() == KafkaError._FATAL:
-            self.abort(f"the producer hit a fatal error ({error.str()})")  # raises the fatal error's own cause
-            raise BrokerError(f"the producer hit a fatal error ({error.str()}); the worker restarts with a new one")
+            try:
+                self.producer.abort_transaction(self.timeout_s)
+            except KafkaException as exc:
+                error = exc.args[0]
+        self._refuse_if_fenced(error)
 
     def _refuse_if_fenced(self, error: KafkaError) -> None:
         """``FencedError`` if ``error`` says another producer took this worker's transactional id."""

@@ -251,6 +251,7 @@ class Worker:
         return self.settings.stop_at_end and self.ends.finished() and self.tracker.in_flight() == 0
 
     def _raise_failures(self, predict: threading.Thread, finished: bool = False) -> None:
+        self._refuse_dead_producer()
         failure = self.outbox.failure
         if failure is not None and failure.retriable and not finished and not self._stop.is_set():
             self._recover(failure)
@@ -460,9 +461,7 @@ class Worker:
     def _recover(self, failure: DeliveryError) -> None:
         """Outputs cannot be delivered (a topic missing, not writable, brokers down): stop reading,
         commit nothing past the failure, rewind, wait, and try again; back-off doubles up to 30 s.
-        Exactly once, a fenced or dead producer ends the worker instead: no waiting fixes that."""
-        if self.transactions is not None and failure.cause is not None:
-            self.transactions.refuse_if_dead(failure.cause)
+        A dead producer ends the worker instead (``_refuse_dead_producer``): no waiting fixes that."""
         self.log.error(
             "cannot deliver outputs",
             error=str(failure),
@@ -472,7 +471,8 @@ class Worker:
         )
         self._pause({(tp.topic, tp.partition) for tp in self.consumer.assignment()} - self._paused)
         self._drain_unsent()
-        self.producer.flush(self.drain_budget)  # settle what is in flight: acknowledged inputs stay done
+        self.outbox.flush(self.drain_budget)  # settle what is in flight: acknowledged inputs stay done
+        self._refuse_dead_producer()
         if self.transactions is not None:
             self.transactions.abort(str(failure))
         else:
@@ -482,6 +482,20 @@ class Worker:
         self._stop.wait(self._backoff)
         self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
         self._resume_unfinished()
+
+    def _refuse_dead_producer(self) -> None:
+        """librdkafka gave up on the output producer (a fatal error: an idempotence sequence it cannot
+        repair, or, exactly once, fenced): end the worker, so that its supervisor starts it again with a
+        new producer, from the last committed offsets. Fenced, the run ends (``FencedError``)."""
+        error = self.outbox.dead_producer()
+        if error is None:
+            return
+        if self.transactions is not None:
+            self.transactions.refuse_if_fenced(error)
+        raise BrokerError(
+            f"the output producer hit a fatal error ({error.name()}: {error.str()}); the worker restarts with "
+            "a new one and reads again from its last committed offsets"
+        )
 
     def _finish(self, partitions: set[Partition] | None, budget: float) -> None:
         """Push the open batch through, wait (bounded) for acknowledgements, commit."""
@@ -520,7 +534,8 @@ class Worker:
                 return
 
     def _failed(self) -> bool:
-        return self.outbox.failure is not None or self.serving.failure is not None
+        outbox = self.outbox
+        return outbox.failure is not None or outbox.fatal_error is not None or self.serving.failure is not None
 
     def _release(self, partitions: set[Partition]) -> None:
         # librdkafka keeps a partition paused across revoke and re-assign: a partition paused here
@@ -537,7 +552,7 @@ class Worker:
         self._finish(None, self.settings.drain_timeout_s)
         self._end_pipeline(predict)
         predict.join(timeout=self.settings.drain_timeout_s)
-        self.producer.flush(self.settings.drain_timeout_s)
+        self.outbox.flush(self.settings.drain_timeout_s)
         self.outbox.stop_serving()
         self._maybe_commit(force=True)
         if self.serving.watcher is not None:

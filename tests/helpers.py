@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import glob
+import os
 import threading
 import time
 from collections import Counter
@@ -9,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
 import numpy as np
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
@@ -153,3 +158,24 @@ def worker_pid(label: bytes) -> int:
 def worker_labels(bootstrap: str, topic: str) -> Counter[bytes]:
     """How many outputs each worker (``tfstream.worker`` header) produced."""
     return Counter(dict(m.headers() or [])["tfstream.worker"] for m in read_topic(bootstrap, topic, timeout=10))
+
+
+def _librdkafka() -> ctypes.CDLL:
+    """The librdkafka that confluent-kafka loaded (its wheel's own copy, else the system's)."""
+    package = os.path.dirname(confluent_kafka.__file__)
+    found = glob.glob(os.path.join(package, "..", "confluent_kafka.libs", "librdkafka*.so*"))
+    found += glob.glob(os.path.join(package, ".dylibs", "librdkafka*.dylib"))
+    path = found[0] if found else ctypes.util.find_library("rdkafka")
+    assert path, "librdkafka not found beside confluent_kafka"
+    return ctypes.CDLL(path)
+
+
+def make_fatal(producer: Producer, code: int, reason: str = "injected by a test") -> None:
+    """Put ``producer`` in librdkafka's fatal state, as a broker error it cannot recover from would
+    (``rd_kafka_test_fatal_error``, librdkafka's own hook for testing this). The client's
+    ``rd_kafka_t`` handle is the first field of confluent-kafka's ``Handle``, after the object header."""
+    lib = _librdkafka()
+    lib.rd_kafka_test_fatal_error.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
+    lib.rd_kafka_test_fatal_error.restype = ctypes.c_int
+    handle = ctypes.c_void_p.from_address(id(producer) + object.__basicsize__).value
+    assert lib.rd_kafka_test_fatal_error(handle, code, reason.encode()) == 0, "librdkafka refused the fatal error"

@@ -15,18 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import structlog.testing
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
 
 from consumer.codec import pack_input, unpack_output
+from consumer.errors import BrokerError, FencedError
 from consumer.transactions import Transactions
 from producer_tools.reader import read_topic
 from tests.helpers import (
     ENV,
+    Background,
     Deployment,
     Topics,
     Trickle,
     committed,
     consumer_command,
+    make_fatal,
     publish,
     run_worker,
     settings,
@@ -237,7 +240,45 @@ def test_exactly_once_supervisors_sharing_a_host_take_their_own_ids_and_a_fenced
     first.process.wait(120)
     assert first.process.returncode == 1 and not first.events("worker died; restarting")
     assert not first.events("cannot deliver outputs")  # not told to create a topic first, then stopped
+    assert not [line for line in first.lines if "Traceback" in line]  # its delivery-report thread died with one
     (error,) = [line for line in first.lines if line.startswith("error: ")]
     assert "another producer took this worker's transactional id" in error and "transactional_id_prefix" in error
     assert set(wait_for_outputs(bootstrap, out, set(range(total + 400)))) >= set(range(total + 400))
     assert second.stop()["restarts"] == 0
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_an_output_producer_that_hits_a_fatal_error_restarts_its_worker_and_loses_nothing(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, delivery: str
+) -> None:
+    """librdkafka gives up on an idempotent producer it cannot keep in order (here: a broken sequence
+    number, injected with its own test hook): its queued records come back purged, every produce
+    after that is refused. Before, at least once, the worker took that for an output topic that could
+    come back: it logged `cannot deliver outputs`, waited and retried the dead producer for ever (and
+    its delivery-report thread died with a traceback). Now the worker ends with one line, so its
+    supervisor restarts it with a new producer, and the replacement predicts every input."""
+    inp, out = topics("in", "out", partitions=3)
+    one = np.ones(4, "float32")
+    s = settings(bootstrap, mlp_path, inp, out, group, delivery=delivery)
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(300)))
+    with structlog.testing.capture_logs() as logs:
+        first = Background(settings(bootstrap, mlp_path, inp, out, group, delivery=delivery, stop_at_end=False))
+        assert set(wait_for_outputs(bootstrap, out, set(range(300)))) >= set(range(300))
+        more = Trickle(bootstrap, inp, 1000, first=300, pause=0.02)
+        time.sleep(0.3)  # mid-stream: records queued and in flight
+        make_fatal(first.worker.producer, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER)
+        made_fatal = time.monotonic()
+        first.thread.join(90)
+        ended = time.monotonic() - made_fatal
+        more.join()
+    events = Counter(entry["event"] for entry in logs)
+    print(f"{delivery}: the worker ended {ended:.2f} s after the fatal error with {first.error!r}; {dict(events)}")
+    assert not first.thread.is_alive(), "the worker kept retrying a dead producer"
+    assert isinstance(first.error, BrokerError) and not isinstance(first.error, FencedError)
+    assert "fatal error" in str(first.error) and "OUT_OF_ORDER_SEQUENCE_NUMBER" in str(first.error)
+    assert events["cannot deliver outputs"] == 0
+    run_worker(s)  # the supervisor's restart
+    seen = wait_for_outputs(bootstrap, out, set(range(1300)))
+    assert set(seen) >= set(range(1300))
+    if delivery == "exactly-once":  # read committed: the dead producer's open transaction was aborted
+        assert max(seen.values()) == 1
