@@ -78,11 +78,11 @@ def _serve(settings: Settings, slot: WorkerSlot, report: multiprocessing.connect
     configure_tensorflow(slot, settings.gpu_memory, settings.allow_cpu_fallback)
     from consumer.worker import Worker  # imports TensorFlow, after the device is pinned
 
-    worker = Worker(settings, slot.slot, slot.device, slot.transactional_number)
+    worker = Worker(settings, slot.slot, slot.device, slot.host_number)
     install_signal_handlers(worker.request_stop)
     when_parent_dies(worker.request_stop)
     worker.start()
-    _send(report, "ready", {"device": slot.device, "pid": os.getpid()})
+    _send(report, "ready", {"device": slot.device, "pid": os.getpid(), **worker.member_ids()})
     _report_status_every_second(worker, report)
     return worker.run()
 

@@ -27,8 +27,9 @@ class WorkerSlot:
     device: str  # "cpu" or "gpu:<id>" (the id as CUDA_VISIBLE_DEVICES takes it)
     intra_op_threads: int = 0  # 0: TensorFlow's default
     inter_op_threads: int = 0
-    #: exactly-once: the number its ``transactional.id`` ends with (``consumer.host_slots``); None: ``slot``
-    transactional_number: int | None = None
+    #: the number its ids on this host end with (exactly-once ``transactional.id``, static
+    #: ``group.instance.id``), unique among this group's workers here (``consumer.host_slots``); None: ``slot``
+    host_number: int | None = None
 
     @property
     def gpu_id(self) -> str | None:

@@ -19,11 +19,16 @@ LIBRDKAFKA_LOGGER = logging.getLogger("librdkafka")
 #: librdkafka settings the correctness of the loop depends on; users cannot override them.
 _CONSUMER_FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": False, "enable.partition.eof": True}
 _PRODUCER_FIXED = {"enable.idempotence": True, "acks": "all"}
+#: Static group membership (KIP-345): the value given is the stem of each worker's own id.
+GROUP_INSTANCE_ID = "group.instance.id"
 
 
-def consumer_config(settings: Settings, client_id: str) -> dict[str, Any]:
-    """Defaults, then ``[kafka]``, then ``[kafka.consumer]``, then the settings we rely on."""
+def consumer_config(settings: Settings, client_id: str, number: int = 0) -> dict[str, Any]:
+    """Defaults, then ``[kafka]``, then ``[kafka.consumer]``, then the settings we rely on.
+    ``number``: the worker's number on this host (``static_member_id``)."""
     _refuse_overrides(settings.kafka_consumer | settings.kafka, _CONSUMER_FIXED, "kafka.consumer")
+    stem = static_member_stem(settings)
+    static = {GROUP_INSTANCE_ID: static_member_id(stem, number)} if stem is not None else {}
     return {
         "bootstrap.servers": settings.bootstrap_servers,
         "group.id": settings.group,
@@ -37,7 +42,22 @@ def consumer_config(settings: Settings, client_id: str) -> dict[str, Any]:
         **settings.kafka,
         **settings.kafka_consumer,
         **_CONSUMER_FIXED,
+        **static,
     }
+
+
+def static_member_stem(settings: Settings) -> str | None:
+    """The ``group.instance.id`` the user gave (``[kafka.consumer]`` first, then ``[kafka]``), if any."""
+    value = settings.kafka_consumer.get(GROUP_INSTANCE_ID, settings.kafka.get(GROUP_INSTANCE_ID))
+    return None if value is None or str(value) == "" else str(value)
+
+
+def static_member_id(stem: str, number: int) -> str:
+    """Each worker's own ``group.instance.id``, ``STEM-HOST-N``: one id shared by several members
+    would fence them in turn on Kafka (and on the embedded broker give each every partition).
+    Stable across the worker's restarts, so that a restarted worker takes its partitions back
+    without a rebalance, within ``session.timeout.ms``."""
+    return f"{stem}-{socket.gethostname()}-{number}"
 
 
 def transactional_id(settings: Settings, slot: int) -> str:
@@ -69,7 +89,7 @@ def producer_config(settings: Settings, client_id: str, slot: int = 0) -> dict[s
         "allow.auto.create.topics": False,
         "compression.type": "lz4",
         "batch.num.messages": 10_000,
-        **settings.kafka,
+        **{key: value for key, value in settings.kafka.items() if key != GROUP_INSTANCE_ID},  # a consumer's
         **settings.kafka_producer,
         **fixed,
         **transactional,

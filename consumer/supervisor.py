@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from consumer import metrics
+from consumer import kafka_io, metrics
 from consumer.child import EXIT_CONFIG, EXIT_DONE, EXIT_FENCED, EXIT_MODEL, EXIT_UNDELIVERABLE, worker_main
 from consumer.config import Settings
 from consumer.devices import WorkerSlot
@@ -103,7 +103,7 @@ class Supervisor:
         try:  # whatever happens from here, the folders are removed (a metrics port in use, say)
             self.log.info("starting workers", workers=[c.slot.device for c in self.children], pid=os.getpid())
             self._serve_endpoints()
-            self._claim_transactional_numbers()
+            self._claim_host_numbers()
             for child in self.children:
                 self._start(child)
             while not all(c.finished for c in self.children):
@@ -118,24 +118,25 @@ class Supervisor:
             self._host_slots.release()
         return self._result()
 
-    def _claim_transactional_numbers(self) -> None:
-        """Exactly-once: numbers for the workers' transactional ids that no other supervisor of this
-        group on this host holds (``consumer.host_slots``), kept across the workers' restarts."""
-        if self.settings.delivery != "exactly-once":
+    def _claim_host_numbers(self) -> None:
+        """Exactly-once or static membership: numbers for the workers' transactional ids and group
+        instance ids that no other supervisor of this group on this host holds
+        (``consumer.host_slots``), kept across the workers' restarts."""
+        if self.settings.delivery != "exactly-once" and kafka_io.static_member_stem(self.settings) is None:
             return
         try:
             numbers = self._host_slots.claim(len(self.children))
         except OSError as exc:
             self.log.warning(
-                "cannot claim transactional ids on this host; a second supervisor of this group here would "
+                "cannot claim worker ids on this host; a second supervisor of this group here would "
                 "fence this one's workers",
                 folder=str(self._host_slots.folder),
                 error=str(exc),
             )
             return
         for child, number in zip(self.children, numbers, strict=True):
-            child.slot = replace(child.slot, transactional_number=number)
-        self.log.info("transactional ids claimed on this host", numbers=numbers)
+            child.slot = replace(child.slot, host_number=number)
+        self.log.info("worker ids claimed on this host", numbers=numbers)
 
     def _serve_endpoints(self) -> None:
         if self.settings.metrics_port is None:
@@ -209,7 +210,10 @@ class Supervisor:
     def _on_report(self, child: Child, kind: str, payload: Any) -> None:
         if kind == "ready":
             child.ready_at, child.start_failures = time.monotonic(), 0
-            self.log.info("worker ready", worker=child.slot.slot, device=child.slot.device, pid=payload.get("pid"))
+            ids = {name: payload[name] for name in ("group_instance_id", "transactional_id") if name in payload}
+            self.log.info(
+                "worker ready", worker=child.slot.slot, device=child.slot.device, pid=payload.get("pid"), **ids
+            )
         elif kind == "status":
             child.status, child.status_at = payload, time.monotonic()
         elif kind == "summary":

@@ -56,11 +56,9 @@ READ_AHEAD_CHUNK = 1000
 class Worker:
     """Loads and warms the model, joins the group, and streams until stopped or done."""
 
-    def __init__(
-        self, settings: Settings, slot: int = 0, device: str = "cpu", transactional_number: int | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, slot: int = 0, device: str = "cpu", host_number: int | None = None) -> None:
         self.settings, self.slot, self.device = settings, slot, device
-        self.transactional_number = slot if transactional_number is None else transactional_number
+        self.host_number = slot if host_number is None else host_number
         self.log = get_logger("consumer.worker")
         self.metrics = metrics.WorkerMetrics(slot, device) if metrics.enabled() else None
         self.counters = Counters(sink=self.metrics.count if self.metrics else None)
@@ -110,6 +108,14 @@ class Worker:
         if watcher is not None:
             watcher.start()
 
+    def member_ids(self) -> dict[str, str]:
+        """The ids this worker is known by in Kafka, where the deployment sets them (for its ready line)."""
+        ids = {
+            "group_instance_id": self.group_instance_id,
+            "transactional_id": self.producer_config.get("transactional.id"),
+        }
+        return {name: value for name, value in ids.items() if value}
+
     def _builder(self, sizes: list[int]) -> Callable[[ModelVersion], Served]:
         """How the watcher loads a new version: compiled for the same batch sizes."""
         s = self.settings
@@ -135,7 +141,8 @@ class Worker:
         """The consumer (after checking the topics), the producer, its outbox and any transactions."""
         s = self.settings
         client_id = f"tfstream-{s.group}-{self.slot}"
-        config = kafka_io.consumer_config(s, client_id)
+        config = kafka_io.consumer_config(s, client_id, self.host_number)
+        self.group_instance_id: str | None = config.get(kafka_io.GROUP_INSTANCE_ID)
         self.drain_budget = min(s.drain_timeout_s, int(config["max.poll.interval.ms"]) / 2000)
         if self.metrics is not None:
             config |= {"statistics.interval.ms": 5000, "stats_cb": self.metrics.statistics}
@@ -151,7 +158,7 @@ class Worker:
         for topic in missing:  # outputs wait (paused, nothing committed) until it exists
             self.log.error(f"topic {topic!r} does not exist: create it; until then outputs cannot be delivered")
         exactly_once = s.delivery == "exactly-once"
-        self.producer_config = kafka_io.producer_config(s, client_id, self.transactional_number)
+        self.producer_config = kafka_io.producer_config(s, client_id, self.host_number)
         self.producer = Producer(self.producer_config)
         self.outbox = Outbox(self.producer, self.tracker, self.timeline, transactional=exactly_once)
         if self.metrics is not None:

@@ -129,3 +129,25 @@ def test_producer_settings_the_delivery_guarantee_needs_cannot_be_overridden(
     with pytest.raises(ConfigError, match="the consumer's delivery guarantee needs") as info:
         producer_config(settings, "client")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("tables", "stem"),
+    [
+        ({}, None),
+        ({"kafka": {"group.instance.id": "fraud"}}, "fraud"),
+        ({"kafka": {"group.instance.id": "both"}, "kafka_consumer": {"group.instance.id": "consumer"}}, "consumer"),
+    ],
+)
+def test_a_group_instance_id_is_the_stem_of_each_workers_own_and_stays_off_the_producer(
+    tables: dict[str, dict[str, object]], stem: str | None
+) -> None:
+    import socket
+
+    from consumer.kafka_io import consumer_config, producer_config
+
+    settings = load_settings({**REQUIRED, **tables}, None, {})
+    ids = [consumer_config(settings, "client", number).get("group.instance.id") for number in (0, 3)]
+    host = socket.gethostname()
+    assert ids == ([None, None] if stem is None else [f"{stem}-{host}-0", f"{stem}-{host}-3"])
+    assert "group.instance.id" not in producer_config(settings, "client")

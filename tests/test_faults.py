@@ -222,10 +222,10 @@ def test_exactly_once_supervisors_sharing_a_host_take_their_own_ids_and_a_fenced
     total = 3000
     exactly_once = consumer_command(bootstrap, mlp_path, inp, out, group, "--delivery", "exactly-once")
     first = Deployment(exactly_once, ENV)
-    (claimed,) = first.wait_for("transactional ids claimed on this host")
+    (claimed,) = first.wait_for("worker ids claimed on this host")
     first.wait_for("worker ready")
     second = Deployment(exactly_once, ENV)
-    assert second.wait_for("transactional ids claimed on this host")[0]["numbers"] == [1]
+    assert second.wait_for("worker ids claimed on this host")[0]["numbers"] == [1]
     assert claimed["numbers"] == [0]
     publisher = Trickle(bootstrap, inp, total, pause=0.1)
     publisher.join()

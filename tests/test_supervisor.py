@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -133,3 +134,33 @@ def _wait_for_labels(bootstrap: str, topic: str, count: int, timeout: float = 90
         assert time.monotonic() < deadline, f"outputs came from {len(labels)} workers, not {count}"
         time.sleep(0.5)
     return dict(labels)
+
+
+def test_static_membership_gives_each_worker_its_own_instance_id_kept_across_its_restart(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """`group.instance.id` given once for the deployment is the stem of each worker's own id. Before,
+    every worker joined with the very id given: on Kafka they fence each other in turn, and on the
+    embedded broker each got every partition, so every input came out once per worker. (How fast a
+    restarted static member gets its partitions back is the broker's affair, and the embedded one
+    does not implement static membership: only the id it rejoins with is checked.)"""
+    inp, out = topics("in", "out", partitions=4)
+    env = {**ENV, "TFSTREAM_KAFKA_CONSUMER_GROUP_INSTANCE_ID": "fraud"}
+    deployment = Deployment(consumer_command(bootstrap, mlp_path, inp, out, group, "--workers", "2"), env)
+    (claimed,) = deployment.wait_for("worker ids claimed on this host")
+    ids = {event["pid"]: event["group_instance_id"] for event in deployment.wait_for("worker ready", 2)}
+    publisher = Trickle(bootstrap, inp, 2000, pause=0.05)
+    publisher.join()
+    seen = wait_for_outputs(bootstrap, out, set(range(2000)))
+    duplicates = sum(seen.values()) - len(seen)
+    print(f"static ids {sorted(ids.values())}: {len(seen)} of 2000 predicted, {duplicates} duplicates")
+    assert set(seen) == set(range(2000)) and max(seen.values()) == 1
+    host = socket.gethostname()
+    assert claimed["numbers"] == [0, 1] and set(ids.values()) == {f"fraud-{host}-0", f"fraud-{host}-1"}
+    labels = worker_labels(bootstrap, out)
+    assert len(labels) == 2  # both workers predicted
+    victim = worker_pid(max(labels, key=lambda label: labels[label]))
+    os.kill(victim, signal.SIGKILL)
+    restarted = deployment.wait_for("worker ready", 3)[-1]
+    assert deployment.stop()["restarts"] == 1
+    assert restarted["group_instance_id"] == ids[victim] and restarted["pid"] != victim
