@@ -10,7 +10,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from consumer.config import Settings
-from consumer.errors import BrokerError, ConfigError
+from consumer.errors import BrokerError, ConfigError, FencedError
 from consumer.offsets import Partition
 
 #: librdkafka's own log lines go through structlog (see consumer.logs), not raw to stderr.
@@ -138,3 +138,23 @@ def commit(consumer: Consumer, offsets: Mapping[Partition, int]) -> dict[Partiti
             return {}
         raise
     return {(tp.topic, tp.partition): tp.offset for tp in result if tp.error is None}
+
+
+def dead_consumer_error(error: KafkaError, group_instance_id: str | None) -> BrokerError:
+    """librdkafka gave up on the consumer: it says so once, as ``_FATAL`` with the cause in its text,
+    then fetches nothing more. Fenced as a static member, the run ends (``FencedError``): restarted,
+    the worker would fence the other member in turn. Otherwise the worker restarts."""
+    if error.code() == KafkaError.FENCED_INSTANCE_ID or _FENCED_INSTANCE in error.str():
+        return FencedError(
+            f"another consumer joined the group with this worker's group.instance.id {group_instance_id!r} "
+            f"({error.str()}): another copy of this deployment runs under this host name with the same "
+            "group.instance.id stem; give each deployment its own stem (or host name)"
+        )
+    return BrokerError(
+        f"the consumer hit a fatal error ({error.str()}); the worker restarts with a new one and reads again "
+        "from its last committed offsets"
+    )
+
+
+#: librdkafka's own description of a static member fenced, which a ``_FATAL`` error's text carries
+_FENCED_INSTANCE = KafkaError(KafkaError.FENCED_INSTANCE_ID).str()

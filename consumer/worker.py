@@ -354,8 +354,8 @@ class Worker:
     def _on_consumer_error(self, error: KafkaError, partition: Partition) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
             self.ends.reached_eof(partition)
-        elif error.fatal():
-            raise BrokerError(f"fatal consumer error: {error.str()}")
+        elif error.fatal() or error.code() == KafkaError._FATAL:
+            raise kafka_io.dead_consumer_error(error, self.group_instance_id)
         else:
             self.log.warning("consumer error", error=error.str(), partition=partition)
 

@@ -282,3 +282,31 @@ def test_an_output_producer_that_hits_a_fatal_error_restarts_its_worker_and_lose
     assert set(seen) >= set(range(1300))
     if delivery == "exactly-once":  # read committed: the dead producer's open transaction was aborted
         assert max(seen.values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "ending"),
+    [(KafkaError.FENCED_INSTANCE_ID, FencedError), (KafkaError.INCONSISTENT_GROUP_PROTOCOL, BrokerError)],
+)
+def test_a_consumer_that_hits_a_fatal_error_ends_its_worker(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, code: int, ending: type[BrokerError]
+) -> None:
+    """librdkafka gives up on a consumer (injected with its own test hook): it reports the error once,
+    as `_FATAL`, and fetches nothing more. Before, the worker logged a `consumer error` warning and
+    went on polling the dead consumer for ever. Now a static member fenced by another with its
+    group.instance.id ends the run (restarted, it would fence the other in turn); another fatal error
+    ends the worker, which its supervisor restarts."""
+    inp, out = topics("in", "out", partitions=2)
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(50)))
+    static = {"group.instance.id": "fraud"}
+    worker = Background(settings(bootstrap, mlp_path, inp, out, group, stop_at_end=False, kafka_consumer=static))
+    assert len(wait_for_outputs(bootstrap, out, set(range(50)))) == 50
+    make_fatal(worker.worker.consumer, code)
+    worker.thread.join(30)
+    print(f"{KafkaError(code).name()}: the worker ended with {worker.error!r}")
+    assert not worker.thread.is_alive(), "the worker kept polling a dead consumer"
+    assert type(worker.error) is ending
+    if ending is FencedError:
+        assert f"group.instance.id 'fraud-{socket.gethostname()}-0'" in str(worker.error)
+    else:
+        assert "the consumer hit a fatal error" in str(worker.error) and "injected by a test" in str(worker.error)
