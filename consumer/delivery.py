@@ -196,6 +196,8 @@ class Outbox:
         try:
             serve(timeout)
         except KafkaException as exc:
+            if not exc.args[0].fatal():
+                raise
             if self.fatal_error is None:
                 self.fatal_error = exc.args[0]
 
