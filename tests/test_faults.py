@@ -285,11 +285,15 @@ def test_an_output_producer_that_hits_a_fatal_error_restarts_its_worker_and_lose
 
 
 @pytest.mark.parametrize(
-    ("code", "ending"),
-    [(KafkaError.FENCED_INSTANCE_ID, FencedError), (KafkaError.INCONSISTENT_GROUP_PROTOCOL, BrokerError)],
+    ("code", "ending", "delivery"),
+    [
+        (KafkaError.FENCED_INSTANCE_ID, FencedError, "at-least-once"),
+        (KafkaError.FENCED_INSTANCE_ID, FencedError, "exactly-once"),
+        (KafkaError.INCONSISTENT_GROUP_PROTOCOL, BrokerError, "at-least-once"),
+    ],
 )
 def test_a_consumer_that_hits_a_fatal_error_ends_its_worker(
-    bootstrap: str, topics: Topics, group: str, mlp_path: Path, code: int, ending: type[BrokerError]
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, code: int, ending: type[BrokerError], delivery: str
 ) -> None:
     """librdkafka gives up on a consumer (injected with its own test hook): it reports the error once,
     as `_FATAL`, and fetches nothing more. Before, the worker logged a `consumer error` warning and
@@ -299,7 +303,8 @@ def test_a_consumer_that_hits_a_fatal_error_ends_its_worker(
     inp, out = topics("in", "out", partitions=2)
     publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(50)))
     static = {"group.instance.id": "fraud"}
-    worker = Background(settings(bootstrap, mlp_path, inp, out, group, stop_at_end=False, kafka_consumer=static))
+    s = settings(bootstrap, mlp_path, inp, out, group, stop_at_end=False, kafka_consumer=static, delivery=delivery)
+    worker = Background(s)
     assert len(wait_for_outputs(bootstrap, out, set(range(50)))) == 50
     make_fatal(worker.worker.consumer, code)
     worker.thread.join(30)
