@@ -21,6 +21,7 @@ from consumer.pipeline import Batch
 from consumer.serving import Serving
 from consumer.timing import STAGES
 from producer_tools.collect import Collected, decode_output, write_jsonl, write_npz
+from producer_tools.demo import dead_letter_reason
 from producer_tools.reader import read_topic
 from tests import models
 from tests.helpers import Background, Topics, committed, outputs, publish, run_worker, settings
@@ -116,6 +117,7 @@ def test_bad_inputs_go_to_the_dead_letter_topic_with_their_reasons(
         assert headers["tfstream.errors.stage"] == stage.encode()
         assert headers["tfstream.errors.topic"] == inp.encode() and headers["tfstream.errors.group"] == group.encode()
         assert int(headers["tfstream.errors.offset"]) == [k for k, _ in records].index(msg.key())
+        assert dead_letter_reason(msg).startswith(f"{error}: ")  # as the demo prints it (was "None: None")
     assert committed(bootstrap, group, inp, 1) == {0: len(records)}
 
 
