@@ -21,6 +21,8 @@ _CONSUMER_FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": Fals
 _PRODUCER_FIXED = {"enable.idempotence": True, "acks": "all"}
 #: Static group membership (KIP-345): the value given is the stem of each worker's own id.
 GROUP_INSTANCE_ID = "group.instance.id"
+#: librdkafka's own description of a static member fenced, which a ``_FATAL`` error's text carries
+_FENCED_INSTANCE = KafkaError(KafkaError.FENCED_INSTANCE_ID).str()
 
 
 def consumer_config(settings: Settings, client_id: str, number: int = 0) -> dict[str, Any]:
@@ -50,6 +52,11 @@ def static_member_stem(settings: Settings) -> str | None:
     """The ``group.instance.id`` the user gave (``[kafka.consumer]`` first, then ``[kafka]``), if any."""
     value = settings.kafka_consumer.get(GROUP_INSTANCE_ID, settings.kafka.get(GROUP_INSTANCE_ID))
     return None if value is None or str(value) == "" else str(value)
+
+
+def without_static_membership(table: Mapping[str, Any]) -> dict[str, Any]:
+    """``table`` without ``group.instance.id``: for clients that are not the deployment's consumers."""
+    return {key: value for key, value in table.items() if key != GROUP_INSTANCE_ID}
 
 
 def static_member_id(stem: str, number: int) -> str:
@@ -89,7 +96,7 @@ def producer_config(settings: Settings, client_id: str, slot: int = 0) -> dict[s
         "allow.auto.create.topics": False,
         "compression.type": "lz4",
         "batch.num.messages": 10_000,
-        **{key: value for key, value in settings.kafka.items() if key != GROUP_INSTANCE_ID},  # a consumer's
+        **without_static_membership(settings.kafka),
         **settings.kafka_producer,
         **fixed,
         **transactional,
@@ -154,7 +161,3 @@ def dead_consumer_error(error: KafkaError, group_instance_id: str | None) -> Bro
         f"the consumer hit a fatal error ({error.str()}); the worker restarts with a new one and reads again "
         "from its last committed offsets"
     )
-
-
-#: librdkafka's own description of a static member fenced, which a ``_FATAL`` error's text carries
-_FENCED_INSTANCE = KafkaError(KafkaError.FENCED_INSTANCE_ID).str()

@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 
 from consumer.config import load_client_tables
 from consumer.errors import BrokerError, ConfigError
-from consumer.kafka_io import GROUP_INSTANCE_ID
+from consumer.kafka_io import without_static_membership
 
 
 def add_client_flags(parser: argparse.ArgumentParser) -> None:
@@ -108,10 +108,6 @@ def _no_answer(doing: str, timeout: float) -> BrokerError:
     )
 
 
-def _without(key: str, table: Any) -> Any:
-    return {k: v for k, v in table.items() if k != key} if isinstance(table, dict) else table
-
-
 class Clients:
     """Makes configured producers, consumers and admin clients for one command."""
 
@@ -127,7 +123,7 @@ class Clients:
             )
         self.bootstrap: str = bootstrap
         # the deployment's static membership is the consumer's; a tool is never a static member
-        tables = {name: _without(GROUP_INSTANCE_ID, table) for name, table in tables.items()}
+        tables = {name: without_static_membership(t) if isinstance(t, dict) else t for name, t in tables.items()}
         self.common: dict[str, Any] = {"bootstrap.servers": bootstrap, **tables["kafka"]}
         self.tables = tables
 
