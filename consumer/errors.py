@@ -4,7 +4,8 @@
      ├── ConfigError              a setting is wrong: exit 2 with one line
      ├── ModelError               the model cannot be loaded or is not supported
      ├── BrokerError              Kafka cannot be reached, or a topic is missing
-     │    └── FencedError          exactly-once: another producer took this worker's transactional id
+     │    ├── FencedError          exactly-once: another producer took this worker's transactional id
+     │    └── ClientHungError      a librdkafka call did not return within its own timeout
      ├── DeliveryError            the broker refused an output: stop, commit nothing past it
      └── InputError               one message cannot be predicted: it goes to the dead-letter topic
           ├── CodecError           (stage "decode") not wire format v1
@@ -56,6 +57,13 @@ class BrokerError(TfStreamError):
 class FencedError(BrokerError):
     """Exactly-once: a newer producer with this worker's ``transactional.id`` fenced it. The worker
     stops for good: restarted, it would fence the other one in turn."""
+
+
+class ClientHungError(BrokerError):
+    """A librdkafka call did not return within its own timeout and a margin (librdkafka issue 5456:
+    a transactional call that waits for a coordinator can block for ever once the broker was out of
+    reach). The client can be neither used nor closed; the worker ends, and its supervisor starts it
+    again with new clients."""
 
 
 class DeliveryError(TfStreamError):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterable, Mapping
-from typing import Any
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from consumer.config import Settings
-from consumer.errors import BrokerError, ConfigError, FencedError
+from consumer.errors import BrokerError, ClientHungError, ConfigError, FencedError
 from consumer.offsets import Partition
 
 #: librdkafka's own log lines go through structlog (see consumer.logs), not raw to stderr.
@@ -23,6 +24,8 @@ _PRODUCER_FIXED = {"enable.idempotence": True, "acks": "all"}
 GROUP_INSTANCE_ID = "group.instance.id"
 #: librdkafka's own description of a static member fenced, which a ``_FATAL`` error's text carries
 _FENCED_INSTANCE = KafkaError(KafkaError.FENCED_INSTANCE_ID).str()
+
+T = TypeVar("T")
 
 
 def consumer_config(settings: Settings, client_id: str, number: int = 0) -> dict[str, Any]:
@@ -161,3 +164,30 @@ def dead_consumer_error(error: KafkaError, group_instance_id: str | None) -> Bro
         f"the consumer hit a fatal error ({error.str()}); the worker restarts with a new one and reads again "
         "from its last committed offsets"
     )
+
+
+def call_within(seconds: float, call: Callable[[], T], what: str) -> T:
+    """``call()``, in a thread of its own, waited for at most ``seconds``: its result, or what it
+    raised. ``ClientHungError`` if it has not returned by then, for a librdkafka call that ignores
+    its own timeout (the thread is left blocked: the client cannot be used again)."""
+    outcome: list[tuple[bool, Any]] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the caller
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=what, daemon=True).start()
+    if not done.wait(seconds):
+        raise ClientHungError(
+            f"{what} did not return within {seconds:.0f}s although librdkafka was given less (a librdkafka "
+            "hang after brokers were out of reach, its issue 5456); the worker restarts with new clients"
+        )
+    returned, value = outcome[0]
+    if returned:
+        return value
+    raise value

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+#: a librdkafka line seen again within this many seconds is counted, not written: with the brokers
+#: out of reach, each client logs a refused connection up to twenty times a second
+REPEAT_WINDOW_SECONDS = 30.0
+#: the part of a librdkafka line that changes from one repeat to the next
+_TIMING = re.compile(r"\s*\(after \d+ms in state [^)]*\)")
 
 
 def configure(level: str = "info", fmt: str = "auto", **context: Any) -> None:
@@ -34,6 +43,7 @@ def configure(level: str = "info", fmt: str = "auto", **context: Any) -> None:
     structlog.contextvars.bind_contextvars(**context)
     librdkafka = logging.getLogger("librdkafka")
     librdkafka.handlers = [_ToStructlog()]
+    librdkafka.filters = [Repeats()]
     librdkafka.setLevel(_LEVELS[level])
     librdkafka.propagate = False
 
@@ -42,7 +52,33 @@ class _ToStructlog(logging.Handler):
     """Forwards stdlib records (librdkafka's) to structlog, so every line has one format."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        structlog.get_logger(record.name).log(record.levelno, record.getMessage())
+        repeats = getattr(record, "repeats", 0)
+        extra = {"repeated": repeats} if repeats else {}
+        structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **extra)
+
+
+class Repeats(logging.Filter):
+    """Writes a line once per ``window`` seconds; the next one written says how often it was left
+    out meanwhile (``repeated``). Lines are the same when they differ only in librdkafka's timing."""
+
+    def __init__(self, window: float = REPEAT_WINDOW_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window, self.clock = window, clock
+        self._seen: dict[str, tuple[float, int]] = {}  # line → (written at, left out since)
+        self._lock = threading.Lock()  # the consumer's and the producer's lines come from two threads
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        line, now = _TIMING.sub("", record.getMessage()), self.clock()
+        with self._lock:
+            written_at, left_out = self._seen.get(line, (-float("inf"), 0))
+            if now - written_at < self.window:
+                self._seen[line] = (written_at, left_out + 1)
+                return False
+            if len(self._seen) >= 1000:  # lines vary (brokers, partitions): keep the memory bounded
+                self._seen.clear()
+            self._seen[line] = (now, 0)
+        record.repeats = left_out
+        return True
 
 
 def line(text: str) -> None:

@@ -15,12 +15,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from consumer import kafka_io
 from consumer.delivery import Outbox
-from consumer.errors import BrokerError, FencedError
+from consumer.errors import BrokerError, ClientHungError, FencedError
 from consumer.offsets import OffsetTracker
 
 #: A newer producer with the same ``transactional.id`` took over (librdkafka's and the broker's codes).
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+#: how long past its own timeout a transactional call may block before the producer counts as hung
+HUNG_MARGIN_SECONDS = 5.0
 
 
 class Transactions:
@@ -37,11 +40,13 @@ class Transactions:
     ) -> None:
         self.producer, self.outbox, self.tracker, self.timeout_s, self.log = producer, outbox, tracker, timeout_s, log
         self.transactional_id = transactional_id
+        #: set once a call blocked past its bound: the producer is never called again
+        self.hung: ClientHungError | None = None
 
     def start(self) -> None:
         """Fence any earlier producer with this transactional id, then open the first transaction."""
         try:
-            self.producer.init_transactions(self.timeout_s)
+            self._call("init_transactions", lambda: self.producer.init_transactions(self.timeout_s))
             self.producer.begin_transaction()
         except KafkaException as exc:
             raise BrokerError(
@@ -58,10 +63,12 @@ class Transactions:
                 return True
             request = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
             try:
+                # asked here, in the consumer's own thread: asked from another thread while a
+                # rebalance callback runs (a revoke commits), it got no answer (not in 8 s, probed)
+                metadata = consumer.consumer_group_metadata()
                 self._retrying(
-                    lambda: self.producer.send_offsets_to_transaction(
-                        request, consumer.consumer_group_metadata(), self.timeout_s
-                    )
+                    "send_offsets_to_transaction",
+                    lambda: self.producer.send_offsets_to_transaction(request, metadata, self.timeout_s),
                 )
                 self._commit_transaction()
             except KafkaException as exc:
@@ -72,9 +79,9 @@ class Transactions:
             return True
 
     def _commit_transaction(self) -> None:
-        self._retrying(lambda: self.producer.commit_transaction(self.timeout_s))
+        self._retrying("commit_transaction", lambda: self.producer.commit_transaction(self.timeout_s))
 
-    def _retrying(self, step: Callable[[], None]) -> None:
+    def _retrying(self, what: str, step: Callable[[], None]) -> None:
         """Run one step of a commit, again at once while it fails retriably (timed out), for up to
         ``transaction.timeout.ms`` (the coordinator aborts the transaction after that anyway). Not
         later: once a commit has begun, librdkafka refuses new records until it ends; and a commit
@@ -83,13 +90,30 @@ class Transactions:
         deadline = time.monotonic() + 2 * self.timeout_s
         while True:
             try:
-                step()
+                self._call(what, step)
                 return
             except KafkaException as exc:
                 error = exc.args[0]
                 if not error.retriable() or error.txn_requires_abort() or time.monotonic() >= deadline:
                     raise
                 self.log.warning("transaction commit failed; retrying", error=error.str())
+
+    def _abort_transaction(self) -> None:
+        self._call("abort_transaction", lambda: self.producer.abort_transaction(self.timeout_s))
+
+    def _call(self, what: str, step: Callable[[], None]) -> None:
+        """One blocking transactional call, bounded: librdkafka does not always keep its own timeout."""
+        self.refuse_if_hung()
+        try:
+            kafka_io.call_within(self.timeout_s + HUNG_MARGIN_SECONDS, step, f"the producer's {what}")
+        except ClientHungError as exc:
+            self.hung = exc
+            raise
+
+    def refuse_if_hung(self) -> None:
+        """``ClientHungError`` once a call of this producer blocked past its bound."""
+        if self.hung is not None:
+            raise self.hung
 
     def _failed(self, error: KafkaError) -> bool:
         self._refuse_if_fenced(error)
@@ -113,7 +137,7 @@ class Transactions:
             self.outbox.discarding = True
             self.outbox.aborted()
             try:
-                self.producer.abort_transaction(self.timeout_s)
+                self._abort_transaction()
             except KafkaException as exc:
                 self._refuse_if_fenced(exc.args[0])
                 raise BrokerError(f"could not abort a transaction ({exc.args[0].str()})") from None
@@ -124,7 +148,7 @@ class Transactions:
         an abort, refused too, tells."""
         if error.code() == KafkaError._FATAL:
             try:
-                self.producer.abort_transaction(self.timeout_s)
+                self._abort_transaction()
             except KafkaException as exc:
                 error = exc.args[0]
         self._refuse_if_fenced(error)
@@ -146,6 +170,6 @@ class Transactions:
     def close(self) -> None:
         """At shutdown, after the last commit: abort the empty transaction left open."""
         try:
-            self.producer.abort_transaction(self.timeout_s)
+            self._abort_transaction()
         except KafkaException as exc:
             self.log.warning("could not close the last transaction", error=exc.args[0].str())

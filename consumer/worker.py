@@ -29,7 +29,7 @@ from consumer.batcher import Batcher
 from consumer.codec import Limits
 from consumer.config import Settings
 from consumer.delivery import Counters, DeadLetters, Outbox, wait_until
-from consumer.errors import BrokerError, ConfigError, DeliveryError
+from consumer.errors import BrokerError, ClientHungError, ConfigError, DeliveryError
 from consumer.logs import get_logger
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.outputs import Emitter
@@ -144,6 +144,7 @@ class Worker:
         config = kafka_io.consumer_config(s, client_id, self.host_number)
         self.group_instance_id: str | None = config.get(kafka_io.GROUP_INSTANCE_ID)
         self.drain_budget = min(s.drain_timeout_s, int(config["max.poll.interval.ms"]) / 2000)
+        self._abandoned = False  # the producer hung: the rebalance callbacks must not touch it
         if self.metrics is not None:
             config |= {"statistics.interval.ms": 5000, "stats_cb": self.metrics.statistics}
         self.consumer = Consumer(config)
@@ -421,11 +422,15 @@ class Worker:
             consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._abandoned:
+            return
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         self._finish(revoked, self.drain_budget)
         self._release(revoked)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._abandoned:
+            return
         lost = {(tp.topic, tp.partition) for tp in partitions}
         self.log.warning("partitions lost: nothing of them is committed", partitions=sorted(lost))
         if self.transactions is not None:  # the open transaction holds their outputs: abort it
@@ -555,6 +560,19 @@ class Worker:
 
     # -- shutdown ------------------------------------------------------------------------
     def _shutdown(self, predict: threading.Thread) -> None:
+        try:
+            self._drain(predict)
+        except ClientHungError:
+            self._abandon()
+            raise
+        self.consumer.close()
+        self.log.info("worker stopped", **self.counters.snapshot(), traces_after_warmup=self.traces_after_warmup)
+
+    def _drain(self, predict: threading.Thread) -> None:
+        """Finish what was read, deliver it and commit; ``ClientHungError`` at once if the producer
+        hung (nothing can be delivered or committed through it)."""
+        if self.transactions is not None:
+            self.transactions.refuse_if_hung()
         self.log.info("draining", in_flight=self.tracker.in_flight())
         self._finish(None, self.settings.drain_timeout_s)
         self._end_pipeline(predict)
@@ -566,8 +584,16 @@ class Worker:
             self.serving.watcher.stop()
         if self.transactions is not None:
             self.transactions.close()
-        self.consumer.close()
-        self.log.info("worker stopped", **self.counters.snapshot(), traces_after_warmup=self.traces_after_warmup)
+
+    def _abandon(self) -> None:
+        """The producer hung: leave the group at once, without draining or committing, so that the
+        partitions move on. The open transaction commits nothing: this worker's successor, with the
+        same transactional id, fences the hung producer and aborts it."""
+        self._abandoned = True
+        try:
+            kafka_io.call_within(self.drain_budget, self.consumer.close, "the consumer's close")
+        except (ClientHungError, KafkaException) as exc:
+            self.log.warning("could not leave the group: it drops this member after session.timeout.ms", error=str(exc))
 
 
 def batch_stuck_for(started_at: float | None, now: float, budget_s: float) -> float | None:

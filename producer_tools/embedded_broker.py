@@ -55,10 +55,14 @@ def broker_binary() -> str:
 
 
 class EmbeddedBroker:
-    """A Tansu broker on a free loopback port; use as a context manager."""
+    """A Tansu broker on a free loopback port; use as a context manager. ``advertised_port``: the
+    port it tells clients to connect to (a relay in front of it, in the tests), if not its own."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, log_path: Path | None = None, advertised_port: int | None = None
+    ) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self._own_folder: Path | None = None  # removed at a clean stop
         if log_path is None:
             self._own_folder = Path(tempfile.mkdtemp(prefix="tfstream-broker-"))
@@ -78,14 +82,13 @@ class EmbeddedBroker:
         if port_in_use(self.port):  # else the readiness check would take the other listener for it
             self._remove_own_folder()
             raise BrokerStartError(f"port {self.port} is already in use on 127.0.0.1: pick another with --port")
-        url = f"tcp://127.0.0.1:{self.port}"
         command = [
             broker_binary(),
             "broker",
             "--listener-url",
-            url,
+            f"tcp://127.0.0.1:{self.port}",
             "--advertised-listener-url",
-            url,
+            f"tcp://127.0.0.1:{self.advertised_port}",
             "--storage-engine",
             "memory://tansu/",
         ]

@@ -6,8 +6,12 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.relay import Relay
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -38,6 +42,21 @@ def broker_pid(bootstrap: str) -> int:
     if BROKER_PID[0] is None:
         pytest.skip("needs the embedded broker (KAFKA_BOOTSTRAP_SERVERS is set)")
     return BROKER_PID[0]
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    """A broker of its own behind a relay that can put it out of reach; skips against an external Kafka."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip("needs the embedded broker (KAFKA_BOOTSTRAP_SERVERS is set)")
+    from producer_tools.embedded_broker import EmbeddedBroker, free_port
+    from tests.relay import Relay
+
+    port = free_port()
+    with EmbeddedBroker(advertised_port=port) as broker:
+        relay = Relay(broker.port, port)
+        yield relay
+        relay.cut()
 
 
 @pytest.fixture

@@ -151,3 +151,19 @@ def test_a_group_instance_id_is_the_stem_of_each_workers_own_and_stays_off_the_p
     host = socket.gethostname()
     assert ids == ([None, None] if stem is None else [f"{stem}-{host}-0", f"{stem}-{host}-3"])
     assert "group.instance.id" not in producer_config(settings, "client")
+
+
+def test_a_call_that_overruns_its_bound_is_a_hung_client_and_others_pass_through() -> None:
+    """``call_within`` guards the transactional calls librdkafka does not always bound itself."""
+    import threading
+
+    from consumer.errors import ClientHungError
+    from consumer.kafka_io import call_within
+
+    never = threading.Event()
+    with pytest.raises(ClientHungError, match="the producer's commit_transaction did not return within 0s"):
+        call_within(0.2, never.wait, "the producer's commit_transaction")
+    assert call_within(5, lambda: 42, "a quick call") == 42
+    with pytest.raises(KeyError, match="raised in its thread"):
+        call_within(5, lambda: {}["raised in its thread"], "a failing call")
+    never.set()

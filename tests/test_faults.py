@@ -21,6 +21,7 @@ from consumer.codec import pack_input, unpack_output
 from consumer.errors import BrokerError, FencedError
 from consumer.transactions import Transactions
 from producer_tools.reader import read_topic
+from producer_tools.topics import create_topics
 from tests.helpers import (
     ENV,
     Background,
@@ -37,6 +38,7 @@ from tests.helpers import (
     worker_labels,
     worker_pid,
 )
+from tests.relay import Relay
 
 pytestmark = pytest.mark.integration
 REAL_KAFKA = bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
@@ -210,6 +212,38 @@ def test_a_broker_frozen_past_the_session_timeout_is_ridden_out(
     print(f"broker frozen {frozen:.0f}s: {len(seen)} of {total} predicted, {duplicates} duplicates, "
           f"{summary['restarts']} restarts")  # fmt: skip
     assert set(seen) == set(range(total))
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_a_broker_out_of_reach_mid_stream_is_ridden_out(
+    relay: Relay, group: str, mlp_path: Path, delivery: str
+) -> None:
+    """Every connection to the broker closed and new ones refused for 8 s, mid-stream (a broker
+    restarting, the network down). Exactly once, the worker hung for good: adding the offsets to
+    the transaction failed once, and its retry never returned, whatever its timeout (librdkafka
+    issue 5456); the worker did not even drain at SIGTERM. Now it restarts once a call overruns
+    its bound. The refused connections, about twenty lines a second, are written once per 30 s."""
+    bootstrap = relay.bootstrap_servers
+    inp, out = f"in-{group}", f"out-{group}"
+    create_topics(bootstrap, [inp, out], partitions=2)
+    command = consumer_command(bootstrap, mlp_path, inp, out, group, "--delivery", delivery)
+    deployment = Deployment(command, {**ENV, "TFSTREAM_TRANSACTION_TIMEOUT_MS": "10000"})
+    deployment.wait_for("partitions assigned", 1)
+    total = 3000
+    publisher = Trickle(bootstrap, inp, total, pause=0.1)
+    wait_for_outputs(bootstrap, out, set(range(100)))
+    relay.cut()
+    time.sleep(8.0)
+    relay.open()
+    publisher.join()
+    seen = wait_for_outputs(bootstrap, out, set(range(total)), timeout=120)
+    deployment.stop()
+    refused = [line for line in deployment.lines if "Connection refused" in line]
+    restarts = [event["reason"] for event in deployment.events("worker died; restarting")]
+    print(f"{delivery}, out of reach 8 s: {len(seen)} of {total} predicted, {sum(seen.values()) - len(seen)} "
+          f"duplicates; {len(refused)} lines of refused connections; restarts: {restarts}")  # fmt: skip
+    assert set(seen) == set(range(total))
+    assert len(refused) <= 20
 
 
 def test_exactly_once_supervisors_sharing_a_host_take_their_own_ids_and_a_fenced_one_stops(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import structlog
@@ -51,3 +52,31 @@ def test_a_multi_line_error_becomes_one_line_keeping_its_last_line() -> None:
     message = 'in user code:\n\n    File "x.py", line 3\n\n    TypeError: Binding inputs failed\n'
     assert logs.one_line(message) == "in user code: … TypeError: Binding inputs failed"
     assert logs.one_line("plain") == "plain" and logs.one_line("") == ""
+
+
+def test_a_librdkafka_line_repeated_is_written_once_per_window_with_its_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the brokers out of reach, each client logged a refused connection about twenty times a
+    second (289 lines from one worker's consumer in 15 s): the lines differ only in their timing."""
+    stderr = Recording()
+    monkeypatch.setattr("sys.stderr", stderr)
+    now = [0.0]
+    failed = "[thrd:b]: b: Connect to ipv4#127.0.0.1:9 failed: Connection refused (after {}ms in state CONNECT)"
+    refused, other = "FAIL [c#consumer-1] " + failed, "FAIL [c#producer-2] " + failed.format(0)
+    try:
+        logs.configure(fmt="json")
+        librdkafka = logging.getLogger("librdkafka")
+        assert [type(f) for f in librdkafka.filters] == [logs.Repeats]  # configure installs it
+        librdkafka.filters = [logs.Repeats(window=30, clock=lambda: now[0])]
+        for step in range(100):  # 0.05 s apart: 5 s
+            now[0] = step * 0.05
+            librdkafka.error(refused.format(step % 3))
+            librdkafka.error(other)
+        now[0] = 31.0
+        librdkafka.error(refused.format(7))
+    finally:
+        structlog.reset_defaults()
+    lines = [json.loads(w) for w in stderr.writes]
+    assert [(line["event"][:15], line.get("repeated")) for line in lines] == [
+        ("FAIL [c#consume", None), ("FAIL [c#produce", None), ("FAIL [c#consume", 99),
+    ]  # fmt: skip
+    assert lines[-1]["event"] == refused.format(7)
