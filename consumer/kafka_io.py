@@ -185,7 +185,8 @@ def call_within(seconds: float, call: Callable[[], T], what: str) -> T:
     if not done.wait(seconds):
         raise ClientHungError(
             f"{what} did not return within {seconds:.0f}s although librdkafka was given less (a librdkafka "
-            "hang after brokers were out of reach, its issue 5456); the worker restarts with new clients"
+            "hang after brokers were out of reach, its issue 5456); the worker ends, and its supervisor starts a new "
+            "one unless the run is stopping"
         )
     returned, value = outcome[0]
     if returned:
