@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import structlog.testing
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Producer
 
 from consumer.codec import pack_input, unpack_output
 from consumer.errors import BrokerError, FencedError
 from consumer.transactions import Transactions
 from producer_tools.reader import read_topic
 from producer_tools.topics import create_topics
+from tests.conftest import FAST_GROUP
 from tests.helpers import (
     ENV,
     Background,
@@ -46,6 +47,20 @@ REAL_KAFKA = bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
 
 def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     return dict(Counter(m.partition() for m in read_topic(bootstrap, topic, timeout=10)))
+
+
+def _records_written(bootstrap: str, topic: str, count: int, timeout: float = 60) -> int:
+    """How many records ``topic`` holds, committed or not, once it holds ``count`` (or time runs out)."""
+    reader = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"uncommitted-{time.monotonic_ns()}",
+         "auto.offset.reset": "earliest", "isolation.level": "read_uncommitted", **FAST_GROUP}
+    )  # fmt: skip
+    reader.subscribe([topic])
+    seen, deadline = 0, time.monotonic() + timeout
+    while seen < count and time.monotonic() < deadline:
+        seen += sum(1 for m in reader.consume(500, 0.5) if m.error() is None)
+    reader.close()
+    return seen
 
 
 def _kill_workers_with_progress(bootstrap: str, out: str, deployment: Deployment, kills: int) -> list[int]:
@@ -244,6 +259,38 @@ def test_a_broker_out_of_reach_mid_stream_is_ridden_out(
           f"duplicates; {len(refused)} lines of refused connections; restarts: {restarts}")  # fmt: skip
     assert set(seen) == set(range(total))
     assert len(refused) <= 20
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_a_stop_while_the_broker_is_out_of_reach_ends_the_run_without_a_kill(
+    relay: Relay, group: str, mlp_path: Path, delivery: str
+) -> None:
+    """SIGTERM 2 s into an outage, with 200 inputs done but not committed (commits only at the
+    stop). The run ends by itself, neither killed at the end of its drain nor hung: at least once
+    with exit 0 (its failed commits logged: those inputs are read again), exactly once with exit 1
+    and one line (the commit timed out after `transaction_timeout_ms`; had the call hung, as
+    librdkafka issue 5456 lets it, its bound ends it)."""
+    bootstrap = relay.bootstrap_servers
+    inp, out = f"in-{group}", f"out-{group}"
+    create_topics(bootstrap, [inp, out], partitions=2)
+    command = consumer_command(bootstrap, mlp_path, inp, out, group, "--delivery", delivery)
+    env = {**ENV, "TFSTREAM_TRANSACTION_TIMEOUT_MS": "10000", "TFSTREAM_COMMIT_INTERVAL_MS": "600000"}
+    deployment = Deployment(command, env)
+    deployment.wait_for("partitions assigned", 1)
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(200)))
+    assert _records_written(bootstrap, out, 200) == 200  # exactly once: not committed, so not yet visible
+    relay.cut()
+    time.sleep(2.0)
+    started = time.monotonic()
+    deployment.process.send_signal(signal.SIGTERM)
+    code = deployment.process.wait(180)
+    errors = [line for line in deployment.lines if line.startswith("error: ")]
+    print(f"{delivery}: exit {code} {time.monotonic() - started:.1f} s after SIGTERM; {errors}")
+    assert not [line for line in deployment.lines if "SIGKILL" in line or "did not drain in time" in line]
+    if delivery == "at-least-once":
+        assert code == 0 and deployment.events("commit failed; retrying at the next commit")
+    else:
+        assert code == 1 and len(errors) == 1
 
 
 def test_exactly_once_supervisors_sharing_a_host_take_their_own_ids_and_a_fenced_one_stops(
