@@ -167,3 +167,16 @@ def test_a_call_that_overruns_its_bound_is_a_hung_client_and_others_pass_through
     with pytest.raises(KeyError, match="raised in its thread"):
         call_within(5, lambda: {}["raised in its thread"], "a failing call")
     never.set()
+
+
+def test_a_stopping_worker_gets_its_drain_twice_and_exactly_once_its_last_commit_before_a_kill() -> None:
+    """With the brokers out of reach an exactly-once stop took 118.6 s with the defaults; the
+    supervisor killed workers after ``drain_timeout_s`` + 30 s (60 s)."""
+    from consumer.supervisor import Supervisor
+
+    def budget(**extra: object) -> float:
+        return Supervisor(load_settings({**REQUIRED, **extra}, None, {}), [])._stop_budget_s()
+
+    assert budget() == 2 * 30 + 30
+    assert budget(delivery="exactly-once") == 2 * 30 + 30 + 60 + 5
+    assert budget(delivery="exactly-once", drain_timeout_s=10, transaction_timeout_ms=20_000) == 2 * 10 + 30 + 25
