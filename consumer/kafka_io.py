@@ -26,6 +26,10 @@ GROUP_INSTANCE_ID = "group.instance.id"
 _FENCED_INSTANCE = KafkaError(KafkaError.FENCED_INSTANCE_ID).str()
 
 T = TypeVar("T")
+#: how long past ``transaction.timeout.ms`` a transactional call may block before the producer counts
+#: as hung. Not past the call's own timeout (half of it): with the broker out of reach, librdkafka
+#: timed out adding the offsets after the whole ``transaction.timeout.ms`` (10,001 ms for a 5 s call)
+HUNG_MARGIN_SECONDS = 5.0
 
 
 def consumer_config(settings: Settings, client_id: str, number: int = 0) -> dict[str, Any]:
@@ -184,9 +188,8 @@ def call_within(seconds: float, call: Callable[[], T], what: str) -> T:
     threading.Thread(target=run, name=what, daemon=True).start()
     if not done.wait(seconds):
         raise ClientHungError(
-            f"{what} did not return within {seconds:.0f}s although librdkafka was given less (a librdkafka "
-            "hang after brokers were out of reach, its issue 5456); the worker ends, and its supervisor starts a new "
-            "one unless the run is stopping"
+            f"{what} did not return within {seconds:.0f}s (a librdkafka hang after brokers were out of reach, its "
+            "issue 5456); the worker ends, and its supervisor starts a new one unless the run is stopping"
         )
     returned, value = outcome[0]
     if returned:

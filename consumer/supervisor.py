@@ -301,11 +301,11 @@ class Supervisor:
     def _stop_budget_s(self) -> float:
         """How long a stopping worker may take before it is killed: its drain waits up to
         ``drain_timeout_s`` twice (for acknowledgements, then for the producer's flush), and, exactly
-        once, its last commit may take ``transaction_timeout_ms``, and a call that hangs 5 s more.
+        once, its last commit may take ``transaction_timeout_ms``, and a call that hangs its margin more.
         With the brokers out of reach, an exactly-once stop took 118.6 s with the defaults, and was
         SIGKILLed at the former budget (``drain_timeout_s`` + 30 s) instead of ending with its reason."""
         s = self.settings
-        commit = s.transaction_timeout_ms / 1000 + 5 if s.delivery == "exactly-once" else 0
+        commit = s.transaction_timeout_ms / 1000 + kafka_io.HUNG_MARGIN_SECONDS if s.delivery == "exactly-once" else 0
         return 2 * s.drain_timeout_s + 30 + commit
 
     def _install_signal_handlers(self) -> None:

@@ -22,10 +22,6 @@ from consumer.offsets import OffsetTracker
 
 #: A newer producer with the same ``transactional.id`` took over (librdkafka's and the broker's codes).
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
-#: how long past ``transaction.timeout.ms`` a transactional call may block before the producer counts
-#: as hung. Not past the call's own timeout (half of it): with the broker out of reach, librdkafka
-#: timed out adding the offsets after the whole ``transaction.timeout.ms`` (10,001 ms for a 5 s call)
-HUNG_MARGIN_SECONDS = 5.0
 
 
 class Transactions:
@@ -107,7 +103,7 @@ class Transactions:
         """One blocking transactional call, bounded: librdkafka does not always keep its own timeout."""
         self.refuse_if_hung()
         try:
-            kafka_io.call_within(2 * self.timeout_s + HUNG_MARGIN_SECONDS, step, f"the producer's {what}")
+            kafka_io.call_within(2 * self.timeout_s + kafka_io.HUNG_MARGIN_SECONDS, step, f"the producer's {what}")
         except ClientHungError as exc:
             self.hung = exc
             raise

@@ -144,7 +144,6 @@ class Worker:
         config = kafka_io.consumer_config(s, client_id, self.host_number)
         self.group_instance_id: str | None = config.get(kafka_io.GROUP_INSTANCE_ID)
         self.drain_budget = min(s.drain_timeout_s, int(config["max.poll.interval.ms"]) / 2000)
-        self._abandoned = False  # the producer hung: the rebalance callbacks must not touch it
         if self.metrics is not None:
             config |= {"statistics.interval.ms": 5000, "stats_cb": self.metrics.statistics}
         self.consumer = Consumer(config)
@@ -422,14 +421,14 @@ class Worker:
             consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._abandoned:
+        if self._producer_hung():  # the worker is leaving: nothing can be committed
             return
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         self._finish(revoked, self.drain_budget)
         self._release(revoked)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._abandoned:
+        if self._producer_hung():  # the worker is leaving: nothing can be committed
             return
         lost = {(tp.topic, tp.partition) for tp in partitions}
         self.log.warning("partitions lost: nothing of them is committed", partitions=sorted(lost))
@@ -585,11 +584,14 @@ class Worker:
         if self.transactions is not None:
             self.transactions.close()
 
+    def _producer_hung(self) -> bool:
+        return self.transactions is not None and self.transactions.hung is not None
+
     def _abandon(self) -> None:
-        """The producer hung: leave the group at once, without draining or committing, so that the
-        partitions move on. The open transaction commits nothing: this worker's successor, with the
-        same transactional id, fences the hung producer and aborts it."""
-        self._abandoned = True
+        """The producer hung: leave the group at once, without draining or committing (the rebalance
+        callbacks do nothing now), so that the partitions move on. The open transaction commits
+        nothing: this worker's successor, with the same transactional id, fences the hung producer
+        and aborts it."""
         try:
             kafka_io.call_within(self.drain_budget, self.consumer.close, "the consumer's close")
         except (ClientHungError, KafkaException) as exc:
