@@ -161,6 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = {"event": "summary", **supervisor.summary()}
     summary["supervisor_imported_tensorflow"] = "tensorflow" in sys.modules
     logs.line(json.dumps(summary))
+    if summary["uncommitted"]:
+        logs.line(
+            f"warning: {summary['uncommitted']} inputs were read but not committed when the run stopped (the "
+            "brokers did not take the last commit, or the drain ran out); the next start reads them again"
+        )
     if supervisor.error:
         logs.line(f"error: {supervisor.error}")
     return code

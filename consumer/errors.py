@@ -54,6 +54,11 @@ class BrokerError(TfStreamError):
     """Kafka cannot be reached, or a topic the run needs does not exist."""
 
 
+#: How a ``BrokerError`` that ends one worker says what comes next: true whether the supervisor
+#: restarts the worker or the run is stopping (then its next start takes over).
+SUCCESSOR = "the worker ends, and its successor (restarted now, or the next run's if this one is stopping)"
+
+
 class FencedError(BrokerError):
     """Exactly-once: a newer producer with this worker's ``transactional.id`` fenced it. The worker
     stops for good: restarted, it would fence the other one in turn."""

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from consumer.config import Settings
-from consumer.errors import BrokerError, ClientHungError, ConfigError, FencedError
+from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError, FencedError
 from consumer.offsets import Partition
 
 #: librdkafka's own log lines go through structlog (see consumer.logs), not raw to stderr.
@@ -165,8 +165,7 @@ def dead_consumer_error(error: KafkaError, group_instance_id: str | None) -> Bro
             "group.instance.id stem; give each deployment its own stem (or host name)"
         )
     return BrokerError(
-        f"the consumer hit a fatal error ({error.str()}); the worker restarts with a new one and reads again "
-        "from its last committed offsets"
+        f"the consumer hit a fatal error ({error.str()}); {SUCCESSOR} reads again from the last committed offsets"
     )
 
 
@@ -189,7 +188,7 @@ def call_within(seconds: float, call: Callable[[], T], what: str) -> T:
     if not done.wait(seconds):
         raise ClientHungError(
             f"{what} did not return within {seconds:.0f}s (a librdkafka hang after brokers were out of reach, its "
-            "issue 5456); the worker ends, and its supervisor starts a new one unless the run is stopping"
+            f"issue 5456); {SUCCESSOR} starts with new clients"
         )
     returned, value = outcome[0]
     if returned:

@@ -120,6 +120,12 @@ class OffsetTracker:
             chosen = self._partitions if partitions is None else set(partitions) & set(self._partitions)
             return sum(len(self._partitions[p].pending) for p in chosen)
 
+    def uncommitted(self) -> int:
+        """How many inputs were read past the last commit (or the first fetch, if none): done but
+        not committed, or still in flight. These are read again by whoever next owns the partition."""
+        with self._lock:
+            return sum(_uncommitted(progress) for progress in self._partitions.values())
+
     def rewind_points(self) -> dict[Partition, int]:
         """Where to read again from after an aborted transaction: the last commit, or the first fetch."""
         with self._lock:
@@ -136,3 +142,9 @@ class OffsetTracker:
         with self._lock:
             progress = self._partitions.get(partition)
             return progress.pending[0] if progress and progress.pending else None
+
+
+def _uncommitted(progress: _Progress) -> int:
+    base = progress.committed if progress.committed is not None else progress.first
+    done = 0 if progress.next_offset is None or base is None else progress.next_offset - base
+    return done + len(progress.pending)

@@ -34,7 +34,16 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 #: worker exits a restart cannot cure: the run ends with this code
 _FINAL = {EXIT_CONFIG: EXIT_USAGE} | dict.fromkeys((EXIT_MODEL, EXIT_UNDELIVERABLE, EXIT_FENCED), EXIT_FAILURE)
 #: Worker summary counts that add up across workers.
-SUMMED = ("consumed", "predicted", "dead_lettered", "skipped", "batches", "padded_rows", "traces_after_warmup")
+SUMMED = (
+    "consumed",
+    "predicted",
+    "dead_lettered",
+    "skipped",
+    "batches",
+    "padded_rows",
+    "traces_after_warmup",
+    "uncommitted",
+)
 
 
 @dataclass

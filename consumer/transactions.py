@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from consumer import kafka_io
 from consumer.delivery import Outbox
-from consumer.errors import BrokerError, ClientHungError, FencedError
+from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, FencedError
 from consumer.offsets import OffsetTracker
 
 #: A newer producer with the same ``transactional.id`` took over (librdkafka's and the broker's codes).
@@ -120,12 +120,11 @@ class Transactions:
             return False
         if error.retriable():
             raise BrokerError(
-                f"could not commit a transaction within {2 * self.timeout_s:.0f}s ({error.str()}); the worker "
-                "restarts, and its transactional id settles the transaction"
+                f"could not commit a transaction within {2 * self.timeout_s:.0f}s ({error.str()}); {SUCCESSOR} "
+                "aborts it with the same transactional id"
             )
         raise BrokerError(
-            f"fatal transaction error ({error.str()}); the worker restarts and its transactional id "
-            "fences this producer"
+            f"fatal transaction error ({error.str()}); {SUCCESSOR} fences this producer with the same transactional id"
         )
 
     def abort(self, reason: str) -> None:

@@ -29,7 +29,7 @@ from consumer.batcher import Batcher
 from consumer.codec import Limits
 from consumer.config import Settings
 from consumer.delivery import Counters, DeadLetters, Outbox, wait_until
-from consumer.errors import BrokerError, ClientHungError, ConfigError, DeliveryError
+from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError, DeliveryError
 from consumer.logs import get_logger
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.outputs import Emitter
@@ -81,6 +81,8 @@ class Worker:
             self.timeline.on_stage = self.metrics.stage
         self.rss_after_warmup_mb = 0.0
         self._backoff = FIRST_BACKOFF_SECONDS
+        #: inputs read but not committed when the worker stopped: the next start reads them again
+        self.uncommitted_at_stop = 0
 
     # -- start ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -220,6 +222,7 @@ class Worker:
         return {
             **self.counters.snapshot(),
             "traces_after_warmup": self.traces_after_warmup,
+            "uncommitted": self.uncommitted_at_stop,
             "seconds": round(seconds, 3),
             "device": self.device,
             **self.timeline.summary(),
@@ -451,7 +454,10 @@ class Worker:
         self.outbox.discarding = True
         self.batcher.drop(lambda _: False)
         if not wait_until(self.pipeline.idle, self.drain_budget, lambda: time.sleep(0.01)):
-            raise BrokerError("the batches in flight did not drain while rewinding; restarting the worker")
+            raise BrokerError(
+                f"the batches in flight did not drain while rewinding; {SUCCESSOR} reads again from the last "
+                "committed offsets"
+            )
 
     def _seek_to_commits(self) -> None:
         """Read again from the last committed offsets, and send again."""
@@ -504,8 +510,8 @@ class Worker:
         if self.transactions is not None:
             self.transactions.refuse_if_fenced(error)
         raise BrokerError(
-            f"the output producer hit a fatal error ({error.name()}: {error.str()}); the worker restarts with "
-            "a new one and reads again from its last committed offsets"
+            f"the output producer hit a fatal error ({error.name()}: {error.str()}); {SUCCESSOR} reads "
+            "again from the last committed offsets"
         )
 
     def _finish(self, partitions: set[Partition] | None, budget: float) -> None:
@@ -515,7 +521,10 @@ class Worker:
             lambda: self.tracker.in_flight(partitions) == 0 or self._failed(), budget, lambda: self.outbox.poll(0.05)
         )
         if not drained and self.transactions is not None:
-            raise BrokerError("the drain budget ran out with inputs in flight; restarting to keep exactly-once")
+            raise BrokerError(
+                f"the drain budget ran out with inputs in flight, exactly once; {SUCCESSOR} reads again from "
+                "the last committed offsets"
+            )
         if not drained:
             self.log.warning(
                 "drain budget spent; uncommitted inputs will be read again",
@@ -579,10 +588,22 @@ class Worker:
         self.outbox.flush(self.settings.drain_timeout_s)
         self.outbox.stop_serving()
         self._maybe_commit(force=True)
+        self._count_uncommitted()
         if self.serving.watcher is not None:
             self.serving.watcher.stop()
         if self.transactions is not None:
             self.transactions.close()
+
+    def _count_uncommitted(self) -> None:
+        """At least once, a stop whose last commit failed (brokers out of reach) or whose drain ran out
+        leaves inputs to be read again: say how many, here and in the summary. (Exactly once, a last
+        commit that fails ends the worker with its error instead.)"""
+        self.uncommitted_at_stop = self.tracker.uncommitted()
+        if self.uncommitted_at_stop:
+            self.log.warning(
+                "inputs not committed at the stop: the next start reads them again",
+                uncommitted=self.uncommitted_at_stop,
+            )
 
     def _producer_hung(self) -> bool:
         return self.transactions is not None and self.transactions.hung is not None

@@ -267,9 +267,10 @@ def test_a_stop_while_the_broker_is_out_of_reach_ends_the_run_without_a_kill(
 ) -> None:
     """SIGTERM 2 s into an outage, with 200 inputs done but not committed (commits only at the
     stop). The run ends by itself, neither killed at the end of its drain nor hung: at least once
-    with exit 0 (its failed commits logged: those inputs are read again), exactly once with exit 1
-    and one line (the commit timed out after `transaction_timeout_ms`; had the call hung, as
-    librdkafka issue 5456 lets it, its bound ends it)."""
+    with exit 0, its summary and a warning line saying that those 200 inputs are read again at
+    the next start (before, only a `commit failed; retrying at the next commit` warning, with no
+    next commit to come); exactly once with exit 1 and one line (the commit timed out after
+    `transaction_timeout_ms`; had the call hung, as librdkafka issue 5456 lets it, its bound ends it)."""
     bootstrap = relay.bootstrap_servers
     inp, out = f"in-{group}", f"out-{group}"
     create_topics(bootstrap, [inp, out], partitions=2)
@@ -288,7 +289,16 @@ def test_a_stop_while_the_broker_is_out_of_reach_ends_the_run_without_a_kill(
     print(f"{delivery}: exit {code} {time.monotonic() - started:.1f} s after SIGTERM; {errors}")
     assert not [line for line in deployment.lines if "SIGKILL" in line or "did not drain in time" in line]
     if delivery == "at-least-once":
-        assert code == 0 and deployment.events("commit failed; retrying at the next commit")
+        (summary,) = deployment.events("summary")
+        warnings = [line for line in deployment.lines if line.startswith("warning: 200 inputs were read but not")]
+        assert code == 0 and summary["uncommitted"] == 200 and len(warnings) == 1
+        assert (
+            sum(
+                e["uncommitted"]
+                for e in deployment.events("inputs not committed at the stop: the next start reads them again")
+            )
+            == 200
+        )
     else:
         assert code == 1 and len(errors) == 1
 

@@ -36,6 +36,23 @@ def test_commit_point_is_always_below_every_unacknowledged_offset(order: list[in
     assert point == 30 or point not in order[:acked]
 
 
+def test_uncommitted_counts_what_is_read_again_after_the_last_commit() -> None:
+    """Done past the last commit and still in flight alike: the next owner reads them again."""
+    tracker, other = OffsetTracker(), ("in", 1)
+    for offset in range(10, 20):
+        tracker.add(P, offset)
+    tracker.add(other, 0)
+    assert tracker.uncommitted() == 11
+    for offset in range(10, 16):
+        tracker.done(P, offset)
+    assert tracker.uncommitted() == 11  # done, but not committed
+    tracker.mark_committed(tracker.committable())
+    assert tracker.uncommitted() == 5  # 16..19 in flight, and the other partition's one
+    tracker.done_many([(P, o) for o in range(16, 20)] + [(other, 0)])
+    tracker.mark_committed(tracker.committable())
+    assert tracker.uncommitted() == 0
+
+
 def test_forgotten_partitions_ignore_late_acknowledgements() -> None:
     tracker = OffsetTracker()
     tracker.add(P, 0)
