@@ -14,9 +14,9 @@ import tomllib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from consumer.errors import ConfigError
 
@@ -24,6 +24,29 @@ ENV_PREFIX = "TFSTREAM_"
 KafkaValue = str | int | float | bool
 _SECRET = re.compile(r"password|secret|token|credential|key\.pem|private|jaas", re.IGNORECASE)
 _KAFKA_TABLES = {"kafka": "kafka", "consumer": "kafka_consumer", "producer": "kafka_producer"}
+#: Kafka's own rule for topic names (its ``Topic.validate``): the embedded broker accepts others,
+#: which a real cluster then refuses
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a Kafka topic, in words; None if it can."""
+    if _TOPIC_NAME.fullmatch(name) and name not in {".", ".."}:
+        return None
+    return (
+        f"{name!r} is not a Kafka topic name: use 1 to 249 of the letters a-z and A-Z, digits, '.', '_' "
+        "and '-' (and not '.' or '..' alone)"
+    )
+
+
+def _topic_name(name: str) -> str:
+    problem = topic_name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+TopicName = Annotated[str, AfterValidator(_topic_name)]
 
 
 class Settings(BaseModel):
@@ -32,11 +55,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     bootstrap_servers: str = Field(min_length=1)
-    input_topic: str = Field(min_length=1)
-    output_topic: str = Field(min_length=1)
+    input_topic: TopicName
+    output_topic: TopicName
     group: str = Field(min_length=1)
     model: Path
-    dlq_topic: str | None = None
+    dlq_topic: TopicName | None = None
     workers: int | None = Field(None, ge=1, le=256)
     devices: str = "auto"
     max_batch_size: int = Field(256, ge=1, le=65536)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 
+from consumer.config import topic_name_problem
 from consumer.errors import BrokerError, ConfigError, TfStreamError
 from producer_tools import commands
 from producer_tools.clients import add_client_flags
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     _reset_offsets(sub)
     _lag(sub)
     topics = _command(sub, "create-topics", commands.run_create_topics, "create topics that do not exist yet")
-    topics.add_argument("topics", nargs="+", metavar="TOPIC")
-    topics.add_argument("--partitions", type=int, default=4, help="partitions of each new topic (default 4)")
+    topics.add_argument("topics", nargs="+", type=_topic, metavar="TOPIC")
+    topics.add_argument("--partitions", type=_positive(int), default=4, help="partitions of each new topic (default 4)")
     _demo(sub)
     _bench(sub)
     _fetch_latency(sub)
@@ -70,7 +71,7 @@ def _input_file_flags(parser: argparse.ArgumentParser) -> None:
 def _publish(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "publish", commands.run_publish, "publish inputs from a file in wire format v1")
     p.add_argument("file", type=Path, help=".npy, .npz, .jsonl, .csv, or a folder of files sent as raw bytes")
-    p.add_argument("--topic", required=True, help="the input topic")
+    p.add_argument("--topic", required=True, type=_topic, help="the input topic")
     _input_file_flags(p)
     p.add_argument("--tensor-form", choices=["raw", "list"], default="raw", help="raw bytes (default) or nested lists")
     p.add_argument(
@@ -82,7 +83,7 @@ def _publish(sub: argparse._SubParsersAction) -> None:
 
 def _collect(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "collect", commands.run_collect, "read predictions into .npz or .jsonl")
-    p.add_argument("--topic", required=True, help="the prediction topic")
+    p.add_argument("--topic", required=True, type=_topic, help="the prediction topic")
     p.add_argument("--out", required=True, type=Path, help="where to write: PATH.npz or PATH.jsonl")
     p.add_argument("--count", type=_positive(int), metavar="N", help="stop after N records")
     p.add_argument("--idle", type=_positive(float), metavar="S", help="stop after S seconds without a new record")
@@ -93,8 +94,8 @@ def _collect(sub: argparse._SubParsersAction) -> None:
 
 def _replay(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "replay", commands.run_replay, "copy a time range of one topic to another (backfills)")
-    p.add_argument("--from-topic", required=True)
-    p.add_argument("--to-topic", required=True)
+    p.add_argument("--from-topic", required=True, type=_topic)
+    p.add_argument("--to-topic", required=True, type=_topic)
     p.add_argument("--from-timestamp", metavar="ISO8601", help="first record time kept (inclusive)")
     p.add_argument("--until-timestamp", metavar="ISO8601", help="records at or after this time are left out")
 
@@ -111,7 +112,7 @@ def _reset_offsets(sub: argparse._SubParsersAction) -> None:
 
 def _group_and_topic(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", required=True, help="the consumer group")
-    parser.add_argument("--topic", required=True, help="the topic the group reads")
+    parser.add_argument("--topic", required=True, type=_topic, help="the topic the group reads")
 
 
 def _lag(sub: argparse._SubParsersAction) -> None:
@@ -128,7 +129,9 @@ def _demo(sub: argparse._SubParsersAction) -> None:
         help="use this Kafka, not the embedded broker [env KAFKA_BOOTSTRAP_SERVERS]",
     )
     demo.add_argument("--workdir", type=Path, default=Path("demo-output"), help="where the model and logs go")
-    demo.add_argument("--count", type=int, default=360, help="held-out digits to publish (at most 360, the default)")
+    demo.add_argument(
+        "--count", type=_positive(int), default=360, help="held-out digits to publish (at most 360, the default)"
+    )
     demo.set_defaults(run=run_demo)
 
 
@@ -140,7 +143,9 @@ def _bench(sub: argparse._SubParsersAction) -> None:
         "--messages", type=_positive(int), metavar="N", help="preloaded messages (mlp 400000, mobilenet 2000)"
     )
     p.add_argument("--batch-size", type=_positive(int), metavar="N", help="max batch size (mlp 1024, mobilenet 32)")
-    p.add_argument("--max-wait-ms", type=float, default=10.0, metavar="MS", help="the consumer's --max-wait-ms")
+    p.add_argument(
+        "--max-wait-ms", type=_not_negative(float), default=10.0, metavar="MS", help="the consumer's --max-wait-ms"
+    )
     p.add_argument("--latency-seconds", type=_positive(float), default=10.0, metavar="S", help="steady-rate phase")
     p.add_argument(
         "--latency-rate", type=_positive(float), metavar="R",
@@ -220,14 +225,29 @@ def run_fetch_latency(args: argparse.Namespace) -> int:
 
 
 def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
+    return _at_least(kind, zero_allowed=False)
+
+
+def _not_negative(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
+    return _at_least(kind, zero_allowed=True)
+
+
+def _at_least(kind: Callable[[str], float | int], zero_allowed: bool) -> Callable[[str], float | int]:
     def parse(text: str) -> float | int:
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if value < 0 or (value == 0 and not zero_allowed):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero_allowed else 'positive'}, got {text}")
         return value
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def _topic(text: str) -> str:
+    problem = topic_name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 class Terminated(BaseException):

@@ -53,7 +53,7 @@ def read_inputs(path: Path, options: ReadOptions | None = None) -> list[Example]
         raise ConfigError(f"input file {str(path)!r}: use .npy, .npz, .jsonl, .csv or a folder of files")
     try:
         examples = reader(path, options)
-    except (OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read input file {str(path)!r}: {exc}") from None
     if not examples:
         raise ConfigError(f"input file {str(path)!r} holds no examples")

@@ -57,6 +57,11 @@ def test_secrets_are_redacted_from_the_printable_settings() -> None:
         ({"from_timestamp": "yesterday"}, "from_timestamp"),
         ({"allowed_batch_sizes": "1,2,4"}, "allowed_batch_sizes"),
         ({"preprocess": "not a ref"}, "preprocess"),
+        # names a real cluster refuses, which the embedded broker took
+        ({"output_topic": "bad/name"}, "output_topic='bad/name'.*is not a Kafka topic name"),
+        ({"input_topic": "t1:0"}, "input_topic='t1:0'.*is not a Kafka topic name"),
+        ({"dlq_topic": ".."}, "dlq_topic='..'.*is not a Kafka topic name"),
+        ({"output_topic": "x" * 250}, "is not a Kafka topic name"),
     ],
 )
 def test_a_bad_value_fails_with_one_line_naming_it(override: dict[str, object], needle: str) -> None:

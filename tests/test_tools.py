@@ -113,6 +113,7 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
         ("bad.jsonl", '{"inputs": [1]}\nnot json\n', [], "bad.jsonl:2: not JSON"),
         ("ok.jsonl", '{"inputs": [1]}\n', ["--dtype", "floaty"], "invalid setting --dtype='floaty'"),
         ("missing.npy", None, [], "does not exist"),
+        ("empty.npz", b"", [], "cannot read input file"),  # was a traceback (EOFError)
         ("huge.jsonl", '{"inputs": [1], "id": 18446744073709551616}\n', [], "huge.jsonl:1: id 18446744073709551616"),
     ],
 )
@@ -135,6 +136,29 @@ def test_bad_input_files_fail_in_one_line_with_exit_2_and_publish_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
     assert read_topic(bootstrap, topic, timeout=5) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["create-topics", "t1:0"], "argument TOPIC: 't1:0' is not a Kafka topic name"),
+        (["create-topics", "--partitions", "0", "t"], "argument --partitions: must be positive, got 0"),
+        (["publish", "in.npy", "--topic", "a b"], "argument --topic: 'a b' is not a Kafka topic name"),
+        (["collect", "--topic", "..", "--out", "x.npz"], "argument --topic: '..' is not a Kafka topic name"),
+        (["replay", "--from-topic", "a", "--to-topic", "b/c"], "argument --to-topic: 'b/c' is not"),
+        (["lag", "--group", "g", "--topic", ""], "argument --topic: '' is not a Kafka topic name"),
+        (["demo", "--count", "-3"], "argument --count: must be positive, got -3"),
+        (["bench", "--max-wait-ms", "-1"], "argument --max-wait-ms: must be 0 or more, got -1"),
+    ],
+)
+def test_a_bad_topic_name_or_number_is_refused_before_any_connection(
+    capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    """Names a real cluster refuses (the embedded broker created 't1:0'), and numbers that made no
+    sense (a demo of -3 digits published 357), end in one line with exit 2."""
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2 and says in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_publish_count_cycles_the_file_and_rate_paces_it(bootstrap: str, topics: Topics, tmp_path: Path) -> None:
