@@ -2,6 +2,10 @@
 
 Outputs go to other partitions, so acknowledgements come back out of order. An offset is
 committable only when it and every offset before it (that this worker fetched) are done.
+Before any is done, a partition's start (its first fetched offset, or its end when it was found
+empty) is committable: committed at once, it keeps a worker that dies before its first done
+offset from leaving its successor nothing to resume from (a group's new partitions start at the
+latest offset, which would skip what arrived meanwhile).
 Thread-safe: the fetch loop adds, delivery callbacks mark done, the loop commits.
 """
 
@@ -76,15 +80,26 @@ class OffsetTracker:
             for partition in touched:
                 self._advance(self._partitions[partition])
 
-    def add_many(self, fetched: Iterable[tuple[Partition, int]]) -> None:
-        """Record many fetched offsets under one lock."""
+    def add_many(self, fetched: Iterable[tuple[Partition, int]]) -> set[Partition]:
+        """Record many fetched offsets under one lock; return the partitions tracked from now on."""
+        started = set()
         with self._lock:
             for partition, run in groupby(fetched, key=_FIRST):
                 offsets = list(map(_SECOND, run))
                 progress = self._partitions.get(partition)
                 if progress is None:
                     progress = self._partitions[partition] = _Progress(first=offsets[0])
+                    started.add(partition)
                 progress.pending.extend(offsets)
+        return started
+
+    def start_at(self, partition: Partition, offset: int) -> bool:
+        """Track a partition found at its end (``offset``) with nothing fetched; True if it is new here."""
+        with self._lock:
+            if partition in self._partitions:
+                return False
+            self._partitions[partition] = _Progress(first=offset)
+            return True
 
     @staticmethod
     def _advance(progress: _Progress) -> None:
@@ -98,15 +113,12 @@ class OffsetTracker:
         progress.next_offset = finished[-1] + 1
 
     def committable(self, partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
-        """Commit points that moved since the last ``mark_committed``."""
+        """Commit points that moved since the last ``mark_committed`` (a partition's start, before any
+        of its offsets is done)."""
         with self._lock:
             chosen = self._partitions if partitions is None else set(partitions) & set(self._partitions)
-            return {
-                p: progress.next_offset
-                for p in chosen
-                if (progress := self._partitions[p]).next_offset is not None
-                and progress.next_offset != progress.committed
-            }
+            points = {p: _commit_point(self._partitions[p]) for p in chosen}
+            return {p: o for p, o in points.items() if o is not None and o != self._partitions[p].committed}
 
     def mark_committed(self, offsets: dict[Partition, int]) -> None:
         with self._lock:
@@ -142,6 +154,10 @@ class OffsetTracker:
         with self._lock:
             progress = self._partitions.get(partition)
             return progress.pending[0] if progress and progress.pending else None
+
+
+def _commit_point(progress: _Progress) -> int | None:
+    return progress.first if progress.next_offset is None else progress.next_offset
 
 
 def _uncommitted(progress: _Progress) -> int:

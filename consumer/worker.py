@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import math
 import os
 import socket
 import threading
@@ -316,7 +317,7 @@ class Worker:
         if len(kept) < len(messages):  # after the records: an end-of-partition event follows them
             for msg in messages:
                 if (error := msg.error()) is not None:
-                    self._on_consumer_error(error, coordinates(msg)[0])
+                    self._on_consumer_error(error, *coordinates(msg))
 
     def _keep(self, kept: list[Message]) -> None:
         fetched = coordinates_of(kept)
@@ -324,7 +325,8 @@ class Worker:
             kept, fetched = self._within_bounds(kept, fetched)
             if not kept:
                 return
-        self.tracker.add_many(fetched)
+        if self.tracker.add_many(fetched):
+            self._commit_starts()
         ages_ms = self.timeline.consumed(timestamps_of(kept))
         if self.metrics is not None:
             self.metrics.consumed_at((ages_ms / 1000).tolist())
@@ -354,9 +356,11 @@ class Worker:
             (kept if self.window.keeps(msg.timestamp()[1]) else skipped).append(msg)
         return kept, skipped
 
-    def _on_consumer_error(self, error: KafkaError, partition: Partition) -> None:
+    def _on_consumer_error(self, error: KafkaError, partition: Partition, offset: int | None) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
             self.ends.reached_eof(partition)
+            if offset is not None and offset >= 0 and self.tracker.start_at(partition, offset):
+                self._commit_starts()
         elif error.fatal() or error.code() == KafkaError._FATAL:
             raise kafka_io.dead_consumer_error(error, self.group_instance_id)
         else:
@@ -392,6 +396,14 @@ class Worker:
         if partitions:
             self.consumer.resume([TopicPartition(*p) for p in partitions])
             self._paused -= partitions
+
+    def _commit_starts(self) -> None:
+        """Have the fetch loop's next turn commit where newly owned partitions start, before anything
+        of them is done: a partition the group never committed would otherwise start at the latest
+        offset for this worker's successor, should this worker die first, skipping what was fetched
+        and what arrived since. (Not here, amid routing a fetch: exactly once, a failed commit
+        rewinds, and the records being routed must not be batched after it.)"""
+        self._last_commit = -math.inf
 
     def _maybe_commit(self, force: bool = False, partitions: set[Partition] | None = None) -> None:
         now = time.monotonic()

@@ -15,6 +15,8 @@ def test_commit_point_waits_for_the_oldest_unacknowledged_offset() -> None:
     tracker = OffsetTracker()
     for offset in range(10, 15):
         tracker.add(P, offset)
+    assert tracker.committable() == {P: 10}  # where the partition starts, before anything is done
+    tracker.mark_committed({P: 10})
     tracker.done(P, 12)
     tracker.done(P, 11)
     assert tracker.committable() == {}
@@ -51,6 +53,20 @@ def test_uncommitted_counts_what_is_read_again_after_the_last_commit() -> None:
     tracker.done_many([(P, o) for o in range(16, 20)] + [(other, 0)])
     tracker.mark_committed(tracker.committable())
     assert tracker.uncommitted() == 0
+
+
+def test_a_partition_start_is_committable_once_fetched_or_found_empty() -> None:
+    """So that a worker dying before its first done offset leaves its successor a place to resume
+    from, not the latest offset (which skips what it had fetched and what arrived since)."""
+    tracker, empty = OffsetTracker(), ("in", 1)
+    assert tracker.add_many([(P, 7), (P, 8)]) == {P} and tracker.add_many([(P, 9)]) == set()
+    assert tracker.start_at(empty, 42) and not tracker.start_at(empty, 43) and not tracker.start_at(P, 0)
+    assert tracker.committable() == {P: 7, empty: 42}
+    tracker.mark_committed(tracker.committable())
+    assert tracker.committable() == {} and tracker.uncommitted() == 3
+    tracker.add(empty, 42)
+    tracker.done(empty, 42)
+    assert tracker.committable() == {empty: 43}
 
 
 def test_forgotten_partitions_ignore_late_acknowledgements() -> None:
