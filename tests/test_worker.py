@@ -431,7 +431,7 @@ def test_a_predict_thread_that_dies_on_the_last_input_ends_the_worker_at_once(
     worker.thread.join(60)
     assert not worker.thread.is_alive(), "the worker hung after its predict thread died"
     assert isinstance(worker.error, RuntimeError) and "injected" in str(worker.error)
-    assert committed(bootstrap, group, inp, 1)[0] < 0  # nothing committed
+    assert committed(bootstrap, group, inp, 1)[0] <= 0  # nothing committed but where the partition starts
 
 
 def test_time_window_processes_exactly_the_inputs_inside_it(
