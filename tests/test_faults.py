@@ -91,8 +91,9 @@ def test_a_new_group_s_worker_killed_before_its_first_commit_loses_nothing(
     SIGKILLed before its first commit (commits every 600 s); 200 more arrived while it was dead.
     Before, nothing was committed, so its successor started at the latest offsets again: on Kafka
     those 200 are skipped; here 298 of 300 came out (the embedded broker's latest offset counts
-    batches, not records, so the successor started a little early) and the test failed. Now where each partition starts (its first fetched offset, or its end when found empty)
-    is committed at once, and the successor resumes there: all 300 predicted, the first 100 twice."""
+    batches, not records, so the successor started a little early) and the test failed. Now where
+    each partition starts (its first fetched offset, or its end when found empty) is committed at
+    once, and the successor resumes there: all 300 predicted, the first 100 twice."""
     inp, out = topics("in", "out", partitions=2)
     env = {**ENV, "TFSTREAM_COMMIT_INTERVAL_MS": "600000"}
     deployment = Deployment(run_command(bootstrap, mlp_path, inp, out, group, "--max-batch-size", "32"), env)
