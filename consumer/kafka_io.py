@@ -26,10 +26,15 @@ GROUP_INSTANCE_ID = "group.instance.id"
 _FENCED_INSTANCE = KafkaError(KafkaError.FENCED_INSTANCE_ID).str()
 
 T = TypeVar("T")
-#: how long past ``transaction.timeout.ms`` a transactional call may block before the producer counts
-#: as hung. Not past the call's own timeout (half of it): with the broker out of reach, librdkafka
-#: timed out adding the offsets after the whole ``transaction.timeout.ms`` (10,001 ms for a 5 s call)
-HUNG_MARGIN_SECONDS = 5.0
+_HUNG_MARGIN_SECONDS = 5.0
+
+
+def transactional_call_bound_s(transaction_timeout_s: float) -> float:
+    """How long a transactional call may block before the producer counts as hung: the whole
+    ``transaction.timeout.ms`` and a margin. Not the call's own timeout (half of it): with the broker
+    out of reach, librdkafka timed out adding the offsets after the whole ``transaction.timeout.ms``
+    (10,001 ms for a 5 s call)."""
+    return transaction_timeout_s + _HUNG_MARGIN_SECONDS
 
 
 def consumer_config(settings: Settings, client_id: str, number: int = 0) -> dict[str, Any]:

@@ -314,7 +314,8 @@ class Supervisor:
         With the brokers out of reach, an exactly-once stop took 118.6 s with the defaults, and was
         SIGKILLed at the former budget (``drain_timeout_s`` + 30 s) instead of ending with its reason."""
         s = self.settings
-        commit = s.transaction_timeout_ms / 1000 + kafka_io.HUNG_MARGIN_SECONDS if s.delivery == "exactly-once" else 0
+        exactly_once = s.delivery == "exactly-once"
+        commit = kafka_io.transactional_call_bound_s(s.transaction_timeout_ms / 1000) if exactly_once else 0
         return 2 * s.drain_timeout_s + 30 + commit
 
     def _install_signal_handlers(self) -> None:

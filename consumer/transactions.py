@@ -103,7 +103,8 @@ class Transactions:
         """One blocking transactional call, bounded: librdkafka does not always keep its own timeout."""
         self.refuse_if_hung()
         try:
-            kafka_io.call_within(2 * self.timeout_s + kafka_io.HUNG_MARGIN_SECONDS, step, f"the producer's {what}")
+            bound = kafka_io.transactional_call_bound_s(2 * self.timeout_s)
+            kafka_io.call_within(bound, step, f"the producer's {what}")
         except ClientHungError as exc:
             self.hung = exc
             raise
