@@ -75,6 +75,8 @@ class Worker:
         #: read ahead (while the pipeline is full) until this many message bytes are held, then pause
         self.read_ahead_bytes = int(settings.read_ahead_mb * 2**20)
         self._stop = threading.Event()
+        #: set once the worker shuts down: an assignment delivered after it is left alone
+        self._closing = False
         self._paused: set[Partition] = set()
         self._last_commit = time.monotonic()
         self.timeline = Timeline()
@@ -426,14 +428,28 @@ class Worker:
 
     # -- rebalance -----------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._joined = True  # with partitions, or idle in the group: either way a ready member
         owned = {(tp.topic, tp.partition) for tp in partitions}
+        if self._closing:
+            # a stop met a rebalance: the close revokes this assignment at once, and librdkafka can
+            # no longer read committed offsets (an error raised here escaped close() unhandled)
+            self.log.info("partitions assigned while stopping; leaving them", partitions=sorted(owned))
+            return
+        self._joined = True  # with partitions, or idle in the group: either way a ready member
         self.log.info("partitions assigned", partitions=sorted(owned), device=self.device)
         self.ends.assign(owned)
         self._paused -= owned
-        s = self.settings
-        if apply_start_positions(consumer, partitions, s.from_beginning, s.from_ms, self.log):
+        if self._place_starts(consumer, partitions):
             consumer.assign(partitions)
+
+    def _place_starts(self, consumer: Consumer, partitions: list[TopicPartition]) -> bool:
+        s = self.settings
+        try:
+            return apply_start_positions(consumer, partitions, s.from_beginning, s.from_ms, self.log)
+        except KafkaException as exc:
+            raise BrokerError(
+                f"could not read where the group left {s.input_topic} off, to place the start flags "
+                f"({exc.args[0].str()}); {SUCCESSOR} tries again"
+            ) from None
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._producer_hung():  # the worker is leaving: nothing can be committed
@@ -580,6 +596,7 @@ class Worker:
 
     # -- shutdown ------------------------------------------------------------------------
     def _shutdown(self, predict: threading.Thread) -> None:
+        self._closing = True
         try:
             self._drain(predict)
         except ClientHungError:

@@ -387,6 +387,33 @@ def test_a_stop_pushes_every_fetched_input_through_a_full_pipeline_in_front_of_a
     assert committed(bootstrap, group, inp, 1) == {0: total}
 
 
+def test_a_stop_that_meets_an_assignment_ends_cleanly(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop while the group is assigning partitions (a rolling deploy stops and starts workers
+    at once): the assignment is delivered while the consumer closes, when librdkafka can no longer
+    read committed offsets. The worker then crashed with a traceback and exit 1 (seen in a bench
+    run), its summary lost; now it stops cleanly and does not start on what it is leaving."""
+    from consumer.worker import Worker
+
+    inp, out = topics("in", "out", partitions=2)
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(10)))
+    drain = Worker._drain
+
+    def drain_after_the_join(self: Worker, predict: Any) -> None:
+        time.sleep(8)  # no poll meanwhile: the join completes, its assignment waits for the close
+        drain(self, predict)
+
+    monkeypatch.setattr(Worker, "_drain", drain_after_the_join)
+    worker = Background(settings(bootstrap, mlp_path, inp, out, group, stop_at_end=False))
+    worker.worker.request_stop()  # before the first poll: the stop comes first, the join during it
+    worker.thread.join(60)
+    assert not worker.thread.is_alive()
+    assert worker.error is None, f"the worker failed: {worker.error!r}"
+    assert worker.result is not None and worker.result["consumed"] == 0
+    assert committed(bootstrap, group, inp, 2) == {0: -1001, 1: -1001}  # nothing taken, nothing committed
+
+
 def test_a_predict_thread_that_dies_with_batches_queued_ends_the_worker_with_its_error(
     bootstrap: str, topics: Topics, group: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
