@@ -43,6 +43,10 @@ def test_bench_runs_every_phase_and_writes_its_json(
     # (of two, the one less flattering to the system)
     assert min(runs["system"]) == pytest.approx(result["rates"]["system"], abs=0.1)
     assert max(runs["io_limit"]) == pytest.approx(result["rates"]["io_limit"], abs=0.1)
+    # each round's relay ran both ways of fetching, and its I/O limit is the faster
+    ways = [runs["io_limit, librdkafka fetch"], runs["io_limit, lean fetch"]]
+    assert all(rate > 0 for rates in ways for rate in rates)
+    assert runs["io_limit"] == [max(pair) for pair in zip(*ways, strict=True)]
     assert result["latency_ms"]["p99"] == max(runs["latency_p99_ms"]) and result["settings"]["rounds"] == 2
     # the consumer runs with its defaults: two CPU workers where there are two cores
     assert len(result["system_summary"]["workers"]) == min(DEFAULT_CPU_WORKERS, usable_cores())

@@ -122,7 +122,7 @@ def _print_spread(result: dict[str, Any]) -> None:
     print(f"\n{len(runs['system'])} rounds, median shown; every round's figure:")
     for name, values in runs.items():
         shown = ", ".join(f"{v:,.2f}" if name == "system / io_limit" else f"{v:,.0f}" for v in values)
-        print(f"  {name:<20} {shown}")
+        print(f"  {name:<30} {shown}")
 
 
 def write_json(path: Path, result: dict[str, Any]) -> None:

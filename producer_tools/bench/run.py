@@ -122,6 +122,8 @@ class Rounds:
     flattering to the system (its lower throughput, the higher I/O limit, the higher p99)."""
 
     io_limit: list[float] = field(default_factory=list)
+    #: each round's relay, each way of fetching (``baselines.RELAY_FETCH``); its I/O limit is the faster
+    io_by_fetch: list[dict[str, float]] = field(default_factory=list)
     drains: list[dict[str, Any]] = field(default_factory=list)
     steady: list[dict[str, Any]] = field(default_factory=list)
 
@@ -137,6 +139,10 @@ class Rounds:
         pairs = zip(system_rates, self.io_limit, strict=True)
         return {
             "io_limit": [round(r, 1) for r in self.io_limit],
+            **{
+                f"io_limit, {way} fetch": [round(relays[way], 1) for relays in self.io_by_fetch]
+                for way in baselines.RELAY_FETCH
+            },
             "system": [round(r, 1) for r in system_rates],
             "system / io_limit": [round(s / i, 3) if i else 0.0 for s, i in pairs],
             "latency_p99_ms": [_p99(run) for run in self.steady],
@@ -150,12 +156,17 @@ def _limits_and_system(
     moves both, not one of them."""
     rounds = Rounds()
     for number in range(1, options.rounds + 1):
-        rounds.io_limit.append(baselines.io_limit(bootstrap, topics["in"], topics["relay"], workload.messages))
+        relays = {
+            way: baselines.io_limit(bootstrap, topics["in"], topics["relay"], workload.messages, fetch)
+            for way, fetch in baselines.RELAY_FETCH.items()
+        }
+        rounds.io_by_fetch.append(relays)
+        rounds.io_limit.append(max(relays.values()))
         rounds.drains.append(system.drain(bootstrap, topics["in"], topics["out"], workload, options.flags))
-        if options.rounds > 1:
-            io_rate, system_rate = rounds.io_limit[-1], system.throughput(rounds.drains[-1])
-            print(f"  round {number}/{options.rounds}: I/O limit {io_rate:,.0f} msg/s, system {system_rate:,.0f} msg/s",
-                  file=sys.stderr, flush=True)  # fmt: skip
+        ways = ", ".join(f"{way} fetch {rate:,.0f}" for way, rate in relays.items())
+        system_rate = system.throughput(rounds.drains[-1])
+        print(f"  round {number}/{options.rounds}: I/O limit {rounds.io_limit[-1]:,.0f} msg/s ({ways}), "
+              f"system {system_rate:,.0f} msg/s", file=sys.stderr, flush=True)  # fmt: skip
     return rounds
 
 
