@@ -40,10 +40,15 @@ GIL_SWITCH_SECONDS = 0.001
 
 
 def worker_main(
-    settings: Settings, slot: WorkerSlot, report: multiprocessing.connection.Connection, scratch: str
+    settings: Settings,
+    slot: WorkerSlot,
+    report: multiprocessing.connection.Connection,
+    scratch: str,
+    hold_at_end: bool = False,
 ) -> None:
     """Run one worker until it is done; never returns (exits with a code the supervisor reads).
-    Its temporary files go to ``scratch``, which the supervisor removes once it exited."""
+    Its temporary files go to ``scratch``, which the supervisor removes once it exited. With
+    ``hold_at_end``, a bounded run's worker waits at its end until the supervisor stops it."""
     os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only; it forwards SIGTERM
     os.makedirs(scratch, exist_ok=True)
     tempfile.tempdir = scratch
@@ -51,7 +56,7 @@ def worker_main(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines are noise here
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     try:
-        summary = _serve(settings, slot, report)
+        summary = _serve(settings, slot, report, hold_at_end)
         _send(report, "summary", summary)
         code = EXIT_DONE
     except ConfigError as exc:
@@ -73,12 +78,16 @@ def worker_main(
     os._exit(code)
 
 
-def _serve(settings: Settings, slot: WorkerSlot, report: multiprocessing.connection.Connection) -> dict[str, Any]:
+def _serve(
+    settings: Settings, slot: WorkerSlot, report: multiprocessing.connection.Connection, hold_at_end: bool
+) -> dict[str, Any]:
     logs.configure(settings.log_level, settings.log_format, worker=slot.slot, device=slot.device)
     configure_tensorflow(slot, settings.gpu_memory, settings.allow_cpu_fallback)
     from consumer.worker import Worker  # imports TensorFlow, after the device is pinned
 
     worker = Worker(settings, slot.slot, slot.device, slot.host_number)
+    worker.hold_at_end = hold_at_end
+    worker.on_end_reached = lambda: _send(report, "status", worker.status())  # at once, not within a second
     install_signal_handlers(worker.request_stop)
     when_parent_dies(worker.request_stop)
     worker.start()

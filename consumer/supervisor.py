@@ -179,7 +179,7 @@ class Supervisor:
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker_main,
-            args=(self.settings, child.slot, send, self._scratch_of(child)),
+            args=(self.settings, child.slot, send, self._scratch_of(child), self._hold_at_end()),
             name=f"tfstream-worker-{child.slot.slot}",
         )
         process.start()
@@ -225,6 +225,7 @@ class Supervisor:
             )
         elif kind == "status":
             child.status, child.status_at = payload, time.monotonic()
+            self._stop_if_all_at_end()
         elif kind == "summary":
             child.summary = payload
         elif kind == "error":
@@ -288,6 +289,17 @@ class Supervisor:
         self._stop_all("a worker failed for good: stopping the others")
 
     # -- stopping ------------------------------------------------------------------------
+    def _hold_at_end(self) -> bool:
+        """A bounded run's workers leave together (``Worker._leaves_at_end``); one alone need not wait."""
+        return self.settings.stop_at_end and len(self.children) > 1
+
+    def _stop_if_all_at_end(self) -> None:
+        if not self._hold_at_end() or self._stopping_since is not None:
+            return
+        running = [c for c in self.children if not c.finished]
+        if running and all(c.alive and c.status.get("at_end") for c in running):
+            self._stop_all("every worker reached the end of its partitions: stopping them together")
+
     def _stop_all(self, why: str) -> None:
         if self._stopping_since is None:
             self._stopping_since = time.monotonic()

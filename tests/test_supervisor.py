@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from confluent_kafka import Producer
 
 from consumer.codec import pack_input
+from tests import models
 from tests.helpers import (
     ENV,
     Deployment,
@@ -41,6 +44,32 @@ def test_stop_at_end_with_two_workers_ends_when_both_are_done(
     assert set(seen) == set(range(600)) and max(seen.values()) == 1
     assert [w["exit_code"] for w in summary["workers"]] == [0, 0] and summary["predicted"] == 600
     assert summary["supervisor_imported_tensorflow"] is False
+
+
+def test_stop_at_end_workers_leave_together_so_no_rebalance_stops_the_last_one(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+) -> None:
+    """The worker that finished first used to leave at once: the group rebalanced under the other,
+    still reading, which stopped for the rejoin (3.4 s on this broker; a bench drain took twice as
+    long) and was given every partition again. Now the workers of one host wait at their end and
+    leave together: no partition is assigned once a worker has begun to leave."""
+    inp, out = topics("in", "out", partitions=2)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i in range(122):  # one partition takes its worker about 3 s, the other about 0.2 s
+        producer.produce(inp, pack_input(np.ones(4, "float32"), id=i), str(i).encode(), partition=int(i >= 120))
+    producer.flush(30)
+    model = models.slow_saved_model(tmp_path / "slow")  # about 0.2 s per batch of 8
+    flags = ("--workers", "2", "--stop-at-end", "--max-batch-size", "8")
+    deployment = Deployment(consumer_command(bootstrap, model, inp, out, group, *flags), ENV)
+    summary = deployment.finish(timeout=180)
+    assert [w["exit_code"] for w in summary["workers"]] == [0, 0] and summary["predicted"] == 122
+    events = [json.loads(line).get("event") for line in deployment.lines if line.startswith("{")]
+    assert events.count("reached the end of its partitions; waiting to leave with the other workers") >= 2
+    assert "every worker reached the end of its partitions: stopping them together" in events
+    first_leaving = events.index("draining")
+    assert "partitions assigned" not in events[first_leaving:], "a worker was rebalanced at the end"
+    seen = wait_for_outputs(bootstrap, out, set(range(122)), timeout=30)
+    assert max(seen.values()) == 1
 
 
 def test_gpu_pinning_runs_the_same_code_on_a_cpu_only_host(
