@@ -307,8 +307,9 @@ def run_broker(port: int) -> int:
         print(f"embedded broker ready on {broker.bootstrap_servers} (log: {broker.log_path}); Ctrl-C stops it")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
-            while True:
-                time.sleep(1)
+            while (ended := broker.ended_by_itself()) is None:
+                time.sleep(0.5)
         except KeyboardInterrupt:
-            pass
-    return 0
+            return 0
+        # a broker that died (killed, out of memory) must not look alive: clients would just time out
+        raise BrokerError(f"the embedded broker stopped by itself ({ended}); its log, kept: {broker.log_path}")

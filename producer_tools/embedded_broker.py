@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -124,6 +125,13 @@ class EmbeddedBroker:
         raise BrokerStartError(
             f"the embedded broker did not accept connections in {READY_TIMEOUT_SECONDS:.0f}s; see {self.log_path}"
         )
+
+    def ended_by_itself(self) -> str | None:
+        """None while the broker runs; once it has exited on its own, how (its log says why)."""
+        code = self._process.poll() if self._process is not None else None
+        if code is None:
+            return None
+        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
 
     def stop(self, keep_log: bool = False) -> None:
         """Stop the broker. A log folder of its own is removed, unless ``keep_log`` or the broker had

@@ -365,6 +365,33 @@ def test_the_broker_command_refuses_a_port_in_use_in_one_line(
     assert list(tmp_path.iterdir()) == []  # no empty log folder left behind
 
 
+def test_the_broker_command_ends_with_one_line_when_its_broker_dies(tmp_path: Path) -> None:
+    """The broker process killed under the command (out of memory, a stray ``pkill``): the command
+    kept running, still looking ready, while clients only timed out. It now ends with exit 1 and one
+    line, and keeps the broker's log, which says why."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from producer_tools.embedded_broker import free_port
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    command = [sys.executable, "-m", "producer_tools", "broker", "--port", str(free_port())]
+    tool = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert tool.stdout is not None and "embedded broker ready" in tool.stdout.readline()
+        children = Path(f"/proc/{tool.pid}/task/{tool.pid}/children").read_text().split()
+        assert len(children) == 1
+        os.kill(int(children[0]), signal.SIGKILL)
+        _, err = tool.communicate(timeout=30)
+    finally:
+        tool.kill()
+    log = next(tmp_path.glob("tfstream-broker-*/broker.log"))
+    assert tool.returncode == 1
+    assert err.strip() == f"error: the embedded broker stopped by itself (killed by SIGKILL); its log, kept: {log}"
+
+
 def test_the_tools_show_each_librdkafka_message_once_numbers_aside() -> None:
     import logging
 
