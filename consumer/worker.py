@@ -275,7 +275,8 @@ class Worker:
         """A bounded run is done: leave, or, held, say so once and read on until stopped. A worker
         leaving alone makes the group rebalance under the others still reading: each stops for the
         rejoin (3.4 s on the embedded broker, where it halved a bench drain in about a third of the
-        runs), so workers of one host leave together."""
+        runs), so the workers of one supervisor leave together (two supervisors on one host do not wait
+        for each other)."""
         done = self._bounded_run_done()
         if not self.hold_at_end:
             return done
