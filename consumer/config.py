@@ -79,6 +79,7 @@ class Settings(BaseModel):
     jit_compile: bool = False
     preprocess: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     output_format: Literal["msgpack", "json"] = "msgpack"
+    output_headers: Literal["all", "source"] = "all"
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
     transactional_id_prefix: str = Field("tfstream", min_length=1, pattern=r"^[\w.-]+$")
     transaction_timeout_ms: int = Field(60_000, ge=1000, le=900_000)

@@ -106,7 +106,7 @@ class Outbox:
         sources: list[Message],
         topic: str,
         values: list[bytes],
-        headers: list[Headers],
+        headers: list[Headers | None],
         keys: list[bytes | None] | None = None,
         coords: list[tuple[Partition, int]] | None = None,
         timestamps: list[int] | None = None,
@@ -139,7 +139,7 @@ class Outbox:
         topic: str,
         value: bytes,
         key: bytes | None,
-        headers: Headers,
+        headers: Headers | None,
         ack: BatchAck,
         source: tuple[Partition, int],
     ) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from confluent_kafka import Message
 
 from consumer.codec import encode_tensor_for_json, output_envelope
 from consumer.delivery import HEADER_PREFIX, Counters, DeadLetters, Headers, Outbox, source_headers
@@ -26,11 +27,15 @@ class Emitter:
         counters: Counters,
         dead_letters: DeadLetters,
         worker: str = "",
+        own_headers: bool = True,
     ) -> None:
         self.outbox, self.topic, self.model, self.counters = outbox, topic, model, counters
         self.dead_letters = dead_letters
         self._json = output_format == "json"
         self._worker = worker
+        #: whether outputs carry the worker's ``tfstream.*`` headers besides the input's own
+        #: (``--output-headers``): five headers cost about as much as the rest of producing a record
+        self.own_headers = own_headers
         self.set_model(model)
 
     def set_model(self, model: dict[str, str]) -> None:
@@ -67,11 +72,17 @@ class Emitter:
                 return
             messages = batch.messages
             coords, timestamps = coordinates_of(messages), timestamps_of(messages)
-        record_headers = [source_headers(m) + headers if m.headers() else headers for m in messages]
+        record_headers = self._record_headers(messages, headers)
         self.outbox.send_batch(
             messages, self.topic, values, record_headers, coords=coords, timestamps=timestamps, timed=True
         )
         self.counters.add(predicted=batch.rows, batches=1, padded_rows=bucket - rows)
+
+    def _record_headers(self, messages: list[Message], own: Headers) -> list[Headers | None]:
+        """Each output's headers: the input's own (tracing ids), then the worker's if it adds them."""
+        if not self.own_headers:
+            return [source_headers(m) if m.headers() else None for m in messages]
+        return [source_headers(m) + own if m.headers() else own for m in messages]
 
     def _values(
         self, batch: Batch, outputs: dict[str, np.ndarray], coords: list[tuple[Partition, int]], timestamps: list[int]

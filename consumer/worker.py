@@ -201,8 +201,9 @@ class Worker:
         )
         worker = f"{socket.gethostname()}/{os.getpid()}/{self.slot}/{self.device}"
         emitter = Emitter(
-            self.outbox, s.output_topic, served.info, s.output_format, self.counters, dead_letters, worker
-        )
+            self.outbox, s.output_topic, served.info, s.output_format, self.counters, dead_letters, worker,
+            own_headers=s.output_headers == "all",
+        )  # fmt: skip
         return Serving(served, self.pipeline, emitter, dead_letters, self.outbox, watcher, self.metrics, self.log)
 
     # -- run -----------------------------------------------------------------------------

@@ -60,6 +60,25 @@ def test_each_input_yields_one_output_equal_to_the_model(
     assert timed == dict.fromkeys(STAGES, summary["batches"])
 
 
+def test_output_headers_source_carries_the_inputs_own_headers_and_none_of_the_workers(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    inp, out = topics("in", "out")
+    x = np.random.default_rng(1).normal(size=(40, 4)).astype("float32")
+    # an input's copy of a worker header (a replayed dead letter's) is dropped, as with all headers
+    traced = [("trace-id", b"t1"), ("tfstream.model.name", b"old")]
+    publish(bootstrap, inp, ((f"t{i}".encode(), pack_input(x[i], id=i)) for i in range(20)), headers=traced)
+    publish(bootstrap, inp, ((f"u{i}".encode(), pack_input(x[i], id=i)) for i in range(20, 40)))
+    summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, model_version="v3", output_headers="source"))
+    got = outputs(bootstrap, out, 40)
+    assert summary["predicted"] == 40 and len(got) == 40
+    expected = models.offline_predict(mlp_path, x)
+    for msg, record in got:
+        np.testing.assert_allclose(record["outputs"], expected[record["id"]], atol=1e-5)
+        assert record["model"] == {"name": "mlp", "version": "v3"}  # the value still says which model
+        assert msg.headers() == ([("trace-id", b"t1")] if msg.key().startswith(b"t") else None)
+
+
 @pytest.mark.parametrize("fmt", ["keras", "saved_model"])
 def test_multi_input_models_predict_like_the_model(
     bootstrap: str, topics: Topics, group: str, multi_path: Path, tmp_path: Path, fmt: str
