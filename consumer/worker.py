@@ -277,11 +277,15 @@ class Worker:
         leaving alone makes the group rebalance under the others still reading: each stops for the
         rejoin (3.4 s on the embedded broker, where it halved a bench drain in about a third of the
         runs), so the workers of one supervisor leave together (two supervisors on one host do not wait
-        for each other)."""
+        for each other). A held worker commits its end before it says so, so that the supervisor
+        stops workers whose work is committed: their drains' commits would come after the first of
+        them left, during the rebalance its leaving starts, which a broker may refuse
+        (``REBALANCE_IN_PROGRESS``), and the inputs would be read again by the next run."""
         done = self._bounded_run_done()
         if not self.hold_at_end:
             return done
         if done and not self._was_at_end:
+            self._maybe_commit(force=True)
             self.log.info("reached the end of its partitions; waiting to leave with the other workers")
             if self.on_end_reached is not None:
                 self.on_end_reached()

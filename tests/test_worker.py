@@ -433,6 +433,30 @@ def test_a_stop_that_meets_an_assignment_ends_cleanly(
     assert committed(bootstrap, group, inp, 2) == {0: -1001, 1: -1001}  # nothing taken, nothing committed
 
 
+def test_a_held_worker_commits_its_end_before_it_says_it_reached_it(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """Workers that leave together (a bounded run of several workers) each commit their end while
+    holding, not in the drain after the first has left, during the rebalance its leaving starts.
+    Periodic commits are off here, so only that commit can have moved the offsets by the time the
+    worker reports its end."""
+    from consumer.worker import Worker
+
+    inp, out = topics("in", "out", partitions=2)
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(60)))
+    worker = Worker(settings(bootstrap, mlp_path, inp, out, group, commit_interval_ms=600_000))
+    seen: dict[int, int] = {}
+
+    def at_end() -> None:  # in the worker's own loop: its drain cannot have run yet
+        seen.update(committed(bootstrap, group, inp, 2))
+        worker.request_stop()
+
+    worker.hold_at_end, worker.on_end_reached = True, at_end
+    summary = worker.run()
+    assert summary["predicted"] == 60
+    assert sum(seen.values()) == 60, f"committed when the worker reported its end: {seen}"
+
+
 def test_a_predict_thread_that_dies_with_batches_queued_ends_the_worker_with_its_error(
     bootstrap: str, topics: Topics, group: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
