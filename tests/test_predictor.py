@@ -140,7 +140,7 @@ def test_a_model_that_fails_at_a_batch_size_is_a_model_error_with_the_error_itse
 
 def test_a_pipeline_with_nothing_to_tune_runs_without_tf_data_autotuning(mlp_path: Path) -> None:
     """tf.data's autotuning thread made the iterator's teardown, at every stop, wait out the
-    thread's sleep: 3.6-4.3 s in about a third of the bounded runs measured (5 of 21), none of 16
+    thread's sleep: 3.6-4.3 s in about a third of the bounded runs measured (11 of 32), none of 16
     without it. Only a pipeline with a parallel map (``--preprocess``) has anything to tune."""
     from consumer.codec import Limits
     from consumer.pipeline import Pipeline
