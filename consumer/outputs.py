@@ -57,11 +57,6 @@ class Emitter:
                 self._send_outputs(batch, outputs, bucket, predict_ms)
 
     def _send_outputs(self, batch: Batch, outputs: dict[str, np.ndarray], bucket: int, predict_ms: float) -> None:
-        headers: Headers = [
-            *self._model_headers,
-            (HEADER_PREFIX + "batch.rows", str(batch.rows).encode()),
-            (HEADER_PREFIX + "predict.ms", f"{predict_ms:.3f}".encode()),
-        ]
         rows, messages = batch.rows, batch.messages
         coords, timestamps = coordinates_of(messages), timestamps_of(messages)
         try:
@@ -72,16 +67,22 @@ class Emitter:
                 return
             messages = batch.messages
             coords, timestamps = coordinates_of(messages), timestamps_of(messages)
-        record_headers = self._record_headers(messages, headers)
+        record_headers = self._record_headers(messages, rows, predict_ms)
         self.outbox.send_batch(
             messages, self.topic, values, record_headers, coords=coords, timestamps=timestamps, timed=True
         )
         self.counters.add(predicted=batch.rows, batches=1, padded_rows=bucket - rows)
 
-    def _record_headers(self, messages: list[Message], own: Headers) -> list[Headers | None]:
-        """Each output's headers: the input's own (tracing ids), then the worker's if it adds them."""
+    def _record_headers(self, messages: list[Message], rows: int, predict_ms: float) -> list[Headers | None]:
+        """Each output's headers: the input's own (tracing ids), then the worker's if it adds them
+        (``rows``: the batch's, as predicted)."""
         if not self.own_headers:
             return [source_headers(m) if m.headers() else None for m in messages]
+        own: Headers = [
+            *self._model_headers,
+            (HEADER_PREFIX + "batch.rows", str(rows).encode()),
+            (HEADER_PREFIX + "predict.ms", f"{predict_ms:.3f}".encode()),
+        ]
         return [source_headers(m) + own if m.headers() else own for m in messages]
 
     def _values(
