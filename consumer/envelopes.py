@@ -4,19 +4,31 @@
 A msgpack map is a header followed by its keys and values, so every part that is the same for all
 rows (the keys, the model map, each output's dtype and shape, the topic) is packed once; a row adds
 only its tensor bytes (a slice of the batch's one ``tobytes()``), its source coordinates and its id.
+When every row's id is an integer (or no row has one), rows laid out alike (one partition, the same
+integer formats) are written together as one NumPy block and cut apart, with no Python step per row:
+0.23-0.37 µs a row against 0.47 row by row (a batch of 1024 in 1-6 blocks). Packing was 13% of an
+MLP worker's interpreter-lock time (docs/performance-log.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from itertools import pairwise
+from operator import itemgetter
+from typing import Any, cast
 
 import msgpack
 import numpy as np
 
+from consumer import msgpack_ints
 from consumer.codec import FORMAT_VERSION, encode_tensor, is_string_array, output_envelope, wire_array
 
 _FIXMAP = 0x80
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+#: one output's (what precedes a row's bytes, the batch's bytes, one row's width)
+Column = tuple[bytes, memoryview, int]
+#: a part of every row of a block: the same bytes in each, or one row of ``uint8`` per row
+Segment = bytes | np.ndarray
 
 
 class OutputPacker:
@@ -57,6 +69,9 @@ class OutputPacker:
         (prefix, data, width), more = columns[0], columns[1:]
         heads = {flag: bytes([_FIXMAP | (4 + flag)]) + body_head + prefix for flag in (False, True)}
         tails = {False: self._version, True: self._version + self._id_key}
+        blocks = _IntegerRows.of(coords, timestamps, ids)
+        if blocks is not None:
+            return self._pack_blocks(blocks, columns, heads[blocks.has_id], tails[blocks.has_id])
         sources, timestamp_key = self._sources, self._timestamp_key
         pack, values, last_timestamp, packed_timestamp = self._pack, [], None, b""
         for row, ((partition, offset), timestamp, (ident, has_id)) in enumerate(
@@ -74,6 +89,31 @@ class OutputPacker:
             values.append(b"".join(parts))
         return values
 
+    def _pack_blocks(self, rows: _IntegerRows, columns: list[Column], head: bytes, tail: bytes) -> list[bytes]:
+        """Each block of rows laid out alike as one NumPy array, cut into the rows' values."""
+        data = [np.frombuffer(column, np.uint8).reshape(rows.count, width) for _, column, width in columns]
+        if rows.order is not None:
+            data = [column[rows.order] for column in data]
+        packed: list[bytes] = []
+        for (start, stop), partition in zip(rows.spans, rows.partitions, strict=True):
+            block = slice(start, stop)
+            segments: list[Segment] = [head, data[0][block]]
+            for (prefix, _, _), column in zip(columns[1:], data[1:], strict=True):
+                segments += (prefix, column[block])
+            segments.append(self._sources.get(partition) or self._source_of(partition))
+            segments += rows.integer("offset", block)
+            segments.append(self._timestamp_key)
+            segments += rows.integer("timestamp", block)
+            segments.append(tail)
+            if rows.has_id:
+                segments += rows.integer("id", block)
+            packed += join_rows(segments)
+        if rows.order is None:
+            return packed
+        values: list[bytes] = [b""] * rows.count
+        list(map(values.__setitem__, rows.order.tolist(), packed))
+        return values
+
     def _pack_each(self, outputs: Mapping[str, np.ndarray], rows: Iterable[tuple[Any, int, Any]]) -> list[bytes]:
         """Row by row, for outputs with strings (whose rows have no fixed width); ``rows``: each
         row's source coordinates, timestamp and id, as ``pack_rows`` takes them."""
@@ -86,7 +126,7 @@ class OutputPacker:
             values.append(self._pack(envelope))
         return values
 
-    def _column(self, name: str, array: np.ndarray, rows: int, named: bool) -> tuple[bytes, memoryview, int]:
+    def _column(self, name: str, array: np.ndarray, rows: int, named: bool) -> Column:
         """(what precedes a row's bytes, the batch's bytes, one row's width) for one output."""
         arr = wire_array(array)
         data = memoryview(np.ascontiguousarray(arr[:rows]).tobytes())
@@ -111,6 +151,90 @@ class OutputPacker:
             (self._model, self._source_head, pack(topic), self._partition_key, pack(number), self._offset_key)
         )
         return self._sources[partition]
+
+
+class _IntegerRows:
+    """A batch's rows whose every integer part is in an int64 array: offsets, timestamps and ids (all
+    present, all ``int``) or none; sorted (``order``, None when already alike) into ``spans`` of rows
+    laid out alike: the same partition (its source map) and the same msgpack format per integer."""
+
+    def __init__(self, partitions: list[Any], integers: dict[str, np.ndarray], has_id: bool) -> None:
+        self.count, self.has_id = len(partitions), has_id
+        formats = {name: msgpack_ints.formats(values) for name, values in integers.items()}
+        numbering = {partition: number for number, partition in enumerate(dict.fromkeys(partitions))}
+        key = np.fromiter(map(numbering.__getitem__, partitions), np.int64, self.count)
+        for column in formats.values():
+            key = key * len(msgpack_ints.FORMATS) + column
+        self.order: np.ndarray | None = None
+        if key.min() != key.max():
+            self.order = np.argsort(key, kind="stable")
+            key = key[self.order]
+            integers = {name: values[self.order] for name, values in integers.items()}
+            formats = {name: column[self.order] for name, column in formats.items()}
+        bounds = [0, *(np.flatnonzero(np.diff(key)) + 1).tolist(), self.count]
+        self.spans = list(pairwise(bounds))
+        self.formats = formats
+        #: each span's partition
+        self.partitions = [
+            partitions[start if self.order is None else int(self.order[start])] for start, _ in self.spans
+        ]
+        self.big_endian = {name: msgpack_ints.big_endian(values) for name, values in integers.items()}
+
+    @classmethod
+    def of(
+        cls, coords: Sequence[tuple[Any, int]], timestamps: Sequence[int], ids: Sequence[tuple[Any, bool]]
+    ) -> _IntegerRows | None:
+        """The rows, or None when some id is not an int64 integer, or only some rows have an id."""
+        flags = set(map(_SECOND, ids))
+        if len(flags) != 1:
+            return None
+        has_id = flags.pop()
+        integers = {
+            "offset": np.fromiter(map(_SECOND, coords), np.int64, len(coords)),
+            "timestamp": np.array(timestamps, dtype=np.int64),
+        }
+        if has_id:
+            idents = list(map(_FIRST, ids))
+            if set(map(type, idents)) != {int}:  # bool is not int here, nor is any other type
+                return None
+            try:
+                integers["id"] = np.array(idents, dtype=np.int64)
+            except OverflowError:  # above 2**63 - 1: msgpack's uint 64, left to the row-by-row path
+                return None
+        return cls(list(map(_FIRST, coords)), integers, has_id)
+
+    def integer(self, name: str, block: slice) -> list[Segment]:
+        """The block's ``name`` integers: their format's first byte, then each row's payload."""
+        fmt = int(self.formats[name][block.start])
+        return [msgpack_ints.first_byte(fmt), msgpack_ints.payload(self.big_endian[name][block], fmt)]
+
+
+def join_rows(segments: list[Segment]) -> list[bytes]:
+    """Rows, each the concatenation of ``segments``, written as one array and cut into bytes."""
+    rows = next(len(s) for s in segments if isinstance(s, np.ndarray))
+    segments = _joined_constants(segments)
+    widths = [len(s) if isinstance(s, bytes) else s.shape[1] for s in segments]
+    length = sum(widths)
+    block = np.empty((rows, length), np.uint8)
+    at = 0
+    for segment, width in zip(segments, widths, strict=True):
+        if width:
+            block[:, at : at + width] = np.frombuffer(segment, np.uint8) if isinstance(segment, bytes) else segment
+        at += width
+    # as NumPy void items, each row becomes one bytes object in C, all of it (``S`` items would lose
+    # trailing zero bytes): 13 ns a row, against 90 for slicing one bytes object
+    return cast(list[bytes], block.view(np.dtype((np.void, length))).ravel().tolist())
+
+
+def _joined_constants(segments: list[Segment]) -> list[Segment]:
+    """``segments`` with each run of constant parts (bytes) joined into one: fewer array writes."""
+    joined: list[Segment] = []
+    for segment in segments:
+        if isinstance(segment, bytes) and joined and isinstance(joined[-1], bytes):
+            joined[-1] += segment
+        else:
+            joined.append(segment)
+    return joined
 
 
 def map_header(size: int) -> bytes:

@@ -232,12 +232,54 @@ OUTPUT_ARRAYS = st.sampled_from(["float32", ">f8", "int64", "uint8", "bool"]).fl
 )
 def test_packed_rows_are_byte_for_byte_the_output_envelope(outputs: dict[str, np.ndarray], rows: list) -> None:
     count = min([len(rows), *(len(a) for a in outputs.values())])
-    outputs = {k: v[:count] for k, v in outputs.items()}
     sources = [("topic-a", r[0] % 7, r[0] * 2**33, 1_700_000_000_000 + r[0]) for r in rows[:count]]
-    ids = [(r[1], r[2]) for r in rows[:count]]
+    assert_packed_as_envelopes(outputs, sources, [(r[1], r[2]) for r in rows[:count]])
+
+
+#: integers on each side of every boundary between msgpack's integer formats, and the extremes
+FORMAT_EDGES = st.sampled_from(
+    sorted(
+        {
+            e + d
+            for e in (-(2**63), -(2**31), -(2**15), -128, -32, 0, 128, 256, 2**16, 2**32, 2**63 - 1)
+            for d in (-1, 0, 1)
+        }
+    )
+).filter(lambda v: -(2**63) <= v <= 2**64 - 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=6), OUTPUT_ARRAYS, min_size=1, max_size=3),
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),  # partition
+            FORMAT_EDGES.filter(lambda v: 0 <= v < 2**63) | st.integers(0, 2**40),  # offset
+            FORMAT_EDGES.filter(lambda v: v < 2**63) | st.integers(-1, 2**45),  # timestamp
+            FORMAT_EDGES | st.integers(-(2**63), 2**64 - 1),  # id
+        ),
+        max_size=64,
+    ),
+    st.booleans(),
+)
+def test_rows_with_integer_ids_are_packed_as_blocks_byte_for_byte_the_output_envelope(
+    outputs: dict[str, np.ndarray], rows: list, has_id: bool
+) -> None:
+    """Every id an integer (or none at all): the block path, its rows grouped by partition and by the
+    msgpack format of each integer (an id above 2**63 - 1 sends the batch row by row)."""
+    count = min([len(rows), *(len(a) for a in outputs.values())])
+    sources = [(f"topic-{p % 2}", p, offset, timestamp) for p, offset, timestamp, _ in rows[:count]]
+    assert_packed_as_envelopes(outputs, sources, [(r[3] if has_id else None, has_id) for r in rows[:count]])
+
+
+def assert_packed_as_envelopes(outputs: dict[str, np.ndarray], sources: list, ids: list) -> None:
+    """``pack_rows`` gives, for each row, what ``pack_output(output_envelope(...))`` gives."""
+    count = len(sources)
+    outputs = {k: v[:count] for k, v in outputs.items()}
     model = {"name": "m", "version": "7"}
     coords = [((topic, partition), offset) for topic, partition, offset, _ in sources]
     packed = OutputPacker(model).pack_rows(outputs, coords, [s[3] for s in sources], ids)
+    assert len(packed) == count
     for row in range(count):
         tensors = {k: encode_tensor(v[row]) for k, v in outputs.items()}
         body = next(iter(tensors.values())) if len(tensors) == 1 else tensors
