@@ -4,46 +4,50 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from itertools import chain
+from typing import Any
 
-T = TypeVar("T")
+#: a chunk or a batch of records as parallel lists of equal length: the messages first, then what
+#: was read of them once (their coordinates, their timestamps), so that no step reads it again
+Columns = tuple[list[Any], ...]
 
 
-class Batcher(Generic[T]):
-    """Holds messages until ``max_batch_size`` are waiting or the oldest waited ``max_wait_ms``.
+class Batcher:
+    """Holds records until ``max_batch_size`` are waiting or the oldest waited ``max_wait_ms``.
 
-    Messages are kept in the chunks they were fetched in, and weighed per chunk: no Python step per
-    message, which is what bounds a small model's throughput."""
+    Records are kept in the chunks they were fetched in, each as columns (``Columns``), cut and
+    joined as wholes and weighed per chunk (``weigh``: the bytes of a chunk's first column): no
+    Python step per message, which is what bounds a small model's throughput."""
 
     def __init__(
         self,
         max_batch_size: int,
         max_wait_ms: float,
         clock: Callable[[], float] = time.monotonic,
-        size: Callable[[T], int] = lambda _: 0,
+        weigh: Callable[[list[Any]], int] = lambda _: 0,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self._clock = clock
-        self._size = size
-        self.bytes = 0  # what the held messages weigh, by ``size``
-        self._chunks: deque[list[T]] = deque()
+        self._weigh = weigh
+        self.bytes = 0  # what the held messages weigh, by ``weigh``
+        self._chunks: deque[Columns] = deque()
         self._count = 0
         self._oldest: float | None = None
 
     def __len__(self) -> int:
         return self._count
 
-    def add(self, items: Iterable[T]) -> None:
-        chunk = list(items)
-        if not chunk:
+    def add(self, *columns: list[Any]) -> None:
+        """One fetched chunk, as columns of equal length."""
+        if not columns[0]:
             return
         if self._oldest is None:
             self._oldest = self._clock()
-        self._chunks.append(chunk)
-        self._count += len(chunk)
-        self.bytes += sum(map(self._size, chunk))
+        self._chunks.append(columns)
+        self._count += len(columns[0])
+        self.bytes += self._weigh(columns[0])
 
     def space(self) -> int:
         """How many more messages the open batch takes before it is full."""
@@ -63,28 +67,31 @@ class Batcher(Generic[T]):
     def ready(self) -> bool:
         return self._count >= self.max_batch_size or self.seconds_left() == 0.0
 
-    def take(self) -> list[T]:
-        """Close and return the open batch (at most ``max_batch_size`` messages)."""
-        count = min(self._count, self.max_batch_size)
-        batch: list[T] = []
-        while len(batch) < count:
-            need = count - len(batch)
+    def take(self) -> Columns:
+        """Close and return the open batch (at most ``max_batch_size`` records), as columns; call
+        it when ``ready``."""
+        need = min(self._count, self.max_batch_size)
+        self._count -= need
+        taken: list[Columns] = []
+        while need:
             chunk = self._chunks[0]
-            if len(chunk) <= need:
-                batch += self._chunks.popleft()
+            if len(chunk[0]) <= need:
+                taken.append(self._chunks.popleft())
+                need -= len(chunk[0])
             else:
-                batch += chunk[:need]
-                self._chunks[0] = chunk[need:]
-        self._count -= count
-        self.bytes -= sum(map(self._size, batch))
+                taken.append(tuple(column[:need] for column in chunk))
+                self._chunks[0] = tuple(column[need:] for column in chunk)
+                need = 0
+        batch = taken[0] if len(taken) == 1 else tuple(list(chain.from_iterable(c)) for c in zip(*taken, strict=True))
+        self.bytes -= self._weigh(batch[0])
         self._oldest = self._clock() if self._count else None
         return batch
 
-    def drop(self, keep: Callable[[T], bool]) -> None:
-        """Remove the messages for which ``keep`` is False (partitions taken away)."""
-        kept = [item for chunk in self._chunks for item in chunk if keep(item)]
-        self._chunks = deque([kept] if kept else [])
+    def drop(self, keep: Callable[..., bool]) -> None:
+        """Remove the records for which ``keep(*record)`` is False (partitions taken away)."""
+        kept = [record for chunk in self._chunks for record in zip(*chunk, strict=True) if keep(*record)]
+        self._chunks = deque([tuple(map(list, zip(*kept, strict=True)))] if kept else [])
         self._count = len(kept)
-        self.bytes = sum(map(self._size, kept))
+        self.bytes = self._weigh(self._chunks[0][0]) if kept else 0
         if not kept:
             self._oldest = None

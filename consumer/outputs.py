@@ -10,7 +10,6 @@ from consumer.delivery import HEADER_PREFIX, Counters, DeadLetters, Headers, Out
 from consumer.envelopes import OutputPacker
 from consumer.errors import EmitError
 from consumer.json_output import encode_json, json_value
-from consumer.offsets import Partition, coordinates_of, timestamps_of
 from consumer.pipeline import Batch
 
 
@@ -57,19 +56,22 @@ class Emitter:
                 self._send_outputs(batch, outputs, bucket, predict_ms)
 
     def _send_outputs(self, batch: Batch, outputs: dict[str, np.ndarray], bucket: int, predict_ms: float) -> None:
-        rows, messages = batch.rows, batch.messages
-        coords, timestamps = coordinates_of(messages), timestamps_of(messages)
+        rows = batch.rows
         try:
-            values = self._values(batch, outputs, coords, timestamps)
+            values = self._values(batch, outputs)
         except Exception:  # one input whose output cannot be encoded must not stop the stream
             batch, values = self._encode_each(batch, outputs)
             if not batch.rows:
                 return
-            messages = batch.messages
-            coords, timestamps = coordinates_of(messages), timestamps_of(messages)
-        record_headers = self._record_headers(messages, rows, predict_ms)
+        record_headers = self._record_headers(batch.messages, rows, predict_ms)
         self.outbox.send_batch(
-            messages, self.topic, values, record_headers, coords=coords, timestamps=timestamps, timed=True
+            batch.messages,
+            self.topic,
+            values,
+            record_headers,
+            coords=batch.coords,
+            timestamps=batch.timestamps,
+            timed=True,
         )
         self.counters.add(predicted=batch.rows, batches=1, padded_rows=bucket - rows)
 
@@ -85,12 +87,10 @@ class Emitter:
         ]
         return [source_headers(m) + own if m.headers() else own for m in messages]
 
-    def _values(
-        self, batch: Batch, outputs: dict[str, np.ndarray], coords: list[tuple[Partition, int]], timestamps: list[int]
-    ) -> list[bytes]:
+    def _values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
         if self._json:
             return self._json_values(batch, outputs)
-        return self._packer.pack_rows(outputs, coords, timestamps, batch.ids)
+        return self._packer.pack_rows(outputs, batch.coords, batch.timestamps, batch.ids)
 
     def _encode_each(self, batch: Batch, outputs: dict[str, np.ndarray]) -> tuple[Batch, list[bytes]]:
         """The batch's rows whose outputs encode, and their values; the others are dead letters."""
@@ -99,7 +99,7 @@ class Emitter:
         for row, msg in enumerate(batch.messages):
             one = {name: array[row : row + 1] for name, array in outputs.items()}
             try:
-                values += self._values(batch.row(row), one, coordinates_of([msg]), timestamps_of([msg]))
+                values += self._values(batch.row(row), one)
             except Exception as exc:
                 self.dead_letters.send(msg, EmitError(f"its output cannot be encoded: {type(exc).__name__}: {exc}"))
                 continue
@@ -109,16 +109,11 @@ class Emitter:
     def _json_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
         values = []
         single = len(outputs) == 1
-        for row, msg in enumerate(batch.messages):
+        for row, ((topic, partition), offset) in enumerate(batch.coords):
             tensors = {name: encode_tensor_for_json(value[row]) for name, value in outputs.items()}
             body = next(iter(tensors.values())) if single else tensors
             ident, has_id = batch.ids[row]
-            source = {
-                "topic": msg.topic(),
-                "partition": msg.partition(),
-                "offset": msg.offset(),
-                "timestamp": msg.timestamp()[1],
-            }
+            source = {"topic": topic, "partition": partition, "offset": offset, "timestamp": batch.timestamps[row]}
             envelope = output_envelope(body, model=self.model, source=source, id=json_value(ident), has_id=has_id)
             values.append(encode_json(envelope))
         return values

@@ -24,6 +24,7 @@ from confluent_kafka import Message
 
 from consumer.codec import Limits
 from consumer.errors import InputError, PreprocessError
+from consumer.offsets import Partition
 from consumer.predictor import Predictor
 from consumer.signature import STRING, Signature, TensorSpec
 from consumer.validate import BatchDecoder, pad_rows, stack
@@ -33,14 +34,19 @@ PROBE = "probe"
 #: the id of the element after the last batch (batch ids are >= 0, probes' < 0 and far above this)
 END = -(2**62)
 Preprocess = Callable[[Any], Any]
+#: a closed batch's messages, their ((topic, partition), offset) and their timestamps (ms)
+Closed = tuple[list[Message], list[tuple[Partition, int]], list[int]]
 
 
 @dataclass
 class Batch:
-    """The valid messages of one closed batch, in row order, with their stacked inputs and ids."""
+    """The valid messages of one closed batch, in row order, with their coordinates and timestamps
+    (read once, by the fetch loop), stacked inputs and ids."""
 
     id: int
     messages: list[Message]
+    coords: list[tuple[Partition, int]]
+    timestamps: list[int]
     inputs: dict[str, np.ndarray]
     ids: list[tuple[Any, bool]]
     closed_at: float
@@ -56,8 +62,9 @@ class Batch:
     def rows_at(self, indices: list[int]) -> Batch:
         """These rows alone, in this order (their dead letters stay with this batch)."""
         inputs = {name: column[indices] for name, column in self.inputs.items()}
-        messages, ids = [self.messages[i] for i in indices], [self.ids[i] for i in indices]
-        return Batch(self.id, messages, inputs, ids, self.closed_at, opened_at=self.opened_at)
+        messages, coords = [self.messages[i] for i in indices], [self.coords[i] for i in indices]
+        timestamps, ids = [self.timestamps[i] for i in indices], [self.ids[i] for i in indices]
+        return Batch(self.id, messages, coords, timestamps, inputs, ids, self.closed_at, opened_at=self.opened_at)
 
     @property
     def rows(self) -> int:
@@ -96,7 +103,7 @@ class Pipeline:
         self.reject_non_finite = reject_non_finite
         self.preprocess = preprocess
         self.raw_signature = raw_signature(self.signature, preprocess)
-        self._queue: queue.Queue[tuple[int, list[Message], float, float | None] | None] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[tuple[int, Closed, float, float | None] | None] = queue.Queue(maxsize=depth)
         self._registry: dict[int, Batch] = {}
         self._next_id = 0
         self.finished = 0
@@ -111,12 +118,12 @@ class Pipeline:
     def has_room(self) -> bool:
         return not self._queue.full()
 
-    def put(self, messages: list[Message], opened_at: float | None) -> None:
+    def put(self, batch: Closed, opened_at: float | None) -> None:
         """Hand a closed batch to the pipeline; blocks while the queue is full (see ``has_room``).
         ``opened_at``: when its first input reached the fetch loop (``time.monotonic``)."""
-        if self._closed or not messages:
+        if self._closed or not batch[0]:
             return
-        self._queue.put((self._next_id, messages, time.monotonic(), opened_at))
+        self._queue.put((self._next_id, batch, time.monotonic(), opened_at))
         self._next_id += 1
 
     def close(self, timeout: float) -> bool:
@@ -172,12 +179,15 @@ class Pipeline:
         size = self.predictor.batch_sizes[0]
         return -(last_id + 1), 0, size, stack([], self.raw_signature, 0)
 
-    def _decode(self, batch_id: int, messages: list[Message], closed_at: float, opened_at: float | None) -> Batch:
+    def _decode(self, batch_id: int, closed: Closed, closed_at: float, opened_at: float | None) -> Batch:
         """The batch's valid rows; the others ride along as dead letters (a batch may have no rows)."""
+        messages, coords, timestamps = closed
         decoded = self.decoder.decode([msg.value() for msg in messages])
         dead = [(messages[index], error) for index, error in decoded.failures]
-        kept = messages if len(decoded.rows) == len(messages) else [messages[i] for i in decoded.rows]
-        return Batch(batch_id, kept, decoded.inputs, decoded.ids, closed_at, dead, opened_at)
+        if len(decoded.rows) < len(messages):
+            messages, coords = [messages[i] for i in decoded.rows], [coords[i] for i in decoded.rows]
+            timestamps = [timestamps[i] for i in decoded.rows]
+        return Batch(batch_id, messages, coords, timestamps, decoded.inputs, decoded.ids, closed_at, dead, opened_at)
 
     def dataset(self) -> tf.data.Dataset:
         """Each element is one call of ``_generate``'s next step through ``tf.numpy_function``: a

@@ -54,6 +54,11 @@ BUSY_BATCHES = 2
 READ_AHEAD_CHUNK = 1000
 
 
+def message_bytes(messages: list[Message]) -> int:
+    """What messages weigh: their values' bytes (a Message's len is its value's)."""
+    return sum(map(len, messages))
+
+
 class Worker:
     """Loads and warms the model, joins the group, and streams until stopped or done."""
 
@@ -67,11 +72,8 @@ class Worker:
         self.tracker = OffsetTracker()
         self.ends = EndOfInput()
         self.window = TimeWindow(settings.from_ms, settings.until_ms)
-        self.batcher: Batcher[Message] = Batcher(
-            settings.max_batch_size,
-            settings.max_wait_ms,
-            size=len,  # a Message's len is its value's
-        )
+        #: holds fetched messages with their coordinates and timestamps, read once here
+        self.batcher = Batcher(settings.max_batch_size, settings.max_wait_ms, weigh=message_bytes)
         #: read ahead (while the pipeline is full) until this many message bytes are held, then pause
         self.read_ahead_bytes = int(settings.read_ahead_mb * 2**20)
         self._stop = threading.Event()
@@ -329,7 +331,8 @@ class Worker:
 
     def _close_batch(self) -> None:
         opened_at = self.batcher.opened_at
-        self.pipeline.put(self.batcher.take(), opened_at)
+        messages, coords, timestamps = self.batcher.take()
+        self.pipeline.put((messages, coords, timestamps), opened_at)
 
     def _fetch_plan(self) -> tuple[int, float]:
         """How many messages to ask for, and how long to wait for them: wake on the first input, fill
@@ -358,16 +361,14 @@ class Worker:
                 return
         if self.tracker.add_many(fetched):
             self._commit_starts()
-        ages_ms = self.timeline.consumed(timestamps_of(kept))
+        timestamps = timestamps_of(kept)
+        ages_ms = self.timeline.consumed(timestamps)
         if self.metrics is not None:
             self.metrics.consumed_at((ages_ms / 1000).tolist())
+        self.counters.add(consumed=len(fetched))
         if self.window.bounded:
-            kept, skipped = self._split_by_window(kept)
-            self.tracker.done_many(coordinates_of(skipped))
-            self.counters.add(consumed=len(fetched), skipped=len(skipped))
-        else:
-            self.counters.add(consumed=len(fetched))
-        self.batcher.add(kept)
+            kept, fetched, timestamps = self._within_window(kept, fetched, timestamps)
+        self.batcher.add(kept, fetched, timestamps)
 
     def _within_bounds(
         self, messages: list[Message], fetched: list[tuple[Partition, int]]
@@ -380,12 +381,16 @@ class Worker:
         keep = [p not in past or self.ends.below_bound(p, offset) for p, offset in fetched]
         return list(compress(messages, keep)), list(compress(fetched, keep))
 
-    def _split_by_window(self, messages: list[Message]) -> tuple[list[Message], list[Message]]:
-        kept: list[Message] = []
-        skipped: list[Message] = []
-        for msg in messages:
-            (kept if self.window.keeps(msg.timestamp()[1]) else skipped).append(msg)
-        return kept, skipped
+    def _within_window(
+        self, messages: list[Message], coords: list[tuple[Partition, int]], timestamps: list[int]
+    ) -> tuple[list[Message], list[tuple[Partition, int]], list[int]]:
+        """The records inside ``--from/--until``; the others are done at once, and counted skipped."""
+        keep = [self.window.keeps(timestamp) for timestamp in timestamps]
+        skipped = [c for c, kept in zip(coords, keep, strict=True) if not kept]
+        if skipped:
+            self.tracker.done_many(skipped)
+            self.counters.add(skipped=len(skipped))
+        return list(compress(messages, keep)), list(compress(coords, keep)), list(compress(timestamps, keep))
 
     def _on_consumer_error(self, error: KafkaError, partition: Partition, offset: int | None) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
@@ -509,7 +514,7 @@ class Worker:
     def _drain_unsent(self) -> None:
         """Send nothing more: drop the open batch, let the batches in flight pass the pipeline unsent."""
         self.outbox.discarding = True
-        self.batcher.drop(lambda _: False)
+        self.batcher.drop(lambda *_: False)
         if not wait_until(self.pipeline.idle, self.drain_budget, lambda: time.sleep(0.01)):
             raise BrokerError(
                 f"the batches in flight did not drain while rewinding; {SUCCESSOR} reads again from the last "
@@ -621,7 +626,7 @@ class Worker:
         self.tracker.forget(partitions)
         self.ends.revoke(partitions)
         self._paused -= partitions
-        self.batcher.drop(lambda m: (m.topic(), m.partition()) not in partitions)
+        self.batcher.drop(lambda _message, coords, _timestamp: coords[0] not in partitions)
 
     # -- shutdown ------------------------------------------------------------------------
     def _shutdown(self, predict: threading.Thread) -> None:

@@ -86,23 +86,23 @@ class Clock:
 
 
 def test_batch_closes_when_full() -> None:
-    batcher: Batcher[int] = Batcher(max_batch_size=3, max_wait_ms=1000, clock=Clock())
+    batcher = Batcher(max_batch_size=3, max_wait_ms=1000, clock=Clock())
     batcher.add([1, 2])
     assert not batcher.ready() and batcher.space() == 1
     batcher.add([3, 4])
-    assert batcher.ready() and batcher.take() == [1, 2, 3] and len(batcher) == 1
+    assert batcher.ready() and batcher.take() == ([1, 2, 3],) and len(batcher) == 1
 
 
 def test_batch_closes_when_its_oldest_message_waited_max_wait() -> None:
     clock = Clock()
-    batcher: Batcher[int] = Batcher(max_batch_size=100, max_wait_ms=10, clock=clock)
+    batcher = Batcher(max_batch_size=100, max_wait_ms=10, clock=clock)
     assert batcher.seconds_left() is None
     batcher.add([1])
     clock.now = 0.009
     batcher.add([2])
     assert not batcher.ready()
     clock.now = 0.010
-    assert batcher.ready() and batcher.take() == [1, 2] and batcher.seconds_left() is None
+    assert batcher.ready() and batcher.take() == ([1, 2],) and batcher.seconds_left() is None
 
 
 def test_a_bounded_run_is_not_done_between_a_revoke_and_the_next_assignment() -> None:
@@ -125,14 +125,17 @@ def test_a_bounded_run_is_not_done_between_a_revoke_and_the_next_assignment() ->
     assert ends.finished()
 
 
-def test_batches_cut_across_fetched_chunks_keep_order_and_weight() -> None:
-    batcher: Batcher[bytes] = Batcher(max_batch_size=4, max_wait_ms=1000, clock=Clock(), size=len)
-    batcher.add([b"a", b"bb", b"ccc"])
-    batcher.add([])
-    batcher.add([b"dddd", b"e", b"ff"])
+def test_batches_cut_across_fetched_chunks_keep_order_weight_and_columns_together() -> None:
+    batcher = Batcher(max_batch_size=4, max_wait_ms=1000, clock=Clock(), weigh=lambda chunk: sum(map(len, chunk)))
+    batcher.add([b"a", b"bb", b"ccc"], [1, 2, 3])
+    batcher.add([], [])
+    batcher.add([b"dddd", b"e", b"ff"], [4, 5, 6])
     assert len(batcher) == 6 and batcher.bytes == 13
-    assert batcher.take() == [b"a", b"bb", b"ccc", b"dddd"] and batcher.bytes == 3
-    batcher.add([b"g"])
-    batcher.drop(lambda item: item != b"e")
-    assert len(batcher) == 2 and batcher.bytes == 3 and batcher.take() == [b"ff", b"g"]
+    assert batcher.take() == ([b"a", b"bb", b"ccc", b"dddd"], [1, 2, 3, 4]) and batcher.bytes == 3
+    batcher.add([b"g"], [7])
+    batcher.drop(lambda value, number: number != 5)
+    assert len(batcher) == 2 and batcher.bytes == 3 and batcher.take() == ([b"ff", b"g"], [6, 7])
+    assert len(batcher) == 0 and batcher.bytes == 0 and batcher.seconds_left() is None
+    batcher.add([b"h", b"i"], [8, 9])
+    batcher.drop(lambda *_: False)
     assert len(batcher) == 0 and batcher.bytes == 0 and batcher.seconds_left() is None
