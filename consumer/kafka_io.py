@@ -51,10 +51,10 @@ def consumer_config(settings: Settings, client_id: str, number: int = 0) -> dict
         "auto.offset.reset": "latest",
         "max.poll.interval.ms": 300_000,
         # an upper bound on a caught-up fetch: real Kafka answers as soon as data arrives, the
-        # embedded broker after about half of it (librdkafka's 500 ms default: ~250 ms added; 100,
-        # the default until 2026-12-01: the MLP bench's p99 at half load 81-102 ms, against 48-89
-        # with 20, its drain unchanged; idle, two workers' fetches cost that broker 4-5% of a core, not 2%)
-        "fetch.wait.max.ms": 20,
+        # embedded broker after about half of it (librdkafka's 500 ms default: ~250 ms added). 20
+        # (2026-12-01) halved the inputs' age at the workers but, over the bench's 10 s phases at
+        # half load, lengthened the tail (p99 68-408 ms against 83-221, interleaved)
+        "fetch.wait.max.ms": 100,
         **settings.kafka,
         **settings.kafka_consumer,
         **_CONSUMER_FIXED,
