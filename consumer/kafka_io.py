@@ -50,11 +50,15 @@ def consumer_config(settings: Settings, client_id: str, number: int = 0) -> dict
         "logger": LIBRDKAFKA_LOGGER,
         "auto.offset.reset": "latest",
         "max.poll.interval.ms": 300_000,
-        # an upper bound on a caught-up fetch: real Kafka answers as soon as data arrives, the
-        # embedded broker after about half of it (librdkafka's 500 ms default: ~250 ms added). 20
-        # (2026-12-01) halved the inputs' age at the workers but, over the bench's 10 s phases at
-        # half load, lengthened the tail (p99 68-408 ms against 83-221, interleaved)
-        "fetch.wait.max.ms": 100,
+        # fetching (embedded broker, MLP bench, 2026-12-01; README "Configuration"): a partition
+        # holding 64 fetched records or more is fetched again after 15 ms, not at once, so under load
+        # the next fetch finds records and a broker that holds a caught-up fetch (the embedded one,
+        # for about half of fetch.wait.max.ms) answers it at once: p99 at half load 48-96 ms against
+        # 72-152. 64, not 1, keeps large inputs' fetches overlapping (110 KB: 3,772 msg/s, against
+        # 1,874 with 1). The 20 ms wait bounds the hold when a fetch finds nothing (low rates).
+        "queued.min.messages": 64,
+        "fetch.queue.backoff.ms": 15,
+        "fetch.wait.max.ms": 20,
         **settings.kafka,
         **settings.kafka_consumer,
         **_CONSUMER_FIXED,

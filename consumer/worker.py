@@ -52,6 +52,11 @@ FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 1.0, 30.0
 BUSY_BATCHES = 2
 #: How many messages one read-ahead call asks for.
 READ_AHEAD_CHUNK = 1000
+#: Full batches waiting in the batcher at which the fetch loop stops reading (for up to POLL_SECONDS
+#: at a time): reading on, it takes the interpreter lock from the predict thread while what it
+#: reads only waits (with librdkafka fetching once its queue is taken, the MLP bench drained about
+#: 15% slower without this; docs/performance-log.md, 2026-12-01).
+HOLD_BATCHES = 4
 
 
 def message_bytes(messages: list[Message]) -> int:
@@ -72,6 +77,7 @@ class Worker:
         self.tracker = OffsetTracker()
         self.ends = EndOfInput()
         self.window = TimeWindow(settings.from_ms, settings.until_ms)
+        self._last_read = -math.inf  # when the fetch loop last called consume
         #: holds fetched messages with their coordinates and timestamps, read once here
         self.batcher = Batcher(settings.max_batch_size, settings.max_wait_ms, weigh=message_bytes)
         #: read ahead (while the pipeline is full) until this many message bytes are held, then pause
@@ -309,7 +315,13 @@ class Worker:
     def _fetch(self) -> None:
         self._feed_pipeline()
         self._apply_backpressure()
-        count, timeout = self._fetch_plan()
+        plan = self._fetch_plan()
+        if plan is None:
+            time.sleep(BLOCKED_WAIT_SECONDS)
+            self._feed_pipeline()
+            return
+        self._last_read = time.monotonic()
+        count, timeout = plan
         # ``consume(count, timeout)`` would hold the records already fetched until all ``count``
         # came: wait for one, then take what else is there, so each record counts as consumed
         # (``consume_latency_ms``) when it reached this loop, not when its batch filled up
@@ -334,9 +346,13 @@ class Worker:
         messages, coords, timestamps = self.batcher.take()
         self.pipeline.put((messages, coords, timestamps), opened_at)
 
-    def _fetch_plan(self) -> tuple[int, float]:
+    def _fetch_plan(self) -> tuple[int, float] | None:
         """How many messages to ask for, and how long to wait for them: wake on the first input, fill
-        its batch by its deadline; while the pipeline is full, read ahead up to the read-ahead budget."""
+        its batch by its deadline; while the pipeline is full, read ahead up to the read-ahead budget.
+        With ``HOLD_BATCHES`` full batches waiting, nothing (None), but one message every POLL_SECONDS:
+        ``consume`` is what serves rebalances and consumer errors."""
+        if len(self.batcher) >= HOLD_BATCHES * self.batcher.max_batch_size:
+            return (1, 0.0) if time.monotonic() - self._last_read >= POLL_SECONDS else None
         if self.batcher.ready():
             return READ_AHEAD_CHUNK, BLOCKED_WAIT_SECONDS
         wait = self.batcher.seconds_left()

@@ -457,6 +457,30 @@ def test_a_held_worker_commits_its_end_before_it_says_it_reached_it(
     assert sum(seen.values()) == 60, f"committed when the worker reported its end: {seen}"
 
 
+def test_a_worker_behind_its_backlog_reads_ahead_only_a_few_batches(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """While full batches wait for the model, the fetch loop stops reading (``HOLD_BATCHES``) rather
+    than take the interpreter lock from the predict thread to read what would only wait; the
+    backlog still drains whole. Batches of 8 make the model far slower than the reads."""
+    from consumer.worker import HOLD_BATCHES, READ_AHEAD_CHUNK, Worker
+
+    inp, out = topics("in", "out", partitions=1)
+    total = 6000
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(total)))
+    held: list[int] = []
+
+    class Watched(Worker):
+        def _fetch(self) -> None:
+            super()._fetch()
+            held.append(len(self.batcher))
+
+    summary = Watched(settings(bootstrap, mlp_path, inp, out, group, max_batch_size=8)).run()
+    assert summary["predicted"] == total
+    # one read past the hold, and while holding, one record every POLL_SECONDS (the run takes seconds)
+    assert max(held) <= HOLD_BATCHES * 8 + READ_AHEAD_CHUNK + 100, f"read ahead up to {max(held)} records"
+
+
 def test_a_predict_thread_that_dies_with_batches_queued_ends_the_worker_with_its_error(
     bootstrap: str, topics: Topics, group: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
