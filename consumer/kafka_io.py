@@ -37,6 +37,17 @@ def transactional_call_bound_s(transaction_timeout_s: float) -> float:
     return transaction_timeout_s + _HUNG_MARGIN_SECONDS
 
 
+#: The consumer's fetch (embedded broker, MLP bench, 2026-12-01; README "Configuration"): a
+#: partition holding 64 fetched records or more is fetched again after 15 ms, not at once, so under
+#: load the next fetch finds records and a broker that holds a caught-up fetch (the embedded one,
+#: for about half of fetch.wait.max.ms) answers it at once: p99 at half load 48-96 ms against
+#: 72-152. 64, not 1, keeps large inputs' fetches overlapping (110 KB: 3,772 msg/s, against 1,874
+#: with 1).
+PACED_FETCH: dict[str, int] = {"queued.min.messages": 64, "fetch.queue.backoff.ms": 15}
+#: bounds the hold when a fetch finds nothing (low rates)
+FETCH_WAIT_MS = 20
+
+
 def consumer_config(settings: Settings, client_id: str, number: int = 0) -> dict[str, Any]:
     """Defaults, then ``[kafka]``, then ``[kafka.consumer]``, then the settings we rely on.
     ``number``: the worker's number on this host (``static_member_id``)."""
@@ -50,15 +61,8 @@ def consumer_config(settings: Settings, client_id: str, number: int = 0) -> dict
         "logger": LIBRDKAFKA_LOGGER,
         "auto.offset.reset": "latest",
         "max.poll.interval.ms": 300_000,
-        # fetching (embedded broker, MLP bench, 2026-12-01; README "Configuration"): a partition
-        # holding 64 fetched records or more is fetched again after 15 ms, not at once, so under load
-        # the next fetch finds records and a broker that holds a caught-up fetch (the embedded one,
-        # for about half of fetch.wait.max.ms) answers it at once: p99 at half load 48-96 ms against
-        # 72-152. 64, not 1, keeps large inputs' fetches overlapping (110 KB: 3,772 msg/s, against
-        # 1,874 with 1). The 20 ms wait bounds the hold when a fetch finds nothing (low rates).
-        "queued.min.messages": 64,
-        "fetch.queue.backoff.ms": 15,
-        "fetch.wait.max.ms": 20,
+        **PACED_FETCH,
+        "fetch.wait.max.ms": FETCH_WAIT_MS,
         **settings.kafka,
         **settings.kafka_consumer,
         **_CONSUMER_FIXED,

@@ -23,6 +23,7 @@ from confluent_kafka import KafkaException
 
 from consumer.config import topic_name_problem
 from consumer.errors import BrokerError, ConfigError, TfStreamError
+from consumer.kafka_io import FETCH_WAIT_MS
 from producer_tools import commands
 from producer_tools.clients import add_client_flags
 
@@ -191,7 +192,14 @@ def _fetch_latency(sub: argparse._SubParsersAction) -> None:
     description = f"{help}; publishes to a new topic fetch-latency-ID, which it leaves in place"
     p = sub.add_parser("fetch-latency", help=help, description=description)
     p.add_argument("--bootstrap-servers", help="use this Kafka, not the embedded broker")
-    p.add_argument("--fetch-wait-ms", type=_positive(int), default=100, metavar="MS", help="fetch.wait.max.ms")
+    p.add_argument(
+        "--fetch-wait-ms", type=_positive(int), default=None, metavar="MS",
+        help=f"fetch.wait.max.ms (default {FETCH_WAIT_MS}, the consumer's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--prefetch", action="store_true",
+        help="librdkafka's own fetch (again as soon as a response lands), not the consumer's paced one",
+    )  # fmt: skip
     p.add_argument("--rate", type=_positive(float), default=5000.0, metavar="R", help="records per second")
     p.add_argument("--seconds", type=_positive(float), default=8.0, metavar="S", help="how long to publish")
     p.add_argument("--linger-ms", type=float, default=5.0, metavar="MS", help="the publisher's linger.ms")
@@ -203,11 +211,12 @@ def run_fetch_latency(args: argparse.Namespace) -> int:
 
     if args.linger_ms < 0:
         raise ConfigError(f"invalid setting --linger-ms {args.linger_ms:g}: must be 0 or more")
-    if args.fetch_wait_ms > MAX_FETCH_WAIT_MS:
+    if args.fetch_wait_ms is not None and args.fetch_wait_ms > MAX_FETCH_WAIT_MS:
         raise ConfigError(
             f"invalid setting --fetch-wait-ms {args.fetch_wait_ms}: librdkafka takes at most {MAX_FETCH_WAIT_MS}"
         )
-    probe = Probe(args.fetch_wait_ms, args.rate, args.seconds, args.linger_ms)
+    wait = FETCH_WAIT_MS if args.fetch_wait_ms is None else args.fetch_wait_ms
+    probe = Probe(wait, args.rate, args.seconds, args.linger_ms, paced=not args.prefetch)
     from producer_tools.embedded_broker import bootstrap_or_embedded
 
     with bootstrap_or_embedded(args.bootstrap_servers) as bootstrap:
@@ -217,7 +226,8 @@ def run_fetch_latency(args: argparse.Namespace) -> int:
         raise BrokerError("the probe received no records: check that the broker accepts produce and fetch")
     held = "n/a" if round_trip["p50"] is None else f"p50 {round_trip['p50']} ms, p99 {round_trip['p99']}"
     print(
-        f"fetch.wait.max.ms {probe.fetch_wait_ms}, {probe.rate:,.0f} msg/s, publisher linger.ms {probe.linger_ms:g}: "
+        f"fetch.wait.max.ms {probe.fetch_wait_ms}, {'paced' if probe.paced else 'prefetching'} fetch, "
+        f"{probe.rate:,.0f} msg/s, publisher linger.ms {probe.linger_ms:g}: "
         f"record timestamp to consumed p50 {ages['p50']} ms, p95 {ages['p95']}, p99 {ages['p99']}, "
         f"max {ages['max']} ({ages['count']:,} records); fetch round trip {held}"
     )

@@ -85,14 +85,19 @@ def test_the_latency_target_applies_only_at_half_load() -> None:
     assert not report.at_half_load({"latency_rate": 2000.0})
 
 
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [([], "fetch.wait.max.ms 20, paced fetch"), (["--prefetch"], "fetch.wait.max.ms 20, prefetching fetch")],
+)
 def test_fetch_latency_measures_each_record_against_a_real_broker(
-    bootstrap: str, capsys: pytest.CaptureFixture[str]
+    flags: list[str], says: str, bootstrap: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["fetch-latency", "--bootstrap-servers", bootstrap, "--seconds", "3", "--rate", "500"]
+    """By default the probe fetches as the workers do; ``--prefetch`` with librdkafka's own fetch."""
+    argv = ["fetch-latency", "--bootstrap-servers", bootstrap, "--seconds", "3", "--rate", "500", *flags]
     assert main(argv) == 0
     line = capsys.readouterr().out
     print(line)
-    assert "fetch.wait.max.ms 100, 500 msg/s" in line and "record timestamp to consumed p50" in line
+    assert f"{says}, 500 msg/s" in line and "record timestamp to consumed p50" in line
     counted = int(line.rsplit("(", 1)[1].split()[0].replace(",", ""))
     assert 700 <= counted <= 1500  # the two seconds after the first second's warm-up, at 500 a second
     round_trip_p50 = float(line.split("fetch round trip p50 ")[1].split()[0])

@@ -1,5 +1,8 @@
 """How long a record waits before a caught-up consumer has it, with no model in the way.
 
+The consumer fetches as the workers do (``kafka_io.PACED_FETCH``), or with librdkafka's own
+prefetching (``Probe.paced`` false).
+
 A paced producer stamps each record with the time it is produced; a consumer that keeps up takes
 "now - timestamp" for every record it receives. What that measures is the input producer's
 ``linger.ms``, the broker's produce path and how soon the broker answers a waiting fetch: the
@@ -22,6 +25,7 @@ from confluent_kafka import Consumer
 from tqdm import tqdm
 
 from consumer.errors import BrokerError
+from consumer.kafka_io import FETCH_WAIT_MS, PACED_FETCH
 from consumer.offsets import timestamps_of
 from consumer.timing import Reservoir, ages_ms
 from producer_tools.clients import kafka_consumer, kafka_producer
@@ -35,11 +39,13 @@ JOIN_TIMEOUT_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class Probe:
-    fetch_wait_ms: int = 100
+    fetch_wait_ms: int = FETCH_WAIT_MS
     rate: float = 5000.0
     seconds: float = 8.0
     linger_ms: float = 5.0
     partitions: int = 2
+    #: the workers' paced fetch; False: librdkafka's own (fetch again as soon as a response lands)
+    paced: bool = True
 
 
 @dataclass
@@ -74,7 +80,7 @@ def measure(bootstrap: str, probe: Probe) -> dict[str, Any]:
     topic = f"fetch-latency-{uuid.uuid4().hex[:8]}"
     create_topics(bootstrap, [topic], partitions=probe.partitions)
     round_trips = FetchRoundTrips()
-    consumer = _joined_consumer(bootstrap, topic, probe.fetch_wait_ms, round_trips)
+    consumer = _joined_consumer(bootstrap, topic, probe, round_trips)
     stop = threading.Event()
     publisher = threading.Thread(target=_publish, args=(bootstrap, topic, probe, stop), daemon=True)
     publisher.start()
@@ -87,13 +93,14 @@ def measure(bootstrap: str, probe: Probe) -> dict[str, Any]:
     return {"consumed": ages.percentiles(), "fetch_round_trip_ms": round_trips.summary()}
 
 
-def _joined_consumer(bootstrap: str, topic: str, fetch_wait_ms: int, round_trips: FetchRoundTrips) -> Consumer:
+def _joined_consumer(bootstrap: str, topic: str, probe: Probe, round_trips: FetchRoundTrips) -> Consumer:
     consumer = kafka_consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"fetch-latency-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": fetch_wait_ms,
+            "fetch.wait.max.ms": probe.fetch_wait_ms,
+            **(PACED_FETCH if probe.paced else {}),
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 500,
             "statistics.interval.ms": 1000,
