@@ -193,7 +193,7 @@ def _fetch_latency(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fetch-latency", help=help, description=description)
     p.add_argument("--bootstrap-servers", help="use this Kafka, not the embedded broker")
     p.add_argument(
-        "--fetch-wait-ms", type=_positive(int), default=None, metavar="MS",
+        "--fetch-wait-ms", type=_positive(int), default=FETCH_WAIT_MS, metavar="MS",
         help=f"fetch.wait.max.ms (default {FETCH_WAIT_MS}, the consumer's)",
     )  # fmt: skip
     p.add_argument(
@@ -211,12 +211,11 @@ def run_fetch_latency(args: argparse.Namespace) -> int:
 
     if args.linger_ms < 0:
         raise ConfigError(f"invalid setting --linger-ms {args.linger_ms:g}: must be 0 or more")
-    if args.fetch_wait_ms is not None and args.fetch_wait_ms > MAX_FETCH_WAIT_MS:
+    if args.fetch_wait_ms > MAX_FETCH_WAIT_MS:
         raise ConfigError(
             f"invalid setting --fetch-wait-ms {args.fetch_wait_ms}: librdkafka takes at most {MAX_FETCH_WAIT_MS}"
         )
-    wait = FETCH_WAIT_MS if args.fetch_wait_ms is None else args.fetch_wait_ms
-    probe = Probe(wait, args.rate, args.seconds, args.linger_ms, paced=not args.prefetch)
+    probe = Probe(args.fetch_wait_ms, args.rate, args.seconds, args.linger_ms, paced=not args.prefetch)
     from producer_tools.embedded_broker import bootstrap_or_embedded
 
     with bootstrap_or_embedded(args.bootstrap_servers) as bootstrap:
