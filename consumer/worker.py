@@ -316,9 +316,8 @@ class Worker:
         self._feed_pipeline()
         self._apply_backpressure()
         plan = self._fetch_plan()
-        if plan is None:
+        if plan is None:  # holding; the next turn starts by feeding the pipeline
             time.sleep(BLOCKED_WAIT_SECONDS)
-            self._feed_pipeline()
             return
         self._last_read = time.monotonic()
         count, timeout = plan
