@@ -38,6 +38,11 @@ Preprocess = Callable[[Any], Any]
 Closed = tuple[list[Message], list[tuple[Partition, int]], list[int]]
 
 
+def rows_of(indices: list[int], *columns: list[Any]) -> tuple[list[Any], ...]:
+    """These rows of parallel columns (messages, coordinates, timestamps, ids), in this order."""
+    return tuple([column[i] for i in indices] for column in columns)
+
+
 @dataclass
 class Batch:
     """The valid messages of one closed batch, in row order, with their coordinates and timestamps
@@ -62,8 +67,7 @@ class Batch:
     def rows_at(self, indices: list[int]) -> Batch:
         """These rows alone, in this order (their dead letters stay with this batch)."""
         inputs = {name: column[indices] for name, column in self.inputs.items()}
-        messages, coords = [self.messages[i] for i in indices], [self.coords[i] for i in indices]
-        timestamps, ids = [self.timestamps[i] for i in indices], [self.ids[i] for i in indices]
+        messages, coords, timestamps, ids = rows_of(indices, self.messages, self.coords, self.timestamps, self.ids)
         return Batch(self.id, messages, coords, timestamps, inputs, ids, self.closed_at, opened_at=self.opened_at)
 
     @property
@@ -185,8 +189,7 @@ class Pipeline:
         decoded = self.decoder.decode([msg.value() for msg in messages])
         dead = [(messages[index], error) for index, error in decoded.failures]
         if len(decoded.rows) < len(messages):
-            messages, coords = [messages[i] for i in decoded.rows], [coords[i] for i in decoded.rows]
-            timestamps = [timestamps[i] for i in decoded.rows]
+            messages, coords, timestamps = rows_of(decoded.rows, messages, coords, timestamps)
         return Batch(batch_id, messages, coords, timestamps, decoded.inputs, decoded.ids, closed_at, dead, opened_at)
 
     def dataset(self) -> tf.data.Dataset:
