@@ -159,14 +159,36 @@ def commit(consumer: Consumer, offsets: Mapping[Partition, int]) -> dict[Partiti
     """Commit synchronously; return what the broker accepted (failures are retried next time)."""
     if not offsets:
         return {}
-    request = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
     try:
-        result = consumer.commit(offsets=request, asynchronous=False) or []
+        result = consumer.commit(offsets=_partition_list(offsets), asynchronous=False) or []
     except KafkaException as exc:
         if exc.args[0].code() == KafkaError._NO_OFFSET:
             return {}
         raise
+    return accepted_offsets(result)
+
+
+def commit_async(consumer: Consumer, offsets: Mapping[Partition, int]) -> None:
+    """Send a commit and return at once: the result comes to the consumer's ``on_commit`` callback,
+    served by a later ``consume`` (see ``commit_result``)."""
+    if offsets:
+        consumer.commit(offsets=_partition_list(offsets), asynchronous=True)
+
+
+def commit_result(error: KafkaError | None, partitions: list[TopicPartition]) -> dict[Partition, int]:
+    """What an asynchronous commit's result says the broker accepted; raises its error, if it failed
+    as a whole (``_NO_OFFSET``, nothing to commit, is no failure)."""
+    if error is not None and error.code() != KafkaError._NO_OFFSET:
+        raise KafkaException(error)
+    return accepted_offsets(partitions) if error is None else {}
+
+
+def accepted_offsets(result: list[TopicPartition]) -> dict[Partition, int]:
     return {(tp.topic, tp.partition): tp.offset for tp in result if tp.error is None}
+
+
+def _partition_list(offsets: Mapping[Partition, int]) -> list[TopicPartition]:
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
 
 
 def dead_consumer_error(error: KafkaError, group_instance_id: str | None) -> BrokerError:

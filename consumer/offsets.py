@@ -121,10 +121,13 @@ class OffsetTracker:
             return {p: o for p, o in points.items() if o is not None and o != self._partitions[p].committed}
 
     def mark_committed(self, offsets: dict[Partition, int]) -> None:
+        """Commits the broker accepted. Only forward: an asynchronous commit's result can arrive after
+        a later commit's (the broker applies them in order, so the later one holds)."""
         with self._lock:
             for partition, offset in offsets.items():
-                if partition in self._partitions:
-                    self._partitions[partition].committed = offset
+                progress = self._partitions.get(partition)
+                if progress is not None and (progress.committed is None or offset > progress.committed):
+                    progress.committed = offset
 
     def in_flight(self, partitions: Iterable[Partition] | None = None) -> int:
         """How many fetched offsets are not yet done."""

@@ -163,6 +163,7 @@ class Worker:
         config = kafka_io.consumer_config(s, client_id, self.host_number)
         self.group_instance_id: str | None = config.get(kafka_io.GROUP_INSTANCE_ID)
         self.drain_budget = min(s.drain_timeout_s, int(config["max.poll.interval.ms"]) / 2000)
+        config["on_commit"] = self._on_commit
         if self.metrics is not None:
             config |= {"statistics.interval.ms": 5000, "stats_cb": self.metrics.statistics}
         self.consumer = Consumer(config)
@@ -457,6 +458,9 @@ class Worker:
         self._last_commit = -math.inf
 
     def _maybe_commit(self, force: bool = False, partitions: set[Partition] | None = None) -> None:
+        """Commit the done offsets: every ``commit_interval_ms`` without waiting for the broker
+        (``_on_commit`` takes the result); forced (a revoke, a stop, a bounded run's end, a recovery),
+        waiting for it, since what follows needs it done."""
         now = time.monotonic()
         if not force and now - self._last_commit < self.settings.commit_interval_ms / 1000:
             return
@@ -466,14 +470,32 @@ class Worker:
                 self._rewind()
                 self._resume_unfinished()
             return
+        offsets = self.tracker.committable(partitions)
         try:
-            accepted = kafka_io.commit(self.consumer, self.tracker.committable(partitions))
+            if force:
+                self._committed(kafka_io.commit(self.consumer, offsets))
+            else:
+                kafka_io.commit_async(self.consumer, offsets)
         except KafkaException as exc:
-            self.log.warning("commit failed; retrying at the next commit", error=str(exc))
-            return
+            self._commit_failed(exc)
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """An asynchronous commit's result (librdkafka's ``on_commit``), served by ``consume`` in the
+        fetch loop: the loop's periodic commits do not wait for the broker. Waiting, they held up
+        fetching and batching for a round trip every ``commit_interval_ms`` (on the embedded broker,
+        bursts of late outputs at half load: docs/performance-log.md, 2026-12-01)."""
+        try:
+            self._committed(kafka_io.commit_result(error, partitions))
+        except KafkaException as exc:
+            self._commit_failed(exc)
+
+    def _committed(self, accepted: dict[Partition, int]) -> None:
         self.tracker.mark_committed(accepted)
         if accepted:
             self._backoff = FIRST_BACKOFF_SECONDS
+
+    def _commit_failed(self, exc: KafkaException) -> None:
+        self.log.warning("commit failed; retrying at the next commit", error=str(exc))
 
     # -- rebalance -----------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -174,6 +174,20 @@ def test_a_call_that_overruns_its_bound_is_a_hung_client_and_others_pass_through
     never.set()
 
 
+def test_an_asynchronous_commit_result_yields_what_the_broker_accepted_or_raises_its_failure() -> None:
+    """What the worker's ``on_commit`` takes from a result: the partitions accepted, nothing when
+    there was nothing to commit, and a failed request as an error (logged, and retried at the next
+    commit)."""
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    from consumer.kafka_io import commit_result
+
+    assert commit_result(None, [TopicPartition("in", 0, 5), TopicPartition("in", 1, 7)]) == {("in", 0): 5, ("in", 1): 7}
+    assert commit_result(KafkaError(KafkaError._NO_OFFSET), []) == {}
+    with pytest.raises(KafkaException, match="REBALANCE_IN_PROGRESS"):
+        commit_result(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), [TopicPartition("in", 0, 5)])
+
+
 def test_a_stopping_worker_gets_its_drain_twice_and_exactly_once_its_last_commit_before_a_kill() -> None:
     """With the brokers out of reach an exactly-once stop took 118.6 s with the defaults; the
     supervisor killed workers after ``drain_timeout_s`` + 30 s (60 s)."""

@@ -139,3 +139,15 @@ def test_batches_cut_across_fetched_chunks_keep_order_weight_and_columns_togethe
     batcher.add([b"h", b"i"], [8, 9])
     batcher.drop(lambda *_: False)
     assert len(batcher) == 0 and batcher.bytes == 0 and batcher.seconds_left() is None
+
+
+def test_a_late_commit_result_does_not_move_the_committed_offset_back() -> None:
+    """An asynchronous commit's result can be served after a later, synchronous commit's: the broker
+    applied them in order, so the later offset holds (else the worker would commit again, count too
+    many uncommitted inputs at its stop, and rewind too far)."""
+    tracker = OffsetTracker()
+    tracker.add_many([(P, o) for o in range(10)])
+    tracker.done_many([(P, o) for o in range(10)])
+    tracker.mark_committed({P: 10})
+    tracker.mark_committed({P: 4})  # the late result of an earlier commit
+    assert tracker.committable() == {} and tracker.uncommitted() == 0 and tracker.rewind_points() == {P: 10}

@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 
 from consumer import outputs as outputs_module
 from consumer.codec import pack_input
+from consumer.delivery import wait_until
 from consumer.envelopes import OutputPacker
 from consumer.errors import DeliveryError
 from consumer.pipeline import Batch
@@ -455,6 +456,34 @@ def test_a_held_worker_commits_its_end_before_it_says_it_reached_it(
     summary = worker.run()
     assert summary["predicted"] == 60
     assert sum(seen.values()) == 60, f"committed when the worker reported its end: {seen}"
+
+
+def test_periodic_commits_do_not_wait_for_the_broker_and_their_results_are_taken(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fetch loop's periodic commits are sent without waiting (a synchronous commit held up
+    fetching and batching for a round trip every second). Their results still reach the worker:
+    while it runs, the broker holds every input as committed and so does the worker's tracker (which
+    only the commit results update), and no commit waited."""
+    from consumer import kafka_io
+
+    inp, out = topics("in", "out", partitions=2)
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(200)))
+    waited: list[object] = []
+    synchronous = kafka_io.commit
+    monkeypatch.setattr(kafka_io, "commit", lambda *args: waited.append(args) or synchronous(*args))
+    run = Background(settings(bootstrap, mlp_path, inp, out, group, commit_interval_ms=100, stop_at_end=False))
+    tracker = run.worker.tracker
+
+    def settled() -> bool:
+        return sum(committed(bootstrap, group, inp, 2).values()) == 200 and tracker.uncommitted() == 0
+
+    try:
+        assert wait_until(settled, 60, lambda: time.sleep(0.2)), f"uncommitted {tracker.uncommitted()}"
+        assert not waited, "a periodic commit waited for the broker"
+    finally:
+        run.stop()
+    assert run.error is None and run.result is not None and run.result["uncommitted"] == 0
 
 
 def test_a_worker_behind_its_backlog_reads_ahead_only_a_few_batches(
