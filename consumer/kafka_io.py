@@ -162,9 +162,7 @@ def commit(consumer: Consumer, offsets: Mapping[Partition, int]) -> dict[Partiti
     try:
         result = consumer.commit(offsets=_partition_list(offsets), asynchronous=False) or []
     except KafkaException as exc:
-        if exc.args[0].code() == KafkaError._NO_OFFSET:
-            return {}
-        raise
+        return commit_result(exc.args[0], [])
     return accepted_offsets(result)
 
 
@@ -176,8 +174,9 @@ def commit_async(consumer: Consumer, offsets: Mapping[Partition, int]) -> None:
 
 
 def commit_result(error: KafkaError | None, partitions: list[TopicPartition]) -> dict[Partition, int]:
-    """What an asynchronous commit's result says the broker accepted; raises its error, if it failed
-    as a whole (``_NO_OFFSET``, nothing to commit, is no failure)."""
+    """What a commit's result says the broker accepted (an asynchronous one's, or a synchronous one's
+    error); raises its error, if it failed as a whole (``_NO_OFFSET``, nothing to commit, is no
+    failure)."""
     if error is not None and error.code() != KafkaError._NO_OFFSET:
         raise KafkaException(error)
     return accepted_offsets(partitions) if error is None else {}
