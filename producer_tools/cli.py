@@ -26,6 +26,7 @@ from consumer.errors import BrokerError, ConfigError, TfStreamError
 from consumer.kafka_io import FETCH_WAIT_MS
 from producer_tools import commands
 from producer_tools.clients import add_client_flags
+from producer_tools.paths import check_output_file, check_workdir
 
 Command = Callable[[argparse.Namespace], int]
 #: librdkafka's upper limit for ``fetch.wait.max.ms``
@@ -172,6 +173,9 @@ def run_bench(args: argparse.Namespace) -> int:
     from producer_tools.bench import report
     from producer_tools.bench.run import BenchOptions, run
 
+    check_workdir(args.workdir, "--workdir")
+    if args.json:
+        check_output_file(args.json, "--json")
     options = BenchOptions(
         workload=args.workload, messages=args.messages, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
         latency_seconds=args.latency_seconds, latency_rate=args.latency_rate, baseline_seconds=args.baseline_seconds,
@@ -182,7 +186,11 @@ def run_bench(args: argparse.Namespace) -> int:
     result = run(options)
     report.print_table(result)
     if args.json:
-        report.write_json(args.json, result)
+        try:
+            report.write_json(args.json, result)
+        except OSError as exc:  # the folder went away or the disk filled during the run
+            problem = f"could not write the results to {args.json} ({exc.strerror})"
+            raise TfStreamError(f"{problem}; the table above has them") from None
         print(f"results written to {args.json}")
     return 0
 
@@ -306,6 +314,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if not 1 <= args.count <= 360:
         raise ConfigError("invalid setting --count: the demo publishes between 1 and 360 held-out digits")
+    check_workdir(args.workdir, "--workdir")
     return demo.main(args.bootstrap_servers, args.workdir, args.count)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from datetime import UTC, datetime
 
@@ -14,6 +13,7 @@ from consumer.errors import ConfigError
 from consumer.positions import TimeWindow
 from producer_tools import collect, groups, publish, replay, sources
 from producer_tools.clients import Clients
+from producer_tools.paths import check_output_file
 from producer_tools.reader import StopWhen, partitions_of, read_partitions
 from producer_tools.topics import create_topics
 
@@ -67,9 +67,7 @@ def run_collect(args: argparse.Namespace) -> int:
     suffix = args.out.suffix.lower()
     if suffix not in {".npz", ".jsonl"}:
         raise ConfigError(f"invalid setting --out={str(args.out)!r}: write .npz or .jsonl")
-    folder = args.out.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):  # before reading, not after
-        raise ConfigError(f"invalid setting --out={str(args.out)!r}: {str(folder)!r} is not a writable directory")
+    check_output_file(args.out, "--out")  # before reading, not after
     examples = sources.read_inputs(args.join, read_options(args)) if args.join else None
     consumer = Clients(args).consumer()
     stop = StopWhen(at_end=args.count is None and args.idle is None, count=args.count, idle=args.idle)

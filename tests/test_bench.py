@@ -132,3 +132,51 @@ def test_the_usual_approaches_run_on_a_savedmodel_workload(bootstrap: str, tmp_p
     rates = run._usual(bootstrap, topics, workload, inputs, 1.0)
     assert rates["model.predict per message"] is None
     assert (rates["tf.function per message"] or 0) > 0 and (rates["process pool"] or 0) > 0
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "path", "says"),
+    [
+        ("bench", "--json", "no-such-folder/bench.json", "'{d}/no-such-folder' is not a writable directory"),
+        ("bench", "--json", "a-folder", "it is a folder; give a file name"),
+        ("bench", "--workdir", "a-file/run", "'{d}/a-file' is a file, not a folder"),
+        ("demo", "--workdir", "a-file", "'{d}/a-file' is a file, not a folder"),
+    ],
+)
+def test_a_path_the_run_could_not_write_is_refused_before_it_starts(
+    command: str, flag: str, path: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by hand: ``bench --json`` into a missing folder crashed with a traceback after the whole
+    run, its results lost; a ``--workdir`` that was a file crashed at start."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-folder").mkdir()
+    workdir = tmp_path / "work"
+    argv = [command, flag, str(tmp_path / path)] + (["--workdir", str(workdir)] if flag == "--json" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: invalid setting {flag}={str(tmp_path / path)!r}: {says.format(d=tmp_path)}"]
+    assert not workdir.exists()  # nothing ran: no model built, no broker started
+
+
+def test_results_that_cannot_be_written_after_the_run_fail_in_one_line_with_the_table_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The folder checked at the start is gone when the run ends (here: removed by the run): exit 1
+    and one line, after the table. The bench itself is replaced by its removal of the folder (its
+    full run is ``test_bench_runs_every_phase_and_writes_its_json``)."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+
+    def run_that_removes_the_folder(options: run.BenchOptions) -> dict[str, object]:
+        folder.rmdir()
+        return {"figures": "measured"}
+
+    monkeypatch.setattr(run, "run", run_that_removes_the_folder)
+    monkeypatch.setattr(report, "print_table", lambda result: print("the table", result["figures"]))
+    assert main(["bench", "--json", str(folder / "bench.json"), "--workdir", str(tmp_path / "work")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "the table measured\n"
+    assert captured.err.strip().splitlines() == [
+        f"error: could not write the results to {folder / 'bench.json'} (No such file or directory); "
+        "the table above has them"
+    ]

@@ -1,0 +1,27 @@
+"""Where the tools write: checked before a command starts work, so a bad path fails in one line
+at once, not after minutes of it (a bench run, a collect)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from consumer.errors import ConfigError
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """A file the command will write: its folder must exist and be writable, and it must not be a folder."""
+    if path.is_dir():
+        raise ConfigError(f"invalid setting {flag}={str(path)!r}: it is a folder; give a file name")
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ConfigError(f"invalid setting {flag}={str(path)!r}: {str(folder)!r} is not a writable directory")
+
+
+def check_workdir(path: Path, flag: str) -> None:
+    """A folder the command will create (with its parents) and write into."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ConfigError(f"invalid setting {flag}={str(path)!r}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"invalid setting {flag}={str(path)!r}: {str(existing)!r} is not writable")
