@@ -31,6 +31,7 @@ from producer_tools.paths import check_output_file, check_workdir
 Command = Callable[[argparse.Namespace], int]
 #: librdkafka's upper limit for ``fetch.wait.max.ms``
 MAX_FETCH_WAIT_MS = 300_000
+MAX_PORT = 65_535
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     _bench(sub)
     _fetch_latency(sub)
     broker = sub.add_parser("broker", help="run the embedded broker in the foreground until Ctrl-C")
-    broker.add_argument("--port", type=int, default=9092)
+    broker.add_argument(
+        "--port", type=_port, default=9092, help="the port to listen on (0: any free one; default 9092)"
+    )
     broker.set_defaults(run=lambda args: run_broker(args.port))
     return parser
 
@@ -209,19 +212,30 @@ def _fetch_latency(sub: argparse._SubParsersAction) -> None:
         help="librdkafka's own fetch (again as soon as a response lands), not the consumer's paced one",
     )  # fmt: skip
     p.add_argument("--rate", type=_positive(float), default=5000.0, metavar="R", help="records per second")
-    p.add_argument("--seconds", type=_positive(float), default=8.0, metavar="S", help="how long to publish")
+    p.add_argument(
+        "--seconds",
+        type=_positive(float),
+        default=8.0,
+        metavar="S",
+        help="how long to publish (the first second is warm-up)",
+    )
     p.add_argument("--linger-ms", type=float, default=5.0, metavar="MS", help="the publisher's linger.ms")
     p.set_defaults(run=run_fetch_latency)
 
 
 def run_fetch_latency(args: argparse.Namespace) -> int:
-    from producer_tools.bench.fetch_latency import Probe, measure
+    from producer_tools.bench.fetch_latency import WARM_UP_SECONDS, Probe, measure
 
     if args.linger_ms < 0:
         raise ConfigError(f"invalid setting --linger-ms {args.linger_ms:g}: must be 0 or more")
     if args.fetch_wait_ms > MAX_FETCH_WAIT_MS:
         raise ConfigError(
             f"invalid setting --fetch-wait-ms {args.fetch_wait_ms}: librdkafka takes at most {MAX_FETCH_WAIT_MS}"
+        )
+    if args.seconds <= WARM_UP_SECONDS:
+        raise ConfigError(
+            f"invalid setting --seconds {args.seconds:g}: its first {WARM_UP_SECONDS:g} s is warm-up, not counted; "
+            f"give more than {WARM_UP_SECONDS:g}"
         )
     probe = Probe(args.fetch_wait_ms, args.rate, args.seconds, args.linger_ms, paced=not args.prefetch)
     from producer_tools.embedded_broker import bootstrap_or_embedded
@@ -258,6 +272,13 @@ def _at_least(kind: Callable[[str], float | int], zero_allowed: bool) -> Callabl
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def _port(text: str) -> int:
+    port = int(text) if text.isdigit() else -1
+    if not 0 <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 0 to {MAX_PORT}, got {text}")
+    return port
 
 
 def _topic(text: str) -> str:

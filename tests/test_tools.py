@@ -404,3 +404,19 @@ def test_the_tools_show_each_librdkafka_message_once_numbers_aside() -> None:
     assert once.filter(record("127.0.0.1:1/bootstrap: Connect failed (after 0ms in state CONNECT)"))
     assert not once.filter(record("127.0.0.1:1/bootstrap: Connect failed (after 51ms in state CONNECT)"))
     assert once.filter(record("127.0.0.1:1/bootstrap: Disconnected"))
+
+
+@pytest.mark.parametrize("port", ["65536", "99999", "-1", "x"])
+def test_the_broker_command_refuses_a_port_that_is_no_port_in_one_line(
+    port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by hand: ``--port 99999`` ended in an OverflowError traceback."""
+    with pytest.raises(SystemExit) as exit:
+        main(["broker", "--port", port])
+    assert exit.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith(f"argument --port: must be a TCP port, 0 to 65535, got {port}")
+    )
