@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from consumer import __version__, logs
+from consumer import __version__, kafka_io, logs
 from consumer.config import ENV_PREFIX, Settings, load_settings
 from consumer.devices import plan_workers
 from consumer.errors import ConfigError
@@ -155,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
         check_polling(settings.model, settings.model_poll_seconds)
         slots = plan_workers(settings.devices, settings.workers, per_device=settings.workers_per_device)
+        kafka_io.check_client_settings(settings)
     except ConfigError as exc:
         logs.line(f"error: {exc}")
         return EXIT_USAGE

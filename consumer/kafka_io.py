@@ -16,6 +16,10 @@ from consumer.offsets import Partition
 
 #: librdkafka's own log lines go through structlog (see consumer.logs), not raw to stderr.
 LIBRDKAFKA_LOGGER = logging.getLogger("librdkafka")
+#: for clients made only to check settings (``check_client_settings``): the workers log the warnings
+_SILENT = logging.getLogger("tfstream.settings-check")
+_SILENT.addHandler(logging.NullHandler())
+_SILENT.propagate = False
 
 #: librdkafka settings the correctness of the loop depends on; users cannot override them.
 _CONSUMER_FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": False, "enable.partition.eof": True}
@@ -125,9 +129,36 @@ def producer_config(settings: Settings, client_id: str, slot: int = 0) -> dict[s
     }
 
 
+def check_client_settings(settings: Settings) -> None:
+    """The consumer's and the producer's settings as librdkafka reads them, checked before any worker
+    starts: a misspelt ``[kafka]`` setting, an ill-formed value or a TLS file that cannot be read is a
+    configuration error in one line (exit 2), not a worker failing to start three times, each after
+    loading the model. The clients are made without ``bootstrap.servers``, so nothing connects."""
+    checks: list[tuple[Callable[[dict[str, Any]], Any], dict[str, Any]]] = [
+        (Consumer, consumer_config(settings, "tfstream-check")),
+        (Producer, producer_config(settings, "tfstream-check")),
+    ]
+    for client, config in checks:
+        offline = {key: value for key, value in config.items() if key != "bootstrap.servers"}
+        offline["logger"] = _SILENT
+        try:
+            made = client(offline)
+        except KafkaException as exc:
+            raise ConfigError(
+                f"invalid Kafka client setting: {exc.args[0].str()}; fix it in the --config file's [kafka], "
+                "[kafka.consumer] or [kafka.producer] table, or its TFSTREAM_KAFKA_* variable"
+            ) from None
+        if isinstance(made, Consumer):
+            made.close()
+
+
+#: values librdkafka takes as the same setting
+_SAME_VALUE = {"-1": "all"}
+
+
 def _refuse_overrides(given: Mapping[str, Any], fixed: Mapping[str, Any], table: str) -> None:
     for key, value in given.items():
-        if key in fixed and str(value).lower() != str(fixed[key]).lower():
+        if key in fixed and _SAME_VALUE.get(str(value).lower(), str(value).lower()) != str(fixed[key]).lower():
             raise ConfigError(
                 f"invalid setting {table}.{key}={value!r}: the consumer's delivery guarantee "
                 f"needs {key}={fixed[key]}; remove it"

@@ -119,6 +119,8 @@ def test_docker_compose_file_is_valid_and_creates_the_topics() -> None:
         ("exactly-once", {"delivery.report.only.error": "false"}, True),
         ("exactly-once", {"delivery.report.only.error": "true"}, False),  # what it sets itself
         ("at-least-once", {"linger.ms": 20}, False),
+        ("at-least-once", {"acks": -1}, False),  # librdkafka's other name for all
+        ("at-least-once", {"acks": "1"}, True),
     ],
 )
 def test_producer_settings_the_delivery_guarantee_needs_cannot_be_overridden(
@@ -199,3 +201,45 @@ def test_a_stopping_worker_gets_its_drain_twice_and_exactly_once_its_last_commit
     assert budget() == 2 * 30 + 30
     assert budget(delivery="exactly-once") == 2 * 30 + 30 + 60 + 5
     assert budget(delivery="exactly-once", drain_timeout_s=10, transaction_timeout_ms=20_000) == 2 * 10 + 30 + 25
+
+
+@pytest.mark.parametrize(
+    ("tables", "says"),
+    [
+        ({"kafka": {"no.such.setting": 1}}, 'No such configuration property: "no.such.setting"'),
+        ({"kafka_consumer": {"fetch.wait.max.ms": "soon"}}, 'Invalid value for configuration property "fetch.wait'),
+        ({"kafka_producer": {"compression.type": "rar"}}, 'Invalid value "rar" for configuration property'),
+        ({"kafka": {"security.protocol": "SSL", "ssl.ca.location": "/no/such/ca.pem"}}, "ssl.ca.location failed"),
+        ({"kafka": {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}}, "sasl.username and sasl.password"),
+    ],
+)
+def test_a_kafka_setting_librdkafka_refuses_exits_2_in_one_line_before_any_worker_starts(
+    tables: dict[str, dict[str, object]], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was a worker failing to start three times (exit 1), each after loading the model."""
+    from consumer.kafka_io import check_client_settings
+
+    settings = load_settings({**REQUIRED, **tables}, None, {})
+    with pytest.raises(ConfigError) as info:
+        check_client_settings(settings)
+    assert says in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).startswith("invalid Kafka client setting: ")
+    # through the command: one line, exit 2, and no worker started
+    toml = "".join(
+        f"[{table.replace('_', '.')}]\n" + "".join(f'"{key}" = {value!r}\n' for key, value in values.items())
+        for table, values in tables.items()
+    ).replace("'", '"')
+    required = ["--bootstrap-servers", "b:9092", "--input-topic", "in", "--output-topic", "out", "--group", "g"]
+    assert cli.main(["run", *required, "--model", "m.keras", "--config", write(tmp_path, toml)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [f"error: {info.value}"] and "starting workers" not in captured.out
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_valid_kafka_settings_pass_the_check_without_connecting(delivery: str) -> None:
+    from consumer.kafka_io import check_client_settings
+
+    tables = {"kafka": {"linger.ms": 3, "security.protocol": "plaintext"}, "kafka_consumer": {"fetch.wait.max.ms": 50}}
+    # an address nothing listens on: the check must not try it
+    settings = load_settings({**REQUIRED, **tables, "delivery": delivery, "bootstrap_servers": "192.0.2.1:9"}, None, {})
+    check_client_settings(settings)
