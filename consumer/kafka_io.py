@@ -141,15 +141,22 @@ def check_client_settings(settings: Settings) -> None:
     for client, config in checks:
         offline = {key: value for key, value in config.items() if key != "bootstrap.servers"}
         offline["logger"] = _SILENT
-        try:
-            made = client(offline)
-        except KafkaException as exc:
-            raise ConfigError(
-                f"invalid Kafka client setting: {exc.args[0].str()}; fix it in the --config file's [kafka], "
-                "[kafka.consumer] or [kafka.producer] table, or its TFSTREAM_KAFKA_* variable"
-            ) from None
+        made = make_client(client, offline)
         if isinstance(made, Consumer):
             made.close()
+
+
+def make_client(client: Callable[[dict[str, Any]], T], config: dict[str, Any]) -> T:
+    """A librdkafka client; settings it refuses (it reads them all here) are a ``ConfigError``."""
+    try:
+        return client(config)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError._INVALID_ARG:
+            raise
+        raise ConfigError(
+            f"invalid Kafka client setting: {exc.args[0].str()}; fix it in the --config file's [kafka], "
+            "[kafka.consumer] or [kafka.producer] table, or its TFSTREAM_KAFKA_* variable"
+        ) from None
 
 
 #: values librdkafka takes as the same setting

@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 
 from consumer.config import load_client_tables
 from consumer.errors import BrokerError, ConfigError
-from consumer.kafka_io import without_static_membership
+from consumer.kafka_io import make_client, without_static_membership
 
 
 def add_client_flags(parser: argparse.ArgumentParser) -> None:
@@ -73,16 +73,17 @@ def _with_logger(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def admin_client(config: dict[str, Any]) -> AdminClient:
-    """Every Kafka client the tools make goes through one of these three, so all log the same way."""
-    return AdminClient(_with_logger(config))
+    """Every Kafka client the tools make goes through one of these three, so all log the same way
+    (and a setting librdkafka refuses is one line, exit 2)."""
+    return make_client(AdminClient, _with_logger(config))
 
 
 def kafka_producer(config: dict[str, Any]) -> Producer:
-    return Producer(_with_logger(config))
+    return make_client(Producer, _with_logger(config))
 
 
 def kafka_consumer(config: dict[str, Any]) -> Consumer:
-    return Consumer(_with_logger(config))
+    return make_client(Consumer, _with_logger(config))
 
 
 #: librdkafka's errors for a broker that never answered (its own request timeout can fire first)

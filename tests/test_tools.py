@@ -420,3 +420,23 @@ def test_the_broker_command_refuses_a_port_that_is_no_port_in_one_line(
         .splitlines()[-1]
         .endswith(f"argument --port: must be a TCP port, 0 to 65535, got {port}")
     )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["create-topics", "t"],
+        ["lag", "--group", "g", "--topic", "t"],
+        ["collect", "--topic", "t", "--out", "{d}/p.npz"],
+    ],
+)
+def test_a_kafka_setting_librdkafka_refuses_is_one_line_with_exit_2(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was librdkafka's ``KafkaError{code=_INVALID_ARG,…}`` printed raw, with exit 1."""
+    config = tmp_path / "c.toml"
+    config.write_text('[kafka.consumer]\n"fetch.wait.max.ms" = "soon"\n[kafka]\n"no.such.setting" = 1\n')
+    argv = [part.format(d=tmp_path) for part in command]
+    assert main([*argv, "--bootstrap-servers", "127.0.0.1:1", "--config", str(config)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith('error: invalid Kafka client setting: No such configuration property: "no.such.setting"')
