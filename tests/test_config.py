@@ -237,9 +237,17 @@ def test_a_kafka_setting_librdkafka_refuses_exits_2_in_one_line_before_any_worke
 
 @pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
 def test_valid_kafka_settings_pass_the_check_without_connecting(delivery: str) -> None:
+    import socket
+
     from consumer.kafka_io import check_client_settings
 
     tables = {"kafka": {"linger.ms": 3, "security.protocol": "plaintext"}, "kafka_consumer": {"fetch.wait.max.ms": 50}}
-    # an address nothing listens on: the check must not try it
-    settings = load_settings({**REQUIRED, **tables, "delivery": delivery, "bootstrap_servers": "192.0.2.1:9"}, None, {})
-    check_client_settings(settings)
+    with socket.socket() as listener:  # where the settings point: the check must not connect to it
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        bootstrap = f"127.0.0.1:{listener.getsockname()[1]}"
+        settings = load_settings({**REQUIRED, **tables, "delivery": delivery, "bootstrap_servers": bootstrap}, None, {})
+        check_client_settings(settings)
+        listener.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            listener.accept()
