@@ -107,8 +107,11 @@ class Worker:
         self._stop.set()
 
     def start(self) -> None:
-        """Everything before joining the group: model, compiled functions, clients, topics."""
+        """Everything before joining the group: the preprocess function (the user's code, first: a
+        module that fails to import is a configuration error before anything is loaded), model,
+        compiled functions, clients, topics."""
         s = self.settings
+        self.preprocess = load_preprocess(s.preprocess)
         sizes = s.allowed_batch_sizes or default_batch_sizes(s.max_batch_size)
         served, versions, pinned = first_model(
             s.model, s.model_name, s.model_version, sizes, s.jit_compile, s.signature
@@ -205,9 +208,7 @@ class Worker:
         if self.metrics is not None:
             dead_letters.on_dead_letter = self.metrics.dead_letter
         limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)
-        self.pipeline = Pipeline(
-            served.predictor, limits, s.pipeline_depth, load_preprocess(s.preprocess), s.reject_non_finite
-        )
+        self.pipeline = Pipeline(served.predictor, limits, s.pipeline_depth, self.preprocess, s.reject_non_finite)
         worker = f"{socket.gethostname()}/{os.getpid()}/{self.slot}/{self.device}"
         emitter = Emitter(
             self.outbox, s.output_topic, served.info, s.output_format, self.counters, dead_letters, worker,
@@ -736,11 +737,18 @@ def freeze_heap() -> None:
 
 
 def load_preprocess(spec: str | None) -> Any:
-    """Import ``module:function``; a bad reference is a configuration error."""
+    """Import ``module:function``; a bad reference, or a module that raises while it is imported (a
+    syntax error, an exception at its top level), is a configuration error: no restart would cure it."""
     if spec is None:
         return None
     module_name, _, attr = spec.partition(":")
     try:
-        return getattr(importlib.import_module(module_name), attr)
+        function = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"invalid setting preprocess={spec!r}: cannot import it ({exc})") from None
+    except Exception as exc:  # the module's own code failed
+        problem = f"importing {module_name!r} raised {type(exc).__name__}: {exc}"
+        raise ConfigError(f"invalid setting preprocess={spec!r}: {problem}; fix the module") from None
+    if not callable(function):
+        raise ConfigError(f"invalid setting preprocess={spec!r}: {attr!r} is not a function")
+    return function

@@ -251,3 +251,29 @@ def test_valid_kafka_settings_pass_the_check_without_connecting(delivery: str) -
         listener.settimeout(1.0)
         with pytest.raises(TimeoutError):
             listener.accept()
+
+
+@pytest.mark.parametrize(
+    ("module", "spec", "says"),
+    [
+        ('raise RuntimeError("boom")\n', "raises:f", "importing 'raises' raised RuntimeError: boom"),
+        ("x = (\n", "broken:f", "importing 'broken' raised SyntaxError: '(' was never closed"),
+        ("LIMIT = 3\n", "constant:LIMIT", "'LIMIT' is not a function"),
+        ("def f(x):\n    return x\n", "fine:g", "cannot import it (module 'fine' has no attribute 'g')"),
+    ],
+)
+def test_a_preprocess_module_that_cannot_serve_is_a_configuration_error_before_the_model_or_the_broker(
+    module: str, spec: str, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module that raised while imported was a worker failing to start three times (exit 1), each
+    after loading the model and only once the broker answered."""
+    from consumer.worker import Worker
+
+    (tmp_path / f"{spec.split(':')[0]}.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # no model file and no broker: the preprocess function is what the worker loads first
+    settings = load_settings({**REQUIRED, "model": str(tmp_path / "none.keras"), "preprocess": spec}, None, {})
+    with pytest.raises(ConfigError) as info:
+        Worker(settings).start()
+    assert str(info.value).startswith(f"invalid setting preprocess={spec!r}: ") and says in str(info.value)
+    assert "\n" not in str(info.value)
