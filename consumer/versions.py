@@ -104,7 +104,10 @@ def initial_version(base: Path, pinned: int | None) -> ModelVersion:
     versions = VersionDirectory(base).candidates()
     chosen = choose(versions, pinned)
     if chosen is None:
-        have = ", ".join(str(v.number) for v in versions) or "none"
-        wanted = f"version {pinned}" if pinned is not None else "a version"
+        have = (
+            ", ".join(str(v.number) for v in versions)
+            or "none: each is BASE/<number>/ holding a SavedModel or one .keras file"
+        )
+        wanted = f"version {pinned}" if pinned is not None else "version"
         raise ModelError(f"no {wanted} under {str(base)!r} (versions holding a model: {have})")
     return chosen

@@ -54,6 +54,14 @@ def test_only_complete_integer_versions_count(tmp_path: Path) -> None:
     assert choose(directory.complete(), pinned=1).number == 1  # type: ignore[union-attr]
     with pytest.raises(ModelError, match=r"no version 7 under .* \(versions holding a model: 1, 4\)"):
         initial_version(tmp_path, pinned=7)
+    empty = tmp_path / "empty"
+    (empty / "1").mkdir(parents=True)  # a version folder with no model in it
+    with pytest.raises(ModelError) as info:
+        initial_version(empty, pinned=None)
+    assert str(info.value) == (
+        f"no version under {str(empty)!r} (versions holding a model: none: each is BASE/<number>/ holding a "
+        "SavedModel or one .keras file)"
+    )
     with pytest.raises(ConfigError, match="pins a version number"):
         first_model(tmp_path, None, "latest", [1], False)
 
