@@ -75,8 +75,12 @@ def test_bad_model_paths_raise_one_clear_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="cannot load"):
         load_model(tmp_path / "junk.h5")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError):
+    with pytest.raises(ModelError) as info:  # was TensorFlow's "SavedModel file does not exist at: …"
         load_model(tmp_path / "empty")
+    assert str(info.value) == (
+        f"model path {str(tmp_path / 'empty')!r} is a directory without a saved_model.pb: pass a SavedModel "
+        "directory, a .keras file, or a versioned directory (BASE/<number>/ holding either)"
+    )
 
 
 def test_a_model_without_one_output_row_per_input_is_refused_at_warm_up(tmp_path: Path) -> None:
