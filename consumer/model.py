@@ -47,13 +47,13 @@ def load_model(
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model path {str(path)!r} does not exist; pass a .keras file or a SavedModel directory")
-    name = name or path.stem
-    version = version or content_hash(path)
-    if path.is_dir() and not any((path / name).exists() for name in ("saved_model.pb", "saved_model.pbtxt")):
+    if path.is_dir() and not any((path / marker).exists() for marker in ("saved_model.pb", "saved_model.pbtxt")):
         raise ModelError(
             f"model path {str(path)!r} is a directory without a saved_model.pb: pass a SavedModel directory, "
             "a .keras file, or a versioned directory (BASE/<number>/ holding either)"
         )
+    name = name or path.stem
+    version = version or content_hash(path)
     try:
         if path.is_dir():
             return _load_saved_model(path, name, version, signature)

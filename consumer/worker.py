@@ -100,6 +100,8 @@ class Worker:
         self._backoff = FIRST_BACKOFF_SECONDS
         #: inputs read but not committed when the worker stopped: the next start reads them again
         self.uncommitted_at_stop = 0
+        #: the ``--preprocess`` function, imported first thing in ``start``
+        self.preprocess: Any = None
 
     # -- start ---------------------------------------------------------------------------
     def request_stop(self) -> None:
