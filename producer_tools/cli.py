@@ -82,8 +82,11 @@ def _publish(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rate", type=_positive(float), metavar="N", help="messages per second (default: as fast as possible)"
     )
-    p.add_argument("--count", type=_positive(int), metavar="N", help="send N messages, cycling through the file")
-    p.add_argument("--repeat", type=_positive(int), default=1, metavar="K", help="send the file K times (default 1)")
+    how_many = p.add_mutually_exclusive_group()  # both given, one would be quietly ignored
+    how_many.add_argument("--count", type=_positive(int), metavar="N", help="send N messages, cycling through the file")
+    how_many.add_argument(
+        "--repeat", type=_positive(int), default=1, metavar="K", help="send the file K times (default 1)"
+    )
 
 
 def _collect(sub: argparse._SubParsersAction) -> None:

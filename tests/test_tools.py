@@ -440,3 +440,14 @@ def test_a_kafka_setting_librdkafka_refuses_is_one_line_with_exit_2(
     assert main([*argv, "--bootstrap-servers", "127.0.0.1:1", "--config", str(config)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith('error: invalid Kafka client setting: No such configuration property: "no.such.setting"')
+
+
+def test_publish_refuses_count_and_repeat_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by hand: with both, ``--count`` won and ``--repeat`` was quietly ignored."""
+    np.save(tmp_path / "x.npy", np.zeros((3, 4), dtype=np.float32))
+    argv = ["publish", str(tmp_path / "x.npy"), "--topic", "t", "--count", "5", "--repeat", "2"]
+    with pytest.raises(SystemExit) as exit:
+        main([*argv, "--bootstrap-servers", "127.0.0.1:1"])
+    assert exit.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith("argument --repeat: not allowed with argument --count")
