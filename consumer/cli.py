@@ -15,7 +15,7 @@ from typing import Any
 
 from consumer import __version__, kafka_io, logs
 from consumer.config import ENV_PREFIX, Settings, load_settings
-from consumer.devices import plan_workers
+from consumer.devices import oversubscribed, plan_workers, usable_cores
 from consumer.errors import ConfigError
 from consumer.supervisor import EXIT_USAGE, Supervisor
 from consumer.versions import check_polling
@@ -160,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.line(f"error: {exc}")
         return EXIT_USAGE
     logs.configure(settings.log_level, settings.log_format, worker="supervisor")
+    if (warning := oversubscribed(slots, usable_cores())) is not None:
+        logs.get_logger("consumer.supervisor").warning("more CPU workers than cores", advice=warning)
     supervisor = Supervisor(settings, slots)
     try:
         code = supervisor.run()

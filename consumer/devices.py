@@ -103,6 +103,17 @@ def _cpu_slots(workers: int | None, cores: int) -> list[WorkerSlot]:
     return [WorkerSlot(slot, "cpu", intra, inter) for slot in range(workers)]
 
 
+def oversubscribed(slots: list[WorkerSlot], cores: int) -> str | None:
+    """A warning when more CPU workers than cores were asked for (allowed, but rarely what helps)."""
+    cpu_workers = sum(1 for slot in slots if slot.device == "cpu")
+    if cpu_workers <= cores:
+        return None
+    return (
+        f"{cpu_workers} CPU workers on {cores} core(s): each holds its own copy of the model and they take turns on "
+        f"the cores (3 or 4 workers on 2 cores drained slower than 2); --workers {cores} or fewer is usually faster"
+    )
+
+
 def _gpu_slots(ids: list[str], workers: int | None, per_device: int = 1) -> list[WorkerSlot]:
     """``per_device`` workers on each GPU (they share it: give each a --gpu-memory limit)."""
     capacity = len(ids) * per_device

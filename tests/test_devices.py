@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.devices import discover_gpus, plan_workers
+from consumer.devices import discover_gpus, oversubscribed, plan_workers
 from consumer.errors import ConfigError
 from consumer.supervisor import RestartPolicy
 
@@ -38,6 +38,16 @@ def test_cpu_workers_split_the_cores_between_them() -> None:
     assert [(s.device, s.intra_op_threads, s.inter_op_threads) for s in slots] == [("cpu", 4, 2), ("cpu", 4, 2)]
     assert slots[0].environment() == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}
     assert [s.intra_op_threads for s in plan_workers("cpu", 3, cores=2)] == [1, 1, 1]
+
+
+def test_more_cpu_workers_than_cores_are_allowed_with_a_warning() -> None:
+    """Allowed (a user may know better), but said: each worker holds its own model, and 3 or 4 on 2
+    cores drained slower than 2 (README, Performance)."""
+    assert oversubscribed(plan_workers("cpu", 2, cores=2), 2) is None
+    assert oversubscribed(plan_workers("gpu:0,1,2", None, cores=2), 2) is None  # GPU workers own their device
+    warning = oversubscribed(plan_workers("cpu", 3, cores=2), 2)
+    assert warning is not None and warning.startswith("3 CPU workers on 2 core(s): each holds its own copy")
+    assert warning.endswith("--workers 2 or fewer is usually faster")
 
 
 def test_auto_without_gpus_means_two_cpu_workers_sharing_the_cores(tmp_path: Path) -> None:
