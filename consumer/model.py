@@ -19,9 +19,9 @@ import tensorflow as tf
 
 from consumer.errors import ModelError
 from consumer.signature import STRING, Signature, TensorSpec
+from consumer.versions import KERAS_SUFFIXES, is_saved_model
 
 TensorDict = dict[str, tf.Tensor]
-_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 #: The SavedModel signature served unless ``--signature`` names another (TF Serving's default too).
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -47,7 +47,7 @@ def load_model(
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model path {str(path)!r} does not exist; pass a .keras file or a SavedModel directory")
-    if path.is_dir() and not any((path / marker).exists() for marker in ("saved_model.pb", "saved_model.pbtxt")):
+    if path.is_dir() and not is_saved_model(path):
         raise ModelError(
             f"model path {str(path)!r} is a directory without a saved_model.pb: pass a SavedModel directory, "
             "a .keras file, or a versioned directory (BASE/<number>/ holding either)"
@@ -57,7 +57,7 @@ def load_model(
     try:
         if path.is_dir():
             return _load_saved_model(path, name, version, signature)
-        if path.suffix in _KERAS_SUFFIXES:
+        if path.suffix in KERAS_SUFFIXES:
             if signature != DEFAULT_SIGNATURE:
                 raise ModelError(
                     f"--signature {signature!r} applies to SavedModels; {str(path)!r} is a Keras file: drop it"

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from consumer.errors import ConfigError, ModelError
 
-_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+#: The file that makes a directory a SavedModel: binary, or the text form TensorFlow also loads.
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
 @dataclass(frozen=True)
@@ -23,9 +25,14 @@ class ModelVersion:
     path: Path  # what ``load_model`` takes: the SavedModel directory or the .keras file
 
 
+def is_saved_model(path: Path) -> bool:
+    """A directory holding a SavedModel's ``saved_model.pb`` (or ``.pbtxt``)."""
+    return path.is_dir() and any((path / name).is_file() for name in SAVED_MODEL_FILES)
+
+
 def is_versioned_base(path: Path) -> bool:
     """A directory that is not itself a SavedModel and holds at least one integer-named directory."""
-    if not path.is_dir() or (path / "saved_model.pb").exists():
+    if not path.is_dir() or is_saved_model(path):
         return False
     return any(child.is_dir() and child.name.isdigit() for child in path.iterdir())
 
@@ -33,7 +40,7 @@ def is_versioned_base(path: Path) -> bool:
 def check_polling(model: Path, poll_seconds: float | None) -> None:
     """``model_poll_seconds`` watches a versioned base directory; given a single model, it would
     quietly do nothing (a model edited in place is never reloaded), so it is refused."""
-    if poll_seconds and (model.is_file() or (model / "saved_model.pb").exists()):
+    if poll_seconds and (model.is_file() or is_saved_model(model)):
         raise ConfigError(
             f"invalid setting model_poll_seconds={poll_seconds:g}: it watches a versioned model directory "
             f"(BASE/<version>/), and {str(model)!r} is a single model; move it to BASE/1/ and pass --model BASE, "
@@ -43,9 +50,9 @@ def check_polling(model: Path, poll_seconds: float | None) -> None:
 
 def model_in(directory: Path) -> Path | None:
     """The model a version directory holds, or None (empty, partial, or ambiguous)."""
-    if (directory / "saved_model.pb").exists():
+    if is_saved_model(directory):
         return directory
-    files = [p for p in directory.iterdir() if p.is_file() and p.suffix in _KERAS_SUFFIXES]
+    files = [p for p in directory.iterdir() if p.is_file() and p.suffix in KERAS_SUFFIXES]
     return files[0] if len(files) == 1 else None
 
 

@@ -15,9 +15,17 @@ import structlog
 
 from consumer.codec import pack_input, unpack_output
 from consumer.errors import ConfigError, ModelError
+from consumer.model import load_model
 from consumer.reload import Served, Watcher, build, first_model, release_unreachable
 from consumer.timing import rss_mb
-from consumer.versions import ModelVersion, VersionDirectory, choose, initial_version, is_versioned_base
+from consumer.versions import (
+    ModelVersion,
+    VersionDirectory,
+    check_polling,
+    choose,
+    initial_version,
+    is_versioned_base,
+)
 from producer_tools.reader import read_topic
 from tests import models
 from tests.helpers import ENV, Deployment, Topics, Trickle, consumer_command, publish, wait_for_outputs
@@ -64,6 +72,25 @@ def test_only_complete_integer_versions_count(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="pins a version number"):
         first_model(tmp_path, None, "latest", [1], False)
+
+
+def test_a_savedmodel_in_text_form_is_a_version_and_a_single_model(tmp_path: Path) -> None:
+    """TensorFlow loads a SavedModel whose graph is ``saved_model.pbtxt``: the version directory and
+    the single-model checks both take it for one (they once looked for ``saved_model.pb`` only)."""
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    version = models.shaped_saved_model(tmp_path / "base" / "3", [None, 4])
+    proto = saved_model_pb2.SavedModel.FromString((version / "saved_model.pb").read_bytes())
+    (version / "saved_model.pbtxt").write_text(text_format.MessageToString(proto))
+    (version / "saved_model.pb").unlink()
+    base = tmp_path / "base"
+    assert is_versioned_base(base) and not is_versioned_base(version)
+    assert initial_version(base, pinned=None) == ModelVersion(3, version)
+    with pytest.raises(ConfigError, match="is a single model"):
+        check_polling(version, 5.0)
+    served = load_model(version).call({"x": np.ones((2, 4), np.float32)})
+    assert served["y"].numpy().tolist() == [[2.0] * 4] * 2
 
 
 def test_a_rejected_version_is_tried_again_once_its_files_change(tmp_path: Path) -> None:
