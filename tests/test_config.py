@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from consumer import cli
 from consumer.config import load_settings
 from consumer.errors import ConfigError
+from producer_tools.clients import Clients
 
 REQUIRED = {"bootstrap_servers": "k:9092", "input_topic": "in", "output_topic": "out", "group": "g", "model": "m.keras"}
 
@@ -55,6 +57,7 @@ def test_secrets_are_redacted_from_the_printable_settings() -> None:
         ({"dlq_topic": "out"}, "dlq_topic must differ from output_topic"),
         ({"from_beginning": True, "from_timestamp": "2024-01-01T00:00:00"}, "exclude"),
         ({"from_timestamp": "yesterday"}, "from_timestamp"),
+        ({"from_timestamp": "2024-01-02T00:00:00Z", "until_timestamp": "2024-01-01T00:00:00Z"}, "until_timestamp must"),
         ({"allowed_batch_sizes": "1,2,4"}, "allowed_batch_sizes"),
         ({"preprocess": "not a ref"}, "preprocess"),
         # names a real cluster refuses, which the embedded broker took
@@ -86,6 +89,8 @@ def test_cli_exits_2_with_one_line_on_missing_or_bad_settings(
     bad = write(tmp_path, "max_batch_size = [")
     assert cli.main(["run", "--config", bad]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+    assert cli.main(["run", "--config", write(tmp_path, 'kafka = "acks=all"\n')]) == 2
+    assert "[kafka] must be a table of librdkafka settings" in capsys.readouterr().err
     # watching a single model for new versions would quietly do nothing
     (tmp_path / "m.keras").write_bytes(b"")
     required = ["--bootstrap-servers", "b:9092", "--input-topic", "in", "--output-topic", "out", "--group", "g"]
@@ -277,3 +282,23 @@ def test_a_preprocess_module_that_cannot_serve_is_a_configuration_error_before_t
         Worker(settings).start()
     assert str(info.value).startswith(f"invalid setting preprocess={spec!r}: ") and says in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_the_tools_take_bootstrap_servers_from_the_flag_then_the_environment_then_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("TFSTREAM_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS", "TFSTREAM_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    file = write(tmp_path, 'bootstrap_servers = "file:9092"\n[kafka]\n"client.rack" = "r1"\n')
+
+    def bootstrap(flag: str | None, config: str | None) -> str:
+        return Clients(argparse.Namespace(bootstrap_servers=flag, config=config)).bootstrap
+
+    assert bootstrap(None, file) == "file:9092"
+    assert Clients(argparse.Namespace(bootstrap_servers=None, config=file)).common["client.rack"] == "r1"
+    monkeypatch.setenv("TFSTREAM_BOOTSTRAP_SERVERS", "env:9092")
+    assert bootstrap(None, file) == "env:9092"
+    assert bootstrap("flag:9092", file) == "flag:9092"
+    monkeypatch.delenv("TFSTREAM_BOOTSTRAP_SERVERS")
+    with pytest.raises(ConfigError, match="missing setting bootstrap_servers: pass --bootstrap-servers"):
+        bootstrap(None, None)
