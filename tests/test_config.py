@@ -284,7 +284,7 @@ def test_a_preprocess_module_that_cannot_serve_is_a_configuration_error_before_t
     assert "\n" not in str(info.value)
 
 
-def test_the_tools_take_bootstrap_servers_from_the_flag_then_the_environment_then_the_config_file(
+def test_the_tools_take_bootstrap_servers_from_the_flag_the_environment_the_file_then_kafka_bootstrap_servers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("TFSTREAM_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS", "TFSTREAM_CONFIG"):
@@ -302,3 +302,5 @@ def test_the_tools_take_bootstrap_servers_from_the_flag_then_the_environment_the
     monkeypatch.delenv("TFSTREAM_BOOTSTRAP_SERVERS")
     with pytest.raises(ConfigError, match="missing setting bootstrap_servers: pass --bootstrap-servers"):
         bootstrap(None, None)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-env:9092")  # the last resort, after the file
+    assert (bootstrap(None, file), bootstrap(None, None)) == ("file:9092", "kafka-env:9092")
