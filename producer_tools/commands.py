@@ -142,8 +142,6 @@ def run_reset_offsets(args: argparse.Namespace) -> int:
 
 
 def run_create_topics(args: argparse.Namespace) -> int:
-    if args.partitions < 1:
-        raise ConfigError("invalid setting --partitions: at least 1")
     create_topics(Clients(args).admin(), args.topics, partitions=args.partitions)
     print(f"topics ready: {', '.join(args.topics)} ({args.partitions} partitions when created here)")
     return 0

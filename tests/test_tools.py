@@ -451,3 +451,32 @@ def test_publish_refuses_count_and_repeat_together(tmp_path: Path, capsys: pytes
     assert exit.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.endswith("argument --repeat: not allowed with argument --count")
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        (
+            ["replay", "--from-topic", "a", "--to-topic", "a"],
+            "invalid settings: --to-topic must differ from --from-topic",
+        ),
+        (
+            ["replay", "--from-topic", "a", "--to-topic", "b", "--from-timestamp", "2024-06-02", "--until-timestamp",
+             "2024-06-01T23:00:00+00:00"],
+            "invalid settings: --until-timestamp must be later than --from-timestamp",
+        ),
+        (
+            ["replay", "--from-topic", "a", "--to-topic", "b", "--until-timestamp", "June 1st"],
+            "invalid setting --until-timestamp='June 1st': use ISO 8601, e.g. 2024-06-01T00:00:00Z",
+        ),
+        (["collect", "--topic", "t", "--out", "{d}/p.csv"], "invalid setting --out='{d}/p.csv': write .npz or .jsonl"),
+    ],
+)  # fmt: skip
+def test_a_tool_given_contradicting_or_unusable_flags_says_which_in_one_line_before_connecting(
+    command: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing listens at port 1: each line comes before any connection is tried."""
+    argv = [part.format(d=tmp_path) for part in command]
+    assert main([*argv, "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == "error: " + says.format(d=tmp_path)
