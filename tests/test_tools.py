@@ -206,6 +206,28 @@ def test_collect_writes_json_lines_and_stops_at_a_count(
     assert line.endswith("--topic must be the consumer's --output-topic")
 
 
+def test_collect_joins_on_the_key_into_json_lines(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, tmp_path: Path
+) -> None:
+    """``--join-on key``: inputs sent without ids are matched to their predictions by message key."""
+    inp, out = topics("in", "out")
+    rows = {f"user-{i}": [float(i), 1.0, -1.0, 0.5] for i in range(12)}
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps({"inputs": v, "key": k}) + "\n" for k, v in rows.items()))
+    assert tool(bootstrap, "publish", str(tmp_path / "x.jsonl"), "--topic", inp, "--dtype", "float32") == 0
+    run_worker(settings(bootstrap, mlp_path, inp, out, group))
+    # the join file lists the inputs in another order: their row numbers (the default ids) differ
+    (tmp_path / "j.jsonl").write_text("".join(json.dumps({"inputs": rows[k], "key": k}) + "\n" for k in reversed(rows)))
+    result = tmp_path / "joined.jsonl"
+    join = ["--join", str(tmp_path / "j.jsonl"), "--join-on", "key", "--idle", "2"]
+    assert tool(bootstrap, "collect", "--topic", out, "--out", str(result), *join) == 0
+    lines = [json.loads(line) for line in result.read_text().splitlines()]
+    assert sorted(line["key"] for line in lines) == sorted(rows)
+    for line in lines:
+        assert line["inputs"] == rows[line["key"]]
+        expected = models.offline_predict(mlp_path, np.array([rows[line["key"]]], "float32"))[0]
+        np.testing.assert_allclose(line["outputs"], expected, atol=1e-5)
+
+
 def test_collect_refuses_an_output_it_could_not_write_before_reading_anything(
     bootstrap: str, topics: Topics, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
