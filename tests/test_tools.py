@@ -115,6 +115,17 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
         ("missing.npy", None, [], "does not exist"),
         ("empty.npz", b"", [], "cannot read input file"),  # was a traceback (EOFError)
         ("huge.jsonl", '{"inputs": [1], "id": 18446744073709551616}\n', [], "huge.jsonl:1: id 18446744073709551616"),
+        ("x.txt", "1,2\n", [], "use .npy, .npz, .jsonl, .csv or a folder of files"),
+        ("blank.jsonl", "\n\n", [], "holds no examples"),
+        ("words.npy", _npy_bytes(np.array(["a", "b"])), [], "words.npy: values must be numbers, found <U1"),
+        ("scalar.npy", _npy_bytes(np.float32(3)), [], "holds a scalar; expected one example per row"),
+        ("rows.npy", _npy_bytes(np.zeros((2, 3))), ["--key-field", "k"], ".npy rows have no fields"),
+        ("keys.npz", _npz_bytes(user=np.array(["a"])), ["--key-field", "user"], "has no input arrays"),
+        ("uneven.npz", _npz_bytes(a=np.zeros((2, 3)), b=np.zeros(3)), [], "arrays must have the same number of rows"),
+        ("k.npz", _npz_bytes(a=np.zeros((2, 3))), ["--key-field", "nope"], "has no array 'nope'; it has ['a']"),
+        ("fields.jsonl", '{"x": [1]}\n', [], 'fields.jsonl:1: expected an object with "inputs"'),
+        ("nested.jsonl", '{"inputs": [[1, 2], [3]]}\n', [], "nested.jsonl:1: not a regular nested list of numbers"),
+        ("keyonly.csv", "user\nalice\n", ["--key-field", "user"], "has no feature columns"),
     ],
 )
 def test_bad_input_files_fail_in_one_line_with_exit_2_and_publish_nothing(
