@@ -14,12 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from consumer.errors import TfStreamError
+
 #: Short group timeouts: on the embedded broker a join then takes ~3 s instead of ~23 s.
 FAST_GROUP_ENV = {
     "TFSTREAM_KAFKA_CONSUMER_SESSION_TIMEOUT_MS": "6000",
     "TFSTREAM_KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS": "500",
     "TF_CPP_MIN_LOG_LEVEL": "2",
 }
+
+
+class ConsumerRunError(TfStreamError):
+    """The consumer ended otherwise than asked, or not in time; the message ends with its last log lines
+    (the demo and the bench then exit 1 showing them, not a traceback)."""
 
 
 def consumer_command(bootstrap: str, model: Path, inp: str, out: str, group: str, *extra: str) -> list[str]:
@@ -56,7 +63,7 @@ class ConsumerProcess:
         return [json.loads(line) for line in list(self.lines) if line.startswith("{") and marker in line]
 
     def wait_for(self, name: str, count: int = 1, timeout: float = 90) -> list[dict[str, Any]]:
-        """Wait until ``name`` was logged ``count`` times; ``RuntimeError`` if the process ends or time runs out."""
+        """Wait until ``name`` was logged ``count`` times; ``ConsumerRunError`` if the process ends or time runs out."""
         self._wait(lambda: len(self.events(name)) >= count, f"{count}x {name!r}", timeout)
         return self.events(name)
 
@@ -76,9 +83,9 @@ class ConsumerProcess:
         deadline = time.monotonic() + timeout
         while not condition():
             if self.process.poll() is not None:
-                raise RuntimeError(f"the consumer exited while waiting for {what}:\n{self.tail()}")
+                raise ConsumerRunError(f"the consumer exited while waiting for {what}:\n{self.tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"waited {timeout}s in vain for {what}:\n{self.tail()}")
+                raise ConsumerRunError(f"waited {timeout}s in vain for {what}:\n{self.tail()}")
             time.sleep(0.1)
 
     def __enter__(self) -> ConsumerProcess:
@@ -104,12 +111,16 @@ class ConsumerProcess:
         return self.finish(timeout)
 
     def finish(self, timeout: float = 120) -> dict[str, Any]:
-        """Wait for the exit; the supervisor's summary. ``RuntimeError`` unless it exited 0 with one."""
-        self.process.wait(timeout)
+        """Wait for the exit; the supervisor's summary. ``ConsumerRunError`` unless it exited 0 with one
+        within ``timeout`` (then it still runs: leave the ``with`` block, or ``close``, to stop it)."""
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise ConsumerRunError(f"the consumer did not exit within {timeout:g}s:\n{self.tail()}") from None
         self.reader.join(10)
         summaries = self.events("summary")
         if self.process.returncode != 0 or len(summaries) != 1:
-            raise RuntimeError(f"the consumer exited with {self.process.returncode}:\n{self.tail()}")
+            raise ConsumerRunError(f"the consumer exited with {self.process.returncode}:\n{self.tail()}")
         return summaries[0]
 
     def tail(self, lines: int = 30) -> str:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from consumer.codec import pack_input, unpack_output
 from consumer.delivery import message_headers
+from consumer.errors import BrokerError
 from producer_tools import digits
 from producer_tools.clients import kafka_producer
 from producer_tools.consumer_run import consumer_command, consumer_env
@@ -36,7 +37,7 @@ def publish(bootstrap: str, inputs: np.ndarray, bad: int) -> None:
     for i in range(bad):
         producer.produce(TOPICS["input"], b"\x93not a map" if i % 2 else pack_input(np.zeros(3, "float32")))
     if producer.flush(30):
-        raise RuntimeError("the demo inputs were not all delivered")
+        raise BrokerError("the demo inputs were not all delivered within 30 s; is the broker up?")
 
 
 def run_consumer(bootstrap: str, model: Path) -> int:

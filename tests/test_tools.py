@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from confluent_kafka import Consumer
 
 from consumer.codec import Limits, unpack_input
 from producer_tools.cli import main
+from producer_tools.consumer_run import ConsumerProcess, ConsumerRunError
 from producer_tools.reader import read_topic
 from tests import models
 from tests.conftest import FAST_GROUP
@@ -513,3 +515,16 @@ def test_a_tool_given_contradicting_or_unusable_flags_says_which_in_one_line_bef
     assert main([*argv, "--bootstrap-servers", "127.0.0.1:1"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == "error: " + says.format(d=tmp_path)
+
+
+def test_a_consumer_run_that_fails_or_hangs_is_one_error_with_its_last_lines(tmp_path: Path) -> None:
+    """The demo and the bench print it and exit 1; a ``RuntimeError`` (or, past the wait, a
+    ``TimeoutExpired`` without the consumer's log) used to end them in a traceback."""
+    failing = ConsumerProcess([sys.executable, "-m", "consumer", "run", "--input-topic", "in"])
+    with failing, pytest.raises(ConsumerRunError, match=r"(?s)exited with 2:\n.*error: missing setting"):
+        failing.finish(timeout=60)
+    script = "import sys, time; print('still working', file=sys.stderr, flush=True); time.sleep(60)"
+    hanging = ConsumerProcess([sys.executable, "-c", script])
+    with hanging, pytest.raises(ConsumerRunError, match=r"did not exit within 3s:\nstill working"):
+        hanging.finish(timeout=3)
+    assert hanging.process.returncode is not None  # leaving the block stopped it

@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 from tqdm import tqdm
 
 from consumer.codec import pack_input
+from consumer.errors import BrokerError
 from producer_tools.bench.workloads import Inputs, Workload
 from producer_tools.clients import kafka_producer
 from producer_tools.consumer_run import ConsumerProcess, consumer_command
@@ -59,7 +60,7 @@ def publish(
         pacer.wait(producer)
         produce(producer, topic, values[i % len(values)], str(i).encode())
     if producer.flush(120):
-        raise RuntimeError(f"could not publish the benchmark inputs to {topic}")
+        raise BrokerError(f"could not publish the benchmark inputs to {topic} within 120 s; is the broker up?")
 
 
 def command(bootstrap: str, source: str, out: str, workload: Workload, flags: Flags, *extra: str) -> list[str]:
