@@ -15,6 +15,7 @@ from typing import Any
 
 import confluent_kafka
 import numpy as np
+import psutil
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from consumer.codec import pack_input, unpack_output
@@ -179,3 +180,12 @@ def make_fatal(producer: Producer, code: int, reason: str = "injected by a test"
     lib.rd_kafka_test_fatal_error.restype = ctypes.c_int
     handle = ctypes.c_void_p.from_address(id(producer) + object.__basicsize__).value
     assert lib.rd_kafka_test_fatal_error(handle, code, reason.encode()) == 0, "librdkafka refused the fatal error"
+
+
+def gone(process: psutil.Process, timeout: float = 30) -> bool:
+    """Whether ``process`` ended within ``timeout`` (any process: a child, or one it left behind)."""
+    try:
+        process.wait(timeout)
+    except psutil.TimeoutExpired:
+        return False
+    return True

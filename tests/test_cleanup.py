@@ -18,7 +18,7 @@ import pytest
 from consumer.codec import pack_input
 from producer_tools.consumer_run import ConsumerProcess, consumer_command
 from producer_tools.embedded_broker import EmbeddedBroker
-from tests.helpers import ENV, Topics, publish
+from tests.helpers import ENV, Topics, gone, publish
 
 
 def _wait_for_child(parent: psutil.Process, name: str, timeout: float = 60) -> psutil.Process:
@@ -29,14 +29,6 @@ def _wait_for_child(parent: psutil.Process, name: str, timeout: float = 60) -> p
             return found[0]
         time.sleep(0.2)
     raise AssertionError(f"no {name!r} process under {parent.pid} after {timeout}s")
-
-
-def _gone(process: psutil.Process, timeout: float = 30) -> bool:
-    try:
-        process.wait(timeout)
-    except psutil.TimeoutExpired:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("after_s", [1.0, 4.0])  # while its consumer joins the group; while it measures
@@ -53,7 +45,7 @@ def test_sigterm_stops_a_tool_and_the_embedded_broker_it_started(after_s: float,
         tool.kill()
     assert tool.returncode == 143, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("terminated (SIGTERM): stopped what this command had started"), err
-    assert _gone(broker, timeout=5), "the embedded broker outlived the tool"
+    assert gone(broker, timeout=5), "the embedded broker outlived the tool"
     assert "|FAIL|" not in err, err  # no client was left to complain about the broker it stopped
     assert _left_in(tmp_path) == [], "the broker's log folder was left behind"
 
@@ -146,6 +138,6 @@ def test_pool_workers_exit_when_the_process_that_started_them_is_killed(tmp_path
         worker = psutil.Process(int(parent.stdout.readline()))
         parent.kill()  # SIGKILL: no clean-up of its own can run
         parent.wait(10)
-        assert _gone(worker, timeout=30), "the pool worker outlived the process that started it"
+        assert gone(worker, timeout=30), "the pool worker outlived the process that started it"
     finally:
         parent.kill()

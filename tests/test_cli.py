@@ -10,13 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from consumer.codec import pack_input
 from producer_tools.embedded_broker import free_port
 from producer_tools.reader import read_topic
 from tests import models
-from tests.helpers import ENV, Deployment, Trickle, consumer_command, outputs, publish, wait_for_outputs
+from tests.helpers import ENV, Deployment, Trickle, consumer_command, gone, outputs, publish, wait_for_outputs
 
 pytestmark = pytest.mark.integration
 
@@ -51,14 +52,6 @@ def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(
     assert set(ids) == set(range(total)) and max(ids.values()) == 1
 
 
-def _running(pid: int) -> bool:
-    """The process exists and is not a zombie (an orphan's exit may wait for its reaper)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 def test_a_second_sigterm_stops_at_once_without_orphans_and_loses_nothing(
     bootstrap: str, topics: Callable[..., list[str]], group: str, tmp_path: Path
 ) -> None:
@@ -72,17 +65,14 @@ def test_a_second_sigterm_stops_at_once_without_orphans_and_loses_nothing(
     slow = models.slow_saved_model(tmp_path / "slow", iterations=3000)
     command = consumer_command(bootstrap, slow, inp, out, group, "--workers", "2", "--max-batch-size", "8")
     with Deployment(command, ENV) as deployment:  # stopped if the test fails before it ends
-        pids = [event["pid"] for event in deployment.wait_for("worker started", 2, timeout=120)]
+        workers = [psutil.Process(event["pid"]) for event in deployment.wait_for("worker started", 2, timeout=120)]
         read_topic(bootstrap, out, timeout=120, min_count=8)  # serving: each worker holds batches read ahead
         deployment.process.send_signal(signal.SIGTERM)
         deployment.wait_for("draining", 1, timeout=30)
         deployment.process.send_signal(signal.SIGTERM)
         deployment.process.wait(30)
         assert deployment.process.returncode == 1, deployment.tail()  # a drained stop exits 0
-    deadline = time.monotonic() + 30
-    while any(map(_running, pids)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(map(_running, pids)), f"workers {pids} outlived their supervisor"
+    assert all(gone(worker) for worker in workers), f"workers {[w.pid for w in workers]} outlived their supervisor"
     fast = models.shaped_saved_model(tmp_path / "fast", [None, 4])  # the same inputs, and outputs (x * 2)
     rest = consumer_command(bootstrap, fast, inp, out, group, "--workers", "2", "--stop-at-end")
     with Deployment(rest, ENV) as finishing:
