@@ -83,8 +83,8 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     _flag(
         batching,
         "--allowed-batch-sizes",
-        "compiled batch sizes, comma-separated (default: powers of two, and their midpoints from 8 up, "
-        "to --max-batch-size)",
+        "compiled batch sizes, comma-separated, the largest equal to --max-batch-size (default: powers of two, "
+        "and their midpoints from 8 up, to --max-batch-size)",
         metavar="N,N,...",
     )
     devices = run.add_argument_group("devices")

@@ -104,7 +104,12 @@ class Settings(BaseModel):
     @field_validator("allowed_batch_sizes", mode="before")
     @classmethod
     def _split_sizes(cls, value: Any) -> Any:
-        return [int(v) for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        parts = [v.strip() for v in value.split(",") if v.strip()]
+        if not all(v.isdigit() for v in parts):
+            raise ValueError("list whole batch sizes separated by commas, as in 8,16,32")
+        return [int(v) for v in parts]
 
     @field_validator("from_timestamp", "until_timestamp")
     @classmethod
@@ -121,9 +126,9 @@ class Settings(BaseModel):
             raise ValueError("output_topic and dlq_topic must differ from input_topic (a loop)")
         if self.dlq_topic is not None and self.dlq_topic == self.output_topic:
             raise ValueError("dlq_topic must differ from output_topic: dead letters are inputs, not predictions")
-        sizes = self.allowed_batch_sizes
-        if sizes is not None and (not sizes or min(sizes) < 1 or max(sizes) != self.max_batch_size):
-            raise ValueError("allowed_batch_sizes must be positive and its largest must equal max_batch_size")
+        problem = _batch_sizes_problem(self.allowed_batch_sizes, self.max_batch_size)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property
@@ -140,6 +145,23 @@ class Settings(BaseModel):
         for table in _KAFKA_TABLES.values():
             data[table] = redact(data[table])
         return data
+
+
+def _batch_sizes_problem(sizes: list[int] | None, max_batch_size: int) -> str | None:
+    """What is wrong with ``allowed_batch_sizes`` given ``max_batch_size``, in one line; None: nothing."""
+    if sizes is None:
+        return None
+    if not sizes:
+        return "allowed_batch_sizes is empty: list the batch sizes to compile, as in 8,16,32, or leave it unset"
+    if min(sizes) < 1:
+        return f"allowed_batch_sizes={sizes} holds {min(sizes)}: batch sizes are 1 or more"
+    if max(sizes) != max_batch_size:
+        return (
+            f"allowed_batch_sizes={sizes} ends at {max(sizes)}, but max_batch_size is {max_batch_size}: "
+            f"the largest compiled size is the largest batch; pass --max-batch-size {max(sizes)}, "
+            f"or end the list with {max_batch_size}"
+        )
+    return None
 
 
 def redact(kafka: Mapping[str, Any]) -> dict[str, Any]:

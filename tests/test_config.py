@@ -58,7 +58,11 @@ def test_secrets_are_redacted_from_the_printable_settings() -> None:
         ({"from_beginning": True, "from_timestamp": "2024-01-01T00:00:00"}, "exclude"),
         ({"from_timestamp": "yesterday"}, "from_timestamp"),
         ({"from_timestamp": "2024-01-02T00:00:00Z", "until_timestamp": "2024-01-01T00:00:00Z"}, "until_timestamp must"),
-        ({"allowed_batch_sizes": "1,2,4"}, "allowed_batch_sizes"),
+        ({"allowed_batch_sizes": "1,2,4"}, r"allowed_batch_sizes=\[1, 2, 4\] ends at 4, but max_batch_size is 256"),
+        ({"allowed_batch_sizes": "8,512"}, "pass --max-batch-size 512, or end the list with 256"),
+        ({"allowed_batch_sizes": "0,256"}, "holds 0: batch sizes are 1 or more"),
+        ({"allowed_batch_sizes": ",,"}, "allowed_batch_sizes is empty"),
+        ({"allowed_batch_sizes": "8,16.5,256"}, "allowed_batch_sizes='8,16.5,256'.*list whole batch sizes"),
         ({"preprocess": "not a ref"}, "preprocess"),
         # names a real cluster refuses, which the embedded broker took
         ({"output_topic": "bad/name"}, "output_topic='bad/name'.*is not a Kafka topic name"),
