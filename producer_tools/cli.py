@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     topics = _command(sub, "create-topics", commands.run_create_topics, "create topics that do not exist yet")
     topics.add_argument("topics", nargs="+", type=_topic, metavar="TOPIC")
     topics.add_argument("--partitions", type=_positive(int), default=4, help="partitions of each new topic (default 4)")
+    topics.add_argument(
+        "--replication-factor",
+        type=_positive(int),
+        metavar="N",
+        help="copies of each new partition (default: the broker's default.replication.factor)",
+    )
     _demo(sub)
     _bench(sub)
     _fetch_latency(sub)

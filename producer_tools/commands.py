@@ -15,7 +15,7 @@ from producer_tools import collect, groups, publish, replay, sources
 from producer_tools.clients import Clients
 from producer_tools.paths import check_output_file
 from producer_tools.reader import StopWhen, partitions_of, read_partitions
-from producer_tools.topics import create_topics
+from producer_tools.topics import BROKER_DEFAULT, TopicShape, create_topics, shapes
 
 
 def epoch_ms(text: str | None, flag: str) -> int | None:
@@ -142,9 +142,25 @@ def run_reset_offsets(args: argparse.Namespace) -> int:
 
 
 def run_create_topics(args: argparse.Namespace) -> int:
-    create_topics(Clients(args).admin(), args.topics, partitions=args.partitions)
-    print(f"topics ready: {', '.join(args.topics)} ({args.partitions} partitions when created here)")
+    admin = Clients(args).admin()
+    factor = BROKER_DEFAULT if args.replication_factor is None else args.replication_factor
+    created = create_topics(admin, args.topics, partitions=args.partitions, replication_factor=factor)
+    found = shapes(admin, args.topics)
+    for name in dict.fromkeys(args.topics):
+        print(_topic_line(name, name in created, found.get(name), args.partitions))
     return 0
+
+
+def _topic_line(name: str, created: bool, shape: TopicShape | None, partitions: int) -> str:
+    """One topic's outcome; an existing topic with other partitions than asked is said to be left so."""
+    if shape is None:  # created, and the metadata does not show it yet
+        return f"created {name}: {partitions} partitions"
+    what = f"{shape.partitions} partitions, replication factor {shape.replication_factor}"
+    if created:
+        return f"created {name}: {what}"
+    if shape.partitions != partitions:
+        return f"exists {name}: {what} (not the {partitions} partitions asked for: left as it is)"
+    return f"exists {name}: {what}"
 
 
 def run_lag(args: argparse.Namespace) -> int:

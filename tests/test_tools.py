@@ -6,6 +6,7 @@ import io
 import json
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import msgpack
@@ -344,6 +345,41 @@ def test_lag_reports_committed_end_and_lag_per_partition(
     assert f"total lag {sum(ends.values())} over 2 partitions" in out
     rows = [line.split() for line in out.splitlines()[1:3]]
     assert rows == [[str(p), "0", str(ends[p]), str(ends[p])] for p in (0, 1)]
+
+
+@pytest.mark.usefixtures("broker_pid")  # the embedded broker: one replica by default, and any factor taken
+def test_create_topics_says_what_it_created_and_what_it_left_as_it_was(
+    bootstrap: str, topics: Topics, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed "topics ready: a (3 partitions when created here)" for a topic that had 2, and always
+    created with one replica, whatever the cluster's default."""
+    from confluent_kafka.admin import AdminClient
+
+    from producer_tools.topics import shapes
+
+    (old,) = topics("old", partitions=2)
+    new, replicated = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("new", "replicated"))
+    assert tool(bootstrap, "create-topics", old, new, new, "--partitions", "3") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"exists {old}: 2 partitions, replication factor 1 (not the 3 partitions asked for: left as it is)",
+        f"created {new}: 3 partitions, replication factor 1",  # the embedded broker's default
+    ]
+    assert tool(bootstrap, "create-topics", replicated, "--replication-factor", "2") == 0
+    assert capsys.readouterr().out.splitlines() == [f"created {replicated}: 4 partitions, replication factor 2"]
+    found = shapes(AdminClient({"bootstrap.servers": bootstrap}), [old, new, replicated])
+    assert [(s.partitions, s.replication_factor) for s in found.values()] == [(2, 1), (3, 1), (4, 2)]
+
+
+def test_a_replication_factor_above_the_brokers_says_how_to_fix_it() -> None:
+    """Real Kafka refuses it; the embedded broker has no replicas to refuse with."""
+    from confluent_kafka import KafkaError
+
+    from producer_tools.topics import _reason
+
+    refused = KafkaError(
+        KafkaError.INVALID_REPLICATION_FACTOR, "Replication factor: 3 larger than available brokers: 1."
+    )
+    assert _reason(refused).endswith("; pass --replication-factor N, at most the number of brokers")
 
 
 def _wait_for_assignment(member: Consumer, timeout: float = 30) -> None:
