@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,7 @@ class Pacer:
         self.sent += 1
 
 
-def plan(examples: list[Example], times: int, count: int | None) -> tuple[Iterable[Example], int]:
+def plan(examples: Sequence[Example], times: int, count: int | None) -> tuple[Iterable[Example], int]:
     """What to send and how many: ``count`` messages (cycling the file), else ``times`` passes."""
     if count is not None:
         times = math.ceil(count / len(examples))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer
 
-from consumer.codec import Limits, unpack_input
+from consumer.codec import Limits, pack_input, unpack_input
 from producer_tools.cli import main
 from producer_tools.consumer_run import ConsumerProcess, ConsumerRunError
 from producer_tools.reader import read_topic
@@ -511,6 +511,22 @@ def test_a_kafka_setting_librdkafka_refuses_is_one_line_with_exit_2(
     assert main([*argv, "--bootstrap-servers", "127.0.0.1:1", "--config", str(config)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith('error: invalid Kafka client setting: No such configuration property: "no.such.setting"')
+
+
+def test_a_npy_file_is_published_row_by_row_from_a_memory_map(tmp_path: Path) -> None:
+    """It was read whole into a list of examples: 1,000,000 rows of 64 floats held 630 MB (a file
+    larger than memory could not be published); now each row is made when it is sent."""
+    from producer_tools.sources import NpyRows, ReadOptions, read_inputs
+
+    x = np.arange(12, dtype=">f4").reshape(4, 3)  # big-endian, as some writers save
+    np.save(tmp_path / "x.npy", x)
+    rows = read_inputs(tmp_path / "x.npy", ReadOptions(dtype="float64"))
+    assert isinstance(rows, NpyRows) and isinstance(rows.array.base, np.memmap)
+    assert [(e.key, e.id) for e in rows] == [(str(i).encode(), i) for i in range(4)]
+    assert (rows[-1].key, rows[-1].id) == (b"3", 3) and [e.id for e in rows[1:3]] == [1, 2]
+    assert rows[2].inputs.dtype == np.float64
+    decoded = unpack_input(pack_input(rows[2].inputs, id=rows[2].id), Limits())
+    np.testing.assert_array_equal(decoded.inputs[""], x[2])
 
 
 def test_publish_refuses_count_and_repeat_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
