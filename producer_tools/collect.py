@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import msgpack
 import numpy as np
@@ -23,13 +23,17 @@ from consumer.errors import InputError
 from consumer.json_output import json_numbers, json_value
 from producer_tools.sources import Example, Tensor
 
+Sink = Callable[[dict[str, Any], bytes | None], None]
+
 
 @dataclass
 class Collected:
-    """Output records in topic order, with what a join found for each."""
+    """Output records in topic order, kept, or handed to ``sink`` as they are read (then not kept)."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
     keys: list[bytes | None] = field(default_factory=list)
+    sink: Sink | None = None
+    decoded: int = 0
     undecodable: int = 0
     first_undecodable: str = ""  # where and why, for the summary
 
@@ -40,6 +44,10 @@ class Collected:
             self.undecodable += 1
             if not self.first_undecodable:
                 self.first_undecodable = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}: {exc}"
+            return
+        self.decoded += 1
+        if self.sink is not None:
+            self.sink(record, msg.key())
             return
         self.records.append(record)
         self.keys.append(msg.key())
@@ -62,24 +70,36 @@ def _json_tensor(obj: dict[str, Any]) -> np.ndarray:
     return np.asarray(obj["data"], dtype=obj["dtype"]).reshape(obj["shape"])
 
 
-def join_inputs(collected: Collected, examples: Iterable[Example], on: str) -> tuple[list[int], list[Example]]:
-    """Rows of ``collected`` that match an input by ``id`` or ``key``, and the matching inputs."""
-    if on == "key":
-        index = {example.key: example for example in examples}
-        lookup = list(collected.keys)
-    else:
-        index = {_hashable(example.id): example for example in examples}
-        lookup = [_hashable(record.get("id")) for record in collected.records]
-    rows = [row for row, wanted in enumerate(lookup) if wanted in index]
-    return rows, [index[lookup[row]] for row in rows]
+class Join:
+    """Finds the input each output answers, by ``id`` (echoed in the output) or by ``key``."""
+
+    def __init__(self, examples: Iterable[Example], on: str) -> None:
+        self.by_key = on == "key"
+        self.index = {example.key if self.by_key else _hashable(example.id): example for example in examples}
+
+    def find(self, record: dict[str, Any], key: bytes | None) -> Example | None:
+        return self.index.get(key if self.by_key else _hashable(record.get("id")))
+
+
+def join_inputs(collected: Collected, join: Join) -> tuple[list[int], list[Example]]:
+    """Rows of ``collected`` that match an input, and the matching inputs."""
+    rows, inputs = [], []
+    for row, (record, key) in enumerate(zip(collected.records, collected.keys, strict=True)):
+        example = join.find(record, key)
+        if example is not None:
+            rows.append(row)
+            inputs.append(example)
+    return rows, inputs
 
 
 def _hashable(value: Any) -> Any:
     return json.dumps(value, sort_keys=True, default=str) if isinstance(value, list | dict) else value
 
 
-def write_npz(path: Path, collected: Collected, rows: list[int], inputs: list[Example] | None) -> None:
-    """ids, keys, source coordinates and outputs (``outputs`` or ``outputs.<name>``), stacked."""
+def write_npz(path: Path, collected: Collected, join: Join | None) -> int:
+    """ids, keys, source coordinates and outputs (``outputs`` or ``outputs.<name>``), stacked, of the
+    outputs that found their input (all, without ``join``); how many were written."""
+    rows, inputs = join_inputs(collected, join) if join else (list(range(len(collected.records))), None)
     records = [collected.records[row] for row in rows]
     arrays: dict[str, np.ndarray] = {
         "ids": _column([r.get("id") for r in records]),
@@ -91,7 +111,14 @@ def write_npz(path: Path, collected: Collected, rows: list[int], inputs: list[Ex
     arrays |= _stacked("outputs", [r["outputs"] for r in records])
     if inputs is not None:
         arrays |= _stacked("inputs", [example.inputs for example in inputs])
-    np.savez(path, **arrays)  # type: ignore[arg-type]
+    part = path.with_name(path.name + ".part")  # the name goes to a complete file only
+    try:
+        with part.open("wb") as file:
+            np.savez(file, **arrays)  # type: ignore[arg-type]
+        part.replace(path)
+    finally:
+        part.unlink(missing_ok=True)
+    return len(rows)
 
 
 def _stacked(prefix: str, values: list[Tensor | dict[str, Tensor]]) -> dict[str, np.ndarray]:
@@ -119,20 +146,46 @@ def _column(values: list[Any]) -> np.ndarray:
     return np.asarray(["" if v is None else str(v) for v in values])
 
 
-def write_jsonl(path: Path, collected: Collected, rows: list[int], inputs: list[Example] | None) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for n, row in enumerate(rows):
-            record = collected.records[row]
-            line = {
-                "key": _text(collected.keys[row]),
-                "id": json_value(record.get("id"), bytes_as=_text),
-                "outputs": _listed(record["outputs"]),
-                "model": record.get("model"),
-                "source": record.get("source"),
-            }
-            if inputs is not None:
-                line["inputs"] = _listed(inputs[n].inputs)
-            handle.write(json.dumps(line, default=_text) + "\n")
+class JsonLines:
+    """Writes each output as a JSON line as it is read, so a topic larger than memory collects (a list
+    of 1,000,000 MLP outputs held 1.6 GB). Into ``PATH.part``, renamed to ``PATH`` once complete:
+    a collect that fails or is interrupted leaves no partial file. With ``join``, only outputs that
+    found their input are written, each with it."""
+
+    def __init__(self, path: Path, join: Join | None) -> None:
+        self.path, self.join = path, join
+        self.part = path.with_name(path.name + ".part")
+        self.written = 0
+        self._handle: TextIO | None = None
+
+    def __enter__(self) -> JsonLines:
+        self._handle = self.part.open("w", encoding="utf-8")
+        return self
+
+    def write(self, record: dict[str, Any], key: bytes | None) -> None:
+        assert self._handle is not None, "JsonLines writes inside its with block"
+        example = self.join.find(record, key) if self.join is not None else None
+        if self.join is not None and example is None:
+            return
+        line = {
+            "key": _text(key),
+            "id": json_value(record.get("id"), bytes_as=_text),
+            "outputs": _listed(record["outputs"]),
+            "model": record.get("model"),
+            "source": record.get("source"),
+        }
+        if example is not None:
+            line["inputs"] = _listed(example.inputs)
+        self._handle.write(json.dumps(line, default=_text) + "\n")
+        self.written += 1
+
+    def __exit__(self, failure: type[BaseException] | None, *_: object) -> None:
+        assert self._handle is not None
+        self._handle.close()
+        if failure is None:
+            self.part.replace(self.path)
+        else:
+            self.part.unlink(missing_ok=True)
 
 
 def _listed(value: Any) -> Any:

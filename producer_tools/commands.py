@@ -68,34 +68,42 @@ def run_collect(args: argparse.Namespace) -> int:
     if suffix not in {".npz", ".jsonl"}:
         raise ConfigError(f"invalid setting --out={str(args.out)!r}: write .npz or .jsonl")
     check_output_file(args.out, "--out")  # before reading, not after
-    examples = sources.read_inputs(args.join, read_options(args)) if args.join else None
+    join = collect.Join(sources.read_inputs(args.join, read_options(args)), args.join_on) if args.join else None
+    try:
+        if suffix == ".jsonl":
+            with collect.JsonLines(args.out, join) as lines:
+                found = _read_predictions(args, lines.write)
+            written = lines.written
+        else:
+            found = _read_predictions(args, None)
+            written = collect.write_npz(args.out, found, join)
+    except OSError as exc:
+        raise ConfigError(f"cannot write --out={str(args.out)!r}: {exc.strerror or exc}") from None
+    unmatched = f"; {found.decoded - written} without a matching input" if join else ""
+    print(
+        f"collected {written} predictions from {args.topic} into {args.out}"
+        f"{unmatched}; {found.undecodable} undecodable records skipped"
+        + (f" (first: {found.first_undecodable})" if found.undecodable else "")
+    )
+    return 0
+
+
+def _read_predictions(args: argparse.Namespace, sink: collect.Sink | None) -> collect.Collected:
+    """The output topic's predictions, kept or handed to ``sink``; ``ConfigError`` if none is one."""
     consumer = Clients(args).consumer()
     stop = StopWhen(at_end=args.count is None and args.idle is None, count=args.count, idle=args.idle)
-    found = collect.Collected()
+    found = collect.Collected(sink=sink)
     try:
         for msg in tqdm(read_partitions(consumer, args.topic, stop), desc=f"collect {args.topic}", unit="msg"):
             found.add(msg)
     finally:
         consumer.close()
-    if found.undecodable and not found.records:
+    if found.undecodable and not found.decoded:
         raise ConfigError(
             f"no record in {args.topic!r} is a prediction ({found.undecodable} read; first: "
             f"{found.first_undecodable}): --topic must be the consumer's --output-topic"
         )
-    rows, joined = (
-        collect.join_inputs(found, examples, args.join_on) if examples else (list(range(len(found.records))), None)
-    )
-    try:
-        (collect.write_npz if suffix == ".npz" else collect.write_jsonl)(args.out, found, rows, joined)
-    except OSError as exc:
-        raise ConfigError(f"cannot write --out={str(args.out)!r}: {exc.strerror or exc}") from None
-    unmatched = f"; {len(found.records) - len(rows)} without a matching input" if examples else ""
-    print(
-        f"collected {len(rows)} predictions from {args.topic} into {args.out}"
-        f"{unmatched}; {found.undecodable} undecodable records skipped"
-        + (f" (first: {found.first_undecodable})" if found.undecodable else "")
-    )
-    return 0
+    return found
 
 
 def run_replay(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from confluent_kafka import Consumer
 
 from consumer.codec import Limits, pack_input, unpack_input
 from producer_tools.cli import main
+from producer_tools.collect import Collected, JsonLines
 from producer_tools.consumer_run import ConsumerProcess, ConsumerRunError
 from producer_tools.reader import read_topic
 from tests import models
@@ -211,13 +212,25 @@ def test_collect_writes_json_lines_and_stops_at_a_count(
     assert len(lines) == 4 and all(len(line["outputs"]) == 3 and line["source"]["topic"] == inp for line in lines)
     assert tool(bootstrap, "collect", "--topic", out, "--out", str(tmp_path / "all.jsonl"), "--idle", "2") == 0
     assert len((tmp_path / "all.jsonl").read_text().splitlines()) == 10
-    # the wrong topic: one line saying so, whatever its records hold, and exit 2
+    # written as read, not kept (a topic larger than memory collects), and never left half-written
+    cut = tmp_path / "cut.jsonl"
+    with pytest.raises(KeyboardInterrupt), JsonLines(cut, None) as jsonl:
+        found = Collected(sink=jsonl.write)
+        for msg in read_topic(bootstrap, out, min_count=10):
+            found.add(msg)
+        assert (found.decoded, found.records, jsonl.written) == (10, [], 10)
+        assert jsonl.part.exists() and not cut.exists()  # written beside, renamed only once complete
+        raise KeyboardInterrupt  # Ctrl-C before the end
+    assert sorted(p.name for p in tmp_path.glob("cut*")) == []
+    # the wrong topic: one line saying so, whatever its records hold, and exit 2, no file written
     publish(bootstrap, inp, [(None, value) for value in (b"{}", b'{"outputs": [1]}', msgpack.packb({"outputs": 5}))])
-    capsys.readouterr()
-    assert tool(bootstrap, "collect", "--topic", inp, "--out", str(tmp_path / "in.npz"), "--idle", "2") == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
-    assert line.startswith(f"error: no record in {inp!r} is a prediction (13 read; first: {inp}[0]@0: not a v1 output")
-    assert line.endswith("--topic must be the consumer's --output-topic")
+    for wrong in ("in.npz", "in.jsonl"):
+        capsys.readouterr()
+        assert tool(bootstrap, "collect", "--topic", inp, "--out", str(tmp_path / wrong), "--idle", "2") == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+        assert line.startswith(f"error: no record in {inp!r} is a prediction (13 read; first: {inp}[0]@0: not a v1")
+        assert line.endswith("--topic must be the consumer's --output-topic")
+    assert sorted(p.name for p in tmp_path.glob("in.*")) == []
 
 
 def test_collect_joins_on_the_key_into_json_lines(

@@ -21,7 +21,7 @@ from consumer.errors import DeliveryError
 from consumer.pipeline import Batch
 from consumer.serving import Serving
 from consumer.timing import STAGES
-from producer_tools.collect import Collected, decode_output, write_jsonl, write_npz
+from producer_tools.collect import Collected, JsonLines, decode_output, write_npz
 from producer_tools.demo import dead_letter_reason
 from producer_tools.reader import read_topic
 from tests import models
@@ -238,7 +238,7 @@ def test_string_and_bfloat16_outputs_arrive_readable(
     collected = Collected()
     for m in read_topic(bootstrap, out, min_count=40):  # one partition: in id order
         collected.add(m)
-    write_npz(path, collected, list(range(40)), None)
+    assert write_npz(path, collected, None) == 40
     with np.load(path) as saved:  # strings as bytes, not pickled objects: no allow_pickle needed
         assert saved["outputs.label"].dtype.kind == "S" and saved["outputs.top2"].shape == (40, 2)
         assert saved["outputs.label"].tolist() == [labels[int(row.argmax())] for row in x]
@@ -280,11 +280,13 @@ def test_outputs_and_collect_are_strict_json_whatever_the_ids_and_the_model_retu
     got = np.stack([r["outputs"] for r in collected.records])  # JSON's strings read back as numbers
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     path = tmp_path / "collected.jsonl"
-    write_jsonl(path, collected, list(range(5)), None)
+    with JsonLines(path, None) as jsonl:
+        for record, key in zip(collected.records, collected.keys, strict=True):
+            jsonl.write(record, key)
     lines = [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
     assert [line["id"] for line in lines] == [first_id, "NaN", "Infinity", 2**64 - 1, "plain"]
     assert [item for item in lines[1]["outputs"] if isinstance(item, str)] == texts
-    write_npz(tmp_path / "collected.npz", collected, [3], None)
+    write_npz(tmp_path / "collected.npz", Collected(records=collected.records[3:4], keys=collected.keys[3:4]), None)
     with np.load(tmp_path / "collected.npz") as saved:
         assert saved["ids"].tolist() == [2**64 - 1]
 
