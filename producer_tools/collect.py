@@ -164,9 +164,11 @@ class JsonLines:
 
     def write(self, record: dict[str, Any], key: bytes | None) -> None:
         assert self._handle is not None, "JsonLines writes inside its with block"
-        example = self.join.find(record, key) if self.join is not None else None
-        if self.join is not None and example is None:
-            return
+        example = None
+        if self.join is not None:
+            example = self.join.find(record, key)
+            if example is None:  # counted by the caller, left out
+                return
         line = {
             "key": _text(key),
             "id": json_value(record.get("id"), bytes_as=_text),
