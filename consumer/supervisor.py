@@ -29,6 +29,7 @@ from consumer.endpoints import Endpoints
 from consumer.errors import ConfigError
 from consumer.host_slots import HostSlots
 from consumer.logs import get_logger
+from consumer.progress import Progress
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 #: worker exits a restart cannot cure: the run ends with this code
@@ -104,6 +105,7 @@ class Supervisor:
         self._scratch = ""  # the workers' temporary files, one folder each, removed when they exit
         self._restarts = metrics.restarts_counter() if self._metrics_dir else None
         self._host_slots = HostSlots(settings.transactional_id_prefix, settings.group)
+        self.progress = Progress(settings.progress_interval_s, time.monotonic())
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -121,11 +123,19 @@ class Supervisor:
                 self._wait(0.5)
                 self._restart_due()
                 self._kill_if_drain_hangs()
+                self._log_progress()
         finally:
             self._close_endpoints()
             self._remove_files()
             self._host_slots.release()
         return self._result()
+
+    def _log_progress(self) -> None:
+        line = self.progress.line(time.monotonic())
+        if line is not None:
+            in_flight = sum(c.status.get("in_flight", 0) for c in self.children)
+            ready = sum(1 for c in self.children if c.alive and c.status.get("ready"))
+            self.log.info("progress", **line, in_flight=in_flight, workers_ready=f"{ready}/{len(self.children)}")
 
     def _claim_host_numbers(self) -> None:
         """Exactly-once or static membership: numbers for the workers' transactional ids and group
@@ -225,6 +235,7 @@ class Supervisor:
             )
         elif kind == "status":
             child.status, child.status_at = payload, time.monotonic()
+            self.progress.update(child.slot.slot, payload.get("counts", {}))
             self._stop_if_all_at_end()
         elif kind == "summary":
             child.summary = payload

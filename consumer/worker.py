@@ -260,6 +260,7 @@ class Worker:
             "joined": self._joined,
             "in_flight": self.tracker.in_flight(),
             "traces_after_warmup": self.traces_after_warmup,
+            "counts": self.counters.snapshot(),  # for the supervisor's progress line
         }
         if stuck_s is not None:
             status["stuck_in_batch_s"] = round(stuck_s, 1)

@@ -62,10 +62,17 @@ class ConsumerProcess:
         marker = f'"event": "{name}"'
         return [json.loads(line) for line in list(self.lines) if line.startswith("{") and marker in line]
 
-    def wait_for(self, name: str, count: int = 1, timeout: float = 90) -> list[dict[str, Any]]:
-        """Wait until ``name`` was logged ``count`` times; ``ConsumerRunError`` if the process ends or time runs out."""
-        self._wait(lambda: len(self.events(name)) >= count, f"{count}x {name!r}", timeout)
-        return self.events(name)
+    def wait_for(
+        self, name: str, count: int = 1, timeout: float = 90, where: Callable[[dict[str, Any]], bool] | None = None
+    ) -> list[dict[str, Any]]:
+        """Wait until ``name`` was logged ``count`` times (counting only events ``where`` holds for, if
+        given); ``ConsumerRunError`` if the process ends or time runs out."""
+
+        def matching() -> list[dict[str, Any]]:
+            return [event for event in self.events(name) if where is None or where(event)]
+
+        self._wait(lambda: len(matching()) >= count, f"{count}x {name!r}", timeout)
+        return matching()
 
     def wait_until_balanced(self, partitions: int, timeout: float = 180) -> None:
         """Wait until every worker holds its share of the ``partitions``: the first worker to join

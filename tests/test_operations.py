@@ -63,6 +63,7 @@ def test_metrics_and_probes_during_a_real_run(bootstrap: str, topics: Topics, gr
     workers = json.loads(body)["workers"]
     print(f"/readyz before warm-up {not_yet}, after {ready}: {workers}")
     assert not_yet == 503 and ready == 200 and len(workers) == 2 and all(w["joined"] for w in workers)
+    assert sum(w["counts"]["consumed"] for w in workers) == 606  # as the summary counts them, so far
     assert _total(samples, "tfstream_messages_consumed_total") == 606
     assert _total(samples, "tfstream_messages_predicted_total") == 600
     assert _total(samples, "tfstream_messages_dead_lettered_total", reason="NotMsgpackError") == 6

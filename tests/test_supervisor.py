@@ -46,6 +46,21 @@ def test_stop_at_end_with_two_workers_ends_when_both_are_done(
     assert summary["supervisor_imported_tensorflow"] is False
 
 
+def test_a_run_logs_its_progress_while_it_runs(bootstrap: str, topics: Topics, group: str, mlp_path: Path) -> None:
+    """A long run (a backfill) said nothing between its first lines and its summary."""
+    inp, out = topics("in", "out", partitions=4)
+    env = {**ENV, "TFSTREAM_PROGRESS_INTERVAL_S": "1"}
+    with Deployment(consumer_command(bootstrap, mlp_path, inp, out, group, "--workers", "2"), env) as deployment:
+        deployment.wait_for("partitions assigned", count=2)
+        publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(300)))
+        done = deployment.wait_for("progress", where=lambda line: line["predicted"] == 300, timeout=60)[0]
+        assert (done["consumed"], done["dead_lettered"], done["skipped"]) == (300, 0, 0)
+        assert done["workers_ready"] == "2/2" and done["predicted_per_s"] >= 0
+        lines = deployment.events("progress")
+        moving = [line for line in lines if line["predicted_per_s"] > 0]
+        assert moving and [line["predicted"] for line in lines] == sorted(line["predicted"] for line in lines)
+
+
 def test_stop_at_end_workers_leave_together_so_no_rebalance_stops_the_last_one(
     bootstrap: str, topics: Topics, group: str, tmp_path: Path
 ) -> None:

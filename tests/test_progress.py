@@ -1,0 +1,34 @@
+"""The supervisor's progress line: totals across workers and restarts, rates since the last line."""
+
+from __future__ import annotations
+
+from consumer.progress import Progress
+
+
+def test_totals_add_each_worker_s_new_counts_and_a_restart_starts_again_from_zero() -> None:
+    progress = Progress(interval_s=10, now=0.0)
+    progress.update(0, {"consumed": 100, "predicted": 90})
+    progress.update(1, {"consumed": 50, "predicted": 50, "dead_lettered": 2})
+    progress.update(0, {"consumed": 150, "predicted": 140})
+    assert progress.line(now=9.9) is None  # not due yet
+    line = progress.line(now=10.0)
+    assert line == {
+        "consumed": 200,
+        "predicted": 190,
+        "dead_lettered": 2,
+        "skipped": 0,
+        "consumed_per_s": 20.0,
+        "predicted_per_s": 19.0,
+    }
+    progress.update(0, {"consumed": 30, "predicted": 25})  # worker 0 restarted: its counts begin again
+    line = progress.line(now=15.0)
+    assert line is None
+    line = progress.line(now=20.0)
+    assert line is not None and (line["consumed"], line["predicted"]) == (230, 215)
+    assert (line["consumed_per_s"], line["predicted_per_s"]) == (3.0, 2.5)
+
+
+def test_an_interval_of_zero_logs_nothing() -> None:
+    progress = Progress(interval_s=0, now=0.0)
+    progress.update(0, {"consumed": 5})
+    assert progress.line(now=1e9) is None
