@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -268,3 +269,19 @@ def call_within(seconds: float, call: Callable[[], T], what: str) -> T:
     if returned:
         return value
     raise value
+
+
+#: how often librdkafka reports its statistics when the worker wants them (consumer lag, for the
+#: metrics and the progress line)
+STATISTICS_INTERVAL_MS = 5000
+
+
+def partition_lags(stats_json: str) -> dict[tuple[str, str], int]:
+    """From librdkafka's statistics: each actively fetched partition's consumer lag (messages behind
+    its end, from its position, or its committed offset before anything was read)."""
+    lags = {}
+    for topic, info in json.loads(stats_json).get("topics", {}).items():
+        for partition, p in info.get("partitions", {}).items():
+            if partition != "-1" and p.get("fetch_state") == "active" and p.get("consumer_lag", -1) >= 0:
+                lags[(topic, partition)] = int(p["consumer_lag"])
+    return lags

@@ -10,7 +10,6 @@ module imports ``prometheus_client`` only inside functions. Metrics are off unle
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Iterable
@@ -146,19 +145,13 @@ class WorkerMetrics:
         """One batch's time in one of the worker's stages (``consumer.timing.STAGES``)."""
         self._stages[name].observe(seconds)
 
-    def statistics(self, stats_json: str) -> None:
-        """librdkafka's statistics callback: consumer lag per assigned partition."""
-        stats = json.loads(stats_json)
-        seen: set[tuple[str, str]] = set()
-        for topic, info in stats.get("topics", {}).items():
-            for partition, p in info.get("partitions", {}).items():
-                if partition == "-1" or p.get("fetch_state") != "active" or p.get("consumer_lag", -1) < 0:
-                    continue
-                self.lag.labels(topic=topic, partition=partition).set(p["consumer_lag"])
-                seen.add((topic, partition))
-        for topic, partition in self._lagging - seen:  # no longer ours: its new owner reports it
+    def lags(self, lags: dict[tuple[str, str], int]) -> None:
+        """Consumer lag per assigned partition (``kafka_io.partition_lags``)."""
+        for (topic, partition), lag in lags.items():
+            self.lag.labels(topic=topic, partition=partition).set(lag)
+        for topic, partition in self._lagging - lags.keys():  # no longer ours: its new owner reports it
             self.lag.labels(topic=topic, partition=partition).set(0)
-        self._lagging = seen
+        self._lagging = set(lags)
 
 
 def render() -> tuple[bytes, str]:

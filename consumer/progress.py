@@ -23,6 +23,8 @@ class Progress:
         self._since_last = dict.fromkeys(COUNTS, 0)
         self._reported: dict[int, Mapping[str, int]] = {}  # each worker's last counts
         self._last_line_at = now
+        #: inputs done (predicted, dead-lettered or skipped) a second, between the last two lines
+        self.done_per_s = 0.0
 
     def update(self, worker: int, counts: Mapping[str, int]) -> None:
         """A worker's counts since it started, as its status reported them."""
@@ -40,6 +42,18 @@ class Progress:
         if not self.interval_s or seconds < self.interval_s:
             return None
         rates = {f"{name}_per_s": round(self._since_last[name] / seconds, 1) for name in ("consumed", "predicted")}
+        self.done_per_s = sum(self._since_last[name] for name in COUNTS if name != "consumed") / seconds
         self._since_last = dict.fromkeys(COUNTS, 0)
         self._last_line_at = now
         return {**self.totals, **rates}
+
+
+def lag_and_eta(per_worker: list[int | None], done_per_s: float, bounded: bool) -> dict[str, Any]:
+    """The inputs not yet committed up to the partitions' ends, once every worker knows its own
+    (librdkafka's statistics, every 5 s), and for a bounded run, at the rate inputs were done since
+    the last line, about how long they take."""
+    known = bool(per_worker) and all(n is not None for n in per_worker)
+    lag = sum(n for n in per_worker if n is not None) if known else None
+    if not bounded:
+        return {"lag": lag}
+    return {"lag": lag, "eta_s": round(lag / done_per_s) if lag is not None and done_per_s > 0 else None}

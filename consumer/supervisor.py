@@ -29,7 +29,7 @@ from consumer.endpoints import Endpoints
 from consumer.errors import ConfigError
 from consumer.host_slots import HostSlots
 from consumer.logs import get_logger
-from consumer.progress import Progress
+from consumer.progress import Progress, lag_and_eta
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 #: worker exits a restart cannot cure: the run ends with this code
@@ -132,10 +132,14 @@ class Supervisor:
 
     def _log_progress(self) -> None:
         line = self.progress.line(time.monotonic())
-        if line is not None:
-            in_flight = sum(c.status.get("in_flight", 0) for c in self.children)
-            ready = sum(1 for c in self.children if c.alive and c.status.get("ready"))
-            self.log.info("progress", **line, in_flight=in_flight, workers_ready=f"{ready}/{len(self.children)}")
+        if line is None:
+            return
+        line["in_flight"] = sum(c.status.get("in_flight", 0) for c in self.children)
+        ready = sum(1 for c in self.children if c.alive and c.status.get("ready"))
+        line["workers_ready"] = f"{ready}/{len(self.children)}"
+        lags = [c.status.get("lag") for c in self.children if not c.finished]
+        line |= lag_and_eta(lags, self.progress.done_per_s, self.settings.stop_at_end)
+        self.log.info("progress", **line)
 
     def _claim_host_numbers(self) -> None:
         """Exactly-once or static membership: numbers for the workers' transactional ids and group

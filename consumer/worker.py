@@ -73,6 +73,8 @@ class Worker:
         self.log = get_logger("consumer.worker")
         self.metrics = metrics.WorkerMetrics(slot, device) if metrics.enabled() else None
         self.counters = Counters(sink=self.metrics.count if self.metrics else None)
+        #: inputs behind the ends of its partitions, from librdkafka's statistics; None: not known yet
+        self.lag: int | None = None
         self._joined = False
         self.tracker = OffsetTracker()
         self.ends = EndOfInput()
@@ -169,8 +171,9 @@ class Worker:
         self.group_instance_id: str | None = config.get(kafka_io.GROUP_INSTANCE_ID)
         self.drain_budget = min(s.drain_timeout_s, int(config["max.poll.interval.ms"]) / 2000)
         config["on_commit"] = self._on_commit
-        if self.metrics is not None:
-            config |= {"statistics.interval.ms": 5000, "stats_cb": self.metrics.statistics}
+        if self.metrics is not None or s.progress_interval_s:
+            config.setdefault("statistics.interval.ms", kafka_io.STATISTICS_INTERVAL_MS)  # a setting of the user's wins
+            config["stats_cb"] = self._on_statistics
         self.consumer = Consumer(config)
         topics = [s.input_topic, s.output_topic] + ([s.dlq_topic] if s.dlq_topic else [])
         try:
@@ -261,6 +264,7 @@ class Worker:
             "in_flight": self.tracker.in_flight(),
             "traces_after_warmup": self.traces_after_warmup,
             "counts": self.counters.snapshot(),  # for the supervisor's progress line
+            "lag": self.lag,
         }
         if stuck_s is not None:
             status["stuck_in_batch_s"] = round(stuck_s, 1)
@@ -271,6 +275,14 @@ class Worker:
             self.metrics.traces.set(status["traces_after_warmup"])
             self.metrics.ready.set(1 if status["ready"] else 0)
         return status
+
+    def _on_statistics(self, stats_json: str) -> None:
+        """librdkafka's statistics (served by ``consume`` in the fetch loop): the consumer lag."""
+        lags = kafka_io.partition_lags(stats_json)
+        standby = self._joined and self.ends.assigned is None  # in the group, without partitions
+        self.lag = sum(lags.values()) if lags else (0 if standby else None)
+        if self.metrics is not None:
+            self.metrics.lags(lags)
 
     def _acknowledged(self, topic: str, timestamps_ms: list[int]) -> None:
         assert self.metrics is not None

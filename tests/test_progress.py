@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.progress import Progress
+from consumer.progress import Progress, lag_and_eta
 
 
 def test_totals_add_each_worker_s_new_counts_and_a_restart_starts_again_from_zero() -> None:
@@ -32,3 +32,13 @@ def test_an_interval_of_zero_logs_nothing() -> None:
     progress = Progress(interval_s=0, now=0.0)
     progress.update(0, {"consumed": 5})
     assert progress.line(now=1e9) is None
+
+
+def test_the_lag_is_known_once_every_worker_knows_its_own_and_a_bounded_run_gets_an_eta() -> None:
+    progress = Progress(interval_s=10, now=0.0)
+    progress.update(0, {"consumed": 900, "predicted": 150, "dead_lettered": 30, "skipped": 20})
+    assert progress.line(now=10.0) is not None and progress.done_per_s == 20.0  # done, not merely read
+    assert lag_and_eta([400, None], progress.done_per_s, bounded=True) == {"lag": None, "eta_s": None}
+    assert lag_and_eta([400, 600], progress.done_per_s, bounded=True) == {"lag": 1000, "eta_s": 50}
+    assert lag_and_eta([400, 600], 0.0, bounded=True) == {"lag": 1000, "eta_s": None}  # nothing done lately
+    assert lag_and_eta([400, 600], progress.done_per_s, bounded=False) == {"lag": 1000}

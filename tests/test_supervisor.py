@@ -53,12 +53,32 @@ def test_a_run_logs_its_progress_while_it_runs(bootstrap: str, topics: Topics, g
     with Deployment(consumer_command(bootstrap, mlp_path, inp, out, group, "--workers", "2"), env) as deployment:
         deployment.wait_for("partitions assigned", count=2)
         publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(300)))
-        done = deployment.wait_for("progress", where=lambda line: line["predicted"] == 300, timeout=60)[0]
+        caught_up = deployment.wait_for("progress", where=lambda line: (line["predicted"], line["lag"]) == (300, 0))
+        done = caught_up[0]
         assert (done["consumed"], done["dead_lettered"], done["skipped"]) == (300, 0, 0)
-        assert done["workers_ready"] == "2/2" and done["predicted_per_s"] >= 0
+        assert done["workers_ready"] == "2/2" and done["predicted_per_s"] >= 0 and "eta_s" not in done
         lines = deployment.events("progress")
         moving = [line for line in lines if line["predicted_per_s"] > 0]
         assert moving and [line["predicted"] for line in lines] == sorted(line["predicted"] for line in lines)
+
+
+def test_a_bounded_run_s_progress_says_how_many_inputs_remain(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+) -> None:
+    """A backfill's progress line says how many inputs are left to read, and about how long that takes."""
+    inp, out = topics("in", "out", partitions=4)
+    total = 800
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(total)))
+    slow = models.slow_saved_model(tmp_path / "slow", iterations=1000)  # seconds for these, in batches of 8
+    command = consumer_command(
+        bootstrap, slow, inp, out, group, "--workers", "2", "--max-batch-size", "8", "--stop-at-end"
+    )
+    often = {"TFSTREAM_PROGRESS_INTERVAL_S": "1", "TFSTREAM_KAFKA_CONSUMER_STATISTICS_INTERVAL_MS": "500"}
+    with Deployment(command, {**ENV, **often}) as deployment:
+        assert deployment.finish(timeout=180)["predicted"] == total
+        lines = deployment.events("progress")
+    print(f"lag and eta, line by line: {[(line['lag'], line['eta_s']) for line in lines]}")
+    assert any(0 < line["lag"] <= total and line["eta_s"] is not None for line in lines if line["lag"])
 
 
 def test_stop_at_end_workers_leave_together_so_no_rebalance_stops_the_last_one(
