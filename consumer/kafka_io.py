@@ -276,12 +276,13 @@ def call_within(seconds: float, call: Callable[[], T], what: str) -> T:
 STATISTICS_INTERVAL_MS = 5000
 
 
-def partition_lags(stats_json: str) -> dict[tuple[str, str], int]:
-    """From librdkafka's statistics: each actively fetched partition's consumer lag (messages behind
-    its end, from its position, or its committed offset before anything was read)."""
-    lags = {}
+def partition_lags(stats_json: str) -> dict[tuple[str, str], int | None]:
+    """From librdkafka's statistics: each actively fetched partition's consumer lag, the messages
+    from its committed offset to its end (None while it has no committed offset)."""
+    lags: dict[tuple[str, str], int | None] = {}
     for topic, info in json.loads(stats_json).get("topics", {}).items():
         for partition, p in info.get("partitions", {}).items():
-            if partition != "-1" and p.get("fetch_state") == "active" and p.get("consumer_lag", -1) >= 0:
-                lags[(topic, partition)] = int(p["consumer_lag"])
+            if partition != "-1" and p.get("fetch_state") == "active":
+                lag = int(p.get("consumer_lag", -1))
+                lags[(topic, partition)] = lag if lag >= 0 else None
     return lags

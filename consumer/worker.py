@@ -73,7 +73,8 @@ class Worker:
         self.log = get_logger("consumer.worker")
         self.metrics = metrics.WorkerMetrics(slot, device) if metrics.enabled() else None
         self.counters = Counters(sink=self.metrics.count if self.metrics else None)
-        #: inputs behind the ends of its partitions, from librdkafka's statistics; None: not known yet
+        #: inputs from the committed offsets to the ends of its partitions, from librdkafka's statistics
+        #: every few seconds; None: not known yet
         self.lag: int | None = None
         self._joined = False
         self.tracker = OffsetTracker()
@@ -279,10 +280,14 @@ class Worker:
     def _on_statistics(self, stats_json: str) -> None:
         """librdkafka's statistics (served by ``consume`` in the fetch loop): the consumer lag."""
         lags = kafka_io.partition_lags(stats_json)
+        known = {partition: lag for partition, lag in lags.items() if lag is not None}
         standby = self._joined and self.ends.assigned is None  # in the group, without partitions
-        self.lag = sum(lags.values()) if lags else (0 if standby else None)
+        if lags:  # a partition not committed yet leaves the sum unknown, not short
+            self.lag = sum(known.values()) if len(known) == len(lags) else None
+        else:
+            self.lag = 0 if standby else None
         if self.metrics is not None:
-            self.metrics.lags(lags)
+            self.metrics.lags(known)
 
     def _acknowledged(self, topic: str, timestamps_ms: list[int]) -> None:
         assert self.metrics is not None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+from consumer.kafka_io import partition_lags
 from consumer.progress import Progress, lag_and_eta
 
 
@@ -42,3 +45,21 @@ def test_the_lag_is_known_once_every_worker_knows_its_own_and_a_bounded_run_gets
     assert lag_and_eta([400, 600], progress.done_per_s, bounded=True) == {"lag": 1000, "eta_s": 50}
     assert lag_and_eta([400, 600], 0.0, bounded=True) == {"lag": 1000, "eta_s": None}  # nothing done lately
     assert lag_and_eta([400, 600], progress.done_per_s, bounded=False) == {"lag": 1000}
+
+
+def test_a_partition_lag_comes_from_librdkafka_s_committed_offset_and_is_unknown_without_one() -> None:
+    """The shape of librdkafka 2.16's statistics (measured on the embedded broker): a partition read
+    from but not committed yet has ``consumer_lag`` -1, whatever the application has read."""
+    stats = {
+        "topics": {
+            "in": {
+                "partitions": {
+                    "0": {"fetch_state": "active", "consumer_lag": 198, "committed_offset": 1, "hi_offset": 199},
+                    "1": {"fetch_state": "active", "consumer_lag": -1, "committed_offset": -1001, "app_offset": 90},
+                    "2": {"fetch_state": "none", "consumer_lag": -1},  # not ours
+                    "-1": {"fetch_state": "none", "consumer_lag": -1},  # librdkafka's unassigned bucket
+                }
+            }
+        }
+    }
+    assert partition_lags(json.dumps(stats)) == {("in", "0"): 198, ("in", "1"): None}
