@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -48,7 +47,7 @@ def test_metrics_and_probes_during_a_real_run(bootstrap: str, topics: Topics, gr
     command = consumer_command(
         bootstrap, mlp_path, inp, out, group, "--workers", "2", "--dlq-topic", dlq, "--metrics-port", str(port)
     )
-    deployment = Deployment(command, ENV)
+    deployment = Deployment(command, {**ENV, "TFSTREAM_PROGRESS_INTERVAL_S": "1"})
     deployment.wait_for("serving /metrics, /healthz and /readyz")
     assert _get(port, "/healthz")[0] == 200
     not_yet, _ = _get(port, "/readyz")  # the workers are still loading and warming up
@@ -56,10 +55,16 @@ def test_metrics_and_probes_during_a_real_run(bootstrap: str, topics: Topics, gr
     good = [(str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(600)]
     publish(bootstrap, inp, good + [(b"bad", b"\xc1")] * 6)
     wait_for_outputs(bootstrap, out, set(range(600)))
-    time.sleep(6)  # librdkafka's statistics (lag) come every 5 s
+    # the progress line (a long run said nothing between its start and its summary), once the
+    # statistics (every 5 s) show the group caught up
+    caught_up = deployment.wait_for("progress", where=lambda line: (line["predicted"], line["lag"]) == (600, 0))
     ready, body = _get(port, "/readyz")
     samples = _samples(port)
     deployment.stop()
+    progress = deployment.events("progress")
+    assert (caught_up[0]["consumed"], caught_up[0]["dead_lettered"]) == (606, 6) and "eta_s" not in caught_up[0]
+    assert caught_up[0]["workers_ready"] == "2/2" and any(line["predicted_per_s"] > 0 for line in progress)
+    assert [line["predicted"] for line in progress] == sorted(line["predicted"] for line in progress)
     workers = json.loads(body)["workers"]
     print(f"/readyz before warm-up {not_yet}, after {ready}: {workers}")
     assert not_yet == 503 and ready == 200 and len(workers) == 2 and all(w["joined"] for w in workers)
