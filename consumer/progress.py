@@ -48,6 +48,15 @@ class Progress:
         return {**self.totals, **rates}
 
 
+def total_lag(lags: Mapping[Any, int | None], standby: bool) -> int | None:
+    """A worker's lag over its partitions (``kafka_io.partition_lags``): unknown, not short, while one
+    of them has no committed offset; 0 for a standby member without partitions, unknown before it joined."""
+    if not lags:
+        return 0 if standby else None
+    known = [lag for lag in lags.values() if lag is not None]
+    return sum(known) if len(known) == len(lags) else None
+
+
 def lag_and_eta(per_worker: list[int | None], done_per_s: float, bounded: bool) -> dict[str, Any]:
     """The inputs not yet committed up to the partitions' ends, once every worker knows its own
     (librdkafka's statistics, every 5 s), and for a bounded run, at the rate inputs were done since

@@ -37,6 +37,7 @@ from consumer.outputs import Emitter
 from consumer.pipeline import Pipeline
 from consumer.positions import EndOfInput, TimeWindow, apply_start_positions
 from consumer.predictor import default_batch_sizes
+from consumer.progress import total_lag
 from consumer.reload import Served, Watcher, build, first_model
 from consumer.serving import Serving
 from consumer.timing import Timeline, peak_rss_mb, rss_mb
@@ -280,14 +281,10 @@ class Worker:
     def _on_statistics(self, stats_json: str) -> None:
         """librdkafka's statistics (served by ``consume`` in the fetch loop): the consumer lag."""
         lags = kafka_io.partition_lags(stats_json)
-        known = {partition: lag for partition, lag in lags.items() if lag is not None}
         standby = self._joined and self.ends.assigned is None  # in the group, without partitions
-        if lags:  # a partition not committed yet leaves the sum unknown, not short
-            self.lag = sum(known.values()) if len(known) == len(lags) else None
-        else:
-            self.lag = 0 if standby else None
+        self.lag = total_lag(lags, standby)
         if self.metrics is not None:
-            self.metrics.lags(known)
+            self.metrics.lags({partition: lag for partition, lag in lags.items() if lag is not None})
 
     def _acknowledged(self, topic: str, timestamps_ms: list[int]) -> None:
         assert self.metrics is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from consumer.kafka_io import partition_lags
-from consumer.progress import Progress, lag_and_eta
+from consumer.progress import Progress, lag_and_eta, total_lag
 
 
 def test_totals_add_each_worker_s_new_counts_and_a_restart_starts_again_from_zero() -> None:
@@ -63,3 +63,10 @@ def test_a_partition_lag_comes_from_librdkafka_s_committed_offset_and_is_unknown
         }
     }
     assert partition_lags(json.dumps(stats)) == {("in", "0"): 198, ("in", "1"): None}
+
+
+def test_a_worker_s_lag_is_unknown_not_short_while_a_partition_has_no_committed_offset() -> None:
+    assert total_lag({("in", "0"): 198, ("in", "1"): 32}, standby=False) == 230
+    assert total_lag({("in", "0"): 198, ("in", "1"): None}, standby=False) is None
+    assert total_lag({}, standby=True) == 0  # in the group without partitions: nothing behind
+    assert total_lag({}, standby=False) is None  # not joined yet
