@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 import msgpack
 import numpy as np
@@ -21,6 +22,7 @@ from confluent_kafka import Message
 from consumer.codec import STRING_DTYPE, output_map, string_array, unpack_output
 from consumer.errors import InputError
 from consumer.json_output import json_numbers, json_value
+from producer_tools.paths import complete_file, part_of
 from producer_tools.sources import Example, Tensor
 
 Sink = Callable[[dict[str, Any], bytes | None], None]
@@ -111,13 +113,8 @@ def write_npz(path: Path, collected: Collected, join: Join | None) -> int:
     arrays |= _stacked("outputs", [r["outputs"] for r in records])
     if inputs is not None:
         arrays |= _stacked("inputs", [example.inputs for example in inputs])
-    part = path.with_name(path.name + ".part")  # the name goes to a complete file only
-    try:
-        with part.open("wb") as file:
-            np.savez(file, **arrays)  # type: ignore[arg-type]
-        part.replace(path)
-    finally:
-        part.unlink(missing_ok=True)
+    with complete_file(path, "wb") as file:
+        np.savez(file, **arrays)  # type: ignore[arg-type]
     return len(rows)
 
 
@@ -154,12 +151,13 @@ class JsonLines:
 
     def __init__(self, path: Path, join: Join | None) -> None:
         self.path, self.join = path, join
-        self.part = path.with_name(path.name + ".part")
+        self.part = part_of(path)
         self.written = 0
-        self._handle: TextIO | None = None
+        self._handle: IO[Any] | None = None
+        self._file = ExitStack()
 
     def __enter__(self) -> JsonLines:
-        self._handle = self.part.open("w", encoding="utf-8")
+        self._handle = self._file.enter_context(complete_file(self.path, "w"))
         return self
 
     def write(self, record: dict[str, Any], key: bytes | None) -> None:
@@ -181,13 +179,8 @@ class JsonLines:
         self._handle.write(json.dumps(line, default=_text) + "\n")
         self.written += 1
 
-    def __exit__(self, failure: type[BaseException] | None, *_: object) -> None:
-        assert self._handle is not None
-        self._handle.close()
-        if failure is None:
-            self.part.replace(self.path)
-        else:
-            self.part.unlink(missing_ok=True)
+    def __exit__(self, *failure: Any) -> None:
+        self._file.__exit__(*failure)  # renamed when complete, removed on an error
 
 
 def _listed(value: Any) -> Any:

@@ -4,7 +4,10 @@ at once, not after minutes of it (a bench run, a collect)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 from consumer.errors import ConfigError
 
@@ -25,3 +28,21 @@ def check_workdir(path: Path, flag: str) -> None:
         raise ConfigError(f"invalid setting {flag}={str(path)!r}: {str(existing)!r} is a file, not a folder")
     if not os.access(existing, os.W_OK):
         raise ConfigError(f"invalid setting {flag}={str(path)!r}: {str(existing)!r} is not writable")
+
+
+def part_of(path: Path) -> Path:
+    """Where ``complete_file`` writes ``path`` until it is complete."""
+    return path.with_name(path.name + ".part")
+
+
+@contextmanager
+def complete_file(path: Path, mode: str) -> Iterator[IO[Any]]:
+    """A file written as ``PATH.part`` and renamed to ``path`` only when the block ends without an
+    error: a write that fails or is interrupted leaves no file under either name."""
+    part = part_of(path)
+    try:
+        with part.open(mode, encoding=None if "b" in mode else "utf-8") as file:
+            yield file
+        part.replace(path)
+    finally:
+        part.unlink(missing_ok=True)
