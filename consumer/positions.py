@@ -33,17 +33,62 @@ class TimeWindow:
         return self.until_ms is None or timestamp_ms < self.until_ms
 
 
+@dataclass(frozen=True)
+class GroupHistory:
+    """What the group had committed on the input topic when this worker started.
+
+    A worker commits where each partition it takes starts, at once, so every partition the group
+    has owned has a committed offset. A partition without one is therefore new to the group: if the
+    group had committed any partition of the topic (``established``), or if its number is past the
+    partitions the topic had when this worker started, it was added to the topic since the group
+    started, and all of it was written since. It starts at its first record, whatever
+    ``auto.offset.reset`` says: Kafka's ``latest`` would skip what producers wrote to it before
+    the group's next metadata refresh found it.
+    """
+
+    established: bool
+    partitions: int
+
+    def added(self, partition: int) -> bool:
+        return self.established or partition >= self.partitions
+
+
+def group_history(consumer: Consumer, topic: str, timeout: float) -> GroupHistory:
+    """Read the topic's partitions and whether the consumer's group has committed any of them."""
+    metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+    count = len(metadata.partitions)
+    committed = consumer.committed([TopicPartition(topic, p) for p in range(count)], timeout=timeout)
+    return GroupHistory(any(tp.offset >= 0 for tp in committed), count)
+
+
 def apply_start_positions(
-    consumer: Consumer, partitions: list[TopicPartition], from_beginning: bool, from_ms: int | None, log: Any
+    consumer: Consumer,
+    partitions: list[TopicPartition],
+    from_beginning: bool,
+    from_ms: int | None,
+    log: Any,
+    history: GroupHistory | None = None,
 ) -> bool:
-    """Set start offsets on never-committed partitions; True if any offset was changed."""
-    if not partitions or not (from_beginning or from_ms is not None):
+    """Set start offsets on never-committed partitions; True if any offset was changed.
+
+    The start flags place them all; without flags, those ``history`` says were added to the
+    topic start at their first record, and the rest where ``auto.offset.reset`` says."""
+    flagged = from_beginning or from_ms is not None
+    maybe_added = history is not None and any(history.added(tp.partition) for tp in partitions)
+    if not partitions or not (flagged or maybe_added):
         return False
     committed = consumer.committed(partitions, timeout=30)
     fresh = [tp for tp in committed if tp.offset < 0]
     resumed = [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in committed if tp.offset >= 0]
-    if resumed:
+    if resumed and flagged:
         log.info("resuming at committed offsets; start flags apply to new partitions only", resumed=resumed)
+    if not flagged:
+        fresh = [tp for tp in fresh if history is not None and history.added(tp.partition)]
+        if fresh:
+            log.info(
+                "partitions added to the topic since the group started: reading them from their first record",
+                partitions=[f"{tp.topic}[{tp.partition}]" for tp in fresh],
+            )
     if not fresh:
         return False
     if from_ms is not None:

@@ -35,7 +35,7 @@ from consumer.logs import get_logger
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.outputs import Emitter
 from consumer.pipeline import Pipeline
-from consumer.positions import EndOfInput, TimeWindow, apply_start_positions
+from consumer.positions import EndOfInput, GroupHistory, TimeWindow, apply_start_positions, group_history
 from consumer.predictor import default_batch_sizes
 from consumer.progress import total_lag
 from consumer.reload import Served, Watcher, build, first_model
@@ -182,6 +182,7 @@ class Worker:
             missing = kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, s.connect_timeout_s)
             if s.input_topic in missing:
                 raise kafka_io.missing_topic_error(s.input_topic, s.bootstrap_servers)
+            self.history = self._group_history()
         except Exception:
             self.consumer.close()
             raise
@@ -531,10 +532,20 @@ class Worker:
         if self._place_starts(consumer, partitions):
             consumer.assign(partitions)
 
+    def _group_history(self) -> GroupHistory:
+        s = self.settings
+        try:
+            return group_history(self.consumer, s.input_topic, s.connect_timeout_s)
+        except KafkaException as exc:
+            raise BrokerError(
+                f"could not read where the group left {s.input_topic} off ({exc.args[0].str()}); "
+                "check that the broker is up and the group may read its offsets"
+            ) from None
+
     def _place_starts(self, consumer: Consumer, partitions: list[TopicPartition]) -> bool:
         s = self.settings
         try:
-            return apply_start_positions(consumer, partitions, s.from_beginning, s.from_ms, self.log)
+            return apply_start_positions(consumer, partitions, s.from_beginning, s.from_ms, self.log, self.history)
         except KafkaException as exc:
             raise BrokerError(
                 f"could not read where the group left {s.input_topic} off, to place the start flags "

@@ -54,6 +54,18 @@ def publish(
     assert producer.flush(30) == 0
 
 
+def publish_to_partition(bootstrap: str, topic: str, partition: int, ids: range, one_batch_each: bool = False) -> None:
+    """Inputs with these ids (and 4 features equal to the id) to one partition. ``one_batch_each``
+    sends each in its own produce request, so that the embedded broker's latest offset (which counts
+    batches, not records: ../shared/BROKER.md) is right."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    for i in ids:
+        producer.produce(topic, pack_input(np.full(4, i, "float32"), id=i), partition=partition)
+        if one_batch_each:
+            assert producer.flush(30) == 0
+    assert producer.flush(30) == 0
+
+
 def settings(bootstrap: str, model: Path, input_topic: str, output_topic: str, group: str, **extra: Any) -> Settings:
     consumer = {**FAST_GROUP, **extra.pop("kafka_consumer", {})}
     values = dict(

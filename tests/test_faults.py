@@ -33,6 +33,7 @@ from tests.helpers import (
     consumer_command,
     make_fatal,
     publish,
+    publish_to_partition,
     run_command,
     run_worker,
     settings,
@@ -99,25 +100,18 @@ def test_a_new_group_s_worker_killed_before_its_first_commit_loses_nothing(
     deployment = Deployment(run_command(bootstrap, mlp_path, inp, out, group, "--max-batch-size", "32"), env)
     (ready,) = deployment.wait_for("worker ready")
     deployment.wait_for("partitions assigned")
-    _publish_to(bootstrap, inp, 0, range(100))
+    publish_to_partition(bootstrap, inp, 0, range(100))
     assert set(wait_for_outputs(bootstrap, out, set(range(100)))) == set(range(100))
     starts = committed(bootstrap, group, inp, 2)
     os.kill(ready["pid"], signal.SIGKILL)
-    _publish_to(bootstrap, inp, 1, range(100, 200))
-    _publish_to(bootstrap, inp, 0, range(200, 300))
+    publish_to_partition(bootstrap, inp, 1, range(100, 200))
+    publish_to_partition(bootstrap, inp, 0, range(200, 300))
     deployment.wait_for("worker ready", 2)
     seen = wait_for_outputs(bootstrap, out, set(range(300)), timeout=90)
     deployment.stop()
     print(f"committed at the kill {starts}; {len(seen)} of 300 predicted, {sum(seen.values()) - len(seen)} twice")
     assert starts == {0: 0, 1: 0}  # before, -1001 (nothing) on both
     assert set(seen) == set(range(300))
-
-
-def _publish_to(bootstrap: str, topic: str, partition: int, ids: range) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
-    for i in ids:
-        producer.produce(topic, pack_input(np.full(4, i, "float32"), id=i), partition=partition)
-    assert producer.flush(30) == 0
 
 
 @pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])

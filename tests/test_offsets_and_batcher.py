@@ -151,3 +151,11 @@ def test_a_late_commit_result_does_not_move_the_committed_offset_back() -> None:
     tracker.mark_committed({P: 10})
     tracker.mark_committed({P: 4})  # the late result of an earlier commit
     assert tracker.committable() == {} and tracker.uncommitted() == 0 and tracker.rewind_points() == {P: 10}
+
+
+def test_a_partition_is_new_to_the_topic_once_the_group_has_run_or_past_the_partitions_it_started_with() -> None:
+    from consumer.positions import GroupHistory
+
+    first_run = GroupHistory(established=False, partitions=4)
+    assert [first_run.added(p) for p in (0, 3, 4, 7)] == [False, False, True, True]
+    assert all(GroupHistory(established=True, partitions=4).added(p) for p in (0, 3, 4))

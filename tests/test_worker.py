@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from consumer import outputs as outputs_module
 from consumer.codec import pack_input
@@ -21,11 +21,21 @@ from consumer.errors import DeliveryError
 from consumer.pipeline import Batch
 from consumer.serving import Serving
 from consumer.timing import STAGES
+from producer_tools import groups
 from producer_tools.collect import Collected, JsonLines, decode_output, write_npz
 from producer_tools.demo import dead_letter_reason
 from producer_tools.reader import read_topic
 from tests import models
-from tests.helpers import Background, Topics, committed, outputs, publish, run_worker, settings
+from tests.helpers import (
+    Background,
+    Topics,
+    committed,
+    outputs,
+    publish,
+    publish_to_partition,
+    run_worker,
+    settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -585,6 +595,41 @@ def test_time_window_processes_exactly_the_inputs_inside_it(
     assert (s.from_ms, s.until_ms) == (base + 10_000, base + 20_000)
     got = sorted(r["id"] for _, r in outputs(bootstrap, out, 10))
     assert got == list(range(10, 20)) and summary["predicted"] == 10
+
+
+def test_a_new_group_starts_at_the_end_of_every_partition(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """Kafka's ``auto.offset.reset=latest`` for a group that never committed anything: the inputs
+    already there are skipped, and where each partition starts is committed."""
+    inp, out = topics("in", "out", partitions=2)
+    publish_to_partition(bootstrap, inp, 0, range(12), one_batch_each=True)
+    publish_to_partition(bootstrap, inp, 1, range(12, 20), one_batch_each=True)
+    summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, from_beginning=False))
+    assert summary["predicted"] == 0 and committed(bootstrap, group, inp, 2) == {0: 12, 1: 8}
+
+
+def test_a_partition_added_to_the_topic_of_a_group_that_has_run_is_read_from_its_first_record(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """The group committed partition 0 only: partition 1 is new to it, added to the topic since it
+    started (as far as the group can tell: the embedded broker cannot add partitions, so the topic
+    is made with two and the group's past is written by hand). Before, partition 1 started at the
+    latest offset, as for a new group, and the 20 inputs written to it before the group found it
+    were skipped."""
+    inp, out = topics("in", "out", partitions=2)
+    publish_to_partition(bootstrap, inp, 0, range(10))
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        groups.commit(consumer, inp, {0: 10})  # the group's past: partition 0 read to its end
+    finally:
+        consumer.close()
+    publish_to_partition(bootstrap, inp, 1, range(10, 30))
+    publish_to_partition(bootstrap, inp, 0, range(30, 40))
+    summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, from_beginning=False))
+    got = sorted(record["id"] for _, record in outputs(bootstrap, out, 30))
+    assert got == list(range(10, 40)) and summary["predicted"] == 30
+    assert committed(bootstrap, group, inp, 2) == {0: 20, 1: 20}
 
 
 def test_offsets_are_never_committed_ahead_of_acknowledged_outputs(
