@@ -7,14 +7,13 @@ import time
 from datetime import UTC, datetime
 
 import numpy as np
-from tqdm import tqdm
 
 from consumer.errors import ConfigError
 from consumer.positions import TimeWindow
 from producer_tools import collect, groups, publish, replay, sources
 from producer_tools.clients import Clients
 from producer_tools.paths import check_output_file
-from producer_tools.reader import StopWhen, partitions_of, read_partitions
+from producer_tools.reader import ReadProgress, StopWhen, partitions_of, read_partitions
 from producer_tools.topics import BROKER_DEFAULT, TopicShape, create_topics, shapes
 
 
@@ -94,8 +93,10 @@ def _read_predictions(args: argparse.Namespace, sink: collect.Sink | None) -> co
     stop = StopWhen(at_end=args.count is None and args.idle is None, count=args.count, idle=args.idle)
     found = collect.Collected(sink=sink)
     try:
-        for msg in tqdm(read_partitions(consumer, args.topic, stop), desc=f"collect {args.topic}", unit="msg"):
-            found.add(msg)
+        with ReadProgress(consumer, stop, f"collect {args.topic}") as progress:
+            for msg in read_partitions(consumer, args.topic, stop):
+                progress.read(msg)
+                found.add(msg)
     finally:
         consumer.close()
     if found.undecodable and not found.decoded:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from types import TracebackType
 from typing import cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from tqdm import tqdm
 
 from consumer.errors import ConfigError
 from producer_tools.clients import kafka_consumer
@@ -23,6 +25,37 @@ class StopWhen:
     count: int | None = None
     idle: float | None = None
     timeout: float | None = None
+
+
+class ReadProgress:
+    """A read's progress bar (stderr). Its total is ``stop.count``; for a read to the partitions'
+    ends, it grows as each partition's first record comes by the records from there to the end
+    that fetch saw (the high watermark a fetch response carries, right on every broker, unlike
+    ListOffsets on the embedded one; records appended meanwhile are read too, past the total);
+    reading until idle, it has none."""
+
+    def __init__(self, consumer: Consumer, stop: StopWhen, desc: str) -> None:
+        self.consumer = consumer
+        self.to_end = stop.at_end and stop.count is None and stop.idle is None
+        total = stop.count if stop.count is not None else (0 if self.to_end else None)
+        self.bar = tqdm(desc=desc, unit="msg", total=total)
+        self.sized: set[int] = set()
+
+    def read(self, msg: Message) -> None:
+        partition = cast(int, msg.partition())
+        if self.to_end and partition not in self.sized:
+            self.sized.add(partition)
+            _, high = self.consumer.get_watermark_offsets(
+                TopicPartition(cast(str, msg.topic()), partition), cached=True
+            )
+            self.bar.total = (self.bar.total or 0) + max(0, (high or 0) - cast(int, msg.offset()))
+        self.bar.update()
+
+    def __enter__(self) -> ReadProgress:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.bar.close()
 
 
 def partitions_of(client: Consumer | Producer, topic: str, timeout: float = 30.0) -> list[int]:

@@ -13,12 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
-from tqdm import tqdm
 
 from consumer.delivery import message_headers
 from consumer.positions import TimeWindow
 from producer_tools.publish import DeliveryCount, produce
-from producer_tools.reader import StopWhen, partitions_of, read_partitions
+from producer_tools.reader import ReadProgress, StopWhen, partitions_of, read_partitions
 
 REPLAY_HEADER = "tfstream.replay."
 
@@ -45,16 +44,16 @@ def replay(
     same_layout = len(partitions_of(consumer, source)) == len(partitions_of(producer, target))
     counts, delivered = ReplayCount(), DeliveryCount()
     starts = start_offsets(consumer, source, window.from_ms)
-    with tqdm(desc=f"replay {source} -> {target}", unit="msg") as bar:
+    with ReadProgress(consumer, StopWhen(), f"replay {source} -> {target}") as progress:
         for msg in read_partitions(consumer, source, StopWhen(), starts):
             counts.read += 1
-            bar.update()
+            progress.read(msg)
             if not window.keeps(msg.timestamp()[1]):
                 counts.outside += 1
                 continue
             _copy(producer, msg, target, same_layout, delivered)
         while producer.flush(1.0):
-            bar.set_postfix(acknowledged=delivered.ok)
+            progress.bar.set_postfix(acknowledged=delivered.ok)
     return counts, delivered
 
 

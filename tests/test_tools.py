@@ -207,9 +207,15 @@ def test_collect_writes_json_lines_and_stops_at_a_count(
     (tmp_path / "x.jsonl").write_text("".join(json.dumps({"inputs": [i, 0, 0, 1], "id": i}) + "\n" for i in range(10)))
     assert tool(bootstrap, "publish", str(tmp_path / "x.jsonl"), "--topic", inp) == 0
     run_worker(settings(bootstrap, mlp_path, inp, out, group))
+    capsys.readouterr()
     assert tool(bootstrap, "collect", "--topic", out, "--out", str(tmp_path / "o.jsonl"), "--count", "4") == 0
+    assert "4/4" in capsys.readouterr().err.strip().split("\r")[-1]  # the progress bar's total: the count
     lines = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and all(len(line["outputs"]) == 3 and line["source"]["topic"] == inp for line in lines)
+    # to the end: the total from the first fetch (the high watermark of the only partition)
+    assert tool(bootstrap, "collect", "--topic", out, "--out", str(tmp_path / "end.jsonl")) == 0
+    final = capsys.readouterr().err.strip().split("\r")[-1]
+    assert "100%" in final and "10/10" in final, final
     assert tool(bootstrap, "collect", "--topic", out, "--out", str(tmp_path / "all.jsonl"), "--idle", "2") == 0
     assert len((tmp_path / "all.jsonl").read_text().splitlines()) == 10
     # written as read, not kept (a topic larger than memory collects), and never left half-written
@@ -267,7 +273,7 @@ def test_collect_refuses_an_output_it_could_not_write_before_reading_anything(
 
 
 def test_replay_copies_exactly_the_time_range_keeping_keys_headers_and_timestamps(
-    bootstrap: str, topics: Topics
+    bootstrap: str, topics: Topics, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source, target, again = topics("src", "dst", "dst2", partitions=2)
     base = 1_700_000_000_000
@@ -300,8 +306,12 @@ def test_replay_copies_exactly_the_time_range_keeping_keys_headers_and_timestamp
         headers = dict(msg.headers())
         assert msg.value() == f"v{i}".encode() and msg.timestamp()[1] == base + i * 1000
         assert headers["trace"] == b"t" and headers["tfstream.replay.timestamp"] == str(base + i * 1000).encode()
-    # a copy of the copy: each header once, naming the original record
+    # a copy of the copy: each header once, naming the original record; its progress bar knew
+    # from the first fetch how many records there were to read (before, a bare count)
+    capsys.readouterr()
     assert tool(bootstrap, "replay", "--from-topic", target, "--to-topic", again) == 0
+    final = capsys.readouterr().err.strip().split("\r")[-1]
+    assert "100%" in final and "15/15" in final, final
     origins = {m.key(): dict(m.headers())["tfstream.replay.source"] for m in copied}
     for msg in read_topic(bootstrap, again, min_count=15):
         names = [name for name, _ in msg.headers()]
