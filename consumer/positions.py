@@ -1,7 +1,9 @@
 """Where a run starts, which records it keeps, and when a bounded run is finished.
 
 Start flags apply only to partitions the group has never committed, so a restarted or
-rebalanced worker resumes where the group left off instead of re-reading history.
+rebalanced worker resumes where the group left off instead of re-reading history. Without
+flags, a partition added to the topic after the group started is read from its first record
+(``GroupHistory``), not skipped as Kafka's ``auto.offset.reset=latest`` would.
 Timestamps are checked on every record too: ``offsets_for_times`` may be coarse (or, on the
 embedded broker, wrong), and the record's own timestamp keeps a time-bounded run exact.
 """
