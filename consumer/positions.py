@@ -41,26 +41,31 @@ class GroupHistory:
 
     A worker commits where each partition it takes starts, at once, so every partition the group
     has owned has a committed offset. A partition without one is therefore new to the group: if the
-    group had committed any partition of the topic (``established``), or if its number is past the
-    partitions the topic had when this worker started, it was added to the topic since the group
-    started, and all of it was written since. It starts at its first record, whatever
-    ``auto.offset.reset`` says: Kafka's ``latest`` would skip what producers wrote to it before
-    the group's next metadata refresh found it.
+    group had committed others of the topic, or if its number is past the partitions the topic had
+    when this worker started, it was added to the topic since the group started, and all of it was
+    written since. It starts at its first record, whatever ``auto.offset.reset`` says: Kafka's
+    ``latest`` would skip what producers wrote to it before the group's next metadata refresh
+    found it.
     """
 
-    established: bool
+    committed: frozenset[int]
     partitions: int
 
-    def added(self, partition: int) -> bool:
-        return self.established or partition >= self.partitions
+    def may_be_added(self, partition: int) -> bool:
+        """Whether ``partition`` may be one added since the group started: it had no commit when the
+        worker started (commits are not taken back: a partition that had one needs no second look
+        at a rebalance), and the group had committed others, or it is past the partitions there were."""
+        if partition in self.committed:
+            return False
+        return bool(self.committed) or partition >= self.partitions
 
 
 def group_history(consumer: Consumer, topic: str, timeout: float) -> GroupHistory:
-    """Read the topic's partitions and whether the consumer's group has committed any of them."""
+    """Read the topic's partitions and which of them the consumer's group has committed."""
     metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
     count = len(metadata.partitions)
-    committed = consumer.committed([TopicPartition(topic, p) for p in range(count)], timeout=timeout)
-    return GroupHistory(any(tp.offset >= 0 for tp in committed), count)
+    found = consumer.committed([TopicPartition(topic, p) for p in range(count)], timeout=timeout)
+    return GroupHistory(frozenset(tp.partition for tp in found if tp.offset >= 0), count)
 
 
 def apply_start_positions(
@@ -76,7 +81,7 @@ def apply_start_positions(
     The start flags place them all; without flags, those ``history`` says were added to the
     topic start at their first record, and the rest where ``auto.offset.reset`` says."""
     flagged = from_beginning or from_ms is not None
-    maybe_added = history is not None and any(history.added(tp.partition) for tp in partitions)
+    maybe_added = history is not None and any(history.may_be_added(tp.partition) for tp in partitions)
     if not partitions or not (flagged or maybe_added):
         return False
     committed = consumer.committed(partitions, timeout=30)
@@ -85,7 +90,7 @@ def apply_start_positions(
     if resumed and flagged:
         log.info("resuming at committed offsets; start flags apply to new partitions only", resumed=resumed)
     if not flagged:
-        fresh = [tp for tp in fresh if history is not None and history.added(tp.partition)]
+        fresh = [tp for tp in fresh if history is not None and history.may_be_added(tp.partition)]
         if fresh:
             log.info(
                 "partitions added to the topic since the group started: reading them from their first record",

@@ -153,9 +153,12 @@ def test_a_late_commit_result_does_not_move_the_committed_offset_back() -> None:
     assert tracker.committable() == {} and tracker.uncommitted() == 0 and tracker.rewind_points() == {P: 10}
 
 
-def test_a_partition_is_new_to_the_topic_once_the_group_has_run_or_past_the_partitions_it_started_with() -> None:
+def test_a_partition_may_be_new_to_the_topic_once_the_group_has_run_or_past_the_partitions_it_started_with() -> None:
+    """Only partitions without a commit at the worker's start are looked at again at a rebalance:
+    a group that had committed them all asks the broker for nothing more than before."""
     from consumer.positions import GroupHistory
 
-    first_run = GroupHistory(established=False, partitions=4)
-    assert [first_run.added(p) for p in (0, 3, 4, 7)] == [False, False, True, True]
-    assert all(GroupHistory(established=True, partitions=4).added(p) for p in (0, 3, 4))
+    first_run = GroupHistory(committed=frozenset(), partitions=4)
+    assert [first_run.may_be_added(p) for p in (0, 3, 4, 7)] == [False, False, True, True]
+    has_run = GroupHistory(committed=frozenset({0, 1, 2}), partitions=4)
+    assert [has_run.may_be_added(p) for p in (0, 2, 3, 4)] == [False, False, True, True]
