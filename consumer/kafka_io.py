@@ -173,8 +173,11 @@ def _refuse_overrides(given: Mapping[str, Any], fixed: Mapping[str, Any], table:
             )
 
 
-def check_topics(client: Consumer | Producer, topics: Iterable[str], bootstrap: str, timeout: float) -> list[str]:
-    """Fail with one line if Kafka is unreachable within ``timeout``; return the topics that are missing."""
+def check_topics(
+    client: Consumer | Producer, topics: Iterable[str], bootstrap: str, timeout: float
+) -> tuple[list[str], dict[str, int]]:
+    """Fail with one line if Kafka is unreachable within ``timeout``; return the topics that are
+    missing, and the partition count of each that exists."""
     try:
         metadata = client.list_topics(timeout=timeout)
     except KafkaException as exc:
@@ -182,12 +185,14 @@ def check_topics(client: Consumer | Producer, topics: Iterable[str], bootstrap: 
             f"cannot reach Kafka at {bootstrap} within {timeout:.0f}s ({exc.args[0].str()}); "
             "check --bootstrap-servers and that the broker is up"
         ) from None
-    missing = []
+    missing, partitions = [], {}
     for topic in topics:
         found = metadata.topics.get(topic)
         if found is None or (found.error is not None and found.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
             missing.append(topic)
-    return missing
+        else:
+            partitions[topic] = len(found.partitions)
+    return missing, partitions
 
 
 def missing_topic_error(topic: str, bootstrap: str) -> ConfigError:

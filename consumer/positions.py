@@ -60,12 +60,10 @@ class GroupHistory:
         return bool(self.committed) or partition >= self.partitions
 
 
-def group_history(consumer: Consumer, topic: str, timeout: float) -> GroupHistory:
-    """Read the topic's partitions and which of them the consumer's group has committed."""
-    metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
-    count = len(metadata.partitions)
-    found = consumer.committed([TopicPartition(topic, p) for p in range(count)], timeout=timeout)
-    return GroupHistory(frozenset(tp.partition for tp in found if tp.offset >= 0), count)
+def group_history(consumer: Consumer, topic: str, partitions: int, timeout: float) -> GroupHistory:
+    """Read which of the topic's ``partitions`` the consumer's group has committed."""
+    found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=timeout)
+    return GroupHistory(frozenset(tp.partition for tp in found if tp.offset >= 0), partitions)
 
 
 def apply_start_positions(

@@ -179,10 +179,10 @@ class Worker:
         self.consumer = Consumer(config)
         topics = [s.input_topic, s.output_topic] + ([s.dlq_topic] if s.dlq_topic else [])
         try:
-            missing = kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, s.connect_timeout_s)
+            missing, partitions = kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, s.connect_timeout_s)
             if s.input_topic in missing:
                 raise kafka_io.missing_topic_error(s.input_topic, s.bootstrap_servers)
-            self.history = self._group_history()
+            self.history = self._group_history(partitions[s.input_topic])
         except Exception:
             self.consumer.close()
             raise
@@ -532,10 +532,10 @@ class Worker:
         if self._place_starts(consumer, partitions):
             consumer.assign(partitions)
 
-    def _group_history(self) -> GroupHistory:
+    def _group_history(self, partitions: int) -> GroupHistory:
         s = self.settings
         try:
-            return group_history(self.consumer, s.input_topic, s.connect_timeout_s)
+            return group_history(self.consumer, s.input_topic, partitions, s.connect_timeout_s)
         except KafkaException as exc:
             raise BrokerError(
                 f"could not read where the group left {s.input_topic} off ({exc.args[0].str()}); "
