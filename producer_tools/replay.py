@@ -44,8 +44,9 @@ def replay(
     same_layout = len(partitions_of(consumer, source)) == len(partitions_of(producer, target))
     counts, delivered = ReplayCount(), DeliveryCount()
     starts = start_offsets(consumer, source, window.from_ms)
-    with ReadProgress(consumer, StopWhen(), f"replay {source} -> {target}") as progress:
-        for msg in read_partitions(consumer, source, StopWhen(), starts):
+    stop = StopWhen()  # every partition read to its end
+    with ReadProgress(consumer, stop, f"replay {source} -> {target}") as progress:
+        for msg in read_partitions(consumer, source, stop, starts):
             counts.read += 1
             progress.read(msg)
             if not window.keeps(msg.timestamp()[1]):
