@@ -78,6 +78,12 @@ def test_bench_runs_every_phase_and_writes_its_json(
 def test_a_run_long_enough_for_a_steady_relay_has_no_warning() -> None:
     assert report.warnings(400_000, 100_000) == []
     assert report.warnings(399_999, 100_000) != []
+    assert report.warnings(399_999, 100_000, system_per_compute=0.17) != []  # the MLP: I/O-bound
+
+
+def test_a_compute_bound_run_has_no_warning_about_its_io_limit() -> None:
+    # MobileNetV2's 2,000 images are a burst for the relay, but its model is what bounds the system
+    assert report.warnings(2_000, 100_000, system_per_compute=0.98) == []
 
 
 def test_the_latency_target_applies_only_at_half_load() -> None:

@@ -111,7 +111,9 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
         "system_summary": drained,
     }  # fmt: skip
     result["targets"] = report.targets(options.workload, rates, result)
-    result["warnings"] = report.warnings(workload.messages, baselines.RELAY_QUEUE)
+    result["warnings"] = report.warnings(
+        workload.messages, baselines.RELAY_QUEUE, result["ratios"].get("system / compute_limit")
+    )
     return result
 
 
