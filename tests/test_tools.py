@@ -459,6 +459,47 @@ def test_the_broker_command_refuses_a_port_in_use_in_one_line(
     assert list(tmp_path.iterdir()) == []  # no empty log folder left behind
 
 
+def _serves_kafka(bootstrap: str) -> bool:
+    from producer_tools.topics import create_topics
+
+    create_topics(bootstrap, ["x"], timeout=10)
+    return True
+
+
+def test_an_embedded_broker_whose_picked_port_is_taken_before_it_starts_picks_another() -> None:
+    """Two test processes (or tools) picking the same free port at once: the later one moves on."""
+    import socket
+
+    from producer_tools.embedded_broker import EmbeddedBroker
+
+    broker = EmbeddedBroker()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", broker.port))
+        taken.listen()
+        with broker:
+            assert broker.port != taken.getsockname()[1] and broker.advertised_port == broker.port
+            assert _serves_kafka(broker.bootstrap_servers)
+
+
+def test_an_embedded_broker_that_loses_the_bind_to_another_listener_is_not_taken_for_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The port was free when checked and taken before the broker bound it: the broker exits at once,
+    and the listener that answered was the other's. It must not pass for this broker's."""
+    import socket
+
+    from producer_tools import embedded_broker
+
+    monkeypatch.setattr(embedded_broker, "port_in_use", lambda _port: False)  # the check passed; then:
+    broker = embedded_broker.EmbeddedBroker()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", broker.port))
+        taken.listen()
+        with broker:
+            assert broker.port != taken.getsockname()[1] and broker.ended_by_itself() is None
+            assert _serves_kafka(broker.bootstrap_servers)
+
+
 def test_the_broker_command_ends_with_one_line_when_its_broker_dies(tmp_path: Path) -> None:
     """The broker process killed under the command (out of memory, a stray ``pkill``): the command
     kept running, still looking ready, while clients only timed out. It now ends with exit 1 and one
