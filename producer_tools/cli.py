@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _demo(sub)
     _bench(sub)
+    _bench_compare(sub)
     _fetch_latency(sub)
     broker = sub.add_parser("broker", help="run the embedded broker in the foreground until Ctrl-C")
     broker.add_argument(
@@ -204,6 +205,21 @@ def run_bench(args: argparse.Namespace) -> int:
             problem = f"could not write the results to {args.json} ({exc.strerror})"
             raise TfStreamError(f"{problem}; the table above has them") from None
         print(f"results written to {args.json}")
+    return 0
+
+
+def _bench_compare(sub: argparse._SubParsersAction) -> None:
+    help = "show bench --json results side by side, with the settings and versions that differ"
+    p = sub.add_parser("bench-compare", help=help, description=help)
+    p.add_argument("results", nargs="+", type=Path, metavar="RESULT.json", help="files written by bench --json")
+    p.set_defaults(run=run_bench_compare)
+
+
+def run_bench_compare(args: argparse.Namespace) -> int:
+    from producer_tools.bench import compare
+
+    results = [compare.load(path) for path in args.results]
+    print(compare.table(results, [str(path) for path in args.results]))
     return 0
 
 

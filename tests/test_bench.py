@@ -4,6 +4,7 @@ measured by running the bench, never asserted in the test suite."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,13 @@ def test_bench_runs_every_phase_and_writes_its_json(
     assert "2 rounds, median shown" in table
     # 400 messages fit in the relay's producer queue: the run says its I/O limit is a burst figure
     assert len(result["warnings"]) == 1 and "I/O limit reads high" in table
+    # when it ran, so that runs on a shared machine can be placed in time; and it compares with itself
+    assert datetime.fromisoformat(result["started_at"]).tzinfo is not None
+    assert main(["bench-compare", str(out), str(out)]) == 0
+    compared = capsys.readouterr().out.splitlines()
+    system_row = next(line for line in compared if line.startswith("system msg/s")).split()
+    assert system_row[-1] == "1.00" and system_row[-2] == system_row[-3] == f"{result['rates']['system']:,.0f}"
+    assert "settings: the same in every run" in compared and "environment: the same in every run" in compared
 
 
 def test_a_run_long_enough_for_a_steady_relay_has_no_warning() -> None:

@@ -7,6 +7,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,9 @@ def step(number: int, what: str) -> None:
 
 def run(options: BenchOptions) -> dict[str, Any]:
     options.workdir.mkdir(parents=True, exist_ok=True)
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     with bootstrap_or_embedded(options.bootstrap, options.workdir / "broker.log") as bootstrap:
-        return _measure(options, bootstrap)
+        return {"started_at": started_at, **_measure(options, bootstrap)}
 
 
 def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
