@@ -37,6 +37,10 @@ class PortInUse(BrokerStartError):
     """Something already listens on the port (the broker was not started, so it has no log)."""
 
 
+class BrokerExited(BrokerStartError):
+    """The broker exited while starting (as one does that lost a race for its port)."""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -97,7 +101,7 @@ class EmbeddedBroker:
         for attempt in range(1, attempts + 1):
             try:
                 return self._start_once()
-            except BrokerStartError as exc:
+            except (PortInUse, BrokerExited) as exc:  # what a race for the port explains; not a timeout
                 if attempt == attempts:
                     if isinstance(exc, PortInUse):
                         self._remove_own_folder()
@@ -141,9 +145,7 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise BrokerStartError(
-                    f"the embedded broker exited with {self._process.returncode}; see {self.log_path}"
-                )
+                raise BrokerExited(f"the embedded broker exited with {self._process.returncode}; see {self.log_path}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     pass

@@ -49,7 +49,7 @@ def table(results: list[dict[str, Any]], names: list[str]) -> str:
     """The comparison as text: a header naming each run, one row per figure, then the differences."""
     lines = [f"{i}: {name} ({r['workload']}, started {r.get('started_at', 'at an unrecorded time')})"
              for i, (name, r) in enumerate(zip(names, results, strict=True), 1)]  # fmt: skip
-    workloads = sorted({r["workload"] for r in results})
+    workloads = sorted({str(r["workload"]) for r in results})
     if len(workloads) > 1:
         lines.append(f"note: the runs measure different workloads ({', '.join(workloads)})")
     header = [str(i) for i in range(1, len(results) + 1)] + ([f"{len(results)} / 1"] if len(results) == 2 else [])
