@@ -113,17 +113,25 @@ def _fixed_batch(name: str, shapes: Mapping[str, Any]) -> int | None:
     return next(iter(fixed.values()), None)
 
 
+def keras_arranger(model: Any) -> Callable[[Mapping[str, Any]], Any]:
+    """Inputs by name → what the Keras model's call takes: its dict, its list, or its one tensor."""
+    struct = getattr(model, "_inputs_struct", None)
+    names = [t.name for t in model.inputs]
+
+    def arrange(inputs: Mapping[str, Any]) -> Any:
+        if isinstance(struct, dict):
+            return {k: inputs[k] for k in struct}
+        return [inputs[k] for k in names] if len(names) > 1 else inputs[names[0]]
+
+    return arrange
+
+
 def _load_keras(path: Path, name: str, version: str) -> LoadedModel:
     model = keras.saving.load_model(path, compile=False)
     struct = getattr(model, "_inputs_struct", None)
     specs = tuple(_spec(t.name, t.dtype, t.shape) for t in model.inputs)
     named = isinstance(struct, dict) or len(specs) > 1
-    names = [spec.name for spec in specs]
-
-    def arrange(inputs: Mapping[str, tf.Tensor]) -> Any:
-        if isinstance(struct, dict):
-            return {k: inputs[k] for k in struct}
-        return [inputs[k] for k in names] if len(names) > 1 else inputs[names[0]]
+    arrange = keras_arranger(model)
 
     output_names = _keras_output_names(model, specs)
 

@@ -15,6 +15,11 @@ class TensorSpec:
     dtype: str
     shape: tuple[int, ...]
 
+    @property
+    def numpy_dtype(self) -> str | type:
+        """What NumPy holds it as: its dtype, or ``object`` (bytes) for a string."""
+        return object if self.dtype == STRING else self.dtype
+
     def describe(self) -> str:
         return f"{self.name}: {self.dtype}{list(self.shape)}"
 

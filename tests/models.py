@@ -190,3 +190,17 @@ class SingleExampleOnly(tf.Module):
 
 def single_example_only(out: Path) -> Path:
     return save_serving(SingleExampleOnly(), out)
+
+
+class TextAndNumbers(tf.Module):
+    """Named inputs, one of them a string per example: its length, and the sum of the numbers."""
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name="text"), tf.TensorSpec([None, 3], tf.float32, name="x")]
+    )
+    def serve(self, text: tf.Tensor, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"length": tf.strings.length(text), "total": tf.reduce_sum(x, axis=1)}
+
+
+def text_and_numbers(out: Path) -> Path:
+    return save_serving(TextAndNumbers(), out)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from consumer.devices import DEFAULT_CPU_WORKERS, usable_cores
-from producer_tools.bench import report, run, system, workloads
+from producer_tools.bench import baselines, report, run, system, workloads
 from producer_tools.bench.system import PRIMERS
 from producer_tools.cli import main
 from tests import models
@@ -151,6 +151,31 @@ def test_the_usual_approaches_run_on_a_savedmodel_workload(bootstrap: str, tmp_p
     rates = run._usual(bootstrap, topics, workload, inputs, 1.0)
     assert rates["model.predict per message"] is None
     assert (rates["tf.function per message"] or 0) > 0 and (rates["process pool"] or 0) > 0
+
+
+@pytest.mark.parametrize("model", ["keras_dict_inputs", "saved_model_with_a_string_input"])
+def test_the_usual_approaches_and_the_compute_limit_run_on_models_with_named_and_string_inputs(
+    model: str, bootstrap: str, tmp_path: Path
+) -> None:
+    """They measured single-tensor models only: a model with named inputs got no usual approaches at
+    all, and one with a string input crashed the bench in its compute limit (a traceback)."""
+    if model == "keras_dict_inputs":
+        path = models.multi_input(tmp_path / "m.keras")  # float32 and int32 inputs by name, two outputs
+    else:
+        path = models.text_and_numbers(tmp_path / "sm")
+    workload = workloads.build(str(path), tmp_path)
+    assert workload.signature.named_inputs
+    inputs = workload.inputs(64)
+    examples_per_second, full_batch_s = baselines.compute_limit(workload, inputs, min_seconds=0.2)
+    assert examples_per_second > 0 and full_batch_s > 0
+    topics = run._topics(bootstrap, 1)
+    system.publish(bootstrap, topics["in"], system.encode(workload, inputs), 64)
+    rates = run._usual(bootstrap, topics, workload, inputs, 1.0)
+    # a SavedModel has no model.predict under Keras 3; every other approach ran and predicted
+    assert (rates["model.predict per message"] is None) == (model == "saved_model_with_a_string_input")
+    assert (rates["tf.function per message"] or 0) > 0 and (rates["process pool"] or 0) > 0
+    if model == "keras_dict_inputs":
+        assert (rates["model.predict per message"] or 0) > 0
 
 
 @pytest.mark.parametrize(

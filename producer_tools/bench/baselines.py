@@ -21,6 +21,7 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from consumer.child import when_parent_dies
+from consumer.signature import STRING, TensorSpec
 from producer_tools.bench.workloads import Inputs, Workload
 from producer_tools.clients import kafka_consumer, kafka_producer
 from producer_tools.publish import produce
@@ -97,7 +98,7 @@ def compute_limit(workload: Workload, inputs: Inputs, min_seconds: float = 3.0) 
     size = workload.batch_size
     rows = len(next(iter(inputs.values())))
     batches = [
-        {s.name: np.asarray(inputs[s.name][i : i + size], dtype=s.dtype) for s in workload.signature.inputs}
+        {s.name: np.asarray(inputs[s.name][i : i + size], dtype=s.numpy_dtype) for s in workload.signature.inputs}
         for i in range(0, rows - size + 1, size)
     ] or [predictor_inputs(workload, inputs, size)]
     done, started = 0, time.perf_counter()
@@ -111,39 +112,46 @@ def compute_limit(workload: Workload, inputs: Inputs, min_seconds: float = 3.0) 
 def predictor_inputs(workload: Workload, inputs: Inputs, size: int) -> dict[str, np.ndarray]:
     """A full batch when fewer rows than one batch exist: the rows repeated."""
     return {
-        s.name: np.resize(np.asarray(inputs[s.name], dtype=s.dtype), (size, *s.shape))
+        s.name: np.resize(np.asarray(inputs[s.name], dtype=s.numpy_dtype), (size, *s.shape))
         for s in workload.signature.inputs
     }
 
 
-GlueCall = Callable[[np.ndarray], Any]
+#: the model as glue code calls it on a batch, inputs by name
+GlueCall = Callable[[dict[str, np.ndarray]], Any]
 
 
 def glue_call(path: Path, how: str) -> GlueCall | None:
-    """The model as glue code calls it on a batch: ``model.predict``, or a ``tf.function``. A
-    SavedModel is called through its serving signature (a concrete function); Keras 3 gives it no
-    ``model.predict``, so that approach does not apply to it (None)."""
+    """The model as glue code calls it on a batch: ``model.predict``, or a ``tf.function``, given its
+    inputs as it takes them (one array, a list or a dict). A SavedModel is called through its serving
+    signature (a concrete function); Keras 3 gives it no ``model.predict``, so that approach does not
+    apply to it (None)."""
     import keras
     import tensorflow as tf
 
-    from consumer.model import DEFAULT_SIGNATURE
+    from consumer.model import DEFAULT_SIGNATURE, keras_arranger
 
     if path.is_dir():
         if how == "predict":
             return None
         loaded = tf.saved_model.load(str(path))
         serve = loaded.signatures[DEFAULT_SIGNATURE]
-        (name,) = serve.structured_input_signature[1]
 
-        def call_signature(x: np.ndarray) -> Any:
+        def call_signature(x: dict[str, np.ndarray]) -> Any:
             assert loaded is not None  # referenced here so the variables the signature reads stay alive
-            return serve(**{name: tf.constant(x)})
+            return serve(**{name: tf.constant(value) for name, value in x.items()})
 
         return call_signature
     model = keras.saving.load_model(path, compile=False)
+    arrange = keras_arranger(model)
+
+    def as_taken(x: dict[str, np.ndarray]) -> Any:  # Keras takes no object arrays: strings as tensors
+        return arrange({k: tf.constant(v) if v.dtype == object else v for k, v in x.items()})
+
     if how == "predict":
-        return lambda x: model.predict(x, verbose=0)
-    return tf.function(lambda x: model(x, training=False))
+        return lambda x: model.predict(as_taken(x), verbose=0)
+    step = tf.function(lambda x: model(x, training=False))
+    return lambda x: step(as_taken(x))
 
 
 def _first_output(outputs: Any) -> np.ndarray:
@@ -180,10 +188,18 @@ def per_message_loop(
     return done / (time.perf_counter() - (started or time.perf_counter()))
 
 
-def _decode_single(value: bytes, workload: Workload) -> np.ndarray:
-    """What glue code usually does: unpack, frombuffer, add a batch axis, cast."""
-    tensor = msgpack.unpackb(value, raw=False)["inputs"]
-    (spec,) = workload.signature.inputs
+def _decode_single(value: bytes, workload: Workload) -> dict[str, np.ndarray]:
+    """What glue code usually does, per input: unpack, frombuffer, add a batch axis, cast (a string
+    input: its bytes, or nested lists of them, in an object array)."""
+    body = msgpack.unpackb(value, raw=False)["inputs"]
+    specs = workload.signature.inputs
+    tensors = body if workload.signature.named_inputs else {specs[0].name: body}
+    return {spec.name: _one_example(tensors[spec.name], spec) for spec in specs}
+
+
+def _one_example(tensor: Any, spec: TensorSpec) -> np.ndarray:
+    if spec.dtype == STRING:
+        return np.array([tensor], dtype=object)
     return np.frombuffer(tensor["data"], tensor["dtype"]).reshape(1, *tensor["shape"]).astype(spec.dtype)
 
 
@@ -198,7 +214,7 @@ def _pool_init(path: str, scratch: str) -> None:
     _POOL_MODEL = glue_call(Path(path), "predict") or glue_call(Path(path), "tf.function")
 
 
-def _pool_predict(chunk: np.ndarray) -> int:
+def _pool_predict(chunk: dict[str, np.ndarray]) -> int:
     return len(_first_output(_POOL_MODEL(chunk)))
 
 
@@ -206,10 +222,11 @@ def process_pool(workload: Workload, inputs: Inputs, workers: int | None = None)
     """``ProcessPoolExecutor`` mapping ``model.predict`` over chunks (a SavedModel's signature:
     ``glue_call``), spawned, each process loading the model (with ``fork`` after TensorFlow it
     would hang). Timed after every worker is warm."""
-    (spec,) = workload.signature.inputs
-    data = np.asarray(next(iter(inputs.values())), dtype=spec.dtype)
+    data = {s.name: np.asarray(inputs[s.name], dtype=s.numpy_dtype) for s in workload.signature.inputs}
     workers = workers or os.cpu_count() or 1
-    chunks = np.array_split(data, max(1, math.ceil(len(data) / workload.batch_size)))
+    parts = max(1, math.ceil(len(next(iter(data.values()))) / workload.batch_size))
+    split = {name: np.array_split(values, parts) for name, values in data.items()}
+    chunks = [{name: pieces[i] for name, pieces in split.items()} for i in range(parts)]
     with (
         tempfile.TemporaryDirectory(prefix="tfstream-pool-") as scratch,
         ProcessPoolExecutor(

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from consumer.signature import STRING
 from consumer.timing import STAGES
 from producer_tools.bench import baselines, report, system, workloads
 from producer_tools.embedded_broker import bootstrap_or_embedded
@@ -230,10 +229,6 @@ def _topics(bootstrap: str, partitions: int) -> dict[str, str]:
 def _usual(
     bootstrap: str, topics: dict[str, str], workload: workloads.Workload, inputs: workloads.Inputs, seconds: float
 ) -> dict[str, float | None]:
-    specs = workload.signature.inputs
-    # the glue-code loops decode one numeric raw tensor per message, as such code usually does
-    if workload.signature.named_inputs or any(spec.dtype == STRING for spec in specs):
-        return {"model.predict per message": None, "tf.function per message": None, "process pool": None}
     return {
         "model.predict per message": baselines.per_message_loop(
             bootstrap, topics["in"], topics["usual_out"], workload, "predict", seconds
