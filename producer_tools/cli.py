@@ -173,6 +173,10 @@ def _bench(sub: argparse._SubParsersAction) -> None:
         "--rounds", type=_positive(int), default=1, metavar="N",
         help="measure the I/O limit, the system and the latency N times, interleaved; report the median (default 1)",
     )  # fmt: skip
+    p.add_argument(
+        "--signature", default="serving_default", metavar="NAME",
+        help="the SavedModel signature to serve, for a model path (default serving_default)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     p.add_argument("--workdir", type=Path, default=Path("bench-output"), help="models and the broker log")
     p.add_argument(
@@ -193,7 +197,7 @@ def run_bench(args: argparse.Namespace) -> int:
         workload=args.workload, messages=args.messages, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
         latency_seconds=args.latency_seconds, latency_rate=args.latency_rate, baseline_seconds=args.baseline_seconds,
         backlog=args.backlog, partitions=args.partitions, json_path=args.json, workdir=args.workdir,
-        bootstrap=args.bootstrap_servers, rounds=args.rounds,
+        bootstrap=args.bootstrap_servers, rounds=args.rounds, signature=args.signature,
         consumer_args=tuple(shlex.split(args.consumer_args)),
     )  # fmt: skip
     result = run(options)

@@ -7,6 +7,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from consumer.devices import DEFAULT_CPU_WORKERS, usable_cores
@@ -176,6 +177,33 @@ def test_the_usual_approaches_and_the_compute_limit_run_on_models_with_named_and
     assert (rates["tf.function per message"] or 0) > 0 and (rates["process pool"] or 0) > 0
     if model == "keras_dict_inputs":
         assert (rates["model.predict per message"] or 0) > 0
+
+
+def test_a_savedmodel_is_benched_through_the_signature_given(tmp_path: Path) -> None:
+    """``--signature``: the bench loaded ``serving_default`` only, so a SavedModel without one could
+    not be benched at all (its error said to pass a ``--signature`` the bench did not have)."""
+    path = models.two_signatures(tmp_path / "sm")  # "double" and "triple", no serving_default
+    workload = workloads.build(str(path), tmp_path, serving_signature="triple")
+    x = np.arange(8, dtype="float32").reshape(2, 4)
+    glue = baselines.glue_call(workload.model_path, "tf.function", workload.serving_signature)
+    assert glue is not None and np.array_equal(glue({"x": x})["y"].numpy(), x * 3)
+    examples_per_second, _ = baselines.compute_limit(workload, workload.inputs(64), min_seconds=0.2)
+    assert examples_per_second > 0
+    command = system.command("127.0.0.1:1", "in", "out", workload, ())
+    assert command[command.index("--signature") + 1] == "triple"
+
+
+def test_a_model_that_fixes_its_batch_is_benched_at_that_batch_and_another_is_refused(
+    bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = models.fixed_batch_keras(tmp_path / "fixed.keras", 16)
+    assert workloads.build(str(path), tmp_path).batch_size == 16  # not the default 256, which it cannot run
+    argv = ["bench", "--bootstrap-servers", bootstrap, "--workload", str(path), "--batch-size", "32"]
+    assert main([*argv, "--workdir", str(tmp_path / "work")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: invalid setting --batch-size 32: model 'fixed' takes batches of exactly 16 (its inputs fix the "
+        "batch dimension); run with --batch-size 16, or leave it out"
+    )
 
 
 @pytest.mark.parametrize(

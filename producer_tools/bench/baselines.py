@@ -93,7 +93,8 @@ def compute_limit(workload: Workload, inputs: Inputs, min_seconds: float = 3.0) 
     from consumer.model import load_model
     from consumer.predictor import Predictor
 
-    predictor = Predictor(load_model(workload.model_path, version="bench"), [workload.batch_size])
+    model = load_model(workload.model_path, version="bench", signature=workload.serving_signature)
+    predictor = Predictor(model, [workload.batch_size])
     predictor.warm_up()
     size = workload.batch_size
     rows = len(next(iter(inputs.values())))
@@ -121,7 +122,7 @@ def predictor_inputs(workload: Workload, inputs: Inputs, size: int) -> dict[str,
 GlueCall = Callable[[dict[str, np.ndarray]], Any]
 
 
-def glue_call(path: Path, how: str) -> GlueCall | None:
+def glue_call(path: Path, how: str, signature: str = "serving_default") -> GlueCall | None:
     """The model as glue code calls it on a batch: ``model.predict``, or a ``tf.function``, given its
     inputs as it takes them (one array, a list or a dict). A SavedModel is called through its serving
     signature (a concrete function); Keras 3 gives it no ``model.predict``, so that approach does not
@@ -129,13 +130,13 @@ def glue_call(path: Path, how: str) -> GlueCall | None:
     import keras
     import tensorflow as tf
 
-    from consumer.model import DEFAULT_SIGNATURE, keras_arranger
+    from consumer.model import keras_arranger
 
     if path.is_dir():
         if how == "predict":
             return None
         loaded = tf.saved_model.load(str(path))
-        serve = loaded.signatures[DEFAULT_SIGNATURE]
+        serve = loaded.signatures[signature]
 
         def call_signature(x: dict[str, np.ndarray]) -> Any:
             assert loaded is not None  # referenced here so the variables the signature reads stay alive
@@ -168,7 +169,7 @@ def per_message_loop(
 ) -> float | None:
     """A consumer loop that predicts each message alone: ``model.predict`` or a ``tf.function``
     (None: not an approach for this model)."""
-    call = glue_call(workload.model_path, how)
+    call = glue_call(workload.model_path, how, workload.serving_signature)
     if call is None:
         return None
     consumer, producer = _consumer(bootstrap, topic), _producer(bootstrap)
@@ -206,12 +207,12 @@ def _one_example(tensor: Any, spec: TensorSpec) -> np.ndarray:
 _POOL_MODEL: Any = None
 
 
-def _pool_init(path: str, scratch: str) -> None:
+def _pool_init(path: str, signature: str, scratch: str) -> None:
     global _POOL_MODEL
     when_parent_dies(lambda: os._exit(1))  # a killed bench leaves no worker waiting for work
     tempfile.tempdir = scratch  # TensorFlow's generated code: a pool process never runs atexit to remove it
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _POOL_MODEL = glue_call(Path(path), "predict") or glue_call(Path(path), "tf.function")
+    _POOL_MODEL = glue_call(Path(path), "predict") or glue_call(Path(path), "tf.function", signature)
 
 
 def _pool_predict(chunk: dict[str, np.ndarray]) -> int:
@@ -227,13 +228,15 @@ def process_pool(workload: Workload, inputs: Inputs, workers: int | None = None)
     parts = max(1, math.ceil(len(next(iter(data.values()))) / workload.batch_size))
     split = {name: np.array_split(values, parts) for name, values in data.items()}
     chunks = [{name: pieces[i] for name, pieces in split.items()} for i in range(parts)]
-    with (
-        tempfile.TemporaryDirectory(prefix="tfstream-pool-") as scratch,
-        ProcessPoolExecutor(
-            workers, get_context("spawn"), initializer=_pool_init, initargs=(str(workload.model_path), scratch)
-        ) as pool,
-    ):
-        list(pool.map(_pool_predict, [chunks[0]] * workers))  # warm every worker
-        started = time.perf_counter()
-        done = sum(pool.map(_pool_predict, chunks))
-        return done / (time.perf_counter() - started)
+    with tempfile.TemporaryDirectory(prefix="tfstream-pool-") as scratch:
+        initargs = (str(workload.model_path), workload.serving_signature, scratch)
+        with ProcessPoolExecutor(workers, get_context("spawn"), initializer=_pool_init, initargs=initargs) as pool:
+            return _timed_map(pool, chunks, workers)
+
+
+def _timed_map(pool: ProcessPoolExecutor, chunks: list[dict[str, np.ndarray]], workers: int) -> float:
+    """Examples a second over ``chunks``, once every worker has predicted one chunk (warm)."""
+    list(pool.map(_pool_predict, [chunks[0]] * workers))  # warm every worker
+    started = time.perf_counter()
+    done = sum(pool.map(_pool_predict, chunks))
+    return done / (time.perf_counter() - started)

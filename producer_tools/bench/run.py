@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from consumer.errors import ConfigError
 from consumer.timing import STAGES
 from producer_tools.bench import baselines, report, system, workloads
 from producer_tools.embedded_broker import bootstrap_or_embedded
@@ -37,6 +38,8 @@ class BenchOptions:
     consumer_args: tuple[str, ...] = ()  # more flags for python -m consumer run, e.g. --workers 2
     #: how many times the I/O limit, the system and the latency are measured (interleaved); the median counts
     rounds: int = 1
+    #: the SavedModel signature to serve (the consumer's ``--signature``)
+    signature: str = "serving_default"
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -54,9 +57,19 @@ def run(options: BenchOptions) -> dict[str, Any]:
         return {"started_at": started_at, **_measure(options, bootstrap)}
 
 
+def _check_batch_size(workload: workloads.Workload, asked: int | None) -> None:
+    fixed = workload.fixed_batch
+    if asked is not None and fixed is not None and asked != fixed:
+        raise ConfigError(
+            f"invalid setting --batch-size {asked}: model {workload.name!r} takes batches of exactly {fixed} "
+            f"(its inputs fix the batch dimension); run with --batch-size {fixed}, or leave it out"
+        )
+
+
 def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
     step(1, f"building the {options.workload} workload and publishing its inputs")
-    workload = workloads.build(options.workload, options.workdir)
+    workload = workloads.build(options.workload, options.workdir, options.signature)
+    _check_batch_size(workload, options.batch_size)
     workload = replace(
         workload, batch_size=options.batch_size or workload.batch_size, messages=options.messages or workload.messages
     )
@@ -94,6 +107,7 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
             "latency_rate": options.latency_rate,  # None: half the system's throughput
             "backlog": options.backlog or workload.messages,
             "rounds": options.rounds,
+            "signature": options.signature,
             "broker": "embedded" if options.bootstrap is None else bootstrap,
         },
         "environment": report.environment(),

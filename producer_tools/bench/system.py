@@ -68,7 +68,7 @@ def command(bootstrap: str, source: str, out: str, workload: Workload, flags: Fl
     group = f"bench-{uuid.uuid4().hex[:8]}"
     return consumer_command(
         bootstrap, workload.model_path, source, out, group, "--max-batch-size", str(workload.batch_size),
-        "--log-format", "json", *flags, *extra,
+        "--signature", workload.serving_signature, "--log-format", "json", *flags, *extra,
     )  # fmt: skip
 
 

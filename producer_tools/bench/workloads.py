@@ -26,6 +26,10 @@ class Workload:
     wire_dtypes: dict[str, str]  # what producers send; the consumer casts to the model's dtype
     batch_size: int
     messages: int
+    #: the SavedModel signature served (``--signature``)
+    serving_signature: str = "serving_default"
+    #: the batch size the model's inputs fix, if any
+    fixed_batch: int | None = None
 
     def inputs(self, count: int, seed: int = 0) -> Inputs:
         """``count`` examples per input, in the dtype producers send."""
@@ -52,7 +56,8 @@ def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.
     return rng.integers(0, 10, shape).astype(dtype)
 
 
-def build(name_or_path: str, workdir: Path) -> Workload:
+def build(name_or_path: str, workdir: Path, serving_signature: str = "serving_default") -> Workload:
+    """The workload by name, or a model file's; a model that fixes its batch size is benched at that size."""
     from consumer.model import load_model
 
     if name_or_path == "mlp":
@@ -64,9 +69,10 @@ def build(name_or_path: str, workdir: Path) -> Workload:
         path, batch, messages, wire = _mobilenet(workdir / "bench_mobilenet.keras"), 32, 2_000, "uint8"
     else:
         path, batch, messages, wire = Path(name_or_path), 256, 20_000, ""
-    signature = load_model(path, version="bench").signature
-    dtypes = {spec.name: wire or spec.dtype for spec in signature.inputs}
-    return Workload(path.stem, path, signature, dtypes, batch, messages)
+    model = load_model(path, version="bench", signature=serving_signature)
+    dtypes = {spec.name: wire or spec.dtype for spec in model.signature.inputs}
+    batch = model.fixed_batch or batch
+    return Workload(path.stem, path, model.signature, dtypes, batch, messages, serving_signature, model.fixed_batch)
 
 
 def _mlp(path: Path) -> Path:
