@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from consumer.errors import ConfigError
+from consumer.signature import DEFAULT_SIGNATURE
 
 ENV_PREFIX = "TFSTREAM_"
 KafkaValue = str | int | float | bool
@@ -71,7 +72,7 @@ class Settings(BaseModel):
     stop_at_end: bool = False
     model_name: str | None = None
     model_version: str | None = None
-    signature: str = Field("serving_default", min_length=1)
+    signature: str = Field(DEFAULT_SIGNATURE, min_length=1)
     model_poll_seconds: float | None = Field(None, gt=0, le=86_400)
     workers_per_device: int = Field(1, ge=1, le=64)
     gpu_memory: str = Field("grow", pattern=r"^(grow|[1-9][0-9]*)$")

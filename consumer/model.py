@@ -18,12 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from consumer.errors import ModelError
-from consumer.signature import STRING, Signature, TensorSpec
+from consumer.signature import DEFAULT_SIGNATURE, STRING, Signature, TensorSpec
 from consumer.versions import KERAS_SUFFIXES, is_saved_model
 
 TensorDict = dict[str, tf.Tensor]
 #: The SavedModel signature served unless ``--signature`` names another (TF Serving's default too).
-DEFAULT_SIGNATURE = "serving_default"
 
 
 @dataclass

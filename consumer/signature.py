@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 STRING = "string"
+#: the SavedModel signature served unless ``--signature`` names another
+DEFAULT_SIGNATURE = "serving_default"
 
 
 @dataclass(frozen=True)

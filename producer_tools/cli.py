@@ -24,6 +24,7 @@ from confluent_kafka import KafkaException
 from consumer.config import topic_name_problem
 from consumer.errors import BrokerError, ConfigError, TfStreamError
 from consumer.kafka_io import FETCH_WAIT_MS
+from consumer.signature import DEFAULT_SIGNATURE
 from producer_tools import commands
 from producer_tools.clients import add_client_flags
 from producer_tools.paths import check_output_file, check_workdir
@@ -174,7 +175,7 @@ def _bench(sub: argparse._SubParsersAction) -> None:
         help="measure the I/O limit, the system and the latency N times, interleaved; report the median (default 1)",
     )  # fmt: skip
     p.add_argument(
-        "--signature", default="serving_default", metavar="NAME",
+        "--signature", default=DEFAULT_SIGNATURE, metavar="NAME",
         help="the SavedModel signature to serve, for a model path (default serving_default)",
     )  # fmt: skip
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")

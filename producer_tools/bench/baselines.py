@@ -21,7 +21,7 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from consumer.child import when_parent_dies
-from consumer.signature import STRING, TensorSpec
+from consumer.signature import DEFAULT_SIGNATURE, STRING, TensorSpec
 from producer_tools.bench.workloads import Inputs, Workload
 from producer_tools.clients import kafka_consumer, kafka_producer
 from producer_tools.publish import produce
@@ -122,7 +122,7 @@ def predictor_inputs(workload: Workload, inputs: Inputs, size: int) -> dict[str,
 GlueCall = Callable[[dict[str, np.ndarray]], Any]
 
 
-def glue_call(path: Path, how: str, signature: str = "serving_default") -> GlueCall | None:
+def glue_call(path: Path, how: str, signature: str = DEFAULT_SIGNATURE) -> GlueCall | None:
     """The model as glue code calls it on a batch: ``model.predict``, or a ``tf.function``, given its
     inputs as it takes them (one array, a list or a dict). A SavedModel is called through its serving
     signature (a concrete function); Keras 3 gives it no ``model.predict``, so that approach does not

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from consumer.errors import ConfigError
+from consumer.signature import DEFAULT_SIGNATURE
 from consumer.timing import STAGES
 from producer_tools.bench import baselines, report, system, workloads
 from producer_tools.embedded_broker import bootstrap_or_embedded
@@ -39,7 +40,7 @@ class BenchOptions:
     #: how many times the I/O limit, the system and the latency are measured (interleaved); the median counts
     rounds: int = 1
     #: the SavedModel signature to serve (the consumer's ``--signature``)
-    signature: str = "serving_default"
+    signature: str = DEFAULT_SIGNATURE
 
     @property
     def flags(self) -> tuple[str, ...]:

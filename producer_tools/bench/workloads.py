@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from consumer.signature import STRING, Signature
+from consumer.signature import DEFAULT_SIGNATURE, STRING, Signature
 
 Inputs = dict[str, np.ndarray]
 
@@ -27,7 +27,7 @@ class Workload:
     batch_size: int
     messages: int
     #: the SavedModel signature served (``--signature``)
-    serving_signature: str = "serving_default"
+    serving_signature: str = DEFAULT_SIGNATURE
     #: the batch size the model's inputs fix, if any
     fixed_batch: int | None = None
 
@@ -56,7 +56,7 @@ def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.
     return rng.integers(0, 10, shape).astype(dtype)
 
 
-def build(name_or_path: str, workdir: Path, serving_signature: str = "serving_default") -> Workload:
+def build(name_or_path: str, workdir: Path, serving_signature: str = DEFAULT_SIGNATURE) -> Workload:
     """The workload by name, or a model file's; a model that fixes its batch size is benched at that size."""
     from consumer.model import load_model
 
