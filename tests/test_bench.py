@@ -189,6 +189,7 @@ def test_a_savedmodel_is_benched_through_the_signature_given(tmp_path: Path) -> 
     assert glue is not None and np.array_equal(glue({"x": x})["y"].numpy(), x * 3)
     examples_per_second, _ = baselines.compute_limit(workload, workload.inputs(64), min_seconds=0.2)
     assert examples_per_second > 0
+    assert baselines.process_pool(workload, workload.inputs(64), workers=1) > 0  # its process loads "triple"
     command = system.command("127.0.0.1:1", "in", "out", workload, ())
     assert command[command.index("--signature") + 1] == "triple"
 

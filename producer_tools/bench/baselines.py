@@ -207,7 +207,7 @@ def _one_example(tensor: Any, spec: TensorSpec) -> np.ndarray:
 _POOL_MODEL: Any = None
 
 
-def _pool_init(path: str, signature: str, scratch: str) -> None:
+def _pool_init(path: str, scratch: str, signature: str = DEFAULT_SIGNATURE) -> None:
     global _POOL_MODEL
     when_parent_dies(lambda: os._exit(1))  # a killed bench leaves no worker waiting for work
     tempfile.tempdir = scratch  # TensorFlow's generated code: a pool process never runs atexit to remove it
@@ -229,7 +229,7 @@ def process_pool(workload: Workload, inputs: Inputs, workers: int | None = None)
     split = {name: np.array_split(values, parts) for name, values in data.items()}
     chunks = [{name: pieces[i] for name, pieces in split.items()} for i in range(parts)]
     with tempfile.TemporaryDirectory(prefix="tfstream-pool-") as scratch:
-        initargs = (str(workload.model_path), workload.serving_signature, scratch)
+        initargs = (str(workload.model_path), scratch, workload.serving_signature)
         with ProcessPoolExecutor(workers, get_context("spawn"), initializer=_pool_init, initargs=initargs) as pool:
             return _timed_map(pool, chunks, workers)
 
