@@ -181,10 +181,33 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     p.add_argument("--workdir", type=Path, default=Path("bench-output"), help="models and the broker log")
     p.add_argument(
-        "--consumer-args", default="", metavar="'FLAGS'",
+        "--consumer-args", type=_consumer_flags, default=(), metavar="'FLAGS'",
         help="more flags for python -m consumer run, e.g. '--workers 2 --delivery exactly-once'",
     )  # fmt: skip
     p.set_defaults(run=run_bench)
+
+
+#: consumer flags the bench sets itself, with the bench flag that sets each (None: set per phase)
+BENCH_SETS = {
+    "--bootstrap-servers": "--bootstrap-servers", "--model": "--workload", "--signature": "--signature",
+    "--max-batch-size": "--batch-size", "--max-wait-ms": "--max-wait-ms", "--input-topic": None,
+    "--output-topic": None, "--group": None, "--log-format": None, "--from-beginning": None, "--stop-at-end": None,
+}  # fmt: skip
+
+
+def _consumer_flags(text: str) -> tuple[str, ...]:
+    """``--consumer-args``: split as a shell would; none of the flags the bench sets itself."""
+    try:
+        flags = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"cannot split {text!r} into flags ({exc})") from None
+    for flag in flags:
+        name = flag.split("=", 1)[0]
+        if name in BENCH_SETS:
+            owner = BENCH_SETS[name]
+            instead = f"use bench {owner}" if owner else "it differs per phase"
+            raise argparse.ArgumentTypeError(f"{name} is set by the bench itself ({instead})")
+    return flags
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -199,7 +222,7 @@ def run_bench(args: argparse.Namespace) -> int:
         latency_seconds=args.latency_seconds, latency_rate=args.latency_rate, baseline_seconds=args.baseline_seconds,
         backlog=args.backlog, partitions=args.partitions, json_path=args.json, workdir=args.workdir,
         bootstrap=args.bootstrap_servers, rounds=args.rounds, signature=args.signature,
-        consumer_args=tuple(shlex.split(args.consumer_args)),
+        consumer_args=args.consumer_args,
     )  # fmt: skip
     result = run(options)
     report.print_table(result)

@@ -179,6 +179,29 @@ def test_the_usual_approaches_and_the_compute_limit_run_on_models_with_named_and
         assert (rates["model.predict per message"] or 0) > 0
 
 
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        ("'--workers 2", 'cannot split "\'--workers 2" into flags (No closing quotation)'),
+        ("--workers 2 --max-batch-size 64", "--max-batch-size is set by the bench itself (use bench --batch-size)"),
+        ("--signature=triple", "--signature is set by the bench itself (use bench --signature)"),
+        ("--stop-at-end", "--stop-at-end is set by the bench itself (it differs per phase)"),
+    ],
+)
+def test_consumer_args_the_bench_cannot_pass_are_refused_before_it_starts(
+    flags: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A flag the bench sets itself would silently override it for the system alone (its batch size,
+    say, while the compute limit ran at another); an unclosed quote crashed with a traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", f"--consumer-args={flags}", "--workdir", str(tmp_path / "work")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"python -m producer_tools bench: error: argument --consumer-args: {says}"
+    )
+    assert not (tmp_path / "work").exists()
+
+
 def test_a_savedmodel_is_benched_through_the_signature_given(tmp_path: Path) -> None:
     """``--signature``: the bench loaded ``serving_default`` only, so a SavedModel without one could
     not be benched at all (its error said to pass a ``--signature`` the bench did not have)."""
