@@ -50,6 +50,10 @@ def _topic_name(name: str) -> str:
 TopicName = Annotated[str, AfterValidator(_topic_name)]
 
 
+#: the largest ``max_batch_size`` and ``max_wait_ms`` a run takes (the bench checks its own against them)
+MAX_BATCH_SIZE, MAX_WAIT_MS = 65_536, 60_000.0
+
+
 class Settings(BaseModel):
     """Everything a run needs; see the README's configuration reference for each field."""
 
@@ -63,8 +67,8 @@ class Settings(BaseModel):
     dlq_topic: TopicName | None = None
     workers: int | None = Field(None, ge=1, le=256)
     devices: str = "auto"
-    max_batch_size: int = Field(256, ge=1, le=65536)
-    max_wait_ms: float = Field(10.0, ge=0, le=60_000)
+    max_batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE)
+    max_wait_ms: float = Field(10.0, ge=0, le=MAX_WAIT_MS)
     allowed_batch_sizes: list[int] | None = None
     from_beginning: bool = False
     from_timestamp: datetime | None = None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 
-from consumer.config import topic_name_problem
+from consumer.config import MAX_BATCH_SIZE, MAX_WAIT_MS, topic_name_problem
 from consumer.errors import BrokerError, ConfigError, TfStreamError
 from consumer.kafka_io import FETCH_WAIT_MS
 from consumer.signature import DEFAULT_SIGNATURE
@@ -158,9 +158,16 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--messages", type=_positive(int), metavar="N", help="preloaded messages (mlp 400000, mobilenet 2000)"
     )
-    p.add_argument("--batch-size", type=_positive(int), metavar="N", help="max batch size (mlp 1024, mobilenet 32)")
     p.add_argument(
-        "--max-wait-ms", type=_not_negative(float), default=10.0, metavar="MS", help="the consumer's --max-wait-ms"
+        "--batch-size", type=_at_most(_positive(int), MAX_BATCH_SIZE), metavar="N",
+        help="max batch size (mlp 1024, mobilenet 32)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-wait-ms",
+        type=_at_most(_not_negative(float), MAX_WAIT_MS),
+        default=10.0,
+        metavar="MS",
+        help="the consumer's --max-wait-ms",
     )
     p.add_argument("--latency-seconds", type=_positive(float), default=10.0, metavar="S", help="steady-rate phase")
     p.add_argument(
@@ -306,6 +313,19 @@ def run_fetch_latency(args: argparse.Namespace) -> int:
         f"max {ages['max']} ({ages['count']:,} records); fetch round trip {held}"
     )
     return 0
+
+
+def _at_most(parse: Callable[[str], float | int], high: float) -> Callable[[str], float | int]:
+    """``parse``, and no more than ``high`` (what ``python -m consumer run`` takes)."""
+
+    def parse_at_most(text: str) -> float | int:
+        value = parse(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:g} (the consumer's limit), got {text}")
+        return value
+
+    parse_at_most.__name__ = getattr(parse, "__name__", "value")
+    return parse_at_most
 
 
 def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:

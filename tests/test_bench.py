@@ -202,6 +202,22 @@ def test_consumer_args_the_bench_cannot_pass_are_refused_before_it_starts(
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.parametrize(("flag", "value"), [("--batch-size", "70000"), ("--max-wait-ms", "99999")])
+def test_a_batch_setting_the_consumer_would_refuse_is_refused_before_the_bench_starts(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bench took any positive value, which the consumer under test refuses past its limits:
+    the bench says so at once, in the consumer's terms."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", flag, value, "--workdir", str(tmp_path / "work")])
+    limit = {"--batch-size": 65536, "--max-wait-ms": 60000}[flag]
+    assert exit_info.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"python -m producer_tools bench: error: argument {flag}: must be at most {limit} (the consumer's limit), "
+        f"got {value}"
+    )
+    assert not (tmp_path / "work").exists()
+
+
 def test_a_savedmodel_is_benched_through_the_signature_given(tmp_path: Path) -> None:
     """``--signature``: the bench loaded ``serving_default`` only, so a SavedModel without one could
     not be benched at all (its error said to pass a ``--signature`` the bench did not have)."""
