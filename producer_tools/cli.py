@@ -27,6 +27,7 @@ from consumer.kafka_io import FETCH_WAIT_MS
 from consumer.signature import DEFAULT_SIGNATURE
 from producer_tools import commands
 from producer_tools.clients import add_client_flags
+from producer_tools.consumer_run import consumer_flags_problem
 from producer_tools.paths import check_output_file, check_workdir
 
 Command = Callable[[argparse.Namespace], int]
@@ -214,6 +215,9 @@ def _consumer_flags(text: str) -> tuple[str, ...]:
             owner = BENCH_SETS[name]
             instead = f"use bench {owner}" if owner else "it differs per phase"
             raise argparse.ArgumentTypeError(f"{name} is set by the bench itself ({instead})")
+    problem = consumer_flags_problem(flags)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"python -m consumer run would refuse them: {problem}")
     return flags
 
 

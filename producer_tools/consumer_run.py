@@ -3,6 +3,8 @@ handle the demo, the bench and the tests use."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -10,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,29 @@ def consumer_command(bootstrap: str, model: Path, inp: str, out: str, group: str
         sys.executable, "-m", "consumer", "run", "--bootstrap-servers", bootstrap,
         "--input-topic", inp, "--output-topic", out, "--group", group, "--model", str(model), *extra,
     ]  # fmt: skip
+
+
+def consumer_flags_problem(flags: Sequence[str]) -> str | None:
+    """What ``python -m consumer run`` would refuse in ``flags`` given with a run's own (the topics,
+    the group, the model), in its own words; None if nothing. Checked as the consumer checks them
+    (its parser, then its settings with this environment), without starting it."""
+    from consumer import cli, kafka_io
+    from consumer.devices import plan_workers
+
+    argv = ["run", "--bootstrap-servers", "127.0.0.1:9092", "--input-topic", "in", "--output-topic", "out"]
+    argv += ["--group", "g", "--model", "model.keras", *flags]
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            args = cli.build_parser().parse_args(argv)
+        settings = cli.settings_from_args(args)
+        plan_workers(settings.devices, settings.workers, per_device=settings.workers_per_device)
+        kafka_io.check_client_settings(settings)
+    except SystemExit:  # the parser's: its message is its last line
+        return said.getvalue().strip().splitlines()[-1].split(" error: ", 1)[-1]
+    except TfStreamError as exc:
+        return str(exc)
+    return None
 
 
 def consumer_env(**extra: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ from consumer.devices import DEFAULT_CPU_WORKERS, usable_cores
 from producer_tools.bench import baselines, report, run, system, workloads
 from producer_tools.bench.system import PRIMERS
 from producer_tools.cli import main
+from producer_tools.consumer_run import consumer_flags_problem
 from tests import models
 
 pytestmark = pytest.mark.integration
@@ -186,6 +187,12 @@ def test_the_usual_approaches_and_the_compute_limit_run_on_models_with_named_and
         ("--workers 2 --max-batch-size 64", "--max-batch-size is set by the bench itself (use bench --batch-size)"),
         ("--signature=triple", "--signature is set by the bench itself (use bench --signature)"),
         ("--stop-at-end", "--stop-at-end is set by the bench itself (it differs per phase)"),
+        ("--workers 2 --bogus 3", "python -m consumer run would refuse them: unrecognized arguments: --bogus 3"),
+        (
+            "--workers 0",
+            "python -m consumer run would refuse them: invalid setting workers=0 (from command line): "
+            "Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_consumer_args_the_bench_cannot_pass_are_refused_before_it_starts(
@@ -200,6 +207,11 @@ def test_consumer_args_the_bench_cannot_pass_are_refused_before_it_starts(
         f"python -m producer_tools bench: error: argument --consumer-args: {says}"
     )
     assert not (tmp_path / "work").exists()
+
+
+def test_consumer_args_the_consumer_takes_pass_the_check() -> None:
+    """The check runs the consumer's own parser and settings; what they take, it lets through."""
+    assert consumer_flags_problem(["--workers", "2", "--delivery", "exactly-once", "--log-level", "debug"]) is None
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--batch-size", "70000"), ("--max-wait-ms", "99999")])
