@@ -15,7 +15,7 @@ from typing import Any
 
 from consumer import __version__, kafka_io, logs
 from consumer.config import ENV_PREFIX, Settings, load_settings
-from consumer.devices import oversubscribed, plan_workers, usable_cores
+from consumer.devices import WorkerSlot, oversubscribed, plan_workers, usable_cores
 from consumer.errors import ConfigError
 from consumer.supervisor import EXIT_USAGE, Supervisor
 from consumer.versions import check_polling
@@ -149,13 +149,20 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(values, args.config)
 
 
+def checked_run(args: argparse.Namespace) -> tuple[Settings, list[WorkerSlot]]:
+    """A run's settings and worker slots from its parsed flags, or ``ConfigError`` in one line for
+    what it would refuse before starting (the bench checks its ``--consumer-args`` with it too)."""
+    settings = settings_from_args(args)
+    check_polling(settings.model, settings.model_poll_seconds)
+    slots = plan_workers(settings.devices, settings.workers, per_device=settings.workers_per_device)
+    kafka_io.check_client_settings(settings)
+    return settings, slots
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = settings_from_args(args)
-        check_polling(settings.model, settings.model_poll_seconds)
-        slots = plan_workers(settings.devices, settings.workers, per_device=settings.workers_per_device)
-        kafka_io.check_client_settings(settings)
+        settings, slots = checked_run(args)
     except ConfigError as exc:
         logs.line(f"error: {exc}")
         return EXIT_USAGE

@@ -22,7 +22,6 @@ from consumer.signature import DEFAULT_SIGNATURE, STRING, Signature, TensorSpec
 from consumer.versions import KERAS_SUFFIXES, is_saved_model
 
 TensorDict = dict[str, tf.Tensor]
-#: The SavedModel signature served unless ``--signature`` names another (TF Serving's default too).
 
 
 @dataclass

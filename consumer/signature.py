@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 STRING = "string"
-#: the SavedModel signature served unless ``--signature`` names another
+#: The SavedModel signature served unless ``--signature`` names another (TF Serving's default too).
 DEFAULT_SIGNATURE = "serving_default"
 
 

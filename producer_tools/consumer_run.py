@@ -42,9 +42,8 @@ def consumer_command(bootstrap: str, model: Path, inp: str, out: str, group: str
 def consumer_flags_problem(flags: Sequence[str]) -> str | None:
     """What ``python -m consumer run`` would refuse in ``flags`` given with a run's own (the topics,
     the group, the model), in its own words; None if nothing. Checked as the consumer checks them
-    (its parser, then its settings with this environment), without starting it."""
-    from consumer import cli, kafka_io
-    from consumer.devices import plan_workers
+    (its parser, then ``checked_run`` with this environment), without starting it."""
+    from consumer import cli
 
     argv = ["run", "--bootstrap-servers", "127.0.0.1:9092", "--input-topic", "in", "--output-topic", "out"]
     argv += ["--group", "g", "--model", "model.keras", *flags]
@@ -52,9 +51,7 @@ def consumer_flags_problem(flags: Sequence[str]) -> str | None:
     try:
         with contextlib.redirect_stderr(said):
             args = cli.build_parser().parse_args(argv)
-        settings = cli.settings_from_args(args)
-        plan_workers(settings.devices, settings.workers, per_device=settings.workers_per_device)
-        kafka_io.check_client_settings(settings)
+        cli.checked_run(args)
     except SystemExit:  # the parser's: its message is its last line
         return said.getvalue().strip().splitlines()[-1].split(" error: ", 1)[-1]
     except TfStreamError as exc:
