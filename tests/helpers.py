@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 import numpy as np
@@ -24,6 +24,9 @@ from producer_tools.consumer_run import ConsumerProcess, consumer_env
 from producer_tools.consumer_run import consumer_command as run_command
 from producer_tools.reader import read_topic
 from tests.conftest import FAST_GROUP
+
+if TYPE_CHECKING:
+    from consumer.worker import Worker
 
 Record = tuple[bytes | None, bytes | None]
 #: The ``topics`` fixture: ``topics("in", "out", partitions=3)`` makes fresh topics, returns their names.
@@ -91,10 +94,10 @@ def run_worker(s: Settings) -> dict[str, Any]:
 class Background:
     """A worker running in a thread, for tests that stop it from outside."""
 
-    def __init__(self, s: Settings) -> None:
+    def __init__(self, s: Settings, worker_class: type[Worker] | None = None) -> None:
         from consumer.worker import Worker
 
-        self.worker = Worker(s)
+        self.worker = (worker_class or Worker)(s)
         self.result: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
