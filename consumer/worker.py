@@ -753,8 +753,8 @@ def whole_ms(seconds: float) -> float:
     """``seconds`` rounded up to a whole millisecond: librdkafka waits in milliseconds and
     confluent-kafka truncates, so ``consume`` given less than 1 ms returns at once. The last
     millisecond of every batch's wait was a busy loop of empty reads (about 40 a batch at 10,000
-    msg/s, 150 on a trickle: most of the fetch loop's CPU, holding the interpreter lock the predict
-    thread needs); a batch now closes at most 1 ms past its ``max_wait_ms`` instead."""
+    msg/s, 150 on a trickle: about two-fifths of the fetch loop's CPU, holding the interpreter lock
+    the predict thread needs); a batch now closes at most 1 ms past its ``max_wait_ms`` instead."""
     return math.ceil(seconds * 1000) / 1000
 
 
