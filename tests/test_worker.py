@@ -525,35 +525,41 @@ def test_a_worker_behind_its_backlog_reads_ahead_only_a_few_batches(
 def test_the_fetch_loop_waits_out_a_partial_batch_without_spinning(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path
 ) -> None:
-    """A trickle: each input is a batch of its own, closed by ``max_wait_ms``. The fetch loop waits
-    for the batch's deadline in ``consume``. Given the last fraction of a millisecond, ``consume``
-    returned at once (confluent-kafka truncates to whole ms), and the loop spun through dozens of
-    empty reads per batch, holding the interpreter lock the predict thread needs."""
+    """A trickle once the worker runs: each input is a batch of its own, closed by ``max_wait_ms``.
+    The fetch loop waits for the batch's deadline in ``consume``. Given the last fraction of a
+    millisecond, ``consume`` returned at once (confluent-kafka truncates to whole ms), and the loop
+    spun through dozens of empty reads per batch, holding the interpreter lock the predict thread
+    needs."""
     from consumer.worker import Worker
 
-    empty_reads_with_a_batch_open: list[int] = []
+    seen = Counter[str]()
 
     class Watched(Worker):
         def _route(self, messages: list[Any]) -> None:
             if not messages and len(self.batcher):
-                empty_reads_with_a_batch_open.append(1)
+                seen["empty reads with a batch open"] += 1
             super()._route(messages)
+
+        def _close_batch(self) -> None:
+            seen["batches"] += 1
+            super()._close_batch()
 
     inp, out = topics("in", "out", partitions=1)
     run = Background(settings(bootstrap, mlp_path, inp, out, group, stop_at_end=False, max_wait_ms=10), Watched)
     try:
-        for i in range(20):
+        publish(bootstrap, inp, [(None, pack_input(np.ones(4, "float32"), id=0))])
+        outputs(bootstrap, out, 1, timeout=60)  # the worker holds the partition and serves
+        seen.clear()
+        for i in range(1, 21):
             publish(bootstrap, inp, [(None, pack_input(np.ones(4, "float32"), id=i))])
             time.sleep(0.05)
-        got = outputs(bootstrap, out, 20)
+        got = outputs(bootstrap, out, 21)
+        trickle = seen.copy()
     finally:
         run.stop()
-    assert run.error is None and run.result is not None and len(got) == 20
-    batches = run.result["batches"]
-    assert batches >= 10, f"the trickle came in {batches} batches"
-    assert len(empty_reads_with_a_batch_open) <= 5 * batches, (
-        f"{len(empty_reads_with_a_batch_open)} empty reads for {batches} batches"
-    )
+    assert run.error is None and len(got) == 21
+    assert trickle["batches"] >= 10, f"the trickle came in {trickle['batches']} batches"
+    assert trickle["empty reads with a batch open"] <= 5 * trickle["batches"], dict(trickle)
 
 
 def test_a_predict_thread_that_dies_with_batches_queued_ends_the_worker_with_its_error(
