@@ -97,11 +97,11 @@ def compute_limit(workload: Workload, inputs: Inputs, min_seconds: float = 3.0) 
     predictor = Predictor(model, [workload.batch_size])
     predictor.warm_up()
     size = workload.batch_size
-    rows = len(next(iter(inputs.values())))
+    typed = model_dtypes(workload, inputs)
+    rows = len(next(iter(typed.values())))
     batches = [
-        {s.name: np.asarray(inputs[s.name][i : i + size], dtype=s.numpy_dtype) for s in workload.signature.inputs}
-        for i in range(0, rows - size + 1, size)
-    ] or [predictor_inputs(workload, inputs, size)]
+        {name: values[i : i + size] for name, values in typed.items()} for i in range(0, rows - size + 1, size)
+    ] or [predictor_inputs(workload, typed, size)]
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < min_seconds or done < 3:
         predictor.run(batches[done % len(batches)], size)
@@ -110,12 +110,14 @@ def compute_limit(workload: Workload, inputs: Inputs, min_seconds: float = 3.0) 
     return done * size / seconds, seconds / done
 
 
-def predictor_inputs(workload: Workload, inputs: Inputs, size: int) -> dict[str, np.ndarray]:
-    """A full batch when fewer rows than one batch exist: the rows repeated."""
-    return {
-        s.name: np.resize(np.asarray(inputs[s.name], dtype=s.numpy_dtype), (size, *s.shape))
-        for s in workload.signature.inputs
-    }
+def model_dtypes(workload: Workload, inputs: Inputs) -> dict[str, np.ndarray]:
+    """The inputs as the model takes them (strings as bytes in object arrays)."""
+    return {s.name: np.asarray(inputs[s.name], dtype=s.numpy_dtype) for s in workload.signature.inputs}
+
+
+def predictor_inputs(workload: Workload, typed: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """A full batch when fewer rows than one batch exist: the rows (``model_dtypes``) repeated."""
+    return {s.name: np.resize(typed[s.name], (size, *s.shape)) for s in workload.signature.inputs}
 
 
 #: the model as glue code calls it on a batch, inputs by name
@@ -223,7 +225,7 @@ def process_pool(workload: Workload, inputs: Inputs, workers: int | None = None)
     """``ProcessPoolExecutor`` mapping ``model.predict`` over chunks (a SavedModel's signature:
     ``glue_call``), spawned, each process loading the model (with ``fork`` after TensorFlow it
     would hang). Timed after every worker is warm."""
-    data = {s.name: np.asarray(inputs[s.name], dtype=s.numpy_dtype) for s in workload.signature.inputs}
+    data = model_dtypes(workload, inputs)
     workers = workers or os.cpu_count() or 1
     parts = max(1, math.ceil(len(next(iter(data.values()))) / workload.batch_size))
     split = {name: np.array_split(values, parts) for name, values in data.items()}
