@@ -99,8 +99,13 @@ def _spec(name: str, dtype: Any, shape: Any) -> TensorSpec:
             f"model input {name!r} has an unknown dimension {list(dims)}; precompiled batch "
             "functions need fixed example shapes (export the model with fixed input shapes)"
         )
+    return TensorSpec(name, dtype_name(dtype), dims)
+
+
+def dtype_name(dtype: Any) -> str:
+    """A TensorFlow dtype as the signature names it: ``STRING``, or the NumPy name (``float32``)."""
     tf_dtype = tf.as_dtype(dtype)
-    return TensorSpec(name, STRING if tf_dtype == tf.string else np.dtype(tf_dtype.as_numpy_dtype).name, dims)
+    return STRING if tf_dtype == tf.string else np.dtype(tf_dtype.as_numpy_dtype).name
 
 
 def _fixed_batch(name: str, shapes: Mapping[str, Any]) -> int | None:

@@ -24,6 +24,7 @@ from confluent_kafka import Message
 
 from consumer.codec import Limits
 from consumer.errors import InputError, PreprocessError
+from consumer.model import dtype_name
 from consumer.offsets import Partition
 from consumer.predictor import Predictor
 from consumer.signature import STRING, Signature, TensorSpec
@@ -323,5 +324,4 @@ def raw_signature(signature: Signature, preprocess: Preprocess | None) -> Signat
 
 
 def _from_tf_spec(name: str, spec: tf.TensorSpec) -> TensorSpec:
-    dtype = STRING if spec.dtype == tf.string else np.dtype(spec.dtype.as_numpy_dtype).name
-    return TensorSpec(name, dtype, tuple(int(d) for d in spec.shape))
+    return TensorSpec(name, dtype_name(spec.dtype), tuple(int(d) for d in spec.shape))
