@@ -93,7 +93,7 @@ def compute_limit(workload: Workload, inputs: Inputs, min_seconds: float = 3.0) 
     from consumer.model import load_model
     from consumer.predictor import Predictor
 
-    model = load_model(workload.model_path, version="bench", signature=workload.serving_signature)
+    model = workload.model or load_model(workload.model_path, version="bench", signature=workload.serving_signature)
     predictor = Predictor(model, [workload.batch_size])
     predictor.warm_up()
     size = workload.batch_size

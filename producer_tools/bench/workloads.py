@@ -7,13 +7,16 @@ consumer casts them. (c) any model file, with inputs generated from its signatur
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from consumer.signature import DEFAULT_SIGNATURE, STRING, Signature
+
+if TYPE_CHECKING:
+    from consumer.model import LoadedModel
 
 Inputs = dict[str, np.ndarray]
 
@@ -30,6 +33,8 @@ class Workload:
     serving_signature: str = DEFAULT_SIGNATURE
     #: the batch size the model's inputs fix, if any
     fixed_batch: int | None = None
+    #: the model as loaded to read its signature, for the compute limit (loaded once)
+    model: LoadedModel | None = field(default=None, compare=False, repr=False)
 
     def inputs(self, count: int, seed: int = 0) -> Inputs:
         """``count`` examples per input, in the dtype producers send."""
@@ -72,7 +77,9 @@ def build(name_or_path: str, workdir: Path, serving_signature: str = DEFAULT_SIG
     model = load_model(path, version="bench", signature=serving_signature)
     dtypes = {spec.name: wire or spec.dtype for spec in model.signature.inputs}
     batch = model.fixed_batch or batch
-    return Workload(path.stem, path, model.signature, dtypes, batch, messages, serving_signature, model.fixed_batch)
+    return Workload(
+        path.stem, path, model.signature, dtypes, batch, messages, serving_signature, model.fixed_batch, model
+    )
 
 
 def _mlp(path: Path) -> Path:
