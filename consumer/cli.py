@@ -76,7 +76,7 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     _flag(
         batching,
         "--max-wait-ms",
-        "a batch goes when its oldest input waited this long (default 10)",
+        "a partial batch goes once its oldest input waited this long and the model is about to be free (default 10)",
         type=float,
         metavar="MS",
     )

@@ -20,6 +20,14 @@ from consumer.outputs import Emitter
 from consumer.pipeline import Batch, Inputs, Pipeline, pad_to
 from consumer.reload import Served, Watcher, release_unreachable
 
+#: The weight of the latest batch in ``Serving.batch_seconds``.
+BATCH_SECONDS_WEIGHT = 0.2
+
+
+def moving_average(average: float, latest: float, weight: float = BATCH_SECONDS_WEIGHT) -> float:
+    """An exponentially weighted average; the first figure (``average`` 0) is taken as it is."""
+    return latest if average == 0.0 else average + weight * (latest - average)
+
 
 class Serving:
     """Runs each batch through the served model and emits its outputs (the predict thread's target)."""
@@ -42,6 +50,8 @@ class Serving:
         self.warm_traces = self.predictor.trace_count
         self._traces_before = 0  # traces after warm-up of the models served before this one
         self.batch_started_at: float | None = None  # monotonic; set while a batch runs
+        #: how long a batch keeps this thread busy (predict, emit), a moving average; 0 until one ran
+        self.batch_seconds = 0.0
         self.failure: BaseException | None = None  # what ended the thread, for the fetch loop to raise
 
     @property
@@ -70,6 +80,7 @@ class Serving:
         self.predictor = self.pipeline.predictor = served.predictor
         self.warm_traces = served.predictor.trace_count
         self.model_info = served.info
+        self.batch_seconds = 0.0  # another model: its own time a batch
         self.emitter.set_model(self.model_info)
         self.dead_letters.model = self.model_info
         del served
@@ -80,11 +91,12 @@ class Serving:
 
     def _predict(self, batch: Batch, inputs: Inputs) -> None:
         self._swap_if_ready()
-        self.batch_started_at = time.monotonic()
+        self.batch_started_at = started = time.monotonic()
         try:
             self._predict_batch(batch, inputs)
         finally:
             self.batch_started_at = None
+        self.batch_seconds = moving_average(self.batch_seconds, time.monotonic() - started)
         if self.pipeline.in_flight() <= 1:  # no batch behind this one: its outputs need not linger
             self.outbox.send_now()
 

@@ -352,13 +352,22 @@ class Worker:
 
     def _feed_pipeline(self) -> None:
         """A full batch goes as soon as there is room. A partial one (its wait is up) goes only when
-        the device is about to be free: while two batches are in flight it keeps growing, so a busy
-        model gets fewer, fuller batches (less per-batch overhead and padding) instead of a queue
-        of small ones."""
+        the model is about to be free (``_model_busy``): meanwhile it keeps growing, so a busy model
+        gets fewer, fuller batches (less per-batch overhead and padding) instead of a queue of small
+        ones."""
         while self.batcher.ready() and self.pipeline.has_room():
-            if self.batcher.space() > 0 and self.pipeline.in_flight() >= BUSY_BATCHES:
+            if self.batcher.space() > 0 and self._model_busy():
                 return
             self._close_batch()
+
+    def _model_busy(self) -> bool:
+        """Busy for a partial batch: ``BUSY_BATCHES`` batches in flight (one predicting, the next
+        decoded), or the batches in flight will keep the model busy longer than ``max_wait_ms`` (a
+        slow model: its inputs would wait that long anyway, better in one batch than in several)."""
+        in_flight = self.pipeline.in_flight()
+        if in_flight >= BUSY_BATCHES:
+            return True
+        return in_flight > 0 and in_flight * self.serving.batch_seconds > self.batcher.max_wait
 
     def _close_batch(self) -> None:
         opened_at = self.batcher.opened_at

@@ -562,6 +562,52 @@ def test_the_fetch_loop_waits_out_a_partial_batch_without_spinning(
     assert trickle["empty reads with a batch open"] <= 5 * trickle["batches"], dict(trickle)
 
 
+def test_inputs_that_come_while_a_slow_model_computes_wait_for_it_in_one_batch(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+) -> None:
+    """A model slower than ``max_wait_ms``: inputs that come while it computes a batch join one
+    batch, which goes when the model is free (they would wait for it anyway). Before, the first of
+    them went alone once its ``max_wait_ms`` was up, to wait behind the batch computing, and the
+    rest made a third batch: a compute-bound model spent its time on more, smaller, padded batches,
+    and an input waited for up to three of them."""
+    from consumer.worker import Worker
+
+    sizes: list[int] = []
+
+    class Watched(Worker):
+        def _close_batch(self) -> None:
+            sizes.append(len(self.batcher))
+            super()._close_batch()
+
+    inp, out = topics("in", "out", partitions=1)
+    model = models.slow_saved_model(tmp_path / "slow", iterations=3000)  # about 0.5 s per batch here
+    run = Background(settings(bootstrap, model, inp, out, group, stop_at_end=False, max_wait_ms=10), Watched)
+    try:
+        publish(bootstrap, inp, [(None, pack_input(np.ones(4, "float32"), id=0))])
+        outputs(bootstrap, out, 1, timeout=60)  # one batch through: the model's batch time is known
+        publish(bootstrap, inp, [(None, pack_input(np.ones(4, "float32"), id=1))])
+        assert wait_until(lambda: run.worker.serving.batch_started_at is not None, 30, lambda: time.sleep(0.001))
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+        for i in range(2, 7):  # while the model computes input 1's batch, each in a fetch of its own
+            producer.produce(inp, pack_input(np.ones(4, "float32"), id=i))
+            producer.poll(0.02)
+        assert producer.flush(30) == 0
+        got = outputs(bootstrap, out, 7)
+        batch_seconds = run.worker.serving.batch_seconds
+    finally:
+        run.stop()
+    print(f"batches of {sizes}; the model took {batch_seconds:.3f} s a batch")
+    assert run.error is None and len(got) == 7
+    assert sizes == [1, 1, 5], f"batches of {sizes} (the model took {batch_seconds:.3f} s a batch)"
+
+
+def test_a_batch_time_average_starts_at_its_first_figure_and_then_moves_a_fifth_of_the_way() -> None:
+    from consumer.serving import moving_average
+
+    assert moving_average(0.0, 0.4) == 0.4
+    assert moving_average(0.4, 0.9) == pytest.approx(0.5)
+
+
 def test_a_predict_thread_that_dies_with_batches_queued_ends_the_worker_with_its_error(
     bootstrap: str, topics: Topics, group: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
