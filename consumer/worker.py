@@ -363,7 +363,8 @@ class Worker:
     def _model_busy(self) -> bool:
         """Busy for a partial batch: ``BUSY_BATCHES`` batches in flight (one predicting, the next
         decoded), or the batches in flight will keep the model busy longer than ``max_wait_ms`` (a
-        slow model: its inputs would wait that long anyway, better in one batch than in several)."""
+        slow model: the inputs that come while it computes go together when it is done, rather than
+        the first of them alone in a small batch that the rest wait behind)."""
         in_flight = self.pipeline.in_flight()
         if in_flight >= BUSY_BATCHES:
             return True

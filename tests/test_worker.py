@@ -566,10 +566,10 @@ def test_inputs_that_come_while_a_slow_model_computes_wait_for_it_in_one_batch(
     bootstrap: str, topics: Topics, group: str, tmp_path: Path
 ) -> None:
     """A model slower than ``max_wait_ms``: inputs that come while it computes a batch join one
-    batch, which goes when the model is free (they would wait for it anyway). Before, the first of
-    them went alone once its ``max_wait_ms`` was up, to wait behind the batch computing, and the
-    rest made a third batch: a compute-bound model spent its time on more, smaller, padded batches,
-    and an input waited for up to three of them."""
+    batch, which goes when the model is free. Before, the first of them went alone once its
+    ``max_wait_ms`` was up, as a small batch queued behind the one computing, and the rest made a
+    third batch behind it: with a model whose batch costs the same whatever its rows (this one, and
+    a GPU below saturation, much as it), a whole batch time more for them."""
     from consumer.worker import Worker
 
     sizes: list[int] = []
