@@ -90,11 +90,9 @@ def compute_limit(workload: Workload, inputs: Inputs, min_seconds: float = 3.0) 
     """The bare precompiled predict function at the batch size, inputs in memory.
 
     Returns (examples/s, seconds of one full batch)."""
-    from consumer.model import load_model
     from consumer.predictor import Predictor
 
-    model = workload.model or load_model(workload.model_path, version="bench", signature=workload.serving_signature)
-    predictor = Predictor(model, [workload.batch_size])
+    predictor = Predictor(workload.model, [workload.batch_size])
     predictor.warm_up()
     size = workload.batch_size
     typed = model_dtypes(workload, inputs)

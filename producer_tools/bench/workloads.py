@@ -25,16 +25,22 @@ Inputs = dict[str, np.ndarray]
 class Workload:
     name: str
     model_path: Path
-    signature: Signature
+    #: the model, loaded once: its signature here, and the compute limit
+    model: LoadedModel = field(compare=False, repr=False)
     wire_dtypes: dict[str, str]  # what producers send; the consumer casts to the model's dtype
     batch_size: int
     messages: int
     #: the SavedModel signature served (``--signature``)
     serving_signature: str = DEFAULT_SIGNATURE
-    #: the batch size the model's inputs fix, if any
-    fixed_batch: int | None = None
-    #: the model as loaded to read its signature, for the compute limit (loaded once)
-    model: LoadedModel | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def signature(self) -> Signature:
+        return self.model.signature
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the model's inputs fix, if any."""
+        return self.model.fixed_batch
 
     def inputs(self, count: int, seed: int = 0) -> Inputs:
         """``count`` examples per input, in the dtype producers send."""
@@ -77,9 +83,7 @@ def build(name_or_path: str, workdir: Path, serving_signature: str = DEFAULT_SIG
     model = load_model(path, version="bench", signature=serving_signature)
     dtypes = {spec.name: wire or spec.dtype for spec in model.signature.inputs}
     batch = model.fixed_batch or batch
-    return Workload(
-        path.stem, path, model.signature, dtypes, batch, messages, serving_signature, model.fixed_batch, model
-    )
+    return Workload(path.stem, path, model, dtypes, batch, messages, serving_signature)
 
 
 def _mlp(path: Path) -> Path:
