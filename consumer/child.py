@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from consumer import logs
+from consumer.affinity import describe, pin_process
 from consumer.config import Settings
 from consumer.devices import WorkerSlot
 from consumer.errors import ConfigError, DeliveryError, FencedError, ModelError, TfStreamError
@@ -82,6 +83,7 @@ def _serve(
     settings: Settings, slot: WorkerSlot, report: multiprocessing.connection.Connection, hold_at_end: bool
 ) -> dict[str, Any]:
     logs.configure(settings.log_level, settings.log_format, worker=slot.slot, device=slot.device)
+    pin_cpus(slot)
     configure_tensorflow(slot, settings.gpu_memory, settings.allow_cpu_fallback)
     from consumer.worker import Worker  # imports TensorFlow, after the device is pinned
 
@@ -94,6 +96,18 @@ def _serve(
     _send(report, "ready", {"device": slot.device, "pid": os.getpid(), **worker.member_ids()})
     _report_status_every_second(worker, report)
     return worker.run()
+
+
+def pin_cpus(slot: WorkerSlot) -> None:
+    """Keep this worker on its share of the cores (``consumer.affinity``), before TensorFlow and
+    librdkafka start their threads, which inherit it. A failure is said and served unpinned."""
+    if slot.cpus and (problem := pin_process(slot.cpus)) is not None:
+        logs.get_logger("consumer.worker").warning(
+            "could not pin the worker to its CPUs; it runs wherever the OS puts it",
+            cpus=describe(slot.cpus),
+            error=problem,
+            fix="--cpu-affinity off stops trying",
+        )
 
 
 def configure_tensorflow(slot: WorkerSlot, gpu_memory: str = "grow", allow_cpu_fallback: bool = False) -> None:

@@ -97,6 +97,13 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     )
     _flag(devices, "--devices", "auto, cpu, or gpu:0,1,... (default auto)", metavar="SPEC")
     _flag(devices, "--workers-per-device", "workers sharing each GPU (default 1)", type=int, metavar="N")
+    _flag(
+        devices,
+        "--cpu-affinity",
+        "CPU workers: cores (default: each pinned to its own equal share of whole cores) or off (the OS moves "
+        "their threads between all cores)",
+        choices=["cores", "off"],
+    )
     _flag(devices, "--gpu-memory", "per worker: grow (default, on demand) or a fixed limit in MiB", metavar="grow|MIB")
     _switch(
         devices,
@@ -154,7 +161,12 @@ def checked_run(args: argparse.Namespace) -> tuple[Settings, list[WorkerSlot]]:
     what it would refuse before starting (the bench checks its ``--consumer-args`` with it too)."""
     settings = settings_from_args(args)
     check_polling(settings.model, settings.model_poll_seconds)
-    slots = plan_workers(settings.devices, settings.workers, per_device=settings.workers_per_device)
+    slots = plan_workers(
+        settings.devices,
+        settings.workers,
+        per_device=settings.workers_per_device,
+        pin_cpus=settings.cpu_affinity == "cores",
+    )
     kafka_io.check_client_settings(settings)
     return settings, slots
 

@@ -79,6 +79,7 @@ class Settings(BaseModel):
     signature: str = Field(DEFAULT_SIGNATURE, min_length=1)
     model_poll_seconds: float | None = Field(None, gt=0, le=86_400)
     workers_per_device: int = Field(1, ge=1, le=64)
+    cpu_affinity: Literal["cores", "off"] = "cores"
     gpu_memory: str = Field("grow", pattern=r"^(grow|[1-9][0-9]*)$")
     allow_cpu_fallback: bool = False
     jit_compile: bool = False

@@ -11,9 +11,10 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from consumer.affinity import allowed_cpus, cpu_shares
 from consumer.errors import ConfigError
 
 _NVIDIA_SMI_LINE = re.compile(r"^GPU (\d+):", re.MULTILINE)
@@ -30,6 +31,8 @@ class WorkerSlot:
     #: the number its ids on this host end with (exactly-once ``transactional.id``, static
     #: ``group.instance.id``), unique among this group's workers here (``consumer.host_slots``); None: ``slot``
     host_number: int | None = None
+    #: the CPUs its threads are pinned to (``--cpu-affinity cores``); empty: wherever the OS runs them
+    cpus: tuple[int, ...] = ()
 
     @property
     def gpu_id(self) -> str | None:
@@ -60,10 +63,7 @@ def discover_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return len(allowed_cpus())
 
 
 #: CPU workers when ``--workers`` is not given (fewer on a host with fewer cores). One interpreter's
@@ -77,16 +77,20 @@ def plan_workers(
     devices: str,
     workers: int | None,
     environ: Mapping[str, str] | None = None,
-    cores: int | None = None,
+    cpus: Sequence[int] | None = None,
     per_device: int = 1,
+    pin_cpus: bool = False,
 ) -> list[WorkerSlot]:
-    """Turn ``--devices`` and ``--workers`` into worker slots; raise ``ConfigError`` if they conflict."""
+    """Turn ``--devices`` and ``--workers`` into worker slots; raise ``ConfigError`` if they conflict.
+    CPU workers share ``cpus`` (default: the ones this process may use), each pinned to its own
+    share with ``pin_cpus``."""
     spec = devices.strip().lower()
+    usable = list(cpus) if cpus is not None else allowed_cpus()
     if spec == "cpu":
-        return _cpu_slots(workers, cores or usable_cores())
+        return _cpu_slots(workers, usable, pin_cpus)
     if spec == "auto":
         gpus = discover_gpus(environ)
-        return _gpu_slots(gpus, workers, per_device) if gpus else _cpu_slots(workers, cores or usable_cores())
+        return _gpu_slots(gpus, workers, per_device) if gpus else _cpu_slots(workers, usable, pin_cpus)
     if spec.startswith("gpu:"):
         ids = [d.strip() for d in spec[4:].split(",")]
         if not all(ids) or len(set(ids)) != len(ids):
@@ -95,12 +99,14 @@ def plan_workers(
     raise ConfigError(f"invalid setting devices={devices!r}: use auto, cpu, or gpu:ID[,ID...]")
 
 
-def _cpu_slots(workers: int | None, cores: int) -> list[WorkerSlot]:
-    """Split the cores between CPU workers so that together they do not oversubscribe."""
-    workers = workers or min(DEFAULT_CPU_WORKERS, cores)
-    intra = max(1, cores // workers)
+def _cpu_slots(workers: int | None, cpus: list[int], pin: bool) -> list[WorkerSlot]:
+    """Split the cores between CPU workers so that together they do not oversubscribe; with ``pin``,
+    each gets its own share of them (``consumer.affinity``), when there are as many cores as workers."""
+    workers = workers or min(DEFAULT_CPU_WORKERS, len(cpus))
+    intra = max(1, len(cpus) // workers)
     inter = min(2, intra)
-    return [WorkerSlot(slot, "cpu", intra, inter) for slot in range(workers)]
+    shares = cpu_shares(workers, cpus) if pin else None
+    return [WorkerSlot(slot, "cpu", intra, inter, cpus=shares[slot] if shares else ()) for slot in range(workers)]
 
 
 def oversubscribed(slots: list[WorkerSlot], cores: int) -> str | None:

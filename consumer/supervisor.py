@@ -22,6 +22,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from consumer import kafka_io, metrics
+from consumer.affinity import describe
 from consumer.child import EXIT_CONFIG, EXIT_DONE, EXIT_FENCED, EXIT_MODEL, EXIT_UNDELIVERABLE, worker_main
 from consumer.config import Settings
 from consumer.devices import WorkerSlot
@@ -199,7 +200,9 @@ class Supervisor:
         process.start()
         send.close()  # the child holds the only writing end: EOF means it is gone
         child.process, child.report, child.ready_at, child.restart_at = process, receive, None, None
-        self.log.info("worker started", worker=child.slot.slot, device=child.slot.device, pid=process.pid)
+        self.log.info(
+            "worker started", worker=child.slot.slot, device=child.slot.device, pid=process.pid, **pinned(child.slot)
+        )
 
     def _scratch_of(self, child: Child) -> str:
         """The worker's temporary folder: TensorFlow writes a file of generated code there for each
@@ -373,11 +376,17 @@ class Supervisor:
         """Totals over the workers' own summaries, and one entry per worker."""
         totals = {key: sum(int(c.summary.get(key, 0)) for c in self.children) for key in SUMMED}
         workers = [
-            {"worker": c.slot.slot, "device": c.slot.device, "restarts": c.restarts, "exit_code": c.exit_code}
+            {"worker": c.slot.slot, "device": c.slot.device, **pinned(c.slot)}
+            | {"restarts": c.restarts, "exit_code": c.exit_code}
             | c.summary
             for c in self.children
         ]
         return {**totals, "restarts": sum(c.restarts for c in self.children), "workers": workers}
+
+
+def pinned(slot: WorkerSlot) -> dict[str, str]:
+    """``{"cpus": "0-3"}`` for a worker pinned to its cores (``consumer.affinity``), else nothing."""
+    return {"cpus": describe(slot.cpus)} if slot.cpus else {}
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from consumer.affinity import cpu_shares, describe, physical_cores
 from consumer.devices import discover_gpus, oversubscribed, plan_workers
 from consumer.errors import ConfigError
 from consumer.supervisor import RestartPolicy
@@ -34,29 +35,65 @@ def test_the_supervisor_side_never_imports_tensorflow() -> None:
 
 
 def test_cpu_workers_split_the_cores_between_them() -> None:
-    slots = plan_workers("cpu", 2, cores=8)
+    slots = plan_workers("cpu", 2, cpus=range(8))
     assert [(s.device, s.intra_op_threads, s.inter_op_threads) for s in slots] == [("cpu", 4, 2), ("cpu", 4, 2)]
     assert slots[0].environment() == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}
-    assert [s.intra_op_threads for s in plan_workers("cpu", 3, cores=2)] == [1, 1, 1]
+    assert [s.intra_op_threads for s in plan_workers("cpu", 3, cpus=[0, 1])] == [1, 1, 1]
 
 
 def test_more_cpu_workers_than_cores_are_allowed_with_a_warning() -> None:
     """Allowed (a user may know better), but said: each worker holds its own model, and 3 or 4 on 2
     cores drained slower than 2 (README, Performance)."""
-    assert oversubscribed(plan_workers("cpu", 2, cores=2), 2) is None
-    assert oversubscribed(plan_workers("gpu:0,1,2", None, cores=2), 2) is None  # GPU workers own their device
-    warning = oversubscribed(plan_workers("cpu", 3, cores=2), 2)
+    assert oversubscribed(plan_workers("cpu", 2, cpus=[0, 1]), 2) is None
+    assert oversubscribed(plan_workers("gpu:0,1,2", None, cpus=[0, 1]), 2) is None  # GPU workers own their device
+    warning = oversubscribed(plan_workers("cpu", 3, cpus=[0, 1]), 2)
     assert warning is not None and warning.startswith("3 CPU workers on 2 core(s): each holds its own copy")
     assert warning.endswith("--workers 2 or fewer is usually faster")
 
 
 def test_auto_without_gpus_means_two_cpu_workers_sharing_the_cores(tmp_path: Path) -> None:
     env = fake_nvidia_smi(tmp_path, "No devices were found") | {"PATH": str(tmp_path)}
-    slots = plan_workers("auto", None, environ=env, cores=2)
+    slots = plan_workers("auto", None, environ=env, cpus=[0, 1])
     assert [(s.device, s.intra_op_threads) for s in slots] == [("cpu", 1), ("cpu", 1)]
-    assert [(s.device, s.intra_op_threads) for s in plan_workers("cpu", None, cores=8)] == [("cpu", 4), ("cpu", 4)]
-    (single,) = plan_workers("auto", None, environ=env, cores=1)
+    eight = plan_workers("cpu", None, cpus=range(8))
+    assert [(s.device, s.intra_op_threads) for s in eight] == [("cpu", 4), ("cpu", 4)]
+    (single,) = plan_workers("auto", None, environ=env, cpus=[0])
     assert single.intra_op_threads == 1
+
+
+def fake_topology(tmp_path: Path, cores: dict[int, int]) -> Path:
+    """A ``/sys/devices/system/cpu`` where CPU n belongs to physical core ``cores[n]`` of package 0."""
+    for cpu, core in cores.items():
+        topology = tmp_path / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text("0\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    return tmp_path
+
+
+def test_cpu_workers_each_get_an_equal_share_of_whole_cores_with_their_hyperthreads(tmp_path: Path) -> None:
+    """Linux numbers a core's second hyperthread after all the first ones: CPUs 0 and 4 are one core.
+    Cutting the CPU list in halves would give both workers the same four cores."""
+    sysfs = fake_topology(tmp_path, {cpu: cpu % 4 for cpu in range(8)})
+    assert physical_cores(range(8), sysfs) == [(0, 4), (1, 5), (2, 6), (3, 7)]
+    assert cpu_shares(2, range(8), sysfs) == [(0, 1, 4, 5), (2, 3, 6, 7)]
+    assert cpu_shares(4, range(8), sysfs) == [(0, 4), (1, 5), (2, 6), (3, 7)]
+
+
+def test_cores_left_from_an_even_split_are_shared_and_too_few_cores_pin_nothing(tmp_path: Path) -> None:
+    sysfs = tmp_path / "none"  # no topology: each CPU is a core of its own
+    assert cpu_shares(2, [0, 1, 2], sysfs) == [(0, 2), (1, 2)]
+    assert cpu_shares(3, [0, 1], sysfs) is None
+    assert cpu_shares(2, [3, 9, 5, 7], sysfs) == [(3, 5), (7, 9)]  # a narrower set given by taskset or a cpuset
+
+
+def test_cpu_workers_are_pinned_only_when_asked_and_gpu_workers_never() -> None:
+    slots = plan_workers("cpu", 2, cpus=[0, 1], pin_cpus=True)
+    assert [(s.intra_op_threads, s.cpus) for s in slots] == [(1, (0,)), (1, (1,))]
+    assert [s.cpus for s in plan_workers("cpu", 2, cpus=[0, 1])] == [(), ()]
+    assert [s.cpus for s in plan_workers("cpu", 3, cpus=[0, 1], pin_cpus=True)] == [(), (), ()]
+    assert [s.cpus for s in plan_workers("gpu:0,1", None, cpus=[0, 1], pin_cpus=True)] == [(), ()]
+    assert describe([8, 0, 1, 2, 3, 10, 11]) == "0-3,8,10-11"
 
 
 def test_auto_finds_gpus_with_nvidia_smi_and_gives_each_its_own_worker(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ import pytest
 import tensorflow as tf
 from confluent_kafka import Producer
 
+from consumer.affinity import describe
+from consumer.cli import build_parser, checked_run
 from consumer.codec import pack_input
 from tests import models
 from tests.helpers import (
@@ -44,6 +46,47 @@ def test_stop_at_end_with_two_workers_ends_when_both_are_done(
     assert set(seen) == set(range(600)) and max(seen.values()) == 1
     assert [w["exit_code"] for w in summary["workers"]] == [0, 0] and summary["predicted"] == 600
     assert summary["supervisor_imported_tensorflow"] is False
+
+
+def thread_cpus(pid: int) -> set[tuple[int, ...]]:
+    """The CPU sets the threads of process ``pid`` may run on, each once."""
+    return {tuple(sorted(os.sched_getaffinity(int(tid)))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def test_cpu_workers_run_each_on_its_own_cores_with_every_thread(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """``--cpu-affinity cores`` (the default): every thread of a worker, TensorFlow's and librdkafka's
+    too, stays on that worker's share of the cores; the two shares do not overlap."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("pinning two workers needs two CPUs")
+    inp, out = topics("in", "out", partitions=4)
+    command = consumer_command(bootstrap, mlp_path, inp, out, group, "--workers", "2", "--devices", "cpu")
+    with Deployment(command, ENV) as deployment:
+        started = {event["pid"]: event["cpus"] for event in deployment.wait_for("worker started", 2, timeout=60)}
+        ready = [event["pid"] for event in deployment.wait_for("worker ready", 2, timeout=180)]
+        publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(200)))
+        assert set(wait_for_outputs(bootstrap, out, set(range(200)))) == set(range(200))
+        shares = {pid: thread_cpus(pid) for pid in ready}
+        threads = {pid: len(os.listdir(f"/proc/{pid}/task")) for pid in ready}
+        summary = deployment.stop()
+    print(f"worker threads {threads}, their CPU sets {shares}, as logged {started}")
+    assert all(len(sets) == 1 for sets in shares.values()), shares  # every thread of a worker alike
+    (first,), (second,) = shares.values()
+    assert not set(first) & set(second) and sorted(first + second) == allowed
+    assert sorted(started.values()) == sorted(describe(cpus) for cpus in (first, second))
+    assert sorted(worker["cpus"] for worker in summary["workers"]) == sorted(started.values())
+
+
+def test_cpu_affinity_off_leaves_the_workers_unpinned() -> None:
+    flags = ["--bootstrap-servers", "localhost:9092", "--input-topic", "in", "--output-topic", "out", "--group", "g"]
+    flags += ["--model", "m.keras", "--devices", "cpu", "--workers", "2"]
+    _, pinned = checked_run(build_parser().parse_args(["run", *flags]))
+    _, free = checked_run(build_parser().parse_args(["run", *flags, "--cpu-affinity", "off"]))
+    assert [slot.cpus for slot in free] == [(), ()]
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert all(slot.cpus for slot in pinned)
 
 
 def test_a_bounded_run_s_progress_says_how_many_inputs_remain(

@@ -1,0 +1,72 @@
+"""Which CPUs each CPU worker runs on: its own equal share of whole cores (``--cpu-affinity cores``).
+
+Like TorchServe's launcher core pinning (worker i gets the i-th block of cores), every thread of a
+pinned worker (its interpreter, TensorFlow's pools, librdkafka's) stays on the cores it owns, so
+two workers do not take turns on one core while another sits idle, and a thread does not migrate
+away from its warm cache. The shares are cut from the CPUs this process may use, so a narrower set
+given from outside (``taskset``, ``docker run --cpuset-cpus``, a Kubernetes CPU manager) is kept;
+the hyperthreads of one core go to the same worker. No TensorFlow here: the supervisor plans the
+shares, and the worker pins itself before it imports TensorFlow or starts a thread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+SYSFS_CPUS = Path("/sys/devices/system/cpu")
+
+
+def allowed_cpus() -> list[int]:
+    """The CPUs this process may run on, in order (all of them where affinity is not supported)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def physical_cores(cpus: Iterable[int], sysfs: Path = SYSFS_CPUS) -> list[tuple[int, ...]]:
+    """``cpus`` grouped by the physical core they belong to (a core's hyperthreads together),
+    ordered by their lowest CPU. A CPU whose topology cannot be read is a core of its own."""
+    cores: dict[tuple[str, ...], list[int]] = {}
+    for cpu in sorted(set(cpus)):
+        topology = sysfs / f"cpu{cpu}" / "topology"
+        try:
+            key = ((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip())
+        except OSError:
+            key = ("cpu", str(cpu))
+        cores.setdefault(key, []).append(cpu)
+    return sorted((tuple(group) for group in cores.values()), key=lambda group: group[0])
+
+
+def cpu_shares(workers: int, cpus: Iterable[int], sysfs: Path = SYSFS_CPUS) -> list[tuple[int, ...]] | None:
+    """One CPU set per worker: an equal number of whole cores each, in order, and the cores left over
+    from an even split shared by all of them. None with fewer cores than workers (no share to give)."""
+    cores = physical_cores(cpus, sysfs)
+    each = len(cores) // max(1, workers)
+    if each == 0:
+        return None
+    spare = [cpu for core in cores[each * workers :] for cpu in core]
+    owned = [[cpu for core in cores[i * each : (i + 1) * each] for cpu in core] for i in range(workers)]
+    return [tuple(sorted(share + spare)) for share in owned]
+
+
+def pin_process(cpus: Iterable[int]) -> str | None:
+    """Run this process, and the threads it starts from now on, on ``cpus`` only; why not, if it failed."""
+    try:
+        os.sched_setaffinity(0, set(cpus))
+    except (AttributeError, OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def describe(cpus: Iterable[int]) -> str:
+    """CPU ids as Linux lists them (``0-3,8``)."""
+    ranges: list[list[int]] = []
+    for cpu in sorted(set(cpus)):
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
