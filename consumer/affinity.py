@@ -7,15 +7,23 @@ away from its warm cache. The shares are cut from the CPUs this process may use,
 given from outside (``taskset``, ``docker run --cpuset-cpus``, a Kubernetes CPU manager) is kept;
 the hyperthreads of one core go to the same worker. No TensorFlow here: the supervisor plans the
 shares, and the worker pins itself before it imports TensorFlow or starts a thread.
+
+A CPU quota (``docker run --cpus``, a Kubernetes CPU limit: the cgroup's ``cpu.max``) leaves every
+host CPU in the affinity, but throttles the process past its share of time, for the rest of each
+100 ms period. Where one is set below the CPUs allowed, workers and their threads are sized to it
+(rounded down, as Go's automaxprocs does), and nothing is pinned: the process owns no core.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 SYSFS_CPUS = Path("/sys/devices/system/cpu")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
 
 
 def allowed_cpus() -> list[int]:
@@ -24,6 +32,63 @@ def allowed_cpus() -> list[int]:
         return sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return list(range(os.cpu_count() or 1))
+
+
+def cpu_limit(root: Path = CGROUP_ROOT, self_cgroup: Path = SELF_CGROUP) -> float | None:
+    """CPUs' worth of time this process's cgroup may use: the lowest quota on its cgroup and their
+    ancestors (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``); None if none."""
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    quotas: list[float] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if not controllers:  # cgroup v2
+            quotas += [q for d in _up_from(root, path) if (q := _v2_quota(d)) is not None]
+        elif "cpu" in controllers.split(","):
+            for mount in {root / controllers, root / "cpu", root / "cpu,cpuacct"}:
+                quotas += [q for d in _up_from(mount, path) if (q := _v1_quota(d)) is not None]
+    return min(quotas, default=None)
+
+
+def _up_from(mount: Path, path: str) -> Iterator[Path]:
+    """The cgroup's folder under ``mount`` and its ancestors up to ``mount`` (in a container the
+    cgroup's own folder is often the mount itself, its host path not there)."""
+    folder = mount / path.strip("/")
+    while True:
+        yield folder
+        if folder == mount or mount not in folder.parents:
+            return
+        folder = folder.parent
+
+
+def _v2_quota(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()
+        return int(quota) / int(period)
+    except (OSError, ValueError):  # absent, or "max": no quota
+        return None
+
+
+def _v1_quota(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def usable_count(cpus: int, limit: float | None) -> int:
+    """How many CPUs' worth the workers may use: the CPUs allowed, or fewer under a quota (at least 1)."""
+    return cpus if limit is None else max(1, min(cpus, math.floor(limit)))
+
+
+def owns_cpus(cpus: int, limit: float | None) -> bool:
+    """Whether the allowed CPUs are this process's to share out (no quota below them): pinning is
+    only for those."""
+    return limit is None or limit >= cpus
 
 
 def physical_cores(cpus: Iterable[int], sysfs: Path = SYSFS_CPUS) -> list[tuple[int, ...]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from consumer import __version__, kafka_io, logs
 from consumer.config import ENV_PREFIX, Settings, load_settings
-from consumer.devices import WorkerSlot, oversubscribed, plan_workers, usable_cores
+from consumer.devices import WorkerSlot, oversubscribed, plan_workers, quota_below_cpus, usable_cores
 from consumer.errors import ConfigError
 from consumer.supervisor import EXIT_USAGE, Supervisor
 from consumer.versions import check_polling
@@ -181,6 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format, worker="supervisor")
     if (warning := oversubscribed(slots, usable_cores())) is not None:
         logs.get_logger("consumer.supervisor").warning("more CPU workers than cores", advice=warning)
+    if any(slot.device == "cpu" for slot in slots) and (quota := quota_below_cpus()) is not None:
+        logs.get_logger("consumer.supervisor").info(
+            "a CPU quota below the CPUs allowed: CPU workers sized to it, not pinned",
+            quota=quota,
+            sized_to=usable_cores(),
+        )
     supervisor = Supervisor(settings, slots)
     try:
         code = supervisor.run()

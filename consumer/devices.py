@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from consumer.affinity import allowed_cpus, cpu_shares
+from consumer.affinity import allowed_cpus, cpu_limit, cpu_shares, owns_cpus, usable_count
 from consumer.errors import ConfigError
 
 _NVIDIA_SMI_LINE = re.compile(r"^GPU (\d+):", re.MULTILINE)
@@ -63,7 +63,14 @@ def discover_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 def usable_cores() -> int:
-    return len(allowed_cpus())
+    """CPUs' worth this process may use: the CPUs in its affinity, or its cgroup's quota if lower."""
+    return usable_count(len(allowed_cpus()), cpu_limit())
+
+
+def quota_below_cpus() -> float | None:
+    """This process's cgroup CPU quota, if it is lower than the CPUs in its affinity."""
+    quota = cpu_limit()
+    return quota if not owns_cpus(len(allowed_cpus()), quota) else None
 
 
 #: CPU workers when ``--workers`` is not given (fewer on a host with fewer cores). One interpreter's
@@ -80,17 +87,19 @@ def plan_workers(
     cpus: Sequence[int] | None = None,
     per_device: int = 1,
     pin_cpus: bool = False,
+    quota: float | None = None,
 ) -> list[WorkerSlot]:
     """Turn ``--devices`` and ``--workers`` into worker slots; raise ``ConfigError`` if they conflict.
-    CPU workers share ``cpus`` (default: the ones this process may use), each pinned to its own
-    share with ``pin_cpus``."""
+    CPU workers share ``cpus`` under a CPU ``quota`` (default: this process's, ``consumer.affinity``),
+    each pinned to its own share with ``pin_cpus``."""
     spec = devices.strip().lower()
-    usable = list(cpus) if cpus is not None else allowed_cpus()
+    if cpus is None:
+        cpus, quota = allowed_cpus(), cpu_limit()
     if spec == "cpu":
-        return _cpu_slots(workers, usable, pin_cpus)
+        return _cpu_slots(workers, list(cpus), quota, pin_cpus)
     if spec == "auto":
         gpus = discover_gpus(environ)
-        return _gpu_slots(gpus, workers, per_device) if gpus else _cpu_slots(workers, usable, pin_cpus)
+        return _gpu_slots(gpus, workers, per_device) if gpus else _cpu_slots(workers, list(cpus), quota, pin_cpus)
     if spec.startswith("gpu:"):
         ids = [d.strip() for d in spec[4:].split(",")]
         if not all(ids) or len(set(ids)) != len(ids):
@@ -99,13 +108,15 @@ def plan_workers(
     raise ConfigError(f"invalid setting devices={devices!r}: use auto, cpu, or gpu:ID[,ID...]")
 
 
-def _cpu_slots(workers: int | None, cpus: list[int], pin: bool) -> list[WorkerSlot]:
-    """Split the cores between CPU workers so that together they do not oversubscribe; with ``pin``,
-    each gets its own share of them (``consumer.affinity``), when there are as many cores as workers."""
-    workers = workers or min(DEFAULT_CPU_WORKERS, len(cpus))
-    intra = max(1, len(cpus) // workers)
+def _cpu_slots(workers: int | None, cpus: list[int], quota: float | None, pin: bool) -> list[WorkerSlot]:
+    """Split the cores (or the quota's worth) between CPU workers so that together they do not
+    oversubscribe; with ``pin``, each gets its own share of the cores (``consumer.affinity``) when
+    they are the process's own (no lower quota) and there are as many as workers."""
+    cores = usable_count(len(cpus), quota)
+    workers = workers or min(DEFAULT_CPU_WORKERS, cores)
+    intra = max(1, cores // workers)
     inter = min(2, intra)
-    shares = cpu_shares(workers, cpus) if pin else None
+    shares = cpu_shares(workers, cpus) if pin and owns_cpus(len(cpus), quota) else None
     return [WorkerSlot(slot, "cpu", intra, inter, cpus=shares[slot] if shares else ()) for slot in range(workers)]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.affinity import cpu_shares, describe, physical_cores
+from consumer.affinity import cpu_limit, cpu_shares, describe, physical_cores
 from consumer.devices import discover_gpus, oversubscribed, plan_workers
 from consumer.errors import ConfigError
 from consumer.supervisor import RestartPolicy
@@ -94,6 +94,40 @@ def test_cpu_workers_are_pinned_only_when_asked_and_gpu_workers_never() -> None:
     assert [s.cpus for s in plan_workers("cpu", 3, cpus=[0, 1], pin_cpus=True)] == [(), (), ()]
     assert [s.cpus for s in plan_workers("gpu:0,1", None, cpus=[0, 1], pin_cpus=True)] == [(), ()]
     assert describe([8, 0, 1, 2, 3, 10, 11]) == "0-3,8,10-11"
+
+
+def cgroups(tmp_path: Path, membership: str, files: dict[str, str]) -> tuple[Path, Path]:
+    """A cgroup mount at ``tmp_path / "fs"`` holding ``files``, and a ``/proc/self/cgroup`` saying ``membership``."""
+    root = tmp_path / "fs"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "self").write_text(membership)
+    return root, tmp_path / "self"
+
+
+def test_a_cgroup_cpu_quota_is_read_from_v2_and_v1_taking_the_lowest_up_the_tree(tmp_path: Path) -> None:
+    """A container's ``--cpus 1.5`` or a pod's CPU limit leaves every host CPU in the affinity."""
+    pod = {"kubepods/pod1/cpu.max": "200000 100000\n", "kubepods/pod1/c1/cpu.max": "max 100000\n"}
+    assert cpu_limit(*cgroups(tmp_path / "a", "0::/kubepods/pod1/c1\n", pod)) == 2.0
+    assert cpu_limit(*cgroups(tmp_path / "b", "0::/\n", {"cpu.max": "150000 100000\n"})) == 1.5
+    assert cpu_limit(*cgroups(tmp_path / "c", "0::/\n", {"cpu.max": "max 100000\n"})) is None
+    v1 = {"cpu,cpuacct/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}
+    # in a container, its host path is not under the mount: the mount itself is its cgroup
+    assert cpu_limit(*cgroups(tmp_path / "d", "5:memory:/x\n4:cpu,cpuacct:/docker/abc\n", v1)) == 0.5
+    unlimited = {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}
+    assert cpu_limit(*cgroups(tmp_path / "e", "1:cpu:/\n0::/\n", unlimited)) is None
+    assert cpu_limit(tmp_path / "nothing", tmp_path / "no-such-file") is None
+
+
+def test_under_a_cpu_quota_workers_are_sized_to_it_and_not_pinned() -> None:
+    """Eight CPUs visible, a quota of 2.5: two workers of one thread each (rounded down, or the quota
+    throttles them), and no core pinned, since none is the process's own."""
+    slots = plan_workers("cpu", None, cpus=range(8), pin_cpus=True, quota=2.5)
+    assert [(s.intra_op_threads, s.cpus) for s in slots] == [(1, ()), (1, ())]
+    assert [s.intra_op_threads for s in plan_workers("cpu", 1, cpus=range(8), quota=0.5)] == [1]
+    owned = plan_workers("cpu", None, cpus=range(8), pin_cpus=True, quota=8.0)  # a quota of all of them
+    assert [(s.intra_op_threads, len(s.cpus)) for s in owned] == [(4, 4), (4, 4)]
 
 
 def test_auto_finds_gpus_with_nvidia_smi_and_gives_each_its_own_worker(tmp_path: Path) -> None:

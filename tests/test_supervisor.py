@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +80,54 @@ def test_cpu_workers_run_each_on_its_own_cores_with_every_thread(
     assert not set(first) & set(second) and sorted(first + second) == allowed
     assert sorted(started.values()) == sorted(describe(cpus) for cpus in (first, second))
     assert sorted(worker["cpus"] for worker in summary["workers"]) == sorted(started.values())
+
+
+@pytest.fixture
+def one_cpu_cgroup(group: str) -> Iterator[Path]:
+    """A cgroup whose processes may use one CPU's worth of time (v1 ``cpu`` or v2), removed after;
+    skips where cgroups cannot be written (not root, no delegation) or only one CPU is visible."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("a quota below the CPUs allowed needs two CPUs")
+    for folder, limits in (
+        (Path("/sys/fs/cgroup/cpu") / group, {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}),
+        (Path("/sys/fs/cgroup") / group, {"cpu.max": "100000 100000"}),
+    ):
+        try:
+            folder.mkdir()
+        except OSError:
+            continue
+        try:
+            for name, value in limits.items():
+                (folder / name).write_text(value)
+        except OSError:
+            folder.rmdir()
+            continue
+        try:
+            yield folder
+        finally:
+            deadline = time.monotonic() + 30
+            while (folder / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+                time.sleep(0.2)  # its last processes are exiting
+            folder.rmdir()
+        return
+    pytest.skip("cannot create a cgroup with a CPU quota here")
+
+
+def test_under_a_cpu_quota_the_workers_are_sized_to_it_and_not_pinned(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, one_cpu_cgroup: Path
+) -> None:
+    """As in a container run with ``--cpus 1`` (or a pod with a CPU limit of 1) that still sees every
+    CPU: one CPU worker, one thread, not pinned to a core that is not its own."""
+    inp, out = topics("in", "out", partitions=2)
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(100)))
+    run = shlex.join(consumer_command(bootstrap, mlp_path, inp, out, group, "--devices", "cpu", "--stop-at-end"))
+    command = ["sh", "-c", f"echo $$ > {one_cpu_cgroup / 'cgroup.procs'} && exec {run}"]
+    with Deployment(command, ENV) as deployment:
+        (quota,) = deployment.wait_for("a CPU quota below the CPUs allowed: CPU workers sized to it, not pinned")
+        summary = deployment.finish(timeout=180)
+    assert quota["quota"] == 1.0 and quota["sized_to"] == 1
+    assert [(w["device"], "cpus" in w) for w in summary["workers"]] == [("cpu", False)]
+    assert set(wait_for_outputs(bootstrap, out, set(range(100)))) == set(range(100))
 
 
 def test_cpu_affinity_off_leaves_the_workers_unpinned() -> None:
