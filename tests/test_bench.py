@@ -54,6 +54,7 @@ def test_bench_runs_every_phase_and_writes_its_json(
     # the consumer runs with its defaults: two CPU workers where there are two cores
     assert len(result["system_summary"]["workers"]) == min(DEFAULT_CPU_WORKERS, usable_cores())
     assert {"p50", "p95", "p99"} <= set(result["latency_ms"]) and result["environment"]["cpus"] >= 1
+    assert result["environment"]["cpus_usable"] == usable_cores()
     # the steady phase ran at the rate asked for, so the half-load latency target does not apply;
     # its inputs (after a few primers) were consumed before their outputs were acknowledged
     assert result["latency_rate"] == 200 and result["latency_ms"]["count"] == 200 + PRIMERS

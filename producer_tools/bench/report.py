@@ -14,8 +14,13 @@ def environment() -> dict[str, Any]:
     import numpy
     import tensorflow as tf
 
+    from consumer.affinity import cpu_limit
+    from consumer.devices import usable_cores
+
     return {
         "cpus": os.cpu_count(),
+        "cpus_usable": usable_cores(),  # in this process's affinity, or its cgroup's CPU quota if lower
+        "cpu_quota": cpu_limit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "tensorflow": tf.__version__,
