@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from consumer import __version__, kafka_io, logs
+from consumer.affinity import allowed_cpus, cpu_limit, owns_cpus, usable_count
 from consumer.config import ENV_PREFIX, Settings, load_settings
-from consumer.devices import WorkerSlot, oversubscribed, plan_workers, quota_below_cpus, usable_cores
+from consumer.devices import WorkerSlot, oversubscribed, plan_workers
 from consumer.errors import ConfigError
 from consumer.supervisor import EXIT_USAGE, Supervisor
 from consumer.versions import check_polling
@@ -179,13 +180,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.line(f"error: {exc}")
         return EXIT_USAGE
     logs.configure(settings.log_level, settings.log_format, worker="supervisor")
-    if (warning := oversubscribed(slots, usable_cores())) is not None:
+    cpus, quota = len(allowed_cpus()), cpu_limit()
+    cores = usable_count(cpus, quota)
+    if (warning := oversubscribed(slots, cores)) is not None:
         logs.get_logger("consumer.supervisor").warning("more CPU workers than cores", advice=warning)
-    if any(slot.device == "cpu" for slot in slots) and (quota := quota_below_cpus()) is not None:
+    if any(slot.device == "cpu" for slot in slots) and not owns_cpus(cpus, quota):
         logs.get_logger("consumer.supervisor").info(
-            "a CPU quota below the CPUs allowed: CPU workers sized to it, not pinned",
-            quota=quota,
-            sized_to=usable_cores(),
+            "a CPU quota below the CPUs allowed: CPU workers sized to it, not pinned", quota=quota, sized_to=cores
         )
     supervisor = Supervisor(settings, slots)
     try:

@@ -67,12 +67,6 @@ def usable_cores() -> int:
     return usable_count(len(allowed_cpus()), cpu_limit())
 
 
-def quota_below_cpus() -> float | None:
-    """This process's cgroup CPU quota, if it is lower than the CPUs in its affinity."""
-    quota = cpu_limit()
-    return quota if not owns_cpus(len(allowed_cpus()), quota) else None
-
-
 #: CPU workers when ``--workers`` is not given (fewer on a host with fewer cores). One interpreter's
 #: record path (decode, encode, produce, delivery reports) is held to about one core by Python's
 #: global interpreter lock; a second interpreter lifted the I/O-bound MLP from 27,800 to 42,600
