@@ -1,4 +1,5 @@
-"""Which CPUs each CPU worker runs on: its own equal share of whole cores (``--cpu-affinity cores``).
+"""Which CPUs each worker runs on: its own equal share of whole cores (``--cpu-affinity cores``), a
+GPU worker's cut from those of its GPU's NUMA node (the PCI device's ``local_cpulist``).
 
 Like TorchServe's launcher core pinning (worker i gets the i-th block of cores), every thread of a
 pinned worker (its interpreter, TensorFlow's pools, librdkafka's) stays on the cores it owns, so
@@ -18,12 +19,16 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 SYSFS_CPUS = Path("/sys/devices/system/cpu")
+SYSFS_PCI = Path("/sys/bus/pci/devices")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
+#: a PCI address: domain (nvidia-smi prints 8 hex digits, sysfs 4), then bus:device.function
+_PCI_ADDRESS = re.compile(r"^([0-9a-fA-F]{1,8}):([0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])$")
 
 
 def allowed_cpus() -> list[int]:
@@ -115,6 +120,43 @@ def cpu_shares(workers: int, cpus: Iterable[int], sysfs: Path = SYSFS_CPUS) -> l
     spare = [cpu for core in cores[each * workers :] for cpu in core]
     owned = [[cpu for core in cores[i * each : (i + 1) * each] for cpu in core] for i in range(workers)]
     return [tuple(sorted(share + spare)) for share in owned]
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """Linux's CPU list format (``0-3,8``) as CPU ids; [] for an empty or ill-formed one."""
+    cpus: set[int] = set()
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        return []
+    return sorted(cpus)
+
+
+def pci_local_cpus(bus_id: str, sysfs: Path = SYSFS_PCI) -> list[int]:
+    """The CPUs of the NUMA node a PCI device hangs off (its ``local_cpulist``); [] if unknown.
+    ``bus_id`` as nvidia-smi prints it (``00000000:3B:00.0``) or as sysfs names it (``0000:3b:00.0``)."""
+    match = _PCI_ADDRESS.match(bus_id.strip())
+    if match is None:
+        return []
+    domain, rest = match.groups()
+    try:
+        return parse_cpu_list((sysfs / f"{int(domain, 16):04x}:{rest.lower()}" / "local_cpulist").read_text())
+    except OSError:
+        return []
+
+
+def shares_near_devices(local: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """One CPU set per worker given the CPUs near each worker's device (``local``, in worker
+    order): the workers whose devices sit on one NUMA node split its cores between them as CPU
+    workers split the host's (``cpu_shares``), or share them all when there are fewer cores."""
+    shares: list[tuple[int, ...]] = list(local)
+    for node in dict.fromkeys(local):
+        members = [i for i, cpus in enumerate(local) if cpus == node]
+        for i, share in zip(members, cpu_shares(len(members), node) or [node] * len(members), strict=True):
+            shares[i] = share
+    return shares
 
 
 def pin_process(cpus: Iterable[int]) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any
 from consumer import logs
 from consumer.affinity import describe, pin_process
 from consumer.config import Settings
-from consumer.devices import WorkerSlot
+from consumer.devices import PCI_BUS_ORDER, WorkerSlot
 from consumer.errors import ConfigError, DeliveryError, FencedError, ModelError, TfStreamError
 
 EXIT_DONE, EXIT_FAILED, EXIT_CONFIG, EXIT_MODEL = 0, 1, 2, 3
@@ -55,6 +55,7 @@ def worker_main(
     tempfile.tempdir = scratch
     os.environ.update(slot.environment(), TMPDIR=scratch)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines are noise here
+    os.environ.setdefault("CUDA_DEVICE_ORDER", PCI_BUS_ORDER)  # GPU numbers as nvidia-smi counts them
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     try:
         summary = _serve(settings, slot, report, hold_at_end)

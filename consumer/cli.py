@@ -101,8 +101,8 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     _flag(
         devices,
         "--cpu-affinity",
-        "CPU workers: cores (default: each pinned to its own equal share of whole cores) or off (the OS moves "
-        "their threads between all cores)",
+        "cores (default: each worker pinned to its own equal share of whole cores, a GPU worker's near its "
+        "GPU) or off (the OS moves the workers' threads between all cores)",
         choices=["cores", "off"],
     )
     _flag(devices, "--gpu-memory", "per worker: grow (default, on demand) or a fixed limit in MiB", metavar="grow|MIB")

@@ -2,7 +2,8 @@
 
 The supervisor must never initialise CUDA (a forked or spawned child would inherit a broken
 context), so GPUs are found from ``CUDA_VISIBLE_DEVICES`` or ``nvidia-smi -L``, never from
-TensorFlow. Each worker slot names one device; CPU workers split the cores between them.
+TensorFlow. Each worker slot names one device; CPU workers split the cores between them, and GPU
+workers those near their GPU (its NUMA node's).
 """
 
 from __future__ import annotations
@@ -12,12 +13,24 @@ import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from consumer.affinity import allowed_cpus, cpu_limit, cpu_shares, owns_cpus, usable_count
+from consumer.affinity import (
+    SYSFS_PCI,
+    allowed_cpus,
+    cpu_limit,
+    cpu_shares,
+    owns_cpus,
+    pci_local_cpus,
+    shares_near_devices,
+    usable_count,
+)
 from consumer.errors import ConfigError
 
 _NVIDIA_SMI_LINE = re.compile(r"^GPU (\d+):", re.MULTILINE)
+#: CUDA_DEVICE_ORDER under which GPU numbers are nvidia-smi's; the workers run with it unless it is set
+PCI_BUS_ORDER = "PCI_BUS_ID"
 
 
 @dataclass(frozen=True)
@@ -52,14 +65,42 @@ def discover_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    return _NVIDIA_SMI_LINE.findall(_nvidia_smi(["-L"], environ))
+
+
+def _nvidia_smi(args: list[str], environ: Mapping[str, str]) -> str:
+    """What ``nvidia-smi ARGS`` prints; "" without nvidia-smi or when it fails."""
     smi = shutil.which("nvidia-smi", path=environ.get("PATH"))
     if smi is None:
-        return []
+        return ""
     try:
-        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=15, check=True).stdout
+        return subprocess.run([smi, *args], capture_output=True, text=True, timeout=15, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return []
-    return _NVIDIA_SMI_LINE.findall(listing)
+        return ""
+
+
+def gpu_local_cpus(
+    ids: Sequence[str], environ: Mapping[str, str] | None = None, pci: Path = SYSFS_PCI
+) -> dict[str, list[int]]:
+    """The CPUs near each GPU (its NUMA node's, from its PCI device), for the ids that can be matched
+    to one: a UUID (or its prefix, as CUDA takes it) always; a number when it counts in PCI bus
+    order, as nvidia-smi does (``CUDA_DEVICE_ORDER=PCI_BUS_ID``, which the workers get unless the
+    environment says otherwise: CUDA's own default order guesses the fastest GPU first)."""
+    environ = os.environ if environ is None else environ
+    by_number = environ.get("CUDA_DEVICE_ORDER", PCI_BUS_ORDER) == PCI_BUS_ORDER
+    listing = _nvidia_smi(["--query-gpu=index,uuid,pci.bus_id", "--format=csv,noheader"], environ)
+    rows = [[field.strip() for field in line.split(",")] for line in listing.splitlines() if line.count(",") == 2]
+    near: dict[str, list[int]] = {}
+    for gpu in ids:
+        buses = [bus for index, uuid, bus in rows if (gpu == index and by_number) or _uuid_names(gpu, uuid)]
+        if len(buses) == 1 and (cpus := pci_local_cpus(buses[0], pci)):
+            near[gpu] = cpus
+    return near
+
+
+def _uuid_names(gpu: str, uuid: str) -> bool:
+    """Whether ``gpu`` is ``uuid`` or a prefix of it that CUDA_VISIBLE_DEVICES accepts (``GPU-5f0d``)."""
+    return gpu.upper().startswith("GPU-") and uuid.upper().startswith(gpu.upper())
 
 
 def usable_cores() -> int:
@@ -82,10 +123,12 @@ def plan_workers(
     per_device: int = 1,
     pin_cpus: bool = False,
     quota: float | None = None,
+    gpu_cpus: Mapping[str, Sequence[int]] | None = None,
 ) -> list[WorkerSlot]:
     """Turn ``--devices`` and ``--workers`` into worker slots; raise ``ConfigError`` if they conflict.
-    CPU workers share ``cpus`` under a CPU ``quota`` (default: this process's, ``consumer.affinity``),
-    each pinned to its own share with ``pin_cpus``."""
+    CPU workers share ``cpus`` under a CPU ``quota`` (default: this process's, ``consumer.affinity``);
+    with ``pin_cpus`` each worker gets its own share, a GPU worker near its GPU (``gpu_cpus``: the
+    CPUs near each GPU id; default: read from nvidia-smi and sysfs)."""
     spec = devices.strip().lower()
     if cpus is None:
         cpus, quota = allowed_cpus(), cpu_limit()
@@ -93,13 +136,29 @@ def plan_workers(
         return _cpu_slots(workers, list(cpus), quota, pin_cpus)
     if spec == "auto":
         gpus = discover_gpus(environ)
-        return _gpu_slots(gpus, workers, per_device) if gpus else _cpu_slots(workers, list(cpus), quota, pin_cpus)
-    if spec.startswith("gpu:"):
-        ids = [d.strip() for d in spec[4:].split(",")]
-        if not all(ids) or len(set(ids)) != len(ids):
+        if not gpus:
+            return _cpu_slots(workers, list(cpus), quota, pin_cpus)
+        ids = gpus
+    elif spec.startswith("gpu:"):
+        ids = [d.strip() for d in devices.strip()[4:].split(",")]
+        if not all(ids) or len({d.lower() for d in ids}) != len(ids):
             raise ConfigError(f"invalid setting devices={devices!r}: list GPU ids once each, as in gpu:0,1")
-        return _gpu_slots(ids, workers, per_device)
-    raise ConfigError(f"invalid setting devices={devices!r}: use auto, cpu, or gpu:ID[,ID...]")
+    else:
+        raise ConfigError(f"invalid setting devices={devices!r}: use auto, cpu, or gpu:ID[,ID...]")
+    slots = _gpu_slots(ids, workers, per_device)
+    if not pin_cpus or not owns_cpus(len(cpus), quota):
+        return slots
+    return _near_gpus(slots, cpus, gpu_local_cpus(ids, environ) if gpu_cpus is None else gpu_cpus)
+
+
+def _near_gpus(slots: list[WorkerSlot], cpus: Sequence[int], near: Mapping[str, Sequence[int]]) -> list[WorkerSlot]:
+    """Each GPU worker pinned to its own share of the allowed CPUs near its GPU; none pinned unless
+    every GPU's are known (a worker left to roam would crowd the pinned ones)."""
+    allowed = set(cpus)
+    local = [tuple(sorted(allowed.intersection(near.get(slot.gpu_id or "", ())))) for slot in slots]
+    if not all(local):
+        return slots
+    return [replace(slot, cpus=share) for slot, share in zip(slots, shares_near_devices(local), strict=True)]
 
 
 def _cpu_slots(workers: int | None, cpus: list[int], quota: float | None, pin: bool) -> list[WorkerSlot]:

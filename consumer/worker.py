@@ -163,6 +163,7 @@ class Worker:
             full_batch_ms=round(warm[max(warm)] * 1000, 2),
             tf_devices=[d.name for d in tf.config.list_logical_devices()],
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            cuda_device_order=os.environ.get("CUDA_DEVICE_ORDER"),
         )
 
     def _connect(self) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from consumer.affinity import cpu_limit, cpu_shares, describe, physical_cores
-from consumer.devices import discover_gpus, oversubscribed, plan_workers
+from consumer.affinity import cpu_limit, cpu_shares, describe, parse_cpu_list, physical_cores
+from consumer.devices import discover_gpus, gpu_local_cpus, oversubscribed, plan_workers
 from consumer.errors import ConfigError
 from consumer.supervisor import RestartPolicy
 
@@ -87,13 +87,59 @@ def test_cores_left_from_an_even_split_are_shared_and_too_few_cores_pin_nothing(
     assert cpu_shares(2, [3, 9, 5, 7], sysfs) == [(3, 5), (7, 9)]  # a narrower set given by taskset or a cpuset
 
 
-def test_cpu_workers_are_pinned_only_when_asked_and_gpu_workers_never() -> None:
+def test_cpu_workers_are_pinned_only_when_asked_and_gpu_workers_only_near_a_known_gpu() -> None:
     slots = plan_workers("cpu", 2, cpus=[0, 1], pin_cpus=True)
     assert [(s.intra_op_threads, s.cpus) for s in slots] == [(1, (0,)), (1, (1,))]
     assert [s.cpus for s in plan_workers("cpu", 2, cpus=[0, 1])] == [(), ()]
     assert [s.cpus for s in plan_workers("cpu", 3, cpus=[0, 1], pin_cpus=True)] == [(), (), ()]
-    assert [s.cpus for s in plan_workers("gpu:0,1", None, cpus=[0, 1], pin_cpus=True)] == [(), ()]
+    assert [s.cpus for s in plan_workers("gpu:0,1", None, cpus=[0, 1], pin_cpus=True, gpu_cpus={})] == [(), ()]
     assert describe([8, 0, 1, 2, 3, 10, 11]) == "0-3,8,10-11"
+
+
+def test_gpu_workers_get_their_own_share_of_the_cores_near_their_gpu() -> None:
+    """Two sockets of 8 cores, GPUs 0 and 1 on the first, 2 and 3 on the second: the workers of a
+    socket split its cores (as an MPI rankfile binds ranks near their GPUs), so a worker's host
+    threads (tf.data, Kafka I/O, TensorFlow's pools, sized to them) stay by its GPU."""
+    first, second = range(100, 108), range(108, 116)  # CPUs sysfs does not know: each a core of its own
+    near = {"0": first, "1": first, "2": second, "3": second}
+    slots = plan_workers("gpu:0,1,2,3", None, cpus=range(100, 116), pin_cpus=True, gpu_cpus=near)
+    assert [describe(s.cpus) for s in slots] == ["100-103", "104-107", "108-111", "112-115"]
+    shared = plan_workers("gpu:0,2", None, cpus=range(100, 116), pin_cpus=True, per_device=2, gpu_cpus=near)
+    assert [(s.device, describe(s.cpus)) for s in shared] == [
+        ("gpu:0", "100-103"),
+        ("gpu:0", "104-107"),
+        ("gpu:2", "108-111"),
+        ("gpu:2", "112-115"),
+    ]
+    crowded = plan_workers("gpu:0,1", None, cpus=[100, 108], pin_cpus=True, gpu_cpus=near)
+    assert [s.cpus for s in crowded] == [(100,), (100,)]  # fewer cores than workers on a node: shared
+
+
+def test_gpu_workers_stay_unpinned_where_the_cores_near_their_gpu_are_unknown_or_not_theirs() -> None:
+    near = {"0": range(100, 104), "1": range(104, 108)}
+    every = range(100, 108)
+    assert [s.cpus for s in plan_workers("gpu:0,1,2", None, cpus=every, pin_cpus=True, gpu_cpus=near)] == [()] * 3
+    assert [s.cpus for s in plan_workers("gpu:1", None, cpus=range(100, 104), pin_cpus=True, gpu_cpus=near)] == [()]
+    assert [s.cpus for s in plan_workers("gpu:0", None, cpus=every, pin_cpus=True, quota=2.0, gpu_cpus=near)] == [()]
+    assert [s.cpus for s in plan_workers("gpu:0", None, cpus=every, gpu_cpus=near)] == [()]
+
+
+def test_the_cpus_near_a_gpu_are_read_from_its_pci_device(tmp_path: Path) -> None:
+    pci = tmp_path / "pci"
+    for address, cpus in {"0000:3b:00.0": "0-3,8-11\n", "0000:af:00.0": "4-7,12-15\n"}.items():
+        (pci / address).mkdir(parents=True)
+        (pci / address / "local_cpulist").write_text(cpus)
+    query = "0, GPU-aaa1, 00000000:3B:00.0\n1, GPU-aab2, 00000000:AF:00.0\n2, GPU-ccc3, 00000000:D8:00.0"
+    env = fake_nvidia_smi(tmp_path, query)
+    near = gpu_local_cpus(["0", "GPU-aab2", "2", "GPU-aa", "MIG-1"], env, pci)
+    # GPU 2's device is not in sysfs, GPU-aa names two GPUs, a MIG instance is not a PCI device
+    assert near == {"0": [0, 1, 2, 3, 8, 9, 10, 11], "GPU-aab2": [4, 5, 6, 7, 12, 13, 14, 15]}
+    # with CUDA's own order a number may name another GPU than nvidia-smi's: only UUIDs are matched
+    assert gpu_local_cpus(["0", "GPU-aaa1"], env | {"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}, pci) == {
+        "GPU-aaa1": [0, 1, 2, 3, 8, 9, 10, 11]
+    }
+    assert gpu_local_cpus(["0"], {"PATH": str(tmp_path / "no-nvidia-smi")}, pci) == {}
+    assert parse_cpu_list("0-2,7\n") == [0, 1, 2, 7] and parse_cpu_list("") == [] and parse_cpu_list("x-1") == []
 
 
 def cgroups(tmp_path: Path, membership: str, files: dict[str, str]) -> tuple[Path, Path]:

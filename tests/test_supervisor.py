@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 from confluent_kafka import Producer
 
-from consumer.affinity import describe
+from consumer.affinity import describe, parse_cpu_list
 from consumer.cli import build_parser, checked_run
 from consumer.codec import pack_input
 from tests import models
@@ -80,6 +80,55 @@ def test_cpu_workers_run_each_on_its_own_cores_with_every_thread(
     assert not set(first) & set(second) and sorted(first + second) == allowed
     assert sorted(started.values()) == sorted(describe(cpus) for cpus in (first, second))
     assert sorted(worker["cpus"] for worker in summary["workers"]) == sorted(started.values())
+
+
+def a_pci_device_near(cpus: list[int]) -> str | None:
+    """The address of a PCI device on this host whose NUMA node holds ``cpus`` (as a GPU's would)."""
+    for device in sorted(Path("/sys/bus/pci/devices").glob("*")):
+        try:
+            near = parse_cpu_list((device / "local_cpulist").read_text())
+        except OSError:
+            continue
+        if set(cpus) <= set(near):
+            return device.name
+    return None
+
+
+def test_gpu_workers_run_each_on_its_own_cores_near_their_gpu(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, tmp_path: Path
+) -> None:
+    """Two workers sharing GPU 0, whose PCI device (a real one of this host, as an ``nvidia-smi``
+    on the PATH reports it) sits on the node of the allowed CPUs: each worker, every thread, on its
+    own half of them; the workers count GPUs in nvidia-smi's order. No GPU here, so they run on
+    the CPU with ``--allow-cpu-fallback``: the planning and pinning are the GPU path's own."""
+    allowed = sorted(os.sched_getaffinity(0))
+    device = a_pci_device_near(allowed)
+    if len(allowed) < 2 or device is None:
+        pytest.skip("needs two CPUs and a PCI device whose local_cpulist holds them")
+    smi = tmp_path / "nvidia-smi"
+    listing, query = "GPU 0: Fake (UUID: GPU-f00)", f"0, GPU-f00, 0000{device}"  # nvidia-smi's 8-digit domain
+    smi.write_text(f'#!/bin/sh\n[ "$1" = -L ] && echo "{listing}" || echo "{query}"\n')
+    smi.chmod(0o755)
+    env = {k: v for k, v in ENV.items() if k not in {"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"}}
+    env["PATH"] = f"{tmp_path}:{os.environ['PATH']}"
+    inp, out = topics("in", "out", partitions=4)
+    command = consumer_command(
+        bootstrap, mlp_path, inp, out, group, "--devices", "auto", "--workers-per-device", "2", "--workers", "2"
+    )
+    with Deployment([*command, "--allow-cpu-fallback"], env) as deployment:
+        started = {event["pid"]: event["cpus"] for event in deployment.wait_for("worker started", 2, timeout=60)}
+        ready = [event["pid"] for event in deployment.wait_for("worker ready", 2, timeout=180)]
+        publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(200)))
+        assert set(wait_for_outputs(bootstrap, out, set(range(200)))) == set(range(200))
+        shares = {pid: thread_cpus(pid) for pid in ready}
+        deployment.stop()
+    assert [(e["device"], e["cuda_device_order"]) for e in deployment.events("model ready")] == [
+        ("gpu:0", "PCI_BUS_ID")
+    ] * 2
+    assert all(len(sets) == 1 for sets in shares.values()), shares
+    (first,), (second,) = shares.values()
+    assert not set(first) & set(second) and sorted(first + second) == allowed
+    assert sorted(started.values()) == sorted(describe(cpus) for cpus in (first, second))
 
 
 @pytest.fixture
