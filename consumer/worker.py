@@ -273,7 +273,9 @@ class Worker:
         if stuck_s is not None:
             status["stuck_in_batch_s"] = round(stuck_s, 1)
         if self.settings.stop_at_end:
-            status["at_end"] = self._bounded_run_done()
+            # held, only once the fetch loop committed the end: a status thread that saw the run done
+            # first let the supervisor stop the worker before that commit (and the log line)
+            status["at_end"] = self._was_at_end if self.hold_at_end else self._bounded_run_done()
         if self.metrics is not None:
             self.metrics.in_flight.set(status["in_flight"])
             self.metrics.traces.set(status["traces_after_warmup"])
@@ -315,6 +317,7 @@ class Worker:
             return done
         if done and not self._was_at_end:
             self._maybe_commit(force=True)
+            self._was_at_end = True  # only now does its status say so (``status``)
             self.log.info("reached the end of its partitions; waiting to leave with the other workers")
             if self.on_end_reached is not None:
                 self.on_end_reached()
