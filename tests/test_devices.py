@@ -192,6 +192,9 @@ def test_cuda_visible_devices_wins_over_nvidia_smi(tmp_path: Path) -> None:
 
 def test_explicit_gpu_lists_pin_one_worker_per_gpu() -> None:
     assert [s.device for s in plan_workers("gpu:1,3", None)] == ["gpu:1", "gpu:3"]
+    # UUIDs as nvidia-smi prints them: CUDA_VISIBLE_DEVICES takes them in that case only
+    by_uuid = plan_workers("GPU:GPU-5f0d,GPU-77aa", None)
+    assert [s.environment()["CUDA_VISIBLE_DEVICES"] for s in by_uuid] == ["GPU-5f0d", "GPU-77aa"]
 
 
 @pytest.mark.parametrize(
