@@ -188,6 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.get_logger("consumer.supervisor").info(
             "a CPU quota below the CPUs allowed: CPU workers sized to it, not pinned", quota=quota, sized_to=cores
         )
+    gpu_slots = [slot for slot in slots if slot.gpu_id is not None]
+    if gpu_slots and settings.cpu_affinity == "cores" and not any(slot.cpus for slot in gpu_slots):
+        logs.get_logger("consumer.supervisor").info(
+            "GPU workers not pinned near their GPUs",
+            why="the CPUs of their GPUs' NUMA nodes are unknown, or not this process's own",
+            reads="nvidia-smi --query-gpu=index,uuid,pci.bus_id, then /sys/bus/pci/devices/ADDRESS/local_cpulist",
+        )
     supervisor = Supervisor(settings, slots)
     try:
         code = supervisor.run()

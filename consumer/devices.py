@@ -28,7 +28,9 @@ from consumer.affinity import (
 )
 from consumer.errors import ConfigError
 
-_NVIDIA_SMI_LINE = re.compile(r"^GPU (\d+):", re.MULTILINE)
+#: ``nvidia-smi -L``: a GPU (``GPU 0: NAME (UUID: GPU-…)``), or, indented under it, a MIG device
+#: (``  MIG 1g.5gb Device 0: (UUID: MIG-…)``)
+_NVIDIA_SMI_DEVICE = re.compile(r"^(?:GPU (\d+):|\s+MIG .*\(UUID: (MIG-[^)\s]+)\))", re.MULTILINE)
 #: CUDA_DEVICE_ORDER under which GPU numbers are nvidia-smi's; the workers run with it unless it is set
 PCI_BUS_ORDER = "PCI_BUS_ID"
 
@@ -60,12 +62,30 @@ class WorkerSlot:
 
 
 def discover_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
-    """GPU ids visible to this process: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi -L``."""
+    """GPU ids visible to this process: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi -L``'s
+    GPUs, each split by MIG as its MIG devices (``listed_devices``)."""
     environ = os.environ if environ is None else environ
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
-    return _NVIDIA_SMI_LINE.findall(_nvidia_smi(["-L"], environ))
+    return [device for device, _ in listed_devices(_nvidia_smi(["-L"], environ))]
+
+
+def listed_devices(listing: str) -> list[tuple[str, str]]:
+    """(device id, the number of its GPU) for each device an ``nvidia-smi -L`` listing holds: a GPU
+    by its number, or, for a GPU split by MIG, each MIG device under it by UUID instead (a CUDA
+    process sees one MIG device, so each is a worker's device of its own)."""
+    devices: list[tuple[str, str]] = []
+    gpu: str | None = None
+    for number, mig in _NVIDIA_SMI_DEVICE.findall(listing):
+        if number:
+            gpu = number
+            devices.append((gpu, gpu))
+        elif gpu is not None:
+            if devices[-1] == (gpu, gpu):  # split: the GPU itself is not a device CUDA can use
+                devices.pop()
+            devices.append((mig, gpu))
+    return devices
 
 
 def _nvidia_smi(args: list[str], environ: Mapping[str, str]) -> str:
@@ -83,16 +103,23 @@ def gpu_local_cpus(
     ids: Sequence[str], environ: Mapping[str, str] | None = None, pci: Path = SYSFS_PCI
 ) -> dict[str, list[int]]:
     """The CPUs near each GPU (its NUMA node's, from its PCI device), for the ids that can be matched
-    to one: a UUID (or its prefix, as CUDA takes it) always; a number when it counts in PCI bus
-    order, as nvidia-smi does (``CUDA_DEVICE_ORDER=PCI_BUS_ID``, which the workers get unless the
-    environment says otherwise: CUDA's own default order guesses the fastest GPU first)."""
+    to one: a GPU's UUID (or its prefix, as CUDA takes it) or a MIG device's (its GPU's) always; a
+    number when it counts in PCI bus order, as nvidia-smi does (``CUDA_DEVICE_ORDER=PCI_BUS_ID``,
+    which the workers get unless the environment says otherwise: CUDA's own default order guesses
+    the fastest GPU first)."""
     environ = os.environ if environ is None else environ
     by_number = environ.get("CUDA_DEVICE_ORDER", PCI_BUS_ORDER) == PCI_BUS_ORDER
     listing = _nvidia_smi(["--query-gpu=index,uuid,pci.bus_id", "--format=csv,noheader"], environ)
     rows = [[field.strip() for field in line.split(",")] for line in listing.splitlines() if line.count(",") == 2]
+    split = any(gpu.startswith("MIG-") for gpu in ids)
+    listed = listed_devices(_nvidia_smi(["-L"], environ)) if split else []
+    parents = {device: gpu for device, gpu in listed if device.startswith("MIG-")}  # a MIG device's GPU
     near: dict[str, list[int]] = {}
     for gpu in ids:
-        buses = [bus for index, uuid, bus in rows if (gpu == index and by_number) or _uuid_names(gpu, uuid)]
+        if gpu in parents:
+            buses = [bus for index, _, bus in rows if index == parents[gpu]]  # nvidia-smi's own numbers
+        else:
+            buses = [bus for index, uuid, bus in rows if (gpu == index and by_number) or _uuid_names(gpu, uuid)]
         if len(buses) == 1 and (cpus := pci_local_cpus(buses[0], pci)):
             near[gpu] = cpus
     return near

@@ -139,6 +139,12 @@ def test_the_cpus_near_a_gpu_are_read_from_its_pci_device(tmp_path: Path) -> Non
         "GPU-aaa1": [0, 1, 2, 3, 8, 9, 10, 11]
     }
     assert gpu_local_cpus(["0"], {"PATH": str(tmp_path / "no-nvidia-smi")}, pci) == {}
+    # a MIG device is near its GPU's node: its GPU is found in nvidia-smi -L, its address by number
+    smi = tmp_path / "nvidia-smi"
+    answers = f"if [ \"$1\" = -L ]; then cat <<'END'\n{MIG_LISTING}\nEND\nelse cat <<'END'\n{query}\nEND\nfi\n"
+    smi.write_text("#!/bin/sh\n" + answers)
+    fastest = env | {"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
+    assert gpu_local_cpus(["MIG-222", "MIG-999", "1"], fastest, pci) == {"MIG-222": [0, 1, 2, 3, 8, 9, 10, 11]}
     assert parse_cpu_list("0-2,7\n") == [0, 1, 2, 7] and parse_cpu_list("") == [] and parse_cpu_list("x-1") == []
 
 
@@ -182,6 +188,21 @@ def test_auto_finds_gpus_with_nvidia_smi_and_gives_each_its_own_worker(tmp_path:
     assert [s.device for s in slots] == ["gpu:0", "gpu:1"]
     assert [s.environment()["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "1"]
     assert [s.device for s in plan_workers("auto", 1, environ=fake_nvidia_smi(tmp_path, listing))] == ["gpu:0"]
+
+
+MIG_LISTING = """GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-aaa)
+  MIG 3g.20gb     Device  0: (UUID: MIG-111)
+  MIG 3g.20gb     Device  1: (UUID: MIG-222)
+GPU 1: NVIDIA A100-SXM4-40GB (UUID: GPU-bbb)"""
+
+
+def test_a_gpu_split_by_mig_gives_a_worker_to_each_of_its_mig_devices(tmp_path: Path) -> None:
+    """A CUDA process sees one MIG device: with GPU 0 split in two, ``--devices auto`` runs a worker
+    on each half (by its UUID, the only name CUDA takes for it) and one on the whole GPU 1."""
+    env = fake_nvidia_smi(tmp_path, MIG_LISTING)
+    assert discover_gpus(env) == ["MIG-111", "MIG-222", "1"]
+    slots = plan_workers("auto", None, environ=env, gpu_cpus={})
+    assert [s.environment()["CUDA_VISIBLE_DEVICES"] for s in slots] == ["MIG-111", "MIG-222", "1"]
 
 
 def test_cuda_visible_devices_wins_over_nvidia_smi(tmp_path: Path) -> None:

@@ -122,6 +122,7 @@ def test_gpu_workers_run_each_on_its_own_cores_near_their_gpu(
         assert set(wait_for_outputs(bootstrap, out, set(range(200)))) == set(range(200))
         shares = {pid: thread_cpus(pid) for pid in ready}
         deployment.stop()
+    assert not deployment.events("GPU workers not pinned near their GPUs")
     assert [(e["device"], e["cuda_device_order"]) for e in deployment.events("model ready")] == [
         ("gpu:0", "PCI_BUS_ID")
     ] * 2
@@ -253,6 +254,10 @@ def test_gpu_pinning_runs_the_same_code_on_a_cpu_only_host(
     assert summary["workers"][0]["device"] == "gpu:0" and summary["predicted"] == 20
     (fallback,) = deployment.events("no GPU visible to TensorFlow: running on the CPU (--allow-cpu-fallback)")
     assert fallback["level"] == "warning" and fallback["cuda_visible_devices"] == "0"
+    # no nvidia-smi here to tell where GPU 0 sits: said once, and the worker left unpinned
+    (unpinned,) = deployment.events("GPU workers not pinned near their GPUs")
+    assert unpinned["reads"].startswith("nvidia-smi --query-gpu")
+    assert "cpus" not in deployment.events("worker started")[0]
 
 
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a GPU is visible here")
