@@ -218,6 +218,14 @@ def load_client_tables(config_file: str | None = None, environ: Mapping[str, str
     return merged
 
 
+#: what a setting checked by a pattern takes, said instead of the pattern itself
+_PATTERN_HINTS = {
+    "gpu_memory": "use grow, or a whole number of MiB such as 4096",
+    "preprocess": "use module:function, as in mypackage.prep:scale",
+    "transactional_id_prefix": "use letters, digits, '.', '_' and '-' only",
+}
+
+
 def _one_line(exc: ValidationError, sources: Mapping[str, str]) -> str:
     first = exc.errors()[0]
     key = ".".join(str(part) for part in first["loc"])
@@ -231,7 +239,10 @@ def _one_line(exc: ValidationError, sources: Mapping[str, str]) -> str:
         return f"invalid settings: {first['msg'].removeprefix('Value error, ')}"
     where = f" (from {sources[top]})" if top in sources else ""
     shown = "***" if _SECRET.search(key) else repr(first.get("input"))
-    return f"invalid setting {key}={shown}{where}: {first['msg'].removeprefix('Value error, ')}"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "string_pattern_mismatch" and key in _PATTERN_HINTS:
+        message = _PATTERN_HINTS[key]
+    return f"invalid setting {key}={shown}{where}: {message}"
 
 
 def _read_toml(path: str) -> dict[str, Any]:

@@ -63,7 +63,9 @@ def test_secrets_are_redacted_from_the_printable_settings() -> None:
         ({"allowed_batch_sizes": "0,256"}, "holds 0: batch sizes are 1 or more"),
         ({"allowed_batch_sizes": ",,"}, "allowed_batch_sizes is empty"),
         ({"allowed_batch_sizes": "8,16.5,256"}, "allowed_batch_sizes='8,16.5,256'.*list whole batch sizes"),
-        ({"preprocess": "not a ref"}, "preprocess"),
+        ({"preprocess": "not a ref"}, "preprocess='not a ref'.*: use module:function, as in mypackage.prep:scale$"),
+        ({"gpu_memory": "lots"}, "gpu_memory='lots'.*: use grow, or a whole number of MiB such as 4096$"),
+        ({"transactional_id_prefix": "a b"}, "transactional_id_prefix='a b'.*: use letters, digits"),
         # names a real cluster refuses, which the embedded broker took
         ({"output_topic": "bad/name"}, "output_topic='bad/name'.*is not a Kafka topic name"),
         ({"input_topic": "t1:0"}, "input_topic='t1:0'.*is not a Kafka topic name"),
