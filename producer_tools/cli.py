@@ -155,7 +155,7 @@ def _demo(sub: argparse._SubParsersAction) -> None:
 def _bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure the system against its limits and the usual approaches")
     p.add_argument("--bootstrap-servers", help="use this Kafka, not the embedded broker")
-    p.add_argument("--workload", default="mlp", help="mlp, mobilenet, or a model path (default mlp)")
+    p.add_argument("--workload", default="mlp", type=_workload, help="mlp, mobilenet, or a model path (default mlp)")
     p.add_argument(
         "--messages", type=_positive(int), metavar="N", help="preloaded messages (mlp 400000, mobilenet 2000)"
     )
@@ -356,6 +356,13 @@ def _port(text: str) -> int:
     if not 0 <= port <= MAX_PORT:
         raise argparse.ArgumentTypeError(f"must be a TCP port, 0 to {MAX_PORT}, got {text}")
     return port
+
+
+def _workload(text: str) -> str:
+    """A built-in workload's name, or a path that exists (what it holds, the model loader checks)."""
+    if text not in {"mlp", "mobilenet"} and not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"{text!r} is neither mlp, mobilenet nor an existing model path")
+    return text
 
 
 def _topic(text: str) -> str:

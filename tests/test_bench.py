@@ -231,6 +231,20 @@ def test_a_batch_setting_the_consumer_would_refuse_is_refused_before_the_bench_s
     assert not (tmp_path / "work").exists()
 
 
+def test_a_workload_that_is_no_name_and_no_path_is_refused_before_the_bench_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped workload was taken for a model path, and the bench ended with exit 1 only once it
+    had started TensorFlow, saying the model path did not exist."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--workload", "mobilenetv2", "--workdir", str(tmp_path / "work")])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == (
+        "python -m producer_tools bench: error: argument --workload: 'mobilenetv2' is neither mlp, mobilenet nor "
+        "an existing model path"
+    )
+    assert not (tmp_path / "work").exists()
+
+
 def test_a_savedmodel_is_benched_through_the_signature_given(tmp_path: Path) -> None:
     """``--signature``: the bench loaded ``serving_default`` only, so a SavedModel without one could
     not be benched at all (its error said to pass a ``--signature`` the bench did not have)."""
