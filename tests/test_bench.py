@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from consumer.devices import DEFAULT_CPU_WORKERS, usable_cores
-from producer_tools.bench import baselines, report, run, system, workloads
+from producer_tools.bench import baselines, cpu, report, run, system, workloads
 from producer_tools.bench.system import PRIMERS
 from producer_tools.cli import main
 from producer_tools.consumer_run import consumer_flags_problem
@@ -68,6 +68,12 @@ def test_bench_runs_every_phase_and_writes_its_json(
     assert len({row["count"] for row in stages.values()}) == 1 and stages["predict"]["count"] >= 1
     assert all(0 <= row["p50"] <= row["max"] < end_to_end["max"] for row in stages.values())
     assert stages["predict"]["p50"] > 0 and stages["acknowledge"]["p50"] > 0
+    # where the cores went while it published: the session's broker listens on this host, and the
+    # consumer and the publisher worked; none took more than the machine has
+    cpu = result["steady_cpu"]
+    assert cpu["seconds"] >= 1 and cpu["cpus"] == result["environment"]["cpus"]
+    assert cpu["consumer"] > 0 and cpu["publisher"] > 0 and cpu["broker"] is not None and cpu["broker"] > 0
+    assert all(0 <= cpu[k] <= cpu["cpus"] + 0.2 for k in ("busy", "broker", "consumer", "publisher"))
     versions = {k: result["environment"][k] for k in ("confluent_kafka", "librdkafka", "tensorflow")}
     assert all(v.count(".") >= 2 for v in versions.values()), versions  # full versions, not a first character
     assert result["rss_after_warmup_mb"] > 0 and result["peak_rss_mb"] >= result["rss_after_warmup_mb"]
@@ -75,6 +81,7 @@ def test_bench_runs_every_phase_and_writes_its_json(
     assert "system / io_limit" in table and "targets:" in table and "the worker consuming it" in table
     assert "the worker, per batch:" in table and "    acknowledge " in table
     assert "2 rounds, median shown" in table
+    assert "cores busy while publishing: " in table and "the consumer " in table
     # 400 messages fit in the relay's producer queue: the run says its I/O limit is a burst figure
     assert len(result["warnings"]) == 1 and "I/O limit reads high" in table
     # when it ran, so that runs on a shared machine can be placed in time; and it compares with itself
@@ -83,7 +90,16 @@ def test_bench_runs_every_phase_and_writes_its_json(
     compared = capsys.readouterr().out.splitlines()
     system_row = next(line for line in compared if line.startswith("system msg/s")).split()
     assert system_row[-1] == "1.00" and system_row[-2] == system_row[-3] == f"{result['rates']['system']:,.0f}"
+    consumer_cores = next(line for line in compared if line.startswith("cores while publishing: consumer")).split()
+    assert consumer_cores[-1] == consumer_cores[-2] == f"{cpu['consumer']:.2f}"
     assert "settings: the same in every run" in compared and "environment: the same in every run" in compared
+
+
+def test_the_broker_is_looked_for_on_this_host_only_at_the_bootstrap_servers_that_are_local() -> None:
+    assert cpu.local_ports("127.0.0.1:9092,kafka:9093,localhost:19092,[::1]:29092") == {9092, 19092, 29092}
+    assert cpu.local_ports("kafka-1:9092,10.0.0.5:9092") == set() and cpu.listening_pids(set()) == set()
+    line = cpu.describe({"cpus": 2, "busy": 1.9, "steal": 0.0, "broker": None, "consumer": 1.0, "publisher": 0.3})
+    assert line.endswith("the broker runs elsewhere)") and "1.90 of 2" in line
 
 
 def test_a_run_long_enough_for_a_steady_relay_has_no_warning() -> None:

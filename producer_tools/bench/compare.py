@@ -77,6 +77,9 @@ def _rows(results: list[dict[str, Any]]) -> list[Row]:
     for kind, key in (("consumed", "consume_latency_ms"), ("end to end", "latency_ms")):
         for p in ("p50", "p99"):
             rows.append(_figure(f"{kind} {p} ms", [r.get(key, {}).get(p) for r in results], "{:,.1f}", ratio=True))
+    for part in ("busy", "broker", "consumer", "publisher"):  # cores, while the latency phase published
+        cores = [(r.get("steady_cpu") or {}).get(part) for r in results]
+        rows.append(_figure(f"cores while publishing: {part}", cores, "{:.2f}"))
     rows.append(_figure("full batch predict ms", [r.get("full_batch_ms") for r in results], "{:,.2f}"))
     rows.append(_figure("worker memory growth MB", [r.get("memory_growth_mb") for r in results], "{:,.0f}"))
     rows.append(_figure("traces after warm-up", [r.get("traces_after_warmup") for r in results], "{}"))

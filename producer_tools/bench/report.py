@@ -8,6 +8,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from producer_tools.bench import cpu
+
 
 def environment() -> dict[str, Any]:
     import confluent_kafka
@@ -104,6 +106,8 @@ def print_table(result: dict[str, Any]) -> None:
             if "p50" in row:
                 print(f"  {name:<38} {row['p50']:>7} {row['p95']:>7} {row['p99']:>7}")
         _print_stages(result.get("stages_ms", {}))
+        if result.get("steady_cpu"):
+            print(f"  {cpu.describe(result['steady_cpu'])}")
     print(
         f"full batch predict: {result['full_batch_ms']:.2f} ms; traces after warm-up: {result['traces_after_warmup']}"
     )

@@ -120,6 +120,7 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
         "latency_ms": _worst_latency(steady["workers"]),
         "consume_latency_ms": _worst_latency(steady["workers"], "consume_latency_ms"),
         "stages_ms": {name: _worst(w.get("stages_ms", {}).get(name, {}) for w in steady["workers"]) for name in STAGES},
+        "steady_cpu": steady.get("steady_cpu"),
         "traces_after_warmup": sum(run["traces_after_warmup"] for run in rounds.drains + rounds.steady),
         "rss_after_warmup_mb": worker.get("rss_after_warmup_mb"),
         "peak_rss_mb": worker.get("peak_rss_mb"),

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from consumer.codec import pack_input
 from consumer.errors import BrokerError
+from producer_tools.bench.cpu import CpuMeter
 from producer_tools.bench.workloads import Inputs, Workload
 from producer_tools.clients import kafka_producer
 from producer_tools.consumer_run import ConsumerProcess, consumer_command
@@ -107,6 +108,8 @@ def steady_latency(
         producer = input_producer(bootstrap)
         publish(bootstrap, source, values, PRIMERS, desc="primers", producer=producer)
         read_topic(bootstrap, out, timeout=60, min_count=PRIMERS)
+        meter = CpuMeter(bootstrap, run.process.pid)
         publish(bootstrap, source, values, max(1, int(rate * seconds)), rate, f"steady {rate:,.0f}/s", producer)
+        cpu = meter.read()
         time.sleep(3.0)  # let the last inputs through (exactly-once: their transaction commit) before the drain
-        return run.stop(timeout=600)
+        return {**run.stop(timeout=600), "steady_cpu": cpu}
