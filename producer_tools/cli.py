@@ -26,6 +26,7 @@ from consumer.errors import BrokerError, ConfigError, TfStreamError
 from consumer.kafka_io import FETCH_WAIT_MS
 from consumer.signature import DEFAULT_SIGNATURE
 from producer_tools import commands
+from producer_tools.bench.workloads import BUILT_IN
 from producer_tools.clients import add_client_flags
 from producer_tools.consumer_run import consumer_flags_problem
 from producer_tools.paths import check_output_file, check_workdir
@@ -360,8 +361,8 @@ def _port(text: str) -> int:
 
 def _workload(text: str) -> str:
     """A built-in workload's name, or a path that exists (what it holds, the model loader checks)."""
-    if text not in {"mlp", "mobilenet"} and not Path(text).exists():
-        raise argparse.ArgumentTypeError(f"{text!r} is neither mlp, mobilenet nor an existing model path")
+    if text not in BUILT_IN and not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"{text!r} is neither {', '.join(BUILT_IN)} nor an existing model path")
     return text
 
 

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from consumer.model import LoadedModel
 
 Inputs = dict[str, np.ndarray]
+#: the workloads the bench builds itself; anything else given to ``--workload`` is a model path
+BUILT_IN = ("mlp", "mobilenet")
 
 
 @dataclass(frozen=True)
