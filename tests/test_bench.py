@@ -74,6 +74,7 @@ def test_bench_runs_every_phase_and_writes_its_json(
     assert cpu["seconds"] >= 1 and cpu["cpus"] == result["environment"]["cpus"]
     assert cpu["consumer"] > 0 and cpu["publisher"] > 0 and cpu["broker"] is not None and cpu["broker"] > 0
     assert all(0 <= cpu[k] <= cpu["cpus"] + 0.2 for k in ("busy", "broker", "consumer", "publisher"))
+    assert cpu["broker_process"].startswith("tansu")  # named, so that a proxy in front of a broker shows as one
     versions = {k: result["environment"][k] for k in ("confluent_kafka", "librdkafka", "tensorflow")}
     assert all(v.count(".") >= 2 for v in versions.values()), versions  # full versions, not a first character
     assert result["rss_after_warmup_mb"] > 0 and result["peak_rss_mb"] >= result["rss_after_warmup_mb"]
@@ -81,7 +82,7 @@ def test_bench_runs_every_phase_and_writes_its_json(
     assert "system / io_limit" in table and "targets:" in table and "the worker consuming it" in table
     assert "the worker, per batch:" in table and "    acknowledge " in table
     assert "2 rounds, median shown" in table
-    assert "cores busy while publishing: " in table and "the consumer " in table
+    assert "cores busy while publishing: " in table and "the broker (tansu" in table and "the consumer " in table
     # 400 messages fit in the relay's producer queue: the run says its I/O limit is a burst figure
     assert len(result["warnings"]) == 1 and "I/O limit reads high" in table
     # when it ran, so that runs on a shared machine can be placed in time; and it compares with itself
@@ -100,6 +101,9 @@ def test_the_broker_is_looked_for_on_this_host_only_at_the_bootstrap_servers_tha
     assert cpu.local_ports("kafka-1:9092,10.0.0.5:9092") == set() and cpu.listening_pids(set()) == set()
     line = cpu.describe({"cpus": 2, "busy": 1.9, "steal": 0.0, "broker": None, "consumer": 1.0, "publisher": 0.3})
     assert line.endswith("the broker runs elsewhere)") and "1.90 of 2" in line
+    proxied = {"cpus": 2, "busy": 1.2, "steal": 0.0, "broker": 0.01, "broker_process": "docker-proxy"}
+    line = cpu.describe(proxied | {"consumer": 1.0, "publisher": 0.2})
+    assert "(the broker (docker-proxy) 0.01, the consumer 1.00" in line
 
 
 def test_a_run_long_enough_for_a_steady_relay_has_no_warning() -> None:

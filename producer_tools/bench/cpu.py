@@ -50,6 +50,18 @@ def _cpu_seconds(pids: set[int]) -> dict[int, float]:
     return seconds
 
 
+def _names(pids: set[int]) -> str | None:
+    """The processes' names, as the line shows them (``tansu``; ``docker-proxy`` for a broker in a
+    container, whose own CPU is then not this one's)."""
+    names = set()
+    for pid in pids:
+        try:
+            names.add(psutil.Process(pid).name())
+        except psutil.Error:
+            continue
+    return ", ".join(sorted(names)) or None
+
+
 def _tree(pid: int) -> set[int]:
     try:
         root = psutil.Process(pid)
@@ -74,6 +86,7 @@ class CpuMeter:
     def __init__(self, bootstrap: str, consumer_pid: int) -> None:
         self.consumer_pid = consumer_pid
         self.broker = listening_pids(local_ports(bootstrap))
+        self.broker_process = _names(self.broker)
         self.consumer = _tree(consumer_pid)
         self.publisher = {psutil.Process().pid}
         self._start = _cpu_seconds(self.broker | self.consumer | self.publisher)
@@ -95,6 +108,7 @@ class CpuMeter:
             "busy": round(busy / seconds, 2),
             "steal": round(steal / seconds, 2),
             "broker": cores(self.broker) if self.broker else None,
+            "broker_process": self.broker_process,
             "consumer": cores(self.consumer),
             "publisher": cores(self.publisher),
         }
@@ -102,7 +116,8 @@ class CpuMeter:
 
 def describe(cpu: dict[str, Any]) -> str:
     """One line for the table: how busy the host was, and who took it."""
-    broker = f"the broker {cpu['broker']:.2f}, " if cpu.get("broker") is not None else ""
+    process = f" ({cpu['broker_process']})" if cpu.get("broker_process") else ""
+    broker = f"the broker{process} {cpu['broker']:.2f}, " if cpu.get("broker") is not None else ""
     elsewhere = "" if cpu.get("broker") is not None else "; the broker runs elsewhere"
     return (
         f"cores busy while publishing: {cpu['busy']:.2f} of {cpu['cpus']} ({broker}the consumer "
