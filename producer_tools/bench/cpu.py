@@ -51,7 +51,7 @@ def _cpu_seconds(pids: set[int]) -> dict[int, float]:
 
 
 def _names(pids: set[int]) -> str | None:
-    """The processes' names, as the line shows them (``tansu``; ``docker-proxy`` for a broker in a
+    """The processes' names, as the line shows them (``tansu-…``; ``docker-proxy`` for a broker in a
     container, whose own CPU is then not this one's)."""
     names = set()
     for pid in pids:
