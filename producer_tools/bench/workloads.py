@@ -7,6 +7,7 @@ consumer casts them. (c) any model file, with inputs generated from its signatur
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
     from consumer.model import LoadedModel
 
 Inputs = dict[str, np.ndarray]
-#: the workloads the bench builds itself; anything else given to ``--workload`` is a model path
-BUILT_IN = ("mlp", "mobilenet")
 
 
 @dataclass(frozen=True)
@@ -73,13 +72,9 @@ def build(name_or_path: str, workdir: Path, serving_signature: str = DEFAULT_SIG
     """The workload by name, or a model file's; a model that fixes its batch size is benched at that size."""
     from consumer.model import load_model
 
-    if name_or_path == "mlp":
-        # batch 1024, the size a user would pick for a model this small: it computes 1.6-1.7 times as many
-        # examples a second as at 256. 400,000 messages, four times what the relay's producer queues
-        # (100,000 by default): fewer fit in its queue and measure a burst, not its steady rate
-        path, batch, messages, wire = _mlp(workdir / "bench_mlp.keras"), 1024, 400_000, "float32"
-    elif name_or_path == "mobilenet":
-        path, batch, messages, wire = _mobilenet(workdir / "bench_mobilenet.keras"), 32, 2_000, "uint8"
+    if name_or_path in _BUILT_IN:
+        save, batch, messages, wire = _BUILT_IN[name_or_path]
+        path = save(workdir / f"bench_{name_or_path}.keras")
     else:
         path, batch, messages, wire = Path(name_or_path), 256, 20_000, ""
     model = load_model(path, version="bench", signature=serving_signature)
@@ -105,3 +100,15 @@ def _mobilenet(path: Path) -> Path:
         keras.utils.set_random_seed(0)
         keras.applications.MobileNetV2(input_shape=(96, 96, 3), weights=None, classes=10).save(path)
     return path
+
+
+#: the workloads the bench builds itself (how, their batch size, messages and wire dtype); anything
+#: else given to ``--workload`` is a model path. The MLP: batch 1024, the size a user would pick for a
+#: model this small (it computes 1.6-1.7 times as many examples a second as at 256); 400,000
+#: messages, four times what the relay's producer queues (100,000 by default): fewer fit in its
+#: queue and measure a burst, not its steady rate.
+_BUILT_IN: dict[str, tuple[Callable[[Path], Path], int, int, str]] = {
+    "mlp": (_mlp, 1024, 400_000, "float32"),
+    "mobilenet": (_mobilenet, 32, 2_000, "uint8"),
+}
+BUILT_IN = tuple(_BUILT_IN)
