@@ -42,7 +42,8 @@ def test_bench_runs_every_phase_and_writes_its_json(
     assert result["system_summary"]["predicted"] == 400 and result["traces_after_warmup"] == 0
     # two rounds of the relay, the system and the latency: the figures shown are the median round's
     runs = result["runs"]
-    assert [len(runs[k]) for k in ("io_limit", "system", "system / io_limit", "latency_p99_ms")] == [2, 2, 2, 2]
+    counted = ("io_limit", "system", "system / io_limit", "latency_p99_ms", "io_limit_latency_p99_ms")
+    assert [len(runs[k]) for k in counted] == [2, 2, 2, 2, 2]
     # (of two, the one less flattering to the system)
     assert min(runs["system"]) == pytest.approx(result["rates"]["system"], abs=0.1)
     assert max(runs["io_limit"]) == pytest.approx(result["rates"]["io_limit"], abs=0.1)
@@ -62,6 +63,12 @@ def test_bench_runs_every_phase_and_writes_its_json(
     assert result["targets"][target] is None
     consumed, end_to_end = result["consume_latency_ms"], result["latency_ms"]
     assert consumed["count"] == 200 + PRIMERS and all(0 < consumed[p] <= end_to_end[p] for p in ("p50", "p99", "max"))
+    # the bare relay ran at the same rate in each round, every input relayed and acknowledged; the
+    # figures shown are its median round's (of two, the lower p99: the one less flattering to the system)
+    relay, relay_consumed = result["io_limit_latency_ms"], result["io_limit_consume_latency_ms"]
+    assert relay["count"] == relay_consumed["count"] == 200 + PRIMERS
+    assert all(0 < relay_consumed[p] <= relay[p] for p in ("p50", "p99", "max"))
+    assert relay["p99"] == min(runs["io_limit_latency_p99_ms"])
     # the worker's share, stage by stage: every stage timed for the same batches, each within the whole
     stages = result["stages_ms"]
     assert list(stages) == ["batching", "queue", "predict", "emit", "acknowledge"]
@@ -82,6 +89,7 @@ def test_bench_runs_every_phase_and_writes_its_json(
     assert "system / io_limit" in table and "targets:" in table and "the worker consuming it" in table
     assert "the worker, per batch:" in table and "    acknowledge " in table
     assert "2 rounds, median shown" in table
+    assert "the bare relay consuming it (no model)" in table and "the relay's output acknowledged" in table
     assert "cores busy while publishing: " in table and "the broker (tansu" in table and "the consumer " in table
     # 400 messages fit in the relay's producer queue: the run says its I/O limit is a burst figure
     assert len(result["warnings"]) == 1 and "I/O limit reads high" in table
@@ -104,6 +112,18 @@ def test_the_broker_is_looked_for_on_this_host_only_at_the_bootstrap_servers_tha
     proxied = {"cpus": 2, "busy": 1.2, "steal": 0.0, "broker": 0.01, "broker_process": "docker-proxy"}
     line = cpu.describe(proxied | {"consumer": 1.0, "publisher": 0.2})
     assert "(the broker (docker-proxy) 0.01, the consumer 1.00" in line
+
+
+def test_a_bare_relay_that_missed_the_latency_target_at_half_load_is_said() -> None:
+    """The target is then below the I/O floor: no model, and still over it."""
+    result = {"settings": {"max_wait_ms": 10, "latency_rate": None}, "full_batch_ms": 2.0}
+    assert report.latency_budget_ms(result) == 66
+    (note,) = report.latency_floor(result | {"io_limit_latency_ms": {"p99": 104.2}})
+    assert note.startswith("the bare relay (no model) had a p99 of 104 ms at the same rate") and "(66 ms)" in note
+    assert report.latency_floor(result | {"io_limit_latency_ms": {"p99": 60.0}}) == []
+    assert report.latency_floor(result) == []  # a result from before the relay's latency was measured
+    at_a_given_rate = {**result, "settings": {"max_wait_ms": 10, "latency_rate": 200}}
+    assert report.latency_floor(at_a_given_rate | {"io_limit_latency_ms": {"p99": 104.2}}) == []
 
 
 def test_a_run_long_enough_for_a_steady_relay_has_no_warning() -> None:

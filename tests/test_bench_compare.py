@@ -27,10 +27,12 @@ def _result(system: float, p99: float, budget: int, consumer_args: list[str]) ->
             "system": [system, system * 1.1, system * 0.9],
             "system / io_limit": [0.5, 0.6, 0.7],
             "latency_p99_ms": [p99, p99 + 5, p99 - 5],
+            "io_limit_latency_p99_ms": [p99 / 2, p99 / 2 + 5, p99 / 2 - 5],
         },
         "latency_rate": system / 2,
         "latency_ms": {"p50": 30.0, "p95": 50.0, "p99": p99},
         "consume_latency_ms": {"p50": 20.0, "p95": 30.0, "p99": 40.0},
+        "io_limit_latency_ms": {"p50": 15.0, "p95": 25.0, "p99": p99 / 2},
         "full_batch_ms": 0.8,
         "memory_growth_mb": 56.0,
         "traces_after_warmup": 0,
@@ -64,6 +66,8 @@ def test_two_results_are_shown_side_by_side_with_what_differs(
     assert rows["system / io_limit"] == ["0.62", "0.75"]
     assert rows["end to end p99 ms"] == ["80.0", "60.0", "0.75"]
     assert rows["end to end p99 ms, rounds' range"] == ["75 to 85", "55 to 65"]
+    assert rows["bare relay p99 ms"] == ["40.0", "30.0", "0.75"]  # the I/O limit's, at the same rate
+    assert rows["bare relay p99 ms, rounds' range"] == ["35 to 45", "25 to 35"]
     # the same target lines up although each run computed its own budget
     assert rows["[target] latency p99 <= … ms at half load"] == ["MISS", "ok"]
     assert rows["[target] zero traces after warm-up"] == ["ok", "ok"]
@@ -79,6 +83,7 @@ def test_results_of_another_workload_or_missing_figures_are_marked_not_hidden(
     mobilenet = copy.deepcopy(mlp) | {"workload": "mobilenet", "targets": {"system >= 0.9 x compute limit": True}}
     del mobilenet["started_at"]  # a result from before bench recorded it
     del mobilenet["runs"]
+    del mobilenet["io_limit_latency_ms"]  # nor measured the bare relay's latency
     paths = [_write(tmp_path, f"{i}.json", r) for i, r in enumerate((mlp, mobilenet, mlp))]
     assert main(["bench-compare", *map(str, paths)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -88,6 +93,7 @@ def test_results_of_another_workload_or_missing_figures_are_marked_not_hidden(
     assert rows[""] == ["1", "2", "3"]  # no ratio column for three runs
     assert rows["[target] system >= 0.9 x compute limit"] == ["-", "ok", "-"]
     assert rows["system / io_limit, rounds' range"] == ["0.50 to 0.70", "-", "0.50 to 0.70"]
+    assert rows["bare relay p50 ms"] == ["15.0", "-", "15.0"]
 
 
 @pytest.mark.parametrize(

@@ -74,7 +74,8 @@ def _rows(results: list[dict[str, Any]]) -> list[Row]:
         rows.append(_figure(name, [r["ratios"].get(name) for r in results], "{:,.2f}"))
     rows += _round_ranges(results)
     rows.append(_figure("latency phase msg/s", [r.get("latency_rate") for r in results], _rate))
-    for kind, key in (("consumed", "consume_latency_ms"), ("end to end", "latency_ms")):
+    kinds = (("consumed", "consume_latency_ms"), ("end to end", "latency_ms"), ("bare relay", "io_limit_latency_ms"))
+    for kind, key in kinds:
         for p in ("p50", "p99"):
             rows.append(_figure(f"{kind} {p} ms", [r.get(key, {}).get(p) for r in results], "{:,.1f}", ratio=True))
     for part in ("busy", "broker", "consumer", "publisher"):  # cores, while the latency phase published
@@ -99,6 +100,7 @@ def _round_ranges(results: list[dict[str, Any]]) -> list[Row]:
         for label, name, fmt in (
             ("system / io_limit", "system / io_limit", "{:.2f}"),
             ("end to end p99 ms", "latency_p99_ms", "{:,.0f}"),
+            ("bare relay p99 ms", "io_limit_latency_p99_ms", "{:,.0f}"),
         )
     ]
 

@@ -14,7 +14,7 @@ from typing import Any
 from consumer.errors import ConfigError
 from consumer.signature import DEFAULT_SIGNATURE
 from consumer.timing import STAGES
-from producer_tools.bench import baselines, report, system, workloads
+from producer_tools.bench import baselines, relay_latency, report, system, workloads
 from producer_tools.embedded_broker import bootstrap_or_embedded
 from producer_tools.topics import create_topics
 
@@ -91,9 +91,10 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
     }
     latency_rate = options.latency_rate or max(1.0, (rates["system"] or 0.0) / 2)
     at = "half that throughput" if options.latency_rate is None else f"{latency_rate:,.0f} msg/s"
-    step(4, f"latency at {at} for {options.latency_seconds:.0f}s{_times(options.rounds)}")
+    step(4, f"latency at {at} for {options.latency_seconds:.0f}s, the system's and the bare relay's (no model) "
+         f"in turn{_times(options.rounds)}")  # fmt: skip
     _latency_rounds(rounds, bootstrap, options, workload, values, latency_rate)
-    steady = rounds.median_steady()
+    steady, relayed = rounds.median_steady(), rounds.median_relay_steady()
     step(5, f"the usual approaches ({options.baseline_seconds:.0f}s each for the per-message loops)")
     rates |= _usual(bootstrap, topics, workload, inputs, options.baseline_seconds)
     step(6, "memory under a backlog" if options.backlog else "memory (add --backlog N for a larger backlog)")
@@ -119,6 +120,8 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
         "latency_rate": latency_rate,
         "latency_ms": _worst_latency(steady["workers"]),
         "consume_latency_ms": _worst_latency(steady["workers"], "consume_latency_ms"),
+        "io_limit_latency_ms": relayed["latency_ms"],
+        "io_limit_consume_latency_ms": relayed["consume_latency_ms"],
         "stages_ms": {name: _worst(w.get("stages_ms", {}).get(name, {}) for w in steady["workers"]) for name in STAGES},
         "steady_cpu": steady.get("steady_cpu"),
         "traces_after_warmup": sum(run["traces_after_warmup"] for run in rounds.drains + rounds.steady),
@@ -130,7 +133,7 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
     result["targets"] = report.targets(options.workload, rates, result)
     result["warnings"] = report.warnings(
         workload.messages, baselines.RELAY_QUEUE, result["ratios"].get("system / compute_limit")
-    )
+    ) + report.latency_floor(result)
     return result
 
 
@@ -145,12 +148,17 @@ class Rounds:
     io_by_fetch: list[dict[str, float]] = field(default_factory=list)
     drains: list[dict[str, Any]] = field(default_factory=list)
     steady: list[dict[str, Any]] = field(default_factory=list)
+    #: each round's bare relay at the steady phase's rate (``relay_latency``)
+    relay_steady: list[dict[str, Any]] = field(default_factory=list)
 
     def median_drain(self) -> dict[str, Any]:
         return _median_by(self.drains, system.throughput, statistics.median_low)
 
     def median_steady(self) -> dict[str, Any]:
         return _median_by(self.steady, _p99, statistics.median_high)
+
+    def median_relay_steady(self) -> dict[str, Any]:
+        return _median_by(self.relay_steady, _relay_p99, statistics.median_low)
 
     def figures(self) -> dict[str, list[float]]:
         """Every round's figure, in the order measured, for the spread."""
@@ -165,6 +173,7 @@ class Rounds:
             "system": [round(r, 1) for r in system_rates],
             "system / io_limit": [round(s / i, 3) if i else 0.0 for s, i in pairs],
             "latency_p99_ms": [_p99(run) for run in self.steady],
+            "io_limit_latency_p99_ms": [_relay_p99(run) for run in self.relay_steady],
         }
 
 
@@ -199,9 +208,12 @@ def _latency_rounds(
 ) -> None:
     for number in range(1, options.rounds + 1):
         rounds.steady.append(_steady(bootstrap, options, workload, values, rate))
-        if options.rounds > 1:
-            p99 = _p99(rounds.steady[-1])
-            print(f"  round {number}/{options.rounds}: p99 {p99:,.1f} ms", file=sys.stderr, flush=True)
+        rounds.relay_steady.append(
+            relay_latency.measure(bootstrap, values, rate, options.latency_seconds, options.partitions)
+        )
+        p99, relay_p99 = _p99(rounds.steady[-1]), _relay_p99(rounds.relay_steady[-1])
+        print(f"  round {number}/{options.rounds}: p99 {p99:,.1f} ms, the bare relay's {relay_p99:,.1f} ms",
+              file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _steady(
@@ -225,6 +237,10 @@ def _median_by(
 
 def _p99(run: dict[str, Any]) -> float:
     return _worst_latency(run["workers"]).get("p99", 0.0)
+
+
+def _relay_p99(run: dict[str, Any]) -> float:
+    return float(run["latency_ms"].get("p99", 0.0))
 
 
 def _growth(worker: dict[str, Any]) -> float:

@@ -1,0 +1,198 @@
+"""The I/O limit's latency: the bare relay at the steady phase's rate, with no model.
+
+The relay is the I/O limit's (consume → msgpack decode → produce), run in a process of its own while
+the bench publishes at the rate the system's latency was measured at. It fetches as the workers do
+by default (``kafka_io.PACED_FETCH``, ``FETCH_WAIT_MS``), relays each record as soon as it is
+fetched, and produces as the workers do (``linger.ms`` 5, lz4, idempotent, ``acks`` all) with a
+thread serving the delivery reports. Each output carries its input's timestamp, so its delivery
+report gives the workers' measure: output acknowledged minus the input's record timestamp. What the
+system's p99 adds to this one is its batching, its model and its per-batch work; this one is what
+the broker, the host and the clients leave at that rate before any of that.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from multiprocessing import get_context
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+from typing import Any
+
+import msgpack
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+
+from consumer.child import when_parent_dies
+from consumer.errors import BrokerError
+from consumer.kafka_io import FETCH_WAIT_MS, PACED_FETCH
+from consumer.offsets import timestamps_of
+from consumer.timing import Reservoir, ages_ms
+from producer_tools.bench.system import PRIMERS, input_producer, publish
+from producer_tools.clients import kafka_consumer, kafka_producer
+from producer_tools.reader import partitions_of
+from producer_tools.topics import create_topics
+
+#: how long the relay waits for a first record before looking at its stop flag
+POLL_SECONDS = 0.1
+#: records taken at once after the first (what else the last fetch brought)
+READ_AT_ONCE = 10_000
+#: the relay's start (imports, metadata, the primers' round trip) and its end (the last outputs)
+START_SECONDS = 60.0
+#: after the last input is published, time for it to be relayed (the system's phase waits as long)
+SETTLE_SECONDS = 3.0
+
+
+def measure(bootstrap: str, values: list[bytes], rate: float, seconds: float, partitions: int) -> dict[str, Any]:
+    """Publish ``values`` at ``rate`` for ``seconds`` through the bare relay, on topics of its own;
+    the percentiles (ms) of consumed and of acknowledged minus the input's timestamp."""
+    source = f"bench-relay-steady-{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, [source, source + "-out"], partitions=partitions)
+    context = get_context("spawn")
+    primed, stop = context.Event(), context.Event()
+    receiving, sending = context.Pipe(duplex=False)
+    relay = context.Process(target=_relay, args=(bootstrap, source, primed, stop, sending), daemon=True)
+    relay.start()
+    try:
+        producer = input_producer(bootstrap)
+        # as in the system's phase: a few inputs relayed before the steady rate, so that connections
+        # and first fetches (start-up) are behind it
+        publish(bootstrap, source, values, PRIMERS, desc="primers", producer=producer)
+        _wait_for(primed, relay, "relay the first inputs")
+        publish(bootstrap, source, values, max(1, int(rate * seconds)), rate, f"relay {rate:,.0f}/s", producer)
+        time.sleep(SETTLE_SECONDS)
+        stop.set()
+        return _result(receiving, relay)
+    finally:
+        stop.set()
+        relay.join(START_SECONDS)
+        if relay.is_alive():
+            relay.kill()
+
+
+def _wait_for(event: Event, relay: Any, doing: str) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while not event.wait(0.5):
+        if not relay.is_alive() or time.monotonic() > deadline:
+            raise BrokerError(f"the bench's relay did not {doing} within {START_SECONDS:.0f}s; is the broker up?")
+
+
+def _result(receiving: Connection, relay: Any) -> dict[str, Any]:
+    if not receiving.poll(START_SECONDS):
+        raise BrokerError(f"the bench's relay did not finish within {START_SECONDS:.0f}s of its last input")
+    result: dict[str, Any] = receiving.recv()
+    if "error" in result:
+        raise BrokerError(f"the bench's relay failed: {result['error']}")
+    return result
+
+
+def _relay(bootstrap: str, source: str, primed: Event, stop: Event, results: Connection) -> None:
+    """The relay's process: everything from ``source`` to ``source-out`` until ``stop``."""
+    when_parent_dies(lambda: os._exit(1))
+    try:
+        results.send(_run_relay(bootstrap, source, primed, stop))
+    except Exception as exc:  # said by the parent, in one line
+        results.send({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def _run_relay(bootstrap: str, source: str, primed: Event, stop: Event) -> dict[str, Any]:
+    consumer = _consumer(bootstrap, source)
+    acknowledged = Acknowledgements(_producer(bootstrap))
+    consumed = Reservoir()
+    try:
+        while not stop.is_set():
+            first = consumer.consume(1, POLL_SECONDS)
+            records = [m for m in first + (consumer.consume(READ_AT_ONCE, 0) if first else []) if m.error() is None]
+            if records:
+                consumed.add(ages_ms(timestamps_of(records), time.time()))
+            for msg in records:
+                msgpack.unpackb(msg.value(), raw=False)
+                acknowledged.send(source + "-out", msg)
+            if acknowledged.delivered >= PRIMERS:
+                primed.set()
+        acknowledged.finish()
+    finally:
+        consumer.close()
+    return {"latency_ms": acknowledged.ages.percentiles(), "consume_latency_ms": consumed.percentiles()}
+
+
+def _consumer(bootstrap: str, topic: str) -> Consumer:
+    consumer = kafka_consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-relay-{os.getpid()}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": FETCH_WAIT_MS,
+            **PACED_FETCH,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions_of(consumer, topic)])
+    return consumer
+
+
+def _producer(bootstrap: str) -> Producer:
+    return kafka_producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "enable.idempotence": True,
+            "acks": "all",
+            "batch.num.messages": 10_000,
+        }
+    )
+
+
+class Acknowledgements:
+    """The relay's producer, with a thread serving its delivery reports as the workers' does: each
+    delivered output's age (now minus its input's timestamp, which it carries) goes to ``ages``."""
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+        self.ages = Reservoir()
+        self.delivered = 0
+        self.failure: KafkaError | None = None
+        self._pending: list[float] = []  # this poll's ages, added to the reservoir at once
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="relay-acks", daemon=True)
+        self._thread.start()
+
+    def send(self, topic: str, msg: Message) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    topic, msg.value(), msg.key(), timestamp=msg.timestamp()[1], on_delivery=self._on_delivery
+                )
+                return
+            except BufferError:  # the local queue is full: the serving thread empties it
+                time.sleep(0.001)
+
+    def finish(self) -> None:
+        """Every output acknowledged (or failed), then the serving thread stopped."""
+        self._stop.set()
+        self._thread.join()
+        self.producer.flush(START_SECONDS)
+        self._add_pending()
+        if len(self.producer):
+            raise BrokerError(f"{len(self.producer)} of the relay's outputs were not acknowledged")
+        if self.failure is not None:
+            raise BrokerError(f"an output of the relay failed: {self.failure.str()}")
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+            self._add_pending()
+
+    def _add_pending(self) -> None:
+        if self._pending:
+            self.ages.add(np.asarray(self._pending, dtype=np.float64))
+            self._pending = []
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failure = err
+            return
+        self.delivered += 1
+        self._pending.append(time.time() * 1000 - msg.timestamp()[1])
