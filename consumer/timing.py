@@ -12,7 +12,7 @@ from __future__ import annotations
 import resource
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -128,6 +128,17 @@ class Timeline:
             "consume_latency_ms": self.consume_latency_ms(),
             "stages_ms": {name: reservoir.percentiles() for name, reservoir in self._stages.items()},
         }
+
+
+def worst_of(percentiles: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Each percentile's worst value over several summaries of the same measure (several processes'),
+    ``count`` their sum; {} if none counted anything."""
+    measured = [p for p in percentiles if p.get("count")]
+    if not measured:
+        return {}
+    return {k: max(m[k] for m in measured) for k in ("p50", "p95", "p99", "max")} | {
+        "count": sum(m["count"] for m in measured)
+    }
 
 
 def _percentile(ordered: np.ndarray, q: float) -> float:

@@ -67,6 +67,8 @@ def test_bench_runs_every_phase_and_writes_its_json(
     # figures shown are its median round's (of two, the lower p99: the one less flattering to the system)
     relay, relay_consumed = result["io_limit_latency_ms"], result["io_limit_consume_latency_ms"]
     assert relay["count"] == relay_consumed["count"] == 200 + PRIMERS
+    # in as many processes as the system had workers (each percentile the worst of them, as the workers')
+    assert result["io_limit_latency_processes"] == len(result["system_summary"]["workers"])
     assert all(0 < relay_consumed[p] <= relay[p] for p in ("p50", "p99", "max"))
     assert relay["p99"] == min(runs["io_limit_latency_p99_ms"])
     # the worker's share, stage by stage: every stage timed for the same batches, each within the whole

@@ -1,7 +1,11 @@
 """The I/O limit's latency: the bare relay at the steady phase's rate, with no model.
 
-The relay is the I/O limit's (consume → msgpack decode → produce), run in a process of its own while
-the bench publishes at the rate the system's latency was measured at. It fetches as the workers do
+The relay is the I/O limit's (consume → msgpack decode → produce), run in as many processes as the
+system has workers (the partitions split between them, as the group splits them between the
+workers) while the bench publishes at the rate the system's latency was measured at. One process
+alone had a longer tail than two at 60,000 msg/s on two cores (p99 118 and 242 ms against 62 and
+83): its one interpreter lock serves the fetching, the producing and the delivery reports. It
+fetches as the workers do
 by default (``kafka_io.PACED_FETCH``, ``FETCH_WAIT_MS``), relays each record as soon as it is
 fetched, and produces as the workers do (``linger.ms`` 5, lz4, idempotent, ``acks`` all) with a
 thread serving the delivery reports. Each output carries its input's timestamp, so its delivery
@@ -29,57 +33,75 @@ from consumer.child import when_parent_dies
 from consumer.errors import BrokerError
 from consumer.kafka_io import FETCH_WAIT_MS, PACED_FETCH
 from consumer.offsets import timestamps_of
-from consumer.timing import Reservoir, ages_ms
+from consumer.timing import Reservoir, ages_ms, worst_of
 from producer_tools.bench.system import PRIMERS, input_producer, publish
 from producer_tools.clients import kafka_consumer, kafka_producer
-from producer_tools.reader import partitions_of
+from producer_tools.reader import partitions_of, read_topic
 from producer_tools.topics import create_topics
 
 #: how long the relay waits for a first record before looking at its stop flag
 POLL_SECONDS = 0.1
 #: records taken at once after the first (what else the last fetch brought)
 READ_AT_ONCE = 10_000
-#: the relay's start (imports, metadata, the primers' round trip) and its end (the last outputs)
+#: the relays' start (imports, metadata, the primers' round trip) and their end (the last outputs)
 START_SECONDS = 60.0
 #: after the last input is published, time for it to be relayed (the system's phase waits as long)
 SETTLE_SECONDS = 3.0
 
 
-def measure(bootstrap: str, values: list[bytes], rate: float, seconds: float, partitions: int) -> dict[str, Any]:
-    """Publish ``values`` at ``rate`` for ``seconds`` through the bare relay, on topics of its own;
-    the percentiles (ms) of consumed and of acknowledged minus the input's timestamp."""
+def measure(
+    bootstrap: str, values: list[bytes], rate: float, seconds: float, partitions: int, processes: int
+) -> dict[str, Any]:
+    """Publish ``values`` at ``rate`` for ``seconds`` through the bare relay in ``processes``
+    processes (as many as the system's workers), the partitions split between them, on topics of
+    its own; the percentiles (ms) of consumed and of acknowledged minus the input's timestamp, each
+    the worst over the processes, as the system's are over its workers."""
     source = f"bench-relay-steady-{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, [source, source + "-out"], partitions=partitions)
     context = get_context("spawn")
-    primed, stop = context.Event(), context.Event()
-    receiving, sending = context.Pipe(duplex=False)
-    relay = context.Process(target=_relay, args=(bootstrap, source, primed, stop, sending), daemon=True)
-    relay.start()
+    stop = context.Event()
+    relays = [_start(context, bootstrap, source, stop, index, processes) for index in range(processes)]
     try:
         producer = input_producer(bootstrap)
         # as in the system's phase: a few inputs relayed before the steady rate, so that connections
         # and first fetches (start-up) are behind it
         publish(bootstrap, source, values, PRIMERS, desc="primers", producer=producer)
-        _wait_for(primed, relay, "relay the first inputs")
+        if len(read_topic(bootstrap, source + "-out", timeout=START_SECONDS, min_count=PRIMERS)) < PRIMERS:
+            _raise_any_failure(relays)
+            raise BrokerError(f"the bench's relay did not relay its first inputs within {START_SECONDS:.0f}s")
         publish(bootstrap, source, values, max(1, int(rate * seconds)), rate, f"relay {rate:,.0f}/s", producer)
         time.sleep(SETTLE_SECONDS)
         stop.set()
-        return _result(receiving, relay)
+        results = [_result(receiving) for _, receiving in relays]
     finally:
         stop.set()
-        relay.join(START_SECONDS)
-        if relay.is_alive():
-            relay.kill()
+        for relay, _ in relays:
+            relay.join(START_SECONDS)
+            if relay.is_alive():
+                relay.kill()
+    return {
+        "processes": processes,
+        "latency_ms": worst_of(r["latency_ms"] for r in results),
+        "consume_latency_ms": worst_of(r["consume_latency_ms"] for r in results),
+    }
 
 
-def _wait_for(event: Event, relay: Any, doing: str) -> None:
-    deadline = time.monotonic() + START_SECONDS
-    while not event.wait(0.5):
-        if not relay.is_alive() or time.monotonic() > deadline:
-            raise BrokerError(f"the bench's relay did not {doing} within {START_SECONDS:.0f}s; is the broker up?")
+def _start(context: Any, bootstrap: str, source: str, stop: Event, index: int, count: int) -> tuple[Any, Connection]:
+    """Relay ``index`` of ``count``: partitions ``index``, ``index + count``, … of ``source``."""
+    receiving, sending = context.Pipe(duplex=False)
+    relay = context.Process(target=_relay, args=(bootstrap, source, stop, sending, index, count), daemon=True)
+    relay.start()
+    return relay, receiving
 
 
-def _result(receiving: Connection, relay: Any) -> dict[str, Any]:
+def _raise_any_failure(relays: list[tuple[Any, Connection]]) -> None:
+    """A relay that failed has said why: that, rather than what it left undone."""
+    for _, receiving in relays:
+        if receiving.poll(0):
+            _result(receiving)
+
+
+def _result(receiving: Connection) -> dict[str, Any]:
     if not receiving.poll(START_SECONDS):
         raise BrokerError(f"the bench's relay did not finish within {START_SECONDS:.0f}s of its last input")
     result: dict[str, Any] = receiving.recv()
@@ -88,18 +110,17 @@ def _result(receiving: Connection, relay: Any) -> dict[str, Any]:
     return result
 
 
-def _relay(bootstrap: str, source: str, primed: Event, stop: Event, results: Connection) -> None:
-    """The relay's process: everything from ``source`` to ``source-out`` until ``stop``."""
+def _relay(bootstrap: str, source: str, stop: Event, results: Connection, index: int, count: int) -> None:
+    """A relay's process: its partitions of ``source`` to ``source-out`` until ``stop``."""
     when_parent_dies(lambda: os._exit(1))
     try:
-        results.send(_run_relay(bootstrap, source, primed, stop))
+        results.send(_run_relay(_consumer(bootstrap, source, index, count), _producer(bootstrap), source, stop))
     except Exception as exc:  # said by the parent, in one line
         results.send({"error": f"{type(exc).__name__}: {exc}"})
 
 
-def _run_relay(bootstrap: str, source: str, primed: Event, stop: Event) -> dict[str, Any]:
-    consumer = _consumer(bootstrap, source)
-    acknowledged = Acknowledgements(_producer(bootstrap))
+def _run_relay(consumer: Consumer, producer: Producer, source: str, stop: Event) -> dict[str, Any]:
+    acknowledged = Acknowledgements(producer)
     consumed = Reservoir()
     try:
         while not stop.is_set():
@@ -110,15 +131,13 @@ def _run_relay(bootstrap: str, source: str, primed: Event, stop: Event) -> dict[
             for msg in records:
                 msgpack.unpackb(msg.value(), raw=False)
                 acknowledged.send(source + "-out", msg)
-            if acknowledged.delivered >= PRIMERS:
-                primed.set()
         acknowledged.finish()
     finally:
         consumer.close()
     return {"latency_ms": acknowledged.ages.percentiles(), "consume_latency_ms": consumed.percentiles()}
 
 
-def _consumer(bootstrap: str, topic: str) -> Consumer:
+def _consumer(bootstrap: str, topic: str, index: int, count: int) -> Consumer:
     consumer = kafka_consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -128,7 +147,8 @@ def _consumer(bootstrap: str, topic: str) -> Consumer:
             **PACED_FETCH,
         }
     )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions_of(consumer, topic)])
+    mine = partitions_of(consumer, topic)[index::count]
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in mine])
     return consumer
 
 
@@ -152,7 +172,6 @@ class Acknowledgements:
     def __init__(self, producer: Producer) -> None:
         self.producer = producer
         self.ages = Reservoir()
-        self.delivered = 0
         self.failure: KafkaError | None = None
         self._pending: list[float] = []  # this poll's ages, added to the reservoir at once
         self._stop = threading.Event()
@@ -194,5 +213,4 @@ class Acknowledgements:
         if err is not None:
             self.failure = err
             return
-        self.delivered += 1
         self._pending.append(time.time() * 1000 - msg.timestamp()[1])

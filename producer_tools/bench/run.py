@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import sys
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +13,7 @@ from typing import Any
 
 from consumer.errors import ConfigError
 from consumer.signature import DEFAULT_SIGNATURE
-from consumer.timing import STAGES
+from consumer.timing import STAGES, worst_of
 from producer_tools.bench import baselines, relay_latency, report, system, workloads
 from producer_tools.embedded_broker import bootstrap_or_embedded
 from producer_tools.topics import create_topics
@@ -122,7 +122,9 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
         "consume_latency_ms": _worst_latency(steady["workers"], "consume_latency_ms"),
         "io_limit_latency_ms": relayed["latency_ms"],
         "io_limit_consume_latency_ms": relayed["consume_latency_ms"],
-        "stages_ms": {name: _worst(w.get("stages_ms", {}).get(name, {}) for w in steady["workers"]) for name in STAGES},
+        "io_limit_latency_processes": relayed["processes"],
+        "stages_ms": {name: worst_of(w.get("stages_ms", {}).get(name, {}) for w in steady["workers"])
+                      for name in STAGES},
         "steady_cpu": steady.get("steady_cpu"),
         "traces_after_warmup": sum(run["traces_after_warmup"] for run in rounds.drains + rounds.steady),
         "rss_after_warmup_mb": worker.get("rss_after_warmup_mb"),
@@ -208,8 +210,9 @@ def _latency_rounds(
 ) -> None:
     for number in range(1, options.rounds + 1):
         rounds.steady.append(_steady(bootstrap, options, workload, values, rate))
+        processes = len(rounds.steady[-1]["workers"])  # as many relays as the system had workers
         rounds.relay_steady.append(
-            relay_latency.measure(bootstrap, values, rate, options.latency_seconds, options.partitions)
+            relay_latency.measure(bootstrap, values, rate, options.latency_seconds, options.partitions, processes)
         )
         p99, relay_p99 = _p99(rounds.steady[-1]), _relay_p99(rounds.relay_steady[-1])
         print(f"  round {number}/{options.rounds}: p99 {p99:,.1f} ms, the bare relay's {relay_p99:,.1f} ms",
@@ -284,14 +287,4 @@ def _backlog(
 
 def _worst_latency(workers: list[dict[str, Any]], key: str = "latency_ms") -> dict[str, float]:
     """Each percentile's worst value over the workers (one worker: its own figures)."""
-    return _worst(w.get(key, {}) for w in workers)
-
-
-def _worst(percentiles: Iterable[dict[str, Any]]) -> dict[str, float]:
-    """Each percentile's worst value over several summaries of the same measure (``count``: their sum)."""
-    measured = [p for p in percentiles if p.get("count")]
-    if not measured:
-        return {}
-    return {k: max(m[k] for m in measured) for k in ("p50", "p95", "p99", "max")} | {
-        "count": sum(m["count"] for m in measured)
-    }
+    return worst_of(w.get(key, {}) for w in workers)
