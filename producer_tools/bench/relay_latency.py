@@ -62,6 +62,7 @@ def measure(
     stop = context.Event()
     relays = [_start(context, bootstrap, source, stop, index, processes) for index in range(processes)]
     try:
+        _wait_until_ready(relays)
         producer = input_producer(bootstrap)
         # as in the system's phase: a few inputs relayed before the steady rate, so that connections
         # and first fetches (start-up) are behind it
@@ -72,10 +73,10 @@ def measure(
         publish(bootstrap, source, values, max(1, int(rate * seconds)), rate, f"relay {rate:,.0f}/s", producer)
         time.sleep(SETTLE_SECONDS)
         stop.set()
-        results = [_result(receiving) for _, receiving in relays]
+        results = [_result(receiving) for _, receiving, _ in relays]
     finally:
         stop.set()
-        for relay, _ in relays:
+        for relay, *_ in relays:
             relay.join(START_SECONDS)
             if relay.is_alive():
                 relay.kill()
@@ -86,17 +87,34 @@ def measure(
     }
 
 
-def _start(context: Any, bootstrap: str, source: str, stop: Event, index: int, count: int) -> tuple[Any, Connection]:
+#: a relay's process, the end its result comes from, and the flag it sets once its clients are made
+Relay = tuple[Any, Connection, Event]
+
+
+def _start(context: Any, bootstrap: str, source: str, stop: Event, index: int, count: int) -> Relay:
     """Relay ``index`` of ``count``: partitions ``index``, ``index + count``, … of ``source``."""
     receiving, sending = context.Pipe(duplex=False)
-    relay = context.Process(target=_relay, args=(bootstrap, source, stop, sending, index, count), daemon=True)
+    ready = context.Event()
+    args = (bootstrap, source, ready, stop, sending, index, count)
+    relay = context.Process(target=_relay, args=args, daemon=True)
     relay.start()
-    return relay, receiving
+    return relay, receiving, ready
 
 
-def _raise_any_failure(relays: list[tuple[Any, Connection]]) -> None:
+def _wait_until_ready(relays: list[Relay]) -> None:
+    """Every relay's clients made and its partitions assigned, before the first input is published
+    (as the system's workers hold theirs before its phase starts)."""
+    deadline = time.monotonic() + START_SECONDS
+    for relay, _, ready in relays:
+        while not ready.wait(0.2):
+            _raise_any_failure(relays)
+            if not relay.is_alive() or time.monotonic() > deadline:
+                raise BrokerError(f"the bench's relay did not start within {START_SECONDS:.0f}s")
+
+
+def _raise_any_failure(relays: list[Relay]) -> None:
     """A relay that failed has said why: that, rather than what it left undone."""
-    for _, receiving in relays:
+    for _, receiving, _ in relays:
         if receiving.poll(0):
             _result(receiving)
 
@@ -110,11 +128,13 @@ def _result(receiving: Connection) -> dict[str, Any]:
     return result
 
 
-def _relay(bootstrap: str, source: str, stop: Event, results: Connection, index: int, count: int) -> None:
+def _relay(bootstrap: str, source: str, ready: Event, stop: Event, results: Connection, index: int, count: int) -> None:
     """A relay's process: its partitions of ``source`` to ``source-out`` until ``stop``."""
     when_parent_dies(lambda: os._exit(1))
     try:
-        results.send(_run_relay(_consumer(bootstrap, source, index, count), _producer(bootstrap), source, stop))
+        consumer, producer = _consumer(bootstrap, source, index, count), _producer(bootstrap)
+        ready.set()
+        results.send(_run_relay(consumer, producer, source, stop))
     except Exception as exc:  # said by the parent, in one line
         results.send({"error": f"{type(exc).__name__}: {exc}"})
 
