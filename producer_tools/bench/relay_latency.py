@@ -4,14 +4,14 @@ The relay is the I/O limit's (consume → msgpack decode → produce), run in as
 system has workers (the partitions split between them, as the group splits them between the
 workers) while the bench publishes at the rate the system's latency was measured at. One process
 alone had a longer tail than two at 60,000 msg/s on two cores (p99 118 and 242 ms against 62 and
-83): its one interpreter lock serves the fetching, the producing and the delivery reports. It
-fetches as the workers do
-by default (``kafka_io.PACED_FETCH``, ``FETCH_WAIT_MS``), relays each record as soon as it is
-fetched, and produces as the workers do (``linger.ms`` 5, lz4, idempotent, ``acks`` all) with a
-thread serving the delivery reports. Each output carries its input's timestamp, so its delivery
-report gives the workers' measure: output acknowledged minus the input's record timestamp. What the
-system's p99 adds to this one is its batching, its model and its per-batch work; this one is what
-the broker, the host and the clients leave at that rate before any of that.
+83): its one interpreter lock serves the fetching, the producing and the delivery reports.
+
+Its clients are configured as a worker's (``kafka_io``, from the consumer's defaults: the paced
+fetch; ``linger.ms`` 5, lz4, idempotent, ``acks`` all). It relays each record as soon as it is
+fetched, and a thread serves its delivery reports. Each output carries its input's timestamp, so
+its delivery report gives the workers' measure: output acknowledged minus the input's record
+timestamp. What the system's p99 adds to this one is its batching, its model and its per-batch
+work; this one is what the broker, the host and the clients leave at that rate before any of that.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import msgpack
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
+from consumer import kafka_io
 from consumer.child import when_parent_dies
+from consumer.config import Settings
 from consumer.errors import BrokerError
-from consumer.kafka_io import FETCH_WAIT_MS, PACED_FETCH
 from consumer.offsets import timestamps_of
 from consumer.timing import Reservoir, ages_ms, worst_of
 from producer_tools.bench.system import PRIMERS, input_producer, publish
@@ -132,7 +133,7 @@ def _relay(bootstrap: str, source: str, ready: Event, stop: Event, results: Conn
     """A relay's process: its partitions of ``source`` to ``source-out`` until ``stop``."""
     when_parent_dies(lambda: os._exit(1))
     try:
-        consumer, producer = _consumer(bootstrap, source, index, count), _producer(bootstrap)
+        consumer, producer = _consumer(bootstrap, source, index, count), _producer(bootstrap, source)
         ready.set()
         results.send(_run_relay(consumer, producer, source, stop))
     except Exception as exc:  # said by the parent, in one line
@@ -157,32 +158,28 @@ def _run_relay(consumer: Consumer, producer: Producer, source: str, stop: Event)
     return {"latency_ms": acknowledged.ages.percentiles(), "consume_latency_ms": consumed.percentiles()}
 
 
-def _consumer(bootstrap: str, topic: str, index: int, count: int) -> Consumer:
-    consumer = kafka_consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-relay-{os.getpid()}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": FETCH_WAIT_MS,
-            **PACED_FETCH,
-        }
-    )
-    mine = partitions_of(consumer, topic)[index::count]
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in mine])
+def _consumer(bootstrap: str, source: str, index: int, count: int) -> Consumer:
+    consumer = kafka_consumer(_as_tools_client(kafka_io.consumer_config(_workers_settings(bootstrap, source), "relay")))
+    mine = partitions_of(consumer, source)[index::count]
+    consumer.assign([TopicPartition(source, p, OFFSET_BEGINNING) for p in mine])
     return consumer
 
 
-def _producer(bootstrap: str) -> Producer:
-    return kafka_producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": 5,
-            "compression.type": "lz4",
-            "enable.idempotence": True,
-            "acks": "all",
-            "batch.num.messages": 10_000,
-        }
-    )
+def _producer(bootstrap: str, source: str) -> Producer:
+    return kafka_producer(_as_tools_client(kafka_io.producer_config(_workers_settings(bootstrap, source), "relay")))
+
+
+def _workers_settings(bootstrap: str, source: str) -> Settings:
+    """The consumer's defaults, so that the relay's clients are configured exactly as a worker's
+    (``kafka_io``): its fetch, its producer, and whatever later changes them."""
+    group = f"bench-relay-{uuid.uuid4().hex[:8]}"
+    fields = {"bootstrap_servers": bootstrap, "input_topic": source, "output_topic": source + "-out"}
+    return Settings.model_validate(fields | {"group": group, "model": "(no model)"})
+
+
+def _as_tools_client(config: dict[str, Any]) -> dict[str, Any]:
+    """A worker's client settings, logging as the tools' clients do."""
+    return {key: value for key, value in config.items() if key != "logger"}
 
 
 class Acknowledgements:

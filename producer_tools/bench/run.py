@@ -210,7 +210,7 @@ def _latency_rounds(
 ) -> None:
     for number in range(1, options.rounds + 1):
         rounds.steady.append(_steady(bootstrap, options, workload, values, rate))
-        processes = len(rounds.steady[-1]["workers"])  # as many relays as the system had workers
+        processes = max(1, len(rounds.steady[-1]["workers"]))  # as many relays as the system had workers
         rounds.relay_steady.append(
             relay_latency.measure(bootstrap, values, rate, options.latency_seconds, options.partitions, processes)
         )
