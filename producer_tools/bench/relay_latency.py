@@ -133,7 +133,8 @@ def _relay(bootstrap: str, source: str, ready: Event, stop: Event, results: Conn
     """A relay's process: its partitions of ``source`` to ``source-out`` until ``stop``."""
     when_parent_dies(lambda: os._exit(1))
     try:
-        consumer, producer = _consumer(bootstrap, source, index, count), _producer(bootstrap, source)
+        settings = _workers_settings(bootstrap, source)
+        consumer, producer = _consumer(settings, index, count), _producer(settings)
         ready.set()
         results.send(_run_relay(consumer, producer, source, stop))
     except Exception as exc:  # said by the parent, in one line
@@ -158,15 +159,15 @@ def _run_relay(consumer: Consumer, producer: Producer, source: str, stop: Event)
     return {"latency_ms": acknowledged.ages.percentiles(), "consume_latency_ms": consumed.percentiles()}
 
 
-def _consumer(bootstrap: str, source: str, index: int, count: int) -> Consumer:
-    consumer = kafka_consumer(_as_tools_client(kafka_io.consumer_config(_workers_settings(bootstrap, source), "relay")))
-    mine = partitions_of(consumer, source)[index::count]
-    consumer.assign([TopicPartition(source, p, OFFSET_BEGINNING) for p in mine])
+def _consumer(settings: Settings, index: int, count: int) -> Consumer:
+    consumer = kafka_consumer(_as_tools_client(kafka_io.consumer_config(settings, "relay")))
+    mine = partitions_of(consumer, settings.input_topic)[index::count]
+    consumer.assign([TopicPartition(settings.input_topic, p, OFFSET_BEGINNING) for p in mine])
     return consumer
 
 
-def _producer(bootstrap: str, source: str) -> Producer:
-    return kafka_producer(_as_tools_client(kafka_io.producer_config(_workers_settings(bootstrap, source), "relay")))
+def _producer(settings: Settings) -> Producer:
+    return kafka_producer(_as_tools_client(kafka_io.producer_config(settings, "relay")))
 
 
 def _workers_settings(bootstrap: str, source: str) -> Settings:
@@ -206,7 +207,7 @@ class Acknowledgements:
                 time.sleep(0.001)
 
     def finish(self) -> None:
-        """Every output acknowledged (or failed), then the serving thread stopped."""
+        """The serving thread stopped, then every output left waited for (acknowledged or failed)."""
         self._stop.set()
         self._thread.join()
         self.producer.flush(START_SECONDS)
