@@ -10,6 +10,7 @@ echo "==> ruff" >&2
 echo "==> mypy" >&2
 .venv/bin/mypy
 echo "==> pytest" >&2
+rm -rf .pytest-hangs  # tests/conftest.py writes there the stacks of a test that hung
 set +e
 # Two test processes, each with its own embedded broker: most tests wait on the broker and the
 # group, not the CPU (on 2 cores the suite took 19m43s in one process, 9m50s in two). Pass -n 0 to
@@ -17,6 +18,12 @@ set +e
 .venv/bin/python -m pytest -n "${TFSTREAM_TEST_PROCESSES:-2}" "$@"
 status=$?
 set -e
+for hang in .pytest-hangs/*.txt; do
+    if [[ -s $hang ]]; then
+        echo "==> a test hung; where each thread of its process was:" >&2
+        cat "$hang" >&2
+    fi
+done
 if [[ $status -eq 5 ]]; then
     echo "pytest collected no tests: treating as a failure" >&2
     exit 1

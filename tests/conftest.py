@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +19,47 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 #: Short group timeouts: a join takes ~3 s instead of ~23 s on the embedded broker.
 FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+
+
+#: A test's phase (setup, call, teardown) still running this long is stuck where its timeout
+#: (pyproject's ``timeout``, a signal) cannot reach it: in C code (librdkafka, TensorFlow) that does
+#: not return to the interpreter, or in a clean-up after the timeout's exception. Its process's
+#: stacks go to HANGS and the process ends, so that the run fails and says where, rather than hangs.
+HUNG_AFTER_SECONDS = 420
+HANGS = Path(__file__).resolve().parent.parent / ".pytest-hangs"
+
+
+@contextmanager
+def _watched(item: pytest.Item, phase: str) -> Iterator[None]:
+    HANGS.mkdir(exist_ok=True)
+    path = HANGS / f"{os.getpid()}.txt"
+    with path.open("w") as dump:
+        dump.write(f"{item.nodeid} ({phase}) still ran after {HUNG_AFTER_SECONDS}s; its process's threads:\n")
+        dump.flush()
+        faulthandler.dump_traceback_later(HUNG_AFTER_SECONDS, exit=True, file=dump)
+        try:
+            yield
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+    path.unlink()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _watched(item, "setup"):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _watched(item, "call"):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    with _watched(item, "teardown"):
+        yield
 
 
 #: The embedded broker's process id, for fault tests that freeze it (None with KAFKA_BOOTSTRAP_SERVERS).
