@@ -58,6 +58,8 @@ READ_AHEAD_CHUNK = 1000
 #: reads only waits (with librdkafka fetching once its queue is taken, the MLP bench drained about
 #: 15% slower without this; docs/performance-log.md, 2026-12-01).
 HOLD_BATCHES = 4
+#: At a stop, how long the consumer's queue may be served before ``close()`` (``_serve_rebalance_before_close``)
+CLOSE_QUEUE_SECONDS = 1.0
 
 
 def message_bytes(messages: list[Message]) -> int:
@@ -717,8 +719,20 @@ class Worker:
         except ClientHungError:
             self._abandon()
             raise
+        self._serve_rebalance_before_close()
         self.consumer.close()
         self.log.info("worker stopped", **self.counters.snapshot(), traces_after_warmup=self.traces_after_warmup)
+
+    def _serve_rebalance_before_close(self) -> None:
+        """A rebalance that completed during the drain (a member joining in a rolling deploy) is
+        served here, by the consumer's queue, not by ``close()``: handed an assignment, librdkafka's
+        close was seen to block for good (two suite runs of four) inside the client's own
+        ``assign`` for the callback, which holds the interpreter lock, so the whole process froze.
+        ``_closing`` keeps the worker off what it is given. Records taken here are neither processed
+        nor committed: the partitions' next owner reads them."""
+        deadline = time.monotonic() + CLOSE_QUEUE_SECONDS
+        while self.consumer.consume(READ_AHEAD_CHUNK, 0) and time.monotonic() < deadline:
+            pass
 
     def _drain(self, predict: threading.Thread) -> None:
         """Finish what was read, deliver it and commit; ``ClientHungError`` at once if the producer
