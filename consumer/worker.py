@@ -725,11 +725,11 @@ class Worker:
 
     def _serve_rebalance_before_close(self) -> None:
         """A rebalance that completed during the drain (a member joining in a rolling deploy) is
-        served here, by the consumer's queue, not by ``close()``: handed an assignment, librdkafka's
-        close was seen to block for good (two suite runs of four) inside the client's own
-        ``assign`` for the callback, which holds the interpreter lock, so the whole process froze.
-        ``_closing`` keeps the worker off what it is given. Records taken here are neither processed
-        nor committed: the partitions' next owner reads them."""
+        served here, by the consumer's queue, not by ``close()``: handed an assignment, the close was
+        seen to block for good with the interpreter lock held (two suite runs of the last six), freezing the
+        whole process; the client's fallback ``assign`` for the callback is the one call it makes
+        there with that lock held. ``_closing`` keeps the worker off what it is given. Records taken
+        here are neither processed nor committed: the partitions' next owner reads them."""
         deadline = time.monotonic() + CLOSE_QUEUE_SECONDS
         while self.consumer.consume(READ_AHEAD_CHUNK, 0) and time.monotonic() < deadline:
             pass
