@@ -725,14 +725,17 @@ class Worker:
 
     def _serve_rebalance_before_close(self) -> None:
         """A rebalance that completed during the drain (a member joining in a rolling deploy) is
-        served here, by the consumer's queue, not by ``close()``: handed an assignment, the close was
-        seen to block for good with the interpreter lock held (two suite runs of the last six), freezing the
-        whole process; the client's fallback ``assign`` for the callback is the one call it makes
-        there with that lock held. ``_closing`` keeps the worker off what it is given. Records taken
-        here are neither processed nor committed: the partitions' next owner reads them."""
+        served here, from the consumer's queue, not by ``close()``. Handed an assignment, the close
+        was seen to block for good with the interpreter lock held (two suite runs of the last six),
+        freezing the whole process: the client's fallback ``assign`` for the callback is the one
+        call it makes there with that lock held. ``_closing`` keeps the worker off what it is
+        given; records taken here are neither processed nor committed (their next owner reads them)."""
         deadline = time.monotonic() + CLOSE_QUEUE_SECONDS
-        while self.consumer.consume(READ_AHEAD_CHUNK, 0) and time.monotonic() < deadline:
-            pass
+        try:
+            while self.consumer.consume(READ_AHEAD_CHUNK, 0) and time.monotonic() < deadline:
+                pass
+        except KafkaException as exc:  # the close is still made
+            self.log.warning("could not serve the consumer's queue before closing it", error=str(exc))
 
     def _drain(self, predict: threading.Thread) -> None:
         """Finish what was read, deliver it and commit; ``ClientHungError`` at once if the producer

@@ -427,8 +427,9 @@ def test_a_stop_that_meets_an_assignment_ends_cleanly(
     """A stop while the group is assigning partitions (a rolling deploy stops and starts workers
     at once): the assignment arrives during the drain. Handed to the close, where librdkafka can no
     longer read committed offsets, it crashed the worker with a traceback and exit 1 (seen in a
-    bench run), and later froze the close for good (two suite runs of the last six, on this test); now the
-    worker serves it before the close, stops cleanly and does not start on what it is leaving."""
+    bench run), and later froze the close for good (two suite runs of the last six, on this test).
+    Now the worker serves it before the close, stops cleanly and does not start on what it is
+    leaving."""
     from consumer.worker import Worker
 
     inp, out = topics("in", "out", partitions=2)
@@ -436,7 +437,7 @@ def test_a_stop_that_meets_an_assignment_ends_cleanly(
     drain = Worker._drain
 
     def drain_after_the_join(self: Worker, predict: Any) -> None:
-        time.sleep(8)  # no poll meanwhile: the join completes, its assignment waits for the close
+        time.sleep(8)  # no poll meanwhile: the join completes, its assignment waits for the stop
         drain(self, predict)
 
     class ClosingSaid(Consumer):
