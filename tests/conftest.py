@@ -31,6 +31,8 @@ HANGS = Path(__file__).resolve().parent.parent / ".pytest-hangs"
 
 @contextmanager
 def _watched(item: pytest.Item, phase: str) -> Iterator[None]:
+    """Armed per phase, not once per test: pytest's faulthandler plugin cancels any pending dump when
+    a phase reports an exception, which would leave the teardown after a timeout unwatched."""
     HANGS.mkdir(exist_ok=True)
     path = HANGS / f"{os.getpid()}.txt"
     with path.open("w") as dump:
