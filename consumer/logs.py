@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import threading
@@ -22,6 +23,7 @@ _TIMING = re.compile(r"\s*\(after \d+ms in state [^)]*\)")
 
 def configure(level: str = "info", fmt: str = "auto", **context: Any) -> None:
     """Configure structlog once per process; ``context`` is bound to every line (worker, device…)."""
+    survive_lost_stderr()
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     structlog.configure(
@@ -81,8 +83,50 @@ class Repeats(logging.Filter):
         return True
 
 
+class _SurvivesLostReader:
+    """``sys.stderr``, except that its reader going away (a closed pipe: a log shipper that died,
+    ``2>&1 | head``) costs the lines, not the run. From the first write that finds the pipe closed
+    on, the stream's file descriptor points to /dev/null, so later lines, Python's or the C
+    libraries', go nowhere without failing."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            self._discard()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._discard()
+
+    def _discard(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def survive_lost_stderr() -> None:
+    """Make this process's stderr survive its reader going away (``_SurvivesLostReader``). Before,
+    the supervisor's next line raised ``BrokenPipeError`` and ended it without stopping its workers,
+    and its exit then waited for them for good."""
+    if not isinstance(sys.stderr, _SurvivesLostReader):
+        sys.stderr = _SurvivesLostReader(sys.stderr)
+
+
 def line(text: str) -> None:
     """One line on stderr in one write, like the log lines (``print`` writes the newline apart)."""
+    survive_lost_stderr()
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
 

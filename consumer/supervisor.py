@@ -125,6 +125,9 @@ class Supervisor:
                 self._restart_due()
                 self._kill_if_drain_hangs()
                 self._log_progress()
+        except BaseException:
+            self._end_workers()
+            raise
         finally:
             self._close_endpoints()
             self._remove_files()
@@ -336,6 +339,21 @@ class Supervisor:
             if child.process is not None and child.process.pid:
                 self.log.error("worker did not drain in time: killing it", worker=child.slot.slot)
                 _signal(child.process.pid, signal.SIGKILL)
+
+    def _end_workers(self) -> None:
+        """The supervisor itself failed (a bug): its workers are told to stop (they drain) and waited
+        for within the stop budget, then killed. Left running, they kept its exit waiting for good:
+        multiprocessing joins a process's children at its exit, and a worker stops only when told to
+        or once its parent is gone."""
+        running = [(c.process, c.process.pid) for c in self.children if c.process is not None and c.process.pid]
+        for _, pid in running:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self._stop_budget_s()
+        for process, pid in running:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                _signal(pid, signal.SIGKILL)
+                process.join(5)
 
     def _stop_budget_s(self) -> float:
         """How long a stopping worker may take before it is killed: its drain waits up to

@@ -17,7 +17,17 @@ from consumer.codec import pack_input
 from producer_tools.embedded_broker import free_port
 from producer_tools.reader import read_topic
 from tests import models
-from tests.helpers import ENV, Deployment, Trickle, consumer_command, gone, outputs, publish, wait_for_outputs
+from tests.helpers import (
+    ENV,
+    Deployment,
+    Trickle,
+    committed,
+    consumer_command,
+    gone,
+    outputs,
+    publish,
+    wait_for_outputs,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +90,30 @@ def test_a_second_sigterm_stops_at_once_without_orphans_and_loses_nothing(
     seen = wait_for_outputs(bootstrap, out, set(range(total)), timeout=30)
     print(f"second SIGTERM: exit 1; the next run predicted {summary['predicted']}; {len(seen)} of {total} came out, "
           f"{sum(seen.values()) - len(seen)} twice")  # fmt: skip
+
+
+def test_a_consumer_whose_log_reader_went_away_keeps_serving_and_drains_on_sigterm(
+    bootstrap: str, topics: Callable[..., list[str]], group: str, mlp_path: Path
+) -> None:
+    """Logs piped to a shipper that died (or ``2>&1 | head``): the lines are lost, the run is not.
+    Before, the supervisor's next line raised ``BrokenPipeError`` and ended it without stopping its
+    worker, and its exit then waited for that worker for good (SIGTERM here: no drain, no exit)."""
+    inp, out = topics("in", "out", partitions=2)
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(100)))
+    command = consumer_command(bootstrap, mlp_path, inp, out, group, "--from-beginning", "--workers", "2")
+    process = subprocess.Popen(command, env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        wait_for_outputs(bootstrap, out, set(range(100)), timeout=120)
+        process.stderr.close()  # the reader goes away
+        publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(100, 300)))
+        seen = wait_for_outputs(bootstrap, out, set(range(300)), timeout=60)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        process.kill()
+    assert set(seen) == set(range(300)) and max(seen.values()) == 1
+    assert sum(committed(bootstrap, group, inp, 2).values()) == 300  # drained: everything committed
 
 
 def test_a_missing_model_exits_1_with_one_line(

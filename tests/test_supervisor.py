@@ -8,11 +8,13 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import tensorflow as tf
 from confluent_kafka import Producer
@@ -365,3 +367,33 @@ def test_static_membership_gives_each_worker_its_own_instance_id_kept_across_its
     restarted = deployment.wait_for("worker ready", 3)[-1]
     assert deployment.stop()["restarts"] == 1
     assert restarted["group_instance_id"] == ids[victim] and restarted["pid"] != victim
+
+
+def test_a_supervisor_that_fails_stops_its_workers_and_exits(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, tmp_path: Path
+) -> None:
+    """A bug in the supervisor's loop (injected here) ends the run with its traceback. Before, its
+    workers were not told, and its exit waited for them for good (multiprocessing joins children)."""
+    inp, out = topics("in", "out", partitions=2)
+    script = tmp_path / "failing_supervisor.py"
+    script.write_text(
+        "import sys\n"
+        "from consumer import supervisor\n"
+        "from consumer.cli import main\n"
+        "def fail_once_serving(self):\n"
+        "    if any(child.ready_at is not None for child in self.children):\n"
+        "        raise RuntimeError('a bug in the supervisor')\n"
+        "if __name__ == '__main__':\n"
+        "    supervisor.Supervisor._log_progress = fail_once_serving\n"
+        "    sys.exit(main(sys.argv[1:]))\n"
+    )
+    run_flags = consumer_command(bootstrap, mlp_path, inp, out, group, "--workers", "2")[3:]  # from ``run`` on
+    command = [sys.executable, str(script), *run_flags]
+    process = subprocess.Popen(command, env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1 and "RuntimeError: a bug in the supervisor" in err, err[-2000:]
+    started = [json.loads(line)["pid"] for line in err.splitlines() if '"event": "worker started"' in line]
+    assert len(started) == 2 and not any(psutil.pid_exists(pid) for pid in started), err[-2000:]
