@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from consumer.errors import TfStreamError
+from producer_tools.lifetime import ending_with_this_process
 
 #: Short group timeouts: on the embedded broker a join then takes ~3 s instead of ~23 s.
 FAST_GROUP_ENV = {
@@ -69,7 +70,9 @@ class ConsumerProcess:
     As a context manager, it is stopped if the block ends while it still runs."""
 
     def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(command, env=env or consumer_env(), stderr=subprocess.PIPE, text=True)
+        # SIGTERM once this process ends, however: killed outright, it cannot stop the consumer itself
+        tied = ending_with_this_process(command, signal.SIGTERM)
+        self.process = subprocess.Popen(tied, env=env or consumer_env(), stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from consumer.errors import BrokerError
+from producer_tools.lifetime import ending_with_this_process
 
 READY_TIMEOUT_SECONDS = 20.0
 #: How long the broker must stay up once its port answers: a broker that lost a race for its port
@@ -124,6 +125,9 @@ class EmbeddedBroker:
             "--storage-engine",
             "memory://tansu/",
         ]
+        # killed outright, the tool runs no clean-up: the kernel ends the broker (memory storage: its
+        # topics went with it anyway)
+        command = ending_with_this_process(command, signal.SIGKILL)
         env = {
             k: v
             for k, v in os.environ.items()

@@ -198,9 +198,17 @@ def make_fatal(producer: Producer, code: int, reason: str = "injected by a test"
 
 
 def gone(process: psutil.Process, timeout: float = 30) -> bool:
-    """Whether ``process`` ended within ``timeout`` (any process: a child, or one it left behind)."""
-    try:
-        process.wait(timeout)
-    except psutil.TimeoutExpired:
-        return False
-    return True
+    """Whether ``process`` ended within ``timeout`` (any process: a child, or one it left behind; a
+    zombie has ended, whether or not whoever reaps orphans here has come for it yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+            process.wait(0.2)
+            return True
+        except psutil.NoSuchProcess:
+            return True
+        except psutil.TimeoutExpired:
+            if time.monotonic() > deadline:
+                return False

@@ -3,11 +3,14 @@ worker process, no temporary file)."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -141,3 +144,57 @@ def test_pool_workers_exit_when_the_process_that_started_them_is_killed(tmp_path
         assert gone(worker, timeout=30), "the pool worker outlived the process that started it"
     finally:
         parent.kill()
+
+
+@pytest.mark.integration
+def test_a_tool_killed_outright_takes_its_embedded_broker_and_consumer_with_it(tmp_path: Path, mlp_path: Path) -> None:
+    """SIGKILL (or the out-of-memory killer) runs no clean-up in the tool: before, its broker and its
+    consumer (supervisor and workers) lived on. Now the kernel signals them when the tool ends."""
+    script = tmp_path / "tool.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, time
+            from pathlib import Path
+            from producer_tools.consumer_run import ConsumerProcess, consumer_command
+            from producer_tools.embedded_broker import EmbeddedBroker
+            from producer_tools.topics import create_topics
+
+            if __name__ == "__main__":
+                broker = EmbeddedBroker(log_path=Path({str(tmp_path / "broker.log")!r})).start()
+                create_topics(broker.bootstrap_servers, ["in", "out"], partitions=2)
+                command = consumer_command(broker.bootstrap_servers, Path({str(mlp_path)!r}), "in", "out", "g")
+                run = ConsumerProcess(command)
+                worker = run.wait_for("worker ready")[0]["pid"]
+                print(json.dumps([broker.pid, run.process.pid, worker]), flush=True)
+                time.sleep(300)
+            """
+        )
+    )
+    tool = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert tool.stdout is not None
+        broker, supervisor, worker = (psutil.Process(pid) for pid in json.loads(tool.stdout.readline()))
+        assert "tansu" in broker.name() and supervisor.ppid() == tool.pid == broker.ppid()
+        tool.kill()
+        tool.wait(10)
+        assert gone(broker, timeout=10), "the embedded broker outlived the tool that started it"
+        assert gone(supervisor, timeout=60), "the consumer outlived the tool that started it"
+        assert gone(worker, timeout=30), "the consumer's worker outlived the tool that started it"
+    finally:
+        tool.kill()
+
+
+def test_a_thread_s_child_is_started_as_it_is() -> None:
+    """The kernel signals a child when the *thread* that started it ends: from any thread but the
+    main one, the child would be signalled early, so it is started without the launcher."""
+    from producer_tools.lifetime import ending_with_this_process
+
+    command = ["tansu", "broker"]
+    tied = ending_with_this_process(command, signal.SIGKILL)
+    assert tied[0] == sys.executable and tied[-2:] == command and str(os.getpid()) in tied
+    seen: list[list[str]] = []
+    thread = threading.Thread(target=lambda: seen.append(ending_with_this_process(command, signal.SIGKILL)))
+    thread.start()
+    thread.join()
+    assert seen == [command]
