@@ -400,7 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with sigterm_unwinds():
-            return int(args.run(args))
+            code = int(args.run(args))
+            sys.stdout.flush()  # here, not at exit: a reader gone (``| head``) is met below
+            return code
+    except BrokenPipeError:  # stdout's reader went away: stop without a traceback, as shell tools do
+        _discard_stdout()
+        return 1
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -413,6 +418,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print("terminated (SIGTERM): stopped what this command had started", file=sys.stderr)
         return 143
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's own flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +129,16 @@ def test_a_file_that_is_not_a_bench_result_is_refused_in_one_line(
     assert captured.out == ""  # nothing half-printed
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: " + says.format(path=path))
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``… | head``: the reader of stdout closed before the table was written. Before, a
+    ``BrokenPipeError`` traceback; now exit 1 and nothing on stderr, as shell tools do."""
+    first = _write(tmp_path, "a.json", _result(150000.0, 80.0, 63, []))
+    second = _write(tmp_path, "b.json", _result(180000.0, 60.0, 64, []))
+    command = [sys.executable, "-m", "producer_tools", "bench-compare", str(first), str(second)]
+    tool = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert tool.stdout is not None and tool.stderr is not None
+    tool.stdout.close()  # before it has printed anything: it starts in about a second
+    err = tool.stderr.read()
+    assert tool.wait(60) == 1 and err == ""
