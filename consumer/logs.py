@@ -120,8 +120,25 @@ def survive_lost_stderr() -> None:
     """Make this process's stderr survive its reader going away (``_SurvivesLostReader``). Before,
     the supervisor's next line raised ``BrokenPipeError`` and ended it without stopping its workers,
     and its exit then waited for them for good."""
+    if sys.stderr is None:  # started with stderr closed (``2>&-``): Python leaves it None
+        sys.stderr = _devnull_stderr()
     if not isinstance(sys.stderr, _SurvivesLostReader):
         sys.stderr = _SurvivesLostReader(sys.stderr)
+
+
+def _devnull_stderr() -> Any:
+    """/dev/null as stderr, on file descriptor 2 too: left closed, it would go to the next file or
+    socket opened, and the C libraries' lines into it."""
+    try:
+        os.fstat(2)
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        if devnull != 2:
+            os.dup2(devnull, 2)  # inheritable, as stderr must be: the workers write to it too
+            os.close(devnull)
+        else:
+            os.set_inheritable(2, True)  # Python opens files for itself alone
+    return open(2, "w", buffering=1, closefd=False)
 
 
 def line(text: str) -> None:

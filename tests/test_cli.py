@@ -116,6 +116,21 @@ def test_a_consumer_whose_log_reader_went_away_keeps_serving_and_drains_on_sigte
     assert sum(committed(bootstrap, group, inp, 2).values()) == 300  # drained: everything committed
 
 
+def test_a_run_started_with_stderr_closed_serves_and_exits_as_usual(
+    bootstrap: str, topics: Callable[..., list[str]], group: str, mlp_path: Path, tmp_path: Path
+) -> None:
+    """``2>&-``: Python starts with no ``sys.stderr``. It was exit 120 (Python failing to flush it)
+    and no error line; now the lines go to /dev/null and the exit codes are the usual ones."""
+    inp, out = topics("in", "out", partitions=2)
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(50)))
+    closed = ["bash", "-c", 'exec "$@" 2>&-', "stderr-closed"]
+    bounded = consumer_command(bootstrap, mlp_path, inp, out, group, "--stop-at-end")
+    assert subprocess.run([*closed, *bounded], env=ENV, timeout=180).returncode == 0
+    assert set(wait_for_outputs(bootstrap, out, set(range(50)), timeout=30)) == set(range(50))
+    missing_model = consumer_command(bootstrap, tmp_path / "nope.keras", inp, out, group)
+    assert subprocess.run([*closed, *missing_model], env=ENV, timeout=60).returncode == 1
+
+
 def test_a_missing_model_exits_1_with_one_line(
     bootstrap: str, topics: Callable[..., list[str]], group: str, tmp_path: Path
 ) -> None:
