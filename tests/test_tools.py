@@ -577,6 +577,18 @@ def test_a_kafka_setting_librdkafka_refuses_is_one_line_with_exit_2(
     assert line.startswith('error: invalid Kafka client setting: No such configuration property: "no.such.setting"')
 
 
+def test_a_broker_out_of_reach_is_one_line_with_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """It was exit 2, the code for a usage error, although the README says a command that cannot
+    reach Kafka exits 1 (``lag``, ``collect`` and ``replay`` look their topics up the same way; one
+    is checked, as each waits out the 30 s lookup)."""
+    from producer_tools.embedded_broker import free_port
+
+    argv = ["lag", "--group", "g", "--topic", "t", "--bootstrap-servers", f"127.0.0.1:{free_port()}"]
+    assert main(argv) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: cannot reach Kafka to look up topic 't': ") and "--bootstrap-servers" in last
+
+
 def test_a_npy_file_is_published_row_by_row_from_a_memory_map(tmp_path: Path) -> None:
     """It was read whole into a list of examples: 1,000,000 rows of 64 floats held 630 MB (a file
     larger than memory could not be published); now each row is made when it is sent."""
