@@ -106,11 +106,7 @@ class _SurvivesLostReader:
             self._discard()
 
     def _discard(self) -> None:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, self._stream.fileno())
-        finally:
-            os.close(devnull)
+        write_to_devnull(self._stream.fileno())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -132,13 +128,21 @@ def _devnull_stderr() -> Any:
     try:
         os.fstat(2)
     except OSError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        if devnull != 2:
-            os.dup2(devnull, 2)  # inheritable, as stderr must be: the workers write to it too
-            os.close(devnull)
-        else:
-            os.set_inheritable(2, True)  # Python opens files for itself alone
+        write_to_devnull(2)
     return open(2, "w", buffering=1, closefd=False)
+
+
+def write_to_devnull(fd: int) -> None:
+    """File descriptor ``fd`` (open or not) writes to /dev/null from now on, and is inherited like
+    a standard stream (the workers write to the supervisor's stderr)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    if devnull == fd:  # ``fd`` was closed: it came back, but Python opens files for itself alone
+        os.set_inheritable(fd, True)
+        return
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def line(text: str) -> None:

@@ -24,6 +24,7 @@ from confluent_kafka import KafkaException
 from consumer.config import MAX_BATCH_SIZE, MAX_WAIT_MS, topic_name_problem
 from consumer.errors import BrokerError, ConfigError, TfStreamError
 from consumer.kafka_io import FETCH_WAIT_MS
+from consumer.logs import write_to_devnull
 from consumer.signature import DEFAULT_SIGNATURE
 from producer_tools import commands
 from producer_tools.bench.workloads import BUILT_IN
@@ -404,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()  # here, not at exit: a reader gone (``| head``) is met below
             return code
     except BrokenPipeError:  # stdout's reader went away: stop without a traceback, as shell tools do
-        _discard_stdout()
+        write_to_devnull(sys.stdout.fileno())  # else the interpreter's own flush at exit fails again
         return 1
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -418,15 +419,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print("terminated (SIGTERM): stopped what this command had started", file=sys.stderr)
         return 143
-
-
-def _discard_stdout() -> None:
-    """Point stdout at /dev/null, so that the interpreter's own flush at exit does not fail again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    finally:
-        os.close(devnull)
 
 
 def run_demo(args: argparse.Namespace) -> int:
