@@ -173,6 +173,10 @@ def _refuse_overrides(given: Mapping[str, Any], fixed: Mapping[str, Any], table:
             )
 
 
+#: what every "cannot reach Kafka" line of the consumer and the tools ends with
+UNREACHABLE_HINT = "check --bootstrap-servers and that the broker is up"
+
+
 def check_topics(
     client: Consumer | Producer, topics: Iterable[str], bootstrap: str, timeout: float
 ) -> tuple[list[str], dict[str, int]]:
@@ -182,8 +186,7 @@ def check_topics(
         metadata = client.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise BrokerError(
-            f"cannot reach Kafka at {bootstrap} within {timeout:.0f}s ({exc.args[0].str()}); "
-            "check --bootstrap-servers and that the broker is up"
+            f"cannot reach Kafka at {bootstrap} within {timeout:.0f}s ({exc.args[0].str()}); {UNREACHABLE_HINT}"
         ) from None
     missing, partitions = [], {}
     for topic in topics:

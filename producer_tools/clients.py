@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 
 from consumer.config import load_client_tables
 from consumer.errors import BrokerError, ConfigError
-from consumer.kafka_io import make_client, without_static_membership
+from consumer.kafka_io import UNREACHABLE_HINT, make_client, without_static_membership
 
 
 def add_client_flags(parser: argparse.ArgumentParser) -> None:
@@ -104,9 +104,7 @@ def admin_result(future: Future[Any], timeout: float, doing: str) -> Any:
 
 
 def _no_answer(doing: str, timeout: float) -> BrokerError:
-    return BrokerError(
-        f"no answer from Kafka within {timeout:.0f}s while {doing}; check --bootstrap-servers and that the broker is up"
-    )
+    return BrokerError(f"no answer from Kafka within {timeout:.0f}s while {doing}; {UNREACHABLE_HINT}")
 
 
 class Clients:

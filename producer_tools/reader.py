@@ -12,6 +12,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from tqdm import tqdm
 
 from consumer.errors import BrokerError, ConfigError
+from consumer.kafka_io import UNREACHABLE_HINT
 from producer_tools.clients import kafka_consumer
 
 
@@ -63,10 +64,8 @@ def partitions_of(client: Consumer | Producer, topic: str, timeout: float = 30.0
     try:
         found = client.list_topics(timeout=timeout).topics.get(topic)
     except KafkaException as exc:
-        raise BrokerError(
-            f"cannot reach Kafka to look up topic {topic!r}: {exc.args[0].str()}; "
-            "check --bootstrap-servers and that the broker is up"
-        ) from None
+        reason = exc.args[0].str()
+        raise BrokerError(f"cannot reach Kafka to look up topic {topic!r}: {reason}; {UNREACHABLE_HINT}") from None
     if found is None or found.error is not None or not found.partitions:
         raise ConfigError(f"topic {topic!r} does not exist: create it or fix the name")
     return sorted(found.partitions)
