@@ -12,11 +12,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY consumer ./consumer
 COPY producer_tools ./producer_tools
-# The project's dependencies except TensorFlow (the base image's, or the one asked for), then the project.
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
-print('\n'.join(d for d in deps if not d.startswith('tensorflow')))" > /tmp/requirements.txt \
- && pip install --no-cache-dir -r /tmp/requirements.txt ${TENSORFLOW:+"$TENSORFLOW"} \
- && pip install --no-cache-dir --no-deps .
+# The project and its dependencies, which leave TensorFlow out (it comes with the cpu or gpu extra):
+# the base image's is kept, or the one asked for is installed.
+RUN pip install --no-cache-dir ${TENSORFLOW:+"$TENSORFLOW"} .
 
 # Never run as root; models are mounted read-only at /models.
 RUN useradd --create-home --uid 10001 tfstream

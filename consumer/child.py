@@ -143,8 +143,8 @@ def _no_gpu(slot: WorkerSlot, allow_cpu_fallback: bool, built_with_cuda: bool) -
         return
     raise ConfigError(
         f"worker {slot.slot} was given {slot.device}, but TensorFlow sees no GPU (CUDA_VISIBLE_DEVICES={slot.gpu_id}; "
-        f"{why}): install tensorflow[and-cuda] and check nvidia-smi, run with --devices cpu, "
-        "or pass --allow-cpu-fallback"
+        f"{why}): install the gpu extra (pip install '.[gpu]', without '.[cpu]') and check nvidia-smi, run with "
+        "--devices cpu, or pass --allow-cpu-fallback"
     )
 
 

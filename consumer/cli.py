@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from consumer import __version__, kafka_io, logs
+from consumer import __version__, kafka_io, logs, tensorflow_install
 from consumer.affinity import allowed_cpus, cpu_limit, owns_cpus, usable_count
 from consumer.config import ENV_PREFIX, Settings, load_settings
 from consumer.devices import WorkerSlot, oversubscribed, plan_workers
 from consumer.errors import ConfigError
-from consumer.supervisor import EXIT_USAGE, Supervisor
+from consumer.supervisor import EXIT_FAILURE, EXIT_USAGE, Supervisor
 from consumer.versions import check_polling
 
 
@@ -179,7 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         logs.line(f"error: {exc}")
         return EXIT_USAGE
+    if (missing := tensorflow_install.missing()) is not None:  # else every worker would fail the same way
+        logs.line(f"error: {missing}")
+        return EXIT_FAILURE
     logs.configure(settings.log_level, settings.log_format, worker="supervisor")
+    if (builds := tensorflow_install.builds_over_each_other()) is not None:
+        logs.get_logger("consumer.supervisor").warning("two TensorFlow builds installed", advice=builds)
     cpus, quota = len(allowed_cpus()), cpu_limit()
     cores = usable_count(cpus, quota)
     if (warning := oversubscribed(slots, cores)) is not None:

