@@ -17,6 +17,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.errors import DeliveryError, InputError
+from consumer.logs import Sampled
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.timing import Timeline
 
@@ -328,14 +329,16 @@ class DeadLetters:
         self.counters, self.log = counters, log
         self.max_value_bytes = max_value_bytes
         self.on_dead_letter: Callable[[str], None] | None = None
+        #: without a dead-letter topic, a stream of bad inputs would write a line each
+        self.skipped = Sampled(log, "input skipped (no dead-letter topic)")
 
     def send(self, msg: Message, error: InputError) -> None:
         self.counters.add(dead_lettered=1)
         if self.on_dead_letter is not None:
             self.on_dead_letter(type(error).__name__)
         if self.topic is None:
-            self.log.warning(
-                "input skipped (no dead-letter topic)",
+            self.skipped.warning(
+                type(error).__name__,
                 stage=error.stage,
                 error=type(error).__name__,
                 reason=str(error),

@@ -19,6 +19,9 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 REPEAT_WINDOW_SECONDS = 30.0
 #: the part of a librdkafka line that changes from one repeat to the next
 _TIMING = re.compile(r"\s*\(after \d+ms in state [^)]*\)")
+#: a warning about one record (an input skipped) is written at most this many times per window
+SAMPLED_LINES = 10
+SAMPLED_WINDOW_SECONDS = 10.0
 
 
 def configure(level: str = "info", fmt: str = "auto", **context: Any) -> None:
@@ -81,6 +84,65 @@ class Repeats(logging.Filter):
             self._seen[line] = (now, 0)
         record.repeats = left_out
         return True
+
+
+class Sampled:
+    """A warning written once per record (an input skipped): the first ``lines`` of each ``window``
+    seconds are written, the rest counted by kind and said in one line once the window is over (at
+    the next ``warning`` or ``tick``) or at ``flush``. A stream of bad records (a producer writing
+    JSON to the topic) then costs a few lines a window, not one per record."""
+
+    def __init__(
+        self,
+        log: Any,
+        event: str,
+        lines: int = SAMPLED_LINES,
+        window: float = SAMPLED_WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log, self.event, self.lines, self.window, self.clock = log, event, lines, window, clock
+        self._opened_at: float | None = None
+        self._written = 0
+        self._held: dict[str, int] = {}
+        self._last: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, kind: str, **fields: Any) -> None:
+        with self._lock:
+            self._roll(self.clock())
+            if self._written < self.lines:
+                self._written += 1
+                self.log.warning(self.event, **fields)
+                return
+            self._held[kind] = self._held.get(kind, 0) + 1
+            self._last = fields
+
+    def tick(self) -> None:
+        """Say what was held once its window is over, though no warning came since."""
+        with self._lock:
+            self._roll(self.clock())
+
+    def flush(self) -> None:
+        with self._lock:
+            self._say_held()
+
+    def _roll(self, now: float) -> None:
+        if self._opened_at is not None and now - self._opened_at < self.window:
+            return
+        self._say_held()
+        self._opened_at, self._written = now, 0
+
+    def _say_held(self) -> None:
+        if not self._held:
+            return
+        self.log.warning(
+            f"{self.event}: more, not written one by one",
+            count=sum(self._held.values()),
+            by_kind=dict(self._held),
+            window_s=self.window,
+            last=self._last,
+        )
+        self._held, self._last = {}, {}
 
 
 class _SurvivesLostReader:

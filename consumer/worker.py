@@ -244,6 +244,7 @@ class Worker:
                 self._raise_failures(predict)
                 self._fetch()
                 self._maybe_commit()
+                self.serving.dead_letters.skipped.tick()
         finally:
             self._shutdown(predict)
         self._raise_failures(predict, finished=True)
@@ -721,6 +722,7 @@ class Worker:
             raise
         self._serve_rebalance_before_close()
         self.consumer.close()
+        self.serving.dead_letters.skipped.flush()
         self.log.info("worker stopped", **self.counters.snapshot(), traces_after_warmup=self.traces_after_warmup)
 
     def _serve_rebalance_before_close(self) -> None:

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import structlog
+import structlog.testing
 
 from consumer import logs
 
@@ -80,3 +81,26 @@ def test_a_librdkafka_line_repeated_is_written_once_per_window_with_its_count(mo
         ("FAIL [c#consume", None), ("FAIL [c#produce", None), ("FAIL [c#consume", 99),
     ]  # fmt: skip
     assert lines[-1]["event"] == refused.format(7)
+
+
+def test_a_warning_per_record_is_written_a_few_times_a_window_and_the_rest_counted() -> None:
+    now = [0.0]
+    with structlog.testing.capture_logs() as captured:
+        skipped = logs.Sampled(structlog.get_logger(), "input skipped", lines=3, window=10, clock=lambda: now[0])
+        for offset in range(50):  # 50 in the first second
+            now[0] = offset * 0.02
+            skipped.warning("NotMsgpackError" if offset % 5 else "WrongShapeError", offset=offset)
+        now[0] = 9.0
+        skipped.tick()  # the window is not over: nothing said yet
+        written_in_window = len(captured)
+        now[0] = 10.5
+        skipped.tick()  # over: what was held, in one line
+        now[0] = 11.0
+        skipped.warning("NotMsgpackError", offset=50)  # a new window: written again
+        skipped.flush()  # nothing held: no line
+    assert written_in_window == 3 and [line["offset"] for line in captured[:3]] == [0, 1, 2]
+    held = captured[3]
+    assert held["event"] == "input skipped: more, not written one by one" and held["log_level"] == "warning"
+    assert held["count"] == 47 and held["by_kind"] == {"NotMsgpackError": 38, "WrongShapeError": 9}
+    assert held["last"] == {"offset": 49} and held["window_s"] == 10
+    assert captured[4]["event"] == "input skipped" and captured[4]["offset"] == 50 and len(captured) == 5

@@ -15,6 +15,7 @@ import structlog
 import structlog.testing
 from confluent_kafka import Consumer, Producer
 
+from consumer import logs
 from consumer import outputs as outputs_module
 from consumer.codec import pack_input
 from consumer.delivery import wait_until
@@ -150,6 +151,28 @@ def test_bad_inputs_go_to_the_dead_letter_topic_with_their_reasons(
         assert headers["tfstream.errors.topic"] == inp.encode() and headers["tfstream.errors.group"] == group.encode()
         assert int(headers["tfstream.errors.offset"]) == [k for k, _ in records].index(msg.key())
         assert dead_letter_reason(msg).startswith(f"{error}: ")  # as the demo prints it (was "None: None")
+    assert committed(bootstrap, group, inp, 1) == {0: len(records)}
+
+
+def test_a_stream_of_bad_inputs_without_a_dead_letter_topic_writes_a_few_lines_not_one_each(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """A producer writing JSON to the input topic: each input is skipped and counted, and the log gets
+    ``SAMPLED_LINES`` of them a window and one line for the rest (before: a line per input, 50,000
+    lines for 50,000 inputs)."""
+    inp, out = topics("in", "out", partitions=1)
+    good = pack_input(np.ones(4, "float32"), id="good")
+    records = [(b"g0", good)] + [(b"json", b'{"features": [1, 2, 3, 4]}')] * 300 + [(b"g1", good)]
+    publish(bootstrap, inp, records)
+    with structlog.testing.capture_logs() as captured:
+        summary = run_worker(settings(bootstrap, mlp_path, inp, out, group))
+    one_by_one = [e for e in captured if e["event"] == "input skipped (no dead-letter topic)"]
+    held = [e for e in captured if e["event"] == "input skipped (no dead-letter topic): more, not written one by one"]
+    assert summary["dead_lettered"] == 300 and len(outputs(bootstrap, out, 2)) == 2
+    assert len(one_by_one) + sum(e["count"] for e in held) == 300  # every one said, one way or the other
+    assert logs.SAMPLED_LINES <= len(one_by_one) < 60 and len(held) < 10  # a few windows at most
+    assert (one_by_one[0]["offset"], one_by_one[0]["error"], one_by_one[0]["stage"]) == (1, "NotMsgpackError", "decode")
+    assert {kind for e in held for kind in e["by_kind"]} == {"NotMsgpackError"} and held[-1]["last"]["offset"] == 300
     assert committed(bootstrap, group, inp, 1) == {0: len(records)}
 
 
