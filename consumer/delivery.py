@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -40,6 +41,21 @@ HEADER_PREFIX = "tfstream."
 ANY_PARTITION, NOW = -1, 0
 #: How long ``Outbox.dead_producer`` serves events to learn the fatal error behind a sign of one.
 FATAL_CAUSE_WAIT_SECONDS = 1.0
+#: Above a record's key, value and headers, what librdkafka counts against ``message.max.bytes`` (its
+#: ``RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD``, rounded up), and per header (two length varints).
+RECORD_OVERHEAD_BYTES, HEADER_OVERHEAD_BYTES = 64, 10
+#: When the producer refuses a record as larger than its ``message.max.bytes``, ``send_batch`` may ask
+#: its caller to take the record's input elsewhere (a dead letter): given the record's index and size,
+#: True if it did.
+TooLarge = Callable[[int, int], bool]
+
+
+def record_bytes(value: bytes, key: bytes | None, headers: Headers | None) -> int:
+    """What the producer counts of a record against its ``message.max.bytes``, at most."""
+    size = RECORD_OVERHEAD_BYTES + len(value) + len(key or b"")
+    for name, header in headers or ():
+        size += HEADER_OVERHEAD_BYTES + len(name) + len(header or b"")
+    return size
 
 
 @dataclass
@@ -117,48 +133,66 @@ class Outbox:
         coords: list[tuple[Partition, int]] | None = None,
         timestamps: list[int] | None = None,
         timed: bool = False,
-    ) -> None:
+        too_large: TooLarge | None = None,
+    ) -> int:
         """One record per source message (key: the source's, unless given). ``coords`` and
         ``timestamps``: the sources', when the caller already has them. ``timed``: a batch's outputs,
-        whose wait for acknowledgement is its ``acknowledge`` stage (at least once)."""
+        whose wait for acknowledgement is its ``acknowledge`` stage (at least once). ``too_large``:
+        see ``TooLarge``. Returns how many records were left out that way."""
         with self.lock:
             if self.discarding:
-                return
+                return 0
             coords = coordinates_of(sources) if coords is None else coords
             ack = BatchAck(self, topic, coords, timestamps_of(sources) if timestamps is None else timestamps)
             produce, on_delivery = self.producer.produce, ack.on_delivery
             keys = [msg.key() for msg in sources] if keys is None else keys
+            left_out: list[int] = []
             for index, (value, key, record_headers) in enumerate(zip(values, keys, headers, strict=True)):
                 try:  # the common case, kept lean: one call per record
                     produce(topic, value, key, ANY_PARTITION, on_delivery, None, NOW, record_headers)
                 except (BufferError, KafkaException):
-                    if not self._produce(topic, value, key, record_headers, ack, coords[index]):
-                        return
+                    refused = self._produce(topic, value, key, record_headers, ack)
+                    if refused is None:
+                        continue
+                    size = record_bytes(value, key, record_headers)
+                    if refused.code() == KafkaError.MSG_SIZE_TOO_LARGE and too_large and too_large(index, size):
+                        left_out.append(index)
+                        continue
+                    self._fail(topic, *coords[index], refused)
+                    return len(left_out)
+            if left_out:
+                self._leave_out(ack, left_out)
             if self.transactional:
-                self.tracker.done_many(coords)
+                self.tracker.done_many(ack.coords)
                 self._uncommitted.append((topic, ack.timestamps))
             elif timed:
                 ack.produced_at = time.monotonic()
+            return len(left_out)
 
     def _produce(
-        self,
-        topic: str,
-        value: bytes,
-        key: bytes | None,
-        headers: Headers | None,
-        ack: BatchAck,
-        source: tuple[Partition, int],
-    ) -> bool:
-        """Produce one record, waiting while the producer's queue is full; False if it was refused."""
+        self, topic: str, value: bytes, key: bytes | None, headers: Headers | None, ack: BatchAck
+    ) -> KafkaError | None:
+        """Produce one record, waiting while the producer's queue is full; the error if it was refused
+        before sending (too large, unknown topic...)."""
         while True:
             try:
                 self.producer.produce(topic, value, key, ANY_PARTITION, ack.on_delivery, None, NOW, headers)
-                return True
+                return None
             except BufferError:  # the producer's queue is full: wait for acknowledgements
                 self.poll(0.05)
-            except KafkaException as exc:  # refused before sending (too large, unknown topic...)
-                self._fail(topic, *source, exc.args[0])
-                return False
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                return error
+
+    def _leave_out(self, ack: BatchAck, left_out: list[int]) -> None:
+        """Records the producer refused whose inputs went elsewhere (dead letters, done when those are):
+        the batch no longer covers their inputs, nor waits for their acknowledgement."""
+        gone = set(left_out)
+        ack.coords = [c for i, c in enumerate(ack.coords) if i not in gone]
+        ack.timestamps = [t for i, t in enumerate(ack.timestamps) if i not in gone]
+        if not self.transactional:  # counted as acknowledged, after the coordinates changed: the last
+            for _ in left_out:  # acknowledgement, whichever thread serves it, marks the rest done
+                ack.on_delivery(None, None)
 
     def committed(self) -> None:
         """Exactly once: the open transaction committed; its inputs count as acknowledged now."""
@@ -181,9 +215,15 @@ class Outbox:
         """Keep the first failure; the input is never marked done, so nothing past it commits."""
         if self.failure is None and not self.discarding:
             retriable = err.code() not in PERMANENT and not err.fatal()
+            hint = ""
+            if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # an input's own size goes to a dead letter instead
+                hint = (
+                    ": the model's outputs for one input are larger than the producer's message.max.bytes; raise "
+                    "it under [kafka.producer], with the topic's max.message.bytes and the brokers' message.max.bytes"
+                )
             self.failure = DeliveryError(
                 f"could not deliver a record to topic {topic!r} ({err.str()}); "
-                f"input {partition[0]}[{partition[1]}]@{offset} and later are not committed",
+                f"input {partition[0]}[{partition[1]}]@{offset} and later are not committed{hint}",
                 retriable=retriable,
                 cause=err,
             )
@@ -263,7 +303,7 @@ class BatchAck:
         #: when its last record was handed to the producer, for a timed batch
         self.produced_at: float | None = None
 
-    def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+    def on_delivery(self, err: KafkaError | None, _msg: Message | None) -> None:
         if err is not None:  # the batch never counts as done: nothing past it commits
             self.outbox._fail(self.topic, *self.coords[0], err)
         elif next(self._acknowledged) == self.last:
@@ -323,11 +363,12 @@ class DeadLetters:
         model: dict[str, str],
         counters: Counters,
         log: Any,
-        max_value_bytes: int = 1_000_000,
+        max_record_bytes: int = 1_000_000,
     ) -> None:
         self.outbox, self.topic, self.group, self.model = outbox, topic, group, model
         self.counters, self.log = counters, log
-        self.max_value_bytes = max_value_bytes
+        #: the producer's ``message.max.bytes``: a dead letter is cut to fit it (``_fitted``)
+        self.max_record_bytes = max_record_bytes
         self.on_dead_letter: Callable[[str], None] | None = None
         #: without a dead-letter topic, a stream of bad inputs would write a line each
         self.skipped = Sampled(log, "input skipped (no dead-letter topic)")
@@ -347,12 +388,27 @@ class DeadLetters:
             )
             self.outbox.tracker.done(*coordinates(msg))
             return
-        headers = dead_letter_headers(msg, error, self.group, self.model)
-        value = msg.value() or b""
-        if len(value) > self.max_value_bytes:  # the producer would refuse it, and the stream would stop on it
-            headers.append((HEADER_PREFIX + "errors.value.omitted.bytes", str(len(value)).encode()))
-            value = b""
-        self.outbox.send(msg, self.topic, value, msg.key(), headers)
+        self.outbox.send(msg, self.topic, *self._fitted(msg, dead_letter_headers(msg, error, self.group, self.model)))
+
+    def _fitted(self, msg: Message, headers: Headers) -> tuple[bytes, bytes | None, Headers]:
+        """The dead letter's value, key and headers, cut until the producer takes it (else the stream
+        would stop on it): the largest of the input's value, key and own headers dropped first, then
+        the next, each said in a ``tfstream.errors.{value,key,headers}.omitted.bytes`` header."""
+        value, key = msg.value() or b"", msg.key()
+        ours = [(name, header) for name, header in headers if name.startswith(HEADER_PREFIX)]
+        theirs = record_bytes(b"", None, headers) - record_bytes(b"", None, ours)  # the input's own headers
+        sizes = {"value": len(value), "key": len(key or b""), "headers": theirs}
+        for part, size in sorted(sizes.items(), key=itemgetter(1), reverse=True):
+            if record_bytes(value, key, headers) <= self.max_record_bytes:
+                break
+            if part == "value":
+                value = b""
+            elif part == "key":
+                key = None
+            else:
+                headers = [(name, header) for name, header in headers if name.startswith(HEADER_PREFIX)]
+            headers = [*headers, (f"{HEADER_PREFIX}errors.{part}.omitted.bytes", str(size).encode())]
+        return value, key, headers
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, tick: Callable[[], None]) -> bool:

@@ -162,3 +162,8 @@ class EmitError(InputError):
     """This input's output could not be encoded (a bug, caught so one input cannot stop the stream)."""
 
     stage = "emit"
+
+
+class OutputTooLargeError(EmitError):
+    """This input's output record is larger than the producer's ``message.max.bytes``, because of what
+    the input carries into it (its key, headers or id) or a string output of its own."""

@@ -6,9 +6,9 @@ import numpy as np
 from confluent_kafka import Message
 
 from consumer.codec import encode_tensor_for_json, output_envelope
-from consumer.delivery import HEADER_PREFIX, Counters, DeadLetters, Headers, Outbox, source_headers
+from consumer.delivery import HEADER_PREFIX, Counters, DeadLetters, Headers, Outbox, record_bytes, source_headers
 from consumer.envelopes import OutputPacker
-from consumer.errors import EmitError
+from consumer.errors import EmitError, OutputTooLargeError
 from consumer.json_output import encode_json, json_value
 from consumer.pipeline import Batch
 
@@ -60,40 +60,78 @@ class Emitter:
         try:
             values = self._values(batch, outputs)
         except Exception:  # one input whose output cannot be encoded must not stop the stream
-            batch, values = self._encode_each(batch, outputs)
+            batch, outputs, values = self._encode_each(batch, outputs)
             if not batch.rows:
                 return
-        record_headers = self._record_headers(batch.messages, rows, predict_ms)
-        self.outbox.send_batch(
+        own = self._own_headers(rows, predict_ms)
+        left_out = self.outbox.send_batch(
             batch.messages,
             self.topic,
             values,
-            record_headers,
+            self._record_headers(batch.messages, own),
             coords=batch.coords,
             timestamps=batch.timestamps,
             timed=True,
+            too_large=lambda index, size: self._dead_letter_too_large(batch, outputs, own, index, size),
         )
-        self.counters.add(predicted=batch.rows, batches=1, padded_rows=bucket - rows)
+        self.counters.add(predicted=batch.rows - left_out, batches=1, padded_rows=bucket - rows)
 
-    def _record_headers(self, messages: list[Message], rows: int, predict_ms: float) -> list[Headers | None]:
-        """Each output's headers: the input's own (tracing ids), then the worker's if it adds them
-        (``rows``: the batch's, as predicted)."""
+    def _own_headers(self, rows: int, predict_ms: float) -> Headers | None:
+        """The worker's headers on each output of a batch (``rows``: as predicted), if it adds them."""
         if not self.own_headers:
-            return [source_headers(m) if m.headers() else None for m in messages]
-        own: Headers = [
+            return None
+        return [
             *self._model_headers,
             (HEADER_PREFIX + "batch.rows", str(rows).encode()),
             (HEADER_PREFIX + "predict.ms", f"{predict_ms:.3f}".encode()),
         ]
+
+    @staticmethod
+    def _record_headers(messages: list[Message], own: Headers | None) -> list[Headers | None]:
+        """Each output's headers: the input's own (tracing ids), then the worker's."""
+        if own is None:
+            return [source_headers(m) if m.headers() else None for m in messages]
         return [source_headers(m) + own if m.headers() else own for m in messages]
+
+    def _dead_letter_too_large(
+        self, batch: Batch, outputs: dict[str, np.ndarray], own: Headers | None, index: int, size: int
+    ) -> bool:
+        """Row ``index``'s output, refused by the producer as too large: a dead letter if what its input
+        carries into it (key, headers, id) or a string output of its own makes it so, and True. False
+        if the model's other outputs alone are too large, as they would be for every input: the run
+        ends then, with a line saying to raise ``message.max.bytes``."""
+        limit = self.dead_letters.max_record_bytes
+        if self._bare_record_bytes(batch, outputs, own, index) > limit:
+            return False
+        self.dead_letters.send(
+            batch.messages[index],
+            OutputTooLargeError(
+                f"its output record would be {size:,} bytes, over the producer's message.max.bytes ({limit:,}): "
+                "what the input carries into it (its key, headers or id) or a string output is too large"
+            ),
+        )
+        return True
+
+    def _bare_record_bytes(self, batch: Batch, outputs: dict[str, np.ndarray], own: Headers | None, index: int) -> int:
+        """Row ``index``'s output record without what its input carries (key, headers, id) and with its
+        string outputs empty: what the model's outputs make of it alone."""
+        row = batch.row(index)
+        row.ids = [(None, False)]
+        bare = {
+            name: np.full_like(array[index : index + 1], b"") if array.dtype == object else array[index : index + 1]
+            for name, array in outputs.items()
+        }
+        return record_bytes(self._values(row, bare)[0], None, own)
 
     def _values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
         if self._json:
             return self._json_values(batch, outputs)
         return self._packer.pack_rows(outputs, batch.coords, batch.timestamps, batch.ids)
 
-    def _encode_each(self, batch: Batch, outputs: dict[str, np.ndarray]) -> tuple[Batch, list[bytes]]:
-        """The batch's rows whose outputs encode, and their values; the others are dead letters."""
+    def _encode_each(
+        self, batch: Batch, outputs: dict[str, np.ndarray]
+    ) -> tuple[Batch, dict[str, np.ndarray], list[bytes]]:
+        """The batch's rows whose outputs encode, their outputs and their values; the others are dead letters."""
         good: list[int] = []
         values: list[bytes] = []
         for row, msg in enumerate(batch.messages):
@@ -104,7 +142,7 @@ class Emitter:
                 self.dead_letters.send(msg, EmitError(f"its output cannot be encoded: {type(exc).__name__}: {exc}"))
                 continue
             good.append(row)
-        return batch.rows_at(good), values
+        return batch.rows_at(good), {name: array[good] for name, array in outputs.items()}, values
 
     def _json_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
         values = []

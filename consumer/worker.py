@@ -212,10 +212,8 @@ class Worker:
     def _serving(self, served: Served, watcher: Watcher | None) -> Serving:
         """The pipeline into the model, and where its outputs and dead letters go."""
         s = self.settings
-        producer_limit = int(self.producer_config.get("message.max.bytes", 1_000_000))
-        dead_letters = DeadLetters(
-            self.outbox, s.dlq_topic, s.group, served.info, self.counters, self.log, producer_limit - 64 * 1024
-        )
+        limit = int(self.producer_config.get("message.max.bytes", 1_000_000))
+        dead_letters = DeadLetters(self.outbox, s.dlq_topic, s.group, served.info, self.counters, self.log, limit)
         if self.metrics is not None:
             dead_letters.on_dead_letter = self.metrics.dead_letter
         limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)

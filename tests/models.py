@@ -96,6 +96,21 @@ def row_per_input_or_not(out: Path, scalar_output: bool) -> Path:
     return save_serving(RowPerInputOrNot(scalar_output), out)
 
 
+class Widening(tf.Module):
+    """Repeats its input along its last axis as many times as the batch's largest first value (at
+    least once): outputs whose size, the same for every row of a batch, one input can make too large
+    for the producer (the model's fault, not the input's: every row of that batch is as large)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        times = tf.maximum(1, tf.cast(tf.reduce_max(x[:, 0]), tf.int32))
+        return {"y": tf.tile(x, [1, times])}
+
+
+def widening_saved_model(out: Path) -> Path:
+    return save_serving(Widening(), out)
+
+
 def save_serving(module: Any, out: Path) -> Path:
     """Save a ``tf.Module`` as a SavedModel whose ``serving_default`` is its ``serve``."""
     tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})

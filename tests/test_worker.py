@@ -755,22 +755,63 @@ def test_a_partition_added_to_the_topic_of_a_group_that_has_run_is_read_from_its
 
 
 def test_offsets_are_never_committed_ahead_of_acknowledged_outputs(
-    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
 ) -> None:
+    path = models.widening_saved_model(tmp_path / "widening")
     inp, out = topics("in", "out", partitions=2)
     ok = ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(600))
     publish(bootstrap, inp, ok)
-    # Outputs carry their input's headers: these inputs' outputs exceed what the producer may send,
-    # so librdkafka refuses them (a real failure, not a mock).
-    publish(bootstrap, inp, ((b"big", pack_input(np.ones(4, "float32"), id=-1)),), headers=[("pad", b"x" * 4000)])
+    # This input makes its whole batch's outputs 1,000 times wider, more than the producer may send:
+    # librdkafka refuses them (a real failure, not a mock), and no input is to blame for it.
+    wide = pack_input(np.array([1000, 1, 1, 1], "float32"), id=-1)
+    publish(bootstrap, inp, ((b"big", wide),))
     publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(600, 900)))
-    with pytest.raises(DeliveryError, match="not committed"):
-        run_worker(settings(bootstrap, mlp_path, inp, out, group, kafka_producer={"message.max.bytes": 2000}))
+    with pytest.raises(DeliveryError, match="not committed: the model's outputs for one input are larger"):
+        run_worker(settings(bootstrap, path, inp, out, group, kafka_producer={"message.max.bytes": 2000}))
     delivered = {(r["source"]["partition"], r["source"]["offset"]) for _, r in outputs(bootstrap, out, 0)}
     commits = committed(bootstrap, group, inp, 2)
     for partition, offset in commits.items():
         assert all((partition, o) in delivered for o in range(max(offset, 0)))
     assert sum(max(o, 0) for o in commits.values()) < 901
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_an_input_whose_output_is_too_large_is_dead_lettered_and_the_stream_goes_on(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, delivery: str
+) -> None:
+    """Its key, headers or id go into its output: too large for the producer, the output is refused
+    (by librdkafka, for real), and the input goes to the dead letters, itself cut to fit, instead of
+    ending the run, which every restart would meet again (before 2026-12-03)."""
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    one = np.ones(4, "float32")
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(300)))
+    publish(bootstrap, inp, ((b"headers", pack_input(one, id=-1)),), headers=[("pad", b"x" * 4000)])
+    publish(bootstrap, inp, ((b"id", pack_input(one, id=b"x" * 3000)), (b"k" * 3000, pack_input(one, id=-3))))
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(300, 600)))
+    summary = run_worker(
+        settings(
+            bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, delivery=delivery,
+            kafka_producer={"message.max.bytes": 2000},
+        )
+    )  # fmt: skip
+    assert (summary["predicted"], summary["dead_lettered"]) == (600, 3)
+    assert sorted(record["id"] for _, record in outputs(bootstrap, out, 600)) == list(range(600))
+    dead = {int(dict(m.headers())["tfstream.errors.offset"]): m for m in read_topic(bootstrap, dlq, min_count=3)}
+    assert sorted(dead) == [300, 301, 302]
+    for msg in dead.values():
+        headers = dict(msg.headers())
+        assert headers["tfstream.errors.exception.class.name"] == b"OutputTooLargeError"
+        assert headers["tfstream.errors.stage"] == b"emit"
+        assert b"over the producer's message.max.bytes (2,000)" in headers["tfstream.errors.exception.message"]
+    # each dead letter cut to fit: the input's headers, its value (holding the id), its key
+    assert "pad" not in dict(dead[300].headers()) and dead[300].key() == b"headers"
+    assert int(dict(dead[300].headers())["tfstream.errors.headers.omitted.bytes"]) > 4000
+    assert not dead[301].value() and dead[301].key() == b"id"
+    omitted = dict(dead[301].headers())["tfstream.errors.value.omitted.bytes"]
+    assert omitted == str(len(pack_input(one, id=b"x" * 3000))).encode()
+    assert dead[302].key() is None and dict(dead[302].headers())["tfstream.errors.key.omitted.bytes"] == b"3000"
+    assert dead[302].value() == pack_input(one, id=-3)
+    assert committed(bootstrap, group, inp, 1) == {0: 603}
 
 
 def test_a_dead_letter_too_large_to_produce_keeps_its_reason_and_drops_its_value(
