@@ -111,6 +111,19 @@ def widening_saved_model(out: Path) -> Path:
     return save_serving(Widening(), out)
 
 
+class Shout(tf.Module):
+    """A text in, the same text in capitals out (a string output as long as its input's text) and
+    its length."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def serve(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"upper": tf.strings.upper(text), "length": tf.strings.length(text)}
+
+
+def shout_saved_model(out: Path) -> Path:
+    return save_serving(Shout(), out)
+
+
 def save_serving(module: Any, out: Path) -> Path:
     """Save a ``tf.Module`` as a SavedModel whose ``serving_default`` is its ``serve``."""
     tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})

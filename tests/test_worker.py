@@ -814,6 +814,28 @@ def test_an_input_whose_output_is_too_large_is_dead_lettered_and_the_stream_goes
     assert committed(bootstrap, group, inp, 1) == {0: 603}
 
 
+def test_an_input_whose_string_output_is_too_large_is_dead_lettered_and_the_others_predicted(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+) -> None:
+    """A string output's size is the input's doing (here, as long as its text), not the model's: a
+    dead letter, not the end of the run."""
+    path = models.shout_saved_model(tmp_path / "shout")
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    texts = [f"text {i}".encode() for i in range(40)] + [b"x" * 3000] + [f"text {i}".encode() for i in range(41, 80)]
+    publish(bootstrap, inp, ((None, pack_input(text, id=i)) for i, text in enumerate(texts)))
+    summary = run_worker(
+        settings(bootstrap, path, inp, out, group, dlq_topic=dlq, kafka_producer={"message.max.bytes": 2000})
+    )
+    assert (summary["predicted"], summary["dead_lettered"]) == (79, 1)
+    got = {record["id"]: record["outputs"]["upper"] for _, record in outputs(bootstrap, out, 79)}
+    assert sorted(got) == [i for i in range(80) if i != 40] and got[7] == b"TEXT 7"
+    (dead,) = read_topic(bootstrap, dlq, min_count=1)
+    headers = dict(dead.headers())
+    assert headers["tfstream.errors.exception.class.name"] == b"OutputTooLargeError"
+    assert headers["tfstream.errors.offset"] == b"40" and "tfstream.errors.value.omitted.bytes" in headers
+    assert committed(bootstrap, group, inp, 1) == {0: 80}
+
+
 def test_a_dead_letter_too_large_to_produce_keeps_its_reason_and_drops_its_value(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path
 ) -> None:
