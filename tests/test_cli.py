@@ -141,20 +141,23 @@ def test_a_missing_model_exits_1_with_one_line(
 
 
 def test_an_output_no_retry_can_deliver_ends_the_run_with_exit_1(
-    bootstrap: str, topics: Callable[..., list[str]], group: str, mlp_path: Path, tmp_path: Path
+    bootstrap: str, topics: Callable[..., list[str]], group: str, tmp_path: Path
 ) -> None:
     """The README promised exit 1; the supervisor restarted the worker instead, which met the same
-    output again, forever (1, 2, 4 … 30 s apart)."""
+    output again, forever (1, 2, 4 … 30 s apart). Here the model's outputs are too large for the
+    producer whatever the input (an input that makes its own output too large is a dead letter)."""
+    path = models.widening_saved_model(tmp_path / "widening")
     inp, out = topics("in", "out", partitions=1)
-    # outputs carry their input's headers: with these, each output is larger than the producer may send
-    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(5)), [("pad", b"x" * 4000)])
+    wide = np.array([1000, 1, 1, 1], "float32")  # outputs 1,000 times as wide: 16,000 bytes a row
+    publish(bootstrap, inp, ((None, pack_input(wide, id=i)) for i in range(5)))
     config = tmp_path / "small.toml"
     config.write_text('[kafka.producer]\n"message.max.bytes" = 2000\n')
-    command = consumer_command(bootstrap, mlp_path, inp, out, group, "--stop-at-end", "--config", str(config))
+    command = consumer_command(bootstrap, path, inp, out, group, "--stop-at-end", "--config", str(config))
     run = _run(command, timeout=120)
     assert run.returncode == 1, run.stderr[-2000:]
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: could not deliver a record to topic '{out}'") and "not committed" in last
+    assert "the model's outputs for one input are larger than the producer's message.max.bytes" in last
     assert "worker died; restarting" not in run.stderr
 
 
