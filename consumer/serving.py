@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from consumer.delivery import DeadLetters, Outbox
 from consumer.errors import PredictError
+from consumer.logs import Sampled
 from consumer.metrics import WorkerMetrics
 from consumer.outputs import Emitter
 from consumer.pipeline import Batch, Inputs, Pipeline, pad_to
@@ -53,6 +54,17 @@ class Serving:
         #: how long a batch keeps this thread busy (predict, emit), a moving average; 0 until one ran
         self.batch_seconds = 0.0
         self.failure: BaseException | None = None  # what ended the thread, for the fetch loop to raise
+        #: a model that raises on every batch would write a line a batch
+        self.failed_batches = Sampled(log, "predict failed on a batch; retrying its inputs one by one")
+
+    def tick_logs(self) -> None:
+        """Write what the sampled warnings held, once their window is over (the fetch loop's turn)."""
+        self.failed_batches.tick()
+        self.dead_letters.skipped.tick()
+
+    def flush_logs(self) -> None:
+        self.failed_batches.flush()
+        self.dead_letters.skipped.flush()
 
     @property
     def traces_after_warmup(self) -> int:
@@ -109,7 +121,7 @@ class Serving:
         try:
             outputs = self.predictor.run(inputs, bucket)
         except (tf.errors.OpError, ValueError, TypeError) as exc:
-            self.log.warning("predict failed on a batch; retrying its inputs one by one", error=str(exc))
+            self.failed_batches.warning(type(exc).__name__, error=str(exc))
             with self.outbox.lock:  # one unit of a transaction, like any batch
                 self.emitter.emit(batch, None)
                 self._predict_one_by_one(batch, inputs)

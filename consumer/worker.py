@@ -242,7 +242,7 @@ class Worker:
                 self._raise_failures(predict)
                 self._fetch()
                 self._maybe_commit()
-                self.serving.dead_letters.skipped.tick()
+                self.serving.tick_logs()
         finally:
             self._shutdown(predict)
         self._raise_failures(predict, finished=True)
@@ -720,7 +720,7 @@ class Worker:
             raise
         self._serve_rebalance_before_close()
         self.consumer.close()
-        self.serving.dead_letters.skipped.flush()
+        self.serving.flush_logs()
         self.log.info("worker stopped", **self.counters.snapshot(), traces_after_warmup=self.traces_after_warmup)
 
     def _serve_rebalance_before_close(self) -> None:

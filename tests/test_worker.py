@@ -191,6 +191,27 @@ def test_inputs_the_model_raises_on_are_isolated_and_dead_lettered(
     assert summary["predicted"] == 11
 
 
+def test_a_model_that_raises_on_every_batch_writes_a_few_lines_not_one_a_batch(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+) -> None:
+    path = models.strict_saved_model(tmp_path / "strict")
+    inp, out = topics("in", "out", partitions=1)
+    x = np.full((120, 4), np.nan, "float32")  # every input: the model raises on all of them
+    x[-1] = 1.0
+    publish(bootstrap, inp, ((None, pack_input(row, id=i)) for i, row in enumerate(x)))
+    with structlog.testing.capture_logs() as captured:
+        summary = run_worker(settings(bootstrap, path, inp, out, group, max_batch_size=2, max_wait_ms=1))
+    event = "predict failed on a batch; retrying its inputs one by one"
+    one_by_one = [e for e in captured if e["event"] == event]
+    held = [e for e in captured if e["event"] == f"{event}: more, not written one by one"]
+    failed = len(one_by_one) + sum(e["count"] for e in held)  # every failed batch said, one way or the other
+    assert 60 <= failed <= 119  # 119 inputs the model raises on, in batches of one or two
+    assert logs.SAMPLED_LINES <= len(one_by_one) < 60 and 1 <= len(held) < 10
+    assert {kind for e in held for kind in e["by_kind"]} == {"InvalidArgumentError"}
+    assert (summary["predicted"], summary["dead_lettered"]) == (1, 119)
+    assert committed(bootstrap, group, inp, 1) == {0: 120}
+
+
 def test_preprocess_runs_per_example_and_isolates_failures(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path
 ) -> None:
