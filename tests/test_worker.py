@@ -835,8 +835,9 @@ def test_an_input_whose_output_is_too_large_is_dead_lettered_and_the_stream_goes
     assert committed(bootstrap, group, inp, 1) == {0: 603}
 
 
+@pytest.mark.parametrize("output_format", ["msgpack", "json"])
 def test_an_input_whose_string_output_is_too_large_is_dead_lettered_and_the_others_predicted(
-    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path, output_format: str
 ) -> None:
     """A string output's size is the input's doing (here, as long as its text), not the model's: a
     dead letter, not the end of the run."""
@@ -845,11 +846,15 @@ def test_an_input_whose_string_output_is_too_large_is_dead_lettered_and_the_othe
     texts = [f"text {i}".encode() for i in range(40)] + [b"x" * 3000] + [f"text {i}".encode() for i in range(41, 80)]
     publish(bootstrap, inp, ((None, pack_input(text, id=i)) for i, text in enumerate(texts)))
     summary = run_worker(
-        settings(bootstrap, path, inp, out, group, dlq_topic=dlq, kafka_producer={"message.max.bytes": 2000})
-    )
+        settings(
+            bootstrap, path, inp, out, group, dlq_topic=dlq, output_format=output_format,
+            kafka_producer={"message.max.bytes": 2000},
+        )
+    )  # fmt: skip
     assert (summary["predicted"], summary["dead_lettered"]) == (79, 1)
-    got = {record["id"]: record["outputs"]["upper"] for _, record in outputs(bootstrap, out, 79)}
-    assert sorted(got) == [i for i in range(80) if i != 40] and got[7] == b"TEXT 7"
+    records = [decode_output(m.value()) for m in read_topic(bootstrap, out, min_count=79)]
+    got = {record["id"]: record["outputs"]["length"] for record in records}
+    assert sorted(got) == [i for i in range(80) if i != 40] and int(got[7]) == len(b"text 7")
     (dead,) = read_topic(bootstrap, dlq, min_count=1)
     headers = dict(dead.headers())
     assert headers["tfstream.errors.exception.class.name"] == b"OutputTooLargeError"
