@@ -154,8 +154,11 @@ class Outbox:
                     refused = self._produce(topic, value, key, record_headers, ack)
                     if refused is None:
                         continue
-                    size = record_bytes(value, key, record_headers)
-                    if refused.code() == KafkaError.MSG_SIZE_TOO_LARGE and too_large and too_large(index, size):
+                    if (
+                        too_large is not None
+                        and refused.code() == KafkaError.MSG_SIZE_TOO_LARGE
+                        and too_large(index, record_bytes(value, key, record_headers))
+                    ):
                         left_out.append(index)
                         continue
                     self._fail(topic, *coords[index], refused)

@@ -118,7 +118,11 @@ class Sampled:
             self._last = fields
 
     def tick(self) -> None:
-        """Say what was held once its window is over, though no warning came since."""
+        """Say what was held once its window is over, though no warning came since. Called every turn
+        of the fetch loop: with nothing held (nearly always) it takes neither the lock nor the clock;
+        the window then opens again at the next ``warning``, as it would here."""
+        if not self._held:
+            return
         with self._lock:
             self._roll(self.clock())
 
