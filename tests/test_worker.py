@@ -775,6 +775,16 @@ def test_a_partition_added_to_the_topic_of_a_group_that_has_run_is_read_from_its
     assert committed(bootstrap, group, inp, 2) == {0: 20, 1: 20}
 
 
+#: the output producer's ``message.max.bytes`` in the tests of outputs too large for it
+SMALL_PRODUCER_BYTES = 2000
+
+
+def run_small_producer(bootstrap: str, model: Path, inp: str, out: str, group: str, **extra: Any) -> dict[str, Any]:
+    """A worker whose output producer refuses records over ``SMALL_PRODUCER_BYTES`` (librdkafka's own check)."""
+    producer = {"message.max.bytes": SMALL_PRODUCER_BYTES}
+    return run_worker(settings(bootstrap, model, inp, out, group, kafka_producer=producer, **extra))
+
+
 def test_offsets_are_never_committed_ahead_of_acknowledged_outputs(
     bootstrap: str, topics: Topics, group: str, tmp_path: Path
 ) -> None:
@@ -788,7 +798,7 @@ def test_offsets_are_never_committed_ahead_of_acknowledged_outputs(
     publish(bootstrap, inp, ((b"big", wide),))
     publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(600, 900)))
     with pytest.raises(DeliveryError, match="not committed: the model's outputs for one input are larger"):
-        run_worker(settings(bootstrap, path, inp, out, group, kafka_producer={"message.max.bytes": 2000}))
+        run_small_producer(bootstrap, path, inp, out, group)
     delivered = {(r["source"]["partition"], r["source"]["offset"]) for _, r in outputs(bootstrap, out, 0)}
     commits = committed(bootstrap, group, inp, 2)
     for partition, offset in commits.items():
@@ -809,12 +819,7 @@ def test_an_input_whose_output_is_too_large_is_dead_lettered_and_the_stream_goes
     publish(bootstrap, inp, ((b"headers", pack_input(one, id=-1)),), headers=[("pad", b"x" * 4000)])
     publish(bootstrap, inp, ((b"id", pack_input(one, id=b"x" * 3000)), (b"k" * 3000, pack_input(one, id=-3))))
     publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(300, 600)))
-    summary = run_worker(
-        settings(
-            bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, delivery=delivery,
-            kafka_producer={"message.max.bytes": 2000},
-        )
-    )  # fmt: skip
+    summary = run_small_producer(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, delivery=delivery)
     assert (summary["predicted"], summary["dead_lettered"]) == (600, 3)
     assert sorted(record["id"] for _, record in outputs(bootstrap, out, 600)) == list(range(600))
     dead = {int(dict(m.headers())["tfstream.errors.offset"]): m for m in read_topic(bootstrap, dlq, min_count=3)}
@@ -845,12 +850,7 @@ def test_an_input_whose_string_output_is_too_large_is_dead_lettered_and_the_othe
     inp, out, dlq = topics("in", "out", "dlq", partitions=1)
     texts = [f"text {i}".encode() for i in range(40)] + [b"x" * 3000] + [f"text {i}".encode() for i in range(41, 80)]
     publish(bootstrap, inp, ((None, pack_input(text, id=i)) for i, text in enumerate(texts)))
-    summary = run_worker(
-        settings(
-            bootstrap, path, inp, out, group, dlq_topic=dlq, output_format=output_format,
-            kafka_producer={"message.max.bytes": 2000},
-        )
-    )  # fmt: skip
+    summary = run_small_producer(bootstrap, path, inp, out, group, dlq_topic=dlq, output_format=output_format)
     assert (summary["predicted"], summary["dead_lettered"]) == (79, 1)
     records = [decode_output(m.value()) for m in read_topic(bootstrap, out, min_count=79)]
     got = {record["id"]: record["outputs"]["length"] for record in records}
