@@ -10,12 +10,13 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import structlog.testing
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from consumer.codec import pack_input, unpack_output
 from consumer.errors import BrokerError, FencedError
@@ -204,32 +205,56 @@ def test_exactly_once_rides_out_a_transaction_commit_that_times_out(
     step: str,
 ) -> None:
     """The broker freezes as the first commit begins (as it adds the offsets, or as it commits),
-    mid-stream, for longer than one attempt (2.5 s) and less than the transaction timeout (5 s).
-    Once a commit has begun, librdkafka refuses new records until it ends: the worker used to go on
-    producing, was refused with ``_STATE``, logged ``cannot deliver outputs``, aborted the
-    transaction and redid its inputs after a back-off."""
+    mid-stream, until that step's first attempt has timed out (2.5 s, half the transaction timeout),
+    and no longer than 3.5 s: the transaction, begun up to a commit interval (1 s) before, stays
+    within its timeout (5 s). Adding the offsets fails only as the broker comes back, committing
+    fails at 2.5 s. Once a commit has begun,
+    librdkafka refuses new records until it ends: the worker used to go on producing, was refused
+    with ``_STATE``, logged ``cannot deliver outputs``, aborted the transaction and redid its inputs
+    after a back-off. (A fixed 3 s freeze left librdkafka's timer 0.5 s: on a loaded machine the
+    attempt to commit once outlasted the freeze and succeeded.)"""
     inp, out = topics("in", "out", partitions=2)
     total = 20_000  # still flowing when the first commit begins, a commit interval (1 s) in
     publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(total)))
-    original = getattr(Transactions, step)
     frozen: list[float] = []
+    thawed = threading.Event()
+    thaw_lock = threading.Lock()
+
+    def thaw() -> None:
+        with thaw_lock:
+            if not thawed.is_set():
+                os.kill(broker_pid, signal.SIGCONT)
+                frozen.append(time.monotonic())
+                thawed.set()
+
+    original_step, original_call = getattr(Transactions, step), Transactions._call
 
     def freeze_first(self: Transactions, *args: object) -> None:
         if not frozen:
             frozen.append(time.monotonic())
             os.kill(broker_pid, signal.SIGSTOP)
-            threading.Timer(3.0, os.kill, (broker_pid, signal.SIGCONT)).start()
-        original(self, *args)
+            threading.Timer(3.5, thaw).start()
+        original_step(self, *args)
+
+    def thaw_once_failed(self: Transactions, what: str, call: Callable[[], None]) -> None:
+        try:
+            original_call(self, what, call)
+        except KafkaException:
+            thaw()
+            raise
 
     monkeypatch.setattr(Transactions, step, freeze_first)
+    monkeypatch.setattr(Transactions, "_call", thaw_once_failed)
     s = settings(bootstrap, mlp_path, inp, out, group, delivery="exactly-once", transaction_timeout_ms=5000)
     with structlog.testing.capture_logs() as logs:
         summary = run_worker(s)
     events = Counter(entry["event"] for entry in logs)
     ids = Counter(unpack_output(m.value())["id"] for m in read_topic(bootstrap, out, timeout=10, min_count=total))
     offsets = committed(bootstrap, group, inp, 2)
-    print(f"{step} through a 3 s freeze: {dict(events)}; {len(ids)} ids, committed {offsets}")
-    assert frozen and events["transaction commit failed; retrying"] >= 1  # the frozen step was retried
+    retried = [entry["error"] for entry in logs if entry["event"] == "transaction commit failed; retrying"]
+    print(f"{step} through a {frozen[1] - frozen[0]:.1f}s freeze: retried after {retried}; {dict(events)}")
+    print(f"{len(ids)} ids, committed {offsets}")
+    assert events["transaction commit failed; retrying"] >= 1  # the frozen step timed out and was retried
     assert "cannot deliver outputs" not in events
     assert "transaction aborted; its inputs will be processed again" not in events
     assert summary["predicted"] == total and set(ids) == set(range(total))
