@@ -187,7 +187,7 @@ class Worker:
                 raise kafka_io.missing_topic_error(s.input_topic, s.bootstrap_servers)
             self.history = self._group_history(partitions[s.input_topic])
         except Exception:
-            self.consumer.close()
+            kafka_io.close_consumer(self.consumer)
             raise
         for topic in missing:  # outputs wait (paused, nothing committed) until it exists
             self.log.error(f"topic {topic!r} does not exist: create it; until then outputs cannot be delivered")
@@ -719,7 +719,11 @@ class Worker:
             self._abandon()
             raise
         self._serve_rebalance_before_close()
-        self.consumer.close()
+        if not kafka_io.close_consumer(self.consumer):
+            self.log.warning(
+                f"the consumer did not close within {kafka_io.CONSUMER_CLOSE_SECONDS:g}s (a librdkafka hang): "
+                "the worker ends without it"
+            )
         self.serving.flush_logs()
         self.log.info("worker stopped", **self.counters.snapshot(), traces_after_warmup=self.traces_after_warmup)
 

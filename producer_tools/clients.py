@@ -20,6 +20,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
+from consumer import kafka_io
 from consumer.config import load_client_tables
 from consumer.errors import BrokerError, ConfigError
 from consumer.kafka_io import UNREACHABLE_HINT, make_client, without_static_membership
@@ -84,6 +85,14 @@ def kafka_producer(config: dict[str, Any]) -> Producer:
 
 def kafka_consumer(config: dict[str, Any]) -> Consumer:
     return make_client(Consumer, _with_logger(config))
+
+
+def close_consumer(consumer: Consumer) -> None:
+    """Close a tool's consumer, bounded: a close that hangs is said in one line and left behind."""
+    if not kafka_io.close_consumer(consumer):
+        librdkafka_logger().warning(
+            f"the consumer did not close within {kafka_io.CONSUMER_CLOSE_SECONDS:g}s (a librdkafka hang): left behind"
+        )
 
 
 #: librdkafka's errors for a broker that never answered (its own request timeout can fire first)

@@ -11,7 +11,7 @@ import numpy as np
 from consumer.errors import ConfigError
 from consumer.positions import TimeWindow
 from producer_tools import collect, groups, publish, replay, sources
-from producer_tools.clients import Clients
+from producer_tools.clients import Clients, close_consumer
 from producer_tools.paths import check_output_file
 from producer_tools.reader import ReadProgress, StopWhen, partitions_of, read_partitions
 from producer_tools.topics import BROKER_DEFAULT, TopicShape, create_topics, shapes
@@ -98,7 +98,7 @@ def _read_predictions(args: argparse.Namespace, sink: collect.Sink | None) -> co
                 progress.read(msg)
                 found.add(msg)
     finally:
-        consumer.close()
+        close_consumer(consumer)
     if found.undecodable and not found.decoded:
         raise ConfigError(
             f"no record in {args.topic!r} is a prediction ({found.undecodable} read; first: "
@@ -120,7 +120,7 @@ def run_replay(args: argparse.Namespace) -> int:
     try:
         counts, delivered = replay.replay(consumer, producer, args.from_topic, args.to_topic, window)
     finally:
-        consumer.close()
+        close_consumer(consumer)
     copied = counts.read - counts.outside
     print(
         f"replayed {delivered.ok} of {copied} records in the window from {args.from_topic} to {args.to_topic} "
@@ -144,7 +144,7 @@ def run_reset_offsets(args: argparse.Namespace) -> int:
         if not args.dry_run:
             groups.commit(consumer, args.topic, after)
     finally:
-        consumer.close()
+        close_consumer(consumer)
     verb = "would move" if args.dry_run else "moved"
     print(f"{verb} group {args.group} on {args.topic} ({len(after)} partitions) to {to}{' (dry run)' * args.dry_run}")
     return 0
@@ -184,7 +184,7 @@ def run_lag(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        consumer.close()
+        close_consumer(consumer)
 
 
 def _print_lag(group: str, topic: str, rows: list[groups.PartitionLag]) -> None:

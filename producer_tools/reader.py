@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from consumer.errors import BrokerError, ConfigError
 from consumer.kafka_io import UNREACHABLE_HINT
-from producer_tools.clients import kafka_consumer
+from producer_tools.clients import close_consumer, kafka_consumer
 
 
 @dataclass(frozen=True)
@@ -123,4 +123,4 @@ def iter_topic(bootstrap: str, topic: str, timeout: float = 30.0, min_count: int
     try:
         yield from read_partitions(consumer, topic, StopWhen(min_count=min_count, timeout=timeout))
     finally:
-        consumer.close()
+        close_consumer(consumer)

@@ -541,6 +541,46 @@ def test_the_tools_show_each_librdkafka_message_once_numbers_aside() -> None:
     assert once.filter(record("127.0.0.1:1/bootstrap: Disconnected"))
 
 
+def test_a_consumer_close_that_hangs_is_left_behind_in_one_line_and_a_real_one_closes(
+    bootstrap: str, topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """librdkafka's destroy can wait for good on a broker thread (1 in ~30 ``fetch-latency`` runs
+    stopped a second after their assignment): the tools and the worker bound the close. The hang
+    itself cannot be caused at will, so a close that never returns stands in for it."""
+    import logging
+
+    from consumer import kafka_io
+    from producer_tools.clients import close_consumer, kafka_consumer, librdkafka_logger
+
+    (topic,) = topics("in")
+    real = kafka_consumer({"bootstrap.servers": bootstrap, "group.id": f"close-{uuid.uuid4().hex[:8]}", **FAST_GROUP})
+    real.subscribe([topic])
+    while not real.assignment():
+        real.poll(0.1)
+    assert kafka_io.close_consumer(real)
+    with pytest.raises(RuntimeError):
+        real.assignment()  # closed
+
+    never = threading.Event()
+
+    class HangingClose:
+        def close(self) -> None:
+            never.wait()
+
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    librdkafka_logger().addHandler(handler)
+    monkeypatch.setattr(kafka_io, "CONSUMER_CLOSE_SECONDS", 0.3)
+    try:
+        assert not kafka_io.close_consumer(HangingClose())  # type: ignore[arg-type]
+        close_consumer(HangingClose())  # type: ignore[arg-type]
+    finally:
+        librdkafka_logger().removeHandler(handler)
+        never.set()
+    assert said == ["the consumer did not close within 0.3s (a librdkafka hang): left behind"]
+
+
 @pytest.mark.parametrize("port", ["65536", "99999", "-1", "x"])
 def test_the_broker_command_refuses_a_port_that_is_no_port_in_one_line(
     port: str, capsys: pytest.CaptureFixture[str]

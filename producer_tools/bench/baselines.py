@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from consumer.child import when_parent_dies
 from consumer.signature import DEFAULT_SIGNATURE, STRING, TensorSpec
 from producer_tools.bench.workloads import Inputs, Workload
-from producer_tools.clients import kafka_consumer, kafka_producer
+from producer_tools.clients import close_consumer, kafka_consumer, kafka_producer
 from producer_tools.publish import produce
 from producer_tools.reader import partitions_of
 
@@ -82,7 +82,7 @@ def io_limit(bootstrap: str, source: str, target: str, count: int, fetch: Mappin
             seen += 1
         producer.poll(0)
     producer.flush(60)
-    consumer.close()
+    close_consumer(consumer)
     return count / (time.perf_counter() - (started or time.perf_counter()))
 
 
@@ -185,7 +185,7 @@ def per_message_loop(
         producer.poll(0)
         done += 1
     producer.flush(30)
-    consumer.close()
+    close_consumer(consumer)
     return done / (time.perf_counter() - (started or time.perf_counter()))
 
 

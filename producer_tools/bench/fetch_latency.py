@@ -28,7 +28,7 @@ from consumer.errors import BrokerError
 from consumer.kafka_io import FETCH_WAIT_MS, PACED_FETCH
 from consumer.offsets import timestamps_of
 from consumer.timing import Reservoir, ages_ms
-from producer_tools.clients import kafka_consumer, kafka_producer
+from producer_tools.clients import close_consumer, kafka_consumer, kafka_producer
 from producer_tools.publish import Pacer, produce
 from producer_tools.topics import create_topics
 
@@ -89,7 +89,7 @@ def measure(bootstrap: str, probe: Probe) -> dict[str, Any]:
     finally:
         stop.set()
         publisher.join()
-        consumer.close()
+        close_consumer(consumer)
     return {"consumed": ages.percentiles(), "fetch_round_trip_ms": round_trips.summary()}
 
 
@@ -117,7 +117,7 @@ def _joined_consumer(bootstrap: str, topic: str, probe: Probe, round_trips: Fetc
                 )
             consumer.poll(0.1)
     except BaseException:  # also Ctrl-C or SIGTERM while joining: leave the group before the broker goes
-        consumer.close()
+        close_consumer(consumer)
         raise
     return consumer
 

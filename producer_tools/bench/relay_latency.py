@@ -36,7 +36,7 @@ from consumer.errors import BrokerError
 from consumer.offsets import timestamps_of
 from consumer.timing import Reservoir, ages_ms, worst_of
 from producer_tools.bench.system import PRIMERS, input_producer, publish
-from producer_tools.clients import kafka_consumer, kafka_producer
+from producer_tools.clients import close_consumer, kafka_consumer, kafka_producer
 from producer_tools.reader import partitions_of, read_topic
 from producer_tools.topics import create_topics
 
@@ -155,7 +155,7 @@ def _run_relay(consumer: Consumer, producer: Producer, source: str, stop: Event)
                 acknowledged.send(source + "-out", msg)
         acknowledged.finish()
     finally:
-        consumer.close()
+        close_consumer(consumer)
     return {"latency_ms": acknowledged.ages.percentiles(), "consume_latency_ms": consumed.percentiles()}
 
 
