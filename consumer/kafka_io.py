@@ -284,11 +284,11 @@ CONSUMER_CLOSE_SECONDS = 10.0
 
 
 def close_consumer(consumer: Consumer) -> bool:
-    """Close ``consumer`` (it leaves its group), waited for at most ``CONSUMER_CLOSE_SECONDS``; False if it had not
-    returned by then. librdkafka 2.x's destroy, once the group was left, can wait for good on a
-    broker thread that still holds a reference (its issues 3470 and 3954): seen in 1 of ~30
-    ``fetch-latency`` runs stopped by SIGTERM a second after their assignment. The thread is left
-    blocked, and the process can still end."""
+    """Close ``consumer`` (it leaves its group), waited for at most ``CONSUMER_CLOSE_SECONDS``;
+    False if it had not returned by then. librdkafka 2.x's destroy, once the group was left, can
+    wait for good on a broker thread that still holds a reference (its issues 3470 and 3954): seen
+    in 1 of ~30 ``fetch-latency`` runs stopped by SIGTERM a second after their assignment. The
+    closing thread is left blocked, and the process can still end."""
     try:
         call_within(CONSUMER_CLOSE_SECONDS, consumer.close, "the consumer's close")
     except ClientHungError:
