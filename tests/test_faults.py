@@ -208,31 +208,32 @@ def test_exactly_once_rides_out_a_transaction_commit_that_times_out(
     mid-stream, until that step's first attempt has timed out (2.5 s, half the transaction timeout),
     and no longer than 3.5 s: the transaction, begun up to a commit interval (1 s) before, stays
     within its timeout (5 s). Adding the offsets fails only as the broker comes back, committing
-    fails at 2.5 s. Once a commit has begun,
-    librdkafka refuses new records until it ends: the worker used to go on producing, was refused
-    with ``_STATE``, logged ``cannot deliver outputs``, aborted the transaction and redid its inputs
-    after a back-off. (A fixed 3 s freeze left librdkafka's timer 0.5 s: on a loaded machine the
-    attempt to commit once outlasted the freeze and succeeded.)"""
+    fails at 2.5 s. Once a commit has begun, librdkafka refuses new records until it ends: the
+    worker used to go on producing, was refused with ``_STATE``, logged ``cannot deliver outputs``,
+    aborted the transaction and redid its inputs after a back-off. (A fixed 3 s freeze left
+    librdkafka's timer 0.5 s: on a loaded machine the attempt to commit once outlasted the freeze
+    and succeeded.)"""
     inp, out = topics("in", "out", partitions=2)
     total = 20_000  # still flowing when the first commit begins, a commit interval (1 s) in
     publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(total)))
-    frozen: list[float] = []
-    thawed = threading.Event()
+    frozen: list[float] = []  # when the broker was stopped, then when it was let go on
     thaw_lock = threading.Lock()
 
-    def thaw() -> None:
+    def thaw() -> None:  # once, and only after the freeze (a call can fail before it)
         with thaw_lock:
-            if not thawed.is_set():
+            if len(frozen) == 1:
                 os.kill(broker_pid, signal.SIGCONT)
                 frozen.append(time.monotonic())
-                thawed.set()
 
     original_step, original_call = getattr(Transactions, step), Transactions._call
 
     def freeze_first(self: Transactions, *args: object) -> None:
-        if not frozen:
-            frozen.append(time.monotonic())
-            os.kill(broker_pid, signal.SIGSTOP)
+        with thaw_lock:
+            first = not frozen
+            if first:
+                os.kill(broker_pid, signal.SIGSTOP)
+                frozen.append(time.monotonic())
+        if first:
             threading.Timer(3.5, thaw).start()
         original_step(self, *args)
 
