@@ -337,8 +337,9 @@ def source_headers(msg: Message) -> Headers:
     return [(name, value) for name, value in message_headers(msg) if not name.startswith(OWN_HEADERS)]
 
 
-def dead_letter_headers(msg: Message, error: InputError, group: str, model: dict[str, str]) -> Headers:
-    """Why the input failed and where it came from, in the style of ``__connect.errors.*``."""
+def error_headers(msg: Message, error: InputError, group: str, model: dict[str, str]) -> Headers:
+    """Why the input failed and where it came from, in the style of ``__connect.errors.*``: a dead
+    letter's headers after the input's own."""
     _, ts = msg.timestamp()
     fields = {
         "errors.stage": error.stage,
@@ -352,7 +353,7 @@ def dead_letter_headers(msg: Message, error: InputError, group: str, model: dict
         "errors.model.name": model["name"],
         "errors.model.version": model["version"],
     }
-    return source_headers(msg) + [(HEADER_PREFIX + k, v.encode()) for k, v in fields.items()]
+    return [(HEADER_PREFIX + k, v.encode()) for k, v in fields.items()]
 
 
 class DeadLetters:
@@ -391,16 +392,17 @@ class DeadLetters:
             )
             self.outbox.tracker.done(*coordinates(msg))
             return
-        self.outbox.send(msg, self.topic, *self._fitted(msg, dead_letter_headers(msg, error, self.group, self.model)))
+        self.outbox.send(msg, self.topic, *self._fitted(msg, error_headers(msg, error, self.group, self.model)))
 
-    def _fitted(self, msg: Message, headers: Headers) -> tuple[bytes, bytes | None, Headers]:
-        """The dead letter's value, key and headers, cut until the producer takes it (else the stream
-        would stop on it): the largest of the input's value, key and own headers dropped first, then
-        the next, each said in a ``tfstream.errors.{value,key,headers}.omitted.bytes`` header."""
-        value, key = msg.value() or b"", msg.key()
-        ours = [(name, header) for name, header in headers if name.startswith(HEADER_PREFIX)]
-        theirs = record_bytes(b"", None, headers) - record_bytes(b"", None, ours)  # the input's own headers
-        sizes = {"value": len(value), "key": len(key or b""), "headers": theirs}
+    def _fitted(self, msg: Message, ours: Headers) -> tuple[bytes, bytes | None, Headers]:
+        """The dead letter's value, key and headers (the input's own, then ``ours``), cut until the
+        producer takes it (else the stream would stop on it): the largest of the input's value, key
+        and own headers dropped first, then the next, each said in a
+        ``tfstream.errors.{value,key,headers}.omitted.bytes`` header."""
+        value, key, theirs = msg.value() or b"", msg.key(), source_headers(msg)
+        headers = theirs + ours
+        their_headers = record_bytes(b"", None, theirs) - RECORD_OVERHEAD_BYTES
+        sizes = {"value": len(value), "key": len(key or b""), "headers": their_headers}
         for part, size in sorted(sizes.items(), key=itemgetter(1), reverse=True):
             if record_bytes(value, key, headers) <= self.max_record_bytes:
                 break
@@ -409,7 +411,7 @@ class DeadLetters:
             elif part == "key":
                 key = None
             else:
-                headers = [(name, header) for name, header in headers if name.startswith(HEADER_PREFIX)]
+                headers = headers[len(theirs) :]  # the input's own come first
             headers = [*headers, (f"{HEADER_PREFIX}errors.{part}.omitted.bytes", str(size).encode())]
         return value, key, headers
 
