@@ -58,6 +58,22 @@ def record_bytes(value: bytes, key: bytes | None, headers: Headers | None) -> in
     return size
 
 
+def _too_large_hint(dead_letter: bool) -> str:
+    """Why a record was refused as too large, and what to do. (An input's own size goes to a dead
+    letter instead, which is cut to fit the limits the worker knows of.)"""
+    if dead_letter:
+        return (
+            ": a dead letter, even cut to fit the producer's message.max.bytes, is larger than the dead-letter "
+            "topic takes; set the topic's max.message.bytes (and the brokers' message.max.bytes) at least as "
+            "high as message.max.bytes under [kafka.producer]"
+        )
+    return (
+        ": the model's outputs for one input are larger than the producer's message.max.bytes or the "
+        "topic's max.message.bytes; raise message.max.bytes under [kafka.producer], with the topic's "
+        "max.message.bytes and the brokers' message.max.bytes"
+    )
+
+
 @dataclass
 class Counters:
     """What a worker did, for its summary line and metrics. Updated under one lock."""
@@ -113,6 +129,8 @@ class Outbox:
         #: while set, records are dropped unsent: their transaction was aborted and they will be redone
         self.discarding = False
         self.failure: DeliveryError | None = None
+        #: where dead letters go (a refusal says which kind of record was refused)
+        self.dead_letter_topic: str | None = None
         #: the fatal error librdkafka gave up on the producer with, once one was served
         self.fatal_error: KafkaError | None = None
         #: exactly once: (topic, input timestamps) of the batches in the open transaction
@@ -218,12 +236,8 @@ class Outbox:
         """Keep the first failure; the input is never marked done, so nothing past it commits."""
         if self.failure is None and not self.discarding:
             retriable = err.code() not in PERMANENT and not err.fatal()
-            hint = ""
-            if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # an input's own size goes to a dead letter instead
-                hint = (
-                    ": the model's outputs for one input are larger than the producer's message.max.bytes; raise "
-                    "it under [kafka.producer], with the topic's max.message.bytes and the brokers' message.max.bytes"
-                )
+            too_large = err.code() == KafkaError.MSG_SIZE_TOO_LARGE
+            hint = _too_large_hint(topic == self.dead_letter_topic) if too_large else ""
             self.failure = DeliveryError(
                 f"could not deliver a record to topic {topic!r} ({err.str()}); "
                 f"input {partition[0]}[{partition[1]}]@{offset} and later are not committed{hint}",
@@ -371,7 +385,8 @@ class DeadLetters:
     ) -> None:
         self.outbox, self.topic, self.group, self.model = outbox, topic, group, model
         self.counters, self.log = counters, log
-        #: the producer's ``message.max.bytes``: a dead letter is cut to fit it (``_fitted``)
+        #: the largest record the dead-letter topic takes (the producer's ``message.max.bytes``, or the
+        #: topic's ``max.message.bytes`` where lower): a dead letter is cut to fit it (``_fitted``)
         self.max_record_bytes = max_record_bytes
         self.on_dead_letter: Callable[[str], None] | None = None
         #: without a dead-letter topic, a stream of bad inputs would write a line each
@@ -395,8 +410,8 @@ class DeadLetters:
         self.outbox.send(msg, self.topic, *self._fitted(msg, error_headers(msg, error, self.group, self.model)))
 
     def _fitted(self, msg: Message, ours: Headers) -> tuple[bytes, bytes | None, Headers]:
-        """The dead letter's value, key and headers (the input's own, then ``ours``), cut until the
-        producer takes it (else the stream would stop on it): the largest of the input's value, key
+        """The dead letter's value, key and headers (the input's own, then ``ours``), cut until it
+        fits ``max_record_bytes`` (else the stream would stop on it): the largest of the input's value, key
         and own headers dropped first, then the next, each said in a
         ``tfstream.errors.{value,key,headers}.omitted.bytes`` header."""
         value, key, theirs = msg.value() or b"", msg.key(), source_headers(msg)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from consumer.config import Settings
 from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError, FencedError
@@ -196,6 +197,37 @@ def check_topics(
         else:
             partitions[topic] = len(found.partitions)
     return missing, partitions
+
+
+#: a topic's limit on what the brokers take of it (Kafka's topic setting; the brokers' own
+#: ``message.max.bytes`` where the topic does not set it)
+TOPIC_MAX_BYTES = "max.message.bytes"
+#: librdkafka's default ``message.max.bytes``: the largest record the producer sends
+PRODUCER_MAX_BYTES = 1_000_000
+#: a record batch's own header (format v2), which the brokers count against a topic's
+#: ``max.message.bytes`` with its records (the producer's own check counts the record alone)
+RECORD_BATCH_HEADER_BYTES = 61
+
+
+def topic_record_limits(settings: Settings, topics: Iterable[str], timeout: float) -> dict[str, int]:
+    """Each topic's ``max.message.bytes``, as the brokers describe it. A topic whose limit cannot be
+    read (no permission to describe its configuration, a broker that does not say, no answer within
+    ``timeout``) is left out: its records are then checked against the producer's limit only."""
+    asked = list(dict.fromkeys(topics))
+    if not asked:
+        return {}
+    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, "logger": LIBRDKAFKA_LOGGER}
+    admin = make_client(AdminClient, {**config, **without_static_membership(settings.kafka)})
+    futures = admin.describe_configs([ConfigResource("topic", t) for t in asked], request_timeout=timeout)
+    limits = {}
+    for resource, future in futures.items():
+        try:
+            entry = future.result(timeout=timeout).get(TOPIC_MAX_BYTES)
+        except (KafkaException, TimeoutError):
+            continue
+        if entry is not None and entry.value is not None and str(entry.value).isdigit():
+            limits[resource.name] = int(entry.value)
+    return limits
 
 
 def missing_topic_error(topic: str, bootstrap: str) -> ConfigError:

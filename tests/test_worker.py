@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 import structlog
 import structlog.testing
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer import logs
 from consumer import outputs as outputs_module
@@ -840,6 +842,51 @@ def test_an_input_whose_output_is_too_large_is_dead_lettered_and_the_stream_goes
     assert dead[302].key() is None and dict(dead[302].headers())["tfstream.errors.key.omitted.bytes"] == b"3000"
     assert dead[302].value() == pack_input(one, id=-3)
     assert committed(bootstrap, group, inp, 1) == {0: 603}
+
+
+def test_a_dead_letter_is_cut_to_its_topic_s_own_limit_and_the_worker_says_so(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """The dead-letter topic takes records up to 2,000 bytes (its ``max.message.bytes``), fewer than
+    the producer's limit: a large bad input's dead letter is cut to fit the topic, and the worker
+    warns at start, for the output topic too. (The embedded broker does not enforce the limit; Kafka
+    refuses such a record, and before, the run stopped on it, at every restart.)"""
+    (inp,) = topics("in", partitions=1)
+    out, dlq = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("out", "dlq"))
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    made = admin.create_topics(
+        [NewTopic(t, 1, config={"max.message.bytes": str(limit)}) for t, limit in ((out, 1500), (dlq, 2000))]
+    )
+    for future in made.values():
+        future.result(30)
+    one = np.ones(4, "float32")
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(10)))
+    publish(bootstrap, inp, ((b"big", b"\xc1" * 5000),))
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(10, 20)))
+    with structlog.testing.capture_logs() as logs:
+        summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq))
+    assert (summary["predicted"], summary["dead_lettered"]) == (20, 1)
+    (dead,) = read_topic(bootstrap, dlq, min_count=1)
+    headers = dict(dead.headers())
+    assert not dead.value() and dead.key() == b"big" and headers["tfstream.errors.value.omitted.bytes"] == b"5000"
+    warnings = [e["event"] for e in logs if e["log_level"] == "warning" and "max.message.bytes" in e["event"]]
+    print("\n".join(warnings))
+    assert len(warnings) == 2
+    assert f"topic {dlq!r} takes records up to 2,000 bytes" in warnings[0] + warnings[1]
+    assert any("dead letters are cut to fit it" in w for w in warnings)
+    assert any(f"topic {out!r} takes records up to 1,500 bytes" in w and "a larger output stops" in w for w in warnings)
+
+
+def test_a_dead_letter_that_cannot_fit_stops_the_run_saying_it_is_a_dead_letter(
+    bootstrap: str, topics: Topics, mlp_path: Path
+) -> None:
+    """Its own headers (here the group's long name) are larger than the producer takes: the error says
+    it is the dead letter that was refused, not the model's outputs (as before 2026-12-03)."""
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    publish(bootstrap, inp, ((b"bad", b"\xc1" * 10),))
+    group = f"group-{uuid.uuid4().hex[:8]}-" + "g" * SMALL_PRODUCER_BYTES
+    with pytest.raises(DeliveryError, match=r"a dead letter, even cut to fit the producer's message\.max\.bytes"):
+        run_small_producer(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq)
 
 
 @pytest.mark.parametrize("output_format", ["msgpack", "json"])
