@@ -934,12 +934,15 @@ def test_a_batch_s_outputs_are_sent_when_it_is_done_not_after_linger(
 ) -> None:
     """With a ``linger.ms`` of 2 minutes, outputs still come out while the worker runs: each batch's
     are sent as soon as they are all produced. Should librdkafka's sender miss one batch's moment,
-    the next batch's sends both; so three waves, and the first two are awaited before the stop
-    (which sends whatever is left)."""
+    the next batch's sends both; so three waves, published once the worker has its partition (three
+    batches: before 2026-12-03 they all came before, in one batch, and one missed moment failed
+    the test), and the first two are awaited before the stop (which sends whatever is left)."""
     inp, out = topics("in", "out", partitions=1)
     s = settings(bootstrap, mlp_path, inp, out, group, stop_at_end=False, kafka_producer={"linger.ms": 120_000})
     worker = Background(s)
     try:
+        joined = lambda: worker.error is not None or worker.worker._joined  # noqa: E731
+        assert wait_until(joined, 60, lambda: time.sleep(0.05))
         for wave in range(3):
             ids = range(wave * 10, wave * 10 + 10)
             publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in ids))
