@@ -18,6 +18,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.errors import DeliveryError, InputError
+from consumer.kafka_io import PRODUCER_MAX_BYTES, RECORD_BATCH_HEADER_BYTES
 from consumer.logs import Sampled
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.timing import Timeline
@@ -44,10 +45,23 @@ FATAL_CAUSE_WAIT_SECONDS = 1.0
 #: Above a record's key, value and headers, what librdkafka counts against ``message.max.bytes`` (its
 #: ``RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD``, rounded up), and per header (two length varints).
 RECORD_OVERHEAD_BYTES, HEADER_OVERHEAD_BYTES = 64, 10
-#: When the producer refuses a record as larger than its ``message.max.bytes``, ``send_batch`` may ask
-#: its caller to take the record's input elsewhere (a dead letter): given the record's index and size,
-#: True if it did.
-TooLarge = Callable[[int, int], bool]
+
+
+@dataclass(frozen=True)
+class Oversize:
+    """A record of a batch refused as too large: its index, its size (as ``record_bytes`` counts) and
+    the limit it is over, with the rule that sets it, for a line that says which."""
+
+    index: int
+    size: int
+    limit: int
+    rule: str
+
+
+#: When a record is refused as too large (by the producer, over its ``message.max.bytes``, or before
+#: producing, over its topic's lower ``max.message.bytes``), ``send_batch`` may ask its caller to take
+#: the record's input elsewhere (a dead letter): True if it did.
+TooLarge = Callable[[Oversize], bool]
 
 
 def record_bytes(value: bytes, key: bytes | None, headers: Headers | None) -> int:
@@ -131,6 +145,12 @@ class Outbox:
         self.failure: DeliveryError | None = None
         #: where dead letters go (a refusal says which kind of record was refused)
         self.dead_letter_topic: str | None = None
+        #: the producer's ``message.max.bytes``, which librdkafka checks at ``produce``
+        self.producer_limit = PRODUCER_MAX_BYTES
+        #: topics whose brokers take smaller records than the producer sends (their ``max.message.bytes``,
+        #: less a record batch's header): each record for them is checked before it is produced, as the
+        #: brokers would refuse it and end the run
+        self.topic_limits: dict[str, int] = {}
         #: the fatal error librdkafka gave up on the producer with, once one was served
         self.fatal_error: KafkaError | None = None
         #: exactly once: (topic, input timestamps) of the batches in the open transaction
@@ -165,22 +185,28 @@ class Outbox:
             produce, on_delivery = self.producer.produce, ack.on_delivery
             keys = [msg.key() for msg in sources] if keys is None else keys
             left_out: list[int] = []
+            topic_limit = self.topic_limits.get(topic)
+            refused: KafkaError | None
             for index, (value, key, record_headers) in enumerate(zip(values, keys, headers, strict=True)):
-                try:  # the common case, kept lean: one call per record
-                    produce(topic, value, key, ANY_PARTITION, on_delivery, None, NOW, record_headers)
-                except (BufferError, KafkaException):
-                    refused = self._produce(topic, value, key, record_headers, ack)
-                    if refused is None:
+                if topic_limit is None or (size := record_bytes(value, key, record_headers)) <= topic_limit:
+                    try:  # the common case, kept lean: one call per record
+                        produce(topic, value, key, ANY_PARTITION, on_delivery, None, NOW, record_headers)
                         continue
-                    if (
-                        too_large is not None
-                        and refused.code() == KafkaError.MSG_SIZE_TOO_LARGE
-                        and too_large(index, record_bytes(value, key, record_headers))
-                    ):
+                    except (BufferError, KafkaException):
+                        refused = self._produce(topic, value, key, record_headers, ack)
+                        if refused is None:
+                            continue
+                    oversize = None
+                else:
+                    oversize = self._over_topic_limit(topic, index, size)
+                    refused = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, f"{size:,} bytes, over {oversize.rule}")
+                if too_large is not None and refused.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    oversize = oversize or self._over_producer_limit(index, record_bytes(value, key, record_headers))
+                    if too_large(oversize):
                         left_out.append(index)
                         continue
-                    self._fail(topic, *coords[index], refused)
-                    return len(left_out)
+                self._fail(topic, *coords[index], refused)
+                return len(left_out)
             if left_out:
                 self._leave_out(ack, left_out)
             if self.transactional:
@@ -204,6 +230,17 @@ class Outbox:
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
                 return error
+
+    def _over_producer_limit(self, index: int, size: int) -> Oversize:
+        return Oversize(index, size, self.producer_limit, f"the producer's message.max.bytes ({self.producer_limit:,})")
+
+    def _over_topic_limit(self, topic: str, index: int, size: int) -> Oversize:
+        limit = self.topic_limits[topic]
+        rule = (
+            f"topic {topic!r}'s max.message.bytes ({limit + RECORD_BATCH_HEADER_BYTES:,}, "
+            f"a record batch's {RECORD_BATCH_HEADER_BYTES}-byte header included)"
+        )
+        return Oversize(index, size, limit, rule)
 
     def _leave_out(self, ack: BatchAck, left_out: list[int]) -> None:
         """Records the producer refused whose inputs went elsewhere (dead letters, done when those are):

@@ -204,6 +204,8 @@ def check_topics(
 TOPIC_MAX_BYTES = "max.message.bytes"
 #: librdkafka's default ``message.max.bytes``: the largest record the producer sends
 PRODUCER_MAX_BYTES = 1_000_000
+#: librdkafka's default ``batch.size``: the largest record batch it builds (framing included)
+BATCH_MAX_BYTES = 1_000_000
 #: a record batch's own header (format v2), which the brokers count against a topic's
 #: ``max.message.bytes`` with its records (the producer's own check counts the record alone)
 RECORD_BATCH_HEADER_BYTES = 61

@@ -6,7 +6,16 @@ import numpy as np
 from confluent_kafka import Message
 
 from consumer.codec import encode_tensor_for_json, output_envelope
-from consumer.delivery import HEADER_PREFIX, Counters, DeadLetters, Headers, Outbox, record_bytes, source_headers
+from consumer.delivery import (
+    HEADER_PREFIX,
+    Counters,
+    DeadLetters,
+    Headers,
+    Outbox,
+    Oversize,
+    record_bytes,
+    source_headers,
+)
 from consumer.envelopes import OutputPacker
 from consumer.errors import EmitError, OutputTooLargeError
 from consumer.json_output import encode_json, json_value
@@ -72,7 +81,7 @@ class Emitter:
             coords=batch.coords,
             timestamps=batch.timestamps,
             timed=True,
-            too_large=lambda index, size: self._dead_letter_too_large(batch, outputs, own, index, size),
+            too_large=lambda oversize: self._dead_letter_too_large(batch, outputs, own, oversize),
         )
         self.counters.add(predicted=batch.rows - left_out, batches=1, padded_rows=bucket - rows)
 
@@ -94,20 +103,19 @@ class Emitter:
         return [source_headers(m) + own if m.headers() else own for m in messages]
 
     def _dead_letter_too_large(
-        self, batch: Batch, outputs: dict[str, np.ndarray], own: Headers | None, index: int, size: int
+        self, batch: Batch, outputs: dict[str, np.ndarray], own: Headers | None, oversize: Oversize
     ) -> bool:
-        """Row ``index``'s output, refused by the producer as too large: a dead letter if what its input
-        carries into it (key, headers, id) or a string output of its own makes it so, and True. False
-        if the model's other outputs alone are too large, as they would be for every input: the run
-        ends then, with a line saying to raise ``message.max.bytes``."""
-        limit = self.dead_letters.max_record_bytes
-        if self._bare_record_bytes(batch, outputs, own, index) > limit:
+        """An output refused as too large: a dead letter if what its input carries into it (key,
+        headers, id) or a string output of its own makes it so, and True. False if the model's other
+        outputs alone are too large, as they would be for every input: the run ends then, with a line
+        saying to raise the limit."""
+        if self._bare_record_bytes(batch, outputs, own, oversize.index) > oversize.limit:
             return False
         self.dead_letters.send(
-            batch.messages[index],
+            batch.messages[oversize.index],
             OutputTooLargeError(
-                f"its output record would be {size:,} bytes, over the producer's message.max.bytes ({limit:,}): "
-                "what the input carries into it (its key, headers or id) or a string output is too large"
+                f"its output record would be {oversize.size:,} bytes, over {oversize.rule}: what the input "
+                "carries into it (its key, headers or id) or a string output is too large"
             ),
         )
         return True

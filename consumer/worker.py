@@ -193,11 +193,13 @@ class Worker:
             self.log.error(f"topic {topic!r} does not exist: create it; until then outputs cannot be delivered")
         exactly_once = s.delivery == "exactly-once"
         self.producer_config = kafka_io.producer_config(s, client_id, self.host_number)
-        self.producer_limit = int(self.producer_config.get("message.max.bytes", kafka_io.PRODUCER_MAX_BYTES))
-        self.record_limits = self._record_limits([t for t in topics[1:] if t not in missing])
+        producer_limit = int(self.producer_config.get("message.max.bytes", kafka_io.PRODUCER_MAX_BYTES))
+        lower = self._lower_topic_limits([t for t in topics[1:] if t not in missing], producer_limit)
         self.producer = Producer(self.producer_config)
         self.outbox = Outbox(self.producer, self.tracker, self.timeline, transactional=exactly_once)
         self.outbox.dead_letter_topic = s.dlq_topic
+        self.outbox.producer_limit = producer_limit
+        self.outbox.topic_limits = {t: limit - kafka_io.RECORD_BATCH_HEADER_BYTES for t, limit in lower.items()}
         if self.metrics is not None:
             self.outbox.on_acknowledged = self._acknowledged
         self.transactions: Transactions | None = None
@@ -212,29 +214,35 @@ class Worker:
             )
             self.transactions.start()
 
-    def _record_limits(self, topics: list[str]) -> dict[str, int]:
-        """The largest record each topic takes, as ``record_bytes`` counts: the producer's
-        ``message.max.bytes``, or less where the brokers say the topic's ``max.message.bytes`` is lower
-        (a warning at each start: the brokers refuse such records, not the producer)."""
-        producer_limit = self.producer_limit
-        limits = {topic: producer_limit for topic in topics}
+    def _lower_topic_limits(self, topics: list[str], producer_limit: int) -> dict[str, int]:
+        """The topics the brokers say take smaller record batches (their ``max.message.bytes``) than the
+        producer's ``message.max.bytes``, with their limits. The brokers would refuse a batch or a record
+        over one and end the run, so the producer's batches are kept to the lowest (``batch.size``) and
+        each record for them is checked before it is produced (``Outbox.topic_limits``); a warning at each
+        start says so."""
         found = kafka_io.topic_record_limits(self.settings, topics, self.settings.connect_timeout_s)
-        for topic, limit in found.items():
-            if limit < producer_limit:
-                limits[topic] = limit - kafka_io.RECORD_BATCH_HEADER_BYTES  # a record alone in its batch
-                dead_letters = topic == self.settings.dlq_topic
-                then = "dead letters are cut to fit it" if dead_letters else "a larger output stops the run"
-                self.log.warning(
-                    f"topic {topic!r} takes records up to {limit:,} bytes ({kafka_io.TOPIC_MAX_BYTES}), fewer than the "
-                    f"producer's message.max.bytes ({producer_limit:,}): {then}; raise the topic's "
-                    f"{kafka_io.TOPIC_MAX_BYTES}, or set message.max.bytes under [kafka.producer] to {limit:,} or less"
-                )
-        return limits
+        lower = {topic: limit for topic, limit in found.items() if limit < producer_limit}
+        if not lower:
+            return lower
+        config = self.producer_config
+        batch = config["batch.size"] = min(int(config.get("batch.size", kafka_io.BATCH_MAX_BYTES)), *lower.values())
+        for topic, limit in lower.items():
+            if topic == self.settings.dlq_topic:
+                then = "dead letters are cut to fit it"
+            else:
+                then = "an output over it goes to the dead letters if its input makes it so, else it stops the run"
+            self.log.warning(
+                f"topic {topic!r} takes records up to {limit:,} bytes ({kafka_io.TOPIC_MAX_BYTES}), fewer than the "
+                f"producer's message.max.bytes ({producer_limit:,}): {then}, and the producer's batches are kept to "
+                f"{batch:,} bytes (batch.size); raise the topic's {kafka_io.TOPIC_MAX_BYTES}, or set "
+                f"message.max.bytes under [kafka.producer] to {limit:,} or less"
+            )
+        return lower
 
     def _serving(self, served: Served, watcher: Watcher | None) -> Serving:
         """The pipeline into the model, and where its outputs and dead letters go."""
         s = self.settings
-        limit = self.record_limits.get(s.dlq_topic or "", self.producer_limit)
+        limit = self.outbox.topic_limits.get(s.dlq_topic or "", self.outbox.producer_limit)
         dead_letters = DeadLetters(self.outbox, s.dlq_topic, s.group, served.info, self.counters, self.log, limit)
         if self.metrics is not None:
             dead_letters.on_dead_letter = self.metrics.dead_letter

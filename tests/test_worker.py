@@ -852,13 +852,7 @@ def test_a_dead_letter_is_cut_to_its_topic_s_own_limit_and_the_worker_says_so(
     warns at start, for the output topic too. (The embedded broker does not enforce the limit; Kafka
     refuses such a record, and before, the run stopped on it, at every restart.)"""
     (inp,) = topics("in", partitions=1)
-    out, dlq = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("out", "dlq"))
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    made = admin.create_topics(
-        [NewTopic(t, 1, config={"max.message.bytes": str(limit)}) for t, limit in ((out, 1500), (dlq, 2000))]
-    )
-    for future in made.values():
-        future.result(30)
+    out, dlq = limited_topics(bootstrap, out=1500, dlq=2000)
     one = np.ones(4, "float32")
     publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(10)))
     publish(bootstrap, inp, ((b"big", b"\xc1" * 5000),))
@@ -874,7 +868,65 @@ def test_a_dead_letter_is_cut_to_its_topic_s_own_limit_and_the_worker_says_so(
     assert len(warnings) == 2
     assert f"topic {dlq!r} takes records up to 2,000 bytes" in warnings[0] + warnings[1]
     assert any("dead letters are cut to fit it" in w for w in warnings)
-    assert any(f"topic {out!r} takes records up to 1,500 bytes" in w and "a larger output stops" in w for w in warnings)
+    output_warning = f"topic {out!r} takes records up to 1,500 bytes"
+    assert any(output_warning in w and "an output over it goes to the dead letters" in w for w in warnings)
+    assert all("the producer's batches are kept to 1,500 bytes (batch.size)" in w for w in warnings)
+
+
+def limited_topics(bootstrap: str, **limits: int) -> list[str]:
+    """New one-partition topics, each named after its keyword, with that ``max.message.bytes``."""
+    names = {name: f"{name}-{uuid.uuid4().hex[:8]}" for name in limits}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    made = admin.create_topics(
+        [NewTopic(names[name], 1, config={"max.message.bytes": str(limit)}) for name, limit in limits.items()]
+    )
+    for future in made.values():
+        future.result(30)
+    return list(names.values())
+
+
+def test_an_output_over_its_topic_s_own_limit_is_dead_lettered_and_batches_are_kept_under_it(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """The output topic takes records up to 1,500 bytes, fewer than the producer's limit: an output
+    that its input's key makes larger goes to the dead letters, checked by the worker before it is
+    produced (the embedded broker takes it; Kafka refuses it, and before, the run stopped on it, at
+    every restart), and the producer builds no batch larger than the topic takes."""
+    inp, dlq = topics("in", "dlq", partitions=1)
+    (out,) = limited_topics(bootstrap, out=1500)
+    one = np.ones(4, "float32")
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(200)))
+    publish(bootstrap, inp, ((b"k" * 1400, pack_input(one, id=-1)),))
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(200, 400)))
+    worker = Background(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq))
+    worker.thread.join(180)
+    assert worker.error is None and worker.result is not None
+    assert (worker.result["predicted"], worker.result["dead_lettered"]) == (400, 1)
+    assert worker.worker.producer_config["batch.size"] == 1500
+    assert sorted(record["id"] for _, record in outputs(bootstrap, out, 400)) == list(range(400))
+    (dead,) = read_topic(bootstrap, dlq, min_count=1)
+    headers = dict(dead.headers())
+    assert dead.key() == b"k" * 1400 and headers["tfstream.errors.offset"] == b"200"
+    assert headers["tfstream.errors.exception.class.name"] == b"OutputTooLargeError"
+    reason = headers["tfstream.errors.exception.message"].decode()
+    assert f"over topic {out!r}'s max.message.bytes (1,500, a record batch's 61-byte header included)" in reason
+    assert committed(bootstrap, group, inp, 1) == {0: 401}
+
+
+def test_outputs_over_their_topic_s_own_limit_whatever_the_input_stop_the_run_before_any_is_sent(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """The model's outputs alone are larger than the output topic takes: no input is to blame, so the
+    run ends, saying so, and nothing is sent or committed (before, every output went to a broker that
+    refuses them: Kafka; the embedded broker took them)."""
+    (inp,) = topics("in", partitions=1)
+    (out,) = limited_topics(bootstrap, out=200)
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(50)))
+    pattern = rf"over topic {out!r}'s max\.message\.bytes \(200, .*the model's outputs for one input are larger"
+    with pytest.raises(DeliveryError, match=pattern):
+        run_worker(settings(bootstrap, mlp_path, inp, out, group))
+    assert outputs(bootstrap, out, 0, timeout=3) == []
+    assert committed(bootstrap, group, inp, 1) == {0: 0}  # where it started, nothing past
 
 
 def test_a_dead_letter_that_cannot_fit_stops_the_run_saying_it_is_a_dead_letter(
