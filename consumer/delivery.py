@@ -77,9 +77,9 @@ def _too_large_hint(dead_letter: bool) -> str:
     letter instead, which is cut to fit the limits the worker knows of.)"""
     if dead_letter:
         return (
-            ": a dead letter, even cut to fit the producer's message.max.bytes, is larger than the dead-letter "
-            "topic takes; set the topic's max.message.bytes (and the brokers' message.max.bytes) at least as "
-            "high as message.max.bytes under [kafka.producer]"
+            ": a dead letter, even cut to fit, is larger than the producer's message.max.bytes or the dead-letter "
+            "topic takes (its own tfstream.errors.* headers alone, or a topic limit the brokers did not describe "
+            "at start); raise the topic's max.message.bytes, with message.max.bytes under [kafka.producer]"
         )
     return (
         ": the model's outputs for one input are larger than the producer's message.max.bytes or the "

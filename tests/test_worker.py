@@ -929,16 +929,25 @@ def test_outputs_over_their_topic_s_own_limit_whatever_the_input_stop_the_run_be
     assert committed(bootstrap, group, inp, 1) == {0: 0}  # where it started, nothing past
 
 
+@pytest.mark.parametrize("limited", ["producer", "topic"])
 def test_a_dead_letter_that_cannot_fit_stops_the_run_saying_it_is_a_dead_letter(
-    bootstrap: str, topics: Topics, mlp_path: Path
+    bootstrap: str, topics: Topics, mlp_path: Path, limited: str
 ) -> None:
-    """Its own headers (here the group's long name) are larger than the producer takes: the error says
-    it is the dead letter that was refused, not the model's outputs (as before 2026-12-03)."""
-    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    """Its own headers (here the group's long name) are larger than the producer takes, or than the
+    dead-letter topic's own ``max.message.bytes``: the error says it is the dead letter that was
+    refused, not the model's outputs (as before 2026-12-03), and names the topic's limit (before
+    2026-12-03's fifth session, such a dead letter went to brokers that refuse it)."""
+    inp, out = topics("in", "out", partitions=1)
+    (dlq,) = limited_topics(bootstrap, dlq=SMALL_PRODUCER_BYTES) if limited == "topic" else topics("dlq")
     publish(bootstrap, inp, ((b"bad", b"\xc1" * 10),))
     group = f"group-{uuid.uuid4().hex[:8]}-" + "g" * SMALL_PRODUCER_BYTES
-    with pytest.raises(DeliveryError, match=r"a dead letter, even cut to fit the producer's message\.max\.bytes"):
-        run_small_producer(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq)
+    refused = r"a dead letter, even cut to fit, is larger than the producer's message\.max\.bytes or the dead-letter"
+    if limited == "topic":
+        refused = rf"over topic {dlq!r}'s max\.message\.bytes \(2,000, .*" + refused
+    producer = {"message.max.bytes": SMALL_PRODUCER_BYTES} if limited == "producer" else {}
+    with pytest.raises(DeliveryError, match=refused):
+        run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, kafka_producer=producer))
+    assert read_topic(bootstrap, dlq, timeout=3) == []
 
 
 @pytest.mark.parametrize("output_format", ["msgpack", "json"])
