@@ -206,20 +206,33 @@ TOPIC_MAX_BYTES = "max.message.bytes"
 PRODUCER_MAX_BYTES = 1_000_000
 #: librdkafka's default ``batch.size``: the largest record batch it builds (framing included)
 BATCH_MAX_BYTES = 1_000_000
+
+
+def batch_size_within(config: dict[str, Any], limits: Iterable[int]) -> int:
+    """The producer's ``batch.size`` in ``config``, lowered to the lowest of the topics' limits
+    (``max.message.bytes``, which the brokers check against a whole batch), and set there."""
+    batch: int = min([int(config.get("batch.size", BATCH_MAX_BYTES)), *limits])
+    config["batch.size"] = batch
+    return batch
+
+
 #: a record batch's own header (format v2), which the brokers count against a topic's
 #: ``max.message.bytes`` with its records (the producer's own check counts the record alone)
 RECORD_BATCH_HEADER_BYTES = 61
 
 
-def topic_record_limits(settings: Settings, topics: Iterable[str], timeout: float) -> dict[str, int]:
+def admin_client(settings: Settings) -> AdminClient:
+    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, "logger": LIBRDKAFKA_LOGGER}
+    return make_client(AdminClient, {**config, **without_static_membership(settings.kafka)})
+
+
+def topic_record_limits(admin: AdminClient, topics: Iterable[str], timeout: float) -> dict[str, int]:
     """Each topic's ``max.message.bytes``, as the brokers describe it. A topic whose limit cannot be
     read (no permission to describe its configuration, a broker that does not say, no answer within
     ``timeout``) is left out: its records are then checked against the producer's limit only."""
     asked = list(dict.fromkeys(topics))
     if not asked:
         return {}
-    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, "logger": LIBRDKAFKA_LOGGER}
-    admin = make_client(AdminClient, {**config, **without_static_membership(settings.kafka)})
     futures = admin.describe_configs([ConfigResource("topic", t) for t in asked], request_timeout=timeout)
     limits = {}
     for resource, future in futures.items():

@@ -220,12 +220,12 @@ class Worker:
         over one and end the run, so the producer's batches are kept to the lowest (``batch.size``) and
         each record for them is checked before it is produced (``Outbox.topic_limits``); a warning at each
         start says so."""
-        found = kafka_io.topic_record_limits(self.settings, topics, self.settings.connect_timeout_s)
+        admin = kafka_io.admin_client(self.settings)
+        found = kafka_io.topic_record_limits(admin, topics, self.settings.connect_timeout_s)
         lower = {topic: limit for topic, limit in found.items() if limit < producer_limit}
         if not lower:
             return lower
-        config = self.producer_config
-        batch = config["batch.size"] = min(int(config.get("batch.size", kafka_io.BATCH_MAX_BYTES)), *lower.values())
+        batch = kafka_io.batch_size_within(self.producer_config, lower.values())
         for topic, limit in lower.items():
             if topic == self.settings.dlq_topic:
                 then = "dead letters are cut to fit it"

@@ -116,6 +116,10 @@ def _no_answer(doing: str, timeout: float) -> BrokerError:
     return BrokerError(f"no answer from Kafka within {timeout:.0f}s while {doing}; {UNREACHABLE_HINT}")
 
 
+#: how long a tool waits for a topic's configuration (its ``max.message.bytes``)
+DESCRIBE_SECONDS = 10.0
+
+
 class Clients:
     """Makes configured producers, consumers and admin clients for one command."""
 
@@ -135,9 +139,16 @@ class Clients:
         self.common: dict[str, Any] = {"bootstrap.servers": bootstrap, **tables["kafka"]}
         self.tables = tables
 
-    def producer(self, **extra: Any) -> Producer:
+    def producer(self, to_topic: str | None = None, **extra: Any) -> Producer:
+        """``to_topic``: the one topic it writes to, whose ``max.message.bytes`` (where the brokers say,
+        and lower than the producer's ``batch.size``) its batches are kept to: the brokers check a
+        topic's limit against a whole batch and refuse a larger one whole."""
         defaults = {"enable.idempotence": True, "acks": "all", "linger.ms": 10, "compression.type": "lz4"}
-        return kafka_producer({**defaults, **self.common, **self.tables["kafka_producer"], **extra})
+        config = {**defaults, **self.common, **self.tables["kafka_producer"], **extra}
+        if to_topic is not None:
+            limits = kafka_io.topic_record_limits(self.admin(), [to_topic], DESCRIBE_SECONDS)
+            kafka_io.batch_size_within(config, limits.values())
+        return kafka_producer(config)
 
     def consumer(self, group: str | None = None, **extra: Any) -> Consumer:
         config = {

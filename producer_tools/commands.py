@@ -48,8 +48,8 @@ def read_options(args: argparse.Namespace) -> sources.ReadOptions:
 def run_publish(args: argparse.Namespace) -> int:
     examples = sources.read_inputs(args.file, read_options(args))  # the whole file is checked first
     clients = Clients(args)
-    producer = clients.producer()
-    partitions_of(producer, args.topic)
+    partitions_of(clients.admin(), args.topic)
+    producer = clients.producer(to_topic=args.topic)
     planned, total = publish.plan(examples, args.repeat, args.count)
     started = time.monotonic()
     delivered = publish.send_all(producer, args.topic, planned, total, args.tensor_form == "list", args.rate)
@@ -116,7 +116,8 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.from_topic == args.to_topic:
         raise ConfigError("invalid settings: --to-topic must differ from --from-topic")
     clients = Clients(args)
-    consumer, producer = clients.consumer(), clients.producer()
+    partitions_of(clients.admin(), args.to_topic)
+    consumer, producer = clients.consumer(), clients.producer(to_topic=args.to_topic)
     try:
         counts, delivered = replay.replay(consumer, producer, args.from_topic, args.to_topic, window)
     finally:
@@ -125,6 +126,7 @@ def run_replay(args: argparse.Namespace) -> int:
     print(
         f"replayed {delivered.ok} of {copied} records in the window from {args.from_topic} to {args.to_topic} "
         f"({counts.read} read, {counts.outside} outside the window); {delivered.failed} failed"
+        + (f" (first error: {delivered.first_error})" if delivered.failed else "")
     )
     return 0 if delivered.ok == copied else 1
 

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from tqdm import tqdm
 
 from consumer.errors import BrokerError, ConfigError
@@ -59,7 +60,7 @@ class ReadProgress:
         self.bar.close()
 
 
-def partitions_of(client: Consumer | Producer, topic: str, timeout: float = 30.0) -> list[int]:
+def partitions_of(client: Consumer | Producer | AdminClient, topic: str, timeout: float = 30.0) -> list[int]:
     """The topic's partition ids; ``ConfigError`` if it does not exist (never auto-creates it)."""
     try:
         found = client.list_topics(timeout=timeout).topics.get(topic)

@@ -8,6 +8,7 @@ import glob
 import os
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import confluent_kafka
 import numpy as np
 import psutil
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.codec import pack_input, unpack_output
 from consumer.config import Settings, load_settings
@@ -212,3 +214,15 @@ def gone(process: psutil.Process, timeout: float = 30) -> bool:
         except psutil.TimeoutExpired:
             if time.monotonic() > deadline:
                 return False
+
+
+def limited_topics(bootstrap: str, **limits: int) -> list[str]:
+    """New one-partition topics, each named after its keyword, with that ``max.message.bytes``."""
+    names = {name: f"{name}-{uuid.uuid4().hex[:8]}" for name in limits}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    made = admin.create_topics(
+        [NewTopic(names[name], 1, config={"max.message.bytes": str(limit)}) for name, limit in limits.items()]
+    )
+    for future in made.values():
+        future.result(30)
+    return list(names.values())

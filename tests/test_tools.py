@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+import os
 import sys
 import threading
 import uuid
@@ -16,12 +18,13 @@ from confluent_kafka import Consumer
 
 from consumer.codec import Limits, pack_input, unpack_input
 from producer_tools.cli import main
+from producer_tools.clients import Clients
 from producer_tools.collect import Collected, JsonLines
 from producer_tools.consumer_run import ConsumerProcess, ConsumerRunError
 from producer_tools.reader import read_topic
 from tests import models
 from tests.conftest import FAST_GROUP
-from tests.helpers import Topics, committed, publish, run_worker, settings
+from tests.helpers import Topics, committed, limited_topics, publish, run_worker, settings
 
 pytestmark = pytest.mark.integration
 
@@ -270,6 +273,28 @@ def test_collect_refuses_an_output_it_could_not_write_before_reading_anything(
     err = capsys.readouterr().err.strip().splitlines()
     folder = str(missing.parent)
     assert err == [f"error: invalid setting --out={str(missing)!r}: {folder!r} is not a writable directory"]
+
+
+def test_a_tool_s_producer_keeps_its_batches_to_what_its_topic_takes(bootstrap: str, topics: Topics) -> None:
+    """The brokers check a topic's ``max.message.bytes`` against a whole record batch, and librdkafka
+    builds batches up to 1,000,000 bytes: Kafka refuses such a batch whole, however small its
+    records (the embedded broker does not). ``publish`` and ``replay`` make their producer for the
+    topic they write to, whose batches are kept to its limit: measured by librdkafka's statistics."""
+    (limited,) = limited_topics(bootstrap, limited=5000)
+    (unlimited,) = topics("unlimited", partitions=1)
+    clients = Clients(argparse.Namespace(bootstrap_servers=bootstrap, config=None))
+    largest = {}
+    for topic in (limited, unlimited):
+        stats: list[str] = []
+        watch = {"statistics.interval.ms": 100, "stats_cb": stats.append, "linger.ms": 100}
+        producer = clients.producer(to_topic=topic, **watch)
+        for i in range(3000):
+            producer.produce(topic, os.urandom(150), str(i).encode())
+        assert producer.flush(30) == 0
+        producer.poll(0.5)  # the last statistics
+        seen = [json.loads(line)["topics"].get(topic) for line in stats]
+        largest[topic] = max(t["batchsize"]["max"] for t in seen if t and t["batchsize"]["cnt"])
+    assert 4000 < largest[limited] <= 5000 < 100_000 < largest[unlimited]
 
 
 def test_replay_copies_exactly_the_time_range_keeping_keys_headers_and_timestamps(

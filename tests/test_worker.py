@@ -15,7 +15,6 @@ import pytest
 import structlog
 import structlog.testing
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer import logs
 from consumer import outputs as outputs_module
@@ -35,6 +34,7 @@ from tests.helpers import (
     Background,
     Topics,
     committed,
+    limited_topics,
     outputs,
     publish,
     publish_to_partition,
@@ -873,18 +873,6 @@ def test_a_dead_letter_is_cut_to_its_topic_s_own_limit_and_the_worker_says_so(
     assert all("the producer's batches are kept to 1,500 bytes (batch.size)" in w for w in warnings)
 
 
-def limited_topics(bootstrap: str, **limits: int) -> list[str]:
-    """New one-partition topics, each named after its keyword, with that ``max.message.bytes``."""
-    names = {name: f"{name}-{uuid.uuid4().hex[:8]}" for name in limits}
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    made = admin.create_topics(
-        [NewTopic(names[name], 1, config={"max.message.bytes": str(limit)}) for name, limit in limits.items()]
-    )
-    for future in made.values():
-        future.result(30)
-    return list(names.values())
-
-
 def test_an_output_over_its_topic_s_own_limit_is_dead_lettered_and_batches_are_kept_under_it(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path
 ) -> None:
@@ -902,6 +890,7 @@ def test_an_output_over_its_topic_s_own_limit_is_dead_lettered_and_batches_are_k
     worker.thread.join(180)
     assert worker.error is None and worker.result is not None
     assert (worker.result["predicted"], worker.result["dead_lettered"]) == (400, 1)
+    # what librdkafka does with it is measured in test_tools (a tool's producer, made the same way)
     assert worker.worker.producer_config["batch.size"] == 1500
     assert sorted(record["id"] for _, record in outputs(bootstrap, out, 400)) == list(range(400))
     (dead,) = read_topic(bootstrap, dlq, min_count=1)
