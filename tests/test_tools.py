@@ -297,6 +297,22 @@ def test_a_tool_s_producer_keeps_its_batches_to_what_its_topic_takes(bootstrap: 
     assert 4000 < largest[limited] <= 5000 < 100_000 < largest[unlimited]
 
 
+def test_replay_says_why_a_record_failed(
+    bootstrap: str, topics: Topics, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record the producer refuses (here larger than its ``message.max.bytes``) is counted as
+    failed, exit 1, and the summary line gives the first error (before 2026-12-03, a bare count)."""
+    source, target = topics("src", "dst", partitions=1)
+    publish(bootstrap, source, ((b"small", b"x" * 10), (b"large", b"x" * 5000), (b"small2", b"x" * 10)))
+    config = tmp_path / "c.toml"
+    config.write_text('[kafka.producer]\n"message.max.bytes" = 2000\n')
+    assert tool(bootstrap, "replay", "--from-topic", source, "--to-topic", target, "--config", str(config)) == 1
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("replayed 2 of 3 records") and "; 1 failed (first error: " in summary, summary
+    assert "too large" in summary.lower(), summary
+    assert sorted(m.key() for m in read_topic(bootstrap, target, min_count=2)) == [b"small", b"small2"]
+
+
 def test_replay_copies_exactly_the_time_range_keeping_keys_headers_and_timestamps(
     bootstrap: str, topics: Topics, capsys: pytest.CaptureFixture[str]
 ) -> None:
