@@ -206,6 +206,9 @@ TOPIC_MAX_BYTES = "max.message.bytes"
 PRODUCER_MAX_BYTES = 1_000_000
 #: librdkafka's default ``batch.size``: the largest record batch it builds (framing included)
 BATCH_MAX_BYTES = 1_000_000
+#: a record batch's own header (format v2), which the brokers count against a topic's
+#: ``max.message.bytes`` with its records (the producer's own check counts the record alone)
+RECORD_BATCH_HEADER_BYTES = 61
 
 
 def batch_size_within(config: dict[str, Any], limits: Iterable[int]) -> int:
@@ -216,12 +219,8 @@ def batch_size_within(config: dict[str, Any], limits: Iterable[int]) -> int:
     return batch
 
 
-#: a record batch's own header (format v2), which the brokers count against a topic's
-#: ``max.message.bytes`` with its records (the producer's own check counts the record alone)
-RECORD_BATCH_HEADER_BYTES = 61
-
-
 def admin_client(settings: Settings) -> AdminClient:
+    """An admin client with the workers' connection settings (``[kafka]``, TLS and SASL included)."""
     config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, "logger": LIBRDKAFKA_LOGGER}
     return make_client(AdminClient, {**config, **without_static_membership(settings.kafka)})
 
