@@ -18,7 +18,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.errors import DeliveryError, InputError
-from consumer.kafka_io import PRODUCER_MAX_BYTES, RECORD_BATCH_HEADER_BYTES
+from consumer.kafka_io import CLEANUP_POLICY, PRODUCER_MAX_BYTES, RECORD_BATCH_HEADER_BYTES, TopicRules
 from consumer.logs import Sampled
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.timing import Timeline
@@ -58,10 +58,19 @@ class Oversize:
     rule: str
 
 
-#: When a record is refused as too large (by the producer, over its ``message.max.bytes``, or before
-#: producing, over its topic's lower ``max.message.bytes``), ``send_batch`` may ask its caller to take
-#: the record's input elsewhere (a dead letter): True if it did.
-TooLarge = Callable[[Oversize], bool]
+@dataclass(frozen=True)
+class Keyless:
+    """A record of a batch without a key, for a compacted topic, whose brokers refuse it."""
+
+    index: int
+    rule: str
+
+
+#: When a record is refused for what its input made of it (too large: by the producer, over its
+#: ``message.max.bytes``, or before producing, over its topic's lower ``max.message.bytes``; or without
+#: a key, for a compacted topic), ``send_batch`` may ask its caller to take the record's input elsewhere
+#: (a dead letter): True if it did.
+Unfit = Callable[[Oversize | Keyless], bool]
 
 
 def record_bytes(value: bytes, key: bytes | None, headers: Headers | None) -> int:
@@ -70,6 +79,38 @@ def record_bytes(value: bytes, key: bytes | None, headers: Headers | None) -> in
     for name, header in headers or ():
         size += HEADER_OVERHEAD_BYTES + len(name) + len(header or b"")
     return size
+
+
+def _refusal(bad: Oversize | Keyless) -> KafkaError:
+    """The error the brokers would give a record that breaks its topic's rules, with the rule."""
+    if isinstance(bad, Keyless):
+        return KafkaError(KafkaError.INVALID_RECORD, bad.rule)
+    return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, f"{bad.size:,} bytes, over {bad.rule}")
+
+
+def _hint(code: int, dead_letter: bool) -> str:
+    """What to do about a record refused for good, where the cause is a topic's or the producer's rule."""
+    if code == KafkaError.MSG_SIZE_TOO_LARGE:
+        return _too_large_hint(dead_letter)
+    if code in (KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG):
+        return _keyless_hint(dead_letter)
+    return ""
+
+
+def _keyless_hint(dead_letter: bool) -> str:
+    """What to do about a record refused as invalid: most likely a record without a key (its input had
+    none) for a compacted topic."""
+    compacted = f"if the topic is compacted ({CLEANUP_POLICY} compact), it takes no record without a key"
+    if dead_letter:
+        return (
+            f": {compacted} (a dead letter has its input's key, and this input had none), and keeps only the last "
+            f"dead letter of each key: give the dead-letter topic {CLEANUP_POLICY} delete"
+        )
+    return (
+        f": {compacted} (an output has its input's key, and this input had none); the worker sends such inputs "
+        "to the dead letters where it may read the topic's configuration at start (DescribeConfigs): allow "
+        f"that, or give the topic {CLEANUP_POLICY} delete"
+    )
 
 
 def _too_large_hint(dead_letter: bool) -> str:
@@ -147,10 +188,11 @@ class Outbox:
         self.dead_letter_topic: str | None = None
         #: the producer's ``message.max.bytes``, which librdkafka checks at ``produce``
         self.producer_limit = PRODUCER_MAX_BYTES
-        #: topics whose brokers take smaller records than the producer sends (their ``max.message.bytes``,
-        #: less a record batch's header): each record for them is checked before it is produced, as the
-        #: brokers would refuse it and end the run
-        self.topic_limits: dict[str, int] = {}
+        #: topics whose brokers refuse records the producer sends (larger than ``max_bytes``: their
+        #: ``max.message.bytes`` less a record batch's header, where below the producer's; without a key,
+        #: where compacted): each record for them is checked before it is produced, as the brokers would
+        #: refuse it and end the run
+        self.topic_rules: dict[str, TopicRules] = {}
         #: the fatal error librdkafka gave up on the producer with, once one was served
         self.fatal_error: KafkaError | None = None
         #: exactly once: (topic, input timestamps) of the batches in the open transaction
@@ -171,12 +213,12 @@ class Outbox:
         coords: list[tuple[Partition, int]] | None = None,
         timestamps: list[int] | None = None,
         timed: bool = False,
-        too_large: TooLarge | None = None,
+        unfit: Unfit | None = None,
     ) -> int:
         """One record per source message (key: the source's, unless given). ``coords`` and
         ``timestamps``: the sources', when the caller already has them. ``timed``: a batch's outputs,
-        whose wait for acknowledgement is its ``acknowledge`` stage (at least once). ``too_large``:
-        see ``TooLarge``. Returns how many records were left out that way."""
+        whose wait for acknowledgement is its ``acknowledge`` stage (at least once). ``unfit``:
+        see ``Unfit``. Returns how many records were left out that way."""
         with self.lock:
             if self.discarding:
                 return 0
@@ -185,10 +227,11 @@ class Outbox:
             produce, on_delivery = self.producer.produce, ack.on_delivery
             keys = [msg.key() for msg in sources] if keys is None else keys
             left_out: list[int] = []
-            topic_limit = self.topic_limits.get(topic)
+            rules = self.topic_rules.get(topic)
             refused: KafkaError | None
             for index, (value, key, record_headers) in enumerate(zip(values, keys, headers, strict=True)):
-                if topic_limit is None or (size := record_bytes(value, key, record_headers)) <= topic_limit:
+                bad = None if rules is None else self._breaks(rules, topic, index, value, key, record_headers)
+                if bad is None:
                     try:  # the common case, kept lean: one call per record
                         produce(topic, value, key, ANY_PARTITION, on_delivery, None, NOW, record_headers)
                         continue
@@ -196,15 +239,13 @@ class Outbox:
                         refused = self._produce(topic, value, key, record_headers, ack)
                         if refused is None:
                             continue
-                    oversize = None
+                    if refused.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                        bad = self._over_producer_limit(index, record_bytes(value, key, record_headers))
                 else:
-                    oversize = self._over_topic_limit(topic, index, size)
-                    refused = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, f"{size:,} bytes, over {oversize.rule}")
-                if too_large is not None and refused.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    oversize = oversize or self._over_producer_limit(index, record_bytes(value, key, record_headers))
-                    if too_large(oversize):
-                        left_out.append(index)
-                        continue
+                    refused = _refusal(bad)
+                if bad is not None and unfit is not None and unfit(bad):
+                    left_out.append(index)
+                    continue
                 self._fail(topic, *coords[index], refused)
                 return len(left_out)
             if left_out:
@@ -234,13 +275,22 @@ class Outbox:
     def _over_producer_limit(self, index: int, size: int) -> Oversize:
         return Oversize(index, size, self.producer_limit, f"the producer's message.max.bytes ({self.producer_limit:,})")
 
-    def _over_topic_limit(self, topic: str, index: int, size: int) -> Oversize:
-        limit = self.topic_limits[topic]
-        rule = (
-            f"topic {topic!r}'s max.message.bytes ({limit + RECORD_BATCH_HEADER_BYTES:,}, "
-            f"a record batch's {RECORD_BATCH_HEADER_BYTES}-byte header included)"
-        )
-        return Oversize(index, size, limit, rule)
+    @staticmethod
+    def _breaks(
+        rules: TopicRules, topic: str, index: int, value: bytes, key: bytes | None, headers: Headers | None
+    ) -> Oversize | Keyless | None:
+        """How a record breaks its topic's rules, if it does."""
+        if rules.compacted and key is None:
+            return Keyless(
+                index, f"topic {topic!r} is compacted ({CLEANUP_POLICY} compact): it takes no record without a key"
+            )
+        if rules.max_bytes is not None and (size := record_bytes(value, key, headers)) > rules.max_bytes:
+            rule = (
+                f"topic {topic!r}'s max.message.bytes ({rules.max_bytes + RECORD_BATCH_HEADER_BYTES:,}, "
+                f"a record batch's {RECORD_BATCH_HEADER_BYTES}-byte header included)"
+            )
+            return Oversize(index, size, rules.max_bytes, rule)
+        return None
 
     def _leave_out(self, ack: BatchAck, left_out: list[int]) -> None:
         """Records the producer refused whose inputs went elsewhere (dead letters, done when those are):
@@ -273,8 +323,7 @@ class Outbox:
         """Keep the first failure; the input is never marked done, so nothing past it commits."""
         if self.failure is None and not self.discarding:
             retriable = err.code() not in PERMANENT and not err.fatal()
-            too_large = err.code() == KafkaError.MSG_SIZE_TOO_LARGE
-            hint = _too_large_hint(topic == self.dead_letter_topic) if too_large else ""
+            hint = _hint(err.code(), topic == self.dead_letter_topic)
             self.failure = DeliveryError(
                 f"could not deliver a record to topic {topic!r} ({err.str()}); "
                 f"input {partition[0]}[{partition[1]}]@{offset} and later are not committed{hint}",

@@ -25,6 +25,8 @@
           ├── PreprocessError      (stage "preprocess") the user's preprocess function failed
           ├── PredictError         (stage "predict") the model failed on this one input
           └── EmitError            (stage "emit") its output could not be encoded
+               ├── OutputTooLargeError   or is larger than Kafka takes, because of the input
+               └── UnkeyedOutputError    or has no key (its input had none) for a compacted topic
 
 Input errors are data, not control flow: the worker turns them into dead letters and
 the stream goes on. The other errors end the process with their message.
@@ -165,5 +167,11 @@ class EmitError(InputError):
 
 
 class OutputTooLargeError(EmitError):
-    """This input's output record is larger than the producer's ``message.max.bytes``, because of what
-    the input carries into it (its key, headers or id) or a string output of its own."""
+    """This input's output record is larger than the producer's ``message.max.bytes`` (or the output
+    topic's lower ``max.message.bytes``), because of what the input carries into it (its key, headers
+    or id) or a string output of its own."""
+
+
+class UnkeyedOutputError(EmitError):
+    """This input has no key, so neither would its output, and the output topic is compacted
+    (``cleanup.policy`` compact): Kafka takes no record without a key there."""

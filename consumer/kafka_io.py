@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -202,6 +203,9 @@ def check_topics(
 #: a topic's limit on what the brokers take of it (Kafka's topic setting; the brokers' own
 #: ``message.max.bytes`` where the topic does not set it)
 TOPIC_MAX_BYTES = "max.message.bytes"
+#: a topic's retention: ``compact`` keeps the last record of each key, and the brokers refuse records
+#: without a key there
+CLEANUP_POLICY = "cleanup.policy"
 #: librdkafka's default ``message.max.bytes``: the largest record the producer sends
 PRODUCER_MAX_BYTES = 1_000_000
 #: librdkafka's default ``batch.size``: the largest record batch it builds (framing included)
@@ -225,23 +229,34 @@ def admin_client(settings: Settings) -> AdminClient:
     return make_client(AdminClient, {**config, **without_static_membership(settings.kafka)})
 
 
-def topic_record_limits(admin: AdminClient, topics: Iterable[str], timeout: float) -> dict[str, int]:
-    """Each topic's ``max.message.bytes``, as the brokers describe it. A topic whose limit cannot be
-    read (no permission to describe its configuration, a broker that does not say, no answer within
-    ``timeout``) is left out: its records are then checked against the producer's limit only."""
+@dataclass(frozen=True)
+class TopicRules:
+    """What the brokers refuse of a topic that the producer does not check itself: records (whole
+    batches) over ``max_bytes``, its ``max.message.bytes`` (None: not described), and records
+    without a key if it is ``compacted`` (``cleanup.policy`` holds ``compact``)."""
+
+    max_bytes: int | None = None
+    compacted: bool = False
+
+
+def topic_rules(admin: AdminClient, topics: Iterable[str], timeout: float) -> dict[str, TopicRules]:
+    """Each topic's rules, as the brokers describe its configuration. A topic whose configuration
+    cannot be read (no permission to describe it, a broker that does not say, no answer within
+    ``timeout``) is left out: its records are then checked by the producer only."""
     asked = list(dict.fromkeys(topics))
     if not asked:
         return {}
     futures = admin.describe_configs([ConfigResource("topic", t) for t in asked], request_timeout=timeout)
-    limits = {}
+    rules = {}
     for resource, future in futures.items():
         try:
-            entry = future.result(timeout=timeout).get(TOPIC_MAX_BYTES)
+            entries = future.result(timeout=timeout)
         except (KafkaException, TimeoutError):
             continue
-        if entry is not None and entry.value is not None and str(entry.value).isdigit():
-            limits[resource.name] = int(entry.value)
-    return limits
+        max_bytes, policy = (str(getattr(entries.get(name), "value", "")) for name in (TOPIC_MAX_BYTES, CLEANUP_POLICY))
+        compacted = "compact" in (part.strip() for part in policy.split(","))
+        rules[resource.name] = TopicRules(int(max_bytes) if max_bytes.isdigit() else None, compacted)
+    return rules
 
 
 def missing_topic_error(topic: str, bootstrap: str) -> ConfigError:

@@ -11,13 +11,14 @@ from consumer.delivery import (
     Counters,
     DeadLetters,
     Headers,
+    Keyless,
     Outbox,
     Oversize,
     record_bytes,
     source_headers,
 )
 from consumer.envelopes import OutputPacker
-from consumer.errors import EmitError, OutputTooLargeError
+from consumer.errors import EmitError, OutputTooLargeError, UnkeyedOutputError
 from consumer.json_output import encode_json, json_value
 from consumer.pipeline import Batch
 
@@ -81,7 +82,7 @@ class Emitter:
             coords=batch.coords,
             timestamps=batch.timestamps,
             timed=True,
-            too_large=lambda oversize: self._dead_letter_too_large(batch, outputs, own, oversize),
+            unfit=lambda bad: self._dead_letter_unfit(batch, outputs, own, bad),
         )
         self.counters.add(predicted=batch.rows - left_out, batches=1, padded_rows=bucket - rows)
 
@@ -102,22 +103,25 @@ class Emitter:
             return [source_headers(m) if m.headers() else None for m in messages]
         return [source_headers(m) + own if m.headers() else own for m in messages]
 
-    def _dead_letter_too_large(
-        self, batch: Batch, outputs: dict[str, np.ndarray], own: Headers | None, oversize: Oversize
+    def _dead_letter_unfit(
+        self, batch: Batch, outputs: dict[str, np.ndarray], own: Headers | None, bad: Oversize | Keyless
     ) -> bool:
-        """An output refused as too large: a dead letter if what its input carries into it (key,
-        headers, id) or a string output of its own makes it so, and True. False if the model's other
-        outputs alone are too large, as they would be for every input: the run ends then, with a line
-        saying to raise the limit."""
-        if self._bare_record_bytes(batch, outputs, own, oversize.index) > oversize.limit:
+        """An output refused for what its input made of it, and True: a dead letter. Without a key (its
+        input had none) for a compacted topic; or too large, if what its input carries into it (key,
+        headers, id) or a string output of its own makes it so. False if the model's other outputs
+        alone are too large, as they would be for every input: the run ends then, with a line saying
+        to raise the limit."""
+        error: EmitError
+        if isinstance(bad, Keyless):
+            error = UnkeyedOutputError(f"its input has no key, so neither would its output: {bad.rule}")
+        elif self._bare_record_bytes(batch, outputs, own, bad.index) > bad.limit:
             return False
-        self.dead_letters.send(
-            batch.messages[oversize.index],
-            OutputTooLargeError(
-                f"its output record would be {oversize.size:,} bytes, over {oversize.rule}: what the input "
-                "carries into it (its key, headers or id) or a string output is too large"
-            ),
-        )
+        else:
+            error = OutputTooLargeError(
+                f"its output record would be {bad.size:,} bytes, over {bad.rule}: what the input carries into it "
+                "(its key, headers or id) or a string output is too large"
+            )
+        self.dead_letters.send(batch.messages[bad.index], error)
         return True
 
     def _bare_record_bytes(self, batch: Batch, outputs: dict[str, np.ndarray], own: Headers | None, index: int) -> int:

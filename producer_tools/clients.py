@@ -146,8 +146,8 @@ class Clients:
         defaults = {"enable.idempotence": True, "acks": "all", "linger.ms": 10, "compression.type": "lz4"}
         config = {**defaults, **self.common, **self.tables["kafka_producer"], **extra}
         if to_topic is not None:
-            limits = kafka_io.topic_record_limits(self.admin(), [to_topic], DESCRIBE_SECONDS)
-            kafka_io.batch_size_within(config, limits.values())
+            rules = kafka_io.topic_rules(self.admin(), [to_topic], DESCRIBE_SECONDS).values()
+            kafka_io.batch_size_within(config, [r.max_bytes for r in rules if r.max_bytes is not None])
         return kafka_producer(config)
 
     def consumer(self, group: str | None = None, **extra: Any) -> Consumer:

@@ -218,11 +218,12 @@ def gone(process: psutil.Process, timeout: float = 30) -> bool:
 
 def limited_topics(bootstrap: str, **limits: int) -> list[str]:
     """New one-partition topics, each named after its keyword, with that ``max.message.bytes``."""
-    names = {name: f"{name}-{uuid.uuid4().hex[:8]}" for name in limits}
+    return [configured_topic(bootstrap, name, {"max.message.bytes": str(limit)}) for name, limit in limits.items()]
+
+
+def configured_topic(bootstrap: str, name: str, config: dict[str, str]) -> str:
+    """A new one-partition topic named after ``name``, with that topic configuration."""
+    topic = f"{name}-{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    made = admin.create_topics(
-        [NewTopic(names[name], 1, config={"max.message.bytes": str(limit)}) for name, limit in limits.items()]
-    )
-    for future in made.values():
-        future.result(30)
-    return list(names.values())
+    admin.create_topics([NewTopic(topic, 1, config=config)])[topic].result(30)
+    return topic

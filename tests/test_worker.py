@@ -34,6 +34,7 @@ from tests.helpers import (
     Background,
     Topics,
     committed,
+    configured_topic,
     limited_topics,
     outputs,
     publish,
@@ -937,6 +938,56 @@ def test_a_dead_letter_that_cannot_fit_stops_the_run_saying_it_is_a_dead_letter(
     with pytest.raises(DeliveryError, match=refused):
         run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, kafka_producer=producer))
     assert read_topic(bootstrap, dlq, timeout=3) == []
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_an_input_without_a_key_goes_to_the_dead_letters_when_the_output_topic_is_compacted(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, delivery: str
+) -> None:
+    """A compacted topic takes no record without a key, and an output has its input's key: the worker,
+    told at start that the output topic is compacted, sends a keyless input to the dead letters, and
+    the stream goes on (the embedded broker takes such a record; Kafka refuses it, and before
+    2026-12-03's fifth session the run ended on it, at every restart)."""
+    (inp, dlq) = topics("in", "dlq", partitions=1)
+    out = configured_topic(bootstrap, "out", {"cleanup.policy": "compact"})
+    one = np.ones(4, "float32")
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(100)))
+    publish(bootstrap, inp, ((None, pack_input(one, id=-1)),))
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(100, 200)))
+    with structlog.testing.capture_logs() as logs:
+        summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, delivery=delivery))
+    assert (summary["predicted"], summary["dead_lettered"]) == (200, 1)
+    got = outputs(bootstrap, out, 200)
+    assert sorted(record["id"] for _, record in got) == list(range(200)) and all(m.key() for m, _ in got)
+    (dead,) = read_topic(bootstrap, dlq, min_count=1)
+    headers = dict(dead.headers())
+    assert dead.key() is None and dead.value() == pack_input(one, id=-1)
+    assert headers["tfstream.errors.exception.class.name"] == b"UnkeyedOutputError"
+    assert headers["tfstream.errors.stage"] == b"emit" and headers["tfstream.errors.offset"] == b"100"
+    reason = headers["tfstream.errors.exception.message"].decode()
+    assert reason == f"its input has no key, so neither would its output: topic {out!r} is compacted " + (
+        "(cleanup.policy compact): it takes no record without a key"
+    )
+    assert any(f"topic {out!r} is compacted" in e["event"] and e["log_level"] == "warning" for e in logs)
+    assert committed(bootstrap, group, inp, 1) == {0: 201}
+
+
+def test_a_keyless_bad_input_stops_the_run_when_the_dead_letter_topic_is_compacted(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """A dead letter has its input's key: a compacted dead-letter topic cannot take one without. The
+    worker warns at start, and the run ends on such an input saying what to change, with nothing
+    committed past it (before 2026-12-03's fifth session it went to brokers that refuse it)."""
+    inp, out = topics("in", "out", partitions=1)
+    dlq = configured_topic(bootstrap, "dlq", {"cleanup.policy": "compact,delete"})
+    good = ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(10))
+    publish(bootstrap, inp, [*good, (b"keyed", b"\xc1"), (None, b"\xc1")])
+    refused = rf"topic {dlq!r} is compacted .*: give the dead-letter topic cleanup\.policy delete"
+    with structlog.testing.capture_logs() as logs, pytest.raises(DeliveryError, match=refused):
+        run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq))
+    assert any(f"dead-letter topic {dlq!r} is compacted" in e["event"] for e in logs)
+    assert [m.key() for m in read_topic(bootstrap, dlq, min_count=1)] == [b"keyed"]
+    assert committed(bootstrap, group, inp, 1)[0] <= 11
 
 
 @pytest.mark.parametrize("output_format", ["msgpack", "json"])
