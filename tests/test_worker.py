@@ -881,18 +881,34 @@ def test_an_output_over_its_topic_s_own_limit_is_dead_lettered_and_batches_are_k
     that its input's key makes larger goes to the dead letters, checked by the worker before it is
     produced (the embedded broker takes it; Kafka refuses it, and before, the run stopped on it, at
     every restart), and the producer builds no batch larger than the topic takes."""
+    from consumer.worker import Worker
+
     inp, dlq = topics("in", "dlq", partitions=1)
     (out,) = limited_topics(bootstrap, out=1500)
-    one = np.ones(4, "float32")
-    publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(200)))
-    publish(bootstrap, inp, ((b"k" * 1400, pack_input(one, id=-1)),))
-    publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(200, 400)))
-    worker = Background(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq))
-    worker.thread.join(180)
+    stats: list[str] = []
+
+    class Watched(Worker):  # librdkafka's statistics of the worker's own producer: its batches' sizes
+        def _topic_rules(self, topics: list[str], producer_limit: int) -> dict[str, Any]:
+            self.producer_config |= {"statistics.interval.ms": 100, "stats_cb": stats.append}
+            return super()._topic_rules(topics, producer_limit)
+
+    s = settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, stop_at_end=False)
+    worker = Background(s, worker_class=Watched)
+    try:
+        assert wait_until(lambda: worker.error is not None or worker.worker._joined, 60, lambda: time.sleep(0.05))
+        one = np.ones(4, "float32")
+        publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(200)))
+        publish(bootstrap, inp, ((b"k" * 1400, pack_input(one, id=-1)),))
+        publish(bootstrap, inp, ((str(i).encode(), pack_input(one, id=i)) for i in range(200, 400)))
+        outputs(bootstrap, out, 400)
+        time.sleep(0.5)  # the statistics of the last batches sent
+    finally:
+        worker.stop()
     assert worker.error is None and worker.result is not None
     assert (worker.result["predicted"], worker.result["dead_lettered"]) == (400, 1)
-    # what librdkafka does with it is measured in test_tools (a tool's producer, made the same way)
-    assert worker.worker.producer_config["batch.size"] == 1500
+    seen = [json.loads(line)["topics"].get(out) for line in stats]
+    batches = [t["batchsize"] for t in seen if t and t["batchsize"]["cnt"]]
+    assert 0 < max(b["max"] for b in batches) <= 1500 and sum(b["cnt"] for b in batches) >= 400 * 150 // 1500
     assert sorted(record["id"] for _, record in outputs(bootstrap, out, 400)) == list(range(400))
     (dead,) = read_topic(bootstrap, dlq, min_count=1)
     headers = dict(dead.headers())
