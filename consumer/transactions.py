@@ -17,11 +17,31 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from consumer import kafka_io
 from consumer.delivery import Outbox
-from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, FencedError
+from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError, FencedError, TfStreamError
 from consumer.offsets import OffsetTracker
 
 #: A newer producer with the same ``transactional.id`` took over (librdkafka's and the broker's codes).
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+
+
+def start_error(err: KafkaError, transactional_id: str, transaction_timeout_ms: int) -> TfStreamError:
+    """Why a worker could not start its transactions, in one line that says what to change."""
+    reason = err.str()
+    if err.code() == KafkaError.INVALID_TRANSACTION_TIMEOUT:
+        return ConfigError(
+            f"invalid setting transaction_timeout_ms={transaction_timeout_ms}: the brokers refuse it ({reason}); "
+            "set it at or below their transaction.max.timeout.ms (900000, 15 minutes, unless changed)"
+        )
+    if err.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+        return BrokerError(
+            f"cannot start a Kafka transaction: this principal may not use transactional.id {transactional_id!r} "
+            f"({reason}); grant it WRITE and DESCRIBE on that TransactionalId (a PREFIXED ACL on "
+            "transactional_id_prefix covers every worker), or use --delivery at-least-once"
+        )
+    return BrokerError(
+        f"cannot start a Kafka transaction ({reason}); exactly-once needs brokers with transactions enabled, "
+        "or use --delivery at-least-once"
+    )
 
 
 class Transactions:
@@ -47,10 +67,7 @@ class Transactions:
             self._call("init_transactions", lambda: self.producer.init_transactions(self.timeout_s))
             self.producer.begin_transaction()
         except KafkaException as exc:
-            raise BrokerError(
-                f"cannot start a Kafka transaction ({exc.args[0].str()}); exactly-once needs brokers with "
-                "transactions enabled, or use --delivery at-least-once"
-            ) from None
+            raise start_error(exc.args[0], self.transactional_id, round(self.timeout_s * 2000)) from None
 
     def commit(self, consumer: Consumer) -> bool:
         """Commit what was produced with the offsets it covers; False if the transaction was aborted

@@ -19,8 +19,8 @@ import structlog.testing
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from consumer.codec import pack_input, unpack_output
-from consumer.errors import BrokerError, FencedError
-from consumer.transactions import Transactions
+from consumer.errors import BrokerError, ConfigError, FencedError
+from consumer.transactions import Transactions, start_error
 from producer_tools.reader import read_topic
 from producer_tools.topics import create_topics
 from tests.conftest import FAST_GROUP
@@ -472,3 +472,20 @@ def test_a_consumer_that_hits_a_fatal_error_ends_its_worker(
         assert f"group.instance.id 'fraud-{socket.gethostname()}-0'" in str(worker.error)
     else:
         assert "the consumer hit a fatal error" in str(worker.error) and "injected by a test" in str(worker.error)
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "says"),
+    [
+        (KafkaError.INVALID_TRANSACTION_TIMEOUT, ConfigError, "invalid setting transaction_timeout_ms=3600000: "),
+        (KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, BrokerError, "may not use transactional.id 'tf-g-h-0'"),
+        (KafkaError._TIMED_OUT, BrokerError, "exactly-once needs brokers with transactions enabled"),
+    ],
+)
+def test_a_transaction_that_cannot_start_says_what_to_change(code: int, kind: type, says: str) -> None:
+    """Refusals of ``init_transactions`` the embedded broker never makes (it enforces neither
+    ``transaction.max.timeout.ms`` nor ACLs: it took a 3,600,000 ms timeout), as librdkafka reports
+    them. A timeout above the brokers' maximum is a setting to change (exit 2), not brokers without
+    transactions, as every refusal said before 2026-12-03's fifth session."""
+    error = start_error(KafkaError(code), "tf-g-h-0", 3_600_000)
+    assert type(error) is kind and says in str(error), str(error)
