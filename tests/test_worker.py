@@ -988,6 +988,23 @@ def test_an_input_without_a_key_goes_to_the_dead_letters_when_the_output_topic_i
     assert committed(bootstrap, group, inp, 1) == {0: 201}
 
 
+def test_without_a_dead_letter_topic_a_keyless_input_for_a_compacted_output_topic_is_skipped_and_said(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """As any bad input without a dead-letter topic: skipped, counted and logged with its reason."""
+    (inp,) = topics("in", partitions=1)
+    out = configured_topic(bootstrap, "out", {"cleanup.policy": "compact"})
+    records = [(str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(20)]
+    publish(bootstrap, inp, [*records[:10], (None, pack_input(np.ones(4, "float32"), id=-1)), *records[10:]])
+    with structlog.testing.capture_logs() as logs:
+        summary = run_worker(settings(bootstrap, mlp_path, inp, out, group))
+    assert (summary["predicted"], summary["dead_lettered"]) == (20, 1)
+    skipped = [e for e in logs if e["event"] == "input skipped (no dead-letter topic)"]
+    assert [(e["error"], e["offset"]) for e in skipped] == [("UnkeyedOutputError", 10)]
+    assert sorted(record["id"] for _, record in outputs(bootstrap, out, 20)) == list(range(20))
+    assert committed(bootstrap, group, inp, 1) == {0: 21}
+
+
 def test_a_keyless_bad_input_stops_the_run_when_the_dead_letter_topic_is_compacted(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path
 ) -> None:
