@@ -52,11 +52,14 @@ class Transactions:
         producer: Producer,
         outbox: Outbox,
         tracker: OffsetTracker,
-        timeout_s: float,
+        transaction_timeout_ms: int,
         log: Any,
         transactional_id: str = "",
     ) -> None:
-        self.producer, self.outbox, self.tracker, self.timeout_s, self.log = producer, outbox, tracker, timeout_s, log
+        self.producer, self.outbox, self.tracker, self.log = producer, outbox, tracker, log
+        self.transaction_timeout_ms = transaction_timeout_ms
+        #: each transactional call's own timeout: half the transaction's
+        self.timeout_s = transaction_timeout_ms / 2000
         self.transactional_id = transactional_id
         #: set once a call blocked past its bound: the producer is never called again
         self.hung: ClientHungError | None = None
@@ -67,7 +70,7 @@ class Transactions:
             self._call("init_transactions", lambda: self.producer.init_transactions(self.timeout_s))
             self.producer.begin_transaction()
         except KafkaException as exc:
-            raise start_error(exc.args[0], self.transactional_id, round(self.timeout_s * 2000)) from None
+            raise start_error(exc.args[0], self.transactional_id, self.transaction_timeout_ms) from None
 
     def commit(self, consumer: Consumer) -> bool:
         """Commit what was produced with the offsets it covers; False if the transaction was aborted

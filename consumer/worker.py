@@ -208,7 +208,7 @@ class Worker:
                 self.producer,
                 self.outbox,
                 self.tracker,
-                s.transaction_timeout_ms / 2000,
+                s.transaction_timeout_ms,
                 self.log,
                 self.producer_config["transactional.id"],
             )
