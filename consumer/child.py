@@ -58,7 +58,7 @@ def worker_main(
     os.environ.setdefault("CUDA_DEVICE_ORDER", PCI_BUS_ORDER)  # GPU numbers as nvidia-smi counts them
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     try:
-        summary = _serve(settings, slot, report, hold_at_end)
+        summary = _serve(settings, slot, report, hold_at_end, crash_folder=os.path.dirname(scratch))
         _send(report, "summary", summary)
         code = EXIT_DONE
     except ConfigError as exc:
@@ -81,7 +81,11 @@ def worker_main(
 
 
 def _serve(
-    settings: Settings, slot: WorkerSlot, report: multiprocessing.connection.Connection, hold_at_end: bool
+    settings: Settings,
+    slot: WorkerSlot,
+    report: multiprocessing.connection.Connection,
+    hold_at_end: bool,
+    crash_folder: str,
 ) -> dict[str, Any]:
     logs.configure(settings.log_level, settings.log_format, worker=slot.slot, device=slot.device)
     pin_cpus(slot)
@@ -90,6 +94,7 @@ def _serve(
 
     worker = Worker(settings, slot.slot, slot.device, slot.host_number)
     worker.hold_at_end = hold_at_end
+    worker.crash_folder = crash_folder  # the supervisor's: what its workers died with (``consumer.crashes``)
     worker.on_end_reached = lambda: _send(report, "status", worker.status())  # at once, not within a second
     install_signal_handlers(worker.request_stop)
     when_parent_dies(worker.request_stop)

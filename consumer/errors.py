@@ -24,6 +24,7 @@
           │    └── NonFiniteError
           ├── PreprocessError      (stage "preprocess") the user's preprocess function failed
           ├── PredictError         (stage "predict") the model failed on this one input
+          │    └── WorkerCrashError  or killed its worker, alone (set aside, not run again)
           └── EmitError            (stage "emit") its output could not be encoded
                ├── OutputTooLargeError   or is larger than Kafka takes, because of the input
                └── UnkeyedOutputError    or has no key (its input had none) for a compacted topic
@@ -158,6 +159,12 @@ class PredictError(InputError):
     """The model raised on this input even when run alone."""
 
     stage = "predict"
+
+
+class WorkerCrashError(PredictError):
+    """A worker died (a signal: a crash in TensorFlow or the preprocess function, or the OOM killer)
+    with this input in its pipeline, then again with it alone there (``consumer.crashes``): it is
+    set aside without being run again, so that it cannot stop its partition."""
 
 
 class EmitError(InputError):

@@ -153,6 +153,11 @@ class OffsetTracker:
             for partition in partitions:
                 self._partitions.pop(partition, None)
 
+    def pending_ranges(self) -> dict[Partition, tuple[int, int]]:
+        """Each partition's lowest and highest offset fetched and not yet done."""
+        with self._lock:
+            return {p: (pr.pending[0], pr.pending[-1]) for p, pr in self._partitions.items() if pr.pending}
+
     def first_pending(self, partition: Partition) -> int | None:
         with self._lock:
             progress = self._partitions.get(partition)

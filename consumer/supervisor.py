@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from consumer import kafka_io, metrics
+from consumer import crashes, kafka_io, metrics
 from consumer.affinity import describe
 from consumer.child import EXIT_CONFIG, EXIT_DONE, EXIT_FENCED, EXIT_MODEL, EXIT_UNDELIVERABLE, worker_main
 from consumer.config import Settings
@@ -106,6 +106,8 @@ class Supervisor:
         self._scratch = ""  # the workers' temporary files, one folder each, removed when they exit
         self._restarts = metrics.restarts_counter() if self._metrics_dir else None
         self._host_slots = HostSlots(settings.transactional_id_prefix, settings.group)
+        #: inputs its workers died with (``consumer.crashes``), saved where they read it
+        self._suspects = crashes.Suspects()
         self.progress = Progress(settings.progress_interval_s, time.monotonic())
 
     # -- main loop -----------------------------------------------------------------------
@@ -259,6 +261,8 @@ class Supervisor:
         child.process.join()
         code = child.process.exitcode if child.process.exitcode is not None else EXIT_FAILURE
         child.report.close()
+        if code < 0 and child.ready_at is not None and self._stopping_since is None:
+            self._note_crash(child, code)
         shutil.rmtree(self._scratch_of(child), ignore_errors=True)
         if self._metrics_dir is not None and child.process.pid:
             metrics.worker_exited(child.process.pid)
@@ -273,6 +277,32 @@ class Supervisor:
             self._give_up(_FINAL[code], child.last_error or f"{child.name()} exited with {code}")
         else:
             self._schedule_restart(child, code)
+
+    def _note_crash(self, child: Child, code: int) -> None:
+        """A ready worker died of a signal: the inputs its pipeline held become suspects, or the one it
+        held alone is quarantined (``consumer.crashes``). A worker the supervisor killed (a drain that
+        hung) is not counted: that happens only while stopping."""
+        flight = crashes.read_flight(crashes.flight_path(self._scratch, child.slot.slot))
+        if flight is None:
+            return
+        death = _describe_exit(code).removeprefix("the worker was ")
+        found = self._suspects.crashed(flight, death)
+        self._suspects.save(crashes.suspects_path(self._scratch))
+        if isinstance(found, tuple):
+            (topic, partition), offset = found
+            self.log.error(
+                "an input killed a worker alone: it goes to the dead letters without running again",
+                worker=child.slot.slot,
+                input=f"{topic}[{partition}]@{offset}",
+                death=death,
+            )
+        elif found:
+            self.log.warning(
+                "a worker died with inputs in flight: the workers run them one at a time from now on",
+                worker=child.slot.slot,
+                inputs=found,
+                death=death,
+            )
 
     def _schedule_restart(self, child: Child, code: int) -> None:
         reason = child.last_error or _describe_exit(code)

@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from consumer import kafka_io, metrics
 from consumer.batcher import Batcher
+from consumer.careful import CrashGuard, Feed
 from consumer.codec import Limits
 from consumer.config import Settings
 from consumer.delivery import Counters, DeadLetters, Outbox, wait_until
@@ -53,6 +54,9 @@ FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 1.0, 30.0
 BUSY_BATCHES = 2
 #: How many messages one read-ahead call asks for.
 READ_AHEAD_CHUNK = 1000
+#: How many while suspects may run alone (``consumer.careful``): so that the loop still polls every
+#: second or so with a model that takes tens of ms for one input.
+CAREFUL_CHUNK = 16
 #: Full batches waiting in the batcher at which the fetch loop stops reading (for up to POLL_SECONDS
 #: at a time): reading on, it takes the interpreter lock from the predict thread while what it
 #: reads only waits (with librdkafka fetching once its queue is taken, the MLP bench drained about
@@ -108,6 +112,9 @@ class Worker:
         self.uncommitted_at_stop = 0
         #: the ``--preprocess`` function, imported first thing in ``start``
         self.preprocess: Any = None
+        #: where its supervisor keeps what its workers died with (``consumer.crashes``); None: no supervisor
+        self.crash_folder: str | None = None
+        self.guard: CrashGuard | None = None
 
     # -- start ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -133,6 +140,8 @@ class Worker:
         self._log_ready(served, sizes)
         self._connect()
         self.serving = self._serving(served, watcher)
+        if self.crash_folder is not None:
+            self.guard = CrashGuard(self.crash_folder, self.slot, self.tracker, self._feed(), self.log)
         if self.metrics is not None:
             self.metrics.serving(served.info["version"])
         if watcher is not None:
@@ -280,6 +289,17 @@ class Worker:
         )  # fmt: skip
         return Serving(served, self.pipeline, emitter, dead_letters, self.outbox, watcher, self.metrics, self.log)
 
+    def _feed(self) -> Feed:
+        return Feed(
+            self.batcher,
+            self.pipeline,
+            self.serving.dead_letters,
+            flush=lambda: self._flush_batcher(math.inf),
+            failed=self._failed,
+            stopping=self._stop.is_set,
+            between=self._maybe_commit,
+        )
+
     # -- run -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Stream until ``request_stop`` or, with ``stop_at_end``, until the input is done."""
@@ -401,6 +421,8 @@ class Worker:
             return
         self._last_read = time.monotonic()
         count, timeout = plan
+        if self.guard is not None and self.guard.suspects:  # each may run alone, within this turn
+            count = min(count, CAREFUL_CHUNK)
         # ``consume(count, timeout)`` would hold the records already fetched until all ``count``
         # came: wait for one, then take what else is there, so each record counts as consumed
         # (``consume_latency_ms``) when it reached this loop, not when its batch filled up
@@ -433,6 +455,8 @@ class Worker:
     def _close_batch(self) -> None:
         opened_at = self.batcher.opened_at
         messages, coords, timestamps = self.batcher.take()
+        if self.guard is not None:
+            self.guard.entering()
         self.pipeline.put((messages, coords, timestamps), opened_at)
 
     def _fetch_plan(self) -> tuple[int, float] | None:
@@ -473,7 +497,10 @@ class Worker:
         self.counters.add(consumed=len(fetched))
         if self.window.bounded:
             kept, fetched, timestamps = self._within_window(kept, fetched, timestamps)
-        self.batcher.add(kept, fetched, timestamps)
+        if self.guard is not None and self.guard.suspects:
+            self.guard.add(kept, fetched, timestamps)
+        else:
+            self.batcher.add(kept, fetched, timestamps)
 
     def _within_bounds(
         self, messages: list[Message], fetched: list[tuple[Partition, int]]
@@ -500,6 +527,8 @@ class Worker:
     def _on_consumer_error(self, error: KafkaError, partition: Partition, offset: int | None) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
             self.ends.reached_eof(partition)
+            if self.guard is not None:
+                self.guard.reached_end(partition)
             if offset is not None and offset >= 0 and self.tracker.start_at(partition, offset):
                 self._commit_starts()
         elif error.fatal() or error.code() == KafkaError._FATAL:
@@ -598,6 +627,8 @@ class Worker:
         self._joined = True  # with partitions, or idle in the group: either way a ready member
         self.log.info("partitions assigned", partitions=sorted(owned), device=self.device)
         self.ends.assign(owned)
+        if self.guard is not None:
+            self.guard.load(self.ends.assigned or owned)
         self._paused -= owned
         if self._place_starts(consumer, partitions):
             consumer.assign(partitions)
@@ -662,6 +693,8 @@ class Worker:
         """Read again from the last committed offsets, and send again."""
         points = self.tracker.rewind_points()
         self.tracker.forget(points)
+        if self.guard is not None:
+            self.guard.rewound(points)
         self.ends.at_end -= set(points)
         for (topic, partition), offset in points.items():
             try:
@@ -761,6 +794,8 @@ class Worker:
         # (back-pressure, or at its stop-at-end bound) and assigned again would never be read again
         self.consumer.resume([TopicPartition(*p) for p in partitions])
         self.tracker.forget(partitions)
+        if self.guard is not None:
+            self.guard.release(partitions)
         self.ends.revoke(partitions)
         self._paused -= partitions
         self.batcher.drop(lambda _message, coords, _timestamp: coords[0] not in partitions)

@@ -1,0 +1,150 @@
+"""The fetch loop's side of ``consumer.crashes``: what a worker does about inputs that kill workers.
+
+``CrashGuard`` keeps the worker's flight record up to date as batches enter the pipeline. After a
+worker of its supervisor died, it runs the suspects of the worker's partitions through the
+pipeline one at a time, alone, and sends the quarantined ones to the dead letters without running
+them; every other input is batched as usual.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Message
+
+from consumer.batcher import Batcher
+from consumer.crashes import CLAIM_BATCHES, FlightRecorder, Suspects, Verdict, flight_path, suspects_path
+from consumer.delivery import DeadLetters, wait_until
+from consumer.errors import WorkerCrashError
+from consumer.offsets import OffsetTracker, Partition, coordinates
+from consumer.pipeline import Pipeline
+
+#: How often a suspect's run checks whether the pipeline is through.
+IDLE_CHECK_SECONDS = 0.001
+
+
+@dataclass(frozen=True)
+class Feed:
+    """What the guard uses of its worker's fetch loop."""
+
+    batcher: Batcher
+    pipeline: Pipeline
+    dead_letters: DeadLetters
+    #: hand every batch in the batcher to the pipeline
+    flush: Callable[[], None]
+    #: the outputs cannot be delivered, or the predict thread died: the loop is about to raise
+    failed: Callable[[], bool]
+    stopping: Callable[[], bool]
+    #: what the loop does between suspects (its periodic commit)
+    between: Callable[[], None]
+
+
+class CrashGuard:
+    """Records what a worker's pipeline may hold; past a death, runs suspects alone and sets
+    quarantined inputs aside."""
+
+    def __init__(self, folder: str, slot: int, tracker: OffsetTracker, feed: Feed, log: Any) -> None:
+        headroom = CLAIM_BATCHES * feed.batcher.max_batch_size
+        self.flight = FlightRecorder(flight_path(folder, slot), headroom, tracker.pending_ranges)
+        self.feed, self.log = feed, log
+        self._suspects_file = suspects_path(folder)
+        #: the deaths' suspects and quarantined inputs in the worker's partitions
+        self.suspects = Suspects()
+        self._assigned: set[Partition] = set()
+        self._ran_alone, self._since = 0, 0.0
+
+    def entering(self) -> None:
+        """A batch is about to enter the pipeline."""
+        self.flight.entering()
+
+    def release(self, partitions: Collection[Partition]) -> None:
+        """Partitions taken from the worker."""
+        self.flight.forget(partitions)
+        self._assigned.difference_update(partitions)
+        self.suspects = self.suspects.of(self._assigned)
+
+    def rewound(self, partitions: Collection[Partition]) -> None:
+        """The worker reads these partitions again from their last commits: what it had passed in them
+        may come again."""
+        self.flight.forget(partitions)
+        self.load(self._assigned)
+
+    def load(self, assigned: set[Partition]) -> None:
+        """What workers of the supervisor died with in the ``assigned`` partitions, as it stands now
+        (an assignment may be the one a death caused). The worker's view drops what it reads past."""
+        self._assigned = set(assigned)
+        self.suspects = Suspects.load(self._suspects_file).of(assigned)
+        self._ran_alone, self._since = 0, time.monotonic()
+        if self.suspects:
+            self.log.warning(
+                "a worker died with inputs in flight: they run one at a time, and those that killed a worker "
+                "alone go to the dead letters",
+                suspect_ranges=sum(map(len, self.suspects.ranges.values())),
+                quarantined=sum(map(len, self.suspects.quarantined.values())),
+            )
+
+    def add(self, messages: list[Message], coords: list[tuple[Partition, int]], timestamps: list[int]) -> None:
+        """Fetched inputs, in order: suspects run alone, quarantined inputs go to the dead letters, the
+        rest to the batcher. Stopping, suspects are batched too."""
+        batcher, start = self.feed.batcher, 0
+        for index, (partition, offset) in enumerate(coords):
+            verdict = self.suspects.verdict(partition, offset)
+            if verdict is Verdict.RUN or (verdict is Verdict.ALONE and self.feed.stopping()):
+                continue
+            batcher.add(messages[start:index], coords[start:index], timestamps[start:index])
+            start = index + 1
+            if verdict is Verdict.QUARANTINED:
+                self._set_aside(messages[index], self.suspects.death(partition, offset))
+            else:
+                self._run_alone(messages[index], coords[index], timestamps[index])
+        batcher.add(messages[start:], coords[start:], timestamps[start:])
+        self._passed(dict(coords))
+
+    def reached_end(self, partition: Partition) -> None:
+        """At a partition's end every suspect of it has run: what comes after it was never fetched by
+        the worker that died (its ranges claim past what it fetched)."""
+        if self.suspects:
+            self._passed({partition: math.inf})
+
+    def _passed(self, reached: dict[Partition, float]) -> None:
+        suspected = bool(self.suspects.ranges)
+        for partition, offset in reached.items():
+            self.suspects.passed(partition, offset)
+        if suspected and not self.suspects.ranges:
+            seconds = round(time.monotonic() - self._since, 1)
+            self.log.info("every input a worker died with has run", ran_alone=self._ran_alone, seconds=seconds)
+
+    def _run_alone(self, message: Message, coords: tuple[Partition, int], timestamp: int) -> None:
+        """Once what came before it is through, a suspect goes through the pipeline alone, the flight
+        record naming it only. A failure meanwhile leaves it undone, to be read again."""
+        feed = self.feed
+        feed.flush()
+        if not self._wait_until_through():
+            return
+        self.flight.alone(*coords)
+        self._ran_alone += 1
+        feed.pipeline.put(([message], [coords], [timestamp]), time.monotonic())
+        self._wait_until_through()
+        self.flight.ranges()
+        feed.between()
+
+    def _wait_until_through(self) -> bool:
+        """Wait until every batch put in the pipeline is through; False if the loop is failing."""
+        feed = self.feed
+        wait_until(lambda: feed.pipeline.idle() or feed.failed(), math.inf, lambda: time.sleep(IDLE_CHECK_SECONDS))
+        return not feed.failed()
+
+    def _set_aside(self, message: Message, death: str) -> None:
+        """A quarantined input: to the dead letters, without running it."""
+        (topic, partition), offset = coordinates(message)
+        where = f"{topic}[{partition}]@{offset}"
+        self.log.warning("input set aside: it killed a worker alone", input=where, death=death)
+        error = WorkerCrashError(
+            f"a worker was {death} twice with this input in its pipeline, the second time with it alone: "
+            "set aside without running it again"
+        )
+        self.feed.dead_letters.send(message, error)
