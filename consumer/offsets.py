@@ -158,11 +158,6 @@ class OffsetTracker:
         with self._lock:
             return {p: (pr.pending[0], pr.pending[-1]) for p, pr in self._partitions.items() if pr.pending}
 
-    def first_pending(self, partition: Partition) -> int | None:
-        with self._lock:
-            progress = self._partitions.get(partition)
-            return progress.pending[0] if progress and progress.pending else None
-
 
 def _commit_point(progress: _Progress) -> int | None:
     return progress.first if progress.next_offset is None else progress.next_offset
