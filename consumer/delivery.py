@@ -468,12 +468,15 @@ class DeadLetters:
         counters: Counters,
         log: Any,
         max_record_bytes: int = 1_000_000,
+        keep_key: bool = False,
     ) -> None:
         self.outbox, self.topic, self.group, self.model = outbox, topic, group, model
         self.counters, self.log = counters, log
         #: the largest record the dead-letter topic takes (the producer's ``message.max.bytes``, or the
         #: topic's ``max.message.bytes`` where lower): a dead letter is cut to fit it (``_fitted``)
         self.max_record_bytes = max_record_bytes
+        #: the dead-letter topic is compacted: it takes no record without a key, so cutting keeps it
+        self.keep_key = keep_key
         self.on_dead_letter: Callable[[str], None] | None = None
         #: without a dead-letter topic, a stream of bad inputs would write a line each
         self.skipped = Sampled(log, "input skipped (no dead-letter topic)")
@@ -499,11 +502,13 @@ class DeadLetters:
         """The dead letter's value, key and headers (the input's own, then ``ours``), cut until it
         fits ``max_record_bytes`` (else the stream would stop on it): the largest of the input's value, key
         and own headers dropped first, then the next, each said in a
-        ``tfstream.errors.{value,key,headers}.omitted.bytes`` header."""
+        ``tfstream.errors.{value,key,headers}.omitted.bytes`` header. The key stays where ``keep_key``."""
         value, key, theirs = msg.value() or b"", msg.key(), source_headers(msg)
         headers = theirs + ours
         their_headers = record_bytes(b"", None, theirs) - RECORD_OVERHEAD_BYTES
-        sizes = {"value": len(value), "key": len(key or b""), "headers": their_headers}
+        sizes = {"value": len(value), "headers": their_headers}
+        if not self.keep_key:
+            sizes["key"] = len(key or b"")
         for part, size in sorted(sizes.items(), key=itemgetter(1), reverse=True):
             if record_bytes(value, key, headers) <= self.max_record_bytes:
                 break

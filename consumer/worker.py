@@ -277,7 +277,9 @@ class Worker:
         s = self.settings
         dlq_rules = self.outbox.topic_rules.get(s.dlq_topic or "", kafka_io.TopicRules())
         limit = dlq_rules.max_bytes or self.outbox.producer_limit
-        dead_letters = DeadLetters(self.outbox, s.dlq_topic, s.group, served.info, self.counters, self.log, limit)
+        dead_letters = DeadLetters(
+            self.outbox, s.dlq_topic, s.group, served.info, self.counters, self.log, limit, keep_key=dlq_rules.compacted
+        )
         if self.metrics is not None:
             dead_letters.on_dead_letter = self.metrics.dead_letter
         limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)

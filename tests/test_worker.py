@@ -1023,6 +1023,27 @@ def test_a_keyless_bad_input_stops_the_run_when_the_dead_letter_topic_is_compact
     assert committed(bootstrap, group, inp, 1)[0] <= 11
 
 
+def test_a_dead_letter_cut_for_a_compacted_dead_letter_topic_keeps_its_key(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """A dead letter is cut to fit its topic's limit, largest part first; the key was such a part. A
+    compacted dead-letter topic takes no record without a key, so there the value and headers go and
+    the key stays (before, this input's key went first, and the keyless dead letter ended the run)."""
+    inp, out = topics("in", "out", partitions=1)
+    dlq = configured_topic(bootstrap, "dlq", {"cleanup.policy": "compact", "max.message.bytes": "2000"})
+    key = b"k" * 1200
+    good = [(str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(10)]
+    publish(bootstrap, inp, [*good, (key, b"\xc1" * 1000)])
+    summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq))
+    (dead,) = read_topic(bootstrap, dlq, min_count=1)
+    headers = dict(dead.headers())
+    print(f"dead letter: key {len(dead.key())} bytes, value {len(dead.value() or b'')}, headers {sorted(headers)}")
+    assert (summary["predicted"], summary["dead_lettered"]) == (10, 1)
+    assert dead.key() == key and not dead.value() and headers["tfstream.errors.value.omitted.bytes"] == b"1000"
+    assert "tfstream.errors.key.omitted.bytes" not in headers
+    assert committed(bootstrap, group, inp, 1) == {0: 11}
+
+
 @pytest.mark.parametrize("output_format", ["msgpack", "json"])
 def test_an_input_whose_string_output_is_too_large_is_dead_lettered_and_the_others_predicted(
     bootstrap: str, topics: Topics, group: str, tmp_path: Path, output_format: str
