@@ -79,7 +79,7 @@ class CrashGuard:
         self._assigned = set(assigned)
         self.suspects = Suspects.load(self._suspects_file).of(assigned)
         self._ran_alone, self._since = 0, time.monotonic()
-        if self.suspects:
+        if self.suspects.ranges:  # quarantined inputs alone are said when met (and are mostly behind)
             self.log.warning(
                 "a worker died with inputs in flight: they run one at a time, and those that killed a worker "
                 "alone go to the dead letters",
