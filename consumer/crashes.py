@@ -28,8 +28,8 @@ SUSPECTS_FILE = "suspects.json"
 #: Most suspect ranges kept per partition (the oldest go first): a crash adds one per partition.
 MAX_RANGES = 100
 #: How many full batches past the highest fetched inputs a flight record claims, shared among the
-#: partitions with inputs pending: a write every few batches (13-18 µs each, measured), not every
-#: one, for at most about that many inputs run alone after a death that were never in flight.
+#: partitions with inputs pending: a write about every other batch (6-15 µs each, measured), not
+#: every one, for at most about that many inputs run alone after a death that were never in flight.
 CLAIM_BATCHES = 2
 
 

@@ -285,7 +285,7 @@ class Supervisor:
         flight = crashes.read_flight(crashes.flight_path(self._scratch, child.slot.slot))
         if flight is None:
             return
-        death = _describe_exit(code).removeprefix("the worker was ")
+        death = _killed_by(code)
         found = self._suspects.crashed(flight, death)
         self._suspects.save(crashes.suspects_path(self._scratch))
         if isinstance(found, tuple):
@@ -442,7 +442,12 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
+def _killed_by(code: int) -> str:
+    """A worker's death by a signal (``code`` < 0, as ``Process.exitcode`` gives it): "killed by SIGABRT"."""
+    return f"killed by {signal.Signals(-code).name}"
+
+
 def _describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
-        return f"the worker was killed by {signal.Signals(-code).name}"
+        return f"the worker was {_killed_by(code)}"
     return f"the worker exited with code {code}"
