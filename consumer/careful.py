@@ -2,8 +2,9 @@
 
 ``CrashGuard`` keeps the worker's flight record up to date as batches enter the pipeline. After a
 worker of its supervisor died, it runs the suspects of the worker's partitions through the
-pipeline one at a time, alone, and sends the quarantined ones to the dead letters without running
-them; every other input is batched as usual.
+pipeline apart from every other input (one at a time, or in small groups of one partition's, as
+their ranges allow), and sends the quarantined ones to the dead letters without running them;
+every other input is batched as usual.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from consumer.pipeline import Pipeline
 
 #: How often a suspect's run checks whether the pipeline is through.
 IDLE_CHECK_SECONDS = 0.001
+#: Runs of suspects per turn of the fetch loop, at most: so that it still polls every second or so
+#: with a model that takes tens of ms for one input.
+RUNS_PER_TURN = 16
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class CrashGuard:
         #: the deaths' suspects and quarantined inputs in the worker's partitions
         self.suspects = Suspects()
         self._assigned: set[Partition] = set()
-        self._ran_alone, self._since = 0, 0.0
+        self._ran_alone, self._groups, self._in_groups, self._since = 0, 0, 0, 0.0
 
     def entering(self) -> None:
         """A batch is about to enter the pipeline."""
@@ -78,31 +82,56 @@ class CrashGuard:
         (an assignment may be the one a death caused). The worker's view drops what it reads past."""
         self._assigned = set(assigned)
         self.suspects = Suspects.load(self._suspects_file).of(assigned)
-        self._ran_alone, self._since = 0, time.monotonic()
+        self._ran_alone, self._groups, self._in_groups, self._since = 0, 0, 0, time.monotonic()
         if self.suspects.ranges:  # quarantined inputs alone are said when met (and are mostly behind)
             self.log.warning(
-                "a worker died with inputs in flight: they run one at a time, and those that killed a worker "
-                "alone go to the dead letters",
+                "a worker died with inputs in flight: they run apart, and those that killed a worker alone go to "
+                "the dead letters",
                 suspect_ranges=sum(map(len, self.suspects.ranges.values())),
                 quarantined=sum(map(len, self.suspects.quarantined.values())),
             )
 
+    def chunk(self) -> int:
+        """How many inputs to fetch in one turn of the loop while there are suspects."""
+        return RUNS_PER_TURN * min(self.suspects.smallest_group(), self.feed.batcher.max_batch_size)
+
     def add(self, messages: list[Message], coords: list[tuple[Partition, int]], timestamps: list[int]) -> None:
-        """Fetched inputs, in order: suspects run alone, quarantined inputs go to the dead letters, the
+        """Fetched inputs, in order: suspects run apart, quarantined inputs go to the dead letters, the
         rest to the batcher. Stopping, suspects are batched too."""
-        batcher, start = self.feed.batcher, 0
-        for index, (partition, offset) in enumerate(coords):
-            verdict = self.suspects.verdict(partition, offset)
-            if verdict is Verdict.RUN or (verdict is Verdict.ALONE and self.feed.stopping()):
+        batcher, start, index = self.feed.batcher, 0, 0
+        while index < len(coords):
+            verdict = self.suspects.verdict(*coords[index])
+            if verdict is Verdict.RUN or (verdict is Verdict.SUSPECT and self.feed.stopping()):
+                index += 1
                 continue
             batcher.add(messages[start:index], coords[start:index], timestamps[start:index])
-            start = index + 1
             if verdict is Verdict.QUARANTINED:
-                self._set_aside(messages[index], self.suspects.death(partition, offset))
-            else:
-                self._run_alone(messages[index], coords[index], timestamps[index])
+                self._set_aside(messages[index], self.suspects.death(*coords[index]))
+                start = index = index + 1
+                continue
+            start, index = index, self._group_end(coords, index)
+            self._run_apart(messages[start:index], coords[start:index], timestamps[start:index])
+            start = index
         batcher.add(messages[start:], coords[start:], timestamps[start:])
         self._passed(dict(coords))
+
+    def _group_end(self, coords: list[tuple[Partition, int]], first: int) -> int:
+        """Where the group of suspects that starts at ``first`` ends: the suspects of its partition that
+        follow it, at higher offsets (a gap, as compaction leaves, does not cut it), as many as every
+        one's ranges allow."""
+        partition = coords[first][0]
+        size = min(self.suspects.group_size(*coords[first]), self.feed.batcher.max_batch_size)
+        end = first + 1
+        while (
+            end < len(coords)
+            and end - first < size
+            and coords[end][0] == partition
+            and coords[end][1] > coords[end - 1][1]
+            and self.suspects.verdict(*coords[end]) is Verdict.SUSPECT
+            and self.suspects.group_size(*coords[end]) >= size
+        ):
+            end += 1
+        return end
 
     def reached_end(self, partition: Partition) -> None:
         """At a partition's end every suspect of it has run: what comes after it was never fetched by
@@ -115,19 +144,29 @@ class CrashGuard:
         for partition, offset in reached.items():
             self.suspects.passed(partition, offset)
         if suspected and not self.suspects.ranges:
-            seconds = round(time.monotonic() - self._since, 1)
-            self.log.info("every input a worker died with has run", ran_alone=self._ran_alone, seconds=seconds)
+            self.log.info(
+                "every input a worker died with has run",
+                ran_alone=self._ran_alone,
+                groups=self._groups,
+                in_groups=self._in_groups,
+                seconds=round(time.monotonic() - self._since, 1),
+            )
 
-    def _run_alone(self, message: Message, coords: tuple[Partition, int], timestamp: int) -> None:
-        """Once what came before it is through, a suspect goes through the pipeline alone, the flight
-        record naming it only. A failure meanwhile leaves it undone, to be read again."""
+    def _run_apart(self, messages: list[Message], coords: list[tuple[Partition, int]], timestamps: list[int]) -> None:
+        """Once what came before them is through, suspects of one partition go through the pipeline
+        alone, the flight record naming them only. A failure meanwhile leaves them undone, to be read
+        again."""
         feed = self.feed
         feed.flush()
         if not self._wait_until_through():
             return
-        self.flight.alone(*coords)
-        self._ran_alone += 1
-        feed.pipeline.put(([message], [coords], [timestamp]), time.monotonic())
+        (partition, low), high = coords[0], coords[-1][1]
+        self.flight.only(partition, low, high)
+        if len(coords) == 1:
+            self._ran_alone += 1
+        else:
+            self._groups, self._in_groups = self._groups + 1, self._in_groups + len(coords)
+        feed.pipeline.put((messages, coords, timestamps), time.monotonic())
         self._wait_until_through()
         self.flight.ranges()
         feed.between()

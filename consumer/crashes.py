@@ -9,18 +9,21 @@ So each worker writes down which inputs its pipeline may hold (``FlightRecorder`
 from the lowest not yet done to past the highest fetched), in a file whose writes outlive the
 process (the page cache). When a ready worker dies of a signal, its supervisor reads that file
 (``Suspects.crashed``): those inputs become suspects, which every worker of that supervisor then
-runs one at a time, alone in its pipeline, the file naming only that input. A suspect that kills a
-worker alone is quarantined: it goes to the dead letters (``WorkerCrashError``) and is not run again.
+runs apart from the others, alone in its pipeline, the file naming only them: one at a time, or, when
+a death left many (a backlog's worth), in small groups first. A group that kills a worker makes its
+inputs suspects to run one at a time. A suspect that kills a worker alone is quarantined: it goes to
+the dead letters (``WorkerCrashError``) and is not run again.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from consumer.offsets import Partition
 
@@ -29,8 +32,14 @@ SUSPECTS_FILE = "suspects.json"
 MAX_RANGES = 100
 #: How many full batches past the highest fetched inputs a flight record claims, shared among the
 #: partitions with inputs pending: a write about every other batch (6-15 µs each, measured), not
-#: every one, for at most about that many inputs run alone after a death that were never in flight.
+#: every one, for at most about that many inputs run apart after a death that were never in flight.
 CLAIM_BATCHES = 2
+#: A death's suspects in one partition up to this many run one at a time (about 5 ms each on the
+#: test MLP: 5 s at most, so one input that kills costs two deaths). More (a death in a backlog:
+#: 12,550 after a SIGKILL mid-drain at batch 1024, measured) run in groups of about the square root
+#: of their number, the fewest runs in all should one group die and its inputs then run alone;
+#: an input that kills then costs three deaths.
+ALONE_MAX = 1000
 
 
 def flight_path(folder: str, slot: int) -> str:
@@ -66,11 +75,11 @@ class FlightRecorder:
         self._write_ranges(pending)
 
     def ranges(self) -> None:
-        """Write the ranges the pipeline may hold (again, after ``alone``)."""
+        """Write the ranges the pipeline may hold (again, after ``only``)."""
         self._write_ranges(self._pending())
 
     def _write_ranges(self, pending: dict[Partition, tuple[int, int]]) -> None:
-        # JSON written by hand (here and in ``alone``), at a third of ``json.dumps``'s cost: a topic's
+        # JSON written by hand (here and in ``only``), at a third of ``json.dumps``'s cost: a topic's
         # name is made of [a-zA-Z0-9._-] only
         ranges = ",".join(
             f'["{topic}",{partition},{pending[(topic, partition)][0]},{high}]'
@@ -79,10 +88,10 @@ class FlightRecorder:
         )
         self._write(f'{{"ranges":[{ranges}]}}')
 
-    def alone(self, partition: Partition, offset: int) -> None:
-        """The pipeline holds this one input and nothing else."""
+    def only(self, partition: Partition, low: int, high: int) -> None:
+        """The pipeline holds inputs of ``partition`` from ``low`` to ``high`` and nothing else."""
         topic, number = partition
-        self._write(f'{{"alone":["{topic}",{number},{offset}]}}')
+        self._write(f'{{"only":["{topic}",{number},{low},{high}]}}')
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         """Partitions released, or read again from an earlier offset: claimed afresh at their next batch."""
@@ -106,37 +115,52 @@ def read_flight(path: str) -> dict[str, Any] | None:
             record = json.loads(file.read() or b"null")
     except (OSError, ValueError):
         return None
-    if isinstance(record, dict) and (_coordinates(record.get("alone"), 3) or _all_ranges(record.get("ranges"))):
+    if isinstance(record, dict) and (_is_range(record.get("only")) or _all_ranges(record.get("ranges"))):
         return record
     return None
 
 
-def _coordinates(value: Any, length: int) -> bool:
-    """``[topic, partition, offset...]``, ``length`` long."""
+def _is_range(value: Any) -> bool:
+    """``[topic, partition, low, high]``."""
     return (
         isinstance(value, list)
-        and len(value) == length
+        and len(value) == 4
         and isinstance(value[0], str)
         and all(isinstance(number, int) for number in value[1:])
+        and value[2] <= value[3]
     )
 
 
 def _all_ranges(value: Any) -> bool:
-    return isinstance(value, list) and all(_coordinates(item, 4) for item in value)
+    return isinstance(value, list) and all(_is_range(item) for item in value)
 
 
 class Verdict(Enum):
     RUN = "run"
-    ALONE = "alone"
+    SUSPECT = "suspect"
     QUARANTINED = "quarantined"
+
+
+class Range(NamedTuple):
+    """Suspects from ``low`` to ``high``: in flight at a death (``alone`` False), or in a group that
+    was alone in a pipeline at one (True)."""
+
+    low: int
+    high: int
+    alone: bool
+
+    def group_size(self) -> int:
+        """How many of them may run together, at most."""
+        count = self.high - self.low + 1
+        return 1 if self.alone or count <= ALONE_MAX else math.isqrt(count - 1) + 1
 
 
 @dataclass
 class Suspects:
-    """Inputs that were in a worker's pipeline when it died (run alone), and those that killed one
+    """Inputs that were in a worker's pipeline when it died (run apart), and those that killed one
     alone (quarantined), per partition."""
 
-    ranges: dict[Partition, list[tuple[int, int]]] = field(default_factory=dict)
+    ranges: dict[Partition, list[Range]] = field(default_factory=dict)
     #: offset: how the worker that held it alone died ("killed by SIGABRT")
     quarantined: dict[Partition, dict[int, str]] = field(default_factory=dict)
 
@@ -150,14 +174,22 @@ class Suspects:
     def verdict(self, partition: Partition, offset: int) -> Verdict:
         if offset in self.quarantined.get(partition, ()):
             return Verdict.QUARANTINED
-        if any(low <= offset <= high for low, high in self.ranges.get(partition, ())):
-            return Verdict.ALONE
+        if any(r.low <= offset <= r.high for r in self.ranges.get(partition, ())):
+            return Verdict.SUSPECT
         return Verdict.RUN
+
+    def group_size(self, partition: Partition, offset: int) -> int:
+        """How many suspects a suspect may run with, at most (itself included): the least its ranges allow."""
+        return min(r.group_size() for r in self.ranges[partition] if r.low <= offset <= r.high)
+
+    def smallest_group(self) -> int:
+        """The least any range allows (1 with none)."""
+        return min((r.group_size() for ranges in self.ranges.values() for r in ranges), default=1)
 
     def passed(self, partition: Partition, offset: float) -> None:
         """A worker read ``partition`` up to ``offset`` (``math.inf``: to its end): what is below it is
         behind it (a worker reading again from further back loads them again)."""
-        left = [(low, high) for low, high in self.ranges.get(partition, ()) if high > offset]
+        left = [r for r in self.ranges.get(partition, ()) if r.high > offset]
         if left:
             self.ranges[partition] = left
         else:
@@ -177,20 +209,26 @@ class Suspects:
 
     def crashed(self, flight: dict[str, Any], death: str) -> tuple[Partition, int] | int:
         """A worker died (``death``: "killed by SIGABRT") with this flight record: the input it held
-        alone, now quarantined, or how many inputs became suspects."""
-        if "alone" in flight:
-            topic, partition, offset = flight["alone"]
-            self.quarantined.setdefault((topic, partition), {})[offset] = death
-            return (topic, partition), offset
-        count = 0
-        for topic, partition, low, high in flight.get("ranges", ()):
-            self.ranges[(topic, partition)] = [*self.ranges.get((topic, partition), []), (low, high)][-MAX_RANGES:]
-            count += high - low + 1
-        return count
+        alone, now quarantined, or how many inputs became suspects (to run one at a time, if the
+        pipeline held them only)."""
+        if "only" in flight:
+            topic, partition, low, high = flight["only"]
+            if low == high:
+                self.quarantined.setdefault((topic, partition), {})[low] = death
+                return (topic, partition), low
+            return self._add((topic, partition), Range(low, high, alone=True))
+        return sum(
+            self._add((topic, partition), Range(low, high, False)) for topic, partition, low, high in flight["ranges"]
+        )
+
+    def _add(self, partition: Partition, suspects: Range) -> int:
+        """Keep ``suspects``; how many they are."""
+        self.ranges[partition] = [*self.ranges.get(partition, []), suspects][-MAX_RANGES:]
+        return suspects.high - suspects.low + 1
 
     def save(self, path: str) -> None:
         record = {
-            "ranges": [[*p, low, high] for p, ranges in self.ranges.items() for low, high in ranges],
+            "ranges": [[*p, *r] for p, ranges in self.ranges.items() for r in ranges],
             "quarantined": [[*p, offset, death] for p, by in self.quarantined.items() for offset, death in by.items()],
         }
         temporary = f"{path}.new"
@@ -207,8 +245,8 @@ class Suspects:
         except FileNotFoundError:
             return cls()
         suspects = cls()
-        for topic, partition, low, high in record["ranges"]:
-            suspects.ranges.setdefault((topic, partition), []).append((low, high))
+        for topic, partition, low, high, alone in record["ranges"]:
+            suspects.ranges.setdefault((topic, partition), []).append(Range(low, high, alone))
         for topic, partition, offset, death in record["quarantined"]:
             suspects.quarantined.setdefault((topic, partition), {})[offset] = death
         return suspects

@@ -279,9 +279,10 @@ class Supervisor:
             self._schedule_restart(child, code)
 
     def _note_crash(self, child: Child, code: int) -> None:
-        """A ready worker died of a signal: the inputs its pipeline held become suspects, or the one it
-        held alone is quarantined (``consumer.crashes``). A worker the supervisor killed (a drain that
-        hung) is not counted: that happens only while stopping."""
+        """A ready worker died of a signal: the inputs its pipeline held become suspects (to run one at a
+        time if they were a group alone in it), or the one it held alone is quarantined
+        (``consumer.crashes``). A worker the supervisor killed (a drain that hung) is not counted: that
+        happens only while stopping."""
         flight = crashes.read_flight(crashes.flight_path(self._scratch, child.slot.slot))
         if flight is None:
             return
@@ -297,12 +298,13 @@ class Supervisor:
                 death=death,
             )
         elif found:
-            self.log.warning(
-                "a worker died with inputs in flight: the workers run them one at a time from now on",
-                worker=child.slot.slot,
-                inputs=found,
-                death=death,
+            said = (
+                "a worker died with a group of suspects alone in its pipeline: the workers run them one at a time "
+                "from now on"
+                if "only" in flight
+                else "a worker died with inputs in flight: the workers run them apart from now on"
             )
+            self.log.warning(said, worker=child.slot.slot, inputs=found, death=death)
 
     def _schedule_restart(self, child: Child, code: int) -> None:
         reason = child.last_error or _describe_exit(code)

@@ -54,9 +54,6 @@ FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 1.0, 30.0
 BUSY_BATCHES = 2
 #: How many messages one read-ahead call asks for.
 READ_AHEAD_CHUNK = 1000
-#: How many while suspects may run alone (``consumer.careful``): so that the loop still polls every
-#: second or so with a model that takes tens of ms for one input.
-CAREFUL_CHUNK = 16
 #: Full batches waiting in the batcher at which the fetch loop stops reading (for up to POLL_SECONDS
 #: at a time): reading on, it takes the interpreter lock from the predict thread while what it
 #: reads only waits (with librdkafka fetching once its queue is taken, the MLP bench drained about
@@ -423,16 +420,21 @@ class Worker:
             return
         self._last_read = time.monotonic()
         count, timeout = plan
-        if self.guard is not None and self.guard.suspects:  # each may run alone, within this turn
-            count = min(count, CAREFUL_CHUNK)
-        # ``consume(count, timeout)`` would hold the records already fetched until all ``count``
-        # came: wait for one, then take what else is there, so each record counts as consumed
-        # (``consume_latency_ms``) when it reached this loop, not when its batch filled up
+        if self.guard is not None and self.guard.suspects:
+            # suspects run apart, a few runs a turn, from one chunk (not one cut after its first record)
+            self._route(self.consumer.consume(num_messages=min(count, self.guard.chunk()), timeout=timeout))
+        else:
+            self._read(count, timeout)
+        self._feed_pipeline()
+
+    def _read(self, count: int, timeout: float) -> None:
+        """Up to ``count`` records. ``consume(count, timeout)`` would hold the records already fetched
+        until all ``count`` came: wait for one, then take what else is there, so each record counts as
+        consumed (``consume_latency_ms``) when it reached this loop, not when its batch filled up."""
         first = self.consumer.consume(num_messages=1, timeout=timeout)
         self._route(first)
         if first and count > 1:
             self._route(self.consumer.consume(num_messages=count - 1, timeout=0))
-        self._feed_pipeline()
 
     def _feed_pipeline(self) -> None:
         """A full batch goes as soon as there is room. A partial one (its wait is up) goes only when

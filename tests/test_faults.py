@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from math import isqrt
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import structlog.testing
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from consumer.codec import pack_input, unpack_output
+from consumer.crashes import ALONE_MAX
 from consumer.errors import BrokerError, ConfigError, FencedError
 from consumer.transactions import Transactions, start_error
 from producer_tools.reader import read_topic
@@ -169,35 +171,46 @@ def test_exactly_once_commits_outputs_dead_letters_and_offsets_together(
     assert consumed["count"] == 505 and all(consumed[p] <= end_to_end[p] for p in ("p50", "p99", "max"))
 
 
-@pytest.mark.parametrize(("delivery", "workers"), [("at-least-once", 1), ("exactly-once", 2)])
-def test_an_input_that_kills_its_worker_is_set_aside_after_two_deaths_and_the_stream_goes_on(
-    bootstrap: str, topics: Topics, group: str, mlp_path: Path, delivery: str, workers: int
+@pytest.mark.parametrize(
+    ("delivery", "workers", "inputs", "max_batch"),
+    [("at-least-once", 1, 3000, 1024), ("exactly-once", 2, 300, 32)],
+    ids=["at-least-once-1-backlog", "exactly-once-2"],
+)
+def test_an_input_that_kills_its_worker_is_set_aside_and_the_stream_goes_on(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, delivery: str, workers: int, inputs: int, max_batch: int
 ) -> None:
-    """The preprocess function aborts the process (SIGABRT) on one input of 300, as a failed check in a
+    """The preprocess function aborts the process (SIGABRT) on one input, as a failed check in a
     TensorFlow kernel does. Before, every restart read it again and died: the partition never moved on
-    (6 deaths in 2 minutes, measured). With two workers, the second death may be the other worker's,
-    given the partition after the first."""
+    (6 deaths in 2 minutes, measured). With two workers, a later death may be the other worker's, given
+    the partition after the first. With 300 inputs, two deaths: the inputs in flight at the first run
+    one at a time. With 3,000 and batches of 1,024, the first death leaves more than ALONE_MAX suspects
+    in the poison's partition: they run in groups, the poison's group dies, and its inputs run one at a
+    time: three deaths."""
     inp, out, dlq = topics("in", "out", "dlq", partitions=2)
-    poison = 130
-    values = [pack_input(np.full(4, POISON if i == poison else i, "float32"), id=i) for i in range(300)]
+    poison = inputs * 13 // 30
+    values = [pack_input(np.full(4, POISON if i == poison else i % 600, "float32"), id=i) for i in range(inputs)]
     publish(bootstrap, inp, [(str(i).encode(), value) for i, value in enumerate(values)])
     command = consumer_command(
         bootstrap, mlp_path, inp, out, group, "--dlq-topic", dlq, "--delivery", delivery, "--workers", str(workers),
-        "--preprocess", "tests.preprocessors:abort_on_poison", "--stop-at-end",
+        "--preprocess", "tests.preprocessors:abort_on_poison", "--max-batch-size", str(max_batch), "--stop-at-end",
     )  # fmt: skip
     deployment = Deployment(command, ENV)
     summary = deployment.finish(timeout=300)
-    ids = Counter(unpack_output(m.value())["id"] for m in read_topic(bootstrap, out, timeout=10, min_count=299))
+    ids = Counter(unpack_output(m.value())["id"] for m in read_topic(bootstrap, out, timeout=10, min_count=inputs - 1))
     letters = read_topic(bootstrap, dlq, timeout=10, min_count=1)
-    suspected = deployment.events("a worker died with inputs in flight: the workers run them one at a time from now on")
+    suspected = deployment.events("a worker died with inputs in flight: the workers run them apart from now on")
+    grouped = deployment.events(
+        "a worker died with a group of suspects alone in its pipeline: the workers run them one at a time from now on"
+    )
     quarantined = deployment.events("an input killed a worker alone: it goes to the dead letters without running again")
     through = deployment.events("every input a worker died with has run")
     print(
-        f"{delivery}, {workers} workers: {summary['restarts']} restarts; suspects {[e['inputs'] for e in suspected]}; "
-        f"quarantined {[e['input'] for e in quarantined]}; {len(ids)} ids predicted; {len(letters)} dead letters; "
-        f"then run alone {[(e['ran_alone'], e['seconds']) for e in through]} (inputs, s)"
+        f"{delivery}, {workers} workers, {inputs} inputs: {summary['restarts']} restarts; suspects "
+        f"{[e['inputs'] for e in suspected]}, then of a group {[e['inputs'] for e in grouped]}; quarantined "
+        f"{[e['input'] for e in quarantined]}; {len(ids)} ids predicted; {len(letters)} dead letters; then run "
+        f"{[(e['ran_alone'], e['groups'], e['in_groups'], e['seconds']) for e in through]} (alone, groups, in them, s)"
     )
-    assert set(ids) == set(range(300)) - {poison}
+    assert set(ids) == set(range(inputs)) - {poison}
     # one dead letter; exactly once, the embedded broker also shows any copy whose transaction aborted
     assert len(letters) == 1 or (delivery == "exactly-once" and not REAL_KAFKA)
     dead = letters[0]
@@ -206,10 +219,17 @@ def test_an_input_that_kills_its_worker_is_set_aside_after_two_deaths_and_the_st
     assert why["tfstream.errors.exception.class.name"] == "WorkerCrashError"
     assert why["tfstream.errors.stage"] == "predict"
     assert "killed by SIGABRT twice" in why["tfstream.errors.exception.message"]
-    # the first death made the inputs in flight suspects; the second, with the poison alone, set it aside
-    assert summary["restarts"] == 2 and len(suspected) == 1 and len(quarantined) == 1
+    # the first death made the inputs in flight suspects; with a backlog of them, the next was a group's
+    # (which the poison's partition alone makes more than ALONE_MAX: claimed 1,024 past the highest
+    # fetched); the last, with the poison alone, set it aside
+    assert len(suspected) == 1 and len(quarantined) == 1
+    if inputs > ALONE_MAX:
+        assert summary["restarts"] == 3 and len(grouped) == 1
+        assert suspected[0]["inputs"] > ALONE_MAX and 1 < grouped[0]["inputs"] <= isqrt(suspected[0]["inputs"]) + 1
+    else:
+        assert summary["restarts"] == 2 and not grouped
+        assert through and sum(e["ran_alone"] for e in through) > 0
     assert suspected[0]["death"] == quarantined[0]["death"] == "killed by SIGABRT"
-    assert through and sum(e["ran_alone"] for e in through) > 0
     assert quarantined[0]["input"] == f"{inp}[{why['tfstream.errors.partition']}]@{why['tfstream.errors.offset']}"
     assert committed(bootstrap, group, inp, 2) == _end_offsets(bootstrap, inp)
 
