@@ -101,6 +101,7 @@ class Settings(BaseModel):
     reject_non_finite: bool = False
     metrics_port: int | None = Field(None, ge=0, le=65535)
     stuck_batch_s: float = Field(60.0, gt=0, le=86_400)
+    stuck_kill_s: float = Field(300.0, ge=0, le=86_400)
     progress_interval_s: float = Field(30.0, ge=0, le=86_400)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

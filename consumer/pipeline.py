@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,6 +113,8 @@ class Pipeline:
         self._registry: dict[int, Batch] = {}
         self._next_id = 0
         self.finished = 0
+        #: when each batch put in and not yet through was put (``time.monotonic``), oldest first
+        self._put_at: deque[float] = deque()
         self._closed = False
         self._end_queued = False
         self.failure: BaseException | None = None
@@ -128,7 +131,9 @@ class Pipeline:
         ``opened_at``: when its first input reached the fetch loop (``time.monotonic``)."""
         if self._closed or not batch[0]:
             return
-        self._queue.put((self._next_id, batch, time.monotonic(), opened_at))
+        now = time.monotonic()
+        self._put_at.append(now)
+        self._queue.put((self._next_id, batch, now, opened_at))
         self._next_id += 1
 
     def close(self, timeout: float) -> bool:
@@ -255,6 +260,15 @@ class Pipeline:
     def mark_finished(self) -> None:
         """One more batch is through (its records handed to the producer); one thread calls it."""
         self.finished += 1
+        if self._put_at:
+            self._put_at.popleft()
+
+    def oldest_put_at(self) -> float | None:
+        """When the oldest batch not yet through was put in (``time.monotonic``); None if none. Any thread."""
+        try:
+            return self._put_at[0]
+        except IndexError:
+            return None
 
     def idle(self) -> bool:
         """Every batch put in has been predicted and sent."""

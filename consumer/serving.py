@@ -9,6 +9,7 @@ input that still fails goes to the dead-letter topic, and the others are answere
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
@@ -51,6 +52,9 @@ class Serving:
         self.warm_traces = self.predictor.trace_count
         self._traces_before = 0  # traces after warm-up of the models served before this one
         self.batch_started_at: float | None = None  # monotonic; set while a batch runs
+        #: monotonic; set while this thread waits for tf.data's next batch, and while the model runs
+        self._waiting_since: float | None = None
+        self._model_since: float | None = None
         #: how long a batch keeps this thread busy (predict, emit), a moving average; 0 until one ran
         self.batch_seconds = 0.0
         self.failure: BaseException | None = None  # what ended the thread, for the fetch loop to raise
@@ -75,12 +79,38 @@ class Serving:
         # before ``abandon`` has woken tf.data's thread (the teardown waits for that thread)
         batches = self.pipeline.batches()
         try:
-            for batch, inputs in batches:
-                self._predict(batch, inputs)
+            while (item := self._next_batch(batches)) is not None:
+                self._predict(*item)
                 self.pipeline.mark_finished()
         except BaseException as exc:
             self.failure = exc
             self.pipeline.abandon()
+
+    def _next_batch(self, batches: Iterator[tuple[Batch, Inputs]]) -> tuple[Batch, Inputs] | None:
+        self._waiting_since = time.monotonic()
+        try:
+            return next(batches, None)
+        finally:
+            self._waiting_since = None
+
+    def stalled_for(self, now: float) -> float | None:
+        """How long the batches in the pipeline have not moved: the model running one call, or tf.data
+        (decoding, preprocessing) not giving this thread the next batch put in; None while they move
+        on or there are none. Not the time outputs wait for the producer (a broker out of reach).
+        Any thread."""
+        model_since, waiting_since, oldest = self._model_since, self._waiting_since, self.pipeline.oldest_put_at()
+        if model_since is not None:
+            return now - model_since
+        if waiting_since is not None and oldest is not None:
+            return now - max(waiting_since, oldest)
+        return None
+
+    def _run_model(self, inputs: Inputs, size: int) -> dict[str, Any]:
+        self._model_since = time.monotonic()
+        try:
+            return self.predictor.run(inputs, size)
+        finally:
+            self._model_since = None
 
     def _swap_if_ready(self) -> None:
         """Between two batches: serve the version the watcher prepared, release the old one."""
@@ -119,7 +149,7 @@ class Serving:
         started = time.perf_counter()
         bucket = self.predictor.bucket_for(batch.rows)
         try:
-            outputs = self.predictor.run(inputs, bucket)
+            outputs = self._run_model(inputs, bucket)
         except (tf.errors.OpError, ValueError, TypeError) as exc:
             self.failed_batches.warning(type(exc).__name__, error=str(exc))
             with self.outbox.lock:  # one unit of a transaction, like any batch
@@ -147,7 +177,7 @@ class Serving:
         size = self.predictor.bucket_for(1)
         for row, msg in enumerate(batch.messages):
             try:
-                outputs = self.predictor.run(pad_to({k: v[row : row + 1] for k, v in inputs.items()}, size), size)
+                outputs = self._run_model(pad_to({k: v[row : row + 1] for k, v in inputs.items()}, size), size)
             except (tf.errors.OpError, ValueError, TypeError) as exc:
                 self.dead_letters.send(msg, PredictError(f"the model raised {type(exc).__name__}: {exc}"))
                 continue

@@ -66,6 +66,7 @@ class Child:
     summary: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)  # the worker's last status report
     status_at: float | None = None
+    killed_for: str = ""  # why the supervisor killed the running worker (its death's name), if it did
 
     @property
     def alive(self) -> bool:
@@ -125,6 +126,7 @@ class Supervisor:
                     self._stop_all("signal received: draining workers")
                 self._wait(0.5)
                 self._restart_due()
+                self._kill_if_stuck()
                 self._kill_if_drain_hangs()
                 self._log_progress()
         except BaseException:
@@ -262,7 +264,7 @@ class Supervisor:
         code = child.process.exitcode if child.process.exitcode is not None else EXIT_FAILURE
         child.report.close()
         if code < 0 and child.ready_at is not None and self._stopping_since is None:
-            self._note_crash(child, code)
+            self._note_crash(child, child.killed_for or _killed_by(code))
         shutil.rmtree(self._scratch_of(child), ignore_errors=True)
         if self._metrics_dir is not None and child.process.pid:
             metrics.worker_exited(child.process.pid)
@@ -270,15 +272,38 @@ class Supervisor:
             code = EXIT_DONE  # our SIGTERM came before its handlers: it held no partitions yet
         child.process, child.report, child.exit_code = None, None, code
         child.status, child.status_at = {}, None
+        killed_for, child.killed_for = child.killed_for, ""
         if code == EXIT_DONE or self._stopping_since is not None:
             child.finished = True
             self.log.info("worker exited", worker=child.slot.slot, exit_code=code)
         elif code in _FINAL:
             self._give_up(_FINAL[code], child.last_error or f"{child.name()} exited with {code}")
         else:
-            self._schedule_restart(child, code)
+            self._schedule_restart(child, code, killed_for)
 
-    def _note_crash(self, child: Child, code: int) -> None:
+    def _kill_if_stuck(self) -> None:
+        """A ready worker whose pipeline has not moved for ``stuck_kill_s`` (or that has not reported
+        for as long) is killed: an input may hang it (a preprocess or kernel that never returns) as
+        one may kill it, and its restart runs the inputs it held as suspects (``_note_crash``)."""
+        limit, now = self.settings.stuck_kill_s, time.monotonic()
+        if not limit or self._stopping_since is not None:
+            return
+        for child in self.children:
+            if child.process is None or child.ready_at is None or child.killed_for or not child.process.pid:
+                continue
+            silent = now - (child.status_at or child.ready_at)
+            stalled = max(child.status.get("stalled_s", 0.0), silent)
+            if stalled >= limit:
+                what = "no status" if silent >= limit else "no batch through its pipeline"
+                child.killed_for = f"killed as stuck ({what} for {limit:g} s)"
+                self.log.error(
+                    "worker stuck: killing it; the inputs in its pipeline become suspects",
+                    worker=child.slot.slot,
+                    reason=child.killed_for,
+                )
+                _signal(child.process.pid, signal.SIGKILL)
+
+    def _note_crash(self, child: Child, death: str) -> None:
         """A ready worker died of a signal: the inputs its pipeline held become suspects (to run one at a
         time if they were a group alone in it), or the one it held alone is quarantined
         (``consumer.crashes``). A worker the supervisor killed (a drain that hung) is not counted: that
@@ -286,7 +311,6 @@ class Supervisor:
         flight = crashes.read_flight(crashes.flight_path(self._scratch, child.slot.slot))
         if flight is None:
             return
-        death = _killed_by(code)
         found = self._suspects.crashed(flight, death)
         self._suspects.save(crashes.suspects_path(self._scratch))
         if isinstance(found, tuple):
@@ -306,8 +330,8 @@ class Supervisor:
             )
             self.log.warning(said, worker=child.slot.slot, inputs=found, death=death)
 
-    def _schedule_restart(self, child: Child, code: int) -> None:
-        reason = child.last_error or _describe_exit(code)
+    def _schedule_restart(self, child: Child, code: int, killed_for: str = "") -> None:
+        reason = killed_for or child.last_error or _describe_exit(code)
         now = time.monotonic()
         if child.ready_at is None:
             child.start_failures += 1

@@ -336,7 +336,9 @@ class Worker:
 
     def status(self) -> dict[str, Any]:
         """For the supervisor's /readyz (and the gauges): joined, stuck, in flight. Any thread."""
-        stuck_s = batch_stuck_for(self.serving.batch_started_at, time.monotonic(), self.settings.stuck_batch_s)
+        now = time.monotonic()
+        stuck_s = batch_stuck_for(self.serving.batch_started_at, now, self.settings.stuck_batch_s)
+        stalled_s = self.serving.stalled_for(now)
         status: dict[str, Any] = {
             "ready": self._joined and stuck_s is None,
             "joined": self._joined,
@@ -347,6 +349,8 @@ class Worker:
         }
         if stuck_s is not None:
             status["stuck_in_batch_s"] = round(stuck_s, 1)
+        if stalled_s is not None and stalled_s >= 1.0:  # for the supervisor's ``stuck_kill_s``
+            status["stalled_s"] = round(stalled_s, 1)
         if self.settings.stop_at_end:
             # held, only once the fetch loop committed the end: a status thread that saw the run done
             # first let the supervisor stop the worker before that commit (and the log line)

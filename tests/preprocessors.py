@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 
 import tensorflow as tf
 
@@ -32,3 +33,15 @@ def _abort_on_poison(features: tf.Tensor) -> tf.Tensor:
 def abort_on_poison(features: tf.Tensor) -> tf.Tensor:
     """The features unchanged, but the process aborted for an input whose first feature is ``POISON``."""
     return tf.reshape(tf.py_function(_abort_on_poison, [features], tf.float32), [4])
+
+
+def _hang_on_poison(features: tf.Tensor) -> tf.Tensor:
+    while float(features[0]) == POISON:  # as a kernel or a preprocess that never returns
+        time.sleep(1)
+    return features
+
+
+@tf.function(input_signature=[tf.TensorSpec([4], tf.float32)])
+def hang_on_poison(features: tf.Tensor) -> tf.Tensor:
+    """The features unchanged, but for an input whose first feature is ``POISON`` it never returns."""
+    return tf.reshape(tf.py_function(_hang_on_poison, [features], tf.float32), [4])

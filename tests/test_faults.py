@@ -171,30 +171,50 @@ def test_exactly_once_commits_outputs_dead_letters_and_offsets_together(
     assert consumed["count"] == 505 and all(consumed[p] <= end_to_end[p] for p in ("p50", "p99", "max"))
 
 
+#: how the poison ends its worker: the preprocess function, and the death the supervisor names
+ABORTS = ("abort_on_poison", "killed by SIGABRT")
+HANGS = ("hang_on_poison", "killed as stuck (no batch through its pipeline for 5 s)")
+
+
 @pytest.mark.parametrize(
-    ("delivery", "workers", "inputs", "max_batch"),
-    [("at-least-once", 1, 3000, 1024), ("exactly-once", 2, 300, 32)],
-    ids=["at-least-once-1-backlog", "exactly-once-2"],
+    ("delivery", "workers", "inputs", "max_batch", "poisoned"),
+    [
+        ("at-least-once", 1, 3000, 1024, ABORTS),
+        ("exactly-once", 2, 300, 32, ABORTS),
+        ("at-least-once", 1, 300, 32, HANGS),
+    ],
+    ids=["at-least-once-1-backlog", "exactly-once-2", "hangs-at-least-once-1"],
 )
-def test_an_input_that_kills_its_worker_is_set_aside_and_the_stream_goes_on(
-    bootstrap: str, topics: Topics, group: str, mlp_path: Path, delivery: str, workers: int, inputs: int, max_batch: int
+def test_an_input_that_kills_or_hangs_its_worker_is_set_aside_and_the_stream_goes_on(
+    bootstrap: str,
+    topics: Topics,
+    group: str,
+    mlp_path: Path,
+    delivery: str,
+    workers: int,
+    inputs: int,
+    max_batch: int,
+    poisoned: tuple[str, str],
 ) -> None:
     """The preprocess function aborts the process (SIGABRT) on one input, as a failed check in a
-    TensorFlow kernel does. Before, every restart read it again and died: the partition never moved on
-    (6 deaths in 2 minutes, measured). With two workers, a later death may be the other worker's, given
-    the partition after the first. With 300 inputs, two deaths: the inputs in flight at the first run
-    one at a time. With 3,000 and batches of 1,024, the first death leaves more than ALONE_MAX suspects
-    in the poison's partition: they run in groups, the poison's group dies, and its inputs run one at a
+    TensorFlow kernel does, or never returns. Before, every restart read it again and died: the
+    partition never moved on (6 deaths in 2 minutes, measured); a hang held the partition for good.
+    A worker whose pipeline does not move for ``stuck_kill_s`` (5 s here) is killed by its supervisor,
+    a death like the others. With two workers, a later death may be the other worker's, given the
+    partition after the first. With 300 inputs, two deaths: the inputs in flight at the first run one
+    at a time. With 3,000 and batches of 1,024, the first death leaves more than ALONE_MAX suspects in
+    the poison's partition: they run in groups, the poison's group dies, and its inputs run one at a
     time: three deaths."""
+    preprocess, death = poisoned
     inp, out, dlq = topics("in", "out", "dlq", partitions=2)
     poison = inputs * 13 // 30
     values = [pack_input(np.full(4, POISON if i == poison else i % 600, "float32"), id=i) for i in range(inputs)]
     publish(bootstrap, inp, [(str(i).encode(), value) for i, value in enumerate(values)])
     command = consumer_command(
         bootstrap, mlp_path, inp, out, group, "--dlq-topic", dlq, "--delivery", delivery, "--workers", str(workers),
-        "--preprocess", "tests.preprocessors:abort_on_poison", "--max-batch-size", str(max_batch), "--stop-at-end",
+        "--preprocess", f"tests.preprocessors:{preprocess}", "--max-batch-size", str(max_batch), "--stop-at-end",
     )  # fmt: skip
-    deployment = Deployment(command, ENV)
+    deployment = Deployment(command, {**ENV, "TFSTREAM_STUCK_KILL_S": "5"})
     summary = deployment.finish(timeout=300)
     ids = Counter(unpack_output(m.value())["id"] for m in read_topic(bootstrap, out, timeout=10, min_count=inputs - 1))
     letters = read_topic(bootstrap, dlq, timeout=10, min_count=1)
@@ -218,7 +238,7 @@ def test_an_input_that_kills_its_worker_is_set_aside_and_the_stream_goes_on(
     why = {name: value.decode() for name, value in dead.headers() or [] if value is not None}
     assert why["tfstream.errors.exception.class.name"] == "WorkerCrashError"
     assert why["tfstream.errors.stage"] == "predict"
-    assert "killed by SIGABRT twice" in why["tfstream.errors.exception.message"]
+    assert f"{death} twice" in why["tfstream.errors.exception.message"]
     # the first death made the inputs in flight suspects; with a backlog of them, the next was a group's
     # (which the poison's partition alone makes more than ALONE_MAX: claimed 1,024 past the highest
     # fetched); the last, with the poison alone, set it aside
@@ -229,7 +249,7 @@ def test_an_input_that_kills_its_worker_is_set_aside_and_the_stream_goes_on(
     else:
         assert summary["restarts"] == 2 and not grouped
         assert through and sum(e["ran_alone"] for e in through) > 0
-    assert suspected[0]["death"] == quarantined[0]["death"] == "killed by SIGABRT"
+    assert suspected[0]["death"] == quarantined[0]["death"] == death
     assert quarantined[0]["input"] == f"{inp}[{why['tfstream.errors.partition']}]@{why['tfstream.errors.offset']}"
     assert committed(bootstrap, group, inp, 2) == _end_offsets(bootstrap, inp)
 
