@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
+import structlog
 
+from consumer.codec import Limits
 from consumer.errors import ModelError
 from consumer.model import load_model
+from consumer.pipeline import Pipeline
 from consumer.predictor import Predictor, default_batch_sizes
+from consumer.reload import Served
+from consumer.serving import Serving
 from consumer.validate import stack
 from tests import models
 
@@ -154,3 +163,52 @@ def test_a_pipeline_with_nothing_to_tune_runs_without_tf_data_autotuning(mlp_pat
     assert Pipeline(predictor, Limits(), depth=2).dataset().options().autotune.enabled is False
     preprocessed = Pipeline(predictor, Limits(), depth=2, preprocess=decode_floats)
     assert preprocessed.dataset().options().autotune.enabled is not False
+
+
+def test_a_worker_s_pipeline_counts_as_stalled_only_while_the_model_or_tf_data_holds_a_batch(mlp_path: Path) -> None:
+    """What ``stuck_kill_s`` acts on: how long one call of the model has run, or how long the predict
+    thread has waited for tf.data's next batch since one was put in; nothing while it waits with none
+    put in (a quiet stream), nor once the call returns."""
+    model = load_model(mlp_path)
+    predictor = Predictor(model, [4])
+    predictor.warm_up()
+    pipeline = Pipeline(predictor, Limits(1 << 16, 1 << 12, 4), depth=4)
+    unused = cast(Any, None)  # the emitter, dead letters and outbox: no batch is sent here
+    serving = Serving(Served(model, predictor), pipeline, unused, unused, unused, None, None, structlog.get_logger())
+    assert serving.stalled_for(time.monotonic()) is None
+    go_on = threading.Event()
+    running, returned = predictor.run, []
+
+    def held(padded: Any, size: int) -> dict[str, np.ndarray]:
+        go_on.wait(30)
+        return running(padded, size)
+
+    predictor.run = held  # type: ignore[method-assign]  # a model call that does not return until told
+    padded = stack([], model.signature, 4)
+    call = threading.Thread(target=lambda: returned.append(serving._run_model(padded, 4)))
+    call.start()
+    _wait_until(lambda: serving.stalled_for(time.monotonic()) is not None)
+    assert serving.stalled_for(time.monotonic() + 10) >= 10  # type: ignore[operator]
+    go_on.set()
+    call.join(30)
+    assert returned and serving.stalled_for(time.monotonic()) is None
+
+    nothing_yet = threading.Event()
+    waiting = threading.Thread(target=lambda: serving._next_batch(iter(lambda: nothing_yet.wait(30), True)))
+    waiting.start()  # the predict thread waiting for tf.data, nothing put in: a quiet stream
+    time.sleep(0.2)
+    assert serving.stalled_for(time.monotonic() + 10) is None
+    put_at = time.monotonic()
+    pipeline.put(([cast(Any, None)], [(("in", 0), 0)], [0]), None)
+    stalled = serving.stalled_for(put_at + 10)
+    assert stalled is not None and 9.9 < stalled <= 10  # since it was put in, not since the wait began
+    nothing_yet.set()
+    waiting.join(30)
+    assert serving.stalled_for(time.monotonic()) is None
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
