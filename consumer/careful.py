@@ -18,10 +18,10 @@ from typing import Any
 from confluent_kafka import Message
 
 from consumer.batcher import Batcher
-from consumer.crashes import CLAIM_BATCHES, FlightRecorder, Suspects, Verdict, flight_path, suspects_path
+from consumer.crashes import CLAIM_BATCHES, FlightRecorder, Suspects, Verdict, flight_path, named, suspects_path
 from consumer.delivery import DeadLetters, wait_until
 from consumer.errors import WorkerCrashError
-from consumer.offsets import OffsetTracker, Partition, coordinates
+from consumer.offsets import OffsetTracker, Partition
 from consumer.pipeline import Pipeline
 
 #: How often a suspect's run checks whether the pipeline is through.
@@ -106,7 +106,7 @@ class CrashGuard:
                 continue
             batcher.add(messages[start:index], coords[start:index], timestamps[start:index])
             if verdict is Verdict.QUARANTINED:
-                self._set_aside(messages[index], self.suspects.death(*coords[index]))
+                self._set_aside(messages[index], coords[index])
                 start = index = index + 1
                 continue
             start, index = index, self._group_end(coords, index)
@@ -177,11 +177,10 @@ class CrashGuard:
         wait_until(lambda: feed.pipeline.idle() or feed.failed(), math.inf, lambda: time.sleep(IDLE_CHECK_SECONDS))
         return not feed.failed()
 
-    def _set_aside(self, message: Message, death: str) -> None:
+    def _set_aside(self, message: Message, coords: tuple[Partition, int]) -> None:
         """A quarantined input: to the dead letters, without running it."""
-        (topic, partition), offset = coordinates(message)
-        where = f"{topic}[{partition}]@{offset}"
-        self.log.warning("input set aside: it killed a worker alone", input=where, death=death)
+        death = self.suspects.death(*coords)
+        self.log.warning("input set aside: it killed a worker alone", input=named(*coords), death=death)
         error = WorkerCrashError(
             f"a worker was {death} twice with this input in its pipeline, the second time with it alone: "
             "set aside without running it again"

@@ -50,6 +50,12 @@ def suspects_path(folder: str) -> str:
     return os.path.join(folder, SUSPECTS_FILE)
 
 
+def named(partition: Partition, offset: int) -> str:
+    """An input as the log lines name it: ``topic[partition]@offset``."""
+    topic, number = partition
+    return f"{topic}[{number}]@{offset}"
+
+
 class FlightRecorder:
     """Writes which inputs a worker's pipeline may hold, so that its supervisor knows after a crash.
 

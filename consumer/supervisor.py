@@ -207,6 +207,7 @@ class Supervisor:
         process.start()
         send.close()  # the child holds the only writing end: EOF means it is gone
         child.process, child.report, child.ready_at, child.restart_at = process, receive, None, None
+        child.killed_for = ""
         self.log.info(
             "worker started", worker=child.slot.slot, device=child.slot.device, pid=process.pid, **pinned(child.slot)
         )
@@ -272,14 +273,13 @@ class Supervisor:
             code = EXIT_DONE  # our SIGTERM came before its handlers: it held no partitions yet
         child.process, child.report, child.exit_code = None, None, code
         child.status, child.status_at = {}, None
-        killed_for, child.killed_for = child.killed_for, ""
         if code == EXIT_DONE or self._stopping_since is not None:
             child.finished = True
             self.log.info("worker exited", worker=child.slot.slot, exit_code=code)
         elif code in _FINAL:
             self._give_up(_FINAL[code], child.last_error or f"{child.name()} exited with {code}")
         else:
-            self._schedule_restart(child, code, killed_for)
+            self._schedule_restart(child, code)
 
     def _kill_if_stuck(self) -> None:
         """A ready worker whose pipeline has not moved for ``stuck_kill_s`` (or that has not reported
@@ -314,11 +314,10 @@ class Supervisor:
         found = self._suspects.crashed(flight, death)
         self._suspects.save(crashes.suspects_path(self._scratch))
         if isinstance(found, tuple):
-            (topic, partition), offset = found
             self.log.error(
                 "an input killed a worker alone: it goes to the dead letters without running again",
                 worker=child.slot.slot,
-                input=f"{topic}[{partition}]@{offset}",
+                input=crashes.named(*found),
                 death=death,
             )
         elif found:
@@ -330,8 +329,8 @@ class Supervisor:
             )
             self.log.warning(said, worker=child.slot.slot, inputs=found, death=death)
 
-    def _schedule_restart(self, child: Child, code: int, killed_for: str = "") -> None:
-        reason = killed_for or child.last_error or _describe_exit(code)
+    def _schedule_restart(self, child: Child, code: int) -> None:
+        reason = child.killed_for or child.last_error or _describe_exit(code)
         now = time.monotonic()
         if child.ready_at is None:
             child.start_failures += 1
