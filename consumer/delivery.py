@@ -253,8 +253,10 @@ class Outbox:
             if self.transactional:
                 self.tracker.done_many(ack.coords)
                 self._uncommitted.append((topic, ack.timestamps))
-            elif timed:
-                ack.produced_at = time.monotonic()
+            else:
+                if timed:
+                    ack.produced_at = time.monotonic()
+                ack.handed()
             return len(left_out)
 
     def _produce(
@@ -394,14 +396,16 @@ class Outbox:
 class BatchAck:
     """Counts one batch's acknowledgements; the last one marks all its inputs done at once.
 
-    Delivery callbacks run in whichever thread polls the producer; ``next()`` on an
-    ``itertools.count`` is one atomic step, so exactly one callback sees the last count."""
+    Delivery callbacks run in whichever thread polls the producer (the acks thread may serve them
+    all before ``send`` returns); ``next()`` on an ``itertools.count`` is one atomic step, so exactly
+    one count is the last: that of the last acknowledgement, or of ``handed``, once ``send`` is done
+    with the batch (its ``produced_at`` set)."""
 
     __slots__ = ("_acknowledged", "coords", "last", "outbox", "produced_at", "timestamps", "topic")
 
     def __init__(self, outbox: Outbox, topic: str, coords: list[tuple[Partition, int]], timestamps: list[int]) -> None:
         self.outbox, self.topic, self.coords, self.timestamps = outbox, topic, coords, timestamps
-        self.last = len(coords) - 1
+        self.last = len(coords)  # one count per record, and one for ``handed``
         self._acknowledged = itertools.count()
         #: when its last record was handed to the producer, for a timed batch
         self.produced_at: float | None = None
@@ -411,6 +415,10 @@ class BatchAck:
             self.outbox._fail(self.topic, *self.coords[0], err)
         elif next(self._acknowledged) == self.last:
             self._all_acknowledged()
+
+    def handed(self) -> None:
+        """Every record of the batch is with the producer: counted like an acknowledgement."""
+        self.on_delivery(None, None)
 
     def _all_acknowledged(self) -> None:  # at least once: exactly once reports failures only
         produced_at = self.produced_at
