@@ -1,7 +1,7 @@
 """The main job on the embedded broker: the whole path, end to end, in one command.
 
 Starts the broker, creates the topics, trains the digits classifier (``producer_tools.digits``:
-scikit-learn's handwritten digits), publishes its held-out images (and a few malformed inputs),
+the UCI handwritten digits in ``producer_tools/data``), publishes its held-out images (and a few malformed inputs),
 runs ``python -m consumer run --stop-at-end`` and compares what came out with offline
 ``model.predict``: same accuracy, same numbers.
 """
@@ -93,7 +93,7 @@ def main(bootstrap: str | None, workdir: Path, count: int | None = None, bad: in
         if embedded:
             print(f"embedded broker on {bootstrap} (log: {log_path})", flush=True)
         create_topics(bootstrap, TOPICS.values(), partitions=4)
-        print("training the digits classifier (scikit-learn's handwritten digits)…", flush=True)
+        print("training the digits classifier (the UCI handwritten digits)…", flush=True)
         inputs, labels, _ = digits.train(workdir)
         model_path = workdir / "digits.keras"
         inputs, labels = inputs[:count], labels[:count]

@@ -1,4 +1,4 @@
-"""A real example model: handwritten digits (scikit-learn's 8x8 set, shipped inside the package).
+"""A real example model: handwritten digits (the UCI 8x8 set scikit-learn ships, in ``data/``).
 
 ``python -m producer_tools.digits train --out DIR`` trains a small Keras classifier on 80% of the
 1,797 images and writes ``DIR/digits.keras``, the held-out 20% as ``DIR/heldout.npy`` (64 float32
@@ -10,7 +10,9 @@ are the held-out row numbers) with the labels and with offline ``model.predict``
 from __future__ import annotations
 
 import argparse
+import gzip
 import sys
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +24,10 @@ SEED = 0
 
 
 def load() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return (digits.data / 16.0).astype("float32"), digits.target.astype("int64")
+    """The 1,797 images (64 pixels in [0, 1]) and their digits, in the file's order (``data/README.md``)."""
+    packed = (resources.files("producer_tools") / "data" / "digits.csv.gz").read_bytes()
+    table = np.loadtxt(gzip.decompress(packed).decode().splitlines(), delimiter=",")
+    return (table[:, :-1] / 16.0).astype("float32"), table[:, -1].astype("int64")
 
 
 def split(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
