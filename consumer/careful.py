@@ -18,11 +18,22 @@ from typing import Any
 from confluent_kafka import Message
 
 from consumer.batcher import Batcher
-from consumer.crashes import CLAIM_BATCHES, FlightRecorder, Suspects, Verdict, flight_path, named, suspects_path
+from consumer.crashes import (
+    ALONE_MAX,
+    ALONE_SECONDS,
+    CLAIM_BATCHES,
+    FlightRecorder,
+    Suspects,
+    Verdict,
+    flight_path,
+    named,
+    suspects_path,
+)
 from consumer.delivery import DeadLetters, wait_until
 from consumer.errors import WorkerCrashError
 from consumer.offsets import OffsetTracker, Partition
 from consumer.pipeline import Pipeline
+from consumer.timing import moving_average
 
 #: How often a suspect's run checks whether the pipeline is through.
 IDLE_CHECK_SECONDS = 0.001
@@ -60,6 +71,8 @@ class CrashGuard:
         self.suspects = Suspects()
         self._assigned: set[Partition] = set()
         self._ran_alone, self._groups, self._in_groups, self._since = 0, 0, 0, 0.0
+        #: how long a suspect's run alone takes, on average (0 before the first)
+        self._lone_run_seconds = 0.0
 
     def entering(self) -> None:
         """A batch is about to enter the pipeline."""
@@ -82,6 +95,7 @@ class CrashGuard:
         (an assignment may be the one a death caused). The worker's view drops what it reads past."""
         self._assigned = set(assigned)
         self.suspects = Suspects.load(self._suspects_file).of(assigned)
+        self.suspects.alone_max = self._alone_max()
         self._ran_alone, self._groups, self._in_groups, self._since = 0, 0, 0, time.monotonic()
         if self.suspects.ranges:  # quarantined inputs alone are said when met (and are mostly behind)
             self.log.warning(
@@ -90,6 +104,13 @@ class CrashGuard:
                 suspect_ranges=sum(map(len, self.suspects.ranges.values())),
                 quarantined=sum(map(len, self.suspects.quarantined.values())),
             )
+
+    def _alone_max(self) -> int:
+        """How many suspects of a range run one at a time, at most: as many as run so in ``ALONE_SECONDS``
+        (``ALONE_MAX`` at most, and before the first has run)."""
+        if not self._lone_run_seconds:
+            return ALONE_MAX
+        return max(1, min(ALONE_MAX, int(ALONE_SECONDS / self._lone_run_seconds)))
 
     def chunk(self) -> int:
         """How many inputs to fetch in one turn of the loop while there are suspects."""
@@ -149,6 +170,7 @@ class CrashGuard:
                 ran_alone=self._ran_alone,
                 groups=self._groups,
                 in_groups=self._in_groups,
+                alone_max=self.suspects.alone_max,
                 seconds=round(time.monotonic() - self._since, 1),
             )
 
@@ -162,12 +184,16 @@ class CrashGuard:
             return
         (partition, low), high = coords[0], coords[-1][1]
         self.flight.only(partition, low, high)
-        if len(coords) == 1:
-            self._ran_alone += 1
-        else:
+        started = time.monotonic()
+        feed.pipeline.put((messages, coords, timestamps), started)
+        through = self._wait_until_through()
+        if len(coords) > 1:
             self._groups, self._in_groups = self._groups + 1, self._in_groups + len(coords)
-        feed.pipeline.put((messages, coords, timestamps), time.monotonic())
-        self._wait_until_through()
+        else:
+            self._ran_alone += 1
+            if through:  # a slow model runs fewer alone (the rest of its range, and later deaths')
+                self._lone_run_seconds = moving_average(self._lone_run_seconds, time.monotonic() - started)
+                self.suspects.alone_max = self._alone_max()
         self.flight.ranges()
         feed.between()
 

@@ -10,7 +10,8 @@ from the lowest not yet done to past the highest fetched), in a file whose write
 process (the page cache). When a ready worker dies of a signal, its supervisor reads that file
 (``Suspects.crashed``): those inputs become suspects, which every worker of that supervisor then
 runs apart from the others, alone in its pipeline, the file naming only them: one at a time, or, when
-a death left many (a backlog's worth), in small groups first. A group that kills a worker makes its
+a death left many (a backlog's worth, or more than a slow model runs alone in seconds), in small
+groups first. A group that kills a worker makes its
 inputs suspects to run one at a time. A suspect that kills a worker alone is quarantined: it goes to
 the dead letters (``WorkerCrashError``) and is not run again.
 """
@@ -34,12 +35,16 @@ MAX_RANGES = 100
 #: partitions with inputs pending: a write about every other batch (6-15 µs each, measured), not
 #: every one, for at most about that many inputs run apart after a death that were never in flight.
 CLAIM_BATCHES = 2
-#: A death's suspects in one partition up to this many run one at a time (about 5 ms each on the
-#: test MLP: 5 s at most, so one input that kills costs two deaths). More (a death in a backlog:
-#: 12,550 after a SIGKILL mid-drain at batch 1024, measured) run in groups of about the square root
-#: of their number, the fewest runs in all should one group die and its inputs then run alone;
-#: an input that kills then costs three deaths.
+#: A death's suspects in one partition run one at a time if they are this many at most, and running
+#: them so takes at most ``ALONE_SECONDS`` (as the worker timed its lone runs so far): one input that
+#: kills then costs two deaths. More (a death in a backlog: 12,550 after a SIGKILL mid-drain at batch
+#: 1024, measured; or fewer, of a model slow for one input) run in groups of about the square root of
+#: their number, the fewest runs in all should one group die and its inputs then run alone; an input
+#: that kills then costs three deaths. On the test MLP a lone run takes about 5 ms: 1,000 in 5 s.
 ALONE_MAX = 1000
+#: About what a death costs (a restart, its model loaded, its group rejoined; more on the embedded
+#: broker): suspects that would take longer to run one at a time run in groups.
+ALONE_SECONDS = 10.0
 
 
 def flight_path(folder: str, slot: int) -> str:
@@ -155,10 +160,10 @@ class Range(NamedTuple):
     high: int
     alone: bool
 
-    def group_size(self) -> int:
-        """How many of them may run together, at most."""
+    def group_size(self, alone_max: int = ALONE_MAX) -> int:
+        """How many of them may run together, at most, if up to ``alone_max`` run one at a time."""
         count = self.high - self.low + 1
-        return 1 if self.alone or count <= ALONE_MAX else math.isqrt(count - 1) + 1
+        return 1 if self.alone or count <= alone_max else math.isqrt(count - 1) + 1
 
 
 @dataclass
@@ -169,6 +174,9 @@ class Suspects:
     ranges: dict[Partition, list[Range]] = field(default_factory=dict)
     #: offset: how the worker that held it alone died ("killed by SIGABRT")
     quarantined: dict[Partition, dict[int, str]] = field(default_factory=dict)
+    #: a range's suspects run one at a time if they are this many at most (``ALONE_MAX``, or fewer for
+    #: a model slow for one input): the worker's, not saved
+    alone_max: int = field(default=ALONE_MAX, compare=False)
 
     def __bool__(self) -> bool:
         return bool(self.ranges or self.quarantined)
@@ -186,11 +194,11 @@ class Suspects:
 
     def group_size(self, partition: Partition, offset: int) -> int:
         """How many suspects a suspect may run with, at most (itself included): the least its ranges allow."""
-        return min(r.group_size() for r in self.ranges[partition] if r.low <= offset <= r.high)
+        return min(r.group_size(self.alone_max) for r in self.ranges[partition] if r.low <= offset <= r.high)
 
     def smallest_group(self) -> int:
         """The least any range allows (1 with none)."""
-        return min((r.group_size() for ranges in self.ranges.values() for r in ranges), default=1)
+        return min((r.group_size(self.alone_max) for ranges in self.ranges.values() for r in ranges), default=1)
 
     def passed(self, partition: Partition, offset: float) -> None:
         """A worker read ``partition`` up to ``offset`` (``math.inf``: to its end): what is below it is
@@ -211,6 +219,7 @@ class Suspects:
         return Suspects(
             {p: r for p, r in self.ranges.items() if p in partitions},
             {p: q for p, q in self.quarantined.items() if p in partitions},
+            self.alone_max,
         )
 
     def crashed(self, flight: dict[str, Any], death: str) -> tuple[Partition, int] | int:

@@ -21,14 +21,7 @@ from consumer.metrics import WorkerMetrics
 from consumer.outputs import Emitter
 from consumer.pipeline import Batch, Inputs, Pipeline, pad_to
 from consumer.reload import Served, Watcher, release_unreachable
-
-#: The weight of the latest batch in ``Serving.batch_seconds``.
-BATCH_SECONDS_WEIGHT = 0.2
-
-
-def moving_average(average: float, latest: float, weight: float = BATCH_SECONDS_WEIGHT) -> float:
-    """An exponentially weighted average; the first figure (``average`` 0) is taken as it is."""
-    return latest if average == 0.0 else average + weight * (latest - average)
+from consumer.timing import moving_average
 
 
 class Serving:

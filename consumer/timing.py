@@ -130,6 +130,15 @@ class Timeline:
         }
 
 
+#: The weight of the latest figure in a ``moving_average`` (a batch's time, a suspect's run).
+LATEST_WEIGHT = 0.2
+
+
+def moving_average(average: float, latest: float, weight: float = LATEST_WEIGHT) -> float:
+    """An exponentially weighted average; the first figure (``average`` 0) is taken as it is."""
+    return latest if average == 0.0 else average + weight * (latest - average)
+
+
 def worst_of(percentiles: Iterable[dict[str, Any]]) -> dict[str, float]:
     """Each percentile's worst value over several summaries of the same measure (several processes'),
     ``count`` their sum; {} if none counted anything."""

@@ -4,6 +4,8 @@ successors run the suspects."""
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,7 +13,17 @@ import structlog
 
 from consumer.batcher import Batcher
 from consumer.careful import CrashGuard, Feed
-from consumer.crashes import ALONE_MAX, MAX_RANGES, FlightRecorder, Range, Suspects, Verdict, read_flight, suspects_path
+from consumer.crashes import (
+    ALONE_MAX,
+    ALONE_SECONDS,
+    MAX_RANGES,
+    FlightRecorder,
+    Range,
+    Suspects,
+    Verdict,
+    read_flight,
+    suspects_path,
+)
 from consumer.offsets import OffsetTracker
 
 A, B = ("in", 0), ("in", 1)
@@ -129,6 +141,16 @@ def test_a_backlog_of_suspects_runs_in_groups_and_a_group_that_dies_runs_one_at_
     assert suspects.verdict(B, 300) is Verdict.QUARANTINED and suspects.verdict(B, 301) is Verdict.SUSPECT
 
 
+def test_a_model_slow_for_one_input_runs_fewer_suspects_one_at_a_time() -> None:
+    """Suspects run alone only while that takes at most ALONE_SECONDS; past it, in groups."""
+    suspects = Suspects()
+    suspects.crashed({"ranges": [["in", 0, 0, 299]]}, "killed by SIGKILL")
+    assert suspects.group_size(A, 0) == 1  # 300 <= ALONE_MAX
+    slow = suspects.of({A})
+    slow.alone_max = int(ALONE_SECONDS / 0.1)  # 100 at 100 ms each
+    assert slow.group_size(A, 0) == 18 and slow.smallest_group() == 18  # 17² < 300 <= 18²
+
+
 class _Message:
     def __init__(self, partition: tuple[str, int], offset: int) -> None:
         self._at = partition, offset
@@ -147,17 +169,35 @@ class _Through:
     """A pipeline through at once, and dead letters kept: what a guard handed them, in order, with
     what the flight record said while each run was in the pipeline."""
 
-    def __init__(self, flight: Path) -> None:
-        self.flight, self.handed = flight, []  # type: list[tuple[str, Any, Any]]
+    def __init__(self, flight: Path, run_seconds: float = 0.0) -> None:
+        self.flight, self.run_seconds, self.handed = flight, run_seconds, []  # type: list[tuple[str, Any, Any]]
 
     def put(self, batch: tuple[list[Any], ...], opened_at: float) -> None:
         self.handed.append(("run", [m.offset() for m in batch[0]], read_flight(str(self.flight))))
+        time.sleep(self.run_seconds)
 
     def idle(self) -> bool:
         return True
 
     def send(self, message: _Message, error: Exception) -> None:
         self.handed.append(("dead letter", message.offset(), type(error).__name__))
+
+
+def _guard(folder: Path, through: _Through) -> tuple[CrashGuard, Callable[[], None]]:
+    """A guard over a real batcher (batches of 64 at most) and ``through``; and its flush."""
+    batcher = Batcher(max_batch_size=64, max_wait_ms=10)
+
+    def flush() -> None:
+        if len(batcher):
+            through.handed.append(("batch", [m.offset() for m in batcher.take()[0]], None))
+
+    feed = Feed(batcher, cast(Any, through), cast(Any, through), flush, lambda: False, lambda: False, lambda: None)
+    return CrashGuard(str(folder), 0, OffsetTracker(), feed, structlog.get_logger()), flush
+
+
+def run(partition: tuple[str, int], low: int, high: int) -> tuple[str, list[int], dict[str, Any]]:
+    """A run of suspects as ``_Through`` records it."""
+    return "run", list(range(low, high + 1)), {"only": [*partition, low, high]}
 
 
 def test_a_guard_runs_suspects_apart_in_groups_of_one_partition_and_batches_the_rest(tmp_path: Path) -> None:
@@ -169,23 +209,14 @@ def test_a_guard_runs_suspects_apart_in_groups_of_one_partition_and_batches_the_
     suspects.crashed({"only": ["in", 1, 10, 11]}, "killed by SIGKILL")
     suspects.crashed({"only": ["in", 0, 50, 50]}, "killed by SIGSEGV")
     suspects.save(suspects_path(str(tmp_path)))
-    through, batcher = _Through(tmp_path / "flight-0.json"), Batcher(max_batch_size=64, max_wait_ms=10)
-
-    def flush() -> None:
-        if len(batcher):
-            through.handed.append(("batch", [m.offset() for m in batcher.take()[0]], None))
-
-    feed = Feed(batcher, cast(Any, through), cast(Any, through), flush, lambda: False, lambda: False, lambda: None)
-    guard = CrashGuard(str(tmp_path), 0, OffsetTracker(), feed, structlog.get_logger())
+    through = _Through(tmp_path / "flight-0.json")
+    guard, flush = _guard(tmp_path, through)
     guard.load({A, B})
     assert guard.chunk() == 16  # B's run one at a time
     coords = [(A, o) for o in range(0, 45)] + [(B, o) for o in range(9, 13)] + [(A, o) for o in range(45, 100)]
     coords += [(A, o) for o in range(1590, 1600)] + [(A, 1595), (A, 1596), (A, 1600), (A, 1601)]  # read again
     guard.add([_Message(*c) for c in coords], coords, [0] * len(coords))
     flush()
-
-    def run(partition: tuple[str, int], low: int, high: int) -> tuple[str, list[int], dict[str, Any]]:
-        return "run", list(range(low, high + 1)), {"only": [*partition, low, high]}
 
     assert through.handed == [
         run(A, 0, 39),
@@ -203,3 +234,19 @@ def test_a_guard_runs_suspects_apart_in_groups_of_one_partition_and_batches_the_
         ("batch", [1600, 1601], None),
     ]
     assert not guard.suspects  # read past: the plain path again
+
+
+def test_a_guard_that_timed_a_slow_lone_run_runs_the_rest_of_its_range_in_groups(tmp_path: Path) -> None:
+    """300 suspects run alone at first (at most ALONE_MAX); one run of 50 ms or more says they would take
+    over ALONE_SECONDS so: the rest go in groups of about the square root of their number."""
+    Suspects(ranges={A: [Range(0, 299, False)]}).save(suspects_path(str(tmp_path)))
+    through = _Through(tmp_path / "flight-0.json", run_seconds=0.05)
+    guard, _ = _guard(tmp_path, through)
+    guard.load({A})
+    assert guard.chunk() == 16
+    coords = [(A, o) for o in range(0, 45)]
+    guard.add([_Message(*c) for c in coords], coords, [0] * len(coords))
+    assert through.handed == [run(A, 0, 0), run(A, 1, 18), run(A, 19, 36), run(A, 37, 44)]
+    assert guard.suspects.alone_max <= ALONE_SECONDS / 0.05 and guard.chunk() == 16 * 18
+    guard.load({A})  # read again (a rewind): what it timed holds for the next death's suspects too
+    assert guard.suspects.group_size(A, 0) == 18

@@ -202,9 +202,10 @@ def test_an_input_that_kills_or_hangs_its_worker_is_set_aside_and_the_stream_goe
     A worker whose pipeline does not move for ``stuck_kill_s`` (5 s here) is killed by its supervisor,
     a death like the others. With two workers, a later death may be the other worker's, given the
     partition after the first. With 300 inputs, two deaths: the inputs in flight at the first run one
-    at a time. With 3,000 and batches of 1,024, the first death leaves more than ALONE_MAX suspects in
-    the poison's partition: they run in groups, the poison's group dies, and its inputs run one at a
-    time: three deaths."""
+    at a time (unless each takes over ALONE_SECONDS / their number: then as with a backlog). With
+    3,000 and batches of 1,024, the first death leaves more than ALONE_MAX suspects in the poison's
+    partition: they run in groups, the poison's group dies, and its inputs run one at a time: three
+    deaths."""
     preprocess, death = poisoned
     inp, out, dlq = topics("in", "out", "dlq", partitions=2)
     poison = inputs * 13 // 30
@@ -246,8 +247,8 @@ def test_an_input_that_kills_or_hangs_its_worker_is_set_aside_and_the_stream_goe
     if inputs > ALONE_MAX:
         assert summary["restarts"] == 3 and len(grouped) == 1
         assert suspected[0]["inputs"] > ALONE_MAX and 1 < grouped[0]["inputs"] <= isqrt(suspected[0]["inputs"]) + 1
-    else:
-        assert summary["restarts"] == 2 and not grouped
+    else:  # alone, unless this machine ran the first ones so slowly that the rest would take over ALONE_SECONDS
+        assert summary["restarts"] == 2 + len(grouped) and len(grouped) <= 1
         assert through and sum(e["ran_alone"] for e in through) > 0
     assert suspected[0]["death"] == quarantined[0]["death"] == death
     assert quarantined[0]["input"] == f"{inp}[{why['tfstream.errors.partition']}]@{why['tfstream.errors.offset']}"

@@ -662,7 +662,7 @@ def test_inputs_that_come_while_a_slow_model_computes_wait_for_it_in_one_batch(
 
 
 def test_a_batch_time_average_starts_at_its_first_figure_and_then_moves_a_fifth_of_the_way() -> None:
-    from consumer.serving import moving_average
+    from consumer.timing import moving_average
 
     assert moving_average(0.0, 0.4) == 0.4
     assert moving_average(0.4, 0.9) == pytest.approx(0.5)
