@@ -11,9 +11,9 @@ process (the page cache). When a ready worker dies of a signal, its supervisor r
 (``Suspects.crashed``): those inputs become suspects, which every worker of that supervisor then
 runs apart from the others, alone in its pipeline, the file naming only them: one at a time, or, when
 a death left many (a backlog's worth, or more than a slow model runs alone in seconds), in small
-groups first. A group that kills a worker makes its
-inputs suspects to run one at a time. A suspect that kills a worker alone is quarantined: it goes to
-the dead letters (``WorkerCrashError``) and is not run again.
+groups first. A group that kills a worker makes its inputs suspects to run one at a time. A suspect
+that kills a worker alone is quarantined: it goes to the dead letters (``WorkerCrashError``) and is
+not run again.
 """
 
 from __future__ import annotations

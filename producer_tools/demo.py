@@ -1,9 +1,9 @@
 """The main job on the embedded broker: the whole path, end to end, in one command.
 
 Starts the broker, creates the topics, trains the digits classifier (``producer_tools.digits``:
-the UCI handwritten digits in ``producer_tools/data``), publishes its held-out images (and a few malformed inputs),
-runs ``python -m consumer run --stop-at-end`` and compares what came out with offline
-``model.predict``: same accuracy, same numbers.
+the UCI handwritten digits in ``producer_tools/data``), publishes its held-out images (and a few
+malformed inputs), runs ``python -m consumer run --stop-at-end`` and compares what came out with
+offline ``model.predict``: same accuracy, same numbers.
 """
 
 from __future__ import annotations
