@@ -399,3 +399,38 @@ def test_a_supervisor_that_fails_stops_its_workers_and_exits(
     assert process.returncode == 1 and "RuntimeError: a bug in the supervisor" in err, err[-2000:]
     started = [json.loads(line)["pid"] for line in err.splitlines() if '"event": "worker started"' in line]
     assert len(started) == 2 and not any(psutil.pid_exists(pid) for pid in started), err[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("silent_s", "stalled_s", "killed_for"),
+    [
+        (10.0, 0.0, "killed as stuck (no status for 5 s)"),  # a worker that holds the interpreter lock for good
+        (0.0, 6.0, "killed as stuck (no batch through its pipeline for 5 s)"),
+        (0.0, 4.0, ""),  # slow, not stuck
+    ],
+    ids=["no-status", "stalled", "neither"],
+)
+def test_a_ready_worker_silent_or_stalled_for_stuck_kill_s_is_killed_and_named_so(
+    silent_s: float, stalled_s: float, killed_for: str
+) -> None:
+    """The supervisor's side of a hang (``stuck_kill_s``), on a real process standing in for the worker:
+    the end-to-end test covers a stalled pipeline, not a worker that stops reporting at all."""
+    from consumer.config import load_settings
+    from consumer.devices import WorkerSlot
+    from consumer.supervisor import Supervisor
+
+    required = {"bootstrap_servers": "k:9092", "input_topic": "in", "output_topic": "out", "group": "g"}
+    settings = load_settings({**required, "model": "m.keras", "stuck_kill_s": 5}, None, {})
+    supervisor = Supervisor(settings, [WorkerSlot(0, "cpu")])
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        child, now = supervisor.children[0], time.monotonic()
+        child.process = worker  # type: ignore[assignment]  # what the check uses of it: its pid
+        child.ready_at, child.status_at, child.status = now - 30, now - silent_s, {"stalled_s": stalled_s}
+        supervisor._kill_if_stuck()
+        assert child.killed_for == killed_for
+        died = worker.wait(10) if killed_for else worker.poll()
+        assert died == (-signal.SIGKILL if killed_for else None)
+    finally:
+        worker.kill()
+        worker.wait()
