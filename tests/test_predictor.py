@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,6 +12,7 @@ import pytest
 import structlog
 
 from consumer.codec import Limits
+from consumer.delivery import wait_until
 from consumer.errors import ModelError
 from consumer.model import load_model
 from consumer.pipeline import Pipeline
@@ -187,7 +187,7 @@ def test_a_worker_s_pipeline_counts_as_stalled_only_while_the_model_or_tf_data_h
     padded = stack([], model.signature, 4)
     call = threading.Thread(target=lambda: returned.append(serving._run_model(padded, 4)))
     call.start()
-    _wait_until(lambda: serving.stalled_for(time.monotonic()) is not None)
+    assert wait_until(lambda: serving.stalled_for(time.monotonic()) is not None, 30, lambda: time.sleep(0.01))
     assert serving.stalled_for(time.monotonic() + 10) >= 10  # type: ignore[operator]
     go_on.set()
     call.join(30)
@@ -205,10 +205,3 @@ def test_a_worker_s_pipeline_counts_as_stalled_only_while_the_model_or_tf_data_h
     nothing_yet.set()
     waiting.join(30)
     assert serving.stalled_for(time.monotonic()) is None
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
