@@ -74,9 +74,9 @@ class CrashGuard:
         #: how long a suspect's run alone takes, on average (0 before the first)
         self._lone_run_seconds = 0.0
 
-    def entering(self) -> None:
-        """A batch is about to enter the pipeline."""
-        self.flight.entering()
+    def entering(self, coords: list[tuple[Partition, int]]) -> None:
+        """A batch is about to enter the pipeline: its inputs' coordinates, each partition's in order."""
+        self.flight.entering(dict(coords))  # each partition's last: its highest
 
     def release(self, partitions: Collection[Partition]) -> None:
         """Partitions taken from the worker."""
@@ -156,7 +156,7 @@ class CrashGuard:
 
     def reached_end(self, partition: Partition) -> None:
         """At a partition's end every suspect of it has run: what comes after it was never fetched by
-        the worker that died (its ranges claim past what it fetched)."""
+        the worker that died (its ranges claim past what it handed to its pipeline)."""
         if self.suspects:
             self._passed({partition: math.inf})
 

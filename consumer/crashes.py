@@ -6,8 +6,9 @@ the one-by-one retry that catches a failing input cannot; the worker dies, its s
 same inputs again and dies too, and the partition never moves on.
 
 So each worker writes down which inputs its pipeline may hold (``FlightRecorder``: per partition,
-from the lowest not yet done to past the highest fetched), in a file whose writes outlive the
-process (the page cache). When a ready worker dies of a signal, its supervisor reads that file
+from the lowest not yet done to past the highest handed to the pipeline; what the batcher holds is
+never decoded or predicted, so it cannot kill), in a file whose writes outlive the process (the
+page cache). When a ready worker dies of a signal, its supervisor reads that file
 (``Suspects.crashed``): those inputs become suspects, which every worker of that supervisor then
 runs apart from the others, alone in its pipeline, the file naming only them: one at a time, or, when
 a death left many (a backlog's worth, or more than a slow model runs alone in seconds), in small
@@ -31,8 +32,8 @@ from consumer.offsets import Partition
 SUSPECTS_FILE = "suspects.json"
 #: Most suspect ranges kept per partition (the oldest go first): a crash adds one per partition.
 MAX_RANGES = 100
-#: How many full batches past the highest fetched inputs a flight record claims, shared among the
-#: partitions with inputs pending: a write about every other batch (6-15 µs each, measured), not
+#: How many full batches past the highest inputs handed to the pipeline a flight record claims, shared
+#: among the partitions with inputs pending: a write about every other batch (6-15 µs each, measured), not
 #: every one, for at most about that many inputs run apart after a death that were never in flight.
 CLAIM_BATCHES = 2
 #: A death's suspects in one partition run one at a time if they are this many at most, and running
@@ -64,10 +65,11 @@ def named(partition: Partition, offset: int) -> str:
 class FlightRecorder:
     """Writes which inputs a worker's pipeline may hold, so that its supervisor knows after a crash.
 
-    ``pending()`` gives each partition's lowest and highest input fetched and not yet done. A write
-    is one ``pwrite`` of a few hundred bytes; to keep them rare, each partition is claimed past its
-    highest, by its share of ``headroom``, and written again only once a batch passes that claim (the
-    lowest offsets are then as of the last write: lower than now, which only widens the ranges)."""
+    ``pending()`` gives each partition's lowest and highest input fetched and not yet done; the
+    batches entering the pipeline give the highest it was handed. A write is one ``pwrite`` of a few
+    hundred bytes; to keep them rare, each partition is claimed past the highest handed, by its share
+    of ``headroom``, and written again only once a batch passes that claim (the lowest offsets are
+    then as of the last write: lower than now, which only widens the ranges)."""
 
     def __init__(self, path: str, headroom: int, pending: Callable[[], dict[Partition, tuple[int, int]]]) -> None:
         self.headroom, self._pending = headroom, pending
@@ -75,13 +77,15 @@ class FlightRecorder:
         self._claimed: dict[Partition, int] = {}
         self._written = 0
 
-    def entering(self) -> None:
-        """A batch is about to enter the pipeline: call before it does."""
-        pending, claimed = self._pending(), self._claimed
-        if all(claimed.get(partition, -1) >= high for partition, (_, high) in pending.items()):
+    def entering(self, highest: dict[Partition, int]) -> None:
+        """A batch is about to enter the pipeline, with these highest offsets per partition: call
+        before it does."""
+        claimed = self._claimed
+        if all(claimed.get(partition, -1) >= high for partition, high in highest.items()):
             return
-        share = max(1, self.headroom // len(pending))
-        for partition, (_, high) in pending.items():
+        pending = self._pending()
+        share = max(1, self.headroom // max(1, len(pending)))
+        for partition, high in highest.items():
             claimed[partition] = max(claimed.get(partition, -1), high + share)
         self._write_ranges(pending)
 
@@ -95,7 +99,7 @@ class FlightRecorder:
         ranges = ",".join(
             f'["{topic}",{partition},{pending[(topic, partition)][0]},{high}]'
             for (topic, partition), high in self._claimed.items()
-            if (topic, partition) in pending
+            if (topic, partition) in pending and pending[(topic, partition)][0] <= high
         )
         self._write(f'{{"ranges":[{ranges}]}}')
 

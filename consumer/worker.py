@@ -464,7 +464,7 @@ class Worker:
         opened_at = self.batcher.opened_at
         messages, coords, timestamps = self.batcher.take()
         if self.guard is not None:
-            self.guard.entering()
+            self.guard.entering(coords)
         self.pipeline.put((messages, coords, timestamps), opened_at)
 
     def _fetch_plan(self) -> tuple[int, float] | None:

@@ -36,41 +36,53 @@ def _recorder(path: Path, pending: Pending) -> FlightRecorder:
     return FlightRecorder(str(path), headroom=10, pending=lambda: dict(pending))
 
 
-def test_the_flight_record_covers_every_fetched_input_not_yet_done(tmp_path: Path) -> None:
+def test_the_flight_record_covers_every_input_handed_to_the_pipeline_not_yet_done(tmp_path: Path) -> None:
     path, pending = tmp_path / "flight", {A: (5, 7), B: (0, 0)}
-    _recorder(path, pending).entering()  # each of the two claimed past its highest by half the headroom
+    _recorder(path, pending).entering({A: 7, B: 0})  # each of the two claimed past its highest by half the headroom
     assert read_flight(str(path)) == {"ranges": [["in", 0, 5, 12], ["in", 1, 0, 5]]}
+
+
+def test_inputs_fetched_but_never_handed_to_the_pipeline_are_left_out(tmp_path: Path) -> None:
+    """The batcher's inputs are never decoded or predicted: they cannot kill a worker. Read ahead of
+    a slow model, they were most of a death's suspects (hundreds, each run apart)."""
+    path, pending = tmp_path / "flight", {A: (0, 900), B: (40, 60)}  # B's in the batcher only
+    recorder = _recorder(path, pending)
+    recorder.entering({A: 7})
+    assert read_flight(str(path)) == {"ranges": [["in", 0, 0, 12]]}
+    pending[A] = (20, 900)  # every input of A handed to the pipeline is done: the batcher holds the rest
+    recorder.ranges()
+    assert read_flight(str(path)) == {"ranges": []}
 
 
 def test_batches_within_the_claimed_headroom_write_nothing_and_one_past_it_writes_again(tmp_path: Path) -> None:
     path, pending = tmp_path / "flight", {A: (0, 0)}
     recorder = _recorder(path, pending)
-    recorder.entering()
-    pending[A] = (8, 10)
-    recorder.entering()  # within 0 + 10: the record still says 0-10
+    recorder.entering({A: 0})
+    pending[A] = (8, 30)
+    recorder.entering({A: 10})  # within 0 + 10: the record still says 0-10
     assert read_flight(str(path)) == {"ranges": [["in", 0, 0, 10]]}
-    pending[A] = (8, 11)
-    recorder.entering()
+    recorder.entering({A: 11})
     assert read_flight(str(path)) == {"ranges": [["in", 0, 8, 21]]}
 
 
 def test_a_partition_with_nothing_pending_is_left_out_and_a_forgotten_one_is_claimed_afresh(tmp_path: Path) -> None:
     path, pending = tmp_path / "flight", {A: (3, 3), B: (7, 7)}
     recorder = _recorder(path, pending)
-    recorder.entering()
+    recorder.entering({A: 3, B: 7})
     del pending[B]  # B's inputs all done
     recorder.ranges()
     assert read_flight(str(path)) == {"ranges": [["in", 0, 3, 8]]}
     recorder.forget([A])
     pending[A] = (1, 1)  # read again from an earlier commit
-    recorder.entering()
+    recorder.entering({A: 1})
     assert read_flight(str(path)) == {"ranges": [["in", 0, 1, 11]]}
 
 
 def test_a_shorter_record_after_a_longer_one_reads_whole(tmp_path: Path) -> None:
     path = tmp_path / "flight"
-    recorder = _recorder(path, {("a-long-topic-name", p): (0, 0) for p in range(20)})
-    recorder.entering()
+    pending = {("a-long-topic-name", p): (0, 0) for p in range(20)}
+    recorder = _recorder(path, pending)
+    recorder.entering(dict.fromkeys(pending, 0))
     recorder.only(A, 42, 50)
     assert read_flight(str(path)) == {"only": ["in", 0, 42, 50]}
     recorder.close()

@@ -242,7 +242,7 @@ def test_an_input_that_kills_or_hangs_its_worker_is_set_aside_and_the_stream_goe
     assert f"{death} twice" in why["tfstream.errors.exception.message"]
     # the first death made the inputs in flight suspects; with a backlog of them, the next was a group's
     # (which the poison's partition alone makes more than ALONE_MAX: claimed 1,024 past the highest
-    # fetched); the last, with the poison alone, set it aside
+    # handed to the pipeline); the last, with the poison alone, set it aside
     assert len(suspected) == 1 and len(quarantined) == 1
     if inputs > ALONE_MAX:
         assert summary["restarts"] == 3 and len(grouped) == 1
