@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import time
 
@@ -45,3 +46,19 @@ def _hang_on_poison(features: tf.Tensor) -> tf.Tensor:
 def hang_on_poison(features: tf.Tensor) -> tf.Tensor:
     """The features unchanged, but for an input whose first feature is ``POISON`` it never returns."""
     return tf.reshape(tf.py_function(_hang_on_poison, [features], tf.float32), [4])
+
+
+def _hold_the_lock_on_poison(features: tf.Tensor) -> tf.Tensor:
+    if float(features[0]) == POISON:
+        # a regular expression that backtracks for ever (2^60 ways to split the a's): the regex engine,
+        # like many C extensions, never lets go of the interpreter lock meanwhile, so no other thread
+        # of the worker runs again (its status reports stop too)
+        re.fullmatch(r"(a|aa)+b", "a" * 90)
+    return features
+
+
+@tf.function(input_signature=[tf.TensorSpec([4], tf.float32)])
+def hold_the_lock_on_poison(features: tf.Tensor) -> tf.Tensor:
+    """The features unchanged, but for an input whose first feature is ``POISON`` it holds Python's
+    interpreter lock and never returns."""
+    return tf.reshape(tf.py_function(_hold_the_lock_on_poison, [features], tf.float32), [4])

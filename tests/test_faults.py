@@ -174,6 +174,7 @@ def test_exactly_once_commits_outputs_dead_letters_and_offsets_together(
 #: how the poison ends its worker: the preprocess function, and the death the supervisor names
 ABORTS = ("abort_on_poison", "killed by SIGABRT")
 HANGS = ("hang_on_poison", "killed as stuck (no batch through its pipeline for 5 s)")
+HOLDS_THE_LOCK = ("hold_the_lock_on_poison", "killed as stuck (no status for 5 s)")
 
 
 @pytest.mark.parametrize(
@@ -182,8 +183,9 @@ HANGS = ("hang_on_poison", "killed as stuck (no batch through its pipeline for 5
         ("at-least-once", 1, 3000, 1024, ABORTS),
         ("exactly-once", 2, 300, 32, ABORTS),
         ("at-least-once", 1, 300, 32, HANGS),
+        ("at-least-once", 1, 300, 32, HOLDS_THE_LOCK),
     ],
-    ids=["at-least-once-1-backlog", "exactly-once-2", "hangs-at-least-once-1"],
+    ids=["at-least-once-1-backlog", "exactly-once-2", "hangs-at-least-once-1", "holds-the-lock-at-least-once-1"],
 )
 def test_an_input_that_kills_or_hangs_its_worker_is_set_aside_and_the_stream_goes_on(
     bootstrap: str,
@@ -197,15 +199,16 @@ def test_an_input_that_kills_or_hangs_its_worker_is_set_aside_and_the_stream_goe
     poisoned: tuple[str, str],
 ) -> None:
     """The preprocess function aborts the process (SIGABRT) on one input, as a failed check in a
-    TensorFlow kernel does, or never returns. Before, every restart read it again and died: the
+    TensorFlow kernel does, or never returns (sleeping, or holding the interpreter lock, so that the
+    worker stops reporting its status too). Before, every restart read it again and died: the
     partition never moved on (6 deaths in 2 minutes, measured); a hang held the partition for good.
-    A worker whose pipeline does not move for ``stuck_kill_s`` (5 s here) is killed by its supervisor,
-    a death like the others. With two workers, a later death may be the other worker's, given the
-    partition after the first. With 300 inputs, two deaths: the inputs in flight at the first run one
-    at a time (unless each takes over ALONE_SECONDS / their number: then as with a backlog). With
-    3,000 and batches of 1,024, the first death leaves more than ALONE_MAX suspects in the poison's
-    partition: they run in groups, the poison's group dies, and its inputs run one at a time: three
-    deaths."""
+    A worker whose pipeline does not move, or that reports nothing, for ``stuck_kill_s`` (5 s here)
+    is killed by its supervisor, a death like the others. With two workers, a later death may be the
+    other worker's, given the partition after the first. With 300 inputs, two deaths: the inputs in
+    flight at the first run one at a time (unless each takes over ALONE_SECONDS / their number: then
+    as with a backlog). With 3,000 and batches of 1,024, the first death leaves more than ALONE_MAX
+    suspects in the poison's partition: they run in groups, the poison's group dies, and its inputs
+    run one at a time: three deaths."""
     preprocess, death = poisoned
     inp, out, dlq = topics("in", "out", "dlq", partitions=2)
     poison = inputs * 13 // 30
