@@ -18,10 +18,10 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.errors import DeliveryError, InputError
-from consumer.kafka_io import CLEANUP_POLICY, PRODUCER_MAX_BYTES, RECORD_BATCH_HEADER_BYTES, TopicRules
 from consumer.logs import Sampled
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.timing import Timeline
+from consumer.topic_rules import CLEANUP_POLICY, PRODUCER_MAX_BYTES, RECORD_BATCH_HEADER_BYTES, TopicRules
 
 Headers = list[tuple[str, str | bytes | None]]
 #: Delivery errors that retrying the same record cannot cure: they end the run (exit 1).

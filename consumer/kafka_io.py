@@ -7,11 +7,10 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient
 
 from consumer.config import Settings
 from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError, FencedError
@@ -200,63 +199,10 @@ def check_topics(
     return missing, partitions
 
 
-#: a topic's limit on what the brokers take of it (Kafka's topic setting; the brokers' own
-#: ``message.max.bytes`` where the topic does not set it)
-TOPIC_MAX_BYTES = "max.message.bytes"
-#: a topic's retention: ``compact`` keeps the last record of each key, and the brokers refuse records
-#: without a key there
-CLEANUP_POLICY = "cleanup.policy"
-#: librdkafka's default ``message.max.bytes``: the largest record the producer sends
-PRODUCER_MAX_BYTES = 1_000_000
-#: librdkafka's default ``batch.size``: the largest record batch it builds (framing included)
-BATCH_MAX_BYTES = 1_000_000
-#: a record batch's own header (format v2), which the brokers count against a topic's
-#: ``max.message.bytes`` with its records (the producer's own check counts the record alone)
-RECORD_BATCH_HEADER_BYTES = 61
-
-
-def batch_size_within(config: dict[str, Any], limits: Iterable[int]) -> int:
-    """The producer's ``batch.size`` in ``config``, lowered to the lowest of the topics' limits
-    (``max.message.bytes``, which the brokers check against a whole batch), and set there."""
-    batch: int = min([int(config.get("batch.size", BATCH_MAX_BYTES)), *limits])
-    config["batch.size"] = batch
-    return batch
-
-
 def admin_client(settings: Settings) -> AdminClient:
     """An admin client with the workers' connection settings (``[kafka]``, TLS and SASL included)."""
     config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, "logger": LIBRDKAFKA_LOGGER}
     return make_client(AdminClient, {**config, **without_static_membership(settings.kafka)})
-
-
-@dataclass(frozen=True)
-class TopicRules:
-    """What the brokers refuse of a topic that the producer does not check itself: records (whole
-    batches) over ``max_bytes``, its ``max.message.bytes`` (None: not described), and records
-    without a key if it is ``compacted`` (``cleanup.policy`` holds ``compact``)."""
-
-    max_bytes: int | None = None
-    compacted: bool = False
-
-
-def topic_rules(admin: AdminClient, topics: Iterable[str], timeout: float) -> dict[str, TopicRules]:
-    """Each topic's rules, as the brokers describe its configuration. A topic whose configuration
-    cannot be read (no permission to describe it, a broker that does not say, no answer within
-    ``timeout``) is left out: its records are then checked by the producer only."""
-    asked = list(dict.fromkeys(topics))
-    if not asked:
-        return {}
-    futures = admin.describe_configs([ConfigResource("topic", t) for t in asked], request_timeout=timeout)
-    rules = {}
-    for resource, future in futures.items():
-        try:
-            entries = future.result(timeout=timeout)
-        except (KafkaException, TimeoutError):
-            continue
-        max_bytes, policy = (str(getattr(entries.get(name), "value", "")) for name in (TOPIC_MAX_BYTES, CLEANUP_POLICY))
-        compacted = "compact" in (part.strip() for part in policy.split(","))
-        rules[resource.name] = TopicRules(int(max_bytes) if max_bytes.isdigit() else None, compacted)
-    return rules
 
 
 def missing_topic_error(topic: str, bootstrap: str) -> ConfigError:

@@ -25,7 +25,7 @@ from typing import Any
 import tensorflow as tf
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from consumer import kafka_io, metrics
+from consumer import kafka_io, metrics, topic_rules
 from consumer.batcher import Batcher
 from consumer.careful import CrashGuard, Feed
 from consumer.codec import Limits
@@ -42,6 +42,7 @@ from consumer.progress import total_lag
 from consumer.reload import Served, Watcher, build, first_model
 from consumer.serving import Serving
 from consumer.timing import Timeline, peak_rss_mb, rss_mb
+from consumer.topic_rules import PRODUCER_MAX_BYTES, TopicRules
 from consumer.transactions import Transactions
 from consumer.versions import ModelVersion
 
@@ -199,7 +200,7 @@ class Worker:
             self.log.error(f"topic {topic!r} does not exist: create it; until then outputs cannot be delivered")
         exactly_once = s.delivery == "exactly-once"
         self.producer_config = kafka_io.producer_config(s, client_id, self.host_number)
-        producer_limit = int(self.producer_config.get("message.max.bytes", kafka_io.PRODUCER_MAX_BYTES))
+        producer_limit = int(self.producer_config.get("message.max.bytes", PRODUCER_MAX_BYTES))
         rules = self._topic_rules([t for t in topics[1:] if t not in missing], producer_limit)
         self.producer = Producer(self.producer_config)
         self.outbox = Outbox(self.producer, self.tracker, self.timeline, transactional=exactly_once)
@@ -220,59 +221,18 @@ class Worker:
             )
             self.transactions.start()
 
-    def _topic_rules(self, topics: list[str], producer_limit: int) -> dict[str, kafka_io.TopicRules]:
-        """The rules of the output and dead-letter topics that the brokers would refuse records for
-        and the producer does not check (``Outbox.topic_rules``), as the brokers describe them: a
-        ``max.message.bytes`` below the producer's ``message.max.bytes`` (as the largest record, less
-        a batch's header; the producer's batches are kept to it, ``batch.size``), and compaction
-        (records without a key). A warning at each start says what follows."""
-        admin = kafka_io.admin_client(self.settings)
-        described = kafka_io.topic_rules(admin, topics, self.settings.connect_timeout_s)
-        lower = {
-            t: r.max_bytes for t, r in described.items() if r.max_bytes is not None and r.max_bytes < producer_limit
-        }
-        batch = kafka_io.batch_size_within(self.producer_config, lower.values()) if lower else 0
-        rules = {}
-        for topic, described_rules in described.items():
-            if topic in lower:
-                self._warn_limit(topic, lower[topic], producer_limit, batch)
-            if described_rules.compacted:
-                self._warn_compacted(topic)
-            max_bytes = lower[topic] - kafka_io.RECORD_BATCH_HEADER_BYTES if topic in lower else None
-            if max_bytes is not None or described_rules.compacted:
-                rules[topic] = kafka_io.TopicRules(max_bytes, described_rules.compacted)
-        return rules
-
-    def _warn_limit(self, topic: str, limit: int, producer_limit: int, batch: int) -> None:
-        if topic == self.settings.dlq_topic:
-            then = "dead letters are cut to fit it"
-        else:
-            then = "an output over it goes to the dead letters if its input makes it so, else it stops the run"
-        self.log.warning(
-            f"topic {topic!r} takes records up to {limit:,} bytes ({kafka_io.TOPIC_MAX_BYTES}), fewer than the "
-            f"producer's message.max.bytes ({producer_limit:,}): {then}, and the producer's batches are kept to "
-            f"{batch:,} bytes (batch.size); raise the topic's {kafka_io.TOPIC_MAX_BYTES}, or set "
-            f"message.max.bytes under [kafka.producer] to {limit:,} or less"
+    def _topic_rules(self, topics: list[str], producer_limit: int) -> dict[str, TopicRules]:
+        """What the output and dead-letter topics' own settings require (``topic_rules.for_outputs``)."""
+        s = self.settings
+        admin = kafka_io.admin_client(s)
+        return topic_rules.for_outputs(
+            admin, topics, s.dlq_topic, self.producer_config, producer_limit, s.connect_timeout_s, self.log
         )
-
-    def _warn_compacted(self, topic: str) -> None:
-        policy = kafka_io.CLEANUP_POLICY
-        if topic == self.settings.dlq_topic:
-            self.log.warning(
-                f"dead-letter topic {topic!r} is compacted ({policy} compact): it keeps only the last dead letter "
-                f"of each key, and a bad input without a key cannot go there, which stops the run; give it {policy} "
-                "delete"
-            )
-        else:
-            self.log.warning(
-                f"topic {topic!r} is compacted ({policy} compact): it takes no record without a key, so an input "
-                "without a key goes to the dead letters"
-            )
 
     def _serving(self, served: Served, watcher: Watcher | None) -> Serving:
         """The pipeline into the model, and where its outputs and dead letters go."""
         s = self.settings
-        dlq_rules = self.outbox.topic_rules.get(s.dlq_topic or "", kafka_io.TopicRules())
+        dlq_rules = self.outbox.topic_rules.get(s.dlq_topic or "", TopicRules())
         limit = dlq_rules.max_bytes or self.outbox.producer_limit
         dead_letters = DeadLetters(
             self.outbox, s.dlq_topic, s.group, served.info, self.counters, self.log, limit, keep_key=dlq_rules.compacted

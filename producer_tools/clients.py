@@ -20,7 +20,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from consumer import kafka_io
+from consumer import kafka_io, topic_rules
 from consumer.config import load_client_tables
 from consumer.errors import BrokerError, ConfigError
 from consumer.kafka_io import UNREACHABLE_HINT, make_client, without_static_membership
@@ -146,8 +146,8 @@ class Clients:
         defaults = {"enable.idempotence": True, "acks": "all", "linger.ms": 10, "compression.type": "lz4"}
         config = {**defaults, **self.common, **self.tables["kafka_producer"], **extra}
         if to_topic is not None:
-            rules = kafka_io.topic_rules(self.admin(), [to_topic], DESCRIBE_SECONDS).values()
-            kafka_io.batch_size_within(config, [r.max_bytes for r in rules if r.max_bytes is not None])
+            rules = topic_rules.describe(self.admin(), [to_topic], DESCRIBE_SECONDS).values()
+            topic_rules.batch_size_within(config, [r.max_bytes for r in rules if r.max_bytes is not None])
         return kafka_producer(config)
 
     def consumer(self, group: str | None = None, **extra: Any) -> Consumer:
