@@ -46,6 +46,12 @@ SUMMED = (
     "traces_after_warmup",
     "uncommitted",
 )
+#: What follows a worker's death while stopping: it sent no summary, so the run's ``uncommitted``
+#: leaves its inputs out.
+UNCOMMITTED_READ_AGAIN = (
+    "its inputs not yet committed (not in the summary's uncommitted: it sent none) are read again by the "
+    "next run, from the last committed offsets"
+)
 
 
 @dataclass
@@ -266,6 +272,8 @@ class Supervisor:
         child.report.close()
         if code < 0 and child.ready_at is not None and self._stopping_since is None:
             self._note_crash(child, child.killed_for or _killed_by(code))
+        if code < 0 and self._stopping_since is not None:  # the run's error line (``_result``)
+            child.last_error = f"{child.killed_for or _describe_exit(code)} while stopping: {UNCOMMITTED_READ_AGAIN}"
         shutil.rmtree(self._scratch_of(child), ignore_errors=True)
         if self._metrics_dir is not None and child.process.pid:
             metrics.worker_exited(child.process.pid)
@@ -393,6 +401,7 @@ class Supervisor:
         for child in self.children:
             if child.process is not None and child.process.pid:
                 self.log.error("worker did not drain in time: killing it", worker=child.slot.slot)
+                child.killed_for = f"the worker was killed by the supervisor, its drain past {budget:g} s"
                 _signal(child.process.pid, signal.SIGKILL)
 
     def _end_workers(self) -> None:

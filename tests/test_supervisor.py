@@ -413,8 +413,9 @@ def test_a_supervisor_that_fails_stops_its_workers_and_exits(
 def test_a_ready_worker_silent_or_stalled_for_stuck_kill_s_is_killed_and_named_so(
     silent_s: float, stalled_s: float, killed_for: str
 ) -> None:
-    """The supervisor's side of a hang (``stuck_kill_s``), on a real process standing in for the worker:
-    the end-to-end test covers a stalled pipeline, not a worker that stops reporting at all."""
+    """The supervisor's side of a hang (``stuck_kill_s``), on a real process standing in for the worker
+    (end to end, in ``tests/test_faults.py``: a preprocess function that sleeps for ever, and one that
+    holds the interpreter lock, so that the worker stops reporting)."""
     from consumer.config import load_settings
     from consumer.devices import WorkerSlot
     from consumer.supervisor import Supervisor
@@ -434,3 +435,45 @@ def test_a_ready_worker_silent_or_stalled_for_stuck_kill_s_is_killed_and_named_s
     finally:
         worker.kill()
         worker.wait()
+
+
+@pytest.mark.parametrize("killed_by", ["outside", "supervisor"])
+def test_a_worker_killed_while_stopping_fails_the_run_with_a_line_that_says_what_becomes_of_its_inputs(
+    tmp_path: Path, killed_by: str
+) -> None:
+    """A worker SIGKILLed while the run stops (by the OOM killer or a ``kill -9``, as seen by hand when
+    a bounded run's workers stopped together; or by its supervisor, its drain too long) sends no
+    summary. Before, the run's line said only ``the worker was killed by SIGKILL``, and the summary's
+    ``uncommitted`` left that worker's inputs out without a word."""
+    import multiprocessing
+
+    from consumer.config import load_settings
+    from consumer.devices import WorkerSlot
+    from consumer.supervisor import UNCOMMITTED_READ_AGAIN, Supervisor
+
+    required = {"bootstrap_servers": "k:9092", "input_topic": "in", "output_topic": "out", "group": "g"}
+    supervisor = Supervisor(load_settings({**required, "model": "m.keras"}, None, {}), [WorkerSlot(0, "cpu")])
+    supervisor._scratch = str(tmp_path)
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    worker = context.Process(target=time.sleep, args=(60,))  # a real process standing in for the worker
+    worker.start()
+    send.close()
+    child = supervisor.children[0]
+    child.process, child.report, child.ready_at = worker, receive, time.monotonic()  # type: ignore[assignment]
+    try:
+        if killed_by == "outside":
+            supervisor._stopping_since = time.monotonic()
+            os.kill(worker.pid or 0, signal.SIGKILL)
+            death = "the worker was killed by SIGKILL"
+        else:
+            supervisor._stopping_since = time.monotonic() - supervisor._stop_budget_s()
+            supervisor._kill_if_drain_hangs()
+            death = f"the worker was killed by the supervisor, its drain past {supervisor._stop_budget_s():g} s"
+        worker.join(10)
+        supervisor._on_exit(child)
+        assert supervisor._result() == 1
+        assert supervisor.error == f"{death} while stopping: {UNCOMMITTED_READ_AGAIN} [worker 0 (cpu)]"
+    finally:
+        worker.kill()
+        worker.join()
