@@ -272,13 +272,13 @@ class Supervisor:
         child.report.close()
         if code < 0 and child.ready_at is not None and self._stopping_since is None:
             self._note_crash(child, child.killed_for or _killed_by(code))
-        if code < 0 and self._stopping_since is not None:  # the run's error line (``_result``)
-            child.last_error = f"{child.killed_for or _describe_exit(code)} while stopping: {UNCOMMITTED_READ_AGAIN}"
         shutil.rmtree(self._scratch_of(child), ignore_errors=True)
         if self._metrics_dir is not None and child.process.pid:
             metrics.worker_exited(child.process.pid)
         if self._stopping_since is not None and code == -signal.SIGTERM and child.ready_at is None:
             code = EXIT_DONE  # our SIGTERM came before its handlers: it held no partitions yet
+        if code < 0 and self._stopping_since is not None:  # the run's error line (``_result``)
+            child.last_error = f"{child.killed_for or _describe_exit(code)} while stopping: {UNCOMMITTED_READ_AGAIN}"
         child.process, child.report, child.exit_code = None, None, code
         child.status, child.status_at = {}, None
         if code == EXIT_DONE or self._stopping_since is not None:
