@@ -32,9 +32,10 @@ from consumer.offsets import Partition
 SUSPECTS_FILE = "suspects.json"
 #: Most suspect ranges kept per partition (the oldest go first): a crash adds one per partition.
 MAX_RANGES = 100
-#: How many full batches past the highest inputs handed to the pipeline a flight record claims, shared
-#: among the partitions with inputs pending: a write about every other batch (6-15 µs each, measured), not
-#: every one, for at most about that many inputs run apart after a death that were never in flight.
+#: How many full batches past the highest inputs handed to the pipeline a flight record claims (within
+#: what was fetched), shared among the partitions with inputs pending: a write about every other batch
+#: (6-15 µs each, measured) while the fetch loop reads ahead, not every one, for at most about that
+#: many inputs run apart after a death that were never in flight.
 CLAIM_BATCHES = 2
 #: A death's suspects in one partition run one at a time if they are this many at most, and running
 #: them so takes at most ``ALONE_SECONDS`` (as the worker timed its lone runs so far): one input that
@@ -68,8 +69,10 @@ class FlightRecorder:
     ``pending()`` gives each partition's lowest and highest input fetched and not yet done; the
     batches entering the pipeline give the highest it was handed. A write is one ``pwrite`` of a few
     hundred bytes; to keep them rare, each partition is claimed past the highest handed, by its share
-    of ``headroom``, and written again only once a batch passes that claim (the lowest offsets are
-    then as of the last write: lower than now, which only widens the ranges)."""
+    of ``headroom`` but no further than the highest fetched (inputs not fetched yet were in no
+    pipeline), and written again only once a batch passes that claim (the lowest offsets are then as
+    of the last write: lower than now, which only widens the ranges). Read ahead, a write is due
+    about every other batch; caught up, at every batch."""
 
     def __init__(self, path: str, headroom: int, pending: Callable[[], dict[Partition, tuple[int, int]]]) -> None:
         self.headroom, self._pending = headroom, pending
@@ -86,7 +89,8 @@ class FlightRecorder:
         pending = self._pending()
         share = max(1, self.headroom // max(1, len(pending)))
         for partition, high in highest.items():
-            claimed[partition] = max(claimed.get(partition, -1), high + share)
+            fetched = pending[partition][1] if partition in pending else high
+            claimed[partition] = max(claimed.get(partition, -1), min(high + share, fetched))
         self._write_ranges(pending)
 
     def ranges(self) -> None:

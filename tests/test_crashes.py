@@ -37,9 +37,21 @@ def _recorder(path: Path, pending: Pending) -> FlightRecorder:
 
 
 def test_the_flight_record_covers_every_input_handed_to_the_pipeline_not_yet_done(tmp_path: Path) -> None:
-    path, pending = tmp_path / "flight", {A: (5, 7), B: (0, 0)}
+    path, pending = tmp_path / "flight", {A: (5, 20), B: (0, 9)}
     _recorder(path, pending).entering({A: 7, B: 0})  # each of the two claimed past its highest by half the headroom
     assert read_flight(str(path)) == {"ranges": [["in", 0, 5, 12], ["in", 1, 0, 5]]}
+
+
+def test_a_claim_stops_at_the_highest_input_fetched(tmp_path: Path) -> None:
+    """Inputs not fetched yet were in no pipeline: caught up, the record names what was fetched only
+    (and a batch past it writes again)."""
+    path, pending = tmp_path / "flight", {A: (5, 8)}
+    recorder = _recorder(path, pending)
+    recorder.entering({A: 8})
+    assert read_flight(str(path)) == {"ranges": [["in", 0, 5, 8]]}
+    pending[A] = (5, 9)
+    recorder.entering({A: 9})
+    assert read_flight(str(path)) == {"ranges": [["in", 0, 5, 9]]}
 
 
 def test_inputs_fetched_but_never_handed_to_the_pipeline_are_left_out(tmp_path: Path) -> None:
@@ -55,7 +67,7 @@ def test_inputs_fetched_but_never_handed_to_the_pipeline_are_left_out(tmp_path: 
 
 
 def test_batches_within_the_claimed_headroom_write_nothing_and_one_past_it_writes_again(tmp_path: Path) -> None:
-    path, pending = tmp_path / "flight", {A: (0, 0)}
+    path, pending = tmp_path / "flight", {A: (0, 30)}
     recorder = _recorder(path, pending)
     recorder.entering({A: 0})
     pending[A] = (8, 30)
@@ -66,14 +78,14 @@ def test_batches_within_the_claimed_headroom_write_nothing_and_one_past_it_write
 
 
 def test_a_partition_with_nothing_pending_is_left_out_and_a_forgotten_one_is_claimed_afresh(tmp_path: Path) -> None:
-    path, pending = tmp_path / "flight", {A: (3, 3), B: (7, 7)}
+    path, pending = tmp_path / "flight", {A: (3, 20), B: (7, 20)}
     recorder = _recorder(path, pending)
     recorder.entering({A: 3, B: 7})
     del pending[B]  # B's inputs all done
     recorder.ranges()
     assert read_flight(str(path)) == {"ranges": [["in", 0, 3, 8]]}
     recorder.forget([A])
-    pending[A] = (1, 1)  # read again from an earlier commit
+    pending[A] = (1, 20)  # read again from an earlier commit
     recorder.entering({A: 1})
     assert read_flight(str(path)) == {"ranges": [["in", 0, 1, 11]]}
 

@@ -180,7 +180,7 @@ HOLDS_THE_LOCK = ("hold_the_lock_on_poison", "killed as stuck (no status for 5 s
 @pytest.mark.parametrize(
     ("delivery", "workers", "inputs", "max_batch", "poisoned"),
     [
-        ("at-least-once", 1, 3000, 1024, ABORTS),
+        ("at-least-once", 1, 6000, 1024, ABORTS),
         ("exactly-once", 2, 300, 32, ABORTS),
         ("at-least-once", 1, 300, 32, HANGS),
         ("at-least-once", 1, 300, 32, HOLDS_THE_LOCK),
@@ -206,9 +206,9 @@ def test_an_input_that_kills_or_hangs_its_worker_is_set_aside_and_the_stream_goe
     is killed by its supervisor, a death like the others. With two workers, a later death may be the
     other worker's, given the partition after the first. With 300 inputs, two deaths: the inputs in
     flight at the first run one at a time (unless each takes over ALONE_SECONDS / their number: then
-    as with a backlog). With 3,000 and batches of 1,024, the first death leaves more than ALONE_MAX
-    suspects in the poison's partition: they run in groups, the poison's group dies, and its inputs
-    run one at a time: three deaths."""
+    as with a backlog). With 6,000 and batches of 1,024, the first death leaves more than ALONE_MAX
+    suspects in the poison's partition (3,000 or so, fetched well past it): they run in groups, the
+    poison's group dies, and its inputs run one at a time: three deaths."""
     preprocess, death = poisoned
     inp, out, dlq = topics("in", "out", "dlq", partitions=2)
     poison = inputs * 13 // 30
@@ -244,8 +244,9 @@ def test_an_input_that_kills_or_hangs_its_worker_is_set_aside_and_the_stream_goe
     assert why["tfstream.errors.stage"] == "predict"
     assert f"{death} twice" in why["tfstream.errors.exception.message"]
     # the first death made the inputs in flight suspects; with a backlog of them, the next was a group's
-    # (which the poison's partition alone makes more than ALONE_MAX: claimed 1,024 past the highest
-    # handed to the pipeline); the last, with the poison alone, set it aside
+    # (which the poison's partition alone makes more than ALONE_MAX: its batches in flight and 1,024
+    # claimed past them, within what was fetched; with 3,000 inputs, fetched barely past them, it was
+    # once 1,001 to 1,024 of them); the last, with the poison alone, set it aside
     assert len(suspected) == 1 and len(quarantined) == 1
     if inputs > ALONE_MAX:
         assert summary["restarts"] == 3 and len(grouped) == 1
