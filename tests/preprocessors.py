@@ -50,9 +50,9 @@ def hang_on_poison(features: tf.Tensor) -> tf.Tensor:
 
 def _hold_the_lock_on_poison(features: tf.Tensor) -> tf.Tensor:
     if float(features[0]) == POISON:
-        # a regular expression that backtracks for ever (2^60 ways to split the a's): the regex engine,
-        # like many C extensions, never lets go of the interpreter lock meanwhile, so no other thread
-        # of the worker runs again (its status reports stop too)
+        # a regular expression that backtracks for ever (about 5e18 ways to split the a's, Fibonacci(91)):
+        # the regex engine, like many C extensions, never lets go of the interpreter lock meanwhile, so
+        # no other thread of the worker runs again (its status reports stop too)
         re.fullmatch(r"(a|aa)+b", "a" * 90)
     return features
 
