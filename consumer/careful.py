@@ -95,7 +95,6 @@ class CrashGuard:
         (an assignment may be the one a death caused). The worker's view drops what it reads past."""
         self._assigned = set(assigned)
         self.suspects = Suspects.load(self._suspects_file).of(assigned)
-        self.suspects.alone_max = self._alone_max()
         self._ran_alone, self._groups, self._in_groups, self._since = 0, 0, 0, time.monotonic()
         if self.suspects.ranges:  # quarantined inputs alone are said when met (and are mostly behind)
             self.log.warning(
@@ -105,16 +104,17 @@ class CrashGuard:
                 quarantined=sum(map(len, self.suspects.quarantined.values())),
             )
 
-    def _alone_max(self) -> int:
+    @property
+    def alone_max(self) -> int:
         """How many suspects of a range run one at a time, at most: as many as run so in ``ALONE_SECONDS``
-        (``ALONE_MAX`` at most, and before the first has run)."""
+        at the pace of the lone runs so far (``ALONE_MAX`` at most, and before the first has run)."""
         if not self._lone_run_seconds:
             return ALONE_MAX
         return max(1, min(ALONE_MAX, int(ALONE_SECONDS / self._lone_run_seconds)))
 
     def chunk(self) -> int:
         """How many inputs to fetch in one turn of the loop while there are suspects."""
-        return RUNS_PER_TURN * min(self.suspects.smallest_group(), self.feed.batcher.max_batch_size)
+        return RUNS_PER_TURN * min(self.suspects.smallest_group(self.alone_max), self.feed.batcher.max_batch_size)
 
     def add(self, messages: list[Message], coords: list[tuple[Partition, int]], timestamps: list[int]) -> None:
         """Fetched inputs, in order: suspects run apart, quarantined inputs go to the dead letters, the
@@ -140,8 +140,8 @@ class CrashGuard:
         """Where the group of suspects that starts at ``first`` ends: the suspects of its partition that
         follow it, at higher offsets (a gap, as compaction leaves, does not cut it), as many as every
         one's ranges allow."""
-        partition = coords[first][0]
-        size = min(self.suspects.group_size(*coords[first]), self.feed.batcher.max_batch_size)
+        partition, alone_max = coords[first][0], self.alone_max
+        size = min(self.suspects.group_size(*coords[first], alone_max), self.feed.batcher.max_batch_size)
         end = first + 1
         while (
             end < len(coords)
@@ -149,7 +149,7 @@ class CrashGuard:
             and coords[end][0] == partition
             and coords[end][1] > coords[end - 1][1]
             and self.suspects.verdict(*coords[end]) is Verdict.SUSPECT
-            and self.suspects.group_size(*coords[end]) >= size
+            and self.suspects.group_size(*coords[end], alone_max) >= size
         ):
             end += 1
         return end
@@ -170,7 +170,7 @@ class CrashGuard:
                 ran_alone=self._ran_alone,
                 groups=self._groups,
                 in_groups=self._in_groups,
-                alone_max=self.suspects.alone_max,
+                alone_max=self.alone_max,
                 seconds=round(time.monotonic() - self._since, 1),
             )
 
@@ -193,7 +193,6 @@ class CrashGuard:
             self._ran_alone += 1
             if through:  # a slow model runs fewer alone (the rest of its range, and later deaths')
                 self._lone_run_seconds = moving_average(self._lone_run_seconds, time.monotonic() - started)
-                self.suspects.alone_max = self._alone_max()
         self.flight.ranges()
         feed.between()
 

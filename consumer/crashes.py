@@ -182,9 +182,6 @@ class Suspects:
     ranges: dict[Partition, list[Range]] = field(default_factory=dict)
     #: offset: how the worker that held it alone died ("killed by SIGABRT")
     quarantined: dict[Partition, dict[int, str]] = field(default_factory=dict)
-    #: a range's suspects run one at a time if they are this many at most (``ALONE_MAX``, or fewer for
-    #: a model slow for one input): the worker's, not saved
-    alone_max: int = field(default=ALONE_MAX, compare=False)
 
     def __bool__(self) -> bool:
         return bool(self.ranges or self.quarantined)
@@ -200,13 +197,14 @@ class Suspects:
             return Verdict.SUSPECT
         return Verdict.RUN
 
-    def group_size(self, partition: Partition, offset: int) -> int:
-        """How many suspects a suspect may run with, at most (itself included): the least its ranges allow."""
-        return min(r.group_size(self.alone_max) for r in self.ranges[partition] if r.low <= offset <= r.high)
+    def group_size(self, partition: Partition, offset: int, alone_max: int = ALONE_MAX) -> int:
+        """How many suspects a suspect may run with, at most (itself included): the least its ranges
+        allow, if up to ``alone_max`` of a range run one at a time (fewer for a model slow for one input)."""
+        return min(r.group_size(alone_max) for r in self.ranges[partition] if r.low <= offset <= r.high)
 
-    def smallest_group(self) -> int:
+    def smallest_group(self, alone_max: int = ALONE_MAX) -> int:
         """The least any range allows (1 with none)."""
-        return min((r.group_size(self.alone_max) for ranges in self.ranges.values() for r in ranges), default=1)
+        return min((r.group_size(alone_max) for ranges in self.ranges.values() for r in ranges), default=1)
 
     def passed(self, partition: Partition, offset: float) -> None:
         """A worker read ``partition`` up to ``offset`` (``math.inf``: to its end): what is below it is
@@ -227,7 +225,6 @@ class Suspects:
         return Suspects(
             {p: r for p, r in self.ranges.items() if p in partitions},
             {p: q for p, q in self.quarantined.items() if p in partitions},
-            self.alone_max,
         )
 
     def crashed(self, flight: dict[str, Any], death: str) -> tuple[Partition, int] | int:

@@ -170,9 +170,8 @@ def test_a_model_slow_for_one_input_runs_fewer_suspects_one_at_a_time() -> None:
     suspects = Suspects()
     suspects.crashed({"ranges": [["in", 0, 0, 299]]}, "killed by SIGKILL")
     assert suspects.group_size(A, 0) == 1  # 300 <= ALONE_MAX
-    slow = suspects.of({A})
-    slow.alone_max = int(ALONE_SECONDS / 0.1)  # 100 at 100 ms each
-    assert slow.group_size(A, 0) == 18 and slow.smallest_group() == 18  # 17² < 300 <= 18²
+    alone_max = int(ALONE_SECONDS / 0.1)  # 100 at 100 ms each
+    assert suspects.group_size(A, 0, alone_max) == 18 and suspects.smallest_group(alone_max) == 18  # 17² < 300 <= 18²
 
 
 class _Message:
@@ -271,6 +270,6 @@ def test_a_guard_that_timed_a_slow_lone_run_runs_the_rest_of_its_range_in_groups
     coords = [(A, o) for o in range(0, 45)]
     guard.add([_Message(*c) for c in coords], coords, [0] * len(coords))
     assert through.handed == [run(A, 0, 0), run(A, 1, 18), run(A, 19, 36), run(A, 37, 44)]
-    assert guard.suspects.alone_max <= ALONE_SECONDS / 0.05 and guard.chunk() == 16 * 18
+    assert guard.alone_max <= ALONE_SECONDS / 0.05 and guard.chunk() == 16 * 18
     guard.load({A})  # read again (a rewind): what it timed holds for the next death's suspects too
-    assert guard.suspects.group_size(A, 0) == 18
+    assert guard.suspects.group_size(A, 0, guard.alone_max) == 18
