@@ -64,6 +64,16 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
         yield
 
 
+#: The modules whose tests take tens of seconds each (killed workers, frozen brokers, slow models, a
+#: whole bench): they run first, so that the test processes (scripts/test.sh) end together instead of
+#: one of them running the last long test alone while the others are idle.
+LONG_FIRST = ("test_faults.py", "test_supervisor.py", "test_cli.py", "test_bench.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in LONG_FIRST)  # stable: the order within each stays
+
+
 #: The embedded broker's process id, for fault tests that freeze it (None with KAFKA_BOOTSTRAP_SERVERS).
 BROKER_PID: list[int | None] = [None]
 
