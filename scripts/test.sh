@@ -15,8 +15,8 @@ set +e
 # Three test processes, each with its own embedded broker: most tests wait on the broker and the
 # group, not the CPU (on 2 cores, in two processes, the cores were 53% busy and the suite took
 # 16m14s; in three, 13.5 minutes, and under 12 with worksteal: an idle process takes half of the
-# busiest one's queue; tests/conftest.py puts the long modules first). Pass -n 0 to run in one (to debug
-# with -s or pdb), or set TFSTREAM_TEST_PROCESSES.
+# busiest one's queue; tests/conftest.py puts the long modules first). Pass -n 0 to run in one (to
+# debug with -s or pdb), or set TFSTREAM_TEST_PROCESSES.
 .venv/bin/python -m pytest -n "${TFSTREAM_TEST_PROCESSES:-3}" --dist worksteal "$@"
 status=$?
 set -e
