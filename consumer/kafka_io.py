@@ -76,6 +76,15 @@ def consumer_config(settings: Settings, client_id: str, number: int = 0) -> dict
     }
 
 
+def cooperative(config: Mapping[str, Any]) -> bool:
+    """Whether the consumer rebalances incrementally (``partition.assignment.strategy``
+    ``cooperative-sticky``, the one cooperative assignor; librdkafka refuses to mix it with eager
+    ones): each rebalance then assigns and revokes only what moves, with ``incremental_assign``
+    (``assign`` fails with ``_STATE``)."""
+    strategies = str(config.get("partition.assignment.strategy", ""))
+    return "cooperative-sticky" in (name.strip() for name in strategies.split(","))
+
+
 def static_member_stem(settings: Settings) -> str | None:
     """The ``group.instance.id`` the user gave (``[kafka.consumer]`` first, then ``[kafka]``), if any."""
     value = settings.kafka_consumer.get(GROUP_INSTANCE_ID, settings.kafka.get(GROUP_INSTANCE_ID))
@@ -308,13 +317,14 @@ def close_consumer(consumer: Consumer) -> bool:
 STATISTICS_INTERVAL_MS = 5000
 
 
-def partition_lags(stats_json: str) -> dict[tuple[str, str], int | None]:
-    """From librdkafka's statistics: each actively fetched partition's consumer lag, the messages
-    from its committed offset to its end (None while it has no committed offset)."""
-    lags: dict[tuple[str, str], int | None] = {}
+def partition_lags(stats_json: str) -> dict[Partition, int | None]:
+    """From librdkafka's statistics: each partition's consumer lag, the messages from its committed
+    offset to its end (None while it has no committed offset, or its end is not known yet). The
+    statistics also list partitions the client no longer owns: the caller keeps its assignment's."""
+    lags: dict[Partition, int | None] = {}
     for topic, info in json.loads(stats_json).get("topics", {}).items():
         for partition, p in info.get("partitions", {}).items():
-            if partition != "-1" and p.get("fetch_state") == "active":
+            if partition != "-1":  # librdkafka's bucket for records not yet given a partition
                 lag = int(p.get("consumer_lag", -1))
-                lags[(topic, partition)] = lag if lag >= 0 else None
+                lags[(topic, int(partition))] = lag if lag >= 0 else None
     return lags

@@ -99,7 +99,7 @@ class WorkerMetrics:
             PREFIX + "worker_info", "one per live worker: its device", ["worker", "device"], registry=None,
             multiprocess_mode="livemax",
         ).labels(worker=str(worker), device=device).set(1)  # fmt: skip
-        self._lagging: set[tuple[str, str]] = set()
+        self._lagging: set[tuple[str, int]] = set()
         #: ``Counters`` names → their Prometheus counters
         self._counted = {
             "consumed": self.consumed, "predicted": self.predicted, "skipped": self.skipped, "padded_rows": self.padded,
@@ -145,12 +145,12 @@ class WorkerMetrics:
         """One batch's time in one of the worker's stages (``consumer.timing.STAGES``)."""
         self._stages[name].observe(seconds)
 
-    def lags(self, lags: dict[tuple[str, str], int]) -> None:
+    def lags(self, lags: dict[tuple[str, int], int]) -> None:
         """Consumer lag per assigned partition (``kafka_io.partition_lags``)."""
         for (topic, partition), lag in lags.items():
-            self.lag.labels(topic=topic, partition=partition).set(lag)
+            self.lag.labels(topic=topic, partition=str(partition)).set(lag)
         for topic, partition in self._lagging - lags.keys():  # no longer ours: its new owner reports it
-            self.lag.labels(topic=topic, partition=partition).set(0)
+            self.lag.labels(topic=topic, partition=str(partition)).set(0)
         self._lagging = set(lags)
 
 

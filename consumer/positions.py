@@ -109,7 +109,8 @@ def apply_start_positions(
 
 @dataclass
 class EndOfInput:
-    """For ``--stop-at-end``: every assigned partition read up to where it ended at start.
+    """For ``--stop-at-end``: every assigned partition read up to where it ended at start. In any
+    run, ``assigned`` is the worker's record of what it owns (its lag is counted over it).
 
     A partition's end is its high watermark as first seen in a fetch response (right on the
     embedded broker, unlike ListOffsets), or partition EOF, whichever comes first.
@@ -123,8 +124,9 @@ class EndOfInput:
         self.assigned = (self.assigned or set()) | partitions
 
     def revoke(self, partitions: set[Partition]) -> None:
-        """An eager rebalance revokes everything before it assigns again: with nothing left, the
-        worker waits for its next assignment (which may be empty) instead of counting as done."""
+        """An eager rebalance revokes everything before it assigns again (a cooperative one, what
+        moves): with nothing left, the worker waits for its next assignment (which may be empty)
+        instead of counting as done."""
         if self.assigned is not None:
             self.assigned -= partitions
             if not self.assigned:

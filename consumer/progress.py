@@ -10,7 +10,10 @@ starts again from zero, and what it counted since its last report before dying i
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
+
+from consumer.offsets import Partition
 
 #: the counts a progress line carries, from ``delivery.Counters``
 COUNTS = ("consumed", "predicted", "dead_lettered", "skipped")
@@ -48,13 +51,20 @@ class Progress:
         return {**self.totals, **rates}
 
 
-def total_lag(lags: Mapping[Any, int | None], standby: bool) -> int | None:
-    """A worker's lag over its partitions (``kafka_io.partition_lags``): unknown, not short, while one
-    of them has no committed offset; 0 for a standby member without partitions, unknown before it joined."""
-    if not lags:
-        return 0 if standby else None
-    known = [lag for lag in lags.values() if lag is not None]
-    return sum(known) if len(known) == len(lags) else None
+def total_lag(lags: Mapping[Partition, int | None], assigned: AbstractSet[Partition] | None) -> int | None:
+    """A worker's lag over the partitions it owns (``lags``: ``kafka_io.partition_lags``): unknown,
+    not short, while one of them has no known lag; unknown before it joined and between an eager
+    rebalance's revoke and assign (``assigned`` None); 0 with no partition (more workers than
+    partitions)."""
+    if assigned is None:
+        return None
+    total = 0
+    for partition in assigned:
+        lag = lags.get(partition)
+        if lag is None:
+            return None
+        total += lag
+    return total
 
 
 def lag_and_eta(per_worker: list[int | None], done_per_s: float, bounded: bool) -> dict[str, Any]:

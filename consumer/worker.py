@@ -187,6 +187,7 @@ class Worker:
             config.setdefault("statistics.interval.ms", kafka_io.STATISTICS_INTERVAL_MS)  # a setting of the user's wins
             config["stats_cb"] = self._on_statistics
         self.consumer = Consumer(config)
+        self._assign = self.consumer.incremental_assign if kafka_io.cooperative(config) else self.consumer.assign
         topics = [s.input_topic, s.output_topic] + ([s.dlq_topic] if s.dlq_topic else [])
         try:
             missing, partitions = kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, s.connect_timeout_s)
@@ -322,10 +323,11 @@ class Worker:
         return status
 
     def _on_statistics(self, stats_json: str) -> None:
-        """librdkafka's statistics (served by ``consume`` in the fetch loop): the consumer lag."""
-        lags = kafka_io.partition_lags(stats_json)
-        standby = self._joined and self.ends.assigned is None  # in the group, without partitions
-        self.lag = total_lag(lags, standby)
+        """librdkafka's statistics (served by ``consume`` in the fetch loop): the consumer lag of
+        the partitions this worker owns (the statistics keep those it owned before)."""
+        owned = self.ends.assigned
+        lags = {p: lag for p, lag in kafka_io.partition_lags(stats_json).items() if owned and p in owned}
+        self.lag = total_lag(lags, owned)
         if self.metrics is not None:
             self.metrics.lags({partition: lag for partition, lag in lags.items() if lag is not None})
 
@@ -599,7 +601,7 @@ class Worker:
             self.guard.load(self.ends.assigned or owned)
         self._paused -= owned
         if self._place_starts(consumer, partitions):
-            consumer.assign(partitions)
+            self._assign(partitions)  # else the client assigns them as they are
 
     def _group_history(self, partitions: int) -> GroupHistory:
         s = self.settings

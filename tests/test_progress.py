@@ -56,17 +56,19 @@ def test_a_partition_lag_comes_from_librdkafka_s_committed_offset_and_is_unknown
                 "partitions": {
                     "0": {"fetch_state": "active", "consumer_lag": 198, "committed_offset": 1, "hi_offset": 199},
                     "1": {"fetch_state": "active", "consumer_lag": -1, "committed_offset": -1001, "app_offset": 90},
-                    "2": {"fetch_state": "none", "consumer_lag": -1},  # not ours
+                    "2": {"fetch_state": "none", "consumer_lag": 7},  # owned before: the worker drops it
                     "-1": {"fetch_state": "none", "consumer_lag": -1},  # librdkafka's unassigned bucket
                 }
             }
         }
     }
-    assert partition_lags(json.dumps(stats)) == {("in", "0"): 198, ("in", "1"): None}
+    assert partition_lags(json.dumps(stats)) == {("in", 0): 198, ("in", 1): None, ("in", 2): 7}
 
 
-def test_a_worker_s_lag_is_unknown_not_short_while_a_partition_has_no_committed_offset() -> None:
-    assert total_lag({("in", "0"): 198, ("in", "1"): 32}, standby=False) == 230
-    assert total_lag({("in", "0"): 198, ("in", "1"): None}, standby=False) is None
-    assert total_lag({}, standby=True) == 0  # in the group without partitions: nothing behind
-    assert total_lag({}, standby=False) is None  # not joined yet
+def test_a_worker_s_lag_is_over_the_partitions_it_owns_and_unknown_while_one_of_them_is() -> None:
+    lags = {("in", 0): 198, ("in", 1): 32, ("in", 2): None}
+    assert total_lag(lags, {("in", 0), ("in", 1)}) == 230
+    assert total_lag(lags, {("in", 0), ("in", 2)}) is None  # no committed offset yet
+    assert total_lag(lags, {("in", 0), ("in", 3)}) is None  # not in the statistics yet
+    assert total_lag(lags, set()) == 0  # in the group without partitions: nothing behind
+    assert total_lag({}, None) is None  # not joined yet, or amid an eager rebalance

@@ -217,6 +217,31 @@ def test_a_bounded_run_s_progress_says_how_many_inputs_remain(
     assert [line["lag"] for line in known] == sorted((line["lag"] for line in known), reverse=True)
 
 
+def test_the_lag_is_known_with_more_workers_than_partitions(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+) -> None:
+    """A worker the group gave no partition has nothing behind: its lag is 0, not unknown. It was
+    unknown (only a worker that had lost all its partitions counted as idle), and so was the
+    whole progress line's, for as long as that worker ran."""
+    inp, out = topics("in", "out", partitions=1)
+    total = 480
+    publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(total)))
+    slow = models.slow_saved_model(tmp_path / "slow")  # about 0.2 s per batch of 8
+    command = consumer_command(
+        bootstrap, slow, inp, out, group, "--workers", "2", "--max-batch-size", "8", "--stop-at-end"
+    )
+    often = {"TFSTREAM_PROGRESS_INTERVAL_S": "0.5", "TFSTREAM_KAFKA_CONSUMER_STATISTICS_INTERVAL_MS": "200"}
+    with Deployment(command, {**ENV, **often}) as deployment:
+        summary = deployment.finish(timeout=180)
+        lines = deployment.events("progress")
+    assert summary["predicted"] == total
+    assert sorted(w["predicted"] for w in summary["workers"]) == [0, total]  # one worker idle throughout
+    print(f"lag, line by line: {[line['lag'] for line in lines]}")
+    known = [line for line in lines if line["lag"] is not None]
+    assert any(line["lag"] > 0 for line in known)
+    assert all(total - line["predicted"] <= line["lag"] <= total for line in known)
+
+
 def test_stop_at_end_workers_leave_together_so_no_rebalance_stops_the_last_one(
     bootstrap: str, topics: Topics, group: str, tmp_path: Path
 ) -> None:
@@ -308,16 +333,21 @@ def test_two_workers_split_the_partitions_and_a_sigkilled_worker_loses_nothing(
     assert duplicates <= 1500
 
 
+@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
 def test_a_second_supervisor_joins_and_leaves_under_load_without_loss_or_duplicates(
-    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, strategy: str
 ) -> None:
+    """Eager (Kafka's default, ``range``): every rebalance revokes every partition and assigns them
+    again. Cooperative: only the partitions that move are revoked, then assigned
+    (``incremental_assign``: each worker failed at its first assignment with ``assign``)."""
     inp, out = topics("in", "out", partitions=4)
     total = 5000
-    first = Deployment(consumer_command(bootstrap, mlp_path, inp, out, group), ENV)
+    env = {**ENV, "TFSTREAM_KAFKA_CONSUMER_PARTITION_ASSIGNMENT_STRATEGY": strategy}
+    first = Deployment(consumer_command(bootstrap, mlp_path, inp, out, group), env)
     first.wait_for("worker ready")
     publisher = Trickle(bootstrap, inp, total, pause=0.1)
     wait_for_outputs(bootstrap, out, set(range(200)))
-    second = Deployment(consumer_command(bootstrap, mlp_path, inp, out, group), ENV)
+    second = Deployment(consumer_command(bootstrap, mlp_path, inp, out, group), env)
     (ready,) = second.wait_for("worker ready")
     _wait_for_labels(bootstrap, out, 2)
     assert any(worker_pid(label) == ready["pid"] for label in worker_labels(bootstrap, out))
