@@ -317,14 +317,28 @@ def close_consumer(consumer: Consumer) -> bool:
 STATISTICS_INTERVAL_MS = 5000
 
 
-def partition_lags(stats_json: str) -> dict[Partition, int | None]:
+def partition_lags(
+    stats_json: str, committed: Mapping[Partition, int], read_committed: bool = True
+) -> dict[Partition, int | None]:
     """From librdkafka's statistics: each partition's consumer lag, the messages from its committed
-    offset to its end (None while it has no committed offset, or its end is not known yet). The
-    statistics also list partitions the client no longer owns: the caller keeps its assignment's."""
+    offset to its end (its last stable offset when reading committed records, librdkafka's
+    default, else its high watermark); None while either is unknown. The committed offset is the
+    worker's own last commit where it made one (``committed``), else librdkafka's (the group's, as
+    read at assignment): librdkafka counts only its consumer's own commits, so exactly once, where
+    the transactions commit the offsets, its ``consumer_lag`` never moved. The statistics also list
+    partitions the client no longer owns: the caller keeps its assignment's."""
     lags: dict[Partition, int | None] = {}
     for topic, info in json.loads(stats_json).get("topics", {}).items():
         for partition, p in info.get("partitions", {}).items():
-            if partition != "-1":  # librdkafka's bucket for records not yet given a partition
-                lag = int(p.get("consumer_lag", -1))
-                lags[(topic, int(partition))] = lag if lag >= 0 else None
+            if partition == "-1":  # librdkafka's bucket for records not yet given a partition
+                continue
+            key = (topic, int(partition))
+            end = int(p.get("ls_offset" if read_committed else "hi_offset", -1))
+            start = committed.get(key, int(p.get("committed_offset", -1)))
+            lags[key] = end - start if 0 <= start <= end else None
     return lags
+
+
+def reads_committed(config: Mapping[str, Any]) -> bool:
+    """Whether the consumer reads only committed records (``isolation.level``, librdkafka's default)."""
+    return str(config.get("isolation.level", "read_committed")) == "read_committed"

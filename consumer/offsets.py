@@ -129,6 +129,11 @@ class OffsetTracker:
                 if progress is not None and (progress.committed is None or offset > progress.committed):
                     progress.committed = offset
 
+    def committed_offsets(self) -> dict[Partition, int]:
+        """The last commit the broker accepted of each partition tracked (either delivery guarantee)."""
+        with self._lock:
+            return {p: pr.committed for p, pr in self._partitions.items() if pr.committed is not None}
+
     def in_flight(self, partitions: Iterable[Partition] | None = None) -> int:
         """How many fetched offsets are not yet done."""
         with self._lock:

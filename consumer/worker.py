@@ -188,6 +188,7 @@ class Worker:
             config["stats_cb"] = self._on_statistics
         self.consumer = Consumer(config)
         self._assign = self.consumer.incremental_assign if kafka_io.cooperative(config) else self.consumer.assign
+        self._reads_committed = kafka_io.reads_committed(config)
         topics = [s.input_topic, s.output_topic] + ([s.dlq_topic] if s.dlq_topic else [])
         try:
             missing, partitions = kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, s.connect_timeout_s)
@@ -326,7 +327,8 @@ class Worker:
         """librdkafka's statistics (served by ``consume`` in the fetch loop): the consumer lag of
         the partitions this worker owns (the statistics keep those it owned before)."""
         owned = self.ends.assigned
-        lags = {p: lag for p, lag in kafka_io.partition_lags(stats_json).items() if owned and p in owned}
+        all_lags = kafka_io.partition_lags(stats_json, self.tracker.committed_offsets(), self._reads_committed)
+        lags = {p: lag for p, lag in all_lags.items() if owned and p in owned}
         self.lag = total_lag(lags, owned)
         if self.metrics is not None:
             self.metrics.lags({partition: lag for partition, lag in lags.items() if lag is not None})

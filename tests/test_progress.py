@@ -47,22 +47,29 @@ def test_the_lag_is_known_once_every_worker_knows_its_own_and_a_bounded_run_gets
     assert lag_and_eta([400, 600], progress.done_per_s, bounded=False) == {"lag": 1000}
 
 
-def test_a_partition_lag_comes_from_librdkafka_s_committed_offset_and_is_unknown_without_one() -> None:
+def test_a_partition_lag_runs_from_its_committed_offset_to_its_end_and_is_unknown_without_one() -> None:
     """The shape of librdkafka 2.16's statistics (measured on the embedded broker): a partition read
-    from but not committed yet has ``consumer_lag`` -1, whatever the application has read."""
+    from but not committed yet has ``committed_offset`` -1001 (and ``consumer_lag`` -1), whatever
+    the application has read; ``ls_offset`` is the end when reading committed records."""
     stats = {
         "topics": {
             "in": {
                 "partitions": {
-                    "0": {"fetch_state": "active", "consumer_lag": 198, "committed_offset": 1, "hi_offset": 199},
-                    "1": {"fetch_state": "active", "consumer_lag": -1, "committed_offset": -1001, "app_offset": 90},
-                    "2": {"fetch_state": "none", "consumer_lag": 7},  # owned before: the worker drops it
-                    "-1": {"fetch_state": "none", "consumer_lag": -1},  # librdkafka's unassigned bucket
+                    "0": {"committed_offset": 1, "hi_offset": 199, "ls_offset": 199, "consumer_lag": 198},
+                    "1": {"committed_offset": -1001, "hi_offset": 120, "ls_offset": 120, "app_offset": 90},
+                    "2": {"committed_offset": 3, "hi_offset": 10, "ls_offset": 8},  # an open transaction at 8
+                    "3": {"committed_offset": -1001, "hi_offset": -1001, "ls_offset": -1001},  # not fetched yet
+                    "-1": {"consumer_lag": -1},  # librdkafka's bucket for records without a partition
                 }
             }
         }
     }
-    assert partition_lags(json.dumps(stats)) == {("in", 0): 198, ("in", 1): None, ("in", 2): 7}
+    text = json.dumps(stats)
+    assert partition_lags(text, {}) == {("in", 0): 198, ("in", 1): None, ("in", 2): 5, ("in", 3): None}
+    assert partition_lags(text, {}, read_committed=False)[("in", 2)] == 7
+    # the worker's own commits count first: exactly once, librdkafka never sees them
+    mine = {("in", 0): 150, ("in", 1): 100, ("in", 3): 5}
+    assert partition_lags(text, mine) == {("in", 0): 49, ("in", 1): 20, ("in", 2): 5, ("in", 3): None}
 
 
 def test_a_worker_s_lag_is_over_the_partitions_it_owns_and_unknown_while_one_of_them_is() -> None:
