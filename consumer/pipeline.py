@@ -15,7 +15,7 @@ import contextlib
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +92,37 @@ def pad_to(inputs: Inputs, size: int) -> Inputs:
     return padded
 
 
+def fits(returned: Any, inputs: Sequence[TensorSpec]) -> bool:
+    """Whether a preprocess function's traced outputs (by input name) are the model's ``inputs``:
+    the same names, each a tensor of its dtype and of a shape compatible with its own."""
+    if not isinstance(returned, dict) or set(returned) != {spec.name for spec in inputs}:
+        return False
+    return all(
+        isinstance(returned[spec.name], tf.Tensor)
+        and returned[spec.name].dtype == tf_dtype(spec)
+        and returned[spec.name].shape.is_compatible_with(spec.shape)
+        for spec in inputs
+    )
+
+
+def describe_outputs(returned: Any) -> str:
+    """A preprocess function's traced outputs as the signature describes inputs (``x: float32[4]``)."""
+    if not isinstance(returned, dict):
+        return type(returned).__name__
+    parts = []
+    for name, value in returned.items():
+        if not isinstance(value, tf.Tensor):
+            parts.append(f"{name}: {type(value).__name__}")
+            continue
+        shape = value.shape.as_list() if value.shape.rank is not None else "[?]"
+        parts.append(f"{name}: {dtype_name(value.dtype)}{shape}")
+    return ", ".join(parts)
+
+
+class PreprocessMismatch(ValueError):
+    """The preprocess function cannot give the model what it takes: no input can get through."""
+
+
 class Pipeline:
     """Owns the queue of closed batches and the tf.data dataset that consumes it."""
 
@@ -119,6 +150,8 @@ class Pipeline:
         self._end_queued = False
         self.failure: BaseException | None = None
         self._transform = self._build_transform() if preprocess else None
+        if preprocess is not None:
+            self._check_preprocess()
         self.decoder = BatchDecoder(self.raw_signature, limits, reject_non_finite)
         self._no_rows = stack([], self.raw_signature, 0)
 
@@ -250,6 +283,30 @@ class Pipeline:
             return pad_to(mapped, bucket)
 
         return transform
+
+    def _check_preprocess(self) -> None:
+        """Trace the preprocess function once, now, for one input, and hold what it returns against
+        what the model takes: a function that cannot give the model its inputs (a shape, a dtype,
+        a name), or cannot run in a graph, is a ``PreprocessMismatch`` before the worker is ready.
+        Found by tf.data, a wrong shape failed every worker at its first batch, and they restarted
+        for good; a wrong dtype only made TensorFlow log an error and every batch fail."""
+        example = {spec.name: tf.TensorSpec(spec.shape, tf_dtype(spec)) for spec in self.raw_signature.inputs}
+        only = self.signature.inputs[0].name if not self.signature.named_inputs else None
+        try:
+            traced = tf.function(self.preprocess).get_concrete_function(example[only] if only else example)
+        except Exception as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = f"{type(exc).__name__}: {lines[-1] if lines else exc!r}"
+            raise PreprocessMismatch(
+                f"it cannot run on one input as a TensorFlow graph ({detail}); fix the function"
+            ) from None
+        returned = traced.structured_outputs
+        gives = {only: returned} if only else returned
+        if not fits(gives, self.signature.inputs):
+            takes = ", ".join(spec.describe() for spec in self.signature.inputs)
+            raise PreprocessMismatch(
+                f"for one input it returns {describe_outputs(gives)}, and the model takes {takes}: make it return that"
+            )
 
     # -- predict-thread side -------------------------------------------------------------
     def batches(self) -> Iterator[tuple[Batch, Inputs]]:

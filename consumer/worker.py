@@ -35,7 +35,7 @@ from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError
 from consumer.logs import get_logger
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.outputs import Emitter
-from consumer.pipeline import Pipeline
+from consumer.pipeline import Pipeline, PreprocessMismatch
 from consumer.positions import EndOfInput, GroupHistory, TimeWindow, apply_start_positions, group_history
 from consumer.predictor import default_batch_sizes
 from consumer.progress import total_lag
@@ -242,7 +242,10 @@ class Worker:
         if self.metrics is not None:
             dead_letters.on_dead_letter = self.metrics.dead_letter
         limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)
-        self.pipeline = Pipeline(served.predictor, limits, s.pipeline_depth, self.preprocess, s.reject_non_finite)
+        try:
+            self.pipeline = Pipeline(served.predictor, limits, s.pipeline_depth, self.preprocess, s.reject_non_finite)
+        except PreprocessMismatch as exc:
+            raise ConfigError(f"invalid setting preprocess={s.preprocess!r}: {exc}") from None
         worker = f"{socket.gethostname()}/{os.getpid()}/{self.slot}/{self.device}"
         emitter = Emitter(
             self.outbox, s.output_topic, served.info, s.output_format, self.counters, dead_letters, worker,

@@ -62,3 +62,19 @@ def hold_the_lock_on_poison(features: tf.Tensor) -> tf.Tensor:
     """The features unchanged, but for an input whose first feature is ``POISON`` it holds Python's
     interpreter lock and never returns."""
     return tf.reshape(tf.py_function(_hold_the_lock_on_poison, [features], tf.float32), [4])
+
+
+def passes_the_bytes_on(raw: tf.Tensor) -> tf.Tensor:
+    """The raw bytes as they came: a scalar string, not the [4] float32 a model of four features takes."""
+    return raw
+
+
+@tf.function(input_signature=[tf.TensorSpec([4], tf.float32)])
+def widens_to_float64(features: tf.Tensor) -> tf.Tensor:
+    """The right shape, the wrong dtype."""
+    return tf.cast(features, tf.float64)
+
+
+def reads_the_value_eagerly(raw: tf.Tensor) -> tf.Tensor:
+    """Python on the tensor's value: fine eagerly, impossible in the graph tf.data runs."""
+    return tf.constant([float(len(raw.numpy()))] * 4)

@@ -191,6 +191,33 @@ def test_a_missing_input_topic_exits_2_naming_it(
     assert "topic 'no-such-topic' does not exist" in run.stderr.strip().splitlines()[-1]
 
 
+TAKES = "the model takes features: float32[4]: make it return that"
+
+
+@pytest.mark.parametrize(
+    ("function", "says"),
+    [
+        ("passes_the_bytes_on", f"for one input it returns features: string[], and {TAKES}"),
+        ("widens_to_float64", f"for one input it returns features: float64[4], and {TAKES}"),
+        ("reads_the_value_eagerly", "it cannot run on one input as a TensorFlow graph (AttributeError: "),
+    ],
+)
+def test_a_preprocess_function_that_cannot_make_the_model_s_inputs_exits_2_before_any_input(
+    bootstrap: str, topics: Callable[..., list[str]], group: str, mlp_path: Path, function: str, says: str
+) -> None:
+    """A wrong shape failed each worker at its first batch, in tf.data, and the supervisor restarted
+    them for good; a wrong dtype made TensorFlow log an error and every batch fail, for good too."""
+    inp, out = topics("in", "out", partitions=1)
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(3)))
+    spec = f"tests.preprocessors:{function}"
+    run = _run(consumer_command(bootstrap, mlp_path, inp, out, group, "--preprocess", spec), timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: invalid setting preprocess={spec!r}: {says}"), last
+    assert "worker died; restarting" not in run.stderr
+    assert committed(bootstrap, group, inp, 1) == {0: -1001}  # nothing was read: no offset committed
+
+
 def test_an_unreachable_broker_fails_after_the_connect_timeout_and_the_start_attempts(mlp_path: Path) -> None:
     started = time.monotonic()
     run = subprocess.run(
