@@ -123,6 +123,7 @@ class Supervisor:
         self._scratch = tempfile.mkdtemp(prefix="tfstream-scratch-")
         try:  # whatever happens from here, the folders are removed (a metrics port in use, say)
             self.log.info("starting workers", workers=[c.slot.device for c in self.children], pid=os.getpid())
+            self._warn_of_cooperative_bounded_run()
             self._serve_endpoints()
             self._claim_host_numbers()
             for child in self.children:
@@ -143,6 +144,19 @@ class Supervisor:
             self._remove_files()
             self._host_slots.release()
         return self._result()
+
+    def _warn_of_cooperative_bounded_run(self) -> None:
+        """A bounded run stops once every worker of this host is at its end. A cooperative rebalance
+        moves partitions in two rounds: a worker given none in the first counts as at its end, and
+        should the others be at theirs before the second round hands it what moves, the run stops
+        with those partitions short of their ends (what was done of them is committed)."""
+        s = self.settings
+        if s.stop_at_end and len(self.children) > 1 and kafka_io.cooperative(s.kafka | s.kafka_consumer):
+            self.log.warning(
+                "--stop-at-end with cooperative rebalancing (cooperative-sticky): the run can stop while "
+                "partitions move between its workers, short of their ends; for a bounded run keep Kafka's "
+                "eager default, or run it again to finish what it left"
+            )
 
     def _log_progress(self) -> None:
         line = self.progress.line(time.monotonic())

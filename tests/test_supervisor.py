@@ -365,6 +365,19 @@ def test_a_second_supervisor_joins_and_leaves_under_load_without_loss_or_duplica
     assert set(seen) == set(range(total)) and duplicates == 0, "\n".join(accounts)
 
 
+def test_a_bounded_run_with_cooperative_rebalancing_warns_that_it_can_stop_while_partitions_move(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    inp, out = topics("in", "out", partitions=4)
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(400)))
+    env = {**ENV, "TFSTREAM_KAFKA_CONSUMER_PARTITION_ASSIGNMENT_STRATEGY": "cooperative-sticky"}
+    command = consumer_command(bootstrap, mlp_path, inp, out, group, "--workers", "2", "--stop-at-end")
+    with Deployment(command, env) as deployment:
+        assert deployment.finish(timeout=180)["predicted"] == 400
+        events = [json.loads(line)["event"] for line in deployment.lines if line.startswith("{")]
+    assert sum(event.startswith("--stop-at-end with cooperative rebalancing") for event in events) == 1
+
+
 def _wait_for_labels(bootstrap: str, topic: str, count: int, timeout: float = 90) -> dict[bytes, int]:
     import time
 
