@@ -87,11 +87,13 @@ class Batcher:
         self._oldest = self._clock() if self._count else None
         return batch
 
-    def drop(self, keep: Callable[..., bool]) -> None:
-        """Remove the records for which ``keep(*record)`` is False (partitions taken away)."""
+    def drop(self, keep: Callable[..., bool]) -> int:
+        """Remove the records for which ``keep(*record)`` is False (partitions taken away); how many."""
         kept = [record for chunk in self._chunks for record in zip(*chunk, strict=True) if keep(*record)]
+        dropped = self._count - len(kept)
         self._chunks = deque([tuple(map(list, zip(*kept, strict=True)))] if kept else [])
         self._count = len(kept)
         self.bytes = self._weigh(self._chunks[0][0]) if kept else 0
         if not kept:
             self._oldest = None
+        return dropped
