@@ -18,13 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
+import psutil
+
 from consumer.errors import BrokerError
 from producer_tools.lifetime import ending_with_this_process
 
 READY_TIMEOUT_SECONDS = 20.0
-#: How long the broker must stay up once its port answers: a broker that lost a race for its port
-#: panics and exits within a few tens of ms (measured: 22 ms), and the answer came from the winner.
-SETTLE_SECONDS = 0.1
 #: Ports tried when the port is picked here (two processes can pick the same free port at once).
 PICKED_PORT_ATTEMPTS = 3
 
@@ -156,12 +155,23 @@ class EmbeddedBroker:
             except OSError:
                 time.sleep(0.05)
                 continue
-            time.sleep(SETTLE_SECONDS)  # still up: the answer was its own (the loop checks once more)
-            if self._process.poll() is None:
+            if self._listens():
                 return
+            time.sleep(0.05)  # another process's listener answered: this broker is losing the race
         raise BrokerStartError(
             f"the embedded broker did not accept connections in {READY_TIMEOUT_SECONDS:.0f}s; see {self.log_path}"
         )
+
+    def _listens(self) -> bool:
+        """Whether the broker's own process listens on its port: the answer may come from another
+        process that took the port first, while this broker has yet to fail its bind and exit.
+        (Waiting 100 ms for that exit instead was not enough under load: taken for ready once.)"""
+        assert self._process is not None
+        try:
+            sockets = psutil.Process(self._process.pid).net_connections(kind="tcp")
+        except psutil.Error:
+            return False
+        return any(s.status == psutil.CONN_LISTEN and s.laddr and s.laddr.port == self.port for s in sockets)
 
     def ended_by_itself(self) -> str | None:
         """None while the broker runs; once it has exited on its own, how (its log says why)."""
