@@ -113,9 +113,10 @@ def describe_outputs(returned: Any) -> str:
     for name, value in returned.items():
         if not isinstance(value, tf.Tensor):
             parts.append(f"{name}: {type(value).__name__}")
-            continue
-        shape = value.shape.as_list() if value.shape.rank is not None else "[?]"
-        parts.append(f"{name}: {dtype_name(value.dtype)}{shape}")
+        elif value.shape.rank is None:
+            parts.append(f"{name}: {dtype_name(value.dtype)}[?]")
+        else:
+            parts.append(TensorSpec(name, dtype_name(value.dtype), tuple(value.shape.as_list())).describe())
     return ", ".join(parts)
 
 
@@ -268,11 +269,17 @@ class Pipeline:
             ds = ds.with_options(options)
         return ds
 
+    @property
+    def _only_input(self) -> str | None:
+        """The name of a single-input model's input (the preprocess function gets and gives a
+        tensor, not a dict); None for a model of named inputs."""
+        return None if self.signature.named_inputs else self.signature.inputs[0].name
+
     def _build_transform(self) -> Callable[[Inputs, Any], Inputs]:
         preprocess, signature = self.preprocess, self.signature
         assert preprocess is not None
         out_specs = {s.name: tf.TensorSpec(s.shape, tf_dtype(s)) for s in signature.inputs}
-        only = signature.inputs[0].name if not signature.named_inputs else None
+        only = self._only_input
 
         @tf.function(reduce_retracing=True)
         def transform(raw: Inputs, bucket: Any) -> Inputs:
@@ -291,7 +298,7 @@ class Pipeline:
         Found by tf.data, a wrong shape failed every worker at its first batch, and they restarted
         for good; a wrong dtype only made TensorFlow log an error and every batch fail."""
         example = {spec.name: tf.TensorSpec(spec.shape, tf_dtype(spec)) for spec in self.raw_signature.inputs}
-        only = self.signature.inputs[0].name if not self.signature.named_inputs else None
+        only = self._only_input
         try:
             traced = tf.function(self.preprocess).get_concrete_function(example[only] if only else example)
         except Exception as exc:

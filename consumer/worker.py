@@ -726,13 +726,10 @@ class Worker:
             "again from the last committed offsets"
         )
 
-    def _finish(self, partitions: set[Partition] | None, budget: float, unread: int | None = None) -> None:
+    def _finish(self, partitions: set[Partition] | None, budget: float, left: int = 0) -> None:
         """Wait (bounded) until what the pipeline holds of ``partitions`` is acknowledged, and commit.
-        A stop first pushes the batcher through; a revoke took its inputs of ``partitions`` out of it
-        (``unread`` of them): they stay in flight, never done, so the commit stops below them."""
-        if unread is None:
-            self._flush_batcher(budget)
-        left = unread or 0
+        ``left``: how many of their inputs a revoke took out of the batcher, unread: they stay in
+        flight, never done, so the commit stops below them."""
         drained = wait_until(
             lambda: self.tracker.in_flight(partitions) <= left or self._failed(), budget, lambda: self.outbox.poll(0.05)
         )
@@ -821,6 +818,7 @@ class Worker:
         if self.transactions is not None:
             self.transactions.refuse_if_hung()
         self.log.info("draining", in_flight=self.tracker.in_flight())
+        self._flush_batcher(self.settings.drain_timeout_s)  # a stop pushes what was read through
         self._finish(None, self.settings.drain_timeout_s)
         self._end_pipeline(predict)
         predict.join(timeout=self.settings.drain_timeout_s)

@@ -149,23 +149,18 @@ class EmbeddedBroker:
             assert self._process is not None
             if self._process.poll() is not None:
                 raise BrokerExited(f"the embedded broker exited with {self._process.returncode}; see {self.log_path}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    pass
-            except OSError:
-                time.sleep(0.05)
-                continue
             if self._listens():
                 return
-            time.sleep(0.05)  # another process's listener answered: this broker is losing the race
+            time.sleep(0.05)
         raise BrokerStartError(
             f"the embedded broker did not accept connections in {READY_TIMEOUT_SECONDS:.0f}s; see {self.log_path}"
         )
 
     def _listens(self) -> bool:
-        """Whether the broker's own process listens on its port: the answer may come from another
-        process that took the port first, while this broker has yet to fail its bind and exit.
-        (Waiting 100 ms for that exit instead was not enough under load: taken for ready once.)"""
+        """Whether the broker's own process listens on its port. Not whether the port answers: the
+        answer may come from another process that took the port first, while this broker has yet
+        to fail its bind and exit (waiting 100 ms for that exit was not enough under load: another
+        listener was taken for the broker's once)."""
         assert self._process is not None
         try:
             sockets = psutil.Process(self._process.pid).net_connections(kind="tcp")
