@@ -95,7 +95,7 @@ def _serve(
     worker = Worker(settings, slot.slot, slot.device, slot.host_number)
     worker.hold_at_end = hold_at_end
     worker.crash_folder = crash_folder  # the supervisor's: what its workers died with (``consumer.crashes``)
-    worker.on_end_reached = lambda: _send(report, "status", worker.status())  # at once, not within a second
+    worker.on_end_reached = worker.report_status = lambda: _send_status(report, worker)  # at once, not within a second
     install_signal_handlers(worker.request_stop)
     when_parent_dies(worker.request_stop)
     worker.start()
@@ -186,7 +186,7 @@ def _report_status_every_second(worker: Any, report: multiprocessing.connection.
     """What /readyz needs: joined the group, not stuck in a batch."""
 
     def loop() -> None:
-        while _send(report, "status", worker.status()):
+        while _send_status(report, worker):
             time.sleep(STATUS_SECONDS)
 
     threading.Thread(target=loop, name="status", daemon=True).start()
@@ -199,7 +199,15 @@ def _fail(report: multiprocessing.connection.Connection, error: BaseException | 
     return code
 
 
-_SEND_LOCK = threading.Lock()  # the status thread and the main thread share the pipe
+_SEND_LOCK = threading.RLock()  # the status thread and the main thread share the pipe
+
+
+def _send_status(report: multiprocessing.connection.Connection, worker: Any) -> bool:
+    """The status is made under the pipe's lock: one made before a newer one cannot arrive after it
+    (the status thread's, saying a held worker was at its end, after a rebalance callback's saying
+    it no longer was)."""
+    with _SEND_LOCK:
+        return _send(report, "status", worker.status())
 
 
 def _send(report: multiprocessing.connection.Connection, kind: str, payload: Any) -> bool:

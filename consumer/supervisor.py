@@ -46,6 +46,8 @@ SUMMED = (
     "traces_after_warmup",
     "uncommitted",
 )
+#: How long every worker of a bounded run must have said it is at its end before they are stopped
+AT_END_SETTLE_S = 1.0
 #: What follows a worker's death while stopping: it sent no summary, so the run's ``uncommitted``
 #: leaves its inputs out.
 UNCOMMITTED_READ_AGAIN = (
@@ -72,6 +74,7 @@ class Child:
     summary: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)  # the worker's last status report
     status_at: float | None = None
+    at_end_since: float | None = None  # since when its reports say it is at its end (a bounded run)
     killed_for: str = ""  # why the supervisor killed the running worker (its death's name), if it did
 
     @property
@@ -123,7 +126,6 @@ class Supervisor:
         self._scratch = tempfile.mkdtemp(prefix="tfstream-scratch-")
         try:  # whatever happens from here, the folders are removed (a metrics port in use, say)
             self.log.info("starting workers", workers=[c.slot.device for c in self.children], pid=os.getpid())
-            self._warn_of_cooperative_bounded_run()
             self._serve_endpoints()
             self._claim_host_numbers()
             for child in self.children:
@@ -132,6 +134,7 @@ class Supervisor:
                 if self._signals and self._stopping_since is None:
                     self._stop_all("signal received: draining workers")
                 self._wait(0.5)
+                self._stop_if_all_at_end()
                 self._restart_due()
                 self._kill_if_stuck()
                 self._kill_if_drain_hangs()
@@ -144,19 +147,6 @@ class Supervisor:
             self._remove_files()
             self._host_slots.release()
         return self._result()
-
-    def _warn_of_cooperative_bounded_run(self) -> None:
-        """A bounded run stops once every worker of this host is at its end. A cooperative rebalance
-        moves partitions in two rounds: a worker given none in the first counts as at its end, and
-        should the others be at theirs before the second round hands it what moves, the run stops
-        with those partitions short of their ends (what was done of them is committed)."""
-        s = self.settings
-        if s.stop_at_end and len(self.children) > 1 and kafka_io.cooperative(s.kafka | s.kafka_consumer):
-            self.log.warning(
-                "--stop-at-end with cooperative rebalancing (cooperative-sticky): the run can stop while "
-                "partitions move between its workers, short of their ends; for a bounded run keep Kafka's "
-                "eager default, or run it again to finish what it left"
-            )
 
     def _log_progress(self) -> None:
         line = self.progress.line(time.monotonic())
@@ -270,8 +260,8 @@ class Supervisor:
             )
         elif kind == "status":
             child.status, child.status_at = payload, time.monotonic()
+            child.at_end_since = (child.at_end_since or child.status_at) if payload.get("at_end") else None
             self.progress.update(child.slot.slot, payload.get("counts", {}))
-            self._stop_if_all_at_end()
         elif kind == "summary":
             child.summary = payload
         elif kind == "error":
@@ -294,7 +284,7 @@ class Supervisor:
         if code < 0 and self._stopping_since is not None:  # the run's error line (``_result``)
             child.last_error = f"{child.killed_for or _describe_exit(code)} while stopping: {UNCOMMITTED_READ_AGAIN}"
         child.process, child.report, child.exit_code = None, None, code
-        child.status, child.status_at = {}, None
+        child.status, child.status_at, child.at_end_since = {}, None, None
         if code == EXIT_DONE or self._stopping_since is not None:
             child.finished = True
             self.log.info("worker exited", worker=child.slot.slot, exit_code=code)
@@ -392,10 +382,16 @@ class Supervisor:
         return self.settings.stop_at_end and len(self.children) > 1
 
     def _stop_if_all_at_end(self) -> None:
+        """Every worker has said it is at its end, for ``AT_END_SETTLE_S`` at least: a worker whose
+        rebalance callback took it off its end says so at once, and a moment's overlap of the
+        others' reports (one's end after a rebalance round, another's from before it) is not a
+        finished run."""
         if not self._hold_at_end() or self._stopping_since is not None:
             return
         running = [c for c in self.children if not c.finished]
-        if running and all(c.alive and c.status.get("at_end") for c in running):
+        if not running or not all(c.alive and c.at_end_since is not None for c in running):
+            return
+        if time.monotonic() - max(c.at_end_since or 0.0 for c in running) >= AT_END_SETTLE_S:
             self._stop_all("every worker reached the end of its partitions: stopping them together")
 
     def _stop_all(self, why: str) -> None:

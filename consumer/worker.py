@@ -36,7 +36,15 @@ from consumer.logs import get_logger
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.outputs import Emitter
 from consumer.pipeline import Pipeline, PreprocessMismatch
-from consumer.positions import EndOfInput, GroupHistory, TimeWindow, apply_start_positions, group_history
+from consumer.positions import (
+    EndOfInput,
+    GroupHistory,
+    Handover,
+    Handovers,
+    TimeWindow,
+    apply_start_positions,
+    group_history,
+)
 from consumer.predictor import default_batch_sizes
 from consumer.progress import total_lag
 from consumer.reload import Served, Watcher, build, first_model
@@ -98,7 +106,12 @@ class Worker:
         #: once); see ``_leaves_at_end``
         self.hold_at_end = False
         self.on_end_reached: Callable[[], object] | None = None
+        #: sends the worker's status at once (its supervisor's ``_stop_if_all_at_end``)
+        self.report_status: Callable[[], object] | None = None
         self._was_at_end = False
+        #: partitions a cooperative rebalance took short of their end, in a bounded run (``Handovers``)
+        self.handovers = Handovers(timeout_s=math.inf)
+        self._handovers_checked = -math.inf
         self._paused: set[Partition] = set()
         self._last_commit = time.monotonic()
         self.timeline = Timeline()
@@ -187,7 +200,11 @@ class Worker:
             config.setdefault("statistics.interval.ms", kafka_io.STATISTICS_INTERVAL_MS)  # a setting of the user's wins
             config["stats_cb"] = self._on_statistics
         self.consumer = Consumer(config)
-        self._assign = self.consumer.incremental_assign if kafka_io.cooperative(config) else self.consumer.assign
+        self._cooperative = kafka_io.cooperative(config)
+        self._assign = self.consumer.incremental_assign if self._cooperative else self.consumer.assign
+        # long enough for a member gone with a partition to be expired (its session) or to join again
+        session_ms = int(config.get("session.timeout.ms", 45000))  # librdkafka's default
+        self.handovers.timeout_s = max(session_ms, int(config["max.poll.interval.ms"])) / 1000
         self._reads_committed = kafka_io.reads_committed(config)
         topics = [s.input_topic, s.output_topic] + ([s.dlq_topic] if s.dlq_topic else [])
         try:
@@ -347,7 +364,8 @@ class Worker:
         return self.serving.traces_after_warmup
 
     def _bounded_run_done(self) -> bool:
-        return self.settings.stop_at_end and self.ends.finished() and self.tracker.in_flight() == 0
+        s = self.settings
+        return s.stop_at_end and self.ends.finished() and self.tracker.in_flight() == 0 and not self.handovers.pending
 
     def _leaves_at_end(self) -> bool:
         """A bounded run is done: leave, or, held, say so once and read on until stopped. A worker
@@ -358,6 +376,7 @@ class Worker:
         stops workers whose work is committed: their drains' commits would come after the first of
         them left, during the rebalance its leaving starts, which a broker may refuse
         (``REBALANCE_IN_PROGRESS``), and the inputs would be read again by the next run."""
+        self._settle_handovers()
         done = self._bounded_run_done()
         if not self.hold_at_end:
             return done
@@ -369,6 +388,36 @@ class Worker:
                 self.on_end_reached()
         self._was_at_end = done
         return False
+
+    def _settle_handovers(self) -> None:
+        """Once a second, while the worker is otherwise done: see which partitions it gave up were
+        taken up since (``Handovers``); past its timeout, stop waiting for the rest."""
+        now = time.monotonic()
+        if not self.handovers.pending or now - self._handovers_checked < 1.0:
+            return
+        self._handovers_checked = now
+        if self.ends.finished() and self.tracker.in_flight() == 0:
+            try:
+                pending = [TopicPartition(*p) for p in self.handovers.pending]
+                self.handovers.settle(self.consumer.committed(pending, timeout=5))
+            except KafkaException as exc:
+                self.log.warning("could not read the group's commits of the partitions it gave up", error=str(exc))
+        if self.handovers.overdue(now):
+            self.log.warning(
+                "partitions it gave up in a cooperative rebalance, short of their end, were not taken up: "
+                "counting the run done without them; run it again to finish them",
+                partitions=sorted(self.handovers.pending),
+                waited_s=self.handovers.timeout_s,
+            )
+            self.handovers.pending.clear()
+
+    def _leave_end(self) -> None:
+        """A rebalance callback: a held worker is not at its end until its loop finds it so again, and
+        says so at once (a status saying it still was let its supervisor stop a run mid-rebalance)."""
+        if self.hold_at_end and self._was_at_end:
+            self._was_at_end = False
+            if self.report_status is not None:
+                self.report_status()
 
     def _raise_failures(self, predict: threading.Thread, finished: bool = False) -> None:
         self._refuse_dead_producer()
@@ -600,6 +649,8 @@ class Worker:
             self.log.info("partitions assigned while stopping; leaving them", partitions=sorted(owned))
             return
         self._joined = True  # with partitions, or idle in the group: either way a ready member
+        self.handovers.assigned(owned)
+        self._leave_end()
         self.log.info("partitions assigned", partitions=sorted(owned), device=self.device)
         self.ends.assign(owned)
         if self.guard is not None:
@@ -632,18 +683,36 @@ class Worker:
         if self._producer_hung():  # the worker is leaving: nothing can be committed
             return
         revoked = {(tp.topic, tp.partition) for tp in partitions}
+        self.log.info("partitions revoked", partitions=sorted(revoked), device=self.device)
+        self._leave_end()
         # what the model has not been handed yet is left to the partitions' next owner, which reads
         # it again from the commit below: pushed through first, it held the whole group's rebalance
         # for as long as the model took over the read-ahead (up to 1,000 inputs; 14 s for 480
         # through a slow model under load, in a test whose second worker could not join meanwhile)
         unread = self.batcher.drop(lambda _message, coords, _timestamp: coords[0] not in revoked)
         self._finish(revoked, self.drain_budget, unread)
+        if self._cooperative and self.settings.stop_at_end and not self._closing:
+            self.handovers.revoked(self._short_of_end(revoked), time.monotonic())
         self._release(revoked)
+
+    def _short_of_end(self, revoked: set[Partition]) -> dict[Partition, Handover]:
+        """The revoked partitions not read to their end, or read but not all done (what was left in the
+        batcher), with the group's commit of each now."""
+        short = {p for p in revoked if p not in self.ends.at_end or self.tracker.in_flight([p])}
+        commits: dict[Partition, int] = {}
+        try:
+            for tp in self.consumer.committed([TopicPartition(*p) for p in short], timeout=5) if short else []:
+                if tp.error is None and tp.offset >= 0:
+                    commits[(tp.topic, tp.partition)] = tp.offset
+        except KafkaException as exc:
+            self.log.warning("could not read the group's commits of the partitions revoked", error=str(exc))
+        return {p: Handover(commits.get(p), self.ends.bounds.get(p)) for p in short}
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._producer_hung():  # the worker is leaving: nothing can be committed
             return
         lost = {(tp.topic, tp.partition) for tp in partitions}
+        self._leave_end()
         self.log.warning("partitions lost: nothing of them is committed", partitions=sorted(lost))
         if self.transactions is not None:  # the open transaction holds their outputs: abort it
             self.transactions.abort("partitions lost")
