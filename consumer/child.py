@@ -93,9 +93,9 @@ def _serve(
     from consumer.worker import Worker  # imports TensorFlow, after the device is pinned
 
     worker = Worker(settings, slot.slot, slot.device, slot.host_number)
-    worker.hold_at_end = hold_at_end
+    worker.bounded.hold = hold_at_end
     worker.crash_folder = crash_folder  # the supervisor's: what its workers died with (``consumer.crashes``)
-    worker.on_end_reached = worker.report_status = lambda: _send_status(report, worker)  # at once, not within a second
+    worker.bounded.on_end_reached = worker.bounded.report_status = lambda: _send_status(report, worker)  # at once
     install_signal_handlers(worker.request_stop)
     when_parent_dies(worker.request_stop)
     worker.start()

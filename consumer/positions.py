@@ -198,13 +198,12 @@ class Handovers:
     def overdue(self, now: float) -> bool:
         return bool(self.pending) and now - self.since >= self.timeout_s
 
-    def settle(self, committed: list[TopicPartition]) -> None:
-        """Drop what the group's commits (``Consumer.committed`` of the pending partitions) show taken up."""
-        for tp in committed:
-            partition = (tp.topic, tp.partition)
+    def settle(self, commits: dict[Partition, int]) -> None:
+        """Drop what the group's commits (of the partitions that have one) show taken up."""
+        for partition, offset in commits.items():
             handover = self.pending.get(partition)
-            if handover is None or tp.error is not None or tp.offset < 0:
+            if handover is None:
                 continue
-            moved = handover.committed is None or tp.offset > handover.committed
-            if moved or (handover.bound is not None and tp.offset >= handover.bound):
+            moved = handover.committed is None or offset > handover.committed
+            if moved or (handover.bound is not None and offset >= handover.bound):
                 del self.pending[partition]

@@ -378,7 +378,7 @@ class Supervisor:
 
     # -- stopping ------------------------------------------------------------------------
     def _hold_at_end(self) -> bool:
-        """A bounded run's workers leave together (``Worker._leaves_at_end``); one alone need not wait."""
+        """A bounded run's workers leave together (``consumer.bounded``); one alone need not wait."""
         return self.settings.stop_at_end and len(self.children) > 1
 
     def _stop_if_all_at_end(self) -> None:

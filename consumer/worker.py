@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from consumer import kafka_io, metrics, topic_rules
 from consumer.batcher import Batcher
+from consumer.bounded import BoundedRun
 from consumer.careful import CrashGuard, Feed
 from consumer.codec import Limits
 from consumer.config import Settings
@@ -36,15 +37,7 @@ from consumer.logs import get_logger
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.outputs import Emitter
 from consumer.pipeline import Pipeline, PreprocessMismatch
-from consumer.positions import (
-    EndOfInput,
-    GroupHistory,
-    Handover,
-    Handovers,
-    TimeWindow,
-    apply_start_positions,
-    group_history,
-)
+from consumer.positions import EndOfInput, GroupHistory, TimeWindow, apply_start_positions, group_history
 from consumer.predictor import default_batch_sizes
 from consumer.progress import total_lag
 from consumer.reload import Served, Watcher, build, first_model
@@ -101,17 +94,8 @@ class Worker:
         self._stop = threading.Event()
         #: set once the worker shuts down: an assignment delivered after it is left alone
         self._closing = False
-        #: a bounded run's worker with siblings: at the end of its partitions it reads on, in the
-        #: group, calls ``on_end_reached``, and leaves when stopped (its supervisor stops them all at
-        #: once); see ``_leaves_at_end``
-        self.hold_at_end = False
-        self.on_end_reached: Callable[[], object] | None = None
-        #: sends the worker's status at once (its supervisor's ``_stop_if_all_at_end``)
-        self.report_status: Callable[[], object] | None = None
-        self._was_at_end = False
-        #: partitions a cooperative rebalance took short of their end, in a bounded run (``Handovers``)
-        self.handovers = Handovers(timeout_s=math.inf)
-        self._handovers_checked = -math.inf
+        #: when a ``--stop-at-end`` run is done, and how the worker leaves it
+        self.bounded = BoundedRun(settings.stop_at_end, self.ends, self.tracker, self.log)
         self._paused: set[Partition] = set()
         self._last_commit = time.monotonic()
         self.timeline = Timeline()
@@ -204,7 +188,7 @@ class Worker:
         self._assign = self.consumer.incremental_assign if self._cooperative else self.consumer.assign
         # long enough for a member gone with a partition to be expired (its session) or to join again
         session_ms = int(config.get("session.timeout.ms", 45000))  # librdkafka's default
-        self.handovers.timeout_s = max(session_ms, int(config["max.poll.interval.ms"])) / 1000
+        self.bounded.handovers.timeout_s = max(session_ms, int(config["max.poll.interval.ms"])) / 1000
         self._reads_committed = kafka_io.reads_committed(config)
         topics = [s.input_topic, s.output_topic] + ([s.dlq_topic] if s.dlq_topic else [])
         try:
@@ -294,7 +278,7 @@ class Worker:
         predict.start()
         self.outbox.serve_acknowledgements()
         try:
-            while not self._stop.is_set() and not self._leaves_at_end():
+            while not self._stop.is_set() and not self.bounded.leaves(self.consumer, self._commit_now):
                 self._raise_failures(predict)
                 self._fetch()
                 self._maybe_commit()
@@ -334,9 +318,7 @@ class Worker:
         if stalled_s is not None and stalled_s >= 1.0:  # for the supervisor's ``stuck_kill_s``
             status["stalled_s"] = round(stalled_s, 1)
         if self.settings.stop_at_end:
-            # held, only once the fetch loop committed the end: a status thread that saw the run done
-            # first let the supervisor stop the worker before that commit (and the log line)
-            status["at_end"] = self._was_at_end if self.hold_at_end else self._bounded_run_done()
+            status["at_end"] = self.bounded.at_end()
         if self.metrics is not None:
             self.metrics.in_flight.set(status["in_flight"])
             self.metrics.traces.set(status["traces_after_warmup"])
@@ -362,62 +344,6 @@ class Worker:
     @property
     def traces_after_warmup(self) -> int:
         return self.serving.traces_after_warmup
-
-    def _bounded_run_done(self) -> bool:
-        s = self.settings
-        return s.stop_at_end and self.ends.finished() and self.tracker.in_flight() == 0 and not self.handovers.pending
-
-    def _leaves_at_end(self) -> bool:
-        """A bounded run is done: leave, or, held, say so once and read on until stopped. A worker
-        leaving alone makes the group rebalance under the others still reading: each stops for the
-        rejoin (3.4 s on the embedded broker, where it halved a bench drain in about a third of the
-        runs), so the workers of one supervisor leave together (two supervisors on one host do not wait
-        for each other). A held worker commits its end before it says so, so that the supervisor
-        stops workers whose work is committed: their drains' commits would come after the first of
-        them left, during the rebalance its leaving starts, which a broker may refuse
-        (``REBALANCE_IN_PROGRESS``), and the inputs would be read again by the next run."""
-        self._settle_handovers()
-        done = self._bounded_run_done()
-        if not self.hold_at_end:
-            return done
-        if done and not self._was_at_end:
-            self._maybe_commit(force=True)
-            self._was_at_end = True  # only now does its status say so (``status``)
-            self.log.info("reached the end of its partitions; waiting to leave with the other workers")
-            if self.on_end_reached is not None:
-                self.on_end_reached()
-        self._was_at_end = done
-        return False
-
-    def _settle_handovers(self) -> None:
-        """Once a second, while the worker is otherwise done: see which partitions it gave up were
-        taken up since (``Handovers``); past its timeout, stop waiting for the rest."""
-        now = time.monotonic()
-        if not self.handovers.pending or now - self._handovers_checked < 1.0:
-            return
-        self._handovers_checked = now
-        if self.ends.finished() and self.tracker.in_flight() == 0:
-            try:
-                pending = [TopicPartition(*p) for p in self.handovers.pending]
-                self.handovers.settle(self.consumer.committed(pending, timeout=5))
-            except KafkaException as exc:
-                self.log.warning("could not read the group's commits of the partitions it gave up", error=str(exc))
-        if self.handovers.overdue(now):
-            self.log.warning(
-                "partitions it gave up in a cooperative rebalance, short of their end, were not taken up: "
-                "counting the run done without them; run it again to finish them",
-                partitions=sorted(self.handovers.pending),
-                waited_s=self.handovers.timeout_s,
-            )
-            self.handovers.pending.clear()
-
-    def _leave_end(self) -> None:
-        """A rebalance callback: a held worker is not at its end until its loop finds it so again, and
-        says so at once (a status saying it still was let its supervisor stop a run mid-rebalance)."""
-        if self.hold_at_end and self._was_at_end:
-            self._was_at_end = False
-            if self.report_status is not None:
-                self.report_status()
 
     def _raise_failures(self, predict: threading.Thread, finished: bool = False) -> None:
         self._refuse_dead_producer()
@@ -621,6 +547,9 @@ class Worker:
         except KafkaException as exc:
             self._commit_failed(exc)
 
+    def _commit_now(self) -> None:
+        self._maybe_commit(force=True)
+
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """An asynchronous commit's result (librdkafka's ``on_commit``), served by ``consume`` in the
         fetch loop: the loop's periodic commits do not wait for the broker. Waiting, they held up
@@ -649,8 +578,7 @@ class Worker:
             self.log.info("partitions assigned while stopping; leaving them", partitions=sorted(owned))
             return
         self._joined = True  # with partitions, or idle in the group: either way a ready member
-        self.handovers.assigned(owned)
-        self._leave_end()
+        self.bounded.assigned(owned)
         self.log.info("partitions assigned", partitions=sorted(owned), device=self.device)
         self.ends.assign(owned)
         if self.guard is not None:
@@ -684,35 +612,22 @@ class Worker:
             return
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         self.log.info("partitions revoked", partitions=sorted(revoked), device=self.device)
-        self._leave_end()
+        self.bounded.off_end()
         # what the model has not been handed yet is left to the partitions' next owner, which reads
         # it again from the commit below: pushed through first, it held the whole group's rebalance
         # for as long as the model took over the read-ahead (up to 1,000 inputs; 14 s for 480
         # through a slow model under load, in a test whose second worker could not join meanwhile)
         unread = self.batcher.drop(lambda _message, coords, _timestamp: coords[0] not in revoked)
         self._finish(revoked, self.drain_budget, unread)
-        if self._cooperative and self.settings.stop_at_end and not self._closing:
-            self.handovers.revoked(self._short_of_end(revoked), time.monotonic())
+        if self._cooperative and not self._closing:
+            self.bounded.gave_up(consumer, revoked)
         self._release(revoked)
-
-    def _short_of_end(self, revoked: set[Partition]) -> dict[Partition, Handover]:
-        """The revoked partitions not read to their end, or read but not all done (what was left in the
-        batcher), with the group's commit of each now."""
-        short = {p for p in revoked if p not in self.ends.at_end or self.tracker.in_flight([p])}
-        commits: dict[Partition, int] = {}
-        try:
-            for tp in self.consumer.committed([TopicPartition(*p) for p in short], timeout=5) if short else []:
-                if tp.error is None and tp.offset >= 0:
-                    commits[(tp.topic, tp.partition)] = tp.offset
-        except KafkaException as exc:
-            self.log.warning("could not read the group's commits of the partitions revoked", error=str(exc))
-        return {p: Handover(commits.get(p), self.ends.bounds.get(p)) for p in short}
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._producer_hung():  # the worker is leaving: nothing can be committed
             return
         lost = {(tp.topic, tp.partition) for tp in partitions}
-        self._leave_end()
+        self.bounded.off_end()
         self.log.warning("partitions lost: nothing of them is committed", partitions=sorted(lost))
         if self.transactions is not None:  # the open transaction holds their outputs: abort it
             self.transactions.abort("partitions lost")

@@ -127,16 +127,14 @@ def test_a_bounded_run_is_not_done_between_a_revoke_and_the_next_assignment() ->
 
 def test_a_partition_given_up_short_of_its_end_is_awaited_until_taken_up_read_to_its_bound_or_given_back() -> None:
     """``Handovers``: a cooperative rebalance's revoke, in a bounded run."""
-    from confluent_kafka import TopicPartition
-
     from consumer.positions import Handover, Handovers
 
     handovers = Handovers(timeout_s=60)
     handovers.revoked({("t", 0): Handover(10, None), ("t", 1): Handover(8, 8), ("t", 2): Handover(None, None)}, now=100)
     handovers.revoked({("t", 3): Handover(7, None)}, now=130)
-    handovers.settle([TopicPartition("t", 0, 10), TopicPartition("t", 1, 8), TopicPartition("t", 2, -1001)])
+    handovers.settle({("t", 0): 10, ("t", 1): 8})  # t2 has no commit yet
     assert set(handovers.pending) == {("t", 0), ("t", 2), ("t", 3)}  # only t1 is done: at its bound
-    handovers.settle([TopicPartition("t", 0, 11), TopicPartition("t", 2, 0)])
+    handovers.settle({("t", 0): 11, ("t", 2): 0})
     assert set(handovers.pending) == {("t", 3)}  # taken up: a commit moved, a first commit made
     assert not handovers.overdue(now=189) and handovers.overdue(now=190)  # from the last revoke
     handovers.assigned({("t", 3), ("t", 4)})

@@ -524,7 +524,7 @@ def test_a_held_worker_commits_its_end_before_it_says_it_reached_it(
         seen.update(committed(bootstrap, group, inp, 2))
         worker.request_stop()
 
-    worker.hold_at_end, worker.on_end_reached = True, at_end
+    worker.bounded.hold, worker.bounded.on_end_reached = True, at_end
     summary = worker.run()
     assert summary["predicted"] == 60
     assert sum(seen.values()) == 60, f"committed when the worker reported its end: {seen}"
