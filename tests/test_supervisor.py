@@ -40,13 +40,15 @@ from tests.helpers import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
 def test_stop_at_end_with_two_workers_ends_when_both_are_done(
-    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, strategy: str
 ) -> None:
     inp, out = topics("in", "out", partitions=4)
     publish(bootstrap, inp, ((str(i).encode(), pack_input(np.ones(4, "float32"), id=i)) for i in range(600)))
+    env = {**ENV, "TFSTREAM_KAFKA_CONSUMER_PARTITION_ASSIGNMENT_STRATEGY": strategy}
     deployment = Deployment(
-        consumer_command(bootstrap, mlp_path, inp, out, group, "--workers", "2", "--stop-at-end"), ENV
+        consumer_command(bootstrap, mlp_path, inp, out, group, "--workers", "2", "--stop-at-end"), env
     )
     summary = deployment.finish(timeout=180)
     seen = wait_for_outputs(bootstrap, out, set(range(600)), timeout=30)
