@@ -61,6 +61,8 @@ READ_AHEAD_CHUNK = 1000
 #: reads only waits (with librdkafka fetching once its queue is taken, the MLP bench drained about
 #: 15% slower without this; docs/performance-log.md, 2026-12-01).
 HOLD_BATCHES = 4
+#: How many times a full batch's warm-up time ``stuck_batch_s`` and ``stuck_kill_s`` should allow
+SLOW_BATCH_MARGIN = 3
 #: At a stop, how long the consumer's queue may be served before ``close()`` (``_serve_rebalance_before_close``)
 CLOSE_QUEUE_SECONDS = 1.0
 
@@ -171,6 +173,8 @@ class Worker:
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
             cuda_device_order=os.environ.get("CUDA_DEVICE_ORDER"),
         )
+        for warning in slow_batch_warnings(warm[max(warm)], self.settings.stuck_batch_s, self.settings.stuck_kill_s):
+            self.log.warning(warning)
 
     def _connect(self) -> None:
         """The consumer (after checking the topics), the producer, its outbox and any transactions."""
@@ -854,6 +858,25 @@ def batch_stuck_for(started_at: float | None, now: float, budget_s: float) -> fl
     if started_at is None or now - started_at <= budget_s:
         return None
     return now - started_at
+
+
+def slow_batch_warnings(full_batch_s: float, stuck_batch_s: float, stuck_kill_s: float) -> list[str]:
+    """A model whose full batch takes near ``stuck_kill_s`` has its workers killed as stuck in the
+    normal course, and near ``stuck_batch_s`` called not ready: say so at start, with the fix."""
+    needed = SLOW_BATCH_MARGIN * full_batch_s
+    took, fix = f"a full batch took {full_batch_s:.3g} s at warm-up", f"{math.ceil(needed)} or more"
+    warnings = []
+    if stuck_kill_s and stuck_kill_s < needed:
+        warnings.append(
+            f"{took}, and stuck_kill_s={stuck_kill_s:g} kills a worker whose pipeline moved no batch that long: "
+            f"set stuck_kill_s to {fix}"
+        )
+    if stuck_batch_s < needed:
+        warnings.append(
+            f"{took}, and stuck_batch_s={stuck_batch_s:g} calls a worker whose batch runs that long not ready "
+            f"(/readyz 503): set stuck_batch_s to {fix}"
+        )
+    return warnings
 
 
 def freeze_heap() -> None:

@@ -506,6 +506,27 @@ def test_a_stop_that_meets_an_assignment_ends_cleanly(
     assert committed(bootstrap, group, inp, 2) == {0: -1001, 1: -1001}  # nothing taken, nothing committed
 
 
+def test_a_model_slower_than_the_stuck_limits_allow_is_said_at_start_with_the_fix(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """A full batch near ``stuck_kill_s`` would have the supervisor kill the worker as stuck in the
+    normal course (and near ``stuck_batch_s``, /readyz call it not ready): the worker says so once
+    its model is warm, before it joins. Limits far below any model's batch time make it certain."""
+    from consumer.worker import Worker, slow_batch_warnings
+
+    assert slow_batch_warnings(2.0, stuck_batch_s=60, stuck_kill_s=300) == []
+    assert slow_batch_warnings(2.0, stuck_batch_s=60, stuck_kill_s=0) == []  # 0: never killed
+    assert len(slow_batch_warnings(30.0, stuck_batch_s=60, stuck_kill_s=300)) == 1
+    inp, out = topics("in", "out", partitions=1)
+    limits = {"stuck_batch_s": 1e-6, "stuck_kill_s": 1e-6}
+    with structlog.testing.capture_logs() as logs:
+        summary = Worker(settings(bootstrap, mlp_path, inp, out, group, **limits)).run()  # an empty topic: done at once
+    assert summary["consumed"] == 0
+    warnings = [e["event"] for e in logs if e["log_level"] == "warning" and "at warm-up" in e["event"]]
+    assert [w.split(", and ")[1].split("=")[0] for w in warnings] == ["stuck_kill_s", "stuck_batch_s"]
+    assert all(w.endswith("to 1 or more") for w in warnings), warnings  # three full batches of a small MLP
+
+
 def test_a_held_worker_commits_its_end_before_it_says_it_reached_it(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path
 ) -> None:
