@@ -141,6 +141,40 @@ def test_a_partition_given_up_short_of_its_end_is_awaited_until_taken_up_read_to
     assert not handovers.pending and not handovers.overdue(now=1000)
 
 
+def test_a_held_worker_says_its_end_once_committed_and_a_rebalance_takes_it_off_its_end_at_once() -> None:
+    """``BoundedRun`` held (the workers of one supervisor leave together): at its end it commits,
+    then says so, and never leaves by itself; a rebalance callback takes it off its end and says so
+    at once, before its loop looks again."""
+    from consumer.bounded import BoundedRun
+    from consumer.logs import get_logger
+    from consumer.positions import EndOfInput
+
+    ends, tracker = EndOfInput(), OffsetTracker()
+    run = BoundedRun(True, ends, tracker, get_logger("test"))
+    run.hold = True
+    said: list[object] = []
+    run.on_end_reached = lambda: said.append(("end", run.at_end()))
+    run.report_status = lambda: said.append(run.at_end())
+
+    def leaves() -> bool:  # no partition given up: the consumer is not asked for anything
+        return run.leaves(None, commit=lambda: said.append("commit"))  # type: ignore[arg-type]
+
+    ends.assign({P})
+    tracker.add_many([(P, 0)])
+    ends.reached_eof(P)
+    assert not leaves() and not run.at_end() and said == []  # offset 0 not done yet
+    tracker.done_many([(P, 0)])
+    assert not leaves() and said == ["commit", ("end", True)]
+    assert not leaves() and said == ["commit", ("end", True)]  # said once
+    run.assigned({("in", 1)})  # a rebalance callback, before the loop's next look
+    assert said[-1] is False and not run.at_end()
+    ends.assign({("in", 1)})
+    assert not leaves() and not run.at_end()  # partition 1 not read to its end
+    run.hold = False
+    ends.reached_eof(("in", 1))
+    assert leaves()  # alone, a worker leaves once done
+
+
 def test_batches_cut_across_fetched_chunks_keep_order_weight_and_columns_together() -> None:
     batcher = Batcher(max_batch_size=4, max_wait_ms=1000, clock=Clock(), weigh=lambda chunk: sum(map(len, chunk)))
     batcher.add([b"a", b"bb", b"ccc"], [1, 2, 3])
