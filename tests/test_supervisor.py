@@ -343,16 +343,19 @@ def test_two_workers_split_the_partitions_and_a_sigkilled_worker_loses_nothing(
     assert duplicates <= 1500
 
 
-@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
+@pytest.mark.parametrize(
+    ("strategy", "delivery"),
+    [("range", "at-least-once"), ("cooperative-sticky", "at-least-once"), ("cooperative-sticky", "exactly-once")],
+)
 def test_a_second_supervisor_joins_and_leaves_under_load_without_loss_or_duplicates(
-    bootstrap: str, topics: Topics, group: str, mlp_path: Path, strategy: str
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, strategy: str, delivery: str
 ) -> None:
     """Eager (Kafka's default, ``range``): every rebalance revokes every partition and assigns them
     again. Cooperative: only the partitions that move are revoked, then assigned
     (``incremental_assign``: each worker failed at its first assignment with ``assign``)."""
     inp, out = topics("in", "out", partitions=4)
     total = 5000
-    env = {**ENV, "TFSTREAM_KAFKA_CONSUMER_PARTITION_ASSIGNMENT_STRATEGY": strategy}
+    env = {**ENV, "TFSTREAM_KAFKA_CONSUMER_PARTITION_ASSIGNMENT_STRATEGY": strategy, "TFSTREAM_DELIVERY": delivery}
     first = Deployment(consumer_command(bootstrap, mlp_path, inp, out, group), env)
     first.wait_for("worker ready")
     publisher = Trickle(bootstrap, inp, total, pause=0.1)
