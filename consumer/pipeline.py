@@ -12,6 +12,7 @@ so only the bad inputs go to the dead-letter topic.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import queue
 import time
 from collections import deque
@@ -24,7 +25,7 @@ import tensorflow as tf
 from confluent_kafka import Message
 
 from consumer.codec import Limits
-from consumer.errors import InputError, PreprocessError
+from consumer.errors import ConfigError, InputError, PreprocessError
 from consumer.model import dtype_name
 from consumer.offsets import Partition
 from consumer.predictor import Predictor
@@ -403,3 +404,21 @@ def raw_signature(signature: Signature, preprocess: Preprocess | None) -> Signat
 
 def _from_tf_spec(name: str, spec: tf.TensorSpec) -> TensorSpec:
     return TensorSpec(name, dtype_name(spec.dtype), tuple(int(d) for d in spec.shape))
+
+
+def load_preprocess(spec: str | None) -> Any:
+    """Import ``module:function``; a bad reference, or a module that raises while it is imported (a
+    syntax error, an exception at its top level), is a configuration error: no restart would cure it."""
+    if spec is None:
+        return None
+    module_name, _, attr = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"invalid setting preprocess={spec!r}: cannot import it ({exc})") from None
+    except Exception as exc:  # the module's own code failed
+        problem = f"importing {module_name!r} raised {type(exc).__name__}: {exc}"
+        raise ConfigError(f"invalid setting preprocess={spec!r}: {problem}; fix the module") from None
+    if not callable(function):
+        raise ConfigError(f"invalid setting preprocess={spec!r}: {attr!r} is not a function")
+    return function

@@ -12,7 +12,6 @@ at half of it. When the pipeline is full the loop pauses its partitions (back-pr
 from __future__ import annotations
 
 import gc
-import importlib
 import math
 import os
 import socket
@@ -36,12 +35,13 @@ from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError
 from consumer.logs import get_logger
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.outputs import Emitter
-from consumer.pipeline import Pipeline, PreprocessMismatch
+from consumer.pipeline import Pipeline, PreprocessMismatch, load_preprocess
 from consumer.positions import EndOfInput, GroupHistory, TimeWindow, apply_start_positions, group_history
 from consumer.predictor import default_batch_sizes
 from consumer.progress import total_lag
 from consumer.reload import Served, Watcher, build, first_model
 from consumer.serving import Serving
+from consumer.stuck import batch_stuck_for, slow_batch_warnings
 from consumer.timing import Timeline, peak_rss_mb, rss_mb
 from consumer.topic_rules import PRODUCER_MAX_BYTES, TopicRules
 from consumer.transactions import Transactions
@@ -61,8 +61,6 @@ READ_AHEAD_CHUNK = 1000
 #: reads only waits (with librdkafka fetching once its queue is taken, the MLP bench drained about
 #: 15% slower without this; docs/performance-log.md, 2026-12-01).
 HOLD_BATCHES = 4
-#: How many times a full batch's warm-up time ``stuck_batch_s`` and ``stuck_kill_s`` should allow
-SLOW_BATCH_MARGIN = 3
 #: At a stop, how long the consumer's queue may be served before ``close()`` (``_serve_rebalance_before_close``)
 CLOSE_QUEUE_SECONDS = 1.0
 
@@ -853,53 +851,9 @@ def whole_ms(seconds: float) -> float:
     return math.ceil(seconds * 1000) / 1000
 
 
-def batch_stuck_for(started_at: float | None, now: float, budget_s: float) -> float | None:
-    """How long the current batch has run, if that is longer than its budget; else None."""
-    if started_at is None or now - started_at <= budget_s:
-        return None
-    return now - started_at
-
-
-def slow_batch_warnings(full_batch_s: float, stuck_batch_s: float, stuck_kill_s: float) -> list[str]:
-    """A model whose full batch takes near ``stuck_kill_s`` has its workers killed as stuck in the
-    normal course, and near ``stuck_batch_s`` called not ready: say so at start, with the fix."""
-    needed = SLOW_BATCH_MARGIN * full_batch_s
-    took, fix = f"a full batch took {full_batch_s:.3g} s at warm-up", f"{math.ceil(needed)} or more"
-    warnings = []
-    if stuck_kill_s and stuck_kill_s < needed:
-        warnings.append(
-            f"{took}, and stuck_kill_s={stuck_kill_s:g} kills a worker whose pipeline moved no batch that long: "
-            f"set stuck_kill_s to {fix}"
-        )
-    if stuck_batch_s < needed:
-        warnings.append(
-            f"{took}, and stuck_batch_s={stuck_batch_s:g} calls a worker whose batch runs that long not ready "
-            f"(/readyz 503): set stuck_batch_s to {fix}"
-        )
-    return warnings
-
-
 def freeze_heap() -> None:
     """Move everything alive after warm-up (TensorFlow, Keras, the model: hundreds of thousands of
     objects) out of the garbage collector's view. Otherwise each full collection walks them all,
     a 100+ ms pause of every thread, seen as a latency tail of up to a second."""
     gc.collect()
     gc.freeze()
-
-
-def load_preprocess(spec: str | None) -> Any:
-    """Import ``module:function``; a bad reference, or a module that raises while it is imported (a
-    syntax error, an exception at its top level), is a configuration error: no restart would cure it."""
-    if spec is None:
-        return None
-    module_name, _, attr = spec.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"invalid setting preprocess={spec!r}: cannot import it ({exc})") from None
-    except Exception as exc:  # the module's own code failed
-        problem = f"importing {module_name!r} raised {type(exc).__name__}: {exc}"
-        raise ConfigError(f"invalid setting preprocess={spec!r}: {problem}; fix the module") from None
-    if not callable(function):
-        raise ConfigError(f"invalid setting preprocess={spec!r}: {attr!r} is not a function")
-    return function

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.codec import pack_input
-from consumer.worker import batch_stuck_for
+from consumer.stuck import batch_stuck_for
 from producer_tools.embedded_broker import free_port
 from tests.helpers import ENV, Deployment, Topics, consumer_command, publish, wait_for_outputs
 

@@ -512,7 +512,8 @@ def test_a_model_slower_than_the_stuck_limits_allow_is_said_at_start_with_the_fi
     """A full batch near ``stuck_kill_s`` would have the supervisor kill the worker as stuck in the
     normal course (and near ``stuck_batch_s``, /readyz call it not ready): the worker says so once
     its model is warm, before it joins. Limits far below any model's batch time make it certain."""
-    from consumer.worker import Worker, slow_batch_warnings
+    from consumer.stuck import slow_batch_warnings
+    from consumer.worker import Worker
 
     assert slow_batch_warnings(2.0, stuck_batch_s=60, stuck_kill_s=300) == []
     assert slow_batch_warnings(2.0, stuck_batch_s=60, stuck_kill_s=0) == []  # 0: never killed
