@@ -41,9 +41,11 @@ class BoundedRun:
         self._handovers_checked = -math.inf
 
     def done(self) -> bool:
-        if not (self.enabled and self.ends.finished() and self.tracker.in_flight() == 0):
-            return False
-        return not self.handovers.pending
+        return self.enabled and self._held_partitions_done() and not self.handovers.pending
+
+    def _held_partitions_done(self) -> bool:
+        """Every partition it holds read to its end, and every input of them done."""
+        return self.ends.finished() and self.tracker.in_flight() == 0
 
     def at_end(self) -> bool:
         """For the worker's status (any thread): held, only once its end is committed (``leaves``)."""
@@ -102,7 +104,7 @@ class BoundedRun:
         if not self.handovers.pending or now - self._handovers_checked < HANDOVER_CHECK_SECONDS:
             return
         self._handovers_checked = now
-        if self.ends.finished() and self.tracker.in_flight() == 0:
+        if self._held_partitions_done():
             self.handovers.settle(self._commits(consumer, set(self.handovers.pending), "the partitions it gave up"))
         if self.handovers.overdue(now):
             self.log.warning(
