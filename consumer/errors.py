@@ -53,6 +53,11 @@ class ModelError(TfStreamError):
     """The model cannot be loaded, or its signature is not one we can serve."""
 
 
+class PreprocessMismatch(ValueError):
+    """The preprocess function cannot give the model what it takes: no input can get through (the
+    worker says so as an invalid ``preprocess`` setting)."""
+
+
 class BrokerError(TfStreamError):
     """Kafka cannot be reached, or a topic the run needs does not exist."""
 

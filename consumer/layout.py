@@ -49,7 +49,7 @@ class CanonicalLayout:
         #: (what precedes an input's bytes, how many bytes it has), in signature order
         self._parts: list[tuple[bytes, int]] = []
         for index, spec in enumerate(signature.inputs):
-            nbytes = math.prod(spec.shape) * np.dtype(spec.dtype).itemsize
+            nbytes = math.prod(spec.fixed_shape) * np.dtype(spec.dtype).itemsize
             head = pack("inputs") + (map_header(len(signature.inputs)) if signature.named_inputs else b"")
             # the map of an empty tensor, less its empty bin (b"\xc4\x00"), then the real bin header
             empty = pack({"dtype": spec.dtype, "shape": list(spec.shape), "data": b""})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from consumer.errors import ModelError
+from consumer.errors import ModelError, PreprocessMismatch
 from consumer.signature import DEFAULT_SIGNATURE, STRING, Signature, TensorSpec
 from consumer.versions import KERAS_SUFFIXES, is_saved_model
+
+#: given a model's signature, the fixed example shape to serve each input of a dimension of any size at
+ShapeFixer = Callable[[Signature], Mapping[str, tuple[int, ...]]]
 
 TensorDict = dict[str, tf.Tensor]
 
@@ -38,10 +41,15 @@ class LoadedModel:
 
 
 def load_model(
-    path: str | Path, name: str | None = None, version: str | None = None, signature: str = DEFAULT_SIGNATURE
+    path: str | Path,
+    name: str | None = None,
+    version: str | None = None,
+    signature: str = DEFAULT_SIGNATURE,
+    fix_shapes: ShapeFixer | None = None,
 ) -> LoadedModel:
     """Load ``path``; ``name`` defaults to its stem and ``version`` to a content hash; a SavedModel
-    serves its ``signature``."""
+    serves its ``signature``. An input with a dimension of any size is served at the shape
+    ``fix_shapes`` gives it (``pipeline.shapes_from``), or refused without."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model path {str(path)!r} does not exist; pass a .keras file or a SavedModel directory")
@@ -54,7 +62,7 @@ def load_model(
     version = version or content_hash(path)
     try:
         if path.is_dir():
-            return _load_saved_model(path, name, version, signature)
+            return _load_saved_model(path, name, version, signature, fix_shapes)
         if path.suffix in KERAS_SUFFIXES:
             if signature != DEFAULT_SIGNATURE:
                 raise ModelError(
@@ -65,8 +73,8 @@ def load_model(
                     f"{str(path)!r} is not a .keras file (a zip archive): it is damaged, cut short, or "
                     "something else renamed; save the model again with model.save('name.keras')"
                 )
-            return _load_keras(path, name, version)
-    except ModelError:
+            return _load_keras(path, name, version, fix_shapes)
+    except (ModelError, PreprocessMismatch):
         raise
     except Exception as exc:
         raise ModelError(f"cannot load model {str(path)!r}: {type(exc).__name__}: {exc}") from exc
@@ -93,19 +101,35 @@ def _spec(name: str, dtype: Any, shape: Any) -> TensorSpec:
             "dimension; the consumer feeds batches of examples (export the model with an input shape "
             "like [None, ...])"
         )
-    dims = tuple(shape)[1:]
-    if any(d is None for d in dims):
+    return TensorSpec(name, dtype_name(dtype), tuple(shape)[1:])
+
+
+def _served_specs(specs: tuple[TensorSpec, ...], named: bool, fix_shapes: ShapeFixer | None) -> tuple[TensorSpec, ...]:
+    """The example shapes the model is compiled at: its own, or, for an input with a dimension of
+    any size, the fixed shape ``fix_shapes`` gives it (what the preprocess function returns)."""
+    variable = [spec for spec in specs if spec.variable]
+    if not variable:
+        return specs
+    if fix_shapes is None:
+        spec = variable[0]
         raise ModelError(
-            f"model input {name!r} has an unknown dimension {list(dims)}; precompiled batch "
-            "functions need fixed example shapes (export the model with fixed input shapes)"
+            f"model input {spec.name!r} has a dimension of any size {list(spec.shape)}; precompiled batch "
+            "functions need fixed example shapes: export the model with fixed input shapes, or give "
+            "--preprocess a function that returns them (pads or cuts to a length)"
         )
-    return TensorSpec(name, dtype_name(dtype), dims)
+    shapes = fix_shapes(Signature(inputs=specs, outputs=(), named_inputs=named))
+    return tuple(replace(spec, shape=shapes[spec.name]) if spec.variable else spec for spec in specs)
 
 
 def dtype_name(dtype: Any) -> str:
     """A TensorFlow dtype as the signature names it: ``STRING``, or the NumPy name (``float32``)."""
     tf_dtype = tf.as_dtype(dtype)
     return STRING if tf_dtype == tf.string else np.dtype(tf_dtype.as_numpy_dtype).name
+
+
+def tf_dtype(spec: TensorSpec) -> tf.DType:
+    """The TensorFlow dtype of a spec: ``dtype_name``'s inverse."""
+    return tf.string if spec.dtype == STRING else tf.as_dtype(spec.dtype)
 
 
 def _fixed_batch(name: str, shapes: Mapping[str, Any]) -> int | None:
@@ -129,11 +153,12 @@ def keras_arranger(model: Any) -> Callable[[Mapping[str, Any]], Any]:
     return arrange
 
 
-def _load_keras(path: Path, name: str, version: str) -> LoadedModel:
+def _load_keras(path: Path, name: str, version: str, fix_shapes: ShapeFixer | None) -> LoadedModel:
     model = keras.saving.load_model(path, compile=False)
     struct = getattr(model, "_inputs_struct", None)
     specs = tuple(_spec(t.name, t.dtype, t.shape) for t in model.inputs)
     named = isinstance(struct, dict) or len(specs) > 1
+    specs = _served_specs(specs, named, fix_shapes)
     arrange = keras_arranger(model)
 
     output_names = _keras_output_names(model, specs)
@@ -168,7 +193,9 @@ def _name_outputs(out: Any, names: list[str]) -> TensorDict:
     return {names[0]: out}
 
 
-def _load_saved_model(path: Path, name: str, version: str, signature: str) -> LoadedModel:
+def _load_saved_model(
+    path: Path, name: str, version: str, signature: str, fix_shapes: ShapeFixer | None
+) -> LoadedModel:
     loaded = tf.saved_model.load(str(path))
     signatures = getattr(loaded, "signatures", {})
     if signature not in signatures:
@@ -179,7 +206,9 @@ def _load_saved_model(path: Path, name: str, version: str, signature: str) -> Lo
         )
     fn = signatures[signature]
     _, kwargs = fn.structured_input_signature
-    specs = tuple(_spec(k, v.dtype, v.shape) for k, v in sorted(kwargs.items()))
+    specs = _served_specs(
+        tuple(_spec(k, v.dtype, v.shape) for k, v in sorted(kwargs.items())), len(kwargs) > 1, fix_shapes
+    )
     outputs = tuple(sorted(fn.structured_outputs))
 
     def call(inputs: Mapping[str, tf.Tensor]) -> TensorDict:

@@ -12,11 +12,10 @@ so only the bad inputs go to the dead-letter topic.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,18 +24,18 @@ import tensorflow as tf
 from confluent_kafka import Message
 
 from consumer.codec import Limits
-from consumer.errors import ConfigError, InputError, PreprocessError
-from consumer.model import dtype_name
+from consumer.errors import InputError, PreprocessError, PreprocessMismatch
+from consumer.model import tf_dtype
 from consumer.offsets import Partition
 from consumer.predictor import Predictor
-from consumer.signature import STRING, Signature, TensorSpec
+from consumer.preprocess import Preprocess, describe_outputs, fits, raw_signature, traced_outputs
+from consumer.ragged import column_dtypes, feed, flat_columns, map_examples, unflat_columns
 from consumer.validate import BatchDecoder, pad_rows, stack
 
 Inputs = dict[str, Any]
 PROBE = "probe"
 #: the id of the element after the last batch (batch ids are >= 0, probes' < 0 and far above this)
 END = -(2**62)
-Preprocess = Callable[[Any], Any]
 #: a closed batch's messages, their ((topic, partition), offset) and their timestamps (ms)
 Closed = tuple[list[Message], list[tuple[Partition, int]], list[int]]
 
@@ -78,10 +77,6 @@ class Batch:
         return len(self.messages)
 
 
-def tf_dtype(spec: TensorSpec) -> tf.DType:
-    return tf.string if spec.dtype == STRING else tf.as_dtype(spec.dtype)
-
-
 def pad_to(inputs: Inputs, size: int) -> Inputs:
     """Pad every input along the batch axis to ``size`` rows (zeros, or empty strings)."""
     padded = {}
@@ -91,38 +86,6 @@ def pad_to(inputs: Inputs, size: int) -> Inputs:
         filler = tf.zeros(tf.concat([[missing], tf.shape(value)[1:]], 0), dtype=value.dtype)
         padded[name] = tf.concat([value, filler], 0)
     return padded
-
-
-def fits(returned: Any, inputs: Sequence[TensorSpec]) -> bool:
-    """Whether a preprocess function's traced outputs (by input name) are the model's ``inputs``:
-    the same names, each a tensor of its dtype and of a shape compatible with its own."""
-    if not isinstance(returned, dict) or set(returned) != {spec.name for spec in inputs}:
-        return False
-    return all(
-        isinstance(returned[spec.name], tf.Tensor)
-        and returned[spec.name].dtype == tf_dtype(spec)
-        and returned[spec.name].shape.is_compatible_with(spec.shape)
-        for spec in inputs
-    )
-
-
-def describe_outputs(returned: Any) -> str:
-    """A preprocess function's traced outputs as the signature describes inputs (``x: float32[4]``)."""
-    if not isinstance(returned, dict):
-        return type(returned).__name__
-    parts = []
-    for name, value in returned.items():
-        if not isinstance(value, tf.Tensor):
-            parts.append(f"{name}: {type(value).__name__}")
-        elif value.shape.rank is None:
-            parts.append(f"{name}: {dtype_name(value.dtype)}[?]")
-        else:
-            parts.append(TensorSpec(name, dtype_name(value.dtype), tuple(value.shape.as_list())).describe())
-    return ", ".join(parts)
-
-
-class PreprocessMismatch(ValueError):
-    """The preprocess function cannot give the model what it takes: no input can get through."""
 
 
 class Pipeline:
@@ -243,15 +206,12 @@ class Pipeline:
 
         def next_element(_: Any) -> list[Any]:
             batch_id, rows, bucket, inputs = next(elements, (END, 0, 0, self._no_rows))
-            return [np.int64(batch_id), np.int64(rows), np.int64(bucket), *(inputs[s.name] for s in specs)]
+            return [np.int64(batch_id), np.int64(rows), np.int64(bucket), *flat_columns(inputs, specs)]
 
         def element(index: tf.Tensor) -> tuple[Any, Any, Any, Inputs]:
-            dtypes = [tf.int64] * 3 + [tf_dtype(s) for s in specs]
-            flat = tf.numpy_function(next_element, [index], dtypes, stateful=True, name="next_batch")
-            for tensor, spec in zip(flat[3:], specs, strict=True):
-                tensor.set_shape((None, *spec.shape))
+            flat = tf.numpy_function(next_element, [index], column_dtypes(specs), stateful=True, name="next_batch")
             scalars = [tf.ensure_shape(t, ()) for t in flat[:3]]
-            return scalars[0], scalars[1], scalars[2], {s.name: t for s, t in zip(specs, flat[3:], strict=True)}
+            return scalars[0], scalars[1], scalars[2], unflat_columns(flat[3:], specs)
 
         ds = tf.data.Dataset.range(2**62).map(element)
         if self._transform is not None:
@@ -282,15 +242,19 @@ class Pipeline:
         out_specs = {s.name: tf.TensorSpec(s.shape, tf_dtype(s)) for s in signature.inputs}
         only = self._only_input
 
+        raw_specs = self.raw_signature.inputs
+
         @tf.function(reduce_retracing=True)
         def transform(raw: Inputs, bucket: Any) -> Inputs:
-            if only is not None:
+            if any(spec.variable for spec in raw_specs):
+                mapped = map_examples(preprocess, raw, raw_specs, out_specs, only)
+            elif only is not None:
                 mapped = {only: tf.map_fn(preprocess, raw[only], fn_output_signature=out_specs[only])}
             else:
                 mapped = tf.map_fn(preprocess, raw, fn_output_signature=out_specs)
             return pad_to(mapped, bucket)
 
-        return transform
+        return lambda raw, bucket: transform(feed(raw, raw_specs), bucket)
 
     def _check_preprocess(self) -> None:
         """Trace the preprocess function once, now, for one input, and hold what it returns against
@@ -298,18 +262,8 @@ class Pipeline:
         a name), or cannot run in a graph, is a ``PreprocessMismatch`` before the worker is ready.
         Found by tf.data, a wrong shape failed every worker at its first batch, and they restarted
         for good; a wrong dtype only made TensorFlow log an error and every batch fail."""
-        example = {spec.name: tf.TensorSpec(spec.shape, tf_dtype(spec)) for spec in self.raw_signature.inputs}
-        only = self._only_input
-        try:
-            traced = tf.function(self.preprocess).get_concrete_function(example[only] if only else example)
-        except Exception as exc:
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            detail = f"{type(exc).__name__}: {lines[-1] if lines else exc!r}"
-            raise PreprocessMismatch(
-                f"it cannot run on one input as a TensorFlow graph ({detail}); fix the function"
-            ) from None
-        returned = traced.structured_outputs
-        gives = {only: returned} if only else returned
+        assert self.preprocess is not None
+        gives = traced_outputs(self.preprocess, self.raw_signature)
         if not fits(gives, self.signature.inputs):
             takes = ", ".join(spec.describe() for spec in self.signature.inputs)
             raise PreprocessMismatch(
@@ -381,44 +335,3 @@ class Pipeline:
             return kept, {}
         bucket = self.predictor.bucket_for(kept.rows)
         return kept, self._transform(kept.inputs, tf.constant(bucket, tf.int64))
-
-
-def raw_signature(signature: Signature, preprocess: Preprocess | None) -> Signature:
-    """What messages must carry: the model's inputs, or what the preprocess function takes.
-
-    A preprocess function decorated with ``tf.function(input_signature=[...])`` declares its
-    input (a TensorSpec, or a dict of them for a multi-input model); otherwise each input
-    arrives as a scalar ``tf.string`` (bin on the wire).
-    """
-    if preprocess is None:
-        return signature
-    declared = getattr(preprocess, "input_signature", None)
-    if not declared:
-        specs = tuple(TensorSpec(s.name, STRING, ()) for s in signature.inputs)
-    else:
-        first = declared[0]
-        by_name = first if isinstance(first, dict) else {signature.inputs[0].name: first}
-        specs = tuple(_from_tf_spec(s.name, by_name[s.name]) for s in signature.inputs)
-    return Signature(inputs=specs, outputs=signature.outputs, named_inputs=signature.named_inputs)
-
-
-def _from_tf_spec(name: str, spec: tf.TensorSpec) -> TensorSpec:
-    return TensorSpec(name, dtype_name(spec.dtype), tuple(int(d) for d in spec.shape))
-
-
-def load_preprocess(spec: str | None) -> Any:
-    """Import ``module:function``; a bad reference, or a module that raises while it is imported (a
-    syntax error, an exception at its top level), is a configuration error: no restart would cure it."""
-    if spec is None:
-        return None
-    module_name, _, attr = spec.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"invalid setting preprocess={spec!r}: cannot import it ({exc})") from None
-    except Exception as exc:  # the module's own code failed
-        problem = f"importing {module_name!r} raised {type(exc).__name__}: {exc}"
-        raise ConfigError(f"invalid setting preprocess={spec!r}: {problem}; fix the module") from None
-    if not callable(function):
-        raise ConfigError(f"invalid setting preprocess={spec!r}: {attr!r} is not a function")
-    return function

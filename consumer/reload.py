@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from consumer.errors import ConfigError
-from consumer.model import DEFAULT_SIGNATURE, LoadedModel, load_model
+from consumer.model import DEFAULT_SIGNATURE, LoadedModel, ShapeFixer, load_model
 from consumer.predictor import Predictor
 from consumer.versions import (
     Fingerprint,
@@ -51,9 +51,10 @@ def build(
     jit_compile: bool,
     number: int | None = None,
     signature: str = DEFAULT_SIGNATURE,
+    fix_shapes: ShapeFixer | None = None,
 ) -> Served:
     """Load, compile and warm up one model (any thread); name and version default as ``load_model``'s."""
-    model = load_model(path, name, version, signature)
+    model = load_model(path, name, version, signature, fix_shapes)
     predictor = Predictor(model, sizes, jit_compile)
     predictor.warm_up()
     return Served(model, predictor, number)
@@ -75,14 +76,15 @@ def first_model(
     sizes: list[int],
     jit_compile: bool,
     signature: str = DEFAULT_SIGNATURE,
+    fix_shapes: ShapeFixer | None = None,
 ) -> tuple[Served, VersionDirectory | None, int | None]:
     """The model to start with; for a versioned base also its directory and the pinned number."""
     if not is_versioned_base(path):
-        return build(path, name, version, sizes, jit_compile, signature=signature), None, None
+        return build(path, name, version, sizes, jit_compile, signature=signature, fix_shapes=fix_shapes), None, None
     pinned = _pinned(version)
     chosen = initial_version(path, pinned)
     number = chosen.number
-    served = build(chosen.path, name or path.name, str(number), sizes, jit_compile, number, signature)
+    served = build(chosen.path, name or path.name, str(number), sizes, jit_compile, number, signature, fix_shapes)
     return served, VersionDirectory(path), pinned
 
 

@@ -52,7 +52,7 @@ def _conform_tensor(value: WireTensor, spec: TensorSpec, limits: Limits, reject_
     if isinstance(value, bytes):
         raise errors.WrongDtypeError(f"input {spec.name!r} takes {spec.dtype}, got bin")
     array = _list_to_array(value, spec, limits) if isinstance(value, list) else value
-    if array.shape != spec.shape:
+    if not spec.fits_shape(array.shape):
         raise errors.WrongShapeError(
             f"input {spec.name!r} has shape {list(array.shape)}; the model takes {list(spec.shape)}"
         )
@@ -115,13 +115,20 @@ def _out_of_range(spec: TensorSpec) -> errors.WrongDtypeError:
 
 
 def stack(examples: list[Example], signature: Signature, rows: int) -> dict[str, np.ndarray]:
-    """Stack examples into batch arrays of ``rows`` rows; rows past the examples stay zero/empty."""
+    """Stack examples into batch arrays of ``rows`` rows; rows past the examples stay zero/empty.
+    An input whose examples vary in size (``TensorSpec.variable``) is a column of arrays: an
+    object array of ``rows`` items, each an example's own array."""
     batch: dict[str, np.ndarray] = {}
     for spec in signature.inputs:
         if spec.dtype == STRING:
             column = np.full((rows,), b"", dtype=object)
+        elif spec.variable:
+            column = np.empty((rows,), dtype=object)
+            empty = np.zeros([d or 0 for d in spec.shape], dtype=spec.dtype)
+            for row in range(rows):  # not column[:] = [...]: NumPy would stack the arrays
+                column[row] = empty
         else:
-            column = np.zeros((rows, *spec.shape), dtype=spec.dtype)
+            column = np.zeros((rows, *spec.fixed_shape), dtype=spec.dtype)
         for row, example in enumerate(examples):
             column[row] = example[spec.name]
         batch[spec.name] = column
@@ -149,12 +156,13 @@ class BatchDecoder:
 
     def __init__(self, signature: Signature, limits: Limits, reject_non_finite: bool = False) -> None:
         self.signature, self.limits, self.reject_non_finite = signature, limits, reject_non_finite
-        self._raw = {
-            spec.name: (spec.dtype, list(spec.shape), math.prod(spec.shape) * np.dtype(spec.dtype).itemsize)
-            for spec in signature.inputs
-            if spec.dtype != STRING
-        }
-        self._fast = len(self._raw) == len(signature.inputs)
+        numeric = all(spec.dtype != STRING for spec in signature.inputs)
+        #: every input numeric and of a fixed shape: a batch may be sliced as a whole, not parsed
+        self._fast = numeric and not any(spec.variable for spec in signature.inputs)
+        #: per input, for messages parsed: its spec, its dims, and its byte size when fixed (None: any size)
+        self._raw = (
+            {spec.name: (spec, list(spec.shape), _fixed_bytes(spec)) for spec in signature.inputs} if numeric else {}
+        )
         self._single = None if signature.named_inputs else signature.inputs[0].name
         self._unpack = functools.partial(unpack_strict, limits=limits)
         self._layout = CanonicalLayout(signature, limits) if self._fast else None
@@ -181,7 +189,7 @@ class BatchDecoder:
             return None
         columns, ids = sliced
         inputs = {
-            spec.name: _from_wire(column, spec, (len(values), *spec.shape))
+            spec.name: _from_wire(column, spec, (len(values), *spec.fixed_shape))
             for spec, column in zip(self.signature.inputs, columns, strict=True)
         }
         return DecodedBatch(list(range(len(values))), inputs, ids, [])
@@ -193,7 +201,7 @@ class BatchDecoder:
         if sliced is not None:
             return sliced
         fast = self._fast_path(self._unpack(value))
-        return None if fast is None else ([fast[0][name] for name in self._raw], fast[1])
+        return None if fast is None else ([fast[0][name] for name in self._raw], fast[1])  # type: ignore[misc]  # bytes: fixed shapes
 
     def _decode_each(self, values: list[bytes | None]) -> DecodedBatch:
         rows: list[int] = []
@@ -213,29 +221,38 @@ class BatchDecoder:
 
     def _decode_one(self, value: bytes | None) -> tuple[dict[str, Any], tuple[Any, bool]]:
         obj = read_message(value, self.limits)  # parsed once, for both paths
-        fast = self._fast_path(obj) if self._fast else None
+        fast = self._fast_path(obj) if self._raw else None
         if fast is not None:
             return fast
         envelope = envelope_of(obj, self.limits)
         return conform(envelope, self.signature, self.limits), (envelope.id, envelope.has_id)
 
-    def _fast_path(self, obj: Any) -> tuple[dict[str, bytes], tuple[Any, bool]] | None:
-        """The raw ``data`` of each input when the message is exactly what the model takes, else None."""
+    def _fast_path(self, obj: Any) -> tuple[dict[str, bytes | np.ndarray], tuple[Any, bool]] | None:
+        """The raw ``data`` of each input when the message is exactly what the model takes, else None;
+        for an input of any size (``TensorSpec.variable``), already its array."""
         if type(obj) is not dict or (version := obj.get("v", 1)) != 1 or version is True:
             return None
         given = obj.get("inputs")
         tensors = {self._single: given} if self._single is not None else given
         if type(tensors) is not dict or len(tensors) != len(self._raw):
             return None
-        found = {}
-        for name, (dtype, shape, nbytes) in self._raw.items():
+        found: dict[str, bytes | np.ndarray] = {}
+        for name, (spec, dims, nbytes) in self._raw.items():
             tensor = tensors.get(name)
-            if type(tensor) is not dict or tensor.get("dtype") != dtype or not _same_shape(tensor.get("shape"), shape):
+            if type(tensor) is not dict or tensor.get("dtype") != spec.dtype:
                 return None
+            shape: Any = tensor.get("shape")
             data = tensor.get("data")
-            if type(data) is not bytes or len(data) != nbytes:
+            if type(data) is not bytes:
                 return None
-            found[name] = data
+            if nbytes is not None:  # the usual case: a fixed shape, its bytes stacked later
+                if len(data) != nbytes or not _same_shape(shape, dims):
+                    return None
+                found[name] = data
+            elif _takes_shape(shape, dims) and len(data) == math.prod(shape) * np.dtype(spec.dtype).itemsize:
+                found[name] = _from_wire(data, spec, tuple(shape))
+            else:
+                return None
         return found, id_of(obj)
 
     def _stack(self, parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -247,7 +264,7 @@ class BatchDecoder:
     def _join(self, parts: list[dict[str, bytes]]) -> dict[str, np.ndarray]:
         """Fast-path rows (each input's raw bytes) as one array per input, from one joined buffer."""
         return {
-            spec.name: _from_wire(b"".join([p[spec.name] for p in parts]), spec, (len(parts), *spec.shape))
+            spec.name: _from_wire(b"".join([p[spec.name] for p in parts]), spec, (len(parts), *spec.fixed_shape))
             for spec in self.signature.inputs
         }
 
@@ -255,11 +272,11 @@ class BatchDecoder:
         bad: dict[int, str] = {}  # row → the first input holding NaN or infinity
         if not batch.rows:
             return batch
-        for name, column in batch.inputs.items():
-            if is_float(column.dtype):
-                finite = np.isfinite(column).reshape(len(column), -1).all(axis=1)
-                for row in np.flatnonzero(~finite):
-                    bad.setdefault(int(row), name)
+        for spec in self.signature.inputs:
+            column = batch.inputs[spec.name]
+            if spec.dtype != STRING and is_float(np.dtype(spec.dtype) if spec.variable else column.dtype):
+                for row in np.flatnonzero(~_finite_rows(column)):
+                    bad.setdefault(int(row), spec.name)
         if not bad:
             return batch
         good = np.array([row not in bad for row in range(len(batch.rows))])
@@ -275,13 +292,35 @@ class BatchDecoder:
         )
 
 
+def _finite_rows(column: np.ndarray) -> np.ndarray:
+    """Per row, whether all its values are finite (a column of arrays: row by row)."""
+    if column.dtype == object:
+        return np.array([bool(np.isfinite(row).all()) for row in column], dtype=bool)
+    return np.isfinite(column).reshape(len(column), -1).all(axis=1)
+
+
 def _as_columns(rows: list[Sliced], inputs: int) -> tuple[list[np.ndarray], list[tuple[Any, bool]]]:
     """Per-message slices as one joined byte array per input, and the ids."""
     columns = [np.frombuffer(b"".join([data[i] for data, _ in rows]), np.uint8) for i in range(inputs)]
     return columns, [ident for _, ident in rows]
 
 
-def _same_shape(given: Any, shape: list[int]) -> bool:
+def _fixed_bytes(spec: TensorSpec) -> int | None:
+    """An example's size in bytes; None for an input of any size."""
+    return None if spec.variable else math.prod(spec.fixed_shape) * np.dtype(spec.dtype).itemsize
+
+
+def _takes_shape(given: Any, dims: list[int | None]) -> bool:
+    """A wire shape that an input with dimensions of any size (None) takes: ints, of its rank."""
+    return (
+        type(given) is list
+        and len(given) == len(dims)
+        and set(map(type, given)) <= _INT
+        and all(g >= 0 and (d is None or g == d) for g, d in zip(given, dims, strict=True))
+    )
+
+
+def _same_shape(given: Any, shape: list[int | None]) -> bool:
     # [True] == [1] and [3.0] == [3]: the dims must also all be ints (a set of types: no Python loop)
     return type(given) is list and given == shape and set(map(type, given)) <= _INT
 
@@ -289,7 +328,7 @@ def _same_shape(given: Any, shape: list[int]) -> bool:
 def _as_array(value: Any, spec: TensorSpec) -> Any:
     """A fast-path row's raw bytes as the model's array; general-path rows are already conformed."""
     if type(value) is bytes and spec.dtype != STRING:
-        return _from_wire(value, spec, spec.shape)
+        return _from_wire(value, spec, spec.fixed_shape)
     return value
 
 

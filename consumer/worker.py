@@ -31,13 +31,15 @@ from consumer.careful import CrashGuard, Feed
 from consumer.codec import Limits
 from consumer.config import Settings
 from consumer.delivery import Counters, DeadLetters, Outbox, wait_until
-from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError, DeliveryError
+from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError, DeliveryError, PreprocessMismatch
 from consumer.logs import get_logger
+from consumer.model import ShapeFixer
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.outputs import Emitter
-from consumer.pipeline import Pipeline, PreprocessMismatch, load_preprocess
+from consumer.pipeline import Pipeline
 from consumer.positions import EndOfInput, GroupHistory, TimeWindow, apply_start_positions, group_history
 from consumer.predictor import default_batch_sizes
+from consumer.preprocess import load_preprocess, shapes_from
 from consumer.progress import total_lag
 from consumer.reload import Served, Watcher, build, first_model
 from consumer.serving import Serving
@@ -123,9 +125,12 @@ class Worker:
         s = self.settings
         self.preprocess = load_preprocess(s.preprocess)
         sizes = s.allowed_batch_sizes or default_batch_sizes(s.max_batch_size)
-        served, versions, pinned = first_model(
-            s.model, s.model_name, s.model_version, sizes, s.jit_compile, s.signature
-        )
+        try:
+            served, versions, pinned = first_model(
+                s.model, s.model_name, s.model_version, sizes, s.jit_compile, s.signature, self._fix_shapes
+            )
+        except PreprocessMismatch as exc:
+            raise ConfigError(f"invalid setting preprocess={s.preprocess!r}: {exc}") from None
         watcher = None
         if versions is not None and s.model_poll_seconds:
             reloads = self.metrics.model_reload if self.metrics else None
@@ -155,8 +160,13 @@ class Worker:
         s = self.settings
         name = s.model_name or s.model.name
         return lambda version: build(
-            version.path, name, str(version.number), sizes, s.jit_compile, version.number, s.signature
+            version.path, name, str(version.number), sizes, s.jit_compile, version.number, s.signature, self._fix_shapes
         )
+
+    @property
+    def _fix_shapes(self) -> ShapeFixer | None:
+        """For a model input with a dimension of any size: the shape the preprocess function gives it."""
+        return shapes_from(self.preprocess) if self.preprocess is not None else None
 
     def _log_ready(self, served: Served, sizes: list[int]) -> None:
         model, warm = served.model, served.predictor.warmup_seconds

@@ -92,6 +92,11 @@ def _publish(sub: argparse._SubParsersAction) -> None:
     _input_file_flags(p)
     p.add_argument("--tensor-form", choices=["raw", "list"], default="raw", help="raw bytes (default) or nested lists")
     p.add_argument(
+        "--varying-shapes",
+        action="store_true",
+        help=".jsonl: rows may differ in their inputs' sizes, not rank (inputs of any length, for a --preprocess)",
+    )
+    p.add_argument(
         "--rate", type=_positive(float), metavar="N", help="messages per second (default: as fast as possible)"
     )
     how_many = p.add_mutually_exclusive_group()  # both given, one would be quietly ignored

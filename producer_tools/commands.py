@@ -42,6 +42,7 @@ def read_options(args: argparse.Namespace) -> sources.ReadOptions:
         input_name=args.input_name,
         columns=tuple(c.strip() for c in args.columns.split(",")) if args.columns else None,
         dtype=args.dtype,
+        varying_shapes=getattr(args, "varying_shapes", False),  # publish's own flag
     )
 
 

@@ -41,6 +41,7 @@ class ReadOptions:
     input_name: str | None = None  # directories: the input the bytes go to (default: unnamed)
     columns: tuple[str, ...] | None = None  # CSV: the feature columns (default: all but key/id)
     dtype: str | None = None  # cast numeric inputs to this NumPy dtype
+    varying_shapes: bool = False  # JSON lines: rows may differ in their dimensions' sizes, not in rank
 
 
 def read_inputs(path: Path, options: ReadOptions | None = None) -> Sequence[Example]:
@@ -209,8 +210,15 @@ def _json_tensor(value: Any, where: str, shapes: dict[str, tuple[int, ...]], nam
     except ValueError as exc:
         raise ConfigError(f"{where}: not a regular nested list of numbers ({exc})") from None
     expected = shapes.setdefault(name, array.shape)
-    if array.shape != expected:
-        raise ConfigError(f"{where}: shape {list(array.shape)} differs from the first row's {list(expected)}")
+    if options.varying_shapes and array.ndim != len(expected):
+        raise ConfigError(
+            f"{where}: {array.ndim} dimensions {list(array.shape)}; the first row has {len(expected)} {list(expected)}"
+        )
+    if array.shape != expected and not options.varying_shapes:
+        raise ConfigError(
+            f"{where}: shape {list(array.shape)} differs from the first row's {list(expected)} "
+            "(inputs of any length, for a --preprocess that takes them: --varying-shapes)"
+        )
     return array
 
 

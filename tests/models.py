@@ -201,6 +201,15 @@ def shaped_saved_model(out: Path, shape: list[int | None] | None) -> Path:
     return save_serving(Shaped(shape), out)
 
 
+def token_classifier(path: Path) -> Path:
+    """A text model: token ids of any length (``Input((None,))``), embedded and averaged."""
+    keras.utils.set_random_seed(4)
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 4)(tokens))
+    keras.Model(tokens, keras.layers.Dense(3)(pooled), name="tokens").save(path)
+    return path
+
+
 def fixed_batch_keras(path: Path, batch: int) -> Path:
     """A Keras model built with ``Input(batch_size=...)``, as exports for a fixed batch are."""
     inputs = keras.Input((4,), batch_size=batch, name="features")

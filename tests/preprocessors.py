@@ -7,6 +7,7 @@ import re
 import resource
 import time
 
+import numpy as np
 import tensorflow as tf
 
 #: The first feature of the input that ``abort_on_poison`` aborts the worker on.
@@ -78,3 +79,43 @@ def widens_to_float64(features: tf.Tensor) -> tf.Tensor:
 def reads_the_value_eagerly(raw: tf.Tensor) -> tf.Tensor:
     """Python on the tensor's value: fine eagerly, impossible in the graph tf.data runs."""
     return tf.constant([float(len(raw.numpy()))] * 4)
+
+
+@tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
+def first_four_tokens(tokens: tf.Tensor) -> tf.Tensor:
+    """Any number of tokens → the first four as float32 features, zeros after a short one's end
+    (as a text model's tokenizer output is truncated and padded); a negative token fails."""
+    tf.debugging.assert_non_negative(tokens, message="a token is negative")
+    head = tokens[:4]
+    return tf.cast(tf.pad(head, [[0, 4 - tf.shape(head)[0]]]), tf.float32)
+
+
+@tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
+def four_token_ids(tokens: tf.Tensor) -> tf.Tensor:
+    """``first_four_tokens`` as int32 ids, of a shape known when traced (``tf.ensure_shape``): what
+    a model that takes tokens of any length is compiled at."""
+    return tf.ensure_shape(tf.cast(first_four_tokens(tokens), tf.int32), [4])
+
+
+@tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
+def four_token_floats(tokens: tf.Tensor) -> tf.Tensor:
+    return tf.ensure_shape(first_four_tokens(tokens), [4])
+
+
+def pad_or_cut(tokens: np.ndarray, length: int = 4) -> np.ndarray:
+    """``first_four_tokens`` in NumPy, for the expected outputs."""
+    return np.pad(tokens[:length], (0, length - len(tokens[:length]))).astype("float32")
+
+
+@tf.function(input_signature=[{"a": tf.TensorSpec([None, 2], tf.float32), "b": tf.TensorSpec([2], tf.int32)}])
+def mean_of_pairs(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """A multi-input model's inputs: ``a`` any number of pairs (at least one), averaged and repeated into
+    four features; ``b`` as it came."""
+    mean = tf.reduce_mean(inputs["a"], axis=0)
+    return {"a": tf.concat([mean, mean], 0), "b": inputs["b"]}
+
+
+@tf.function(input_signature=[tf.TensorSpec(None, tf.float32)])
+def declares_no_rank(features: tf.Tensor) -> tf.Tensor:
+    """Any rank: the wire cannot say what to send."""
+    return tf.reshape(features, [4])

@@ -200,6 +200,7 @@ TAKES = "the model takes features: float32[4]: make it return that"
         ("passes_the_bytes_on", f"for one input it returns features: string[], and {TAKES}"),
         ("widens_to_float64", f"for one input it returns features: float64[4], and {TAKES}"),
         ("reads_the_value_eagerly", "it cannot run on one input as a TensorFlow graph (AttributeError: "),
+        ("declares_no_rank", "its input_signature gives 'features' no rank: declare its dimensions"),
     ],
 )
 def test_a_preprocess_function_that_cannot_make_the_model_s_inputs_exits_2_before_any_input(

@@ -290,6 +290,21 @@ def test_a_preprocess_module_that_cannot_serve_is_a_configuration_error_before_t
     assert "\n" not in str(info.value)
 
 
+def test_a_preprocess_that_gives_a_model_of_any_length_no_fixed_shape_is_a_configuration_error(tmp_path: Path) -> None:
+    from consumer.worker import Worker
+    from tests import models
+
+    spec = "tests.preprocessors:first_four_tokens"
+    model = models.token_classifier(tmp_path / "tokens.keras")
+    # no broker: the model is loaded, and refused, before the worker contacts it
+    settings = load_settings({**REQUIRED, "model": str(model), "preprocess": spec}, None, {})
+    with pytest.raises(ConfigError) as info:
+        Worker(settings).start()
+    assert str(info.value).startswith(
+        f"invalid setting preprocess={spec!r}: the model takes tokens: int32[None], a dimension of any size, "
+    )
+
+
 def test_the_tools_take_bootstrap_servers_from_the_flag_the_environment_the_file_then_kafka_bootstrap_servers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

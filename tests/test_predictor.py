@@ -205,3 +205,115 @@ def test_a_worker_s_pipeline_counts_as_stalled_only_while_the_model_or_tf_data_h
     nothing_yet.set()
     waiting.join(30)
     assert serving.stalled_for(time.monotonic()) is None
+
+
+@pytest.mark.parametrize(
+    ("declared", "says"),
+    [
+        (
+            {"a": None},
+            "its input_signature declares ['a'], and the model takes ['features']: declare one tf.TensorSpec",
+        ),
+        ("not a spec", "its input_signature gives 'features' as str: declare a tf.TensorSpec"),
+        (None, "its input_signature gives 'features' no rank: declare its dimensions"),
+        ([None], "its input_signature gives 'features' as tf.string of shape [None]; a string input arrives as one"),
+    ],
+)
+def test_a_preprocess_input_signature_the_wire_cannot_carry_is_refused_in_one_line(
+    mlp_path: Path, declared: Any, says: str
+) -> None:
+    """Before, a dimension of None (or no rank) failed each worker at start with a TypeError
+    traceback, three times, and a dict without the model's input names with a KeyError."""
+    import tensorflow as tf
+
+    from consumer.errors import PreprocessMismatch
+    from consumer.preprocess import raw_signature
+
+    if declared is None:
+        declared = tf.TensorSpec(None, tf.float32)
+    elif declared == [None]:
+        declared = tf.TensorSpec([None], tf.string)
+    elif isinstance(declared, dict):
+        declared = {"a": tf.TensorSpec([4], tf.float32)}
+
+    def preprocess(x: Any) -> Any:
+        return x
+
+    preprocess.input_signature = [declared]  # type: ignore[attr-defined]  # as tf.function sets it
+    with pytest.raises(PreprocessMismatch) as info:
+        raw_signature(load_model(mlp_path).signature, preprocess)
+    assert str(info.value).startswith(says), str(info.value)
+
+
+def test_a_model_input_of_any_length_is_served_at_the_shape_its_preprocess_function_gives(tmp_path: Path) -> None:
+    """It was refused whatever the preprocess function did ("unknown dimension"): a text model
+    exported as ``Input((None,))`` could not be served."""
+    from consumer.errors import PreprocessMismatch
+    from consumer.preprocess import shapes_from
+    from tests.preprocessors import first_four_tokens, four_token_floats, four_token_ids
+
+    path = models.token_classifier(tmp_path / "tokens.keras")
+    with pytest.raises(ModelError) as refused:
+        load_model(path)
+    assert str(refused.value) == (
+        "model input 'tokens' has a dimension of any size [None]; precompiled batch functions need fixed "
+        "example shapes: export the model with fixed input shapes, or give --preprocess a function that "
+        "returns them (pads or cuts to a length)"
+    )
+    with pytest.raises(PreprocessMismatch) as unknown:
+        load_model(path, fix_shapes=shapes_from(first_four_tokens))
+    assert str(unknown.value).startswith(
+        "the model takes tokens: int32[None], a dimension of any size, and for one input the function returns "
+        "tokens: float32[None]: make it return one fixed shape (pad or cut to a length, then tf.ensure_shape("
+    )
+    model = load_model(path, fix_shapes=shapes_from(four_token_ids))
+    assert model.signature.describe() == "tokens: int32[4]"
+    saved = load_model(
+        models.shaped_saved_model(tmp_path / "sm", [None, None]), fix_shapes=shapes_from(four_token_floats)
+    )
+    assert saved.signature.describe() == "x: float32[4]"
+
+
+def test_a_preprocess_declares_dimensions_of_any_size_that_the_wire_then_carries(mlp_path: Path) -> None:
+    from consumer.preprocess import raw_signature
+    from tests.preprocessors import first_four_tokens
+
+    (spec,) = raw_signature(load_model(mlp_path).signature, first_four_tokens).inputs
+    assert (spec.name, spec.dtype, spec.shape, spec.variable) == ("features", "int32", (None,), True)
+
+
+@pytest.mark.parametrize("shape", [(None,), (None, 2), (2, None), (None, None)])
+def test_each_example_of_any_size_reaches_the_preprocess_function_in_its_own_shape(shape: tuple[Any, ...]) -> None:
+    """Both ways a batch is taken apart: as a ragged batch (only the first dimension varies) and
+    example by example (another does), beside an input of a fixed shape."""
+    import tensorflow as tf
+
+    from consumer.codec import pack_input
+    from consumer.ragged import feed, map_examples
+    from consumer.signature import Signature, TensorSpec
+    from consumer.validate import BatchDecoder
+
+    specs = (TensorSpec("a", "float32", shape), TensorSpec("b", "int32", (2,)))
+    rng = np.random.default_rng(1)
+    sizes = [(3, 2), (0, 2), (1, 2), (5, 2)] if shape[-1] == 2 else [(2, 3), (2, 0), (2, 1), (2, 4)]
+    if shape == (None,):
+        sizes = [(n,) for n, _ in sizes]
+    examples = [
+        {"a": rng.normal(size=size).astype("float32"), "b": np.array([i, 7], "int32")} for i, size in enumerate(sizes)
+    ]
+    batch = BatchDecoder(Signature(specs, ("y",), True), Limits()).decode([pack_input(e, id=0) for e in examples])
+    assert batch.rows == [0, 1, 2, 3]
+
+    @tf.function(input_signature=[{"a": tf.TensorSpec(shape, tf.float32), "b": tf.TensorSpec([2], tf.int32)}])
+    def describe(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        a = example["a"]
+        size = tf.cast(tf.concat([tf.shape(a), tf.zeros([2 - tf.rank(a)], tf.int32)], 0), tf.float32)
+        return {"a": tf.concat([[tf.reduce_sum(a)], size, [0.0]], 0), "b": example["b"] * 2}
+
+    out = {"a": tf.TensorSpec([4], tf.float32), "b": tf.TensorSpec([2], tf.int32)}
+    mapped = tf.function(lambda raw: map_examples(describe, raw, specs, out, None))(feed(batch.inputs, specs))
+    for i, example in enumerate(examples):
+        a = example["a"]
+        expected = [a.sum(), *a.shape, *([0.0] * (2 - a.ndim)), 0.0]
+        np.testing.assert_allclose(mapped["a"][i].numpy(), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(mapped["b"][i].numpy(), example["b"] * 2)

@@ -686,6 +686,27 @@ def test_a_npy_file_is_published_row_by_row_from_a_memory_map(tmp_path: Path) ->
     np.testing.assert_array_equal(decoded.inputs[""], x[2])
 
 
+def test_json_lines_of_any_length_are_published_with_varying_shapes_and_only_then(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Token lists of several lengths (for a --preprocess that takes any length) were refused, with
+    no way round; a row of another rank is a mistake either way."""
+    from producer_tools.sources import ReadOptions, read_inputs
+
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"inputs": [1, 2, 3]}\n{"inputs": [4]}\n{"inputs": []}\n')
+    rows = read_inputs(path, ReadOptions(varying_shapes=True))
+    assert [np.asarray(e.inputs).tolist() for e in rows] == [[1, 2, 3], [4], []]
+    assert main(["publish", str(path), "--topic", "t", "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    says = capsys.readouterr().err.strip().splitlines()[-1]
+    hint = "(inputs of any length, for a --preprocess that takes them: --varying-shapes)"
+    assert says == f"error: {path}:2: shape [1] differs from the first row's [3] {hint}"
+    path.write_text('{"inputs": [1, 2]}\n{"inputs": [[1, 2]]}\n')
+    argv = ["publish", str(path), "--topic", "t", "--varying-shapes", "--bootstrap-servers", "127.0.0.1:1"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: {path}:2: 2 dimensions [1, 2]; the first row has 1 [2]")
+
+
 def test_publish_refuses_count_and_repeat_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Found by hand: with both, ``--count`` won and ``--repeat`` was quietly ignored."""
     np.save(tmp_path / "x.npy", np.zeros((3, 4), dtype=np.float32))

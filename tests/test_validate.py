@@ -111,3 +111,32 @@ def test_string_inputs_take_bin() -> None:
 def test_stack_pads_with_zero_rows() -> None:
     batch = stack([{"x": np.ones(3, "float32")}], SINGLE, rows=4)
     assert batch["x"].shape == (4, 3) and batch["x"][1:].sum() == 0 and batch["x"][0].sum() == 3
+
+
+ANY_LENGTH = Signature((TensorSpec("x", "float32", (None, 2)),), ("y",), named_inputs=False)
+
+
+def test_a_dimension_of_any_size_takes_every_size_there_and_only_there() -> None:
+    for rows in (0, 1, 5):
+        assert fit(np.ones((rows, 2), "float64"), ANY_LENGTH)["x"].shape == (rows, 2)  # type: ignore[union-attr]
+    for wrong in (np.ones((3, 3), "float32"), np.ones(2, "float32")):
+        with pytest.raises(errors.WrongShapeError):
+            fit(wrong, ANY_LENGTH)
+
+
+def test_inputs_of_any_size_are_decoded_into_a_column_of_their_own_arrays_and_non_finite_rows_refused() -> None:
+    from consumer.validate import BatchDecoder
+
+    sent = [np.full((n, 2), n, "float32") for n in (2, 0, 5)]
+    values = [pack_input(x, id=i) for i, x in enumerate(sent)]
+    values.insert(1, pack_input(np.array([[1.0, np.inf]], "float32"), id=9))
+    values.append(msgpack.packb({"inputs": [[1, 2], [3, 4], [5, 6]], "id": 4}))
+    batch = BatchDecoder(ANY_LENGTH, LIMITS, reject_non_finite=True).decode(values)
+    assert batch.rows == [0, 2, 3, 4] and [row for row, _ in batch.failures] == [1]
+    assert isinstance(batch.failures[0][1], errors.NonFiniteError)
+    column = batch.inputs["x"]
+    assert column.dtype == object and [row.shape for row in column] == [(2, 2), (0, 2), (5, 2), (3, 2)]
+    np.testing.assert_array_equal(column[3], [[1, 2], [3, 4], [5, 6]])
+    assert [row.dtype for row in column] == [np.float32] * 4
+    padded = stack([], ANY_LENGTH, rows=2)["x"]
+    assert [row.shape for row in padded] == [(0, 2), (0, 2)]

@@ -42,6 +42,7 @@ from tests.helpers import (
     run_worker,
     settings,
 )
+from tests.preprocessors import pad_or_cut
 
 pytestmark = pytest.mark.integration
 
@@ -242,6 +243,104 @@ def test_preprocess_runs_per_example_and_isolates_failures(
         np.testing.assert_allclose(value, expected[i], atol=1e-5)
     dead = read_topic(bootstrap, dlq, min_count=1)
     assert [dict(m.headers())["tfstream.errors.stage"] for m in dead] == [b"preprocess"]
+
+
+def test_a_preprocess_that_takes_inputs_of_any_length_gets_each_as_it_was_sent(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """Token lists of any length (a text model's input), cut or padded by the preprocess function;
+    raw bytes and lists both; batches of several lengths, and a preprocess failure among them."""
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    lengths = [3, 0, 1, 7, 4, 20, 2, 5, 9, 6]
+    tokens = [np.arange(1, n + 1, dtype="int32") * (i + 1) for i, n in enumerate(lengths)]
+    values = [pack_input(t, id=i) for i, t in enumerate(tokens)]
+    values[6] = msgpack.packb({"inputs": tokens[6].tolist(), "id": 6})  # a list
+    values[7] = pack_input(tokens[7].astype("int64"), id=7)  # another integer type, cast
+    bad = {
+        10: pack_input(np.array([4, -1, 2], "int32"), id=10),  # the preprocess function fails on it
+        11: msgpack.packb({"inputs": [1.5, 2.0], "id": 11}),  # floats for integer tokens
+        12: pack_input(np.ones((2, 2), "int32"), id=12),  # a matrix, not a list of tokens
+    }
+    publish(bootstrap, inp, ((None, v) for v in [*values, *bad.values()]))
+    summary = run_worker(
+        settings(
+            bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, max_batch_size=4, max_wait_ms=200,
+            preprocess="tests.preprocessors:first_four_tokens",
+        )
+    )  # fmt: skip
+    assert (summary["predicted"], summary["dead_lettered"]) == (10, 3)
+    got = {r["id"]: r["outputs"] for _, r in outputs(bootstrap, out, 10)}
+    expected = models.offline_predict(mlp_path, np.stack([pad_or_cut(t) for t in tokens]))
+    assert sorted(got) == list(range(10))
+    for i, value in got.items():
+        np.testing.assert_allclose(value, expected[i], atol=1e-5)
+    dead = {msgpack.unpackb(m.value())["id"]: dict(m.headers()) for m in read_topic(bootstrap, dlq, min_count=3)}
+    assert {i: h["tfstream.errors.stage"] for i, h in dead.items()} == {
+        10: b"preprocess",
+        11: b"validate",
+        12: b"validate",
+    }
+    assert b"a token is negative" in dead[10]["tfstream.errors.exception.message"]
+    assert dead[12]["tfstream.errors.exception.class.name"] == b"WrongShapeError"
+
+
+@pytest.mark.parametrize("kind", ["keras", "saved_model"])
+def test_a_model_that_takes_tokens_of_any_length_is_served_at_the_length_its_preprocess_gives(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path, kind: str
+) -> None:
+    inp, out = topics("in", "out", partitions=1)
+    rng = np.random.default_rng(8)
+    tokens = [rng.integers(0, 50, size=n).astype("int32") for n in (5, 1, 0, 4, 12, 3, 2)]
+    publish(bootstrap, inp, ((None, pack_input(t, id=i)) for i, t in enumerate(tokens)))
+    padded = np.stack([pad_or_cut(t) for t in tokens])
+    if kind == "keras":
+        model, preprocess = models.token_classifier(tmp_path / "tokens.keras"), "four_token_ids"
+        expected = models.offline_predict(model, padded.astype("int32"))
+    else:
+        model, preprocess = models.shaped_saved_model(tmp_path / "double", [None, None]), "four_token_floats"
+        expected = padded * 2
+    summary = run_worker(
+        settings(
+            bootstrap, model, inp, out, group, max_batch_size=4, max_wait_ms=200,
+            preprocess=f"tests.preprocessors:{preprocess}",
+        )
+    )  # fmt: skip
+    assert (summary["predicted"], summary["traces_after_warmup"]) == (7, 0)
+    got = {r["id"]: r["outputs"] for _, r in outputs(bootstrap, out, 7)}
+    assert sorted(got) == list(range(7))
+    for i, value in got.items():
+        np.testing.assert_allclose(value, expected[i], atol=1e-5)  # type: ignore[index]
+
+
+def test_a_preprocess_gets_a_variable_input_beside_a_fixed_one_and_non_finite_ones_are_refused(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+) -> None:
+    model = models.multi_input(tmp_path / "multi.keras")
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    rng = np.random.default_rng(5)
+    examples = [
+        {"a": rng.normal(size=(n, 2)).astype("float32"), "b": np.array([i % 10, 3], "int32")}
+        for i, n in enumerate([1, 4, 2, 9, 3, 1])
+    ]
+    examples[4]["a"][1, 0] = np.nan
+    publish(bootstrap, inp, ((None, pack_input(e, id=i)) for i, e in enumerate(examples)))
+    summary = run_worker(
+        settings(
+            bootstrap, model, inp, out, group, dlq_topic=dlq, max_batch_size=4, max_wait_ms=200,
+            preprocess="tests.preprocessors:mean_of_pairs", reject_non_finite=True,
+        )
+    )  # fmt: skip
+    assert (summary["predicted"], summary["dead_lettered"]) == (5, 1)
+    got = {r["id"]: r["outputs"] for _, r in outputs(bootstrap, out, 5)}
+    kept = [i for i in range(6) if i != 4]
+    assert sorted(got) == kept
+    a = np.stack([np.tile(examples[i]["a"].mean(axis=0), 2) for i in kept])
+    expected = models.offline_predict(model, {"a": a, "b": np.stack([examples[i]["b"] for i in kept])})
+    for row, i in enumerate(kept):
+        for name in ("score", "embed"):
+            np.testing.assert_allclose(got[i][name], expected[name][row], atol=1e-5)  # type: ignore[index]
+    dead = read_topic(bootstrap, dlq, min_count=1)
+    assert dict(dead[0].headers())["tfstream.errors.exception.class.name"] == b"NonFiniteError"
 
 
 def test_inputs_for_which_the_model_returns_no_row_go_to_the_dead_letter_topic(

@@ -115,7 +115,7 @@ def model_dtypes(workload: Workload, inputs: Inputs) -> dict[str, np.ndarray]:
 
 def predictor_inputs(workload: Workload, typed: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     """A full batch when fewer rows than one batch exist: the rows (``model_dtypes``) repeated."""
-    return {s.name: np.resize(typed[s.name], (size, *s.shape)) for s in workload.signature.inputs}
+    return {s.name: np.resize(typed[s.name], (size, *s.fixed_shape)) for s in workload.signature.inputs}
 
 
 #: the model as glue code calls it on a batch, inputs by name

@@ -47,7 +47,8 @@ class Workload:
         """``count`` examples per input, in the dtype producers send."""
         rng = np.random.default_rng(seed)
         return {
-            spec.name: _random(rng, (count, *spec.shape), self.wire_dtypes[spec.name]) for spec in self.signature.inputs
+            spec.name: _random(rng, (count, *spec.fixed_shape), self.wire_dtypes[spec.name])
+            for spec in self.signature.inputs
         }
 
     def wire_example(self, inputs: Inputs, row: int) -> Any:
