@@ -83,6 +83,11 @@ def _input_file_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-name", help="folders: the model input the file bytes go to (default: unnamed)")
     parser.add_argument("--columns", metavar="A,B,...", help="CSV: the feature columns (default: all but key/id)")
     parser.add_argument("--dtype", help="cast numeric inputs to this NumPy dtype, e.g. float32")
+    parser.add_argument(
+        "--varying-shapes",
+        action="store_true",
+        help=".jsonl: rows may differ in their inputs' sizes, not rank (inputs of any length, for a --preprocess)",
+    )
 
 
 def _publish(sub: argparse._SubParsersAction) -> None:
@@ -91,11 +96,6 @@ def _publish(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topic", required=True, type=_topic, help="the input topic")
     _input_file_flags(p)
     p.add_argument("--tensor-form", choices=["raw", "list"], default="raw", help="raw bytes (default) or nested lists")
-    p.add_argument(
-        "--varying-shapes",
-        action="store_true",
-        help=".jsonl: rows may differ in their inputs' sizes, not rank (inputs of any length, for a --preprocess)",
-    )
     p.add_argument(
         "--rate", type=_positive(float), metavar="N", help="messages per second (default: as fast as possible)"
     )

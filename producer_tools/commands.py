@@ -42,7 +42,7 @@ def read_options(args: argparse.Namespace) -> sources.ReadOptions:
         input_name=args.input_name,
         columns=tuple(c.strip() for c in args.columns.split(",")) if args.columns else None,
         dtype=args.dtype,
-        varying_shapes=getattr(args, "varying_shapes", False),  # publish's own flag
+        varying_shapes=args.varying_shapes,
     )
 
 
@@ -68,6 +68,10 @@ def run_collect(args: argparse.Namespace) -> int:
     if suffix not in {".npz", ".jsonl"}:
         raise ConfigError(f"invalid setting --out={str(args.out)!r}: write .npz or .jsonl")
     check_output_file(args.out, "--out")  # before reading, not after
+    if args.join and args.varying_shapes and suffix == ".npz":
+        raise ConfigError(
+            "invalid setting --varying-shapes: inputs of several shapes do not stack in .npz; write .jsonl"
+        )
     join = collect.Join(sources.read_inputs(args.join, read_options(args)), args.join_on) if args.join else None
     try:
         if suffix == ".jsonl":

@@ -264,6 +264,33 @@ def test_collect_joins_on_the_key_into_json_lines(
         np.testing.assert_allclose(line["outputs"], expected, atol=1e-5)
 
 
+def test_token_lists_of_any_length_go_round_publish_predict_and_collect_joined(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The user's path for a model of token lists: a .jsonl of lists of several lengths, published
+    with --varying-shapes, cut or padded by the preprocess function, joined back by collect."""
+    from tests.preprocessors import pad_or_cut
+
+    inp, out = topics("in", "out")
+    tokens = [list(range(1, n + 1)) for n in (3, 7, 1, 4, 0, 12)]
+    source = tmp_path / "tokens.jsonl"
+    source.write_text("".join(json.dumps({"inputs": t, "id": i}) + "\n" for i, t in enumerate(tokens)))
+    assert tool(bootstrap, "publish", str(source), "--topic", inp, "--dtype", "int32", "--varying-shapes") == 0
+    run_worker(settings(bootstrap, mlp_path, inp, out, group, preprocess="tests.preprocessors:first_four_tokens"))
+    join = ["--join", str(source), "--varying-shapes", "--idle", "2"]
+    npz = tmp_path / "joined.npz"
+    assert tool(bootstrap, "collect", "--topic", out, "--out", str(npz), *join) == 2
+    assert capsys.readouterr().err.strip().endswith("inputs of several shapes do not stack in .npz; write .jsonl")
+    result = tmp_path / "joined.jsonl"
+    assert tool(bootstrap, "collect", "--topic", out, "--out", str(result), *join) == 0
+    lines = {line["id"]: line for line in map(json.loads, result.read_text().splitlines())}
+    assert sorted(lines) == list(range(6))
+    expected = models.offline_predict(mlp_path, np.stack([pad_or_cut(np.array(t, "int32")) for t in tokens]))
+    for i, line in lines.items():
+        assert line["inputs"] == tokens[i]
+        np.testing.assert_allclose(line["outputs"], expected[i], atol=1e-5)
+
+
 def test_collect_refuses_an_output_it_could_not_write_before_reading_anything(
     bootstrap: str, topics: Topics, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
