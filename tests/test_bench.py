@@ -361,3 +361,16 @@ def test_results_that_cannot_be_written_after_the_run_fail_in_one_line_with_the_
         f"error: could not write the results to {folder / 'bench.json'} (No such file or directory); "
         "the table above has them"
     ]
+
+
+def test_a_model_of_any_length_is_refused_by_the_bench_in_one_line_that_fits_the_bench(tmp_path: Path) -> None:
+    """The consumer serves it behind a preprocess function; the bench makes inputs of the model's
+    own shapes, and its error must not send the user to a --preprocess flag it does not have."""
+    from consumer.errors import ModelError
+
+    with pytest.raises(ModelError) as info:
+        workloads.build(str(models.token_classifier(tmp_path / "tokens.keras")), tmp_path)
+    assert str(info.value) == (
+        "model input 'tokens' has a dimension of any size [None]; the bench makes inputs of the model's "
+        "own shapes: bench the model exported with fixed input shapes"
+    )

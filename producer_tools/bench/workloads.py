@@ -78,10 +78,22 @@ def build(name_or_path: str, workdir: Path, serving_signature: str = DEFAULT_SIG
         path = save(workdir / f"bench_{name_or_path}.keras")
     else:
         path, batch, messages, wire = Path(name_or_path), 256, 20_000, ""
-    model = load_model(path, version="bench", signature=serving_signature)
+    model = load_model(path, version="bench", signature=serving_signature, fix_shapes=_fixed_shapes_only)
     dtypes = {spec.name: wire or spec.dtype for spec in model.signature.inputs}
     batch = model.fixed_batch or batch
     return Workload(path.stem, path, model, dtypes, batch, messages, serving_signature)
+
+
+def _fixed_shapes_only(signature: Signature) -> dict[str, tuple[int, ...]]:
+    """A model input of any length: the consumer serves it behind a preprocess function, which the
+    bench does not run; it makes inputs of the model's own shapes."""
+    from consumer.errors import ModelError
+
+    spec = next(spec for spec in signature.inputs if spec.variable)
+    raise ModelError(
+        f"model input {spec.name!r} has a dimension of any size {list(spec.shape)}; the bench makes "
+        "inputs of the model's own shapes: bench the model exported with fixed input shapes"
+    )
 
 
 def _mlp(path: Path) -> Path:
