@@ -7,6 +7,7 @@ Either way the result is a :class:`LoadedModel`: a signature in plain terms and 
 from __future__ import annotations
 
 import hashlib
+import math
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -107,6 +108,8 @@ def _spec(name: str, dtype: Any, shape: Any) -> TensorSpec:
 def _served_specs(specs: tuple[TensorSpec, ...], named: bool, fix_shapes: ShapeFixer | None) -> tuple[TensorSpec, ...]:
     """The example shapes the model is compiled at: its own, or, for an input with a dimension of
     any size, the fixed shape ``fix_shapes`` gives it (what the preprocess function returns)."""
+    if fix_shapes is None:
+        _one_string_each(specs)
     variable = [spec for spec in specs if spec.variable]
     if not variable:
         return specs
@@ -119,6 +122,18 @@ def _served_specs(specs: tuple[TensorSpec, ...], named: bool, fix_shapes: ShapeF
         )
     shapes = fix_shapes(Signature(inputs=specs, outputs=(), named_inputs=named))
     return tuple(replace(spec, shape=shapes[spec.name]) if spec.variable else spec for spec in specs)
+
+
+def _one_string_each(specs: tuple[TensorSpec, ...]) -> None:
+    """A message carries one string per string input (``bin``): the model must take one an example,
+    of shape ``[]`` or ``[1]`` (``[1, 1]``...); more come only through a preprocess function."""
+    for spec in specs:
+        if spec.dtype == STRING and (spec.variable or math.prod(spec.fixed_shape) != 1):
+            raise ModelError(
+                f"model input {spec.name!r} takes strings of shape {list(spec.shape)}; a message carries one "
+                "string per input (bin): serve a model that takes one an example (shape [] or [1]), or give "
+                "--preprocess a function that makes them from one"
+            )
 
 
 def dtype_name(dtype: Any) -> str:

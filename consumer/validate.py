@@ -120,8 +120,8 @@ def stack(examples: list[Example], signature: Signature, rows: int) -> dict[str,
     object array of ``rows`` items, each an example's own array."""
     batch: dict[str, np.ndarray] = {}
     for spec in signature.inputs:
-        if spec.dtype == STRING:
-            column = np.full((rows,), b"", dtype=object)
+        if spec.dtype == STRING:  # one string an example, as [] or as [1] (Keras' Input((1,), dtype="string"))
+            column = np.full((rows, *spec.fixed_shape), b"", dtype=object)
         elif spec.variable:
             column = np.empty((rows,), dtype=object)
             empty = np.zeros([d or 0 for d in spec.shape], dtype=spec.dtype)

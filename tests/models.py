@@ -241,3 +241,25 @@ class TextAndNumbers(tf.Module):
 
 def text_and_numbers(out: Path) -> Path:
     return save_serving(TextAndNumbers(), out)
+
+
+def word_classifier(path: Path) -> Path:
+    """A Keras text model as its tutorials build them: one string an example, as ``Input((1,))``."""
+    keras.utils.set_random_seed(6)
+    word = keras.Input((1,), dtype="string", name="word")
+    ids = keras.layers.StringLookup(vocabulary=["cat", "dog", "fish"])(word)
+    embedded = keras.layers.Flatten()(keras.layers.Embedding(4, 3)(ids))
+    keras.Model(word, keras.layers.Dense(2)(embedded), name="words").save(path)
+    return path
+
+
+class Texts(tf.Module):
+    """Several strings an example: a message's one ``bin`` cannot carry them."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.string, name="texts")])
+    def serve(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"length": tf.strings.length(texts)}
+
+
+def texts(out: Path) -> Path:
+    return save_serving(Texts(), out)

@@ -317,3 +317,17 @@ def test_each_example_of_any_size_reaches_the_preprocess_function_in_its_own_sha
         expected = [a.sum(), *a.shape, *([0.0] * (2 - a.ndim)), 0.0]
         np.testing.assert_allclose(mapped["a"][i].numpy(), expected, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(mapped["b"][i].numpy(), example["b"] * 2)
+
+
+def test_a_model_of_several_strings_an_example_is_refused_at_load_unless_a_preprocess_makes_them(
+    tmp_path: Path,
+) -> None:
+    """It failed at warm-up with a TypeError about a dict; a message carries one string per input."""
+    path = models.texts(tmp_path / "texts")
+    with pytest.raises(ModelError) as info:
+        load_model(path)
+    assert str(info.value).startswith(
+        "model input 'texts' takes strings of shape [3]; a message carries one string per input (bin): serve a "
+        "model that takes one an example (shape [] or [1]), or give --preprocess a function that makes them"
+    )
+    assert load_model(path, fix_shapes=lambda signature: {}).signature.describe() == "texts: string[3]"

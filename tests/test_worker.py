@@ -312,6 +312,28 @@ def test_a_model_that_takes_tokens_of_any_length_is_served_at_the_length_its_pre
         np.testing.assert_allclose(value, expected[i], atol=1e-5)  # type: ignore[index]
 
 
+def test_a_keras_text_model_of_one_string_an_example_as_input_1_is_served(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+) -> None:
+    """``keras.Input((1,), dtype="string")``, as Keras' text tutorials write it: each message's one
+    string fills the example's [1]. It failed every worker at warm-up with a TypeError."""
+    model = models.word_classifier(tmp_path / "words.keras")
+    inp, out = topics("in", "out", partitions=1)
+    words = [b"cat", b"fish", b"unknown", b"dog", "cat"]  # a str is taken as UTF-8
+    publish(bootstrap, inp, ((None, msgpack.packb({"inputs": w, "id": i})) for i, w in enumerate(words)))
+    summary = run_worker(settings(bootstrap, model, inp, out, group, max_batch_size=4, max_wait_ms=200))
+    assert summary["predicted"] == 5
+    got = {r["id"]: r["outputs"] for _, r in outputs(bootstrap, out, 5)}
+    import keras
+    import tensorflow as tf
+
+    texts = tf.constant([[w if isinstance(w, bytes) else w.encode()] for w in words])
+    expected = keras.saving.load_model(model)(texts).numpy()
+    assert not np.allclose(expected[0], expected[1])  # the words give different outputs
+    for i in range(5):
+        np.testing.assert_allclose(got[i], expected[i], atol=1e-5)
+
+
 def test_a_preprocess_gets_a_variable_input_beside_a_fixed_one_and_non_finite_ones_are_refused(
     bootstrap: str, topics: Topics, group: str, tmp_path: Path
 ) -> None:
