@@ -249,11 +249,17 @@ class BatchDecoder:
                 if len(data) != nbytes or not _same_shape(shape, dims):
                     return None
                 found[name] = data
-            elif _takes_shape(shape, dims) and len(data) == math.prod(shape) * np.dtype(spec.dtype).itemsize:
+            elif _takes_shape(shape, dims) and self._fits_limit(shape, len(data), spec):
                 found[name] = _from_wire(data, spec, tuple(shape))
             else:
                 return None
         return found, id_of(obj)
+
+    def _fits_limit(self, shape: list[int], nbytes: int, spec: TensorSpec) -> bool:
+        """Whether ``nbytes`` of data are exactly ``shape`` of the spec's dtype, within ``max_tensor_elements``
+        (else the general path says which is wrong)."""
+        elements = math.prod(shape)
+        return elements <= self.limits.max_tensor_elements and nbytes == elements * np.dtype(spec.dtype).itemsize
 
     def _stack(self, parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         if parts and all(type(v) is bytes for part in parts for v in part.values()) and self._fast:

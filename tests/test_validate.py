@@ -140,3 +140,13 @@ def test_inputs_of_any_size_are_decoded_into_a_column_of_their_own_arrays_and_no
     assert [row.dtype for row in column] == [np.float32] * 4
     padded = stack([], ANY_LENGTH, rows=2)["x"]
     assert [row.shape for row in padded] == [(0, 2), (0, 2)]
+
+
+def test_an_input_of_any_size_is_held_to_max_tensor_elements_on_the_fast_path_too() -> None:
+    from consumer.validate import BatchDecoder
+
+    tokens = Signature((TensorSpec("t", "int32", (None,)),), ("y",), named_inputs=False)
+    decoder = BatchDecoder(tokens, Limits(max_tensor_elements=100))
+    batch = decoder.decode([pack_input(np.arange(n, dtype="int32"), id=n) for n in (100, 101)])
+    assert batch.rows == [0] and [row for row, _ in batch.failures] == [1]
+    assert isinstance(batch.failures[0][1], errors.TooLargeError)
