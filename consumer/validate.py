@@ -53,8 +53,9 @@ def _conform_tensor(value: WireTensor, spec: TensorSpec, limits: Limits, reject_
         raise errors.WrongDtypeError(f"input {spec.name!r} takes {spec.dtype}, got bin")
     array = _list_to_array(value, spec, limits) if isinstance(value, list) else value
     if not spec.fits_shape(array.shape):
+        takes = f"the preprocess function takes {list(spec.shape)}, None: any size" if spec.variable else None
         raise errors.WrongShapeError(
-            f"input {spec.name!r} has shape {list(array.shape)}; the model takes {list(spec.shape)}"
+            f"input {spec.name!r} has shape {list(array.shape)}; {takes or f'the model takes {list(spec.shape)}'}"
         )
     array = _cast(array, spec)
     if reject_non_finite and is_float(array.dtype) and not np.isfinite(array).all():

@@ -120,8 +120,9 @@ def test_a_dimension_of_any_size_takes_every_size_there_and_only_there() -> None
     for rows in (0, 1, 5):
         assert fit(np.ones((rows, 2), "float64"), ANY_LENGTH)["x"].shape == (rows, 2)  # type: ignore[union-attr]
     for wrong in (np.ones((3, 3), "float32"), np.ones(2, "float32")):
-        with pytest.raises(errors.WrongShapeError):
+        with pytest.raises(errors.WrongShapeError) as info:
             fit(wrong, ANY_LENGTH)
+        assert str(info.value).endswith("; the preprocess function takes [None, 2], None: any size")
 
 
 def test_inputs_of_any_size_are_decoded_into_a_column_of_their_own_arrays_and_non_finite_rows_refused() -> None:
