@@ -57,3 +57,28 @@ def test_the_digits_example_trains_a_real_model_and_scores_collected_predictions
     # the same rows in a batch of 120 and one of 360: equal up to float rounding (the summation order
     # depends on the batch shape and the CPU; 0 on one machine, 1.8e-07 on another)
     assert float(line.rsplit("= ", 1)[1]) <= 1e-5
+
+
+def test_the_readme_s_preprocess_for_tokens_of_any_length_serves_a_model_of_any_length(tmp_path: Path) -> None:
+    """The Preprocessing section's ``first_128_tokens``, as printed, gives a text model saved with
+    ``Input((None,))`` a shape to be compiled at, and cuts or pads every list to it."""
+    import tensorflow as tf
+
+    from consumer.model import load_model
+    from consumer.preprocess import shapes_from
+    from tests import models
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(
+        "```python\n@tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])\ndef first_128_tokens"
+    )
+    snippet = readme[start + len("```python\n") : readme.index("```", start + 3)]
+    scope: dict[str, object] = {"tf": tf}
+    exec(snippet, scope)
+    first_128_tokens = scope["first_128_tokens"]
+    model = load_model(models.token_classifier(tmp_path / "tokens.keras"), fix_shapes=shapes_from(first_128_tokens))
+    assert model.signature.describe() == "tokens: int32[128]"
+    for length in (0, 5, 128, 300):
+        cut = first_128_tokens(tf.range(1, length + 1, dtype=tf.int32)).numpy()  # type: ignore[operator]
+        assert cut.shape == (128,) and cut[: min(length, 128)].tolist() == list(range(1, min(length, 128) + 1))
+        assert not cut[length:].any()
