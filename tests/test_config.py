@@ -325,3 +325,18 @@ def test_the_tools_take_bootstrap_servers_from_the_flag_the_environment_the_file
         bootstrap(None, None)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-env:9092")  # the last resort, after the file
     assert (bootstrap(None, file), bootstrap(None, None)) == ("file:9092", "kafka-env:9092")
+
+
+def test_a_hot_reloaded_version_of_any_length_is_served_at_the_shape_of_the_same_preprocess(tmp_path: Path) -> None:
+    """The watcher builds each new version the way the first was: with the preprocess function's shapes."""
+    from consumer.preprocess import load_preprocess
+    from consumer.versions import ModelVersion
+    from consumer.worker import Worker
+    from tests import models
+
+    spec = "tests.preprocessors:four_token_ids"
+    worker = Worker(load_settings({**REQUIRED, "model": str(tmp_path), "preprocess": spec}, None, {}))
+    worker.preprocess = load_preprocess(spec)  # as start() does first
+    version = ModelVersion(7, models.token_classifier(tmp_path / "7.keras"))
+    served = worker._builder([2])(version)
+    assert (served.number, served.model.signature.describe()) == (7, "tokens: int32[4]")
