@@ -10,6 +10,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 import structlog
+import tensorflow as tf
 
 from consumer.codec import Limits
 from consumer.delivery import wait_until
@@ -211,30 +212,25 @@ def test_a_worker_s_pipeline_counts_as_stalled_only_while_the_model_or_tf_data_h
     ("declared", "says"),
     [
         (
-            {"a": None},
+            {"a": tf.TensorSpec([4], tf.float32)},
             "its input_signature declares ['a'], and the model takes ['features']: declare one tf.TensorSpec",
         ),
         ("not a spec", "its input_signature gives 'features' as str: declare a tf.TensorSpec"),
-        (None, "its input_signature gives 'features' no rank: declare its dimensions"),
-        ([None], "its input_signature gives 'features' as tf.string of shape [None]; a string input arrives as one"),
+        (tf.TensorSpec(None, tf.float32), "its input_signature gives 'features' no rank: declare its dimensions"),
+        (
+            tf.TensorSpec([None], tf.string),
+            "its input_signature gives 'features' as tf.string of shape [None]; a string input arrives as one",
+        ),
     ],
+    ids=["names", "not-a-spec", "no-rank", "string-vector"],
 )
 def test_a_preprocess_input_signature_the_wire_cannot_carry_is_refused_in_one_line(
     mlp_path: Path, declared: Any, says: str
 ) -> None:
     """Before, a dimension of None (or no rank) failed each worker at start with a TypeError
     traceback, three times, and a dict without the model's input names with a KeyError."""
-    import tensorflow as tf
-
     from consumer.errors import PreprocessMismatch
     from consumer.preprocess import raw_signature
-
-    if declared is None:
-        declared = tf.TensorSpec(None, tf.float32)
-    elif declared == [None]:
-        declared = tf.TensorSpec([None], tf.string)
-    elif isinstance(declared, dict):
-        declared = {"a": tf.TensorSpec([4], tf.float32)}
 
     def preprocess(x: Any) -> Any:
         return x
@@ -286,8 +282,6 @@ def test_a_preprocess_declares_dimensions_of_any_size_that_the_wire_then_carries
 def test_each_example_of_any_size_reaches_the_preprocess_function_in_its_own_shape(shape: tuple[Any, ...]) -> None:
     """Both ways a batch is taken apart: as a ragged batch (only the first dimension varies) and
     example by example (another does), beside an input of a fixed shape."""
-    import tensorflow as tf
-
     from consumer.codec import pack_input
     from consumer.ragged import feed, map_examples
     from consumer.signature import Signature, TensorSpec
