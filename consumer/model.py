@@ -37,8 +37,11 @@ class LoadedModel:
     signature: Signature
     call: Callable[[Mapping[str, tf.Tensor]], TensorDict]
     keepalive: Any = None  # the object owning the variables; dropped on unload
-    #: the batch size the model's inputs fix, if they do (``Input(batch_size=1)``, a ``[1, 4]`` spec)
+    #: the only batch size the model runs, if its inputs fix one (a ``[1, 4]`` signature, a stateful RNN)
     fixed_batch: int | None = None
+    #: the batch size its inputs declare, whether or not it runs others (a Keras model built by
+    #: calling it on one sample declares 1, and runs any)
+    declared_batch: int | None = None
 
 
 def load_model(
@@ -176,18 +179,34 @@ def _load_keras(path: Path, name: str, version: str, fix_shapes: ShapeFixer | No
     specs = _served_specs(specs, named, fix_shapes)
     arrange = keras_arranger(model)
 
-    output_names = _keras_output_names(model, specs)
+    declared = _fixed_batch(name, {t.name: tuple(t.shape) for t in model.inputs})
+    output_names, fixed = _keras_outputs_and_batch(model, specs, declared)
 
     def call(inputs: Mapping[str, tf.Tensor]) -> TensorDict:
         return _name_outputs(model(arrange(inputs), training=False), output_names)
 
     signature = Signature(inputs=specs, outputs=tuple(output_names), named_inputs=named)
-    fixed = _fixed_batch(name, {t.name: tuple(t.shape) for t in model.inputs})
-    return LoadedModel(name, version, signature, call, keepalive=model, fixed_batch=fixed)
+    return LoadedModel(name, version, signature, call, keepalive=model, fixed_batch=fixed, declared_batch=declared)
 
 
-def _keras_output_names(model: Any, specs: tuple[TensorSpec, ...]) -> list[str]:
-    sample = {s.name: tf.zeros((1, *s.shape), dtype=tf.string if s.dtype == STRING else s.dtype) for s in specs}
+def _keras_outputs_and_batch(
+    model: Any, specs: tuple[TensorSpec, ...], declared: int | None
+) -> tuple[list[str], int | None]:
+    """The output names, from a call on a sample batch of another size than the one the inputs
+    declare, if any; and the batch the model fixes: the declared one only if that call fails (a
+    stateful RNN), not where the declaration is incidental (a model built by calling it on one
+    sample declares 1, and runs any size)."""
+    other = 2 if declared == 1 else 1
+    if declared is None:
+        return _keras_output_names(model, specs, other), None
+    try:
+        return _keras_output_names(model, specs, other), None
+    except Exception:
+        return _keras_output_names(model, specs, declared), declared
+
+
+def _keras_output_names(model: Any, specs: tuple[TensorSpec, ...], rows: int) -> list[str]:
+    sample = {s.name: tf.zeros((rows, *s.shape), dtype=tf.string if s.dtype == STRING else s.dtype) for s in specs}
     struct = getattr(model, "_inputs_struct", None)
     args: Any = sample if isinstance(struct, dict) else [sample[s.name] for s in specs]
     out = model(args if len(specs) > 1 or isinstance(struct, dict) else args[0], training=False)
@@ -230,5 +249,5 @@ def _load_saved_model(
         return dict(fn(**{k: inputs[k] for k in kwargs}))
 
     served = Signature(inputs=specs, outputs=outputs, named_inputs=len(specs) > 1)
-    fixed = _fixed_batch(name, {k: tuple(v.shape) for k, v in kwargs.items()})
-    return LoadedModel(name, version, served, call, keepalive=loaded, fixed_batch=fixed)
+    fixed = _fixed_batch(name, {k: tuple(v.shape) for k, v in kwargs.items()})  # a signature runs no other
+    return LoadedModel(name, version, served, call, keepalive=loaded, fixed_batch=fixed, declared_batch=fixed)

@@ -181,6 +181,11 @@ class Worker:
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
             cuda_device_order=os.environ.get("CUDA_DEVICE_ORDER"),
         )
+        if model.declared_batch is not None and model.fixed_batch is None:
+            self.log.info(
+                "the model's inputs declare a batch size it does not need: served at every allowed size",
+                declared_batch=model.declared_batch,
+            )
         for warning in slow_batch_warnings(warm[max(warm)], self.settings.stuck_batch_s, self.settings.stuck_kill_s):
             self.log.warning(warning)
 

@@ -211,9 +211,25 @@ def token_classifier(path: Path) -> Path:
 
 
 def fixed_batch_keras(path: Path, batch: int) -> Path:
-    """A Keras model built with ``Input(batch_size=...)``, as exports for a fixed batch are."""
+    """A Keras model that runs only the batch its inputs declare: a stateful RNN's state has one
+    row per example of that batch."""
     inputs = keras.Input((4,), batch_size=batch, name="features")
-    keras.Model(inputs, keras.layers.Dense(3)(inputs)).save(path)
+    recurrent = keras.layers.LSTM(5, stateful=True)(keras.layers.Reshape((1, 4))(inputs))
+    keras.Model(inputs, keras.layers.Dense(3)(recurrent)).save(path)
+    return path
+
+
+def declared_batch_keras(path: Path, batch: int, sequential: bool) -> Path:
+    """A Keras model whose inputs declare a batch size it does not need: ``Input(batch_size=...)``
+    before layers that take any, or a ``Sequential`` built by calling it on a sample of that size."""
+    keras.utils.set_random_seed(9)
+    if sequential:
+        model = keras.Sequential([keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)], name="called")
+        model(np.zeros((batch, 4), "float32"))
+    else:
+        inputs = keras.Input((4,), batch_size=batch, name="features")
+        model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    model.save(path)
     return path
 
 

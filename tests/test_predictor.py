@@ -139,6 +139,26 @@ def test_a_model_with_a_fixed_batch_is_served_at_that_size_or_refused_in_one_lin
         load_model(models.shaped_saved_model(tmp_path / "scalar", []))
 
 
+@pytest.mark.parametrize(("batch", "sequential"), [(2, False), (1, True), (16, True)])
+def test_a_keras_model_whose_inputs_declare_a_batch_it_does_not_need_is_served_at_every_size(
+    tmp_path: Path, batch: int, sequential: bool
+) -> None:
+    """A Sequential built by calling it on a sample declares that sample's batch. It was refused
+    ("takes batches of exactly 1 ... run with --max-batch-size 1"), or served at that one size, though
+    it runs any; a stateful RNN, which does not, could not be loaded at all (its sample call failed)."""
+    path = models.declared_batch_keras(tmp_path / "declared.keras", batch, sequential)
+    model = load_model(path)
+    assert (model.declared_batch, model.fixed_batch) == (batch, None)
+    predictor = Predictor(model, default_batch_sizes(32))
+    assert predictor.batch_sizes == default_batch_sizes(32)
+    predictor.warm_up()
+    x = np.random.default_rng(2).normal(size=(5, 4)).astype("float32")
+    (out,) = predictor.predict(
+        stack([{model.signature.inputs[0].name: row} for row in x], model.signature, 8), 5
+    ).values()
+    np.testing.assert_allclose(out, models.offline_predict(path, x), atol=1e-5)
+
+
 def test_a_model_that_fails_at_a_batch_size_is_a_model_error_with_the_error_itself(tmp_path: Path) -> None:
     """It crashed each worker start on TensorFlow's multi-line error (the one line shown was "in
     user code:" or its first line), retried three times as if transient."""
