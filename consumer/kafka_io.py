@@ -164,8 +164,9 @@ def make_client(client: Callable[[dict[str, Any]], T], config: dict[str, Any]) -
     except KafkaException as exc:
         if exc.args[0].code() != KafkaError._INVALID_ARG:
             raise
+        reason = " ".join(exc.args[0].str().split())  # librdkafka ends some reasons with a newline
         raise ConfigError(
-            f"invalid Kafka client setting: {exc.args[0].str()}; fix it in the --config file's [kafka], "
+            f"invalid Kafka client setting: {reason}; fix it in the --config file's [kafka], "
             "[kafka.consumer] or [kafka.producer] table, or its TFSTREAM_KAFKA_* variable"
         ) from None
 
