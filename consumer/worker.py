@@ -264,6 +264,8 @@ class Worker:
             self.pipeline = Pipeline(served.predictor, limits, s.pipeline_depth, self.preprocess, s.reject_non_finite)
         except PreprocessMismatch as exc:
             raise ConfigError(f"invalid setting preprocess={s.preprocess!r}: {exc}") from None
+        if self.preprocess is not None:  # what messages must carry, which the model's inputs no longer say
+            self.log.info("preprocess function ready", takes=self.pipeline.raw_signature.describe())
         worker = f"{socket.gethostname()}/{os.getpid()}/{self.slot}/{self.device}"
         emitter = Emitter(
             self.outbox, s.output_topic, served.info, s.output_format, self.counters, dead_letters, worker,

@@ -299,13 +299,18 @@ def test_a_model_that_takes_tokens_of_any_length_is_served_at_the_length_its_pre
     else:
         model, preprocess = models.shaped_saved_model(tmp_path / "double", [None, None]), "four_token_floats"
         expected = padded * 2
-    summary = run_worker(
-        settings(
-            bootstrap, model, inp, out, group, max_batch_size=4, max_wait_ms=200,
-            preprocess=f"tests.preprocessors:{preprocess}",
-        )
-    )  # fmt: skip
+    with structlog.testing.capture_logs() as captured:
+        summary = run_worker(
+            settings(
+                bootstrap, model, inp, out, group, max_batch_size=4, max_wait_ms=200,
+                preprocess=f"tests.preprocessors:{preprocess}",
+            )
+        )  # fmt: skip
     assert (summary["predicted"], summary["traces_after_warmup"]) == (7, 0)
+    said = {e["event"]: e for e in captured}
+    name, dtype = ("tokens", "int32") if kind == "keras" else ("x", "float32")
+    assert said["model ready"]["inputs"] == f"{name}: {dtype}[4]"  # compiled at the function's shape
+    assert said["preprocess function ready"]["takes"] == f"{name}: int32[None]"  # what messages carry
     got = {r["id"]: r["outputs"] for _, r in outputs(bootstrap, out, 7)}
     assert sorted(got) == list(range(7))
     for i, value in got.items():
