@@ -196,17 +196,16 @@ def _keras_outputs_and_batch(
     declare, if any; and the batch the model fixes: the declared one only if that call fails (a
     stateful RNN), not where the declaration is incidental (a model built by calling it on one
     sample declares 1, and runs any size)."""
-    other = 2 if declared == 1 else 1
-    if declared is None:
-        return _keras_output_names(model, specs, other), None
     try:
-        return _keras_output_names(model, specs, other), None
+        return _keras_output_names(model, specs, 2 if declared == 1 else 1), None
     except Exception:
+        if declared is None:
+            raise
         return _keras_output_names(model, specs, declared), declared
 
 
 def _keras_output_names(model: Any, specs: tuple[TensorSpec, ...], rows: int) -> list[str]:
-    sample = {s.name: tf.zeros((rows, *s.shape), dtype=tf.string if s.dtype == STRING else s.dtype) for s in specs}
+    sample = {s.name: tf.zeros((rows, *s.shape), dtype=tf_dtype(s)) for s in specs}
     struct = getattr(model, "_inputs_struct", None)
     args: Any = sample if isinstance(struct, dict) else [sample[s.name] for s in specs]
     out = model(args if len(specs) > 1 or isinstance(struct, dict) else args[0], training=False)

@@ -18,8 +18,7 @@ import tensorflow as tf
 
 from consumer.errors import ConfigError, ModelError
 from consumer.logs import last_line
-from consumer.model import LoadedModel
-from consumer.signature import STRING
+from consumer.model import LoadedModel, tf_dtype
 from consumer.validate import stack
 
 
@@ -86,10 +85,7 @@ class Predictor:
             raise ModelError(f"model {self.model.name!r} cannot run a batch of {size}: {error}{hint}") from None
 
     def _compile(self, size: int, jit_compile: bool) -> Any:
-        specs = {
-            s.name: tf.TensorSpec((size, *s.shape), tf.string if s.dtype == STRING else s.dtype, s.name)
-            for s in self.model.signature.inputs
-        }
+        specs = {s.name: tf.TensorSpec((size, *s.shape), tf_dtype(s), s.name) for s in self.model.signature.inputs}
         call = self.model.call
         return tf.function(lambda inputs: call(inputs), input_signature=[specs], jit_compile=jit_compile)
 

@@ -11,13 +11,14 @@ at half of it. When the pipeline is full the loop pauses its partitions (back-pr
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import compress
 from typing import Any
 
@@ -125,12 +126,10 @@ class Worker:
         s = self.settings
         self.preprocess = load_preprocess(s.preprocess)
         sizes = s.allowed_batch_sizes or default_batch_sizes(s.max_batch_size)
-        try:
+        with self._preprocess_setting():
             served, versions, pinned = first_model(
                 s.model, s.model_name, s.model_version, sizes, s.jit_compile, s.signature, self._fix_shapes
             )
-        except PreprocessMismatch as exc:
-            raise ConfigError(f"invalid setting preprocess={s.preprocess!r}: {exc}") from None
         watcher = None
         if versions is not None and s.model_poll_seconds:
             reloads = self.metrics.model_reload if self.metrics else None
@@ -162,6 +161,14 @@ class Worker:
         return lambda version: build(
             version.path, name, str(version.number), sizes, s.jit_compile, version.number, s.signature, self._fix_shapes
         )
+
+    @contextlib.contextmanager
+    def _preprocess_setting(self) -> Iterator[None]:
+        """A preprocess function that cannot give the model its inputs is a bad ``preprocess`` setting."""
+        try:
+            yield
+        except PreprocessMismatch as exc:
+            raise ConfigError(f"invalid setting preprocess={self.settings.preprocess!r}: {exc}") from None
 
     @property
     def _fix_shapes(self) -> ShapeFixer | None:
@@ -260,10 +267,8 @@ class Worker:
         if self.metrics is not None:
             dead_letters.on_dead_letter = self.metrics.dead_letter
         limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)
-        try:
+        with self._preprocess_setting():
             self.pipeline = Pipeline(served.predictor, limits, s.pipeline_depth, self.preprocess, s.reject_non_finite)
-        except PreprocessMismatch as exc:
-            raise ConfigError(f"invalid setting preprocess={s.preprocess!r}: {exc}") from None
         if self.preprocess is not None:  # what messages must carry, which the model's inputs no longer say
             self.log.info("preprocess function ready", takes=self.pipeline.raw_signature.describe())
         worker = f"{socket.gethostname()}/{os.getpid()}/{self.slot}/{self.device}"
