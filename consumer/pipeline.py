@@ -254,7 +254,7 @@ class Pipeline:
                 mapped = tf.map_fn(preprocess, raw, fn_output_signature=out_specs)
             return pad_to(mapped, bucket)
 
-        return lambda raw, bucket: transform(feed(raw, raw_specs), bucket)
+        return transform  # takes ``feed``'s form: the dataset's elements, or ``_fed`` rows
 
     def _check_preprocess(self) -> None:
         """Trace the preprocess function once, now, for one input, and hold what it returns against
@@ -324,7 +324,7 @@ class Pipeline:
         dead = list(batch.dead)
         for index, msg in enumerate(batch.messages):
             try:
-                self._transform(batch.row(index).inputs, tf.constant(1, tf.int64))
+                self._transform(self._fed(batch.row(index)), tf.constant(1, tf.int64))
             except Exception as exc:
                 dead.append((msg, PreprocessError(f"preprocess raised {type(exc).__name__}: {exc}")))
                 continue
@@ -334,4 +334,8 @@ class Pipeline:
         if not good:
             return kept, {}
         bucket = self.predictor.bucket_for(kept.rows)
-        return kept, self._transform(kept.inputs, tf.constant(bucket, tf.int64))
+        return kept, self._transform(self._fed(kept), tf.constant(bucket, tf.int64))
+
+    def _fed(self, batch: Batch) -> Inputs:
+        """A batch's stacked inputs as the transform takes them (``ragged.feed``)."""
+        return feed(batch.inputs, self.raw_signature.inputs)

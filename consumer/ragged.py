@@ -25,8 +25,6 @@ def feed(inputs: Inputs, specs: Sequence[TensorSpec]) -> Inputs:
 
 
 def _flat_rows(column: Any, spec: TensorSpec) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(column, tuple):  # already fed
-        return column
     shapes = np.array([row.shape for row in column], dtype=np.int64).reshape(len(column), len(spec.shape))
     if not len(column):
         return np.zeros((0,), dtype=spec.dtype), shapes
