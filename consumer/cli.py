@@ -71,6 +71,13 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     _flag(model, "--signature", "the SavedModel signature to serve (default serving_default)", metavar="NAME")
     _flag(model, "--model-poll-seconds", "watch a versioned --model, swap in new versions", type=float, metavar="S")
     _flag(model, "--preprocess", "TensorFlow function applied per example, module:function", metavar="MODULE:FN")
+    _flag(
+        model,
+        "--custom-objects",
+        "modules defining the Keras layers, losses or functions the model was saved with, comma-separated",
+        metavar="MODULE,...",
+    )
+    _switch(model, "--trust-model-code", "load Keras Lambda layers' Python code (safe_mode=False): trusted files only")
     _switch(model, "--jit-compile", "compile predict functions with XLA")
     batching = run.add_argument_group("batching")
     _flag(batching, "--max-batch-size", "largest batch (default 256)", type=int, metavar="N")

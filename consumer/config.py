@@ -28,6 +28,7 @@ _KAFKA_TABLES = {"kafka": "kafka", "consumer": "kafka_consumer", "producer": "ka
 #: Kafka's own rule for topic names (its ``Topic.validate``): the embedded broker accepts others,
 #: which a real cluster then refuses
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 def topic_name_problem(name: str) -> str | None:
@@ -84,6 +85,8 @@ class Settings(BaseModel):
     allow_cpu_fallback: bool = False
     jit_compile: bool = False
     preprocess: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    custom_objects: list[str] = Field(default_factory=list)
+    trust_model_code: bool = False
     output_format: Literal["msgpack", "json"] = "msgpack"
     output_headers: Literal["all", "source"] = "all"
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
@@ -118,6 +121,15 @@ class Settings(BaseModel):
         if not all(v.isdigit() for v in parts):
             raise ValueError("list whole batch sizes separated by commas, as in 8,16,32")
         return [int(v) for v in parts]
+
+    @field_validator("custom_objects", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and not all(isinstance(v, str) and _MODULE.fullmatch(v) for v in value):
+            raise ValueError("list Python modules separated by commas, as in mylayers,mypackage.losses")
+        return value
 
     @field_validator("from_timestamp", "until_timestamp")
     @classmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -21,6 +22,9 @@ import tensorflow as tf
 from consumer.errors import ModelError, PreprocessMismatch
 from consumer.signature import DEFAULT_SIGNATURE, STRING, Signature, TensorSpec
 from consumer.versions import KERAS_SUFFIXES, is_saved_model
+
+#: how Keras says a model needs a class or function it was not given (``--custom-objects``)
+_MISSING_CODE = re.compile(r"Could not locate (class|function) '([^']+)'")
 
 #: given a model's signature, the fixed example shape to serve each input of a dimension of any size at
 ShapeFixer = Callable[[Signature], Mapping[str, tuple[int, ...]]]
@@ -81,8 +85,26 @@ def load_model(
     except (ModelError, PreprocessMismatch):
         raise
     except Exception as exc:
-        raise ModelError(f"cannot load model {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+        raise ModelError(f"cannot load model {str(path)!r}: {_load_problem(exc)}") from exc
     raise ModelError(f"model path {str(path)!r} is neither a .keras file nor a SavedModel directory")
+
+
+def _load_problem(exc: Exception) -> str:
+    """Why loading failed, and for the two ways the model's own Python stops Keras, what to pass."""
+    text = str(exc)
+    missing = _MISSING_CODE.search(text)
+    if missing:
+        kind, what = missing.groups()
+        return (
+            f"it was saved with a custom {kind}, {what}, which Keras cannot find: name the module that defines "
+            "it with --custom-objects MODULE"
+        )
+    if "Lambda" in text and "safe_mode=False" in text:
+        return (
+            "it holds Python code in a Lambda layer, which Keras loads only from a file you trust: if you trust "
+            "this one, run with --trust-model-code"
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 def content_hash(path: Path) -> str:

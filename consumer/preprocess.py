@@ -3,7 +3,6 @@ carry), and what it gives, traced once and held against what the model takes."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,6 +11,7 @@ import tensorflow as tf
 from consumer.errors import ConfigError, PreprocessMismatch
 from consumer.model import dtype_name, tf_dtype
 from consumer.signature import STRING, Signature, TensorSpec
+from consumer.user_code import import_module
 
 Preprocess = Callable[[Any], Any]
 
@@ -133,18 +133,15 @@ def _from_tf_spec(name: str, spec: Any) -> TensorSpec:
 
 
 def load_preprocess(spec: str | None) -> Any:
-    """Import ``module:function``; a bad reference, or a module that raises while it is imported (a
-    syntax error, an exception at its top level), is a configuration error: no restart would cure it."""
+    """Import ``module:function``; a module that cannot be imported or raises while it is imported,
+    or a name it does not have, is a configuration error: no restart would cure it."""
     if spec is None:
         return None
     module_name, _, attr = spec.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"invalid setting preprocess={spec!r}: cannot import it ({exc})") from None
-    except Exception as exc:  # the module's own code failed
-        problem = f"importing {module_name!r} raised {type(exc).__name__}: {exc}"
-        raise ConfigError(f"invalid setting preprocess={spec!r}: {problem}; fix the module") from None
+    module = import_module(f"preprocess={spec!r}", module_name)
+    function = getattr(module, attr, None)
+    if function is None:
+        raise ConfigError(f"invalid setting preprocess={spec!r}: module {module_name!r} has no {attr!r}")
     if not callable(function):
         raise ConfigError(f"invalid setting preprocess={spec!r}: {attr!r} is not a function")
     return function

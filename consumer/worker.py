@@ -48,6 +48,7 @@ from consumer.stuck import batch_stuck_for, slow_batch_warnings
 from consumer.timing import Timeline, peak_rss_mb, rss_mb
 from consumer.topic_rules import PRODUCER_MAX_BYTES, TopicRules
 from consumer.transactions import Transactions
+from consumer.user_code import prepare_keras
 from consumer.versions import ModelVersion
 
 POLL_SECONDS = 0.1
@@ -120,10 +121,13 @@ class Worker:
         self._stop.set()
 
     def start(self) -> None:
-        """Everything before joining the group: the preprocess function (the user's code, first: a
-        module that fails to import is a configuration error before anything is loaded), model,
+        """Everything before joining the group: the user's code (custom objects, the preprocess
+        function: first, as a module that fails to import is a configuration error), model,
         compiled functions, clients, topics."""
         s = self.settings
+        custom = prepare_keras(s.custom_objects, s.trust_model_code)
+        if s.custom_objects:
+            self.log.info("custom objects ready", modules=s.custom_objects, names=custom)
         self.preprocess = load_preprocess(s.preprocess)
         sizes = s.allowed_batch_sizes or default_batch_sizes(s.max_batch_size)
         with self._preprocess_setting():

@@ -256,6 +256,18 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flags_as_values(argv: Sequence[str]) -> list[str]:
+    """``--consumer-args '--trust-model-code'``: argparse takes a lone flag after an option for an
+    option of its own, not the value (``'--workers 2'`` passes, having a space); joined with ``=``."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == "--consumer-args" and arg.startswith("-"):
+            joined[-1] = f"--consumer-args={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
 def _bench_compare(sub: argparse._SubParsersAction) -> None:
     help = "show bench --json results side by side, with the settings and versions that differ"
     p = sub.add_parser("bench-compare", help=help, description=help)
@@ -405,7 +417,7 @@ def sigterm_unwinds() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_flags_as_values(sys.argv[1:] if argv is None else argv))
     try:
         with sigterm_unwinds():
             code = int(args.run(args))

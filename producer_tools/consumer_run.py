@@ -14,10 +14,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from consumer.errors import TfStreamError
+from consumer.errors import ConfigError, TfStreamError
 from producer_tools.lifetime import ending_with_this_process
+
+if TYPE_CHECKING:
+    from consumer.config import Settings
 
 #: Short group timeouts: on the embedded broker a join then takes ~3 s instead of ~23 s.
 FAST_GROUP_ENV = {
@@ -42,8 +45,18 @@ def consumer_command(bootstrap: str, model: Path, inp: str, out: str, group: str
 
 def consumer_flags_problem(flags: Sequence[str]) -> str | None:
     """What ``python -m consumer run`` would refuse in ``flags`` given with a run's own (the topics,
-    the group, the model), in its own words; None if nothing. Checked as the consumer checks them
-    (its parser, then ``checked_run`` with this environment), without starting it."""
+    the group, the model), in its own words; None if nothing."""
+    try:
+        consumer_settings(flags)
+    except TfStreamError as exc:
+        return str(exc)
+    return None
+
+
+def consumer_settings(flags: Sequence[str]) -> Settings:
+    """The settings ``python -m consumer run`` would take from ``flags`` given with a run's own,
+    checked as the consumer checks them (its parser, then ``checked_run`` with this environment),
+    without starting it; what it would refuse is a ``ConfigError`` in its own words."""
     from consumer import cli
 
     argv = ["run", "--bootstrap-servers", "127.0.0.1:9092", "--input-topic", "in", "--output-topic", "out"]
@@ -52,12 +65,9 @@ def consumer_flags_problem(flags: Sequence[str]) -> str | None:
     try:
         with contextlib.redirect_stderr(said):
             args = cli.build_parser().parse_args(argv)
-        cli.checked_run(args)
     except SystemExit:  # the parser's: its message is its last line
-        return said.getvalue().strip().splitlines()[-1].split(" error: ", 1)[-1]
-    except TfStreamError as exc:
-        return str(exc)
-    return None
+        raise ConfigError(said.getvalue().strip().splitlines()[-1].split(" error: ", 1)[-1]) from None
+    return cli.checked_run(args)[0]
 
 
 def consumer_env(**extra: str) -> dict[str, str]:

@@ -150,3 +150,22 @@ def multi_path(model_dir: Path) -> Path:
     from tests import models
 
     return models.multi_input(model_dir / "multi.keras")
+
+
+@pytest.fixture
+def keras_code_restored() -> Iterator[None]:
+    """For a test that prepares a model's own code in this process (a worker run here with
+    ``custom_objects`` or ``trust_model_code``): Keras' custom objects and safe mode as they were
+    after it, so that no other test loads a model with them. ``tests.custom_layers`` is imported
+    first, as its registration with Keras (at import) is for good."""
+    import keras
+    from keras.src.backend.common import global_state
+
+    import tests.custom_layers  # noqa: F401
+
+    objects = dict(keras.saving.get_custom_objects())
+    safe_mode = global_state.get_global_attribute("safe_mode_saving")
+    yield
+    keras.saving.get_custom_objects().clear()
+    keras.saving.get_custom_objects().update(objects)
+    global_state.set_global_attribute("safe_mode_saving", safe_mode)

@@ -279,3 +279,19 @@ class Texts(tf.Module):
 
 def texts(out: Path) -> Path:
     return save_serving(Texts(), out)
+
+
+def with_custom_code(path: Path, lambda_layer: bool) -> tuple[Path, keras.Model]:
+    """A model of ``tests.custom_layers``' layers and activation (served with ``--custom-objects``),
+    and with ``lambda_layer`` a ``Lambda`` of a Python lambda too (``--trust-model-code``). Also
+    returned: the model itself, whose predictions are what the consumer's must equal."""
+    from tests import custom_layers
+
+    keras.utils.set_random_seed(7)
+    features = keras.Input((4,), name="features")
+    x = custom_layers.Shift()(custom_layers.Scale(3.0)(features))
+    if lambda_layer:
+        x = keras.layers.Lambda(lambda t: t - 0.25)(x)
+    model = keras.Model(features, keras.layers.Dense(3, activation=custom_layers.half_tanh)(x), name="custom")
+    model.save(path)
+    return path, model

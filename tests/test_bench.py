@@ -144,6 +144,26 @@ def test_the_latency_target_applies_only_at_half_load() -> None:
     assert not report.at_half_load({"latency_rate": 2000.0})
 
 
+@pytest.mark.usefixtures("keras_code_restored")
+def test_a_model_with_its_own_keras_code_is_benched_with_the_consumer_args_that_serve_it(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """The consumer's ``--custom-objects`` and ``--trust-model-code``, given in ``--consumer-args``,
+    apply to the bench's own loads of the model too: the compute limit, the per-message loops and
+    the process pool's processes, which could not load it before."""
+    path, _ = models.with_custom_code(tmp_path / "custom.keras", lambda_layer=True)
+    options = run.BenchOptions(consumer_args=("--custom-objects", "tests.custom_layers", "--trust-model-code"))
+    code = run._model_code(options)
+    assert code == (("tests.custom_layers",), True)
+    workload = workloads.build(str(path), tmp_path, model_code=code)
+    inputs = workload.inputs(64)
+    assert baselines.compute_limit(workload, inputs, min_seconds=0.2)[0] > 0
+    topics = run._topics(bootstrap, 1)
+    system.publish(bootstrap, topics["in"], system.encode(workload, inputs), 64)
+    rates = run._usual(bootstrap, topics, workload, inputs, 1.0)
+    assert all((rate or 0) > 0 for rate in rates.values()), rates
+
+
 @pytest.mark.parametrize(
     ("flags", "says"),
     [([], "fetch.wait.max.ms 20, paced fetch"), (["--prefetch"], "fetch.wait.max.ms 20, prefetching fetch")],
@@ -250,6 +270,16 @@ def test_consumer_args_the_bench_cannot_pass_are_refused_before_it_starts(
         f"python -m producer_tools bench: error: argument --consumer-args: {says}"
     )
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("given", [["--consumer-args", "--trust-model-code"], ["--consumer-args=--trust-model-code"]])
+def test_consumer_args_of_one_flag_are_taken_as_the_value(given: list[str]) -> None:
+    """argparse took a lone flag after --consumer-args for an option of the bench's own, and refused
+    the command (expected one argument); flags with a space between them passed."""
+    from producer_tools.cli import _flags_as_values, build_parser
+
+    args = build_parser().parse_args(_flags_as_values(["bench", *given, "--rounds", "2"]))
+    assert (args.consumer_args, args.rounds) == (("--trust-model-code",), 2)
 
 
 def test_consumer_args_the_consumer_takes_pass_the_check() -> None:

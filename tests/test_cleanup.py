@@ -129,7 +129,8 @@ def test_pool_workers_exit_when_the_process_that_started_them_is_killed(tmp_path
             from producer_tools.bench.baselines import _pool_init
 
             if __name__ == "__main__":
-                pool = ProcessPoolExecutor(1, get_context("spawn"), _pool_init, ({str(mlp_path)!r}, {str(tmp_path)!r}))
+                initargs = ({str(mlp_path)!r}, {str(tmp_path)!r}, "serving_default", ((), False))
+                pool = ProcessPoolExecutor(1, get_context("spawn"), _pool_init, initargs)
                 print(pool.submit(os.getpid).result(), flush=True)
                 time.sleep(300)
             """

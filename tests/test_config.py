@@ -64,6 +64,8 @@ def test_secrets_are_redacted_from_the_printable_settings() -> None:
         ({"allowed_batch_sizes": ",,"}, "allowed_batch_sizes is empty"),
         ({"allowed_batch_sizes": "8,16.5,256"}, "allowed_batch_sizes='8,16.5,256'.*list whole batch sizes"),
         ({"preprocess": "not a ref"}, "preprocess='not a ref'.*: use module:function, as in mypackage.prep:scale$"),
+        ({"custom_objects": "mylayers,1bad"}, "custom_objects='mylayers,1bad'.*: list Python modules separated by"),
+        ({"custom_objects": ["a b"]}, r"custom_objects=\['a b'\].*: list Python modules separated by commas"),
         ({"gpu_memory": "lots"}, "gpu_memory='lots'.*: use grow, or a whole number of MiB such as 4096$"),
         ({"transactional_id_prefix": "a b"}, "transactional_id_prefix='a b'.*: use letters, digits"),
         # names a real cluster refuses, which the embedded broker took
@@ -266,13 +268,60 @@ def test_valid_kafka_settings_pass_the_check_without_connecting(delivery: str) -
             listener.accept()
 
 
+def test_custom_objects_are_modules_from_a_comma_list_a_toml_list_or_the_environment(tmp_path: Path) -> None:
+    from consumer.cli import build_parser, settings_from_args
+
+    argv = ["run", *(f"--{k.replace('_', '-')}={v}" for k, v in REQUIRED.items()), "--custom-objects", "a, b.c"]
+    assert settings_from_args(build_parser().parse_args([*argv, "--trust-model-code"])).custom_objects == ["a", "b.c"]
+    config = write(tmp_path, 'custom_objects = ["layers", "my.losses"]\ntrust_model_code = true\n')
+    from_file = load_settings(REQUIRED, config, {})
+    assert (from_file.custom_objects, from_file.trust_model_code) == (["layers", "my.losses"], True)
+    from_env = load_settings(REQUIRED, None, {"TFSTREAM_CUSTOM_OBJECTS": "layers", "TFSTREAM_TRUST_MODEL_CODE": "1"})
+    assert (from_env.custom_objects, from_env.trust_model_code) == (["layers"], True)
+    assert (load_settings(REQUIRED, None, {}).custom_objects, load_settings(REQUIRED, None, {}).trust_model_code) == (
+        [],
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "says"),
+    [
+        (None, "cannot import 'absent' (No module named 'absent'); it must be importable in the workers"),
+        ('raise RuntimeError("boom")\n', "importing 'absent' raised RuntimeError: boom; fix the module"),
+        ("import not_installed_anywhere\n", "cannot import 'absent' (No module named 'not_installed_anywhere')"),
+    ],
+)
+def test_custom_objects_that_cannot_be_imported_are_a_configuration_error_before_the_model_or_the_broker(
+    module: str | None, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consumer.worker import Worker
+
+    if module is not None:
+        (tmp_path / "absent.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings = load_settings({**REQUIRED, "model": str(tmp_path / "none.keras"), "custom_objects": "absent"}, None, {})
+    with pytest.raises(ConfigError) as info:
+        Worker(settings).start()
+    assert str(info.value).startswith("invalid setting custom_objects=['absent']: " + says)
+    assert "\n" not in str(info.value)
+
+
+def test_the_custom_objects_of_a_module_are_the_public_classes_and_functions_it_defines() -> None:
+    from consumer.user_code import defined_in
+    from tests import custom_layers
+
+    # not keras or tf (imported), not POISON (imported, and a number), not _helper (private)
+    assert sorted(defined_in(custom_layers)) == ["Scale", "Shift", "half_tanh"]
+
+
 @pytest.mark.parametrize(
     ("module", "spec", "says"),
     [
         ('raise RuntimeError("boom")\n', "raises:f", "importing 'raises' raised RuntimeError: boom"),
         ("x = (\n", "broken:f", "importing 'broken' raised SyntaxError: '(' was never closed"),
         ("LIMIT = 3\n", "constant:LIMIT", "'LIMIT' is not a function"),
-        ("def f(x):\n    return x\n", "fine:g", "cannot import it (module 'fine' has no attribute 'g')"),
+        ("def f(x):\n    return x\n", "fine:g", "module 'fine' has no 'g'"),
     ],
 )
 def test_a_preprocess_module_that_cannot_serve_is_a_configuration_error_before_the_model_or_the_broker(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from producer_tools import cli_reference, digits
@@ -82,3 +84,29 @@ def test_the_readme_s_preprocess_for_tokens_of_any_length_serves_a_model_of_any_
         cut = first_128_tokens(tf.range(1, length + 1, dtype=tf.int32)).numpy()  # type: ignore[operator]
         assert cut.shape == (128,) and cut[: min(length, 128)].tolist() == list(range(1, min(length, 128) + 1))
         assert not cut[length:].any()
+
+
+@pytest.mark.usefixtures("keras_code_restored")
+def test_the_readme_s_custom_layers_module_serves_a_model_saved_with_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``mylayers.py`` of Custom layers and Lambda layers, as printed: a model saved with its
+    two layers and its activation loads as the workers load it with ``--custom-objects``."""
+    import keras
+
+    from consumer.model import load_model
+    from consumer.user_code import prepare_keras
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```python\n# mylayers.py\n")
+    (tmp_path / "readme_layers.py").write_text(readme[start + len("```python\n") : readme.index("```", start + 3)])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    layers = importlib.import_module("readme_layers")
+    features = keras.Input((4,), name="features")
+    scaled = layers.Shift()(layers.Scale(3.0)(features))
+    model = keras.Model(features, keras.layers.Dense(2, activation=layers.half_tanh)(scaled))
+    model.save(tmp_path / "custom.keras")
+    assert prepare_keras(["readme_layers"], trust_model_code=False) == ["Scale", "Shift", "half_tanh"]
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    served = load_model(tmp_path / "custom.keras").call({"features": x})
+    np.testing.assert_allclose(next(iter(served.values())).numpy(), model.predict(x, verbose=0), atol=1e-6)

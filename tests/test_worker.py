@@ -339,6 +339,61 @@ def test_a_keras_text_model_of_one_string_an_example_as_input_1_is_served(
         np.testing.assert_allclose(got[i], expected[i], atol=1e-5)
 
 
+@pytest.mark.usefixtures("keras_code_restored")
+def test_a_model_saved_with_its_own_keras_code_is_served_with_custom_objects_and_trust_model_code(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+) -> None:
+    """A custom layer (registered with Keras or not), a custom activation and a ``Lambda`` layer:
+    such a model could not be served at all, every worker failing to load it."""
+    path, model = models.with_custom_code(tmp_path / "custom.keras", lambda_layer=True)
+    inp, out = topics("in", "out", partitions=1)
+    x = np.random.default_rng(3).normal(size=(6, 4)).astype("float32")
+    publish(bootstrap, inp, ((None, pack_input(row, id=i)) for i, row in enumerate(x)))
+    code = {"custom_objects": "tests.custom_layers", "trust_model_code": True}  # as the flags give them
+    assert (
+        run_worker(settings(bootstrap, path, inp, out, group, max_batch_size=4, max_wait_ms=200, **code))["predicted"]
+        == 6
+    )
+    got = {r["id"]: r["outputs"] for _, r in outputs(bootstrap, out, 6)}
+    np.testing.assert_allclose(np.stack([got[i] for i in range(6)]), model.predict(x, verbose=0), atol=1e-5)
+
+
+@pytest.mark.usefixtures("keras_code_restored")
+@pytest.mark.parametrize(
+    ("lambda_layer", "given", "says"),
+    [
+        (
+            False,
+            {},
+            "it was saved with a custom class, Shift, which Keras cannot find: name the module that defines it "
+            "with --custom-objects MODULE",
+        ),
+        (
+            True,
+            {"custom_objects": ["tests.custom_layers"]},
+            "it holds Python code in a Lambda layer, which Keras loads only from a file you trust: if you trust "
+            "this one, run with --trust-model-code",
+        ),
+    ],
+    ids=["a class not given", "a Lambda not trusted"],
+)
+def test_a_model_whose_keras_code_is_not_given_is_refused_in_one_line_that_says_which_flag_to_pass(
+    lambda_layer: bool, given: dict[str, Any], says: str, tmp_path: Path
+) -> None:
+    """Keras' own message was printed whole: a model's entire config, thousands of characters, or a
+    hint at a function argument the user cannot reach. (``Scale`` is registered with Keras when the
+    tests import ``tests.custom_layers``, so ``Shift``, which is not, is the class missing.)"""
+    from consumer.errors import ModelError
+    from consumer.worker import Worker
+
+    path, _ = models.with_custom_code(tmp_path / "custom.keras", lambda_layer)
+    with pytest.raises(ModelError) as info:
+        Worker(
+            settings("127.0.0.1:1", path, "in", "out", "g", **given)
+        ).start()  # the model is loaded before the broker is contacted
+    assert str(info.value) == f"cannot load model {str(path)!r}: {says}"
+
+
 def test_a_preprocess_gets_a_variable_input_beside_a_fixed_one_and_non_finite_ones_are_refused(
     bootstrap: str, topics: Topics, group: str, tmp_path: Path
 ) -> None:

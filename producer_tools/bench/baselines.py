@@ -22,7 +22,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from consumer.child import when_parent_dies
 from consumer.signature import DEFAULT_SIGNATURE, STRING, TensorSpec
-from producer_tools.bench.workloads import Inputs, Workload
+from consumer.user_code import prepare_keras
+from producer_tools.bench.workloads import Inputs, ModelCode, Workload
 from producer_tools.clients import close_consumer, kafka_consumer, kafka_producer
 from producer_tools.publish import produce
 from producer_tools.reader import partitions_of
@@ -207,11 +208,12 @@ def _one_example(tensor: Any, spec: TensorSpec) -> np.ndarray:
 _POOL_MODEL: Any = None
 
 
-def _pool_init(path: str, scratch: str, signature: str = DEFAULT_SIGNATURE) -> None:
+def _pool_init(path: str, scratch: str, signature: str, model_code: ModelCode) -> None:
     global _POOL_MODEL
     when_parent_dies(lambda: os._exit(1))  # a killed bench leaves no worker waiting for work
     tempfile.tempdir = scratch  # TensorFlow's generated code: a pool process never runs atexit to remove it
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    prepare_keras(*model_code)
     _POOL_MODEL = glue_call(Path(path), "predict") or glue_call(Path(path), "tf.function", signature)
 
 
@@ -229,7 +231,7 @@ def process_pool(workload: Workload, inputs: Inputs, workers: int | None = None)
     split = {name: np.array_split(values, parts) for name, values in data.items()}
     chunks = [{name: pieces[i] for name, pieces in split.items()} for i in range(parts)]
     with tempfile.TemporaryDirectory(prefix="tfstream-pool-") as scratch:
-        initargs = (str(workload.model_path), scratch, workload.serving_signature)
+        initargs = (str(workload.model_path), scratch, workload.serving_signature, workload.model_code)
         with ProcessPoolExecutor(workers, get_context("spawn"), initializer=_pool_init, initargs=initargs) as pool:
             return _timed_map(pool, chunks, workers)
 

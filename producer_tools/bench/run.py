@@ -15,6 +15,7 @@ from consumer.errors import ConfigError
 from consumer.signature import DEFAULT_SIGNATURE
 from consumer.timing import STAGES, worst_of
 from producer_tools.bench import baselines, relay_latency, report, system, workloads
+from producer_tools.consumer_run import consumer_settings
 from producer_tools.embedded_broker import bootstrap_or_embedded
 from producer_tools.topics import create_topics
 
@@ -67,9 +68,16 @@ def _check_batch_size(workload: workloads.Workload, asked: int | None) -> None:
         )
 
 
+def _model_code(options: BenchOptions) -> workloads.ModelCode:
+    """The ``--custom-objects`` and ``--trust-model-code`` the consumer runs with (its flags, its
+    environment), which the bench's own loads of the model need as well."""
+    settings = consumer_settings(options.consumer_args)
+    return tuple(settings.custom_objects), settings.trust_model_code
+
+
 def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
     step(1, f"building the {options.workload} workload and publishing its inputs")
-    workload = workloads.build(options.workload, options.workdir, options.signature)
+    workload = workloads.build(options.workload, options.workdir, options.signature, _model_code(options))
     _check_batch_size(workload, options.batch_size)
     workload = replace(
         workload, batch_size=options.batch_size or workload.batch_size, messages=options.messages or workload.messages

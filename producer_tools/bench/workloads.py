@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from consumer.model import LoadedModel
 
 Inputs = dict[str, np.ndarray]
+#: ``--custom-objects`` modules and ``--trust-model-code``, as ``user_code.prepare_keras`` takes them
+ModelCode = tuple[tuple[str, ...], bool]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class Workload:
     messages: int
     #: the SavedModel signature served (``--signature``)
     serving_signature: str = DEFAULT_SIGNATURE
+    #: the model's own Python (the consumer's ``--custom-objects`` and ``--trust-model-code``),
+    #: which every process of the bench that loads it prepares first
+    model_code: ModelCode = ((), False)
 
     @property
     def signature(self) -> Signature:
@@ -69,9 +74,14 @@ def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.
     return rng.integers(0, 10, shape).astype(dtype)
 
 
-def build(name_or_path: str, workdir: Path, serving_signature: str = DEFAULT_SIGNATURE) -> Workload:
+def build(
+    name_or_path: str, workdir: Path, serving_signature: str = DEFAULT_SIGNATURE, model_code: ModelCode = ((), False)
+) -> Workload:
     """The workload by name, or a model file's; a model that fixes its batch size is benched at that size."""
     from consumer.model import load_model
+    from consumer.user_code import prepare_keras
+
+    prepare_keras(*model_code)
 
     if name_or_path in _BUILT_IN:
         save, batch, messages, wire = _BUILT_IN[name_or_path]
@@ -81,7 +91,7 @@ def build(name_or_path: str, workdir: Path, serving_signature: str = DEFAULT_SIG
     model = load_model(path, version="bench", signature=serving_signature, fix_shapes=_fixed_shapes_only)
     dtypes = {spec.name: wire or spec.dtype for spec in model.signature.inputs}
     batch = model.fixed_batch or batch
-    return Workload(path.stem, path, model, dtypes, batch, messages, serving_signature)
+    return Workload(path.stem, path, model, dtypes, batch, messages, serving_signature, model_code)
 
 
 def _fixed_shapes_only(signature: Signature) -> dict[str, tuple[int, ...]]:
