@@ -20,7 +20,10 @@ def import_module(setting: str, module_name: str) -> ModuleType:
     """Import ``module_name`` for ``setting`` (as it is shown in errors: ``preprocess='m:f'``)."""
     try:
         return importlib.import_module(module_name)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and not _within(module_name, exc.name):  # found, but not what it imports
+            problem = f"importing {module_name!r} raised ModuleNotFoundError: {exc}"
+            raise ConfigError(f"invalid setting {setting}: {problem}; install it where the workers run") from None
         raise ConfigError(
             f"invalid setting {setting}: cannot import {module_name!r} ({exc}); it must be importable in the "
             "workers: in the directory the consumer runs in, or on PYTHONPATH"
@@ -28,6 +31,11 @@ def import_module(setting: str, module_name: str) -> ModuleType:
     except Exception as exc:  # the module's own code failed
         problem = f"importing {module_name!r} raised {type(exc).__name__}: {_first_line(exc)}"
         raise ConfigError(f"invalid setting {setting}: {problem}; fix the module") from None
+
+
+def _within(module_name: str, missing: str) -> bool:
+    """Whether ``missing`` is ``module_name`` or a package it is in (``a`` or ``a.b`` for ``a.b.c``)."""
+    return module_name == missing or module_name.startswith(missing + ".")
 
 
 def prepare_keras(modules: Sequence[str], trust_model_code: bool) -> list[str]:

@@ -285,25 +285,31 @@ def test_custom_objects_are_modules_from_a_comma_list_a_toml_list_or_the_environ
 
 
 @pytest.mark.parametrize(
-    ("module", "says"),
+    ("module", "name", "says"),
     [
-        (None, "cannot import 'absent' (No module named 'absent'); it must be importable in the workers"),
-        ('raise RuntimeError("boom")\n', "importing 'absent' raised RuntimeError: boom; fix the module"),
-        ("import not_installed_anywhere\n", "cannot import 'absent' (No module named 'not_installed_anywhere')"),
+        (None, "absent", "cannot import 'absent' (No module named 'absent'); it must be importable in the workers"),
+        (None, "absent.layers", "cannot import 'absent.layers' (No module named 'absent'); it must be importable"),
+        ('raise RuntimeError("boom")\n', "absent", "importing 'absent' raised RuntimeError: boom; fix the module"),
+        (
+            "import not_installed_anywhere\n",
+            "absent",
+            "importing 'absent' raised ModuleNotFoundError: No module named 'not_installed_anywhere'; install it "
+            "where the workers run",
+        ),
     ],
 )
 def test_custom_objects_that_cannot_be_imported_are_a_configuration_error_before_the_model_or_the_broker(
-    module: str | None, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    module: str | None, name: str, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from consumer.worker import Worker
 
     if module is not None:
         (tmp_path / "absent.py").write_text(module)
     monkeypatch.syspath_prepend(str(tmp_path))
-    settings = load_settings({**REQUIRED, "model": str(tmp_path / "none.keras"), "custom_objects": "absent"}, None, {})
+    settings = load_settings({**REQUIRED, "model": str(tmp_path / "none.keras"), "custom_objects": name}, None, {})
     with pytest.raises(ConfigError) as info:
         Worker(settings).start()
-    assert str(info.value).startswith("invalid setting custom_objects=['absent']: " + says)
+    assert str(info.value).startswith(f"invalid setting custom_objects=[{name!r}]: " + says)
     assert "\n" not in str(info.value)
 
 
