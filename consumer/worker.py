@@ -126,8 +126,10 @@ class Worker:
         compiled functions, clients, topics."""
         s = self.settings
         custom = prepare_keras(s.custom_objects, s.trust_model_code)
-        if s.custom_objects:
-            self.log.info("custom objects ready", modules=s.custom_objects, names=custom)
+        if s.custom_objects or s.trust_model_code:
+            self.log.info(
+                "custom objects ready", modules=s.custom_objects, names=custom, trust_model_code=s.trust_model_code
+            )
         self.preprocess = load_preprocess(s.preprocess)
         sizes = s.allowed_batch_sizes or default_batch_sizes(s.max_batch_size)
         with self._preprocess_setting():

@@ -350,9 +350,14 @@ def test_a_model_saved_with_its_own_keras_code_is_served_with_custom_objects_and
     x = np.random.default_rng(3).normal(size=(6, 4)).astype("float32")
     publish(bootstrap, inp, ((None, pack_input(row, id=i)) for i, row in enumerate(x)))
     code = {"custom_objects": "tests.custom_layers", "trust_model_code": True}  # as the flags give them
-    assert (
-        run_worker(settings(bootstrap, path, inp, out, group, max_batch_size=4, max_wait_ms=200, **code))["predicted"]
-        == 6
+    with structlog.testing.capture_logs() as captured:
+        summary = run_worker(settings(bootstrap, path, inp, out, group, max_batch_size=4, max_wait_ms=200, **code))
+    assert summary["predicted"] == 6
+    ready = next(e for e in captured if e["event"] == "custom objects ready")
+    assert (ready["modules"], ready["names"], ready["trust_model_code"]) == (
+        ["tests.custom_layers"],
+        ["Scale", "Shift", "half_tanh"],
+        True,
     )
     got = {r["id"]: r["outputs"] for _, r in outputs(bootstrap, out, 6)}
     np.testing.assert_allclose(np.stack([got[i] for i in range(6)]), model.predict(x, verbose=0), atol=1e-5)
