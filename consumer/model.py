@@ -205,7 +205,8 @@ def _load_keras(path: Path, name: str, version: str, fix_shapes: ShapeFixer | No
     output_names, fixed = _keras_outputs_and_batch(model, specs, declared)
 
     def call(inputs: Mapping[str, tf.Tensor]) -> TensorDict:
-        return _name_outputs(model(arrange(inputs), training=False), output_names)
+        named_outputs = _outputs_by_name(model, model(arrange(inputs), training=False))
+        return {k: named_outputs[k] for k in output_names}
 
     signature = Signature(inputs=specs, outputs=tuple(output_names), named_inputs=named)
     return LoadedModel(name, version, signature, call, keepalive=model, fixed_batch=fixed, declared_batch=declared)
@@ -231,21 +232,34 @@ def _keras_output_names(model: Any, specs: tuple[TensorSpec, ...], rows: int) ->
     struct = getattr(model, "_inputs_struct", None)
     args: Any = sample if isinstance(struct, dict) else [sample[s.name] for s in specs]
     out = model(args if len(specs) > 1 or isinstance(struct, dict) else args[0], training=False)
+    names = list(_outputs_by_name(model, out))
+    return sorted(names) if isinstance(out, Mapping) else names
+
+
+def _outputs_by_name(model: Any, out: Any) -> TensorDict:
+    """A Keras model's outputs by name: a dict's keys; a list's, the names the model declares (else
+    ``output_0``, ``output_1``...); nested ones joined with ``.`` (``head.score``)."""
     if isinstance(out, Mapping):
-        return sorted(out)
-    if isinstance(out, list | tuple):
-        declared = list(getattr(model, "output_names", None) or [])
-        return declared if len(declared) == len(out) else [f"output_{i}" for i in range(len(out))]
+        return _flat(out, "")
     declared = list(getattr(model, "output_names", None) or [])
-    return declared[:1] or ["output_0"]
-
-
-def _name_outputs(out: Any, names: list[str]) -> TensorDict:
-    if isinstance(out, Mapping):
-        return {k: out[k] for k in names}
     if isinstance(out, list | tuple):
-        return dict(zip(names, out, strict=True))
-    return {names[0]: out}
+        names = declared if len(declared) == len(out) else [f"output_{i}" for i in range(len(out))]
+        return {k: v for name, item in zip(names, out, strict=True) for k, v in _flat(item, name).items()}
+    return {(declared[:1] or ["output_0"])[0]: out}
+
+
+def _flat(out: Any, prefix: str) -> TensorDict:
+    """``out``'s tensors by their path in it, joined with ``.``, under ``prefix``."""
+    if isinstance(out, Mapping):
+        items: Any = out.items()
+    elif isinstance(out, list | tuple):
+        items = enumerate(out)
+    else:
+        return {prefix: out}
+    flat: TensorDict = {}
+    for key, value in items:
+        flat |= _flat(value, f"{prefix}.{key}" if prefix else str(key))
+    return flat
 
 
 def _load_saved_model(

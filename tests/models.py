@@ -295,3 +295,14 @@ def with_custom_code(path: Path, lambda_layer: bool) -> tuple[Path, keras.Model]
     model = keras.Model(features, keras.layers.Dense(3, activation=custom_layers.half_tanh)(x), name="custom")
     model.save(path)
     return path, model
+
+
+def nested_outputs(path: Path) -> Path:
+    """A Keras model whose outputs are a dict holding a dict and a list (multi-task heads)."""
+    keras.utils.set_random_seed(8)
+    features = keras.Input((4,), name="features")
+    hidden = keras.layers.Dense(3, name="hidden")(features)
+    score = keras.layers.Dense(1, name="score")(hidden)
+    outputs = {"head": {"score": score, "parts": [hidden, score]}, "hidden": hidden}
+    keras.Model(features, outputs, name="nested").save(path)
+    return path

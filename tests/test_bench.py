@@ -404,3 +404,10 @@ def test_a_model_of_any_length_is_refused_by_the_bench_in_one_line_that_fits_the
         "model input 'tokens' has a dimension of any size [None]; the bench makes inputs of the model's "
         "own shapes: bench the model exported with fixed input shapes"
     )
+
+
+def test_the_usual_approaches_count_the_rows_of_a_model_s_first_output_nested_or_not() -> None:
+    """A Keras model of nested outputs gave them a dict of dicts, of no length: a TypeError."""
+    rows = np.zeros((5, 2))
+    for outputs in (rows, [rows], {"a": rows}, {"head": {"score": rows, "parts": [rows]}}, ([rows, rows],)):
+        assert baselines._first_output(outputs).shape == (5, 2)

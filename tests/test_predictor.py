@@ -69,6 +69,28 @@ def test_multi_input_models_read_names_dtypes_and_shapes(multi_path: Path, tmp_p
         assert set(model.signature.outputs) == {"score", "embed"}
 
 
+def test_a_keras_model_with_nested_outputs_serves_each_under_its_path(tmp_path: Path) -> None:
+    """Outputs nested in a dict and a list: the model was refused at warm-up (output 'head' has
+    shape [] for a batch of 1) as if it gave no row per input."""
+    import keras
+
+    path = models.nested_outputs(tmp_path / "nested.keras")
+    model = load_model(path)
+    assert model.signature.outputs == ("head.parts.0", "head.parts.1", "head.score", "hidden")
+    predictor = Predictor(model, [4])
+    predictor.warm_up()
+    x = np.random.default_rng(1).normal(size=(3, 4)).astype("float32")
+    out = predictor.predict(stack([{"features": row} for row in x], model.signature, 4), 3)
+    expected = keras.saving.load_model(path).predict(x, verbose=0)
+    for name, want in [
+        ("hidden", expected["hidden"]),
+        ("head.score", expected["head"]["score"]),
+        ("head.parts.0", expected["head"]["parts"][0]),
+        ("head.parts.1", expected["head"]["parts"][1]),
+    ]:
+        np.testing.assert_allclose(out[name], want, atol=1e-5)
+
+
 def test_model_version_defaults_to_a_content_hash(mlp_path: Path) -> None:
     assert load_model(mlp_path).version == load_model(mlp_path).version
     assert load_model(mlp_path).version.startswith("sha256:")

@@ -157,11 +157,9 @@ def glue_call(path: Path, how: str, signature: str = DEFAULT_SIGNATURE) -> GlueC
 
 
 def _first_output(outputs: Any) -> np.ndarray:
-    """A model's output, or the first of its outputs (a dict or list of them), as NumPy."""
-    if isinstance(outputs, dict):
-        outputs = next(iter(outputs.values()))
-    elif isinstance(outputs, list | tuple):
-        outputs = outputs[0]
+    """A model's output, or the first of its outputs (a dict or list of them, nested or not), as NumPy."""
+    while isinstance(outputs, dict | list | tuple):
+        outputs = next(iter(outputs.values())) if isinstance(outputs, dict) else outputs[0]
     return np.asarray(outputs)
 
 
