@@ -80,9 +80,13 @@ def _input_file_flags(parser: argparse.ArgumentParser) -> None:
         "--key-field", help="field, column or .npz array holding each message key (default: row number)"
     )
     parser.add_argument("--id-field", help="field, column or .npz array holding each id (default: row number)")
-    parser.add_argument("--input-name", help="folders: the model input the file bytes go to (default: unnamed)")
+    parser.add_argument(
+        "--input-name", help=".npy, .csv and folders: the model input each example goes to (default: unnamed)"
+    )
     parser.add_argument("--columns", metavar="A,B,...", help="CSV: the feature columns (default: all but key/id)")
-    parser.add_argument("--dtype", help="cast numeric inputs to this NumPy dtype, e.g. float32")
+    parser.add_argument(
+        "--dtype", help="cast numeric inputs to this NumPy dtype, e.g. float32; string: a .csv's columns are texts"
+    )
     parser.add_argument(
         "--varying-shapes",
         action="store_true",

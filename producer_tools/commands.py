@@ -29,12 +29,13 @@ def epoch_ms(text: str | None, flag: str) -> int | None:
 
 
 def read_options(args: argparse.Namespace) -> sources.ReadOptions:
-    if args.dtype is not None:
+    if args.dtype is not None and args.dtype != sources.TEXT:
         try:
             np.dtype(args.dtype)
         except TypeError:
             raise ConfigError(
-                f"invalid setting --dtype={args.dtype!r}: use a NumPy dtype name such as float32"
+                f"invalid setting --dtype={args.dtype!r}: use a NumPy dtype name such as float32, or "
+                f"{sources.TEXT} for a .csv's columns of text"
             ) from None
     return sources.ReadOptions(
         key_field=args.key_field,

@@ -34,13 +34,17 @@ class Example:
     inputs: Inputs
 
 
+#: ``--dtype`` for a CSV's columns of text: each cell is sent as its UTF-8 bytes (``bin``)
+TEXT = "string"
+
+
 @dataclass(frozen=True)
 class ReadOptions:
     key_field: str | None = None
     id_field: str | None = None
-    input_name: str | None = None  # directories: the input the bytes go to (default: unnamed)
+    input_name: str | None = None  # .npy, .csv, folders: the input each example goes to (default: unnamed)
     columns: tuple[str, ...] | None = None  # CSV: the feature columns (default: all but key/id)
-    dtype: str | None = None  # cast numeric inputs to this NumPy dtype
+    dtype: str | None = None  # cast numeric inputs to this NumPy dtype; TEXT: a CSV's columns are texts
     varying_shapes: bool = False  # JSON lines: rows may differ in their dimensions' sizes, not in rank
 
 
@@ -57,6 +61,7 @@ def read_inputs(path: Path, options: ReadOptions | None = None) -> Sequence[Exam
     reader = _read_folder if path.is_dir() else readers.get(path.suffix.lower())
     if reader is None:
         raise ConfigError(f"input file {str(path)!r}: use .npy, .npz, .jsonl, .csv or a folder of files")
+    _check_options(path, options)
     try:
         examples = reader(path, options)
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
@@ -64,6 +69,21 @@ def read_inputs(path: Path, options: ReadOptions | None = None) -> Sequence[Exam
     if not examples:
         raise ConfigError(f"input file {str(path)!r} holds no examples")
     return examples
+
+
+def _check_options(path: Path, options: ReadOptions) -> None:
+    """Options that do not apply to this kind of file are refused, not ignored."""
+    kind = "a folder" if path.is_dir() else f"a {path.suffix.lower()} file"
+    if options.dtype == TEXT and path.suffix.lower() != ".csv":
+        raise ConfigError(
+            f"--dtype {TEXT} applies to .csv files, whose columns it reads as text; for {kind}, leave it out (a "
+            '.jsonl\'s texts are JSON strings already: {"inputs": "some text"})'
+        )
+    if options.input_name and not path.is_dir() and path.suffix.lower() in (".npz", ".jsonl"):
+        raise ConfigError(
+            f"--input-name applies to .npy, .csv and folders: {kind} names its inputs itself (a .npz by its "
+            'arrays, a .jsonl by a map: {"inputs": {"name": ...}})'
+        )
 
 
 def _cast(array: np.ndarray, options: ReadOptions, where: str) -> np.ndarray:
@@ -89,8 +109,8 @@ class NpyRows(Sequence[Example]):
     a file takes the producer's memory, not the file's size (a list of 1,000,000 examples of 64
     floats held 630 MB), and a file larger than memory publishes."""
 
-    def __init__(self, array: np.ndarray, dtype: str | None) -> None:
-        self.array, self.dtype = array, dtype
+    def __init__(self, array: np.ndarray, dtype: str | None, input_name: str | None = None) -> None:
+        self.array, self.dtype, self.input_name = array, dtype, input_name
 
     def __len__(self) -> int:
         return len(self.array)
@@ -104,7 +124,8 @@ class NpyRows(Sequence[Example]):
             return [self[i] for i in range(len(self))[index]]
         row_number = range(len(self))[index]  # a negative index counts from the end, as a list's does
         row = self.array[row_number]
-        return Example(_row_key(row_number), row_number, row.astype(self.dtype) if self.dtype else row)
+        row = row.astype(self.dtype) if self.dtype else row
+        return Example(_row_key(row_number), row_number, {self.input_name: row} if self.input_name else row)
 
 
 def _read_npy(path: Path, options: ReadOptions) -> NpyRows:
@@ -116,7 +137,9 @@ def _read_npy(path: Path, options: ReadOptions) -> NpyRows:
     _check_numbers(array, str(path))
     if array.ndim == 0:
         raise ConfigError(f"input file {str(path)!r} holds a scalar; expected one example per row")
-    return NpyRows(np.asarray(array), options.dtype)  # a plain view: a memmap's rows cost 9x as much to index
+    return NpyRows(
+        np.asarray(array), options.dtype, options.input_name
+    )  # a plain view: a memmap's rows cost 9x as much to index
 
 
 def _refusing_objects(path: Path, load: Callable[[], T]) -> T:
@@ -240,21 +263,47 @@ def _csv_features(header: list[str], options: ReadOptions, path: Path) -> list[s
     features = list(options.columns or [c for c in header if c not in {options.key_field, options.id_field}])
     if not features:
         raise ConfigError(f"input file {str(path)!r} has no feature columns")
+    if options.dtype == TEXT and options.input_name and len(features) > 1:
+        raise ConfigError(
+            f"--input-name takes one column of text, and {str(path)!r} has {len(features)} {features}: each goes to "
+            "the input of its name (or pick one with --columns)"
+        )
     return features
 
 
 def _csv_example(row: dict[str, Any], features: list[str], where: str, index: int, options: ReadOptions) -> Example:
+    inputs: Inputs = (
+        _csv_texts(row, features, where) if options.dtype == TEXT else _csv_numbers(row, features, where, options)
+    )
+    if options.input_name:
+        inputs = {options.input_name: inputs}  # type: ignore[dict-item]  # one vector, or one column of text
+    key = row[options.key_field] if options.key_field else None
+    ident = row[options.id_field] if options.id_field else index
+    return Example(_to_key(key) if key is not None else _row_key(index), ident, inputs)
+
+
+def _csv_numbers(row: dict[str, Any], features: list[str], where: str, options: ReadOptions) -> np.ndarray:
+    """The feature columns as one vector."""
     values = []
     for column in features:
         cell = row.get(column)
         try:
             values.append(float(cell))  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: column {column!r} holds {cell!r}, not a number") from None
-    vector = np.asarray(values, dtype=options.dtype or "float32")
-    key = row[options.key_field] if options.key_field else None
-    ident = row[options.id_field] if options.id_field else index
-    return Example(_to_key(key) if key is not None else _row_key(index), ident, vector)
+            hint = "" if cell is None else f" (a column of text: --dtype {TEXT})"
+            raise ConfigError(f"{where}: column {column!r} holds {cell!r}, not a number{hint}") from None
+    return np.asarray(values, dtype=options.dtype or "float32")
+
+
+def _csv_texts(row: dict[str, Any], features: list[str], where: str) -> Inputs:
+    """Each feature column's text as UTF-8 bytes: one column, the input itself; several, an input each, by name."""
+    texts = {}
+    for column in features:
+        cell = row.get(column)
+        if cell is None:
+            raise ConfigError(f"{where}: the row has no value in column {column!r}")
+        texts[column] = cell.encode()
+    return texts[features[0]] if len(features) == 1 else texts
 
 
 def _read_folder(path: Path, options: ReadOptions) -> list[Example]:

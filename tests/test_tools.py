@@ -68,6 +68,8 @@ def test_every_input_format_publishes_the_examples_it_holds(bootstrap: str, topi
         bom + '{"inputs": [1, 2], "id": "r0", "key": "k0"}\n\n{"inputs": [3, 4], "id": "r1", "key": "k1"}\n'
     )
     (tmp_path / "c.csv").write_text(bom + "user,f1,f2\nalice,1.5,2\nbob,3,4.25\n")
+    (tmp_path / "texts.csv").write_text('id,title,body\n7,Hi,"there, you"\n8,Ça va,\n')
+    np.save(tmp_path / "rows.npy", a)
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "cat.jpg").write_bytes(b"\xff\xd8cat")
@@ -77,6 +79,10 @@ def test_every_input_format_publishes_the_examples_it_holds(bootstrap: str, topi
         "jsonl": ([str(tmp_path / "j.jsonl"), "--tensor-form", "list"], 2),
         "csv": ([str(tmp_path / "c.csv"), "--key-field", "user", "--dtype", "float32"], 2),
         "folder": ([str(folder), "--input-name", "image"], 2),
+        "csv-texts": ([str(tmp_path / "texts.csv"), "--id-field", "id", "--dtype", "string"], 2),
+        "csv-text": ([str(tmp_path / "texts.csv"), "--columns", "body", "--dtype", "string", "--input-name", "t"], 2),
+        "named-csv": ([str(tmp_path / "c.csv"), "--key-field", "user", "--input-name", "features"], 2),
+        "named-npy": ([str(tmp_path / "rows.npy"), "--input-name", "x"], 3),
     }
     got = {}
     for name, (argv, count) in cases.items():
@@ -89,6 +95,14 @@ def test_every_input_format_publishes_the_examples_it_holds(bootstrap: str, topi
     assert [(k, e["id"], e["inputs"][""]) for k, e in got["jsonl"]] == [(b"k0", "r0", [1, 2]), (b"k1", "r1", [3, 4])]
     assert [k for k, _ in got["csv"]] == [b"alice", b"bob"]
     np.testing.assert_array_equal(got["csv"][1][1]["inputs"][""], np.array([3, 4.25], "float32"))
+    # texts go as their UTF-8 bytes: several columns an input each, by name; one, the input itself (or named)
+    assert [(e["id"], e["inputs"]) for _, e in got["csv-texts"]] == [
+        ("7", {"title": b"Hi", "body": b"there, you"}),
+        ("8", {"title": "Ça va".encode(), "body": b""}),
+    ]
+    assert [e["inputs"] for _, e in got["csv-text"]] == [{"t": b"there, you"}, {"t": b""}]
+    np.testing.assert_array_equal(got["named-csv"][0][1]["inputs"]["features"], np.array([1.5, 2], "float32"))
+    np.testing.assert_array_equal(got["named-npy"][2][1]["inputs"]["x"], a[2])
     assert [(k, e["inputs"]["image"]) for k, e in got["folder"]] == [
         (b"cat.jpg", b"\xff\xd8cat"),
         (b"dog.jpg", b"\xff\xd8dog"),
@@ -116,7 +130,11 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
         ("objects.npy", _npy_bytes(np.array([{"a": 1}, None], dtype=object)), [], "holds Python objects"),
         ("objects.npz", _npz_bytes(x=np.array(["a", None], dtype=object)), [], "holds Python objects"),
         ("c.csv", "a,b\n1,2\n", ["--key-field", "user"], "no column(s) ['user']"),
-        ("text.csv", "a,b\n1,x\n", [], "column 'b' holds 'x', not a number"),
+        ("text.csv", "a,b\n1,x\n", [], "column 'b' holds 'x', not a number (a column of text: --dtype string)"),
+        ("short.csv", "a,b\n1\n", ["--dtype", "string"], "short.csv:2: the row has no value in column 'b'"),
+        ("two.csv", "a,b\nx,y\n", ["--dtype", "string", "--input-name", "t"], "--input-name takes one column of"),
+        ("t.jsonl", '{"inputs": "hi"}\n', ["--dtype", "string"], "--dtype string applies to .csv files, whose"),
+        ("n.npz", _npz_bytes(a=np.zeros((2, 3))), ["--input-name", "x"], "--input-name applies to .npy, .csv and"),
         ("bad.jsonl", '{"inputs": [1]}\nnot json\n', [], "bad.jsonl:2: not JSON"),
         ("ok.jsonl", '{"inputs": [1]}\n', ["--dtype", "floaty"], "invalid setting --dtype='floaty'"),
         ("missing.npy", None, [], "does not exist"),
