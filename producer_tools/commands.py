@@ -47,6 +47,14 @@ def read_options(args: argparse.Namespace) -> sources.ReadOptions:
     )
 
 
+def _refuse_join_options(args: argparse.Namespace) -> None:
+    """``collect``'s input-file options read the ``--join`` file: without one, they would do nothing."""
+    for option in ("key_field", "id_field", "input_name", "columns", "dtype", "varying_shapes"):
+        if getattr(args, option):
+            flag = "--" + option.replace("_", "-")
+            raise ConfigError(f"{flag} reads the --join file, and none is given: pass --join FILE, or drop {flag}")
+
+
 def run_publish(args: argparse.Namespace) -> int:
     examples = sources.read_inputs(args.file, read_options(args))  # the whole file is checked first
     clients = Clients(args)
@@ -73,6 +81,8 @@ def run_collect(args: argparse.Namespace) -> int:
         raise ConfigError(
             "invalid setting --varying-shapes: inputs of several shapes do not stack in .npz; write .jsonl"
         )
+    if not args.join:
+        _refuse_join_options(args)
     join = collect.Join(sources.read_inputs(args.join, read_options(args)), args.join_on) if args.join else None
     try:
         if suffix == ".jsonl":

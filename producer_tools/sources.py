@@ -71,18 +71,39 @@ def read_inputs(path: Path, options: ReadOptions | None = None) -> Sequence[Exam
     return examples
 
 
+#: what each kind of file takes of the options (``ReadOptions``' fields); the others are refused, not ignored
+_TAKES = {
+    ".npy": ("input_name", "dtype"),
+    ".npz": ("key_field", "id_field", "dtype"),
+    ".jsonl": ("key_field", "id_field", "dtype", "varying_shapes"),
+    ".csv": ("key_field", "id_field", "columns", "input_name", "dtype"),
+    "folder": ("input_name",),
+}
+#: why an option does not apply, where more can be said than that
+_WHY_NOT = {
+    (".npy", "key_field"): "a .npy file's rows have no fields; keys and ids are row numbers",
+    (".npy", "id_field"): "a .npy file's rows have no fields; keys and ids are row numbers",
+    (".npz", "input_name"): "a .npz file names its inputs by its arrays",
+    (".jsonl", "input_name"): 'a .jsonl file names its inputs by a map: {"inputs": {"name": ...}}',
+    ("folder", "key_field"): "a folder's keys and ids are its files' names",
+    ("folder", "id_field"): "a folder's keys and ids are its files' names",
+    ("folder", "dtype"): "a folder's files are sent as their bytes",
+}
+
+
 def _check_options(path: Path, options: ReadOptions) -> None:
     """Options that do not apply to this kind of file are refused, not ignored."""
-    kind = "a folder" if path.is_dir() else f"a {path.suffix.lower()} file"
-    if options.dtype == TEXT and path.suffix.lower() != ".csv":
+    kind = "folder" if path.is_dir() else path.suffix.lower()
+    noun = "a folder" if kind == "folder" else f"a {kind} file"
+    for option in ("key_field", "id_field", "columns", "input_name", "dtype", "varying_shapes"):
+        if getattr(options, option) and option not in _TAKES[kind]:
+            takes = ", ".join("--" + o.replace("_", "-") for o in _TAKES[kind])
+            why = _WHY_NOT.get((kind, option), f"{noun} takes {takes}")
+            raise ConfigError(f"--{option.replace('_', '-')} does not apply to {str(path)!r}: {why}")
+    if options.dtype == TEXT and kind != ".csv":
         raise ConfigError(
-            f"--dtype {TEXT} applies to .csv files, whose columns it reads as text; for {kind}, leave it out (a "
-            '.jsonl\'s texts are JSON strings already: {"inputs": "some text"})'
-        )
-    if options.input_name and not path.is_dir() and path.suffix.lower() in (".npz", ".jsonl"):
-        raise ConfigError(
-            f"--input-name applies to .npy, .csv and folders: {kind} names its inputs itself (a .npz by its "
-            'arrays, a .jsonl by a map: {"inputs": {"name": ...}})'
+            f"--dtype {TEXT} applies to .csv files, whose columns it reads as text; for {noun}, leave it out "
+            '(a .jsonl\'s texts are JSON strings already: {"inputs": "some text"})'
         )
 
 
@@ -129,7 +150,6 @@ class NpyRows(Sequence[Example]):
 
 
 def _read_npy(path: Path, options: ReadOptions) -> NpyRows:
-    _refuse_fields(path, options)
     with path.open("rb") as file:
         if file.read(len(NPY_MAGIC)) != NPY_MAGIC:
             raise ConfigError(f"input file {str(path)!r} is not a .npy file (no NumPy header): save it with numpy.save")
@@ -310,11 +330,6 @@ def _read_folder(path: Path, options: ReadOptions) -> list[Example]:
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     name = options.input_name
     return [Example(f.name.encode(), f.name, {name: f.read_bytes()} if name else f.read_bytes()) for f in files]
-
-
-def _refuse_fields(path: Path, options: ReadOptions) -> None:
-    if options.key_field or options.id_field:
-        raise ConfigError(f"input file {str(path)!r}: .npy rows have no fields; keys and ids are row numbers")
 
 
 def _to_key(value: Any) -> bytes:

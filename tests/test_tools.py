@@ -134,7 +134,7 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
         ("short.csv", "a,b\n1\n", ["--dtype", "string"], "short.csv:2: the row has no value in column 'b'"),
         ("two.csv", "a,b\nx,y\n", ["--dtype", "string", "--input-name", "t"], "--input-name takes one column of"),
         ("t.jsonl", '{"inputs": "hi"}\n', ["--dtype", "string"], "--dtype string applies to .csv files, whose"),
-        ("n.npz", _npz_bytes(a=np.zeros((2, 3))), ["--input-name", "x"], "--input-name applies to .npy, .csv and"),
+        ("n.npz", _npz_bytes(a=np.zeros((2, 3))), ["--input-name", "x"], "a .npz file names its inputs by its arrays"),
         ("bad.jsonl", '{"inputs": [1]}\nnot json\n', [], "bad.jsonl:2: not JSON"),
         ("ok.jsonl", '{"inputs": [1]}\n', ["--dtype", "floaty"], "invalid setting --dtype='floaty'"),
         ("missing.npy", None, [], "does not exist"),
@@ -144,7 +144,10 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
         ("blank.jsonl", "\n\n", [], "holds no examples"),
         ("words.npy", _npy_bytes(np.array(["a", "b"])), [], "words.npy: values must be numbers, found <U1"),
         ("scalar.npy", _npy_bytes(np.float32(3)), [], "holds a scalar; expected one example per row"),
-        ("rows.npy", _npy_bytes(np.zeros((2, 3))), ["--key-field", "k"], ".npy rows have no fields"),
+        ("rows.npy", _npy_bytes(np.zeros((2, 3))), ["--key-field", "k"], "a .npy file's rows have no fields"),
+        ("cols.npy", _npy_bytes(np.zeros((2, 3))), ["--columns", "a"], "--columns does not apply to '"),
+        ("v.csv", "a,b\n1,2\n", ["--varying-shapes"], "a .csv file takes --key-field, --id-field, --columns"),
+        ("c.jsonl", '{"inputs": [1]}\n', ["--columns", "a"], "--columns does not apply to"),
         ("keys.npz", _npz_bytes(user=np.array(["a"])), ["--key-field", "user"], "has no input arrays"),
         ("uneven.npz", _npz_bytes(a=np.zeros((2, 3)), b=np.zeros(3)), [], "arrays must have the same number of rows"),
         ("k.npz", _npz_bytes(a=np.zeros((2, 3))), ["--key-field", "nope"], "has no array 'nope'; it has ['a']"),
@@ -780,6 +783,10 @@ def test_publish_refuses_count_and_repeat_together(tmp_path: Path, capsys: pytes
             "invalid setting --until-timestamp='June 1st': use ISO 8601, e.g. 2024-06-01T00:00:00Z",
         ),
         (["collect", "--topic", "t", "--out", "{d}/p.csv"], "invalid setting --out='{d}/p.csv': write .npz or .jsonl"),
+        (
+            ["collect", "--topic", "t", "--out", "{d}/p.jsonl", "--id-field", "id"],
+            "--id-field reads the --join file, and none is given: pass --join FILE, or drop --id-field",
+        ),
     ],
 )  # fmt: skip
 def test_a_tool_given_contradicting_or_unusable_flags_says_which_in_one_line_before_connecting(
