@@ -8,10 +8,11 @@ style variables (``_`` becomes ``.``). A bad value raises ``ConfigError`` naming
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +23,8 @@ from consumer.errors import ConfigError
 from consumer.signature import DEFAULT_SIGNATURE
 
 ENV_PREFIX = "TFSTREAM_"
+#: ``TFSTREAM_`` variables that are not settings: the config file, and the test script's process count
+_OTHER_VARIABLES = ("CONFIG", "TEST_PROCESSES")
 KafkaValue = str | int | float | bool
 _SECRET = re.compile(r"password|secret|token|credential|key\.pem|private|jaas", re.IGNORECASE)
 _KAFKA_TABLES = {"kafka": "kafka", "consumer": "kafka_consumer", "producer": "kafka_producer"}
@@ -251,11 +254,35 @@ def _one_line(exc: ValidationError, sources: Mapping[str, str]) -> str:
     if not key:
         return f"invalid settings: {first['msg'].removeprefix('Value error, ')}"
     where = f" (from {sources[top]})" if top in sources else ""
+    if first["type"] == "extra_forbidden":
+        tables = {"kafka_consumer", "kafka_producer"}  # [kafka.consumer] and [kafka.producer] in the file
+        return f"unknown setting {key}{where}: {_closest(key, set(Settings.model_fields) - tables)}"
     shown = "***" if _SECRET.search(key) else repr(first.get("input"))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "string_pattern_mismatch" and key in _PATTERN_HINTS:
         message = _PATTERN_HINTS[key]
     return f"invalid setting {key}={shown}{where}: {message}"
+
+
+def _closest(name: str, names: Iterable[str]) -> str:
+    """What to say of an unknown setting ``name``: the known one it is likely a typo of, if any."""
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]}?"
+    return "the settings are listed under Configuration in the README, and by --help"
+
+
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each ``TFSTREAM_`` variable that is no setting (a typo is otherwise ignored):
+    the consumer's settings, ``TFSTREAM_CONFIG`` and the ``TFSTREAM_KAFKA_*`` tables are known."""
+    environ = os.environ if environ is None else environ
+    fields = set(Settings.model_fields) - set(_KAFKA_TABLES.values())
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in fields} | {f"{ENV_PREFIX}{name}" for name in _OTHER_VARIABLES}
+    return [
+        f"{name} is not a setting, and is ignored: {_closest(name, sorted(known))}"
+        for name in sorted(environ)
+        if name.startswith(ENV_PREFIX) and name not in known and not name.startswith(f"{ENV_PREFIX}KAFKA_")
+    ]
 
 
 def _read_toml(path: str) -> dict[str, Any]:

@@ -107,6 +107,47 @@ def test_cli_exits_2_with_one_line_on_missing_or_bad_settings(
     assert line.startswith("error: invalid setting model_poll_seconds=5: it watches a versioned model directory")
 
 
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        (
+            'custom_object = ["m"]\n',
+            "unknown setting custom_object (from config file {f}): did you mean custom_objects?",
+        ),
+        ("max_batch = 8\n", "unknown setting max_batch (from config file {f}): did you mean max_batch_size?"),
+        ("zzz = 1\n", "unknown setting zzz (from config file {f}): the settings are listed under Configuration"),
+    ],
+)
+def test_an_unknown_setting_in_the_file_names_the_one_it_is_likely_a_typo_of(
+    toml: str, says: str, tmp_path: Path
+) -> None:
+    """It said only: Extra inputs are not permitted."""
+    config = write(tmp_path, toml)
+    with pytest.raises(ConfigError) as info:
+        load_settings(REQUIRED, config, {})
+    assert str(info.value).startswith(says.format(f=config))
+
+
+def test_an_unknown_tfstream_variable_is_a_warning_naming_the_one_it_is_likely_a_typo_of(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misspelt variable was ignored without a word (and the setting left at its default)."""
+    from consumer.config import unknown_environment
+
+    known = {"TFSTREAM_CONFIG": "c.toml", "TFSTREAM_KAFKA_SASL_PASSWORD": "x", "TFSTREAM_MAX_BATCH_SIZE": "8"}
+    environ = {**known, "TFSTREAM_MAX_BATCH": "8", "TFSTREAM_MODLE": "m.keras", "OTHER_MAX_BATCH": "8"}
+    assert unknown_environment(environ) == [
+        "TFSTREAM_MAX_BATCH is not a setting, and is ignored: did you mean TFSTREAM_MAX_BATCH_SIZE?",
+        "TFSTREAM_MODLE is not a setting, and is ignored: did you mean TFSTREAM_MODEL?",
+    ]
+    # the run says so first: here the setting it was meant for is missing
+    monkeypatch.setenv("TFSTREAM_MODLE", "m.keras")
+    assert cli.main(["run", "--bootstrap-servers", "b:9092", "--input-topic", "in", "--output-topic", "out"]) == 2
+    warning, error = capsys.readouterr().err.strip().splitlines()
+    assert warning == "warning: TFSTREAM_MODLE is not a setting, and is ignored: did you mean TFSTREAM_MODEL?"
+    assert error.startswith("error: missing setting")
+
+
 def test_cli_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["run", "--max-batch-size", "many"])
