@@ -152,13 +152,21 @@ def _served_specs(specs: tuple[TensorSpec, ...], named: bool, fix_shapes: ShapeF
 def _one_string_each(specs: tuple[TensorSpec, ...]) -> None:
     """A message carries one string per string input (``bin``): the model must take one an example,
     of shape ``[]`` or ``[1]`` (``[1, 1]``...); more come only through a preprocess function."""
-    for spec in specs:
-        if spec.dtype == STRING and (spec.variable or math.prod(spec.fixed_shape) != 1):
-            raise ModelError(
-                f"model input {spec.name!r} takes strings of shape {list(spec.shape)}; a message carries one "
-                "string per input (bin): serve a model that takes one an example (shape [] or [1]), or give "
-                "--preprocess a function that makes them from one"
-            )
+    spec = several_strings(specs)
+    if spec is not None:
+        raise ModelError(
+            f"model input {spec.name!r} takes strings of shape {list(spec.shape)}; a message carries one "
+            "string per input (bin): serve a model that takes one an example (shape [] or [1]), or give "
+            "--preprocess a function that makes them from one"
+        )
+
+
+def several_strings(specs: tuple[TensorSpec, ...]) -> TensorSpec | None:
+    """The first string input that takes more than one string an example (or any number), if any."""
+    return next(
+        (s for s in specs if s.dtype == STRING and (s.variable or math.prod(s.fixed_shape) != 1)),
+        None,
+    )
 
 
 def dtype_name(dtype: Any) -> str:

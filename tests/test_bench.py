@@ -406,6 +406,19 @@ def test_a_model_of_any_length_is_refused_by_the_bench_in_one_line_that_fits_the
     )
 
 
+def test_a_model_of_several_strings_an_example_is_refused_by_the_bench_before_it_runs(tmp_path: Path) -> None:
+    """It ran the I/O limit and the compute limit, then failed with the consumer's log lines when the
+    consumer it started refused the model."""
+    from consumer.errors import ModelError
+
+    with pytest.raises(ModelError) as info:
+        workloads.build(str(models.texts(tmp_path / "texts")), tmp_path)
+    assert str(info.value) == (
+        "model input 'texts' takes strings of shape [3]; a message carries one string per input, and the bench "
+        "sends inputs of the model's own shapes: bench a model that takes one string an example (shape [] or [1])"
+    )
+
+
 def test_the_usual_approaches_count_the_rows_of_a_model_s_first_output_nested_or_not() -> None:
     """A Keras model of nested outputs gave them a dict of dicts, of no length: a TypeError."""
     rows = np.zeros((5, 2))

@@ -89,6 +89,7 @@ def build(
     else:
         path, batch, messages, wire = Path(name_or_path), 256, 20_000, ""
     model = load_model(path, version="bench", signature=serving_signature, fix_shapes=_fixed_shapes_only)
+    _one_string_each(model.signature)
     dtypes = {spec.name: wire or spec.dtype for spec in model.signature.inputs}
     batch = model.fixed_batch or batch
     return Workload(path.stem, path, model, dtypes, batch, messages, serving_signature, model_code)
@@ -104,6 +105,22 @@ def _fixed_shapes_only(signature: Signature) -> dict[str, tuple[int, ...]]:
         f"model input {spec.name!r} has a dimension of any size {list(spec.shape)}; the bench makes "
         "inputs of the model's own shapes: bench the model exported with fixed input shapes"
     )
+
+
+def _one_string_each(signature: Signature) -> None:
+    """A model that takes several strings an example is served behind a preprocess function, which
+    the bench does not run (``load_model`` refuses it only without one, and the bench gives it
+    ``_fixed_shapes_only``): said here, before the run, not by the consumer it starts."""
+    from consumer.errors import ModelError
+    from consumer.model import several_strings
+
+    spec = several_strings(signature.inputs)
+    if spec is not None:
+        raise ModelError(
+            f"model input {spec.name!r} takes strings of shape {list(spec.shape)}; a message carries one string "
+            "per input, and the bench sends inputs of the model's own shapes: bench a model that takes one string "
+            "an example (shape [] or [1])"
+        )
 
 
 def _mlp(path: Path) -> Path:
