@@ -276,8 +276,9 @@ def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
     """A warning for each ``TFSTREAM_`` variable that is no setting (a typo is otherwise ignored):
     the consumer's settings, ``TFSTREAM_CONFIG`` and the ``TFSTREAM_KAFKA_*`` tables are known."""
     environ = os.environ if environ is None else environ
-    fields = set(Settings.model_fields) - set(_KAFKA_TABLES.values())
-    known = {f"{ENV_PREFIX}{name.upper()}" for name in fields} | {f"{ENV_PREFIX}{name}" for name in _OTHER_VARIABLES}
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in _scalar_fields()} | {
+        f"{ENV_PREFIX}{name}" for name in _OTHER_VARIABLES
+    }
     return [
         f"{name} is not a setting, and is ignored: {_closest(name, sorted(known))}"
         for name in sorted(environ)
@@ -304,8 +305,13 @@ def _read_toml(path: str) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in data.items()}
 
 
+def _scalar_fields() -> set[str]:
+    """The settings but the librdkafka tables: each a ``TFSTREAM_<NAME>`` variable of its own."""
+    return set(Settings.model_fields) - set(_KAFKA_TABLES.values())
+
+
 def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    fields = set(Settings.model_fields) - set(_KAFKA_TABLES.values())
+    fields = _scalar_fields()
     values: dict[str, Any] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX):

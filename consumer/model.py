@@ -283,14 +283,13 @@ def _load_saved_model(
         )
     fn = signatures[signature]
     _, kwargs = fn.structured_input_signature
-    specs = _served_specs(
-        tuple(_spec(k, v.dtype, v.shape) for k, v in sorted(kwargs.items())), len(kwargs) > 1, fix_shapes
-    )
+    named = len(kwargs) > 1
+    specs = _served_specs(tuple(_spec(k, v.dtype, v.shape) for k, v in sorted(kwargs.items())), named, fix_shapes)
     outputs = tuple(sorted(fn.structured_outputs))
 
     def call(inputs: Mapping[str, tf.Tensor]) -> TensorDict:
         return dict(fn(**{k: inputs[k] for k in kwargs}))
 
-    served = Signature(inputs=specs, outputs=outputs, named_inputs=len(specs) > 1)
+    served = Signature(inputs=specs, outputs=outputs, named_inputs=named)
     fixed = _fixed_batch(name, {k: tuple(v.shape) for k, v in kwargs.items()})  # a signature runs no other
     return LoadedModel(name, version, served, call, keepalive=loaded, fixed_batch=fixed, declared_batch=fixed)

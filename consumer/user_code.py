@@ -44,11 +44,11 @@ def prepare_keras(modules: Sequence[str], trust_model_code: bool) -> list[str]:
     ``@keras.saving.register_keras_serializable`` is known once imported; one that is not, by its
     name); with ``trust_model_code``, let Keras load ``Lambda`` layers' Python code. Returns the
     names given, for the worker's log. Applies to every model this process loads (hot reload too)."""
+    if not modules and not trust_model_code:
+        return []
     found: dict[str, Any] = {}
     for module_name in modules:
         found |= defined_in(import_module(f"custom_objects={list(modules)!r}", module_name))
-    if not modules and not trust_model_code:
-        return []
     import keras
 
     keras.saving.get_custom_objects().update(found)

@@ -49,10 +49,9 @@ def read_options(args: argparse.Namespace) -> sources.ReadOptions:
 
 def _refuse_join_options(args: argparse.Namespace) -> None:
     """``collect``'s input-file options read the ``--join`` file: without one, they would do nothing."""
-    for option in ("key_field", "id_field", "input_name", "columns", "dtype", "varying_shapes"):
-        if getattr(args, option):
-            flag = "--" + option.replace("_", "-")
-            raise ConfigError(f"{flag} reads the --join file, and none is given: pass --join FILE, or drop {flag}")
+    for option in sources.given_options(read_options(args)):
+        flag = sources.flag(option)
+        raise ConfigError(f"{flag} reads the --join file, and none is given: pass --join FILE, or drop {flag}")
 
 
 def run_publish(args: argparse.Namespace) -> int:

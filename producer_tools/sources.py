@@ -12,7 +12,7 @@ import csv
 import json
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -91,15 +91,25 @@ _WHY_NOT = {
 }
 
 
+def given_options(options: ReadOptions) -> list[str]:
+    """The options set (``ReadOptions``' fields), in their order."""
+    return [option.name for option in fields(options) if getattr(options, option.name)]
+
+
+def flag(option: str) -> str:
+    """The command-line flag of a ``ReadOptions`` field."""
+    return "--" + option.replace("_", "-")
+
+
 def _check_options(path: Path, options: ReadOptions) -> None:
     """Options that do not apply to this kind of file are refused, not ignored."""
     kind = "folder" if path.is_dir() else path.suffix.lower()
     noun = "a folder" if kind == "folder" else f"a {kind} file"
-    for option in ("key_field", "id_field", "columns", "input_name", "dtype", "varying_shapes"):
-        if getattr(options, option) and option not in _TAKES[kind]:
-            takes = ", ".join("--" + o.replace("_", "-") for o in _TAKES[kind])
+    for option in given_options(options):
+        if option not in _TAKES[kind]:
+            takes = ", ".join(map(flag, _TAKES[kind]))
             why = _WHY_NOT.get((kind, option), f"{noun} takes {takes}")
-            raise ConfigError(f"--{option.replace('_', '-')} does not apply to {str(path)!r}: {why}")
+            raise ConfigError(f"{flag(option)} does not apply to {str(path)!r}: {why}")
     if options.dtype == TEXT and kind != ".csv":
         raise ConfigError(
             f"--dtype {TEXT} applies to .csv files, whose columns it reads as text; for {noun}, leave it out "
@@ -157,9 +167,8 @@ def _read_npy(path: Path, options: ReadOptions) -> NpyRows:
     _check_numbers(array, str(path))
     if array.ndim == 0:
         raise ConfigError(f"input file {str(path)!r} holds a scalar; expected one example per row")
-    return NpyRows(
-        np.asarray(array), options.dtype, options.input_name
-    )  # a plain view: a memmap's rows cost 9x as much to index
+    # a plain view: a memmap's rows cost 9x as much to index
+    return NpyRows(np.asarray(array), options.dtype, options.input_name)
 
 
 def _refusing_objects(path: Path, load: Callable[[], T]) -> T:
