@@ -66,6 +66,31 @@ def group_history(consumer: Consumer, topic: str, partitions: int, timeout: floa
     return GroupHistory(frozenset(tp.partition for tp in found if tp.offset >= 0), partitions)
 
 
+#: ``auto.offset.reset`` values (and librdkafka's aliases) that start a new group at each partition's end
+STARTS_AT_END = frozenset({"latest", "largest", "end"})
+
+
+def skipped_by_new_group(consumer: Consumer, topic: str, history: GroupHistory, reset: str, timeout: float) -> bool:
+    """Whether a group that never committed on ``topic`` starts past records already in it: where
+    ``auto.offset.reset`` puts it at the end, and some partition holds records (its high watermark
+    is past its low one; true on the embedded broker too, whose high watermark counts batches)."""
+    if history.committed or reset not in STARTS_AT_END:
+        return False
+    for partition in range(history.partitions):
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout, cached=False)
+        if high > low:
+            return True
+    return False
+
+
+def new_group_notice(group: str, topic: str, reset: str) -> str:
+    return (
+        f"group {group!r} has never committed on {topic!r}: like any new Kafka group it starts at the end "
+        f"of each partition (auto.offset.reset={reset}), so the records already in the topic are not read; "
+        "to read them, run with --from-beginning or --from-timestamp"
+    )
+
+
 def apply_start_positions(
     consumer: Consumer,
     partitions: list[TopicPartition],

@@ -38,7 +38,15 @@ from consumer.model import ShapeFixer
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
 from consumer.outputs import Emitter
 from consumer.pipeline import Pipeline
-from consumer.positions import EndOfInput, GroupHistory, TimeWindow, apply_start_positions, group_history
+from consumer.positions import (
+    EndOfInput,
+    GroupHistory,
+    TimeWindow,
+    apply_start_positions,
+    group_history,
+    new_group_notice,
+    skipped_by_new_group,
+)
 from consumer.predictor import default_batch_sizes
 from consumer.preprocess import load_preprocess, shapes_from
 from consumer.progress import total_lag
@@ -229,6 +237,7 @@ class Worker:
         except Exception:
             kafka_io.close_consumer(self.consumer)
             raise
+        self._note_new_group(str(config.get("auto.offset.reset", "")))
         for topic in missing:  # outputs wait (paused, nothing committed) until it exists
             self.log.error(f"topic {topic!r} does not exist: create it; until then outputs cannot be delivered")
         exactly_once = s.delivery == "exactly-once"
@@ -626,6 +635,19 @@ class Worker:
                 f"could not read where the group left {s.input_topic} off ({exc.args[0].str()}); "
                 "check that the broker is up and the group may read its offsets"
             ) from None
+
+    def _note_new_group(self, reset: str) -> None:
+        """Say so where a new group (no start flags) starts past records already in the topic: a
+        bounded run then reads nothing of them, which surprises a first backfill."""
+        s = self.settings
+        if s.from_beginning or s.from_ms is not None:
+            return
+        try:
+            skips = skipped_by_new_group(self.consumer, s.input_topic, self.history, reset, s.connect_timeout_s)
+        except KafkaException:
+            return  # only a notice: the run does not depend on it
+        if skips:
+            (self.log.warning if s.stop_at_end else self.log.info)(new_group_notice(s.group, s.input_topic, reset))
 
     def _place_starts(self, consumer: Consumer, partitions: list[TopicPartition]) -> bool:
         s = self.settings

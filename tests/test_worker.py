@@ -23,6 +23,7 @@ from consumer.delivery import wait_until
 from consumer.envelopes import OutputPacker
 from consumer.errors import DeliveryError
 from consumer.pipeline import Batch
+from consumer.positions import new_group_notice
 from consumer.serving import Serving
 from consumer.timing import STAGES
 from producer_tools import groups
@@ -955,12 +956,35 @@ def test_a_new_group_starts_at_the_end_of_every_partition(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path
 ) -> None:
     """Kafka's ``auto.offset.reset=latest`` for a group that never committed anything: the inputs
-    already there are skipped, and where each partition starts is committed."""
+    already there are skipped, and where each partition starts is committed. A bounded run says so
+    in a warning naming the flag that reads them (before: a backfill that read nothing, silently)."""
     inp, out = topics("in", "out", partitions=2)
     publish_to_partition(bootstrap, inp, 0, range(12), one_batch_each=True)
     publish_to_partition(bootstrap, inp, 1, range(12, 20), one_batch_each=True)
-    summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, from_beginning=False))
+    with structlog.testing.capture_logs() as captured:
+        summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, from_beginning=False))
     assert summary["predicted"] == 0 and committed(bootstrap, group, inp, 2) == {0: 12, 1: 8}
+    notices = [e for e in captured if "never committed" in e["event"]]
+    assert [(e["log_level"], e["event"]) for e in notices] == [("warning", new_group_notice(group, inp, "latest"))]
+    assert "--from-beginning" in notices[0]["event"]
+
+
+@pytest.mark.parametrize("start", ["from_beginning", "earliest", "empty"])
+def test_no_new_group_notice_where_nothing_is_skipped(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, start: str
+) -> None:
+    """The notice is not given where the run reads what is there: with --from-beginning, with
+    ``auto.offset.reset=earliest``, or on a topic that holds nothing yet."""
+    inp, out = topics("in", "out", partitions=2)
+    if start != "empty":
+        publish_to_partition(bootstrap, inp, 0, range(5))
+    extra: dict[str, Any] = {"from_beginning": start == "from_beginning"}
+    if start == "earliest":
+        extra["kafka_consumer"] = {"auto.offset.reset": "earliest"}
+    with structlog.testing.capture_logs() as captured:
+        summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, **extra))
+    assert summary["predicted"] == (0 if start == "empty" else 5)
+    assert not [e for e in captured if "never committed" in e["event"]]
 
 
 def test_a_partition_added_to_the_topic_of_a_group_that_has_run_is_read_from_its_first_record(
