@@ -90,7 +90,8 @@ def load_model(
 
 
 def _load_problem(exc: Exception) -> str:
-    """Why loading failed, and for the two ways the model's own Python stops Keras, what to pass."""
+    """Why loading failed, and for the two ways the model's own Python stops Keras, what to pass; for
+    a file of weights alone, how to make a model of them."""
     text = str(exc)
     missing = _MISSING_CODE.search(text)
     if missing:
@@ -103,6 +104,11 @@ def _load_problem(exc: Exception) -> str:
         return (
             "it holds Python code in a Lambda layer, which Keras loads only from a file you trust: if you trust "
             "this one, run with --trust-model-code"
+        )
+    if "No model config found" in text:
+        return (
+            "it holds weights only (saved with save_weights), not a model: build the model in Python, load these "
+            "weights into it, and save it whole with model.save('name.keras')"
         )
     return f"{type(exc).__name__}: {exc}"
 

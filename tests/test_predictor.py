@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+import keras
 import numpy as np
 import pytest
 import structlog
@@ -106,6 +107,15 @@ def test_bad_model_paths_raise_one_clear_model_error(tmp_path: Path) -> None:
     (tmp_path / "junk.h5").write_bytes(b"not HDF5")
     with pytest.raises(ModelError, match="cannot load"):
         load_model(tmp_path / "junk.h5")
+    mlp = keras.saving.load_model(models.mlp(tmp_path / "m.keras"))
+    mlp.save_weights(tmp_path / "m.weights.h5")
+    with pytest.raises(ModelError) as info:  # was Keras' "No model config found in the file at …"
+        load_model(tmp_path / "m.weights.h5")
+    assert str(info.value) == (
+        f"cannot load model {str(tmp_path / 'm.weights.h5')!r}: it holds weights only (saved with save_weights), "
+        "not a model: build the model in Python, load these weights into it, and save it whole with "
+        "model.save('name.keras')"
+    )
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError) as info:  # was TensorFlow's "SavedModel file does not exist at: …"
         load_model(tmp_path / "empty")
