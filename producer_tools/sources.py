@@ -64,7 +64,12 @@ def read_inputs(path: Path, options: ReadOptions | None = None) -> Sequence[Exam
     _check_options(path, options)
     try:
         examples = reader(path, options)
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"cannot read input file {str(path)!r}: it is not UTF-8 text ({exc.reason} at byte {exc.start:,}); "
+            "save it as UTF-8"
+        ) from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"cannot read input file {str(path)!r}: {exc}") from None
     if not examples:
         raise ConfigError(f"input file {str(path)!r} holds no examples")
@@ -122,9 +127,19 @@ def _cast(array: np.ndarray, options: ReadOptions, where: str) -> np.ndarray:
     return array.astype(options.dtype) if options.dtype else array
 
 
+#: what a JSON or NumPy value that is not a number is, by its array's dtype kind
+_NOT_NUMBERS = {
+    "U": "text: strings go as a .jsonl's JSON strings or a .csv read with --dtype string",
+    "S": "bytes: strings go as a .jsonl's JSON strings or a .csv read with --dtype string",
+    "O": "null, an object, or an integer too large for 64 bits",
+    "c": "complex numbers, which the wire format does not carry",
+}
+
+
 def _check_numbers(array: np.ndarray, where: str) -> None:
-    if array.dtype.kind not in "biuf":
-        raise ConfigError(f"{where}: values must be numbers, found {array.dtype}")
+    kind = array.dtype.kind
+    if kind not in "biuf":
+        raise ConfigError(f"{where}: values must be numbers, found {_NOT_NUMBERS.get(kind, str(array.dtype))}")
 
 
 def _row_key(i: int) -> bytes:
@@ -279,9 +294,23 @@ def _read_csv(path: Path, options: ReadOptions) -> list[Example]:
         reader = csv.DictReader(handle)
         header = list(reader.fieldnames or [])
         features = _csv_features(header, options, path)
-        return [
-            _csv_example(row, features, f"{path}:{number}", number - 2, options) for number, row in enumerate(reader, 2)
-        ]
+        examples = []
+        for index, row in enumerate(reader):
+            where = f"{path}:{reader.line_num}"  # blank lines are skipped, and a quoted text may span lines
+            _check_width(row, header, where)
+            examples.append(_csv_example(row, features, where, index, options))
+        return examples
+
+
+def _check_width(row: dict[Any, Any], header: list[str], where: str) -> None:
+    """A row of more or fewer fields than the header has columns is refused, not read askew."""
+    extra = row.get(None) or []  # DictReader puts the fields past the header under None
+    short = [column for column in header if row.get(column) is None]
+    if extra or short:
+        raise ConfigError(
+            f"{where}: the row has {len(header) + len(extra) - len(short)} fields and the header {len(header)}: "
+            "give every row one value per column (a text holding commas goes in double quotes)"
+        )
 
 
 def _csv_features(header: list[str], options: ReadOptions, path: Path) -> list[str]:
@@ -315,23 +344,19 @@ def _csv_numbers(row: dict[str, Any], features: list[str], where: str, options: 
     """The feature columns as one vector."""
     values = []
     for column in features:
-        cell = row.get(column)
+        cell = row[column]
         try:
-            values.append(float(cell))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            hint = "" if cell is None else f" (a column of text: --dtype {TEXT})"
-            raise ConfigError(f"{where}: column {column!r} holds {cell!r}, not a number{hint}") from None
+            values.append(float(cell))
+        except ValueError:
+            raise ConfigError(
+                f"{where}: column {column!r} holds {cell!r}, not a number (a column of text: --dtype {TEXT})"
+            ) from None
     return np.asarray(values, dtype=options.dtype or "float32")
 
 
 def _csv_texts(row: dict[str, Any], features: list[str], where: str) -> Inputs:
     """Each feature column's text as UTF-8 bytes: one column, the input itself; several, an input each, by name."""
-    texts = {}
-    for column in features:
-        cell = row.get(column)
-        if cell is None:
-            raise ConfigError(f"{where}: the row has no value in column {column!r}")
-        texts[column] = cell.encode()
+    texts = {column: row[column].encode() for column in features}
     return texts[features[0]] if len(features) == 1 else texts
 
 
