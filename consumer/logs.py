@@ -234,7 +234,9 @@ def last_line(message: str) -> str:
 
 
 def _lines(message: str) -> list[str]:
-    return [text.strip() for text in message.splitlines() if text.strip()]
+    """The non-blank lines, but TensorFlow's trailer naming the graph node (``[[{{node X}}]] [Op:…]``),
+    which follows the error itself."""
+    return [text.strip() for text in message.splitlines() if text.strip() and not text.strip().startswith("[[{{node")]
 
 
 def get_logger(name: str) -> Any:

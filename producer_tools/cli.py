@@ -202,7 +202,8 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", type=Path, default=Path("bench-output"), help="models and the broker log")
     p.add_argument(
         "--consumer-args", type=_consumer_flags, default=(), metavar="'FLAGS'",
-        help="more flags for python -m consumer run, e.g. '--workers 2 --delivery exactly-once'",
+        help="more flags for python -m consumer run, e.g. '--workers 2 --delivery exactly-once'; its "
+        "--preprocess, --custom-objects and --trust-model-code serve the bench's own inputs and loads too",
     )  # fmt: skip
     p.set_defaults(run=run_bench)
 

@@ -15,7 +15,7 @@ from producer_tools.bench import baselines, cpu, report, run, system, workloads
 from producer_tools.bench.system import PRIMERS
 from producer_tools.cli import main
 from producer_tools.consumer_run import consumer_flags_problem
-from tests import models
+from tests import models, preprocessors
 
 pytestmark = pytest.mark.integration
 
@@ -152,10 +152,9 @@ def test_a_model_with_its_own_keras_code_is_benched_with_the_consumer_args_that_
     apply to the bench's own loads of the model too: the compute limit, the per-message loops and
     the process pool's processes, which could not load it before."""
     path, _ = models.with_custom_code(tmp_path / "custom.keras", lambda_layer=True)
-    options = run.BenchOptions(consumer_args=("--custom-objects", "tests.custom_layers", "--trust-model-code"))
-    code = run._model_code(options)
-    assert code == (("tests.custom_layers",), True)
-    workload = workloads.build(str(path), tmp_path, model_code=code)
+    args = ("--custom-objects", "tests.custom_layers", "--trust-model-code")
+    workload = run._workload(run.BenchOptions(workload=str(path), workdir=tmp_path, consumer_args=args))
+    assert workload.model_code == (("tests.custom_layers",), True)
     inputs = workload.inputs(64)
     assert baselines.compute_limit(workload, inputs, min_seconds=0.2)[0] > 0
     topics = run._topics(bootstrap, 1)
@@ -393,16 +392,63 @@ def test_results_that_cannot_be_written_after_the_run_fail_in_one_line_with_the_
     ]
 
 
-def test_a_model_of_any_length_is_refused_by_the_bench_in_one_line_that_fits_the_bench(tmp_path: Path) -> None:
-    """The consumer serves it behind a preprocess function; the bench makes inputs of the model's
-    own shapes, and its error must not send the user to a --preprocess flag it does not have."""
+def test_a_model_of_any_length_is_benched_through_the_consumer_s_preprocess_function(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """``--consumer-args '--preprocess m:f'`` applies where the consumer applies it: the bench sends
+    what the function declares it takes (token lists of random lengths), and the compute limit, the
+    per-message loops and the process pool get the model's inputs from it. Before, such a model was
+    refused by the bench, which made inputs of the model's own shapes only."""
+    path = models.token_classifier(tmp_path / "tokens.keras")  # Input((None,)): any length
+    args = ("--preprocess", "tests.preprocessors:four_token_ids")
+    workload = run._workload(run.BenchOptions(workload=str(path), workdir=tmp_path, consumer_args=args))
+    assert workload.signature.inputs[0].shape == (4,)  # compiled at what the function gives
+    inputs = workload.inputs(64)
+    lengths = {len(row) for row in inputs["tokens"]}
+    assert min(lengths) >= 1 and max(lengths) <= workloads.ANY_LENGTH_MAX and len(lengths) > 5
+    typed = workload.model_inputs(inputs)
+    assert typed["tokens"].shape == (64, 4) and typed["tokens"].dtype == np.int32
+    assert typed["tokens"][0].tolist() == preprocessors.pad_or_cut(inputs["tokens"][0]).tolist()
+    assert baselines.compute_limit(workload, inputs, min_seconds=0.2)[0] > 0
+    topics = run._topics(bootstrap, 1)
+    system.publish(bootstrap, topics["in"], system.encode(workload, inputs), 64)
+    rates = run._usual(bootstrap, topics, workload, inputs, 1.0)
+    assert all((rate or 0) > 0 for rate in rates.values()), rates
+    drained = system.drain(bootstrap, topics["in"], topics["out"], workload, ("--max-wait-ms", "5", *args))
+    assert (drained["predicted"], drained["dead_lettered"]) == (64, 0)
+
+
+def test_without_its_preprocess_function_a_model_of_any_length_is_refused_by_the_bench_saying_how(
+    tmp_path: Path,
+) -> None:
     from consumer.errors import ModelError
 
     with pytest.raises(ModelError) as info:
         workloads.build(str(models.token_classifier(tmp_path / "tokens.keras")), tmp_path)
     assert str(info.value) == (
-        "model input 'tokens' has a dimension of any size [None]; the bench makes inputs of the model's "
-        "own shapes: bench the model exported with fixed input shapes"
+        "model input 'tokens' has a dimension of any size [None]; the bench makes inputs of the model's own "
+        "shapes: give it the preprocess function that serves the model (--consumer-args '--preprocess "
+        "module:function'), or bench the model exported with fixed input shapes"
+    )
+
+
+def test_a_preprocess_function_that_fails_on_the_inputs_the_bench_makes_is_refused_before_it_runs(
+    tmp_path: Path,
+) -> None:
+    """An undecorated function takes one string an example, which the bench can only make up (b'x'):
+    one that parses it (four float32s here, as an image decoder would parse a JPEG) fails at build,
+    in one line, before anything is published."""
+    from consumer.errors import ConfigError
+
+    path = models.mlp(tmp_path / "m.keras")
+    with pytest.raises(ConfigError) as info:
+        workloads.build(str(path), tmp_path, preprocess="tests.preprocessors:decode_floats")
+    said = str(info.value)
+    assert said == (
+        "the preprocess function failed on an input the bench made (InvalidArgumentError: Input to DecodeRaw has "
+        "length 1 that is not a multiple of 4, the size of float): the bench sends random values of what it takes "
+        "(features: string[]; b'x' for a string, lengths 1 to 32 where any size is declared); bench a model and "
+        "function that take such inputs"
     )
 
 
@@ -414,8 +460,9 @@ def test_a_model_of_several_strings_an_example_is_refused_by_the_bench_before_it
     with pytest.raises(ModelError) as info:
         workloads.build(str(models.texts(tmp_path / "texts")), tmp_path)
     assert str(info.value) == (
-        "model input 'texts' takes strings of shape [3]; a message carries one string per input, and the bench "
-        "sends inputs of the model's own shapes: bench a model that takes one string an example (shape [] or [1])"
+        "model input 'texts' takes strings of shape [3]; a message carries one string per input: give the bench "
+        "the preprocess function that serves the model (--consumer-args '--preprocess module:function'), or bench "
+        "a model that takes one string an example (shape [] or [1])"
     )
 
 

@@ -55,6 +55,18 @@ def test_a_multi_line_error_becomes_one_line_keeping_its_last_line() -> None:
     assert logs.one_line("plain") == "plain" and logs.one_line("") == ""
 
 
+def test_a_tensorflow_error_s_graph_node_trailer_is_not_taken_for_the_error() -> None:
+    """An op's failure ends with the node it ran in, on a line of its own after the error itself:
+    that trailer was taken as the error ("Graph execution error: … [[{{node DecodeRaw}}]] …")."""
+    message = (
+        "Graph execution error:\n\nDetected at node DecodeRaw defined at (most recent call last):\n"
+        '  File "m.py", line 19, in decode\n\nInput to DecodeRaw has length 1 that is not a multiple of 4\n'
+        "\t [[{{node DecodeRaw}}]] [Op:__inference_decode_8]"
+    )
+    assert logs.last_line(message) == "Input to DecodeRaw has length 1 that is not a multiple of 4"
+    assert logs.one_line(message).endswith(" … Input to DecodeRaw has length 1 that is not a multiple of 4")
+
+
 def test_a_librdkafka_line_repeated_is_written_once_per_window_with_its_count(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the brokers out of reach, each client logged a refused connection about twenty times a
     second (289 lines from one worker's consumer in 15 s): the lines differ only in their timing."""

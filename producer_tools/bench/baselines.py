@@ -96,7 +96,7 @@ def compute_limit(workload: Workload, inputs: Inputs, min_seconds: float = 3.0) 
     predictor = Predictor(workload.model, [workload.batch_size])
     predictor.warm_up()
     size = workload.batch_size
-    typed = model_dtypes(workload, inputs)
+    typed = workload.model_inputs(inputs)
     rows = len(next(iter(typed.values())))
     batches = [
         {name: values[i : i + size] for name, values in typed.items()} for i in range(0, rows - size + 1, size)
@@ -109,13 +109,8 @@ def compute_limit(workload: Workload, inputs: Inputs, min_seconds: float = 3.0) 
     return done * size / seconds, seconds / done
 
 
-def model_dtypes(workload: Workload, inputs: Inputs) -> dict[str, np.ndarray]:
-    """The inputs as the model takes them (strings as bytes in object arrays)."""
-    return {s.name: np.asarray(inputs[s.name], dtype=s.numpy_dtype) for s in workload.signature.inputs}
-
-
 def predictor_inputs(workload: Workload, typed: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """A full batch when fewer rows than one batch exist: the rows (``model_dtypes``) repeated."""
+    """A full batch when fewer rows than one batch exist: the rows (``Workload.model_inputs``) repeated."""
     return {s.name: np.resize(typed[s.name], (size, *s.fixed_shape)) for s in workload.signature.inputs}
 
 
@@ -190,11 +185,16 @@ def per_message_loop(
 
 def _decode_single(value: bytes, workload: Workload) -> dict[str, np.ndarray]:
     """What glue code usually does, per input: unpack, frombuffer, add a batch axis, cast (a string
-    input: its bytes, or nested lists of them, in an object array)."""
+    input: its bytes, or nested lists of them, in an object array); given a preprocess function,
+    call it on the example first."""
     body = msgpack.unpackb(value, raw=False)["inputs"]
-    specs = workload.signature.inputs
-    tensors = body if workload.signature.named_inputs else {specs[0].name: body}
-    return {spec.name: _one_example(tensors[spec.name], spec) for spec in specs}
+    specs = workload.sent.inputs
+    tensors = body if workload.sent.named_inputs else {specs[0].name: body}
+    batch = {spec.name: _one_example(tensors[spec.name], spec) for spec in specs}
+    if workload.preprocess is None:
+        return batch
+    made = workload.prepare({name: values[0] for name, values in batch.items()})
+    return {name: values[np.newaxis] for name, values in made.items()}
 
 
 def _one_example(tensor: Any, spec: TensorSpec) -> np.ndarray:
@@ -221,9 +221,10 @@ def _pool_predict(chunk: dict[str, np.ndarray]) -> int:
 
 def process_pool(workload: Workload, inputs: Inputs, workers: int | None = None) -> float:
     """``ProcessPoolExecutor`` mapping ``model.predict`` over chunks (a SavedModel's signature:
-    ``glue_call``), spawned, each process loading the model (with ``fork`` after TensorFlow it
-    would hang). Timed after every worker is warm."""
-    data = model_dtypes(workload, inputs)
+    ``glue_call``) of the model's inputs (made by the preprocess function, if any, before timing),
+    spawned, each process loading the model (with ``fork`` after TensorFlow it would hang). Timed
+    after every worker is warm."""
+    data = workload.model_inputs(inputs)
     workers = workers or os.cpu_count() or 1
     parts = max(1, math.ceil(len(next(iter(data.values()))) / workload.batch_size))
     split = {name: np.array_split(values, parts) for name, values in data.items()}

@@ -68,16 +68,18 @@ def _check_batch_size(workload: workloads.Workload, asked: int | None) -> None:
         )
 
 
-def _model_code(options: BenchOptions) -> workloads.ModelCode:
-    """The ``--custom-objects`` and ``--trust-model-code`` the consumer runs with (its flags, its
-    environment), which the bench's own loads of the model need as well."""
+def _workload(options: BenchOptions) -> workloads.Workload:
+    """The workload, with the consumer's own code for the model as it runs (its flags, its
+    environment), which the bench's own loads and inputs need as well: ``--custom-objects``,
+    ``--trust-model-code`` and ``--preprocess``."""
     settings = consumer_settings(options.consumer_args)
-    return tuple(settings.custom_objects), settings.trust_model_code
+    code = tuple(settings.custom_objects), settings.trust_model_code
+    return workloads.build(options.workload, options.workdir, options.signature, code, settings.preprocess)
 
 
 def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
     step(1, f"building the {options.workload} workload and publishing its inputs")
-    workload = workloads.build(options.workload, options.workdir, options.signature, _model_code(options))
+    workload = _workload(options)
     _check_batch_size(workload, options.batch_size)
     workload = replace(
         workload, batch_size=options.batch_size or workload.batch_size, messages=options.messages or workload.messages
