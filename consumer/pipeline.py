@@ -24,11 +24,11 @@ import tensorflow as tf
 from confluent_kafka import Message
 
 from consumer.codec import Limits
-from consumer.errors import InputError, PreprocessError, PreprocessMismatch
+from consumer.errors import InputError, PreprocessError
 from consumer.model import tf_dtype
 from consumer.offsets import Partition
 from consumer.predictor import Predictor
-from consumer.preprocess import Preprocess, describe_outputs, fits, raw_signature, traced_outputs
+from consumer.preprocess import Preprocess, check_gives, raw_signature
 from consumer.ragged import column_dtypes, feed, flat_columns, map_examples, unflat_columns
 from consumer.validate import BatchDecoder, pad_rows, stack
 
@@ -263,12 +263,7 @@ class Pipeline:
         Found by tf.data, a wrong shape failed every worker at its first batch, and they restarted
         for good; a wrong dtype only made TensorFlow log an error and every batch fail."""
         assert self.preprocess is not None
-        gives = traced_outputs(self.preprocess, self.raw_signature)
-        if not fits(gives, self.signature.inputs):
-            takes = ", ".join(spec.describe() for spec in self.signature.inputs)
-            raise PreprocessMismatch(
-                f"for one input it returns {describe_outputs(gives)}, and the model takes {takes}: make it return that"
-            )
+        check_gives(self.preprocess, self.raw_signature, self.signature)
 
     # -- predict-thread side -------------------------------------------------------------
     def batches(self) -> Iterator[tuple[Batch, Inputs]]:

@@ -61,6 +61,18 @@ def traced_outputs(preprocess: Preprocess, raw: Signature) -> Any:
     return {only: returned} if only else returned
 
 
+def check_gives(preprocess: Preprocess, raw: Signature, signature: Signature) -> None:
+    """Trace ``preprocess`` for one input of ``raw`` and hold what it returns against what the model
+    takes (``signature``): a function that cannot give the model its inputs (a shape, a dtype, a
+    name), or cannot run in a graph, is a ``PreprocessMismatch``."""
+    gives = traced_outputs(preprocess, raw)
+    if not fits(gives, signature.inputs):
+        takes = ", ".join(spec.describe() for spec in signature.inputs)
+        raise PreprocessMismatch(
+            f"for one input it returns {describe_outputs(gives)}, and the model takes {takes}: make it return that"
+        )
+
+
 def shapes_from(preprocess: Preprocess) -> Callable[[Signature], dict[str, tuple[int, ...]]]:
     """For a model whose inputs have a dimension of any size (a text model's ``Input((None,))``):
     the fixed shape ``preprocess`` gives each of them, which the model is then compiled and

@@ -452,6 +452,21 @@ def test_a_preprocess_function_that_fails_on_the_inputs_the_bench_makes_is_refus
     )
 
 
+def test_a_preprocess_function_that_cannot_give_the_model_its_inputs_is_refused_as_the_consumer_refuses_it(
+    tmp_path: Path,
+) -> None:
+    """In the consumer's words, at build: not after the limits, by the consumer the bench started."""
+    from consumer.errors import ConfigError
+
+    path = models.mlp(tmp_path / "m.keras")
+    with pytest.raises(ConfigError) as info:
+        workloads.build(str(path), tmp_path, preprocess="tests.preprocessors:widens_to_float64")
+    assert str(info.value) == (
+        "invalid setting preprocess='tests.preprocessors:widens_to_float64': for one input it returns "
+        "features: float64[4], and the model takes features: float32[4]: make it return that"
+    )
+
+
 def test_a_model_of_several_strings_an_example_is_refused_by_the_bench_before_it_runs(tmp_path: Path) -> None:
     """It ran the I/O limit and the compute limit, then failed with the consumer's log lines when the
     consumer it started refused the model."""

@@ -151,7 +151,7 @@ def build(
 
     from consumer.errors import ConfigError, PreprocessMismatch
     from consumer.model import load_model
-    from consumer.preprocess import load_preprocess, raw_signature, shapes_from
+    from consumer.preprocess import check_gives, load_preprocess, raw_signature, shapes_from
     from consumer.user_code import prepare_keras
 
     prepare_keras(*model_code)
@@ -166,6 +166,8 @@ def build(
         fix = shapes_from(function) if function is not None else _fixed_shapes_only
         model = load_model(path, version="bench", signature=serving_signature, fix_shapes=fix)
         sent = raw_signature(model.signature, function)
+        if function is not None:
+            check_gives(function, sent, model.signature)
     except PreprocessMismatch as exc:
         raise ConfigError(f"invalid setting preprocess={preprocess!r}: {exc}") from None
     if function is None:
