@@ -198,6 +198,11 @@ def _bench(sub: argparse._SubParsersAction) -> None:
         "--signature", default=DEFAULT_SIGNATURE, metavar="NAME",
         help="the SavedModel signature to serve, for a model path (default serving_default)",
     )  # fmt: skip
+    p.add_argument(
+        "--inputs", type=Path, metavar="FILE",
+        help="examples to send, cycled: a file publish takes (a folder of images, .jsonl, .npy, .npz, .csv); "
+        "default: random inputs from the model's signature",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     p.add_argument("--workdir", type=Path, default=Path("bench-output"), help="models and the broker log")
     p.add_argument(
@@ -247,7 +252,7 @@ def run_bench(args: argparse.Namespace) -> int:
         latency_seconds=args.latency_seconds, latency_rate=args.latency_rate, baseline_seconds=args.baseline_seconds,
         backlog=args.backlog, partitions=args.partitions, json_path=args.json, workdir=args.workdir,
         bootstrap=args.bootstrap_servers, rounds=args.rounds, signature=args.signature,
-        consumer_args=args.consumer_args,
+        consumer_args=args.consumer_args, inputs=args.inputs,
     )  # fmt: skip
     result = run(options)
     report.print_table(result)

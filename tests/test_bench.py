@@ -437,7 +437,7 @@ def test_a_preprocess_function_that_fails_on_the_inputs_the_bench_makes_is_refus
 ) -> None:
     """An undecorated function takes one string an example, which the bench can only make up (b'x'):
     one that parses it (four float32s here, as an image decoder would parse a JPEG) fails at build,
-    in one line, before anything is published."""
+    in one line, before anything is published, naming --inputs."""
     from consumer.errors import ConfigError
 
     path = models.mlp(tmp_path / "m.keras")
@@ -447,9 +447,79 @@ def test_a_preprocess_function_that_fails_on_the_inputs_the_bench_makes_is_refus
     assert said == (
         "the preprocess function failed on an input the bench made (InvalidArgumentError: Input to DecodeRaw has "
         "length 1 that is not a multiple of 4, the size of float): the bench sends random values of what it takes "
-        "(features: string[]; b'x' for a string, lengths 1 to 32 where any size is declared); bench a model and "
-        "function that take such inputs"
+        "(features: string[]; b'x' for a string, lengths 1 to 32 where any size is declared); give it examples it "
+        "takes with --inputs FILE"
     )
+
+
+def test_examples_given_with_inputs_are_what_the_bench_sends_through_the_preprocess_function(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """``--inputs FOLDER`` (files of four float32s, as images for a decoder): sent as the consumer
+    takes them, cycled; the compute limit, the usual approaches and the system run on them."""
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    rows = np.arange(20, dtype="float32").reshape(5, 4)
+    for i, row in enumerate(rows):
+        (folder / f"{i}.bin").write_bytes(row.tobytes())
+    path = models.mlp(tmp_path / "m.keras")
+    args = ("--preprocess", "tests.preprocessors:decode_floats")
+    options = run.BenchOptions(workload=str(path), workdir=tmp_path, consumer_args=args, inputs=folder)
+    workload = run._workload(options)
+    inputs = workload.inputs(12)
+    assert [bytes(value) for value in inputs["features"]] == [rows[i % 5].tobytes() for i in range(12)]
+    np.testing.assert_array_equal(workload.model_inputs(inputs)["features"], rows[np.arange(12) % 5])
+    assert baselines.compute_limit(workload, inputs, min_seconds=0.2)[0] > 0
+    topics = run._topics(bootstrap, 1)
+    system.publish(bootstrap, topics["in"], system.encode(workload, inputs), 12)
+    rates = run._usual(bootstrap, topics, workload, inputs, 1.0)
+    assert all((rate or 0) > 0 for rate in rates.values()), rates
+    drained = system.drain(bootstrap, topics["in"], topics["out"], workload, ("--max-wait-ms", "5", *args))
+    assert (drained["predicted"], drained["dead_lettered"]) == (12, 0)
+
+
+@pytest.mark.parametrize(
+    ("model", "file", "says"),
+    [
+        ("mlp", "wide.npy", "example 0 is not what the consumer takes for this model (features: float32[4]): input "
+         "'features' has shape [5]; the model takes [4]"),
+        ("mlp", "named.npz", "example 0 gives inputs ['other'], and the model takes ['features']: name them"),
+        ("mlp", "texts", "example 0 is not what the consumer takes for this model (features: float32[4]): input "
+         "'features' takes float32, got bin"),
+        ("multi_input", "good.npy", "the model takes 2 inputs, ['a', 'b'], and the file's examples are one each"),
+    ],
+)  # fmt: skip
+def test_examples_the_consumer_would_refuse_are_refused_before_the_bench_runs(
+    tmp_path: Path, model: str, file: str, says: str
+) -> None:
+    """Checked as the consumer checks a message: sent, they would be dead-lettered, and the run
+    would measure failures."""
+    from consumer.errors import ConfigError
+
+    np.save(tmp_path / "good.npy", np.ones((3, 4), "float32"))
+    np.save(tmp_path / "wide.npy", np.ones((3, 5), "float32"))
+    np.savez(tmp_path / "named.npz", other=np.ones((3, 4), "float32"))
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("some words")
+    path = getattr(models, model)(tmp_path / "m.keras")
+    with pytest.raises(ConfigError) as info:
+        workloads.build(str(path), tmp_path, given_from=tmp_path / file)
+    assert str(info.value).startswith(f"--inputs {str(tmp_path / file)!r}: {says}")
+
+
+def test_a_drain_that_could_not_predict_every_input_fails_the_bench_saying_why(bootstrap: str, tmp_path: Path) -> None:
+    """Its throughput would count failures: before, the bench reported it as the system's."""
+    from consumer.errors import ConfigError
+
+    workload = workloads.build(str(models.mlp(tmp_path / "m.keras")), tmp_path)
+    topics = run._topics(bootstrap, 1)
+    values = [*system.encode(workload, workload.inputs(5)), b"not msgpack"]
+    system.publish(bootstrap, topics["in"], values, len(values))
+    with pytest.raises(ConfigError) as info:
+        system.drain(bootstrap, topics["in"], topics["out"], workload, ("--max-wait-ms", "5"))
+    said = str(info.value)
+    assert said.startswith("the consumer could not predict 1 of the 6 inputs the bench sent; the first: ")
+    assert said.endswith(": the figures would be of failures; bench inputs the model takes (--inputs FILE)")
 
 
 def test_a_preprocess_function_that_cannot_give_the_model_its_inputs_is_refused_as_the_consumer_refuses_it(

@@ -42,6 +42,8 @@ class BenchOptions:
     rounds: int = 1
     #: the SavedModel signature to serve (the consumer's ``--signature``)
     signature: str = DEFAULT_SIGNATURE
+    #: a file of examples to send (``--inputs``); None: random inputs from the signature
+    inputs: Path | None = None
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -74,7 +76,9 @@ def _workload(options: BenchOptions) -> workloads.Workload:
     ``--trust-model-code`` and ``--preprocess``."""
     settings = consumer_settings(options.consumer_args)
     code = tuple(settings.custom_objects), settings.trust_model_code
-    return workloads.build(options.workload, options.workdir, options.signature, code, settings.preprocess)
+    return workloads.build(
+        options.workload, options.workdir, options.signature, code, settings.preprocess, options.inputs
+    )
 
 
 def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
@@ -120,6 +124,7 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
             "backlog": options.backlog or workload.messages,
             "rounds": options.rounds,
             "signature": options.signature,
+            "inputs": None if options.inputs is None else str(options.inputs),
             "broker": "embedded" if options.bootstrap is None else bootstrap,
         },
         "environment": report.environment(),

@@ -15,7 +15,7 @@ from confluent_kafka import Producer
 from tqdm import tqdm
 
 from consumer.codec import pack_input
-from consumer.errors import BrokerError
+from consumer.errors import BrokerError, ConfigError
 from producer_tools.bench.cpu import CpuMeter
 from producer_tools.bench.workloads import Inputs, Workload
 from producer_tools.clients import kafka_producer
@@ -82,9 +82,19 @@ def throughput(summary: dict[str, Any]) -> float:
 
 
 def drain(bootstrap: str, source: str, out: str, workload: Workload, flags: Flags) -> dict[str, Any]:
-    """Process a preloaded backlog with ``--stop-at-end``; the workers' summary."""
+    """Process a preloaded backlog with ``--stop-at-end``; the workers' summary. Inputs the
+    consumer could not predict fail the run: its figures would be of failures."""
     with ConsumerProcess(command(bootstrap, source, out, workload, flags, "--from-beginning", "--stop-at-end")) as run:
-        return run.finish(timeout=600)
+        summary = run.finish(timeout=600)
+        failed = summary.get("dead_lettered", 0)
+        if failed:
+            first = run.events("input skipped (no dead-letter topic)")
+            why = f"; the first: {first[0].get('reason')}" if first else ""
+            raise ConfigError(
+                f"the consumer could not predict {failed:,} of the {summary['consumed']:,} inputs the bench sent{why}: "
+                "the figures would be of failures; bench inputs the model takes (--inputs FILE)"
+            )
+        return summary
 
 
 def steady_latency(

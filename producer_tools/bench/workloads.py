@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from consumer.signature import DEFAULT_SIGNATURE, STRING, Signature, TensorSpec
+from producer_tools.bench import examples
 
 if TYPE_CHECKING:
     from consumer.model import LoadedModel
@@ -48,6 +49,9 @@ class Workload:
     #: (a ``tf.function``), and what messages then carry (``preprocess.raw_signature``)
     preprocess: Any = field(default=None, compare=False, repr=False)
     wire: Signature | None = field(default=None, compare=False, repr=False)
+    #: ``bench --inputs FILE``: the examples it sends instead of random ones (``examples.read_examples``)
+    given: Inputs | None = field(default=None, compare=False, repr=False)
+    given_from: Path | None = None
 
     @property
     def signature(self) -> Signature:
@@ -64,7 +68,10 @@ class Workload:
         return self.model.fixed_batch
 
     def inputs(self, count: int, seed: int = 0) -> Inputs:
-        """``count`` examples per input, in the dtype producers send."""
+        """``count`` examples per input, in the dtype producers send: random, or the file's, cycled."""
+        if self.given is not None:
+            rows = np.arange(count) % _count(self.given)
+            return {name: column[rows] for name, column in self.given.items()}
         rng = np.random.default_rng(seed)
         return {spec.name: _rows(rng, count, spec, self.wire_dtypes[spec.name]) for spec in self.sent.inputs}
 
@@ -78,7 +85,7 @@ class Workload:
         """``inputs`` as the model takes them, a row each (strings as bytes in object arrays): cast,
         or made by the preprocess function, example by example, as the consumer's pipeline does."""
         if self.preprocess is None:
-            return {s.name: np.asarray(inputs[s.name], dtype=s.numpy_dtype) for s in self.signature.inputs}
+            return {s.name: _typed(inputs[s.name], s) for s in self.signature.inputs}
         rows = [self.prepare({name: values[i] for name, values in inputs.items()}) for i in range(_count(inputs))]
         return {s.name: np.stack([row[s.name] for row in rows]) for s in self.signature.inputs}
 
@@ -93,13 +100,20 @@ class Workload:
         try:
             returned = self.preprocess(given[only] if only else given)
         except Exception as exc:
-            raise _refused_inputs(self.sent, exc) from None
+            raise _refused_inputs(self.sent, exc, self.given_from) from None
         made = {only: returned} if only else returned
         return {spec.name: np.asarray(made[spec.name]) for spec in self.signature.inputs}
 
 
 def _count(inputs: Inputs) -> int:
     return len(next(iter(inputs.values())))
+
+
+def _typed(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """A column as the model takes it: cast, or, given one value a row (``bench --inputs``), stacked."""
+    if values.dtype == object and spec.dtype != STRING:
+        return np.stack([np.asarray(value, dtype=spec.numpy_dtype) for value in values])
+    return np.asarray(values, dtype=spec.numpy_dtype).reshape(len(values), *spec.fixed_shape)
 
 
 def _rows(rng: np.random.Generator, count: int, spec: TensorSpec, dtype: str) -> np.ndarray:
@@ -114,16 +128,18 @@ def _rows(rng: np.random.Generator, count: int, spec: TensorSpec, dtype: str) ->
     return rows
 
 
-def _refused_inputs(sent: Signature, exc: Exception) -> Exception:
-    """The preprocess function failed on an input the bench made: it needs inputs the bench cannot make."""
+def _refused_inputs(sent: Signature, exc: Exception, given_from: Path | None) -> Exception:
+    """The preprocess function failed on an input the bench sends: made up, or from ``--inputs``."""
     from consumer.errors import ConfigError
     from consumer.logs import last_line
 
+    why = f"{type(exc).__name__}: {last_line(str(exc)) or repr(exc)}"
+    if given_from is not None:
+        return ConfigError(f"the preprocess function failed on an example of --inputs {str(given_from)!r} ({why})")
     return ConfigError(
-        f"the preprocess function failed on an input the bench made ({type(exc).__name__}: "
-        f"{last_line(str(exc)) or repr(exc)}): the bench sends random values of what it takes ({sent.describe()}; "
-        f"b'x' for a string, lengths 1 to {ANY_LENGTH_MAX} where any size is declared); bench a model and "
-        "function that take such inputs"
+        f"the preprocess function failed on an input the bench made ({why}): the bench sends random values of "
+        f"what it takes ({sent.describe()}; b'x' for a string, lengths 1 to {ANY_LENGTH_MAX} where any size is "
+        "declared); give it examples it takes with --inputs FILE"
     )
 
 
@@ -144,9 +160,11 @@ def build(
     serving_signature: str = DEFAULT_SIGNATURE,
     model_code: ModelCode = ((), False),
     preprocess: str | None = None,
+    given_from: Path | None = None,
 ) -> Workload:
     """The workload by name, or a model file's; a model that fixes its batch size is benched at that
-    size. ``preprocess``: the consumer's ``--preprocess`` (``module:function``), applied as it does."""
+    size. ``preprocess``: the consumer's ``--preprocess`` (``module:function``), applied as it does.
+    ``given_from``: a file of examples to send (``bench --inputs``), else random ones."""
     import tensorflow as tf
 
     from consumer.errors import ConfigError, PreprocessMismatch
@@ -175,9 +193,15 @@ def build(
     dtypes = {spec.name: (wire if function is None else "") or spec.dtype for spec in sent.inputs}
     batch = model.fixed_batch or batch
     graph = tf.function(function) if function is not None else None
-    workload = Workload(path.stem, path, model, dtypes, batch, messages, serving_signature, model_code, graph, sent)
-    if graph is not None:  # the inputs the bench makes are ones the function takes: said now, not mid-run
-        workload.model_inputs(workload.inputs(2))
+    given = None
+    if given_from is not None:
+        given = examples.read_examples(given_from, sent)
+        examples.check_examples(given, sent, given_from)
+    workload = Workload(
+        path.stem, path, model, dtypes, batch, messages, serving_signature, model_code, graph, sent, given, given_from
+    )
+    if graph is not None:  # the inputs the bench sends are ones the function takes: said now, not mid-run
+        workload.model_inputs(workload.inputs(2 if given is None else _count(given)))
     return workload
 
 
