@@ -127,10 +127,42 @@ def _cast(array: np.ndarray, options: ReadOptions, where: str) -> np.ndarray:
     return array.astype(options.dtype) if options.dtype else array
 
 
+def _array_column(array: np.ndarray, options: ReadOptions, where: str) -> np.ndarray:
+    """A .npz's array: numbers, cast as asked, or one string a row (``_check_texts``)."""
+    if _is_text(array):
+        _check_texts(array, options, where)
+        return array
+    return _cast(array, options, where)
+
+
+def _is_text(array: np.ndarray) -> bool:
+    return array.dtype.kind in "US"
+
+
+def _check_texts(array: np.ndarray, options: ReadOptions, where: str) -> None:
+    """An array of strings (NumPy's ``U`` or ``S``): one text an example, each sent as its bytes."""
+    if array.ndim != 1:
+        raise ConfigError(
+            f"{where}: holds strings of shape {list(array.shape[1:])} an example; a message carries one string "
+            "per input: save one text a row (a 1-D array)"
+        )
+    if options.dtype:
+        raise ConfigError(f"{where}: holds strings, sent as their UTF-8 bytes: leave --dtype out")
+
+
+def _value(value: Any) -> Any:
+    """An array's row as a message carries it: a string as its UTF-8 bytes, else as it is."""
+    if isinstance(value, str):
+        return value.encode()
+    return bytes(value) if isinstance(value, bytes) else value
+
+
 #: what a JSON or NumPy value that is not a number is, by its array's dtype kind
 _NOT_NUMBERS = {
-    "U": "text: strings go as a .jsonl's JSON strings or a .csv read with --dtype string",
-    "S": "bytes: strings go as a .jsonl's JSON strings or a .csv read with --dtype string",
+    "U": "text: a string input is one string an example (a JSON string, a 1-D array of strings, or a .csv "
+    "column read with --dtype string)",
+    "S": "bytes: a string input is one string an example (a JSON string, a 1-D array of strings, or a .csv "
+    "column read with --dtype string)",
     "O": "null, an object, or an integer too large for 64 bits",
     "c": "complex numbers, which the wire format does not carry",
 }
@@ -169,7 +201,7 @@ class NpyRows(Sequence[Example]):
         if isinstance(index, slice):
             return [self[i] for i in range(len(self))[index]]
         row_number = range(len(self))[index]  # a negative index counts from the end, as a list's does
-        row = self.array[row_number]
+        row = _value(self.array[row_number])
         row = row.astype(self.dtype) if self.dtype else row
         return Example(_row_key(row_number), row_number, {self.input_name: row} if self.input_name else row)
 
@@ -179,9 +211,12 @@ def _read_npy(path: Path, options: ReadOptions) -> NpyRows:
         if file.read(len(NPY_MAGIC)) != NPY_MAGIC:
             raise ConfigError(f"input file {str(path)!r} is not a .npy file (no NumPy header): save it with numpy.save")
     array = _refusing_objects(path, lambda: np.load(path, mmap_mode="r", allow_pickle=False))
-    _check_numbers(array, str(path))
     if array.ndim == 0:
         raise ConfigError(f"input file {str(path)!r} holds a scalar; expected one example per row")
+    if _is_text(array):
+        _check_texts(array, options, str(path))
+    else:
+        _check_numbers(array, str(path))
     # a plain view: a memmap's rows cost 9x as much to index
     return NpyRows(np.asarray(array), options.dtype, options.input_name)
 
@@ -196,7 +231,7 @@ def _refusing_objects(path: Path, load: Callable[[], T]) -> T:
             raise
         raise ConfigError(
             f"input file {str(path)!r} holds Python objects (dtype object), which are never unpickled: "
-            "save a numeric array, or publish bytes from a folder or strings from a .jsonl file"
+            "save a numeric array or an array of strings (numpy.array(texts)), or publish bytes from a folder"
         ) from None
 
 
@@ -210,13 +245,13 @@ def _read_npz(path: Path, options: ReadOptions) -> list[Example]:
     if len(rows) != 1 or 0 in rows:
         sizes = {name: (len(a) if a.ndim else 0) for name, a in arrays.items()}
         raise ConfigError(f"input file {str(path)!r}: arrays must have the same number of rows, got {sizes}")
-    arrays = {name: _cast(a, options, f"{path}[{name}]") for name, a in arrays.items()}
+    arrays = {name: _array_column(a, options, f"{path}[{name}]") for name, a in arrays.items()}
     count = rows.pop()
     return [
         Example(
             _to_key(keys[i]) if keys is not None else _row_key(i),
             ids[i].item() if ids is not None else i,
-            {name: a[i] for name, a in arrays.items()},
+            {name: _value(a[i]) for name, a in arrays.items()},
         )
         for i in range(count)
     ]

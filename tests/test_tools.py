@@ -70,6 +70,8 @@ def test_every_input_format_publishes_the_examples_it_holds(bootstrap: str, topi
     (tmp_path / "c.csv").write_text(bom + "user,f1,f2\nalice,1.5,2\nbob,3,4.25\n")
     (tmp_path / "texts.csv").write_text('id,title,body\n7,Hi,"there, you"\n8,Ça va,\n')
     np.save(tmp_path / "rows.npy", a)
+    np.save(tmp_path / "texts.npy", np.array(["hi", "Ça va"]))  # NumPy's U: text
+    np.savez(tmp_path / "mixed.npz", title=np.array([b"t0", b"t1"]), x=a[:2])  # S: bytes, beside numbers
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "cat.jpg").write_bytes(b"\xff\xd8cat")
@@ -83,6 +85,8 @@ def test_every_input_format_publishes_the_examples_it_holds(bootstrap: str, topi
         "csv-text": ([str(tmp_path / "texts.csv"), "--columns", "body", "--dtype", "string", "--input-name", "t"], 2),
         "named-csv": ([str(tmp_path / "c.csv"), "--key-field", "user", "--input-name", "features"], 2),
         "named-npy": ([str(tmp_path / "rows.npy"), "--input-name", "x"], 3),
+        "npy-texts": ([str(tmp_path / "texts.npy"), "--input-name", "t"], 2),
+        "npz-texts": ([str(tmp_path / "mixed.npz")], 2),
     }
     got = {}
     for name, (argv, count) in cases.items():
@@ -103,6 +107,9 @@ def test_every_input_format_publishes_the_examples_it_holds(bootstrap: str, topi
     assert [e["inputs"] for _, e in got["csv-text"]] == [{"t": b"there, you"}, {"t": b""}]
     np.testing.assert_array_equal(got["named-csv"][0][1]["inputs"]["features"], np.array([1.5, 2], "float32"))
     np.testing.assert_array_equal(got["named-npy"][2][1]["inputs"]["x"], a[2])
+    assert [e["inputs"] for _, e in got["npy-texts"]] == [{"t": b"hi"}, {"t": "Ça va".encode()}]
+    assert [e["inputs"]["title"] for _, e in got["npz-texts"]] == [b"t0", b"t1"]
+    np.testing.assert_array_equal(got["npz-texts"][1][1]["inputs"]["x"], a[1])
     assert [(k, e["inputs"]["image"]) for k, e in got["folder"]] == [
         (b"cat.jpg", b"\xff\xd8cat"),
         (b"dog.jpg", b"\xff\xd8dog"),
@@ -145,7 +152,8 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
         ("huge.jsonl", '{"inputs": [1], "id": 18446744073709551616}\n', [], "huge.jsonl:1: id 18446744073709551616"),
         ("x.txt", "1,2\n", [], "use .npy, .npz, .jsonl, .csv or a folder of files"),
         ("blank.jsonl", "\n\n", [], "holds no examples"),
-        ("words.npy", _npy_bytes(np.array(["a", "b"])), [], "words.npy: values must be numbers, found text: str"),
+        ("words.npy", _npy_bytes(np.array([["a", "b"]])), [], "words.npy: holds strings of shape [2] an example; a"),
+        ("texts.npy", _npy_bytes(np.array(["a", "b"])), ["--dtype", "int8"], "texts.npy: holds strings, sent as"),
         ("mixed.jsonl", '{"inputs": [1, "a"]}\n', [], "mixed.jsonl:1: values must be numbers, found text"),
         ("null.jsonl", '{"inputs": null}\n', [], "values must be numbers, found null, an object, or an integer too"),
         ("scalar.npy", _npy_bytes(np.float32(3)), [], "holds a scalar; expected one example per row"),
