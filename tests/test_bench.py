@@ -392,6 +392,21 @@ def test_results_that_cannot_be_written_after_the_run_fail_in_one_line_with_the_
     ]
 
 
+def _every_measure_runs_on(
+    bootstrap: str, workload: workloads.Workload, inputs: workloads.Inputs, flags: tuple[str, ...]
+) -> None:
+    """The compute limit, the usual approaches and the system's drain (with ``flags``) all run on
+    ``inputs``, and the system predicts every one."""
+    count = len(next(iter(inputs.values())))
+    assert baselines.compute_limit(workload, inputs, min_seconds=0.2)[0] > 0
+    topics = run._topics(bootstrap, 1)
+    system.publish(bootstrap, topics["in"], system.encode(workload, inputs), count)
+    rates = run._usual(bootstrap, topics, workload, inputs, 1.0)
+    assert all((rate or 0) > 0 for rate in rates.values()), rates
+    drained = system.drain(bootstrap, topics["in"], topics["out"], workload, ("--max-wait-ms", "5", *flags))
+    assert (drained["predicted"], drained["dead_lettered"]) == (count, 0)
+
+
 def test_a_model_of_any_length_is_benched_through_the_consumer_s_preprocess_function(
     bootstrap: str, tmp_path: Path
 ) -> None:
@@ -409,13 +424,7 @@ def test_a_model_of_any_length_is_benched_through_the_consumer_s_preprocess_func
     typed = workload.model_inputs(inputs)
     assert typed["tokens"].shape == (64, 4) and typed["tokens"].dtype == np.int32
     assert typed["tokens"][0].tolist() == preprocessors.pad_or_cut(inputs["tokens"][0]).tolist()
-    assert baselines.compute_limit(workload, inputs, min_seconds=0.2)[0] > 0
-    topics = run._topics(bootstrap, 1)
-    system.publish(bootstrap, topics["in"], system.encode(workload, inputs), 64)
-    rates = run._usual(bootstrap, topics, workload, inputs, 1.0)
-    assert all((rate or 0) > 0 for rate in rates.values()), rates
-    drained = system.drain(bootstrap, topics["in"], topics["out"], workload, ("--max-wait-ms", "5", *args))
-    assert (drained["predicted"], drained["dead_lettered"]) == (64, 0)
+    _every_measure_runs_on(bootstrap, workload, inputs, args)
 
 
 def test_without_its_preprocess_function_a_model_of_any_length_is_refused_by_the_bench_saying_how(
@@ -469,13 +478,7 @@ def test_examples_given_with_inputs_are_what_the_bench_sends_through_the_preproc
     inputs = workload.inputs(12)
     assert [bytes(value) for value in inputs["features"]] == [rows[i % 5].tobytes() for i in range(12)]
     np.testing.assert_array_equal(workload.model_inputs(inputs)["features"], rows[np.arange(12) % 5])
-    assert baselines.compute_limit(workload, inputs, min_seconds=0.2)[0] > 0
-    topics = run._topics(bootstrap, 1)
-    system.publish(bootstrap, topics["in"], system.encode(workload, inputs), 12)
-    rates = run._usual(bootstrap, topics, workload, inputs, 1.0)
-    assert all((rate or 0) > 0 for rate in rates.values()), rates
-    drained = system.drain(bootstrap, topics["in"], topics["out"], workload, ("--max-wait-ms", "5", *args))
-    assert (drained["predicted"], drained["dead_lettered"]) == (12, 0)
+    _every_measure_runs_on(bootstrap, workload, inputs, args)
 
 
 @pytest.mark.parametrize(
