@@ -109,7 +109,9 @@ def _at_least(value: float | None, floor: float) -> bool | None:
 
 def print_table(result: dict[str, Any]) -> None:
     settings = result["settings"]
-    print(f"\nbenchmark: {result['workload']} on {result['environment']['cpus']} CPUs, batch {settings['batch_size']}")
+    given = f", inputs from {settings['inputs']}" if settings.get("inputs") else ""
+    cpus = result["environment"]["cpus"]
+    print(f"\nbenchmark: {result['workload']} on {cpus} CPUs, batch {settings['batch_size']}{given}")
     print(f"{'measure':<36} {'messages/s':>14}")
     for name, rate in result["rates"].items():
         print(f"{name:<36} {f'{rate:14.1f}' if rate else '-':>14}")
