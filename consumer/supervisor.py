@@ -17,6 +17,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -46,6 +47,8 @@ SUMMED = (
     "traces_after_warmup",
     "uncommitted",
 )
+#: Counts that add up over a worker's runs, too (``uncommitted`` does not: the next run reads it again).
+ADDED_UP = tuple(key for key in SUMMED if key != "uncommitted")
 #: How long every worker of a bounded run must have said it is at its end before they are stopped
 AT_END_SETTLE_S = 1.0
 #: What follows a worker's death while stopping: it sent no summary, so the run's ``uncommitted``
@@ -71,8 +74,10 @@ class Child:
     finished: bool = False
     exit_code: int | None = None
     last_error: str = ""
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)  # its current or last run's, if it sent one
     status: dict[str, Any] = field(default_factory=dict)  # the worker's last status report
+    #: what its ended runs did, summed (``run_counts``): a restarted worker's earlier runs count too
+    counted: Counter[str] = field(default_factory=Counter)
     status_at: float | None = None
     at_end_since: float | None = None  # since when its reports say it is at its end (a bounded run)
     killed_for: str = ""  # why the supervisor killed the running worker (its death's name), if it did
@@ -217,7 +222,7 @@ class Supervisor:
         process.start()
         send.close()  # the child holds the only writing end: EOF means it is gone
         child.process, child.report, child.ready_at, child.restart_at = process, receive, None, None
-        child.killed_for = ""
+        child.killed_for, child.summary = "", {}
         self.log.info(
             "worker started", worker=child.slot.slot, device=child.slot.device, pid=process.pid, **pinned(child.slot)
         )
@@ -274,6 +279,7 @@ class Supervisor:
         child.process.join()
         code = child.process.exitcode if child.process.exitcode is not None else EXIT_FAILURE
         child.report.close()
+        child.counted.update(run_counts(child.summary, child.status))
         if code < 0 and child.ready_at is not None and self._stopping_since is None:
             self._note_crash(child, child.killed_for or _killed_by(code))
         shutil.rmtree(self._scratch_of(child), ignore_errors=True)
@@ -465,15 +471,25 @@ class Supervisor:
         return EXIT_FAILURE if failed else EXIT_OK
 
     def summary(self) -> dict[str, Any]:
-        """Totals over the workers' own summaries, and one entry per worker."""
-        totals = {key: sum(int(c.summary.get(key, 0)) for c in self.children) for key in SUMMED}
-        workers = [
+        """Totals over every run of every worker, and one entry per worker: its counts over its runs,
+        the rest (latency, memory, …) its last run's. ``uncommitted`` is the last runs' alone: what an
+        earlier run left uncommitted, the next one read again."""
+        workers: list[dict[str, Any]] = [
             {"worker": c.slot.slot, "device": c.slot.device, **pinned(c.slot)}
             | {"restarts": c.restarts, "exit_code": c.exit_code}
             | c.summary
+            | {key: c.counted[key] for key in ADDED_UP}
             for c in self.children
         ]
+        totals = {key: sum(int(w.get(key, 0)) for w in workers) for key in SUMMED}
         return {**totals, "restarts": sum(c.restarts for c in self.children), "workers": workers}
+
+
+def run_counts(summary: dict[str, Any], status: dict[str, Any]) -> dict[str, int]:
+    """What one run of a worker did: its summary's counts, or without one (it was killed, or died),
+    its last status report's, sent once a second (the counts of its last second are lost then)."""
+    source = summary or {**status.get("counts", {}), "traces_after_warmup": status.get("traces_after_warmup", 0)}
+    return {key: int(source.get(key, 0)) for key in ADDED_UP}
 
 
 def pinned(slot: WorkerSlot) -> dict[str, str]:
