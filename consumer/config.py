@@ -152,6 +152,9 @@ class Settings(BaseModel):
         problem = _batch_sizes_problem(self.allowed_batch_sizes, self.max_batch_size)
         if problem:
             raise ValueError(problem)
+        problem = own_names_problem({table: getattr(self, table) for table in _KAFKA_TABLES.values()}, OWN_NAMES)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property
@@ -184,6 +187,29 @@ def _batch_sizes_problem(sizes: list[int] | None, max_batch_size: int) -> str | 
             f"the largest compiled size is the largest batch; pass --max-batch-size {max(sizes)}, "
             f"or end the list with {max_batch_size}"
         )
+    return None
+
+
+#: librdkafka names the consumer sets from settings of its own: in a [kafka*] table one would
+#: replace that setting unseen (errors would name the other), or be ignored
+OWN_NAMES = {
+    "bootstrap.servers": "bootstrap_servers",
+    "group.id": "group",
+    "transactional.id": "transactional_id_prefix",
+    "transaction.timeout.ms": "transaction_timeout_ms",
+}
+
+
+def own_names_problem(tables: Mapping[str, Mapping[str, Any]], names: Mapping[str, str]) -> str | None:
+    """What to say of a table that sets one of ``names`` (librdkafka's name → the setting of ours), if any."""
+    for table, values in tables.items():
+        for key in values:
+            if key in names:
+                ours = names[key]
+                return (
+                    f"{key} in the [{table.replace('_', '.')}] settings is the {ours} setting: set it as that "
+                    f"(--{ours.replace('_', '-')}, {ENV_PREFIX}{ours.upper()} or {ours} in the file), not in the table"
+                )
     return None
 
 
@@ -231,6 +257,10 @@ def load_client_tables(config_file: str | None = None, environ: Mapping[str, str
             merged[table] |= {str(k): v for k, v in values.get(table, {}).items()}
         if "bootstrap_servers" in values:
             merged["bootstrap_servers"] = values["bootstrap_servers"]
+    tables = {table: merged[table] for table in _KAFKA_TABLES.values()}
+    problem = own_names_problem(tables, {"bootstrap.servers": "bootstrap_servers"})
+    if problem:
+        raise ConfigError(f"invalid settings: {problem}")
     return merged
 
 
@@ -302,7 +332,34 @@ def _read_toml(path: str) -> dict[str, Any]:
             data[_KAFKA_TABLES[client]] = kafka.pop(client)
     if kafka:
         data["kafka"] = kafka
+    for table in _KAFKA_TABLES.values():
+        _refuse_nested(path, table, data.get(table))
     return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+def _toml(value: Any) -> str:
+    """A value as TOML writes it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def _refuse_nested(path: str, table: str, values: Any) -> None:
+    """A librdkafka name written bare in TOML (``session.timeout.ms = 6000``) is a table of tables
+    to TOML, not the name: say so, with the line to write instead."""
+    if not isinstance(values, dict):
+        return
+    for key, value in values.items():
+        if isinstance(value, dict):
+            dotted, leaf = key, value
+            while isinstance(leaf, dict) and len(leaf) == 1:
+                ((inner, leaf),) = leaf.items()
+                dotted = f"{dotted}.{inner}"
+            shown = "…" if isinstance(leaf, dict) else _toml(leaf)
+            raise ConfigError(
+                f"config file {path}: [{table.replace('_', '.')}] holds {key} as a table: TOML splits a bare name at "
+                f'its dots; quote librdkafka names: "{dotted}" = {shown}'
+            )
 
 
 def _scalar_fields() -> set[str]:

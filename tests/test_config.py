@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from consumer import cli
-from consumer.config import load_settings
+from consumer.config import load_client_tables, load_settings
 from consumer.errors import ConfigError
 from producer_tools.clients import Clients
 
@@ -438,3 +438,57 @@ def test_a_hot_reloaded_version_of_any_length_is_served_at_the_shape_of_the_same
     version = ModelVersion(7, models.token_classifier(tmp_path / "7.keras"))
     served = worker._builder([2])(version)
     assert (served.number, served.model.signature.describe()) == (7, "tokens: int32[4]")
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (
+            "[kafka.consumer]\nsession.timeout.ms = 6000\n",
+            "[kafka.consumer] holds session as a table: TOML splits a bare name at its dots; quote librdkafka "
+            'names: "session.timeout.ms" = 6000',
+        ),
+        (
+            '[kafka]\nssl.endpoint.identification.algorithm = "none"\n',
+            "[kafka] holds ssl as a table: TOML splits a bare name at its dots; quote librdkafka names: "
+            '"ssl.endpoint.identification.algorithm" = "none"',
+        ),
+        ("[kafka.producer]\nenable.idempotence = true\n", '"enable.idempotence" = true'),
+    ],
+)
+def test_a_librdkafka_name_written_bare_in_the_file_says_to_quote_it(tmp_path: Path, text: str, says: str) -> None:
+    """Before: ``invalid setting kafka_consumer.session.str={'timeout': {'ms': 6000}}: Input should be a
+    valid string``, which named neither the line nor the fix; the tools too."""
+    file = write(tmp_path, text)
+    for load in (lambda: load_settings(REQUIRED, file, {}), lambda: load_client_tables(file, {})):
+        with pytest.raises(ConfigError) as info:
+            load()
+        assert str(info.value).startswith(f"config file {file}: ") and str(info.value).endswith(says)
+
+
+@pytest.mark.parametrize(
+    ("table", "name", "ours"),
+    [
+        ("kafka", "bootstrap.servers", "bootstrap_servers"),
+        ("kafka.consumer", "group.id", "group"),
+        ("kafka.producer", "transactional.id", "transactional_id_prefix"),
+        ("kafka", "transaction.timeout.ms", "transaction_timeout_ms"),
+    ],
+)
+def test_a_table_setting_a_librdkafka_name_the_consumer_sets_from_its_own_setting_is_refused(
+    tmp_path: Path, table: str, name: str, ours: str
+) -> None:
+    """``bootstrap.servers`` in [kafka] replaced ``--bootstrap-servers`` unseen, while every error
+    named the other address; ``group.id`` replaced ``--group`` so; the transaction settings were ignored."""
+    file = write(tmp_path, f'[{table}]\n"{name}" = "x"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(REQUIRED, file, {})
+    assert str(info.value) == (
+        f"invalid settings: {name} in the [{table}] settings is the {ours} setting: set it as that "
+        f"(--{ours.replace('_', '-')}, TFSTREAM_{ours.upper()} or {ours} in the file), not in the table"
+    )
+    environ = {"TFSTREAM_KAFKA_BOOTSTRAP_SERVERS": "x:1"}  # the environment's tables too, and the tools'
+    with pytest.raises(ConfigError, match=r"bootstrap\.servers in the \[kafka\] settings is the bootstrap_servers"):
+        load_settings(REQUIRED, None, environ)
+    with pytest.raises(ConfigError, match=r"bootstrap\.servers in the \[kafka\] settings is the bootstrap_servers"):
+        load_client_tables(None, environ)
