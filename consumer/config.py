@@ -194,6 +194,7 @@ def _batch_sizes_problem(sizes: list[int] | None, max_batch_size: int) -> str | 
 #: replace that setting unseen (errors would name the other), or be ignored
 OWN_NAMES = {
     "bootstrap.servers": "bootstrap_servers",
+    "metadata.broker.list": "bootstrap_servers",  # librdkafka's other name for it
     "group.id": "group",
     "transactional.id": "transactional_id_prefix",
     "transaction.timeout.ms": "transaction_timeout_ms",
@@ -258,7 +259,7 @@ def load_client_tables(config_file: str | None = None, environ: Mapping[str, str
         if "bootstrap_servers" in values:
             merged["bootstrap_servers"] = values["bootstrap_servers"]
     tables = {table: merged[table] for table in _KAFKA_TABLES.values()}
-    problem = own_names_problem(tables, {"bootstrap.servers": "bootstrap_servers"})
+    problem = own_names_problem(tables, {k: v for k, v in OWN_NAMES.items() if v == "bootstrap_servers"})
     if problem:
         raise ConfigError(f"invalid settings: {problem}")
     return merged

@@ -470,6 +470,7 @@ def test_a_librdkafka_name_written_bare_in_the_file_says_to_quote_it(tmp_path: P
     ("table", "name", "ours"),
     [
         ("kafka", "bootstrap.servers", "bootstrap_servers"),
+        ("kafka.producer", "metadata.broker.list", "bootstrap_servers"),
         ("kafka.consumer", "group.id", "group"),
         ("kafka.producer", "transactional.id", "transactional_id_prefix"),
         ("kafka", "transaction.timeout.ms", "transaction_timeout_ms"),
