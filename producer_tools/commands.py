@@ -209,6 +209,12 @@ def _print_lag(group: str, topic: str, rows: list[groups.PartitionLag]) -> None:
     for row in rows:
         print(f"{row.partition:>9} {_shown(row.committed):>12} {row.end:>12} {row.lag:>10}")
     print(f"group {group} on {topic}: total lag {sum(r.lag for r in rows)} over {len(rows)} partitions", flush=True)
+    if any(row.committed is None for row in rows):
+        print(
+            "-: the group never committed there, and its lag counts from the partition's first record (a consumer "
+            "run of a group that never committed starts at the end, unless --from-beginning or --from-timestamp)",
+            flush=True,
+        )
 
 
 def _shown(offset: int | None) -> str:

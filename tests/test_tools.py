@@ -463,11 +463,15 @@ def test_lag_reports_committed_end_and_lag_per_partition(
     (topic,) = topics("in", partitions=2)
     publish(bootstrap, topic, ((None, b"x") for _ in range(30)))
     ends = {p: sum(1 for m in read_topic(bootstrap, topic) if m.partition() == p) for p in (0, 1)}
+    assert tool(bootstrap, "lag", "--group", group, "--topic", topic) == 0  # nothing committed yet: said so
+    out = capsys.readouterr().out
+    assert [line.split()[1] for line in out.splitlines()[1:3]] == ["-", "-"]
+    assert out.splitlines()[-1].startswith("-: the group never committed there, and its lag counts from the")
     assert tool(bootstrap, "reset-offsets", "--group", group, "--topic", topic, "--to-earliest") == 0
     capsys.readouterr()
     assert tool(bootstrap, "lag", "--group", group, "--topic", topic) == 0
     out = capsys.readouterr().out
-    assert f"total lag {sum(ends.values())} over 2 partitions" in out
+    assert f"total lag {sum(ends.values())} over 2 partitions" in out and "never committed" not in out
     rows = [line.split() for line in out.splitlines()[1:3]]
     assert rows == [[str(p), "0", str(ends[p]), str(ends[p])] for p in (0, 1)]
 
