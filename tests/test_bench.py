@@ -156,10 +156,11 @@ def test_a_model_with_its_own_keras_code_is_benched_with_the_consumer_args_that_
     workload = run._workload(run.BenchOptions(workload=str(path), workdir=tmp_path, consumer_args=args))
     assert workload.model_code == (("tests.custom_layers",), True)
     inputs = workload.inputs(64)
-    assert baselines.compute_limit(workload, inputs, min_seconds=0.2)[0] > 0
+    typed = workload.model_inputs(inputs)
+    assert baselines.compute_limit(workload, typed, min_seconds=0.2)[0] > 0
     topics = run._topics(bootstrap, 1)
     system.publish(bootstrap, topics["in"], system.encode(workload, inputs), 64)
-    rates = run._usual(bootstrap, topics, workload, inputs, 1.0)
+    rates = run._usual(bootstrap, topics, workload, typed, 1.0)
     assert all((rate or 0) > 0 for rate in rates.values()), rates
 
 
@@ -212,7 +213,7 @@ def test_the_usual_approaches_run_on_a_savedmodel_workload(bootstrap: str, tmp_p
     inputs = workload.inputs(64)
     topics = run._topics(bootstrap, 1)
     system.publish(bootstrap, topics["in"], system.encode(workload, inputs), 64)
-    rates = run._usual(bootstrap, topics, workload, inputs, 1.0)
+    rates = run._usual(bootstrap, topics, workload, workload.model_inputs(inputs), 1.0)
     assert rates["model.predict per message"] is None
     assert (rates["tf.function per message"] or 0) > 0 and (rates["process pool"] or 0) > 0
 
@@ -230,11 +231,12 @@ def test_the_usual_approaches_and_the_compute_limit_run_on_models_with_named_and
     workload = workloads.build(str(path), tmp_path)
     assert workload.signature.named_inputs
     inputs = workload.inputs(64)
-    examples_per_second, full_batch_s = baselines.compute_limit(workload, inputs, min_seconds=0.2)
+    typed = workload.model_inputs(inputs)
+    examples_per_second, full_batch_s = baselines.compute_limit(workload, typed, min_seconds=0.2)
     assert examples_per_second > 0 and full_batch_s > 0
     topics = run._topics(bootstrap, 1)
     system.publish(bootstrap, topics["in"], system.encode(workload, inputs), 64)
-    rates = run._usual(bootstrap, topics, workload, inputs, 1.0)
+    rates = run._usual(bootstrap, topics, workload, typed, 1.0)
     # a SavedModel has no model.predict under Keras 3; every other approach ran and predicted
     assert (rates["model.predict per message"] is None) == (model == "saved_model_with_a_string_input")
     assert (rates["tf.function per message"] or 0) > 0 and (rates["process pool"] or 0) > 0
@@ -324,9 +326,10 @@ def test_a_savedmodel_is_benched_through_the_signature_given(tmp_path: Path) -> 
     x = np.arange(8, dtype="float32").reshape(2, 4)
     glue = baselines.glue_call(workload.model_path, "tf.function", workload.serving_signature)
     assert glue is not None and np.array_equal(glue({"x": x})["y"].numpy(), x * 3)
-    examples_per_second, _ = baselines.compute_limit(workload, workload.inputs(64), min_seconds=0.2)
+    typed = workload.model_inputs(workload.inputs(64))
+    examples_per_second, _ = baselines.compute_limit(workload, typed, min_seconds=0.2)
     assert examples_per_second > 0
-    assert baselines.process_pool(workload, workload.inputs(64), workers=1) > 0  # its process loads "triple"
+    assert baselines.process_pool(workload, typed, workers=1) > 0  # its process loads "triple"
     command = system.command("127.0.0.1:1", "in", "out", workload, ())
     assert command[command.index("--signature") + 1] == "triple"
 
@@ -398,10 +401,11 @@ def _every_measure_runs_on(
     """The compute limit, the usual approaches and the system's drain (with ``flags``) all run on
     ``inputs``, and the system predicts every one."""
     count = len(next(iter(inputs.values())))
-    assert baselines.compute_limit(workload, inputs, min_seconds=0.2)[0] > 0
+    typed = workload.model_inputs(inputs)
+    assert baselines.compute_limit(workload, typed, min_seconds=0.2)[0] > 0
     topics = run._topics(bootstrap, 1)
     system.publish(bootstrap, topics["in"], system.encode(workload, inputs), count)
-    rates = run._usual(bootstrap, topics, workload, inputs, 1.0)
+    rates = run._usual(bootstrap, topics, workload, typed, 1.0)
     assert all((rate or 0) > 0 for rate in rates.values()), rates
     drained = system.drain(bootstrap, topics["in"], topics["out"], workload, ("--max-wait-ms", "5", *flags))
     assert (drained["predicted"], drained["dead_lettered"]) == (count, 0)
@@ -427,18 +431,35 @@ def test_a_model_of_any_length_is_benched_through_the_consumer_s_preprocess_func
     _every_measure_runs_on(bootstrap, workload, inputs, args)
 
 
-def test_without_its_preprocess_function_a_model_of_any_length_is_refused_by_the_bench_saying_how(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        (
+            "token_classifier:tokens.keras",
+            "model input 'tokens' has a dimension of any size [None]; the bench makes inputs of the model's own "
+            "shapes: give it the preprocess function that serves the model (--consumer-args '--preprocess "
+            "module:function'), or bench the model exported with fixed input shapes",
+        ),
+        (
+            "texts:texts",
+            "model input 'texts' takes strings of shape [3]; a message carries one string per input: give the "
+            "bench the preprocess function that serves the model (--consumer-args '--preprocess module:function'), "
+            "or bench a model that takes one string an example (shape [] or [1])",
+        ),
+    ],
+)
+def test_without_its_preprocess_function_a_model_that_needs_one_is_refused_by_the_bench_before_it_runs(
+    tmp_path: Path, model: str, says: str
 ) -> None:
+    """A model of any length, or of several strings an example, is served behind a preprocess
+    function. The second ran the I/O limit and the compute limit, then failed with the consumer's log
+    lines when the consumer it started refused the model."""
     from consumer.errors import ModelError
 
+    make, file = model.split(":")  # the function of tests.models, and the file it saves
     with pytest.raises(ModelError) as info:
-        workloads.build(str(models.token_classifier(tmp_path / "tokens.keras")), tmp_path)
-    assert str(info.value) == (
-        "model input 'tokens' has a dimension of any size [None]; the bench makes inputs of the model's own "
-        "shapes: give it the preprocess function that serves the model (--consumer-args '--preprocess "
-        "module:function'), or bench the model exported with fixed input shapes"
-    )
+        workloads.build(str(getattr(models, make)(tmp_path / file)), tmp_path)
+    assert str(info.value) == says
 
 
 def test_a_preprocess_function_that_fails_on_the_inputs_the_bench_makes_is_refused_before_it_runs(
@@ -537,20 +558,6 @@ def test_a_preprocess_function_that_cannot_give_the_model_its_inputs_is_refused_
     assert str(info.value) == (
         "invalid setting preprocess='tests.preprocessors:widens_to_float64': for one input it returns "
         "features: float64[4], and the model takes features: float32[4]: make it return that"
-    )
-
-
-def test_a_model_of_several_strings_an_example_is_refused_by_the_bench_before_it_runs(tmp_path: Path) -> None:
-    """It ran the I/O limit and the compute limit, then failed with the consumer's log lines when the
-    consumer it started refused the model."""
-    from consumer.errors import ModelError
-
-    with pytest.raises(ModelError) as info:
-        workloads.build(str(models.texts(tmp_path / "texts")), tmp_path)
-    assert str(info.value) == (
-        "model input 'texts' takes strings of shape [3]; a message carries one string per input: give the bench "
-        "the preprocess function that serves the model (--consumer-args '--preprocess module:function'), or bench "
-        "a model that takes one string an example (shape [] or [1])"
     )
 
 

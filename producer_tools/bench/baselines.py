@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from consumer.child import when_parent_dies
 from consumer.signature import DEFAULT_SIGNATURE, STRING, TensorSpec
 from consumer.user_code import prepare_keras
-from producer_tools.bench.workloads import Inputs, ModelCode, Workload
+from producer_tools.bench.workloads import ModelCode, ModelInputs, Workload
 from producer_tools.clients import close_consumer, kafka_consumer, kafka_producer
 from producer_tools.publish import produce
 from producer_tools.reader import partitions_of
@@ -87,8 +87,9 @@ def io_limit(bootstrap: str, source: str, target: str, count: int, fetch: Mappin
     return count / (time.perf_counter() - (started or time.perf_counter()))
 
 
-def compute_limit(workload: Workload, inputs: Inputs, min_seconds: float = 3.0) -> tuple[float, float]:
-    """The bare precompiled predict function at the batch size, inputs in memory.
+def compute_limit(workload: Workload, typed: ModelInputs, min_seconds: float = 3.0) -> tuple[float, float]:
+    """The bare precompiled predict function at the batch size, on ``typed`` in memory (the model's
+    inputs: ``Workload.model_inputs``).
 
     Returns (examples/s, seconds of one full batch)."""
     from consumer.predictor import Predictor
@@ -96,7 +97,6 @@ def compute_limit(workload: Workload, inputs: Inputs, min_seconds: float = 3.0) 
     predictor = Predictor(workload.model, [workload.batch_size])
     predictor.warm_up()
     size = workload.batch_size
-    typed = workload.model_inputs(inputs)
     rows = len(next(iter(typed.values())))
     batches = [
         {name: values[i : i + size] for name, values in typed.items()} for i in range(0, rows - size + 1, size)
@@ -219,12 +219,11 @@ def _pool_predict(chunk: dict[str, np.ndarray]) -> int:
     return len(_first_output(_POOL_MODEL(chunk)))
 
 
-def process_pool(workload: Workload, inputs: Inputs, workers: int | None = None) -> float:
+def process_pool(workload: Workload, data: ModelInputs, workers: int | None = None) -> float:
     """``ProcessPoolExecutor`` mapping ``model.predict`` over chunks (a SavedModel's signature:
-    ``glue_call``) of the model's inputs (made by the preprocess function, if any, before timing),
-    spawned, each process loading the model (with ``fork`` after TensorFlow it would hang). Timed
-    after every worker is warm."""
-    data = workload.model_inputs(inputs)
+    ``glue_call``) of ``data``, the model's inputs (``Workload.model_inputs``: made by the preprocess
+    function, if any, before timing), spawned, each process loading the model (with ``fork`` after
+    TensorFlow it would hang). Timed after every worker is warm."""
     workers = workers or os.cpu_count() or 1
     parts = max(1, math.ceil(len(next(iter(data.values()))) / workload.batch_size))
     split = {name: np.array_split(values, parts) for name, values in data.items()}

@@ -93,7 +93,8 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
     topics = _topics(bootstrap, options.partitions)
     system.publish(bootstrap, topics["in"], values, workload.messages)
     step(2, "compute limit: the bare precompiled predict function, inputs in memory")
-    compute_limit, full_batch_s = baselines.compute_limit(workload, inputs)
+    typed = workload.model_inputs(inputs)  # once: the preprocess function, if any, runs per example
+    compute_limit, full_batch_s = baselines.compute_limit(workload, typed)
     step(3, "I/O limit (a bare consume → decode → produce relay) and the system (python -m consumer run "
          f"--stop-at-end draining the topic){_times(options.rounds)}")  # fmt: skip
     rounds = _limits_and_system(bootstrap, topics, workload, options)
@@ -110,7 +111,7 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
     _latency_rounds(rounds, bootstrap, options, workload, values, latency_rate)
     steady, relayed = rounds.median_steady(), rounds.median_relay_steady()
     step(5, f"the usual approaches ({options.baseline_seconds:.0f}s each for the per-message loops)")
-    rates |= _usual(bootstrap, topics, workload, inputs, options.baseline_seconds)
+    rates |= _usual(bootstrap, topics, workload, typed, options.baseline_seconds)
     step(6, "memory under a backlog" if options.backlog else "memory (add --backlog N for a larger backlog)")
     memory_runs = [_backlog(bootstrap, options, workload, values)] if options.backlog else rounds.drains
     worker = max((w for run in memory_runs for w in run["workers"]), key=_growth)
@@ -277,8 +278,9 @@ def _topics(bootstrap: str, partitions: int) -> dict[str, str]:
 
 
 def _usual(
-    bootstrap: str, topics: dict[str, str], workload: workloads.Workload, inputs: workloads.Inputs, seconds: float
+    bootstrap: str, topics: dict[str, str], workload: workloads.Workload, typed: workloads.ModelInputs, seconds: float
 ) -> dict[str, float | None]:
+    """The per-message loops on the published messages; the process pool on ``typed``, the model's inputs."""
     return {
         "model.predict per message": baselines.per_message_loop(
             bootstrap, topics["in"], topics["usual_out"], workload, "predict", seconds
@@ -286,7 +288,7 @@ def _usual(
         "tf.function per message": baselines.per_message_loop(
             bootstrap, topics["in"], topics["usual_out"], workload, "tf.function", seconds
         ),
-        "process pool": baselines.process_pool(workload, inputs),
+        "process pool": baselines.process_pool(workload, typed),
     }
 
 

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 #: examples by input name, as producers send them: one array a row, or, for an input of any length,
 #: an object array of one array a row
 Inputs = dict[str, np.ndarray]
+#: examples as the model takes them, by input name, a row each (``Workload.model_inputs``)
+ModelInputs = dict[str, np.ndarray]
 #: ``--custom-objects`` modules and ``--trust-model-code``, as ``user_code.prepare_keras`` takes them
 ModelCode = tuple[tuple[str, ...], bool]
 #: a generated input's length in each dimension of any size: from 1 to this many
@@ -81,7 +83,7 @@ class Workload:
             return {name: value[row] for name, value in inputs.items()}
         return next(iter(inputs.values()))[row]
 
-    def model_inputs(self, inputs: Inputs) -> dict[str, np.ndarray]:
+    def model_inputs(self, inputs: Inputs) -> ModelInputs:
         """``inputs`` as the model takes them, a row each (strings as bytes in object arrays): cast,
         or made by the preprocess function, example by example, as the consumer's pipeline does."""
         if self.preprocess is None:
