@@ -227,6 +227,12 @@ def one_line(message: str) -> str:
     return f"{lines[0]} … {lines[-1]}"
 
 
+def first_line(message: str) -> str:
+    """The first non-blank line of ``message`` (a Python exception's own), or ""."""
+    lines = _lines(message)
+    return lines[0] if lines else ""
+
+
 def last_line(message: str) -> str:
     """The last non-blank line of ``message`` (TensorFlow's error itself), or ""."""
     lines = _lines(message)

@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 from consumer.errors import ConfigError
+from consumer.logs import first_line
 
 
 def import_module(setting: str, module_name: str) -> ModuleType:
@@ -29,7 +30,7 @@ def import_module(setting: str, module_name: str) -> ModuleType:
             "workers: in the directory the consumer runs in, or on PYTHONPATH"
         ) from None
     except Exception as exc:  # the module's own code failed
-        problem = f"importing {module_name!r} raised {type(exc).__name__}: {_first_line(exc)}"
+        problem = f"importing {module_name!r} raised {type(exc).__name__}: {first_line(str(exc)) or repr(exc)}"
         raise ConfigError(f"invalid setting {setting}: {problem}; fix the module") from None
 
 
@@ -66,8 +67,3 @@ def defined_in(module: ModuleType) -> dict[str, Any]:
         and (inspect.isclass(value) or inspect.isfunction(value))
         and getattr(value, "__module__", None) == module.__name__
     }
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else repr(exc)
