@@ -15,6 +15,7 @@ from typing import Any
 
 from consumer import __version__, kafka_io, logs, tensorflow_install
 from consumer.affinity import allowed_cpus, cpu_limit, owns_cpus, usable_count
+from consumer.arguments import parse_command_line
 from consumer.config import ENV_PREFIX, Settings, load_settings, unknown_environment
 from consumer.devices import WorkerSlot, oversubscribed, plan_workers
 from consumer.errors import ConfigError
@@ -180,7 +181,7 @@ def checked_run(args: argparse.Namespace) -> tuple[Settings, list[WorkerSlot]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), argv)
     for unknown in unknown_environment():  # first: a missing setting may be one of them, misspelt
         logs.line(f"warning: {unknown}")
     try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from consumer import tensorflow_install
+from consumer.arguments import parse_command_line
 from consumer.config import MAX_BATCH_SIZE, MAX_WAIT_MS, topic_name_problem
 from consumer.errors import BrokerError, ConfigError, TfStreamError
 from consumer.kafka_io import FETCH_WAIT_MS
@@ -427,7 +428,7 @@ def sigterm_unwinds() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_flags_as_values(sys.argv[1:] if argv is None else argv))
+    args = parse_command_line(build_parser(), _flags_as_values(sys.argv[1:] if argv is None else argv))
     try:
         with sigterm_unwinds():
             code = int(args.run(args))

@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer
 
+from consumer.cli import main as consumer_main
 from consumer.codec import Limits, pack_input, unpack_input
 from producer_tools.cli import main
 from producer_tools.clients import Clients
@@ -770,6 +772,45 @@ def test_json_lines_of_any_length_are_published_with_varying_shapes_and_only_the
     argv = ["publish", str(path), "--topic", "t", "--varying-shapes", "--bootstrap-servers", "127.0.0.1:1"]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip().endswith(f"error: {path}:2: 2 dimensions [1, 2]; the first row has 1 [2]")
+
+
+@pytest.mark.parametrize(
+    ("main_of", "argv", "says"),
+    [
+        (
+            main,
+            ["publish", "--topic", "t", "--file", "x.npy"],
+            "python -m producer_tools publish: error: unrecognized arguments: --file (file is positional: give it "
+            "without --file)",
+        ),
+        (
+            main,
+            ["collect", "--topic", "t", "--out", "o.jsonl", "--jion", "in"],
+            "python -m producer_tools collect: error: unrecognized arguments: --jion in (did you mean --join?)",
+        ),
+        (
+            consumer_main,
+            ["run", "--max-batchsize", "5"],
+            "python -m consumer run: error: unrecognized arguments: --max-batchsize 5 (did you mean --max-batch-size?)",
+        ),
+        (
+            main,
+            ["lag", "--group", "g", "--topic", "t", "extra"],
+            "python -m producer_tools lag: error: unrecognized arguments: extra",
+        ),
+    ],
+)
+def test_a_flag_no_command_knows_is_refused_by_that_command_with_the_flag_meant(
+    main_of: Callable[[list[str]], int], argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by hand: argparse said so from the top-level parser, whose usage lists the commands,
+    not the flags of the one that was run, and gave no hint."""
+    with pytest.raises(SystemExit) as exit:
+        main_of([*argv, "--bootstrap-servers", "127.0.0.1:1"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage: " + says.split(": error:")[0] + " ")
+    assert err[-1] == says
 
 
 def test_publish_refuses_count_and_repeat_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

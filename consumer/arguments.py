@@ -1,0 +1,52 @@
+"""Command-line parsing shared by ``python -m consumer`` and ``python -m producer_tools``.
+
+argparse reports a flag no command knows from the top-level parser: its usage is the list of
+commands, not the flags of the one that was run. Here the command's own parser reports it, with
+the flag it most likely meant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from collections.abc import Sequence
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but words no flag takes are refused by the command that was
+    run (exit 2, its usage, a hint at the flag meant)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = _command_parser(parser, args)
+        command.error(unrecognized(command, extra))
+    return args
+
+
+def unrecognized(parser: argparse.ArgumentParser, extra: Sequence[str]) -> str:
+    """The error for ``extra``, with a hint for its first flag that looks like one of ``parser``'s."""
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    for word in extra:
+        if word.startswith("--") and (hint := _hint(parser, word.split("=", 1)[0])) is not None:
+            return f"{message} ({hint})"
+    return message
+
+
+def _hint(parser: argparse.ArgumentParser, flag: str) -> str | None:
+    """What ``flag`` most likely meant: a positional argument of that name, or a flag spelt alike."""
+    name = flag.lstrip("-").replace("-", "_")
+    for action in parser._actions:
+        if not action.option_strings and action.dest == name:
+            return f"{action.metavar or action.dest} is positional: give it without {flag}"
+    flags = [option for action in parser._actions for option in action.option_strings if option.startswith("--")]
+    close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.75)
+    return f"did you mean {close[0]}?" if close else None
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command ``args`` ran, or ``parser`` itself when it has no commands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if isinstance(chosen, argparse.ArgumentParser):
+                return chosen
+    return parser
