@@ -61,7 +61,12 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     _flag(kafka, "--group", "consumer group id; every member of a deployment uses the same one")
     _flag(kafka, "--dlq-topic", "dead-letter topic for inputs that cannot be predicted", metavar="DLQ")
     model = run.add_argument_group("model")
-    _flag(model, "--model", "a Keras .keras file or a SavedModel directory", metavar="PATH")
+    _flag(
+        model,
+        "--model",
+        "a Keras .keras file (or a whole model saved as .h5) or a SavedModel directory",
+        metavar="PATH",
+    )
     _flag(model, "--model-name", "name reported in outputs (default: the file's stem)")
     _flag(
         model,

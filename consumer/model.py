@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from consumer.errors import ModelError, PreprocessMismatch
 from consumer.signature import DEFAULT_SIGNATURE, STRING, Signature, TensorSpec
-from consumer.versions import KERAS_SUFFIXES, is_saved_model
+from consumer.versions import KERAS_SUFFIXES, SAVED_MODEL_FILES, is_saved_model
 
 #: how Keras says a model needs a class or function it was not given (``--custom-objects``)
 _MISSING_CODE = re.compile(r"Could not locate (class|function) '([^']+)'")
@@ -86,7 +86,17 @@ def load_model(
         raise
     except Exception as exc:
         raise ModelError(f"cannot load model {str(path)!r}: {_load_problem(exc)}") from exc
-    raise ModelError(f"model path {str(path)!r} is neither a .keras file nor a SavedModel directory")
+    raise ModelError(_not_a_model(path))
+
+
+def _not_a_model(path: Path) -> str:
+    """Why a file is not a model this consumer loads; for a SavedModel's own file, its directory."""
+    if path.name in SAVED_MODEL_FILES:
+        return f"model path {str(path)!r} is a file of a SavedModel: pass its directory, {str(path.parent)!r}"
+    return (
+        f"model path {str(path)!r} is neither a Keras file (.keras, or a whole model saved as .h5) nor a "
+        "SavedModel directory"
+    )
 
 
 def _load_problem(exc: Exception) -> str:

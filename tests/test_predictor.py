@@ -92,6 +92,17 @@ def test_a_keras_model_with_nested_outputs_serves_each_under_its_path(tmp_path: 
         np.testing.assert_allclose(out[name], want, atol=1e-5)
 
 
+def test_a_whole_model_saved_in_the_legacy_h5_format_serves_as_keras_predicts(tmp_path: Path) -> None:
+    """Keras 2's ``model.save("m.h5")``, still what many trained models are kept in."""
+    mlp = keras.saving.load_model(models.mlp(tmp_path / "m.keras"))
+    mlp.save(tmp_path / "m.h5")
+    predictor = Predictor(load_model(tmp_path / "m.h5"), [4])
+    predictor.warm_up()
+    x = np.random.default_rng(2).normal(size=(3, 4)).astype("float32")
+    out = predictor.predict(stack([{"features": row} for row in x], predictor.model.signature, 4), 3)
+    np.testing.assert_allclose(out["output_0"], mlp.predict(x, verbose=0), atol=1e-5)
+
+
 def test_model_version_defaults_to_a_content_hash(mlp_path: Path) -> None:
     assert load_model(mlp_path).version == load_model(mlp_path).version
     assert load_model(mlp_path).version.startswith("sha256:")
@@ -115,6 +126,19 @@ def test_bad_model_paths_raise_one_clear_model_error(tmp_path: Path) -> None:
         f"cannot load model {str(tmp_path / 'm.weights.h5')!r}: it holds weights only (saved with save_weights), "
         "not a model: build the model in Python, load these weights into it, and save it whole with "
         "model.save('name.keras')"
+    )
+    saved = models.saved_model(tmp_path / "m.keras", tmp_path / "sm")
+    with pytest.raises(ModelError) as info:  # was "… is neither a .keras file nor a SavedModel directory"
+        load_model(saved / "saved_model.pb")
+    assert str(info.value) == (
+        f"model path {str(saved / 'saved_model.pb')!r} is a file of a SavedModel: pass its directory, {str(saved)!r}"
+    )
+    (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    with pytest.raises(ModelError) as info:
+        load_model(tmp_path / "m.tflite")
+    assert str(info.value) == (
+        f"model path {str(tmp_path / 'm.tflite')!r} is neither a Keras file (.keras, or a whole model saved as "
+        ".h5) nor a SavedModel directory"
     )
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError) as info:  # was TensorFlow's "SavedModel file does not exist at: …"
