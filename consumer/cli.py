@@ -147,6 +147,13 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     )
     _flag(
         other,
+        "--tombstones",
+        "inputs without a value (a compacted topic's deletions): dead-letter (default), skip, or forward (a "
+        "record without a value, with the input's key, to the output topic)",
+        choices=["dead-letter", "skip", "forward"],
+    )
+    _flag(
+        other,
         "--metrics-port",
         "serve /metrics, /healthz and /readyz on this port (default: off; 0 picks a free one)",
         type=int,

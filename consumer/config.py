@@ -92,6 +92,7 @@ class Settings(BaseModel):
     trust_model_code: bool = False
     output_format: Literal["msgpack", "json"] = "msgpack"
     output_headers: Literal["all", "source"] = "all"
+    tombstones: Literal["dead-letter", "skip", "forward"] = "dead-letter"
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
     transactional_id_prefix: str = Field("tfstream", min_length=1, pattern=r"^[\w.-]+$")
     transaction_timeout_ms: int = Field(60_000, ge=1000, le=900_000)

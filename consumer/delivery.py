@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -73,9 +73,9 @@ class Keyless:
 Unfit = Callable[[Oversize | Keyless], bool]
 
 
-def record_bytes(value: bytes, key: bytes | None, headers: Headers | None) -> int:
+def record_bytes(value: bytes | None, key: bytes | None, headers: Headers | None) -> int:
     """What the producer counts of a record against its ``message.max.bytes``, at most."""
-    size = RECORD_OVERHEAD_BYTES + len(value) + len(key or b"")
+    size = RECORD_OVERHEAD_BYTES + len(value or b"") + len(key or b"")
     for name, header in headers or ():
         size += HEADER_OVERHEAD_BYTES + len(name) + len(header or b"")
     return size
@@ -207,7 +207,7 @@ class Outbox:
         self,
         sources: list[Message],
         topic: str,
-        values: list[bytes],
+        values: Sequence[bytes | None],
         headers: list[Headers | None],
         keys: list[bytes | None] | None = None,
         coords: list[tuple[Partition, int]] | None = None,
@@ -260,7 +260,7 @@ class Outbox:
             return len(left_out)
 
     def _produce(
-        self, topic: str, value: bytes, key: bytes | None, headers: Headers | None, ack: BatchAck
+        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers | None, ack: BatchAck
     ) -> KafkaError | None:
         """Produce one record, waiting while the producer's queue is full; the error if it was refused
         before sending (too large, unknown topic...)."""
@@ -279,7 +279,7 @@ class Outbox:
 
     @staticmethod
     def _breaks(
-        rules: TopicRules, topic: str, index: int, value: bytes, key: bytes | None, headers: Headers | None
+        rules: TopicRules, topic: str, index: int, value: bytes | None, key: bytes | None, headers: Headers | None
     ) -> Oversize | Keyless | None:
         """How a record breaks its topic's rules, if it does."""
         if rules.compacted and key is None:

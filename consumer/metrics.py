@@ -48,7 +48,9 @@ class WorkerMetrics:
 
         self.consumed = counter("messages_consumed_total", "input messages fetched").labels(**label)
         self.predicted = counter("messages_predicted_total", "inputs whose prediction was produced").labels(**label)
-        self.skipped = counter("messages_skipped_total", "inputs outside the time window").labels(**label)
+        self.skipped = counter(
+            "messages_skipped_total", "inputs done without an output: outside the time window, or tombstones"
+        ).labels(**label)
         self.dead_lettered = counter("messages_dead_lettered_total", "inputs sent to the dead-letter topic", "reason")
         self.produced = counter("records_produced_total", "records the broker acknowledged", "kind")
         self.padded = counter("padding_rows_total", "rows added to fill batches to a compiled size").labels(**label)

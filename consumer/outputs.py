@@ -20,7 +20,9 @@ from consumer.delivery import (
 from consumer.envelopes import OutputPacker
 from consumer.errors import EmitError, OutputTooLargeError, UnkeyedOutputError
 from consumer.json_output import encode_json, json_value
+from consumer.offsets import coordinates_of
 from consumer.pipeline import Batch
+from consumer.tombstones import DEAD_LETTER, FORWARD, Mode, around
 
 
 class Emitter:
@@ -37,6 +39,7 @@ class Emitter:
         dead_letters: DeadLetters,
         worker: str = "",
         own_headers: bool = True,
+        tombstones: Mode = DEAD_LETTER,
     ) -> None:
         self.outbox, self.topic, self.model, self.counters = outbox, topic, model, counters
         self.dead_letters = dead_letters
@@ -45,6 +48,7 @@ class Emitter:
         #: whether outputs carry the worker's ``tfstream.*`` headers besides the input's own
         #: (``--output-headers``): five headers are about 150 bytes of every output
         self.own_headers = own_headers
+        self.tombstones = tombstones
         self.set_model(model)
 
     def set_model(self, model: dict[str, str]) -> None:
@@ -58,22 +62,50 @@ class Emitter:
         ]
 
     def emit(self, batch: Batch, outputs: dict[str, np.ndarray] | None, bucket: int = 0, predict_ms: float = 0) -> None:
-        """The batch's dead letters, then its outputs (if any), as one unit of a transaction."""
+        """The batch's dead letters, then its outputs (if any) and the tombstones it set aside, each in
+        its place among the outputs (``tombstones.around``), as one unit of a transaction."""
         with self.outbox.lock:
             for msg, error in batch.dead:
                 self.dead_letters.send(msg, error)
-            if outputs is not None and batch.rows:
-                self._send_outputs(batch, outputs, bucket, predict_ms)
+            if outputs is None or not batch.rows:
+                self.settle_tombstones(batch.tombstones)
+                return
+            if not batch.tombstones:  # the common case
+                predicted = self._send_outputs(batch, outputs, batch.rows, predict_ms)
+            else:
+                predicted = self._send_around_tombstones(batch, outputs, predict_ms)
+            self.counters.add(predicted=predicted, batches=1, padded_rows=bucket - batch.rows)
 
-    def _send_outputs(self, batch: Batch, outputs: dict[str, np.ndarray], bucket: int, predict_ms: float) -> None:
-        rows = batch.rows
+    def settle_tombstones(self, tombstones: list[Message]) -> None:
+        """Tombstones ``--tombstones`` set aside, counted skipped: forwarded, each a record without a
+        value with its input's key and own headers, to the output topic; skipped, done at once."""
+        if not tombstones:
+            return
+        self.counters.add(skipped=len(tombstones))
+        if self.tombstones == FORWARD:
+            headers = [source_headers(m) if m.headers() else None for m in tombstones]
+            self.outbox.send_batch(tombstones, self.topic, [None] * len(tombstones), headers)
+        else:
+            self.outbox.tracker.done_many(coordinates_of(tombstones))
+
+    def _send_around_tombstones(self, batch: Batch, outputs: dict[str, np.ndarray], predict_ms: float) -> int:
+        predicted = 0
+        for rows, after in around(batch.coords, batch.tombstones):
+            if rows:
+                part = {name: array[rows.start : rows.stop] for name, array in outputs.items()}
+                predicted += self._send_outputs(batch.rows_at(list(rows)), part, batch.rows, predict_ms)
+            self.settle_tombstones(after)
+        return predicted
+
+    def _send_outputs(self, batch: Batch, outputs: dict[str, np.ndarray], batch_rows: int, predict_ms: float) -> int:
+        """Send the outputs of ``batch`` (all or part of one of ``batch_rows`` rows); how many went out."""
         try:
             values = self._values(batch, outputs)
         except Exception:  # one input whose output cannot be encoded must not stop the stream
             batch, outputs, values = self._encode_each(batch, outputs)
             if not batch.rows:
-                return
-        own = self._own_headers(rows, predict_ms)
+                return 0
+        own = self._own_headers(batch_rows, predict_ms)
         left_out = self.outbox.send_batch(
             batch.messages,
             self.topic,
@@ -84,7 +116,7 @@ class Emitter:
             timed=True,
             unfit=lambda bad: self._dead_letter_unfit(batch, outputs, own, bad),
         )
-        self.counters.add(predicted=batch.rows - left_out, batches=1, padded_rows=bucket - rows)
+        return batch.rows - left_out
 
     def _own_headers(self, rows: int, predict_ms: float) -> Headers | None:
         """The worker's headers on each output of a batch (``rows``: as predicted), if it adds them."""

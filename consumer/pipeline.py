@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from confluent_kafka import Message
 
+from consumer import tombstones as tombstone_rules
 from consumer.codec import Limits
 from consumer.errors import InputError, PreprocessError
 from consumer.model import tf_dtype
@@ -61,6 +62,8 @@ class Batch:
     dead: list[tuple[Message, InputError]] = field(default_factory=list)
     #: when its first input reached the fetch loop (``time.monotonic``, like ``closed_at``)
     opened_at: float | None = None
+    #: inputs without a value that ``--tombstones`` skips or forwards (``consumer.tombstones``), in order
+    tombstones: list[Message] = field(default_factory=list)
 
     def row(self, index: int) -> Batch:
         """Row ``index`` alone, as a batch of one."""
@@ -98,8 +101,10 @@ class Pipeline:
         depth: int,
         preprocess: Preprocess | None = None,
         reject_non_finite: bool = False,
+        tombstones: tombstone_rules.Mode = tombstone_rules.DEAD_LETTER,
     ) -> None:
         self.predictor = predictor
+        self.tombstones = tombstones
         self.signature = predictor.model.signature
         self.limits = limits
         self.reject_non_finite = reject_non_finite
@@ -190,11 +195,15 @@ class Pipeline:
     def _decode(self, batch_id: int, closed: Closed, closed_at: float, opened_at: float | None) -> Batch:
         """The batch's valid rows; the others ride along as dead letters (a batch may have no rows)."""
         messages, coords, timestamps = closed
+        kept, tombstones = tombstone_rules.set_aside(self.tombstones, messages)
+        if tombstones:
+            messages, coords, timestamps = rows_of(kept, messages, coords, timestamps)
         decoded = self.decoder.decode([msg.value() for msg in messages])
         dead = [(messages[index], error) for index, error in decoded.failures]
         if len(decoded.rows) < len(messages):
             messages, coords, timestamps = rows_of(decoded.rows, messages, coords, timestamps)
-        return Batch(batch_id, messages, coords, timestamps, decoded.inputs, decoded.ids, closed_at, dead, opened_at)
+        inputs, ids = decoded.inputs, decoded.ids
+        return Batch(batch_id, messages, coords, timestamps, inputs, ids, closed_at, dead, opened_at, tombstones)
 
     def dataset(self) -> tf.data.Dataset:
         """Each element is one call of ``_generate``'s next step through ``tf.numpy_function``: a
@@ -325,7 +334,7 @@ class Pipeline:
                 continue
             good.append(index)
         kept = batch.rows_at(good)
-        kept.dead = dead
+        kept.dead, kept.tombstones = dead, batch.tombstones
         if not good:
             return kept, {}
         bucket = self.predictor.bucket_for(kept.rows)

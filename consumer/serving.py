@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
+from confluent_kafka import Message
 
 from consumer.delivery import DeadLetters, Outbox
 from consumer.errors import PredictError
@@ -22,6 +23,7 @@ from consumer.outputs import Emitter
 from consumer.pipeline import Batch, Inputs, Pipeline, pad_to
 from consumer.reload import Served, Watcher, release_unreachable
 from consumer.timing import moving_average
+from consumer.tombstones import around
 
 
 class Serving:
@@ -146,8 +148,9 @@ class Serving:
         except (tf.errors.OpError, ValueError, TypeError) as exc:
             self.failed_batches.warning(type(exc).__name__, error=str(exc))
             with self.outbox.lock:  # one unit of a transaction, like any batch
+                tombstones, batch.tombstones = batch.tombstones, []  # each sent in its place among the rows
                 self.emitter.emit(batch, None)
-                self._predict_one_by_one(batch, inputs)
+                self._predict_one_by_one(batch, inputs, tombstones)
             return
         rows = {name: value[: batch.rows] for name, value in outputs.items()}
         predicted = time.perf_counter()
@@ -166,12 +169,17 @@ class Serving:
         timeline.stage("queue", max(0.0, (self.batch_started_at or batch.closed_at) - batch.closed_at))
         timeline.stage("predict", predict_s)
 
-    def _predict_one_by_one(self, batch: Batch, inputs: Inputs) -> None:
+    def _predict_one_by_one(self, batch: Batch, inputs: Inputs, tombstones: list[Message]) -> None:
+        for rows, after in around(batch.coords, tombstones):
+            for row in rows:
+                self._predict_row(batch, inputs, row)
+            self.emitter.settle_tombstones(after)
+
+    def _predict_row(self, batch: Batch, inputs: Inputs, row: int) -> None:
         size = self.predictor.bucket_for(1)
-        for row, msg in enumerate(batch.messages):
-            try:
-                outputs = self._run_model(pad_to({k: v[row : row + 1] for k, v in inputs.items()}, size), size)
-            except (tf.errors.OpError, ValueError, TypeError) as exc:
-                self.dead_letters.send(msg, PredictError(f"the model raised {type(exc).__name__}: {exc}"))
-                continue
-            self.emitter.emit(batch.row(row), {k: v[:1] for k, v in outputs.items()}, size, 0.0)
+        try:
+            outputs = self._run_model(pad_to({k: v[row : row + 1] for k, v in inputs.items()}, size), size)
+        except (tf.errors.OpError, ValueError, TypeError) as exc:
+            self.dead_letters.send(batch.messages[row], PredictError(f"the model raised {type(exc).__name__}: {exc}"))
+            return
+        self.emitter.emit(batch.row(row), {k: v[:1] for k, v in outputs.items()}, size, 0.0)

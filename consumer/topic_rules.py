@@ -95,6 +95,17 @@ def for_outputs(
     return rules
 
 
+def note_compacted_input(admin: AdminClient, topic: str, timeout: float, log: Any) -> None:
+    """A line at start where the input ``topic`` is compacted: its deletions, records without a value,
+    are dead-lettered unless ``--tombstones`` says otherwise."""
+    if describe(admin, [topic], timeout).get(topic, TopicRules()).compacted:
+        log.info(
+            f"input topic {topic!r} is compacted ({CLEANUP_POLICY} compact): its deletions (records without a "
+            "value) go to the dead letters; --tombstones forward deletes their keys' predictions from the output "
+            "topic too, --tombstones skip passes over them"
+        )
+
+
 def _limit_warning(topic: str, limit: int, producer_limit: int, batch: int, dead_letters: bool) -> str:
     if dead_letters:
         then = "dead letters are cut to fit it"

@@ -54,6 +54,7 @@ from consumer.reload import Served, Watcher, build, first_model
 from consumer.serving import Serving
 from consumer.stuck import batch_stuck_for, slow_batch_warnings
 from consumer.timing import Timeline, peak_rss_mb, rss_mb
+from consumer.tombstones import DEAD_LETTER
 from consumer.topic_rules import PRODUCER_MAX_BYTES, TopicRules
 from consumer.transactions import Transactions
 from consumer.user_code import prepare_keras
@@ -264,9 +265,12 @@ class Worker:
             self.transactions.start()
 
     def _topic_rules(self, topics: list[str], producer_limit: int) -> dict[str, TopicRules]:
-        """What the output and dead-letter topics' own settings require (``topic_rules.for_outputs``)."""
+        """What the output and dead-letter topics' own settings require (``topic_rules.for_outputs``);
+        and, where the input topic's tombstones would be dead-lettered, whether it is compacted."""
         s = self.settings
         admin = kafka_io.admin_client(s)
+        if s.tombstones == DEAD_LETTER:
+            topic_rules.note_compacted_input(admin, s.input_topic, s.connect_timeout_s, self.log)
         return topic_rules.for_outputs(
             admin, topics, s.dlq_topic, self.producer_config, producer_limit, s.connect_timeout_s, self.log
         )
@@ -283,13 +287,15 @@ class Worker:
             dead_letters.on_dead_letter = self.metrics.dead_letter
         limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)
         with self._preprocess_setting():
-            self.pipeline = Pipeline(served.predictor, limits, s.pipeline_depth, self.preprocess, s.reject_non_finite)
+            self.pipeline = Pipeline(
+                served.predictor, limits, s.pipeline_depth, self.preprocess, s.reject_non_finite, s.tombstones
+            )
         if self.preprocess is not None:  # what messages must carry, which the model's inputs no longer say
             self.log.info("preprocess function ready", takes=self.pipeline.raw_signature.describe())
         worker = f"{socket.gethostname()}/{os.getpid()}/{self.slot}/{self.device}"
         emitter = Emitter(
             self.outbox, s.output_topic, served.info, s.output_format, self.counters, dead_letters, worker,
-            own_headers=s.output_headers == "all",
+            own_headers=s.output_headers == "all", tombstones=s.tombstones,
         )  # fmt: skip
         return Serving(served, self.pipeline, emitter, dead_letters, self.outbox, watcher, self.metrics, self.log)
 

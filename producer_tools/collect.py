@@ -38,10 +38,16 @@ class Collected:
     decoded: int = 0
     undecodable: int = 0
     first_undecodable: str = ""  # where and why, for the summary
+    #: records without a value: a key's deletion, forwarded from the input topic (``--tombstones forward``)
+    deletions: int = 0
 
     def add(self, msg: Message) -> None:
+        value = msg.value()
+        if value is None:
+            self.deletions += 1
+            return
         try:
-            record = decode_output(msg.value() or b"")
+            record = decode_output(value)
         except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException, InputError) as exc:
             self.undecodable += 1
             if not self.first_undecodable:

@@ -98,6 +98,7 @@ def run_collect(args: argparse.Namespace) -> int:
         f"collected {written} predictions from {args.topic} into {args.out}"
         f"{unmatched}; {found.undecodable} undecodable records skipped"
         + (f" (first: {found.first_undecodable})" if found.undecodable else "")
+        + (f"; {found.deletions} deletions (records without a value) skipped" if found.deletions else "")
     )
     return 0
 

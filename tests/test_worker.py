@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, Producer
 
 from consumer import logs
 from consumer import outputs as outputs_module
-from consumer.codec import pack_input
+from consumer.codec import pack_input, unpack_output
 from consumer.delivery import wait_until
 from consumer.envelopes import OutputPacker
 from consumer.errors import DeliveryError
@@ -1218,6 +1218,88 @@ def test_an_input_without_a_key_goes_to_the_dead_letters_when_the_output_topic_i
     )
     assert any(f"topic {out!r} is compacted" in e["event"] and e["log_level"] == "warning" for e in logs)
     assert committed(bootstrap, group, inp, 1) == {0: 201}
+
+
+def _keyed_stream_with_tombstones() -> list[tuple[bytes | None, bytes | None]]:
+    """60 inputs over 2 keys, the key of every 5th deleted (a record without a value) just after it,
+    input 23 a NaN (which the strict model raises on: its batch is predicted one input at a time), and
+    a tombstone without a key last."""
+    records: list[tuple[bytes | None, bytes | None]] = []
+    for i in range(60):
+        key = f"k{i % 2}".encode()
+        records.append((key, pack_input(np.full(4, np.nan if i == 23 else i, "float32"), id=i)))
+        if i % 5 == 4:
+            records.append((key, None))
+    return [*records, (None, None)]
+
+
+def _per_key(records: list[tuple[bytes | None, Any]]) -> dict[bytes | None, list[Any]]:
+    """Each key's values in order: an id, or None for a record without a value."""
+    keys: dict[bytes | None, list[Any]] = {}
+    for key, value in records:
+        keys.setdefault(key, []).append(value)
+    return keys
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_tombstones_forwarded_delete_their_key_s_outputs_each_in_its_place(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path, delivery: str
+) -> None:
+    """Found by hand: a compacted input topic's deletions were dead-lettered, each as not msgpack, and
+    its outputs kept every deleted key's last prediction. Forwarded, each follows its key's outputs
+    before it and precedes those after it, in a batch predicted whole or one input at a time."""
+    path = models.strict_saved_model(tmp_path / "strict")
+    (inp, dlq) = topics("in", "dlq", partitions=1)
+    out = configured_topic(bootstrap, "out", {"cleanup.policy": "compact"})
+    records = _keyed_stream_with_tombstones()
+    publish(bootstrap, inp, records)
+    s = settings(
+        bootstrap, path, inp, out, group, dlq_topic=dlq, delivery=delivery, tombstones="forward", max_batch_size=16
+    )
+    summary = run_worker(s)
+    assert (summary["predicted"], summary["dead_lettered"], summary["skipped"]) == (59, 2, 12)
+    got = read_topic(bootstrap, out, min_count=71)
+    sent = [(m.key(), None if m.value() is None else unpack_output(m.value())["id"]) for m in got]
+    expected = [(key, None if value is None else msgpack.unpackb(value)["id"]) for key, value in records]
+    assert _per_key(sent) == _per_key([(key, value) for key, value in expected[:-1] if value != 23])
+    dead = [dict(m.headers()) for m in read_topic(bootstrap, dlq, min_count=2)]
+    assert [(h["tfstream.errors.stage"], h["tfstream.errors.offset"]) for h in dead] == [
+        (b"predict", b"27"), (b"decode", b"72")
+    ]  # fmt: skip
+    assert dead[1]["tfstream.errors.exception.message"].startswith(b"the message has no value (a tombstone)")
+    assert committed(bootstrap, group, inp, 1) == {0: 73}
+    found = Collected()  # collect counts them apart, not as undecodable
+    for msg in got:
+        found.add(msg)
+    assert (found.decoded, found.deletions, found.undecodable) == (59, 12, 0)
+
+
+@pytest.mark.parametrize(("mode", "dead_lettered", "skipped"), [("skip", 1, 13), ("dead-letter", 14, 0)])
+def test_tombstones_skipped_or_dead_lettered_send_nothing_to_the_output_topic(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path, mode: str, dead_lettered: int, skipped: int
+) -> None:
+    """``skip``: done and counted, without a word; ``dead-letter`` (the default): each one a dead letter,
+    and a line at start, the input topic being compacted, naming the other two."""
+    path = models.strict_saved_model(tmp_path / "strict")
+    (out, dlq) = topics("out", "dlq", partitions=1)
+    inp = configured_topic(bootstrap, "in", {"cleanup.policy": "compact"})
+    publish(bootstrap, inp, _keyed_stream_with_tombstones())
+    with structlog.testing.capture_logs() as logs:
+        s = settings(bootstrap, path, inp, out, group, dlq_topic=dlq, tombstones=mode, max_batch_size=16)
+        summary = run_worker(s)
+    notes = [e["event"] for e in logs if e["event"].startswith("input topic")]
+    assert notes == (
+        [] if mode == "skip" else [
+            f"input topic {inp!r} is compacted (cleanup.policy compact): its deletions (records without a value) "
+            "go to the dead letters; --tombstones forward deletes their keys' predictions from the output topic "
+            "too, --tombstones skip passes over them"
+        ]
+    )  # fmt: skip
+    assert (summary["predicted"], summary["dead_lettered"], summary["skipped"]) == (59, dead_lettered, skipped)
+    got = read_topic(bootstrap, out, min_count=59)
+    assert sorted(unpack_output(m.value())["id"] for m in got) == [i for i in range(60) if i != 23]
+    assert len(read_topic(bootstrap, dlq, min_count=dead_lettered)) == dead_lettered
+    assert committed(bootstrap, group, inp, 1) == {0: 73}
 
 
 def test_without_a_dead_letter_topic_a_keyless_input_for_a_compacted_output_topic_is_skipped_and_said(
