@@ -133,7 +133,15 @@ def unpack_value(value: bytes, limits: Limits) -> Any:
     try:
         return unpack_strict(value, limits)
     except Exception as exc:  # msgpack raises several unrelated types; all mean "not v1"
-        raise errors.NotMsgpackError(f"not a single complete msgpack object: {exc}") from None
+        reason = str(exc) or _UNSAID.get(type(exc).__name__, type(exc).__name__)
+        raise errors.NotMsgpackError(f"not a single complete msgpack object: {reason}") from None
+
+
+#: what msgpack's exceptions that carry no message mean
+_UNSAID = {
+    "FormatError": "it holds a byte that starts no msgpack value (0xc1)",
+    "StackError": "lists or maps nested too deep",
+}
 
 
 def unpack_strict(value: bytes, limits: Limits) -> Any:

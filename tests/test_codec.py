@@ -134,6 +134,21 @@ def test_each_malformed_input_raises_its_own_error(value: bytes | None, error: t
         unpack_input(value, LIMITS)
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"\xc1", "it holds a byte that starts no msgpack value (0xc1)"),
+        (b"\x91" * 5000 + b"\xc0", "lists or maps nested too deep"),
+        (b"\x01\x02", "unpack(b) received extra data."),
+    ],
+)
+def test_bytes_that_are_not_msgpack_say_why_even_where_msgpack_gives_no_message(value: bytes, reason: str) -> None:
+    """Found by hand: a dead letter's reason for 0xc1 was ``not a single complete msgpack object: ``."""
+    with pytest.raises(errors.NotMsgpackError) as info:
+        unpack_input(value, LIMITS)
+    assert str(info.value) == f"not a single complete msgpack object: {reason}"
+
+
 @settings(max_examples=400)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_raise_only_codec_errors(value: bytes) -> None:
