@@ -219,7 +219,18 @@ def _checked_shape(shape: Any, limits: Limits, name: Any) -> tuple[int, ...]:
         raise errors.TooLargeError(
             f"input {name!r} declares {elements} elements; the limit is {limits.max_tensor_elements}"
         )
+    if not shape_within(shape, limits.max_tensor_elements):
+        raise errors.TooLargeError(
+            f"input {name!r} declares shape {shape}: empty, but its other dimensions multiply past the limit of "
+            f"{limits.max_tensor_elements} elements"
+        )
     return tuple(shape)
+
+
+def shape_within(shape: list[int], max_elements: int) -> bool:
+    """Whether ``shape`` holds at most ``max_elements``, counting each empty dimension as one: a shape
+    with one, whose other dimensions multiply past what an array's size can be, NumPy refuses."""
+    return math.prod(max(d, 1) for d in shape) <= max_elements
 
 
 def wire_array(array: Any) -> np.ndarray:

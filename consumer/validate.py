@@ -13,7 +13,17 @@ from typing import Any
 import numpy as np
 
 from consumer import errors
-from consumer.codec import SINGLE, InputEnvelope, Limits, WireTensor, envelope_of, id_of, read_message, unpack_strict
+from consumer.codec import (
+    SINGLE,
+    InputEnvelope,
+    Limits,
+    WireTensor,
+    envelope_of,
+    id_of,
+    read_message,
+    shape_within,
+    unpack_strict,
+)
 from consumer.layout import CanonicalLayout, Sliced
 from consumer.signature import STRING, Signature, TensorSpec
 
@@ -260,7 +270,8 @@ class BatchDecoder:
         """Whether ``nbytes`` of data are exactly ``shape`` of the spec's dtype, within ``max_tensor_elements``
         (else the general path says which is wrong)."""
         elements = math.prod(shape)
-        return elements <= self.limits.max_tensor_elements and nbytes == elements * np.dtype(spec.dtype).itemsize
+        fits = shape_within(shape, self.limits.max_tensor_elements)
+        return fits and nbytes == elements * np.dtype(spec.dtype).itemsize
 
     def _stack(self, parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         if parts and all(type(v) is bytes for part in parts for v in part.values()) and self._fast:

@@ -151,3 +151,21 @@ def test_an_input_of_any_size_is_held_to_max_tensor_elements_on_the_fast_path_to
     batch = decoder.decode([pack_input(np.arange(n, dtype="int32"), id=n) for n in (100, 101)])
     assert batch.rows == [0] and [row for row, _ in batch.failures] == [1]
     assert isinstance(batch.failures[0][1], errors.TooLargeError)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "parsed"])
+def test_an_empty_input_whose_other_dimensions_multiply_past_any_array_is_refused_not_raised(fast: bool) -> None:
+    """Found by hypothesis: shape [0, 2**40, 2**40] holds no element, so it passed the element limit,
+    and NumPy's reshape raised ``array is too big`` out of the decoder, for the whole batch."""
+    from consumer.validate import BatchDecoder
+
+    cube = Signature((TensorSpec("x", "float32", (None, None, None)),), ("y",), named_inputs=False)
+    decoder = BatchDecoder(cube, Limits())
+    tensor = {"dtype": "float32", "shape": [0, 2**40, 2**40], "data": b""}
+    hostile = msgpack.packb({"inputs": tensor, "v": 1} if fast else {"v": 1, "inputs": tensor})
+    batch = decoder.decode([hostile, pack_input(np.ones((1, 2, 2), "float32"))])
+    assert batch.rows == [1] and [row for row, _ in batch.failures] == [0]
+    assert str(batch.failures[0][1]) == (
+        "input 'inputs' declares shape [0, 1099511627776, 1099511627776]: empty, but its other dimensions "
+        "multiply past the limit of 16777216 elements"
+    )
