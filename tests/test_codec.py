@@ -16,6 +16,8 @@ from hypothesis.extra import numpy as hnp
 from consumer import codec, errors
 from consumer.codec import SINGLE, Limits, pack_input, unpack_input
 from consumer.json_output import json_numbers, json_value
+from consumer.signature import Signature, TensorSpec
+from consumer.validate import BatchDecoder
 
 LIMITS = Limits(max_message_bytes=1 << 20, max_tensor_elements=1 << 16, max_dims=6)
 DTYPES = sorted(codec.SUPPORTED_DTYPES)
@@ -260,3 +262,38 @@ def test_json_output_writes_non_finite_numbers_and_non_text_keys_as_strings() ->
     ident = {True: 1, None: 2, 1.5: b"\xff", b"k": [float("nan")], "s": (float("-inf"),)}
     text = json.dumps(json_value(ident), allow_nan=False)
     assert json.loads(text) == {"true": 1, "null": 2, "1.5": "/w==", "aw==": ["NaN"], "s": ["-Infinity"]}
+
+
+DECODED_BY = [
+    Signature((TensorSpec("x", "float32", (3,)),), ("y",), named_inputs=False),
+    Signature((TensorSpec("x", "float32", (None, None, None)),), ("y",), named_inputs=False),
+    Signature((TensorSpec("x", "int8", (None, 2)),), ("y",), named_inputs=False),
+    Signature((TensorSpec("text", "string", ()),), ("y",), named_inputs=False),
+    Signature((TensorSpec("a", "float32", (2,)), TensorSpec("b", "int32", ())), ("y",), named_inputs=True),
+]
+fast_tensor = st.fixed_dictionaries(  # in the fast path's key order, so that it is tried first
+    {
+        "dtype": st.sampled_from(["float32", "int8", "int32", "float64"]),
+        "shape": st.lists(st.sampled_from([0, 1, 2, 3, 2**20, 2**40]) | st.integers(0, 2**64 - 1), max_size=4),
+        "data": st.binary(max_size=48),
+    }
+)
+envelopes = st.one_of(
+    msgpack_values,
+    st.fixed_dictionaries({"inputs": st.one_of(fast_tensor, tensor_like, msgpack_values)}, optional={"v": st.just(1)}),
+    st.fixed_dictionaries({"inputs": st.dictionaries(st.sampled_from(["a", "b", "x"]), fast_tensor, max_size=2)}),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(DECODED_BY), st.lists(envelopes | st.binary(max_size=40), min_size=1, max_size=6))
+def test_a_batch_of_anything_decodes_into_rows_and_failures_never_an_exception(
+    signature: Signature, values: list[object]
+) -> None:
+    """What a producer sends reaches the batch decoder whole, fast path first: each message is a row or
+    a failure of its own, whatever it holds, for every kind of model input."""
+    decoder = BatchDecoder(signature, LIMITS)
+    batch = decoder.decode([value if isinstance(value, bytes) else packb(value) for value in values])
+    failed = [row for row, error in batch.failures]
+    assert sorted(batch.rows + failed) == list(range(len(values)))
+    assert all(isinstance(error, errors.InputError) for _, error in batch.failures)
