@@ -2,7 +2,7 @@
 
 It never imports TensorFlow, and starts workers with ``spawn``, never ``fork``: a process that
 forks after TensorFlow or CUDA initialised hangs (the Celery prefork failure). It forwards
-SIGTERM/SIGINT so every worker drains, restarts crashed workers with exponential back-off
+SIGTERM/SIGINT/SIGHUP as SIGTERM so every worker drains, restarts crashed workers with exponential back-off
 (reset once a worker stayed up for ``healthy_after_s``), and gives up with the worker's own
 one-line reason when a worker keeps dying before it ever became ready.
 """
@@ -34,6 +34,9 @@ from consumer.logs import get_logger
 from consumer.progress import Progress, lag_and_eta
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+#: each drains the run (a second one stops it at once): SIGHUP too, a closed terminal's or ssh session's,
+#: which would otherwise end the supervisor without its summary
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: worker exits a restart cannot cure: the run ends with this code
 _FINAL = {EXIT_CONFIG: EXIT_USAGE} | dict.fromkeys((EXIT_MODEL, EXIT_UNDELIVERABLE, EXIT_FENCED), EXIT_FAILURE)
 #: Worker summary counts that add up across workers.
@@ -456,8 +459,8 @@ class Supervisor:
                 self._remove_files()
                 os._exit(EXIT_FAILURE)
 
-        signal.signal(signal.SIGTERM, handle)
-        signal.signal(signal.SIGINT, handle)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, handle)
 
     def _result(self) -> int:
         self.log.info("supervisor stopped", restarts=sum(c.restarts for c in self.children))

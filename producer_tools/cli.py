@@ -405,12 +405,17 @@ def _topic(text: str) -> str:
 
 
 class Terminated(BaseException):
-    """SIGTERM, raised in the main thread like Ctrl-C's ``KeyboardInterrupt``."""
+    """SIGTERM (or SIGHUP: a closed terminal or ssh session), raised in the main thread like Ctrl-C's
+    ``KeyboardInterrupt``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 @contextmanager
-def sigterm_unwinds() -> Iterator[None]:
-    """Turn SIGTERM into ``Terminated`` while a command runs, so that every ``with`` block on the
+def stop_signals_unwind() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into ``Terminated`` while a command runs, so that every ``with`` block on the
     way out stops what it started; without it the process dies at once and leaves its embedded
     broker and consumer running."""
     if threading.current_thread() is not threading.main_thread():
@@ -418,19 +423,20 @@ def sigterm_unwinds() -> Iterator[None]:
         return
 
     def terminate(signum: int, frame: object) -> None:
-        raise Terminated
+        raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {signum: signal.signal(signum, terminate) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_command_line(build_parser(), _flags_as_values(sys.argv[1:] if argv is None else argv))
     try:
-        with sigterm_unwinds():
+        with stop_signals_unwind():
             code = int(args.run(args))
             sys.stdout.flush()  # here, not at exit: a reader gone (``| head``) is met below
             return code
@@ -446,9 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: stopped what this command had started", file=sys.stderr)
         return 130
-    except Terminated:
-        print("terminated (SIGTERM): stopped what this command had started", file=sys.stderr)
-        return 143
+    except Terminated as stop:
+        name = signal.Signals(stop.signum).name
+        print(f"terminated ({name}): stopped what this command had started", file=sys.stderr)
+        return 128 + stop.signum
 
 
 def run_demo(args: argparse.Namespace) -> int:

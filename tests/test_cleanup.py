@@ -34,20 +34,29 @@ def _wait_for_child(parent: psutil.Process, name: str, timeout: float = 60) -> p
     raise AssertionError(f"no {name!r} process under {parent.pid} after {timeout}s")
 
 
-@pytest.mark.parametrize("after_s", [1.0, 4.0])  # while its consumer joins the group; while it measures
-def test_sigterm_stops_a_tool_and_the_embedded_broker_it_started(after_s: float, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("after_s", "signum"),
+    [(1.0, signal.SIGTERM), (4.0, signal.SIGHUP)],  # while its consumer joins the group; while it measures
+    ids=["SIGTERM-joining", "SIGHUP-measuring"],
+)
+def test_sigterm_or_sighup_stops_a_tool_and_the_embedded_broker_it_started(
+    after_s: float, signum: signal.Signals, tmp_path: Path
+) -> None:
+    """SIGHUP (a closed terminal or ssh session) ended a tool at once, leaving its broker running
+    until the kernel's parent-death signal, and its log folder behind."""
     command = [sys.executable, "-m", "producer_tools", "fetch-latency", "--seconds", "120", "--rate", "200"]
     env = {**ENV, "TMPDIR": str(tmp_path)}
     tool = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         broker = _wait_for_child(psutil.Process(tool.pid), "tansu")
         time.sleep(after_s)
-        tool.send_signal(signal.SIGTERM)
+        tool.send_signal(signum)
         _, err = tool.communicate(timeout=60)
     finally:
         tool.kill()
-    assert tool.returncode == 143, err[-2000:]
-    assert err.strip().splitlines()[-1].startswith("terminated (SIGTERM): stopped what this command had started"), err
+    assert tool.returncode == 128 + signum, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"terminated ({signum.name}): stopped what this command had started"), err
     assert gone(broker, timeout=5), "the embedded broker outlived the tool"
     assert "|FAIL|" not in err, err  # no client was left to complain about the broker it stopped
     assert _left_in(tmp_path) == [], "the broker's log folder was left behind"

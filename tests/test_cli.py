@@ -37,9 +37,12 @@ def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]
     return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(
-    bootstrap: str, topics: Callable[..., list[str]], group: str, mlp_path: Path
+    bootstrap: str, topics: Callable[..., list[str]], group: str, mlp_path: Path, signum: signal.Signals
 ) -> None:
+    """SIGHUP (a closed terminal or ssh session) drains as SIGTERM does; it used to end the supervisor
+    at once, without its summary (its workers, seeing it gone, drained by themselves)."""
     inp, out = topics("in", "out")
     total = 3000
     process = subprocess.Popen(
@@ -47,7 +50,7 @@ def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(
     )
     publisher = Trickle(bootstrap, inp, total)
     first = len(read_topic(bootstrap, out, timeout=60, min_count=300))
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     publisher.join()
     assert process.returncode == 0, err[-2000:]
@@ -56,7 +59,7 @@ def test_sigterm_mid_stream_loses_nothing_and_duplicates_nothing(
     assert finished.returncode == 0, finished.stderr[-2000:]
     ids = Counter(record["id"] for _, record in outputs(bootstrap, out, total))
     print(
-        f"SIGTERM run: {first}+ outputs before the signal; {len(ids)} distinct ids, "
+        f"{signum.name} run: {first}+ outputs before the signal; {len(ids)} distinct ids, "
         f"{sum(ids.values()) - len(ids)} duplicates"
     )
     assert set(ids) == set(range(total)) and max(ids.values()) == 1
