@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -177,6 +177,9 @@ class BatchDecoder:
         self._single = None if signature.named_inputs else signature.inputs[0].name
         self._unpack = functools.partial(unpack_strict, limits=limits)
         self._layout = CanonicalLayout(signature, limits) if self._fast else None
+        #: the model's inputs as NumPy and JSON make them by default (float64, int64), and their layout
+        self._wide = widened(signature) if self._fast else None
+        self._wide_layout = CanonicalLayout(self._wide, limits) if self._wide is not None else None
 
     def decode(self, values: list[bytes | None]) -> DecodedBatch:
         batch = (self._decode_exact(values) if self._fast and values else None) or self._decode_each(values)
@@ -191,6 +194,8 @@ class BatchDecoder:
             if max(map(len, values)) > self.limits.max_message_bytes:  # type: ignore[arg-type]
                 return None
             sliced = self._layout.slice_batch(values)  # type: ignore[arg-type]
+            if sliced is None and (wide := self._decode_wide(values)) is not None:  # type: ignore[arg-type]
+                return wide
             if sliced is None:
                 found = [self._exact_one(value) for value in values]  # type: ignore[arg-type]
                 if None in found:
@@ -203,6 +208,25 @@ class BatchDecoder:
             spec.name: _from_wire(column, spec, (len(values), *spec.fixed_shape))
             for spec, column in zip(self.signature.inputs, columns, strict=True)
         }
+        return DecodedBatch(list(range(len(values))), inputs, ids, [])
+
+    def _decode_wide(self, values: list[bytes]) -> DecodedBatch | None:
+        """A batch all in the canonical layout of the widened inputs (``widened``), sliced as a whole
+        and cast to the model's dtypes at once; None if it is not, or if a value falls outside them
+        (then each message is refused on its own, saying which)."""
+        if self._wide is None or self._wide_layout is None:
+            return None
+        sliced = self._wide_layout.slice_batch(values)
+        if sliced is None:
+            return None
+        columns, ids = sliced
+        inputs = {}
+        for spec, wide, column in zip(self.signature.inputs, self._wide.inputs, columns, strict=True):
+            array = _from_wire(column, wide, (len(values), *spec.fixed_shape))
+            try:
+                inputs[spec.name] = _cast(array, spec)
+            except errors.WrongDtypeError:
+                return None
         return DecodedBatch(list(range(len(values))), inputs, ids, [])
 
     def _exact_one(self, value: bytes) -> Sliced | None:
@@ -308,6 +332,20 @@ class BatchDecoder:
             [i for i, g in zip(batch.ids, good, strict=True) if g],
             sorted(failures, key=lambda f: f[0]),
         )
+
+
+#: per model dtype, what a producer's defaults send for it: NumPy's and JSON's numbers are float64
+#: and int64
+_WIDER = dict.fromkeys(("float16", "float32"), "float64") | dict.fromkeys(
+    ("int8", "int16", "int32", "uint8", "uint16", "uint32"), "int64"
+)
+
+
+def widened(signature: Signature) -> Signature | None:
+    """The signature with each input's dtype as NumPy's or JSON's default sends it (float64, int64),
+    or None when none differs: messages in its layout are read a batch at once too, then cast."""
+    inputs = tuple(replace(spec, dtype=_WIDER.get(spec.dtype, spec.dtype)) for spec in signature.inputs)
+    return None if inputs == signature.inputs else replace(signature, inputs=inputs)
 
 
 def _finite_rows(column: np.ndarray) -> np.ndarray:
