@@ -2,7 +2,7 @@
 
 ``run`` starts the supervisor (no TensorFlow here), which spawns one worker per device.
 Usage and configuration errors exit 2 with one line; other failures exit 1 with one line;
-SIGTERM/SIGINT drain every worker and exit 0 (a second signal exits at once).
+SIGTERM/SIGINT/SIGHUP drain every worker and exit 0 (a second signal exits at once).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -68,7 +69,19 @@ def run_publish(args: argparse.Namespace) -> int:
         f"({delivered.ok / max(seconds, 1e-9):,.0f} msg/s); {delivered.failed} failed"
         + (f" (first error: {delivered.first_error})" if delivered.failed else "")
     )
+    if args.dtype is None and (wide := float64_inputs(examples[0])):
+        print(
+            f"note: {wide} sent as float64 (NumPy's and JSON's default), twice the bytes of the float32 a model "
+            "usually takes and casts them to; for such a model, publish with --dtype float32",
+            file=sys.stderr,
+        )
     return 0 if delivered.ok == total else 1
+
+
+def float64_inputs(example: sources.Example) -> str:
+    """The example's float64 inputs, named (``inputs`` for a lone one), or "" if it has none."""
+    inputs = example.inputs if isinstance(example.inputs, dict) else {"inputs": example.inputs}
+    return ", ".join(name for name, tensor in inputs.items() if getattr(tensor, "dtype", None) == np.float64)
 
 
 def run_collect(args: argparse.Namespace) -> int:
