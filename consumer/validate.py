@@ -182,7 +182,8 @@ class BatchDecoder:
         self._wide_layout = CanonicalLayout(self._wide, limits) if self._wide is not None else None
 
     def decode(self, values: list[bytes | None]) -> DecodedBatch:
-        batch = (self._decode_exact(values) if self._fast and values else None) or self._decode_each(values)
+        whole = (self._decode_exact(values) or self._decode_lists(values)) if self._fast and values else None
+        batch = whole or self._decode_each(values)
         return self._drop_non_finite(batch) if self.reject_non_finite else batch
 
     def _decode_exact(self, values: list[bytes | None]) -> DecodedBatch | None:
@@ -197,10 +198,12 @@ class BatchDecoder:
             if sliced is None and (wide := self._decode_wide(values)) is not None:  # type: ignore[arg-type]
                 return wide
             if sliced is None:
-                found = [self._exact_one(value) for value in values]  # type: ignore[arg-type]
-                if None in found:
-                    return None
-                sliced = _as_columns(found, len(self.signature.inputs))  # type: ignore[arg-type]  # no None left
+                found = []
+                for value in values:  # up to the first that is not exact: parsed again then, on its own path
+                    if (one := self._exact_one(value)) is None:  # type: ignore[arg-type]
+                        return None
+                    found.append(one)
+                sliced = _as_columns(found, len(self.signature.inputs))
         except Exception:  # a tombstone (None) or bytes that are not msgpack: each message decides
             return None
         columns, ids = sliced
@@ -226,6 +229,34 @@ class BatchDecoder:
             try:
                 inputs[spec.name] = _cast(array, spec)
             except errors.WrongDtypeError:
+                return None
+        return DecodedBatch(list(range(len(values))), inputs, ids, [])
+
+    def _decode_lists(self, values: list[bytes | None]) -> DecodedBatch | None:
+        """A batch whose every message sends its inputs as nested lists (what JSON-minded producers
+        and the README's simplest JavaScript send), each input of all rows made one array and cast at
+        once; None at the first message that does not, or if the batch's arrays are not the model's
+        shapes or fall outside its dtypes: then each message goes its own way, and says what is wrong."""
+        rows: list[dict[str, WireTensor]] = []
+        ids: list[tuple[Any, bool]] = []
+        for value in values:
+            try:
+                envelope = envelope_of(read_message(value, self.limits), self.limits)
+                named = _match_names(envelope.inputs, self.signature)
+            except errors.InputError:
+                return None
+            if any(type(tensor) is not list for tensor in named.values()):
+                return None
+            rows.append(named)
+            ids.append((envelope.id, envelope.has_id))
+        inputs = {}
+        for spec in self.signature.inputs:
+            try:
+                array = np.asarray([row[spec.name] for row in rows])
+                if array.dtype.kind not in _NUMERIC_KINDS or array.shape != (len(rows), *spec.fixed_shape):
+                    return None
+                inputs[spec.name] = _cast(array, spec)
+            except (ValueError, TypeError, RecursionError, errors.WrongDtypeError):  # ragged, or out of range
                 return None
         return DecodedBatch(list(range(len(values))), inputs, ids, [])
 

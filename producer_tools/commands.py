@@ -69,7 +69,7 @@ def run_publish(args: argparse.Namespace) -> int:
         f"({delivered.ok / max(seconds, 1e-9):,.0f} msg/s); {delivered.failed} failed"
         + (f" (first error: {delivered.first_error})" if delivered.failed else "")
     )
-    if args.dtype is None and (wide := float64_inputs(examples[0])):
+    if args.dtype is None and args.tensor_form == "raw" and (wide := float64_inputs(examples[0])):
         print(
             f"note: {wide} sent as float64 (NumPy's and JSON's default), twice the bytes of the float32 a model "
             "usually takes and casts them to; for such a model, publish with --dtype float32",

@@ -130,6 +130,7 @@ def test_publish_says_when_it_sends_float64_and_how_to_send_float32(
     for name, argv in {
         "npy": ["wide.npy"],
         "npy-float32": ["wide.npy", "--dtype", "float32"],
+        "npy-lists": ["wide.npy", "--tensor-form", "list"],  # lists have no dtype: numbers are numbers
         "jsonl": ["j.jsonl"],
     }.items():
         capsys.readouterr()
@@ -139,7 +140,7 @@ def test_publish_says_when_it_sends_float64_and_how_to_send_float32(
         "sent as float64 (NumPy's and JSON's default), twice the bytes of the float32 a model usually takes and "
         "casts them to; for such a model, publish with --dtype float32"
     )
-    assert said == {"npy": [f"note: inputs {note}"], "npy-float32": [], "jsonl": [f"note: a {note}"]}
+    assert said == {"npy": [f"note: inputs {note}"], "npy-float32": [], "npy-lists": [], "jsonl": [f"note: a {note}"]}
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
