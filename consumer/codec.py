@@ -306,14 +306,14 @@ def output_envelope(
     return message
 
 
-def encode_tensor_for_json(array: np.ndarray) -> dict[str, Any]:
-    """The JSON output form of a TENSOR: like the raw form, with ``data`` as a nested list (of
-    bytes for strings, which JSON output writes as base64 text; NaN and the infinities as strings)."""
+def json_data(array: np.ndarray) -> tuple[str, Any]:
+    """The JSON output form of a batch of TENSORs (a model's output): the wire dtype, and the values
+    as nested lists, one item a row (bytes for strings, which JSON output writes as base64 text;
+    NaN and the infinities as strings). One conversion a batch, not one a row."""
     arr = wire_array(array)
     if is_string_array(arr):
-        data = np.vectorize(_as_bytes, otypes=[object])(arr).tolist() if arr.size else arr.tolist()
-        return {"dtype": STRING_DTYPE, "shape": list(arr.shape), "data": data}
-    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": json_numbers(arr)}
+        return STRING_DTYPE, np.vectorize(_as_bytes, otypes=[object])(arr).tolist() if arr.size else arr.tolist()
+    return arr.dtype.name, json_numbers(arr)
 
 
 _packers = threading.local()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import orjson
 
 NAN, INFINITY, MINUS_INFINITY = "NaN", "Infinity", "-Infinity"
 
@@ -63,5 +64,7 @@ def _bytes_default(value: Any) -> Any:
 
 
 def encode_json(envelope: dict[str, Any]) -> bytes:
-    """The envelope's TENSORs and id already in JSON form (``json_numbers``, ``json_value``)."""
-    return json.dumps(envelope, default=_bytes_default, separators=(",", ":")).encode()
+    """The envelope's TENSORs and id already in JSON form (``json_numbers``, ``json_value``). By
+    orjson: the standard library's ``json.dumps`` took 8.7 µs of the 10.6 µs a row of ten floats
+    cost; the text is the same but for small numbers without an exponent (``0.00001``, not ``1e-05``)."""
+    return orjson.dumps(envelope, default=_bytes_default)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from confluent_kafka import Message
 
-from consumer.codec import encode_tensor_for_json, output_envelope
+from consumer.codec import json_data, output_envelope
 from consumer.delivery import (
     HEADER_PREFIX,
     Counters,
@@ -191,8 +191,11 @@ class Emitter:
     def _json_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
         values = []
         single = len(outputs) == 1
+        columns = {name: (*json_data(value), list(value.shape[1:])) for name, value in outputs.items()}
         for row, ((topic, partition), offset) in enumerate(batch.coords):
-            tensors = {name: encode_tensor_for_json(value[row]) for name, value in outputs.items()}
+            tensors = {
+                name: {"dtype": d, "shape": shape, "data": data[row]} for name, (d, data, shape) in columns.items()
+            }
             body = next(iter(tensors.values())) if single else tensors
             ident, has_id = batch.ids[row]
             source = {"topic": topic, "partition": partition, "offset": offset, "timestamp": batch.timestamps[row]}
