@@ -214,15 +214,13 @@ def _checked_shape(shape: Any, limits: Limits, name: Any) -> tuple[int, ...]:
         raise errors.MalformedTensorError(f'input {name!r}: "shape" must be a list of non-negative ints')
     if len(shape) > limits.max_dims:
         raise errors.TooLargeError(f"input {name!r} has {len(shape)} dimensions; the limit is {limits.max_dims}")
-    elements = math.prod(shape)
-    if elements > limits.max_tensor_elements:
+    if not shape_within(shape, limits.max_tensor_elements):
+        elements = math.prod(shape)  # over the limit, or 0: an empty dimension beside ones that are
         raise errors.TooLargeError(
             f"input {name!r} declares {elements} elements; the limit is {limits.max_tensor_elements}"
-        )
-    if not shape_within(shape, limits.max_tensor_elements):
-        raise errors.TooLargeError(
-            f"input {name!r} declares shape {shape}: empty, but its other dimensions multiply past the limit of "
-            f"{limits.max_tensor_elements} elements"
+            if elements
+            else f"input {name!r} declares shape {shape}: empty, but its other dimensions multiply past the limit "
+            f"of {limits.max_tensor_elements} elements"
         )
     return tuple(shape)
 

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from consumer import tombstones as tombstone_rules
 from consumer.errors import ConfigError
 from consumer.signature import DEFAULT_SIGNATURE
 
@@ -92,7 +93,7 @@ class Settings(BaseModel):
     trust_model_code: bool = False
     output_format: Literal["msgpack", "json"] = "msgpack"
     output_headers: Literal["all", "source"] = "all"
-    tombstones: Literal["dead-letter", "skip", "forward"] = "dead-letter"
+    tombstones: tombstone_rules.Mode = tombstone_rules.DEAD_LETTER
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
     transactional_id_prefix: str = Field("tfstream", min_length=1, pattern=r"^[\w.-]+$")
     transaction_timeout_ms: int = Field(60_000, ge=1000, le=900_000)

@@ -195,9 +195,11 @@ class Pipeline:
     def _decode(self, batch_id: int, closed: Closed, closed_at: float, opened_at: float | None) -> Batch:
         """The batch's valid rows; the others ride along as dead letters (a batch may have no rows)."""
         messages, coords, timestamps = closed
-        kept, tombstones = tombstone_rules.set_aside(self.tombstones, messages)
-        if tombstones:
-            messages, coords, timestamps = rows_of(kept, messages, coords, timestamps)
+        tombstones: list[Message] = []
+        if self.tombstones != tombstone_rules.DEAD_LETTER:  # else not a look at each message
+            kept, tombstones = tombstone_rules.set_aside(self.tombstones, messages)
+            if tombstones:
+                messages, coords, timestamps = rows_of(kept, messages, coords, timestamps)
         decoded = self.decoder.decode([msg.value() for msg in messages])
         dead = [(messages[index], error) for index, error in decoded.failures]
         if len(decoded.rows) < len(messages):

@@ -30,9 +30,8 @@ FORWARD: Mode = "forward"
 
 
 def set_aside(mode: Mode, messages: list[Message]) -> tuple[list[int], list[Message]]:
-    """The indices of the messages to decode, and the tombstones ``mode`` takes instead, in order."""
-    if mode == DEAD_LETTER:
-        return list(range(len(messages))), []
+    """The indices of the messages to decode, and the tombstones ``mode`` (skip or forward: the
+    default takes none, and is not asked) takes instead, in order."""
     kept: list[int] = []
     aside: list[Message] = []
     for index, msg in enumerate(messages):
