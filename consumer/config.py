@@ -363,6 +363,11 @@ def _refuse_nested(path: str, table: str, values: Any) -> None:
                 f"config file {path}: [{table.replace('_', '.')}] holds {key} as a table: TOML splits a bare name at "
                 f'its dots; quote librdkafka names: "{dotted}" = {shown}'
             )
+        if not isinstance(value, KafkaValue):  # an array, a date: pydantic named its union's first member
+            raise ConfigError(
+                f"config file {path}: [{table.replace('_', '.')}] {key} = {_toml(value)}: a librdkafka setting takes a "
+                'string, a number or true/false (several items are one string: "a,b")'
+            )
 
 
 def _scalar_fields() -> set[str]:

@@ -130,10 +130,15 @@ def _read_predictions(args: argparse.Namespace, sink: collect.Sink | None) -> co
         close_consumer(consumer)
     if found.undecodable and not found.decoded:
         raise ConfigError(
-            f"no record in {args.topic!r} is a prediction ({found.undecodable} read; first: "
-            f"{found.first_undecodable}): --topic must be the consumer's --output-topic"
+            f"no record in {args.topic!r} is a prediction ({found.undecodable + found.deletions} read"
+            f"{_and_deletions(found.deletions)}; first: {found.first_undecodable}): "
+            "--topic must be the consumer's --output-topic"
         )
     return found
+
+
+def _and_deletions(deletions: int) -> str:
+    return f", {deletions} of them without a value" if deletions else ""
 
 
 def run_replay(args: argparse.Namespace) -> int:

@@ -454,9 +454,21 @@ def test_a_hot_reloaded_version_of_any_length_is_served_at_the_shape_of_the_same
             '"ssl.endpoint.identification.algorithm" = "none"',
         ),
         ("[kafka.producer]\nenable.idempotence = true\n", '"enable.idempotence" = true'),
+        (  # was "invalid setting kafka.fetch.min.bytes.str=[1, 2] …: Input should be a valid string"
+            '[kafka]\n"bootstrap.servers" = ["a:9092", "b:9092"]\n',
+            "[kafka] bootstrap.servers = ['a:9092', 'b:9092']: a librdkafka setting takes a string, a number or "
+            'true/false (several items are one string: "a,b")',
+        ),
+        (
+            '[kafka.consumer]\n"x" = 2024-01-01\n',
+            "[kafka.consumer] x = 2024-01-01: a librdkafka setting takes a string, "
+            'a number or true/false (several items are one string: "a,b")',
+        ),
     ],
 )
-def test_a_librdkafka_name_written_bare_in_the_file_says_to_quote_it(tmp_path: Path, text: str, says: str) -> None:
+def test_a_librdkafka_setting_written_as_toml_cannot_mean_it_says_how_to_write_it(
+    tmp_path: Path, text: str, says: str
+) -> None:
     """Before: ``invalid setting kafka_consumer.session.str={'timeout': {'ms': 6000}}: Input should be a
     valid string``, which named neither the line nor the fix; the tools too."""
     file = write(tmp_path, text)

@@ -294,11 +294,13 @@ def test_collect_writes_json_lines_and_stops_at_a_count(
     assert sorted(p.name for p in tmp_path.glob("cut*")) == []
     # the wrong topic: one line saying so, whatever its records hold, and exit 2, no file written
     publish(bootstrap, inp, [(None, value) for value in (b"{}", b'{"outputs": [1]}', msgpack.packb({"outputs": 5}))])
+    publish(bootstrap, inp, [(b"deleted", None), (b"deleted", None)])  # tombstones: counted apart
     for wrong in ("in.npz", "in.jsonl"):
         capsys.readouterr()
         assert tool(bootstrap, "collect", "--topic", inp, "--out", str(tmp_path / wrong), "--idle", "2") == 2
         (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
-        assert line.startswith(f"error: no record in {inp!r} is a prediction (13 read; first: {inp}[0]@0: not a v1")
+        read = "15 read, 2 of them without a value"
+        assert line.startswith(f"error: no record in {inp!r} is a prediction ({read}; first: {inp}[0]@0: not a v1")
         assert line.endswith("--topic must be the consumer's --output-topic")
     assert sorted(p.name for p in tmp_path.glob("in.*")) == []
 
