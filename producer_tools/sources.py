@@ -276,8 +276,33 @@ def _read_jsonl(path: Path, options: ReadOptions) -> list[Example]:
     with path.open(encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
-                examples.append(_jsonl_example(line, f"{path}:{number}", len(examples), shapes, options))
+                where = f"{path}:{number}"
+                examples.append(_jsonl_example(line, where, len(examples), shapes, options))
+                _check_same_inputs(examples[0].inputs, examples[-1].inputs, where)
     return examples
+
+
+def _check_same_inputs(first: Inputs, row: Inputs, where: str) -> None:
+    """Every row gives the inputs the first gives, each as text or as numbers as there: a consumer
+    would refuse the others one by one (a missing input, a text for a tensor), after publishing."""
+    kinds, first_kinds = _input_kinds(row), _input_kinds(first)
+    if kinds.keys() != first_kinds.keys():
+        raise ConfigError(
+            f"{where}: {_names(kinds)}, where the first row has {_names(first_kinds)} (every row gives the same inputs)"
+        )
+    for name, kind in kinds.items():
+        if kind != first_kinds[name]:
+            input = f"input {name!r}" if name else "the input"
+            raise ConfigError(f"{where}: {input} is {kind}, where the first row's is {first_kinds[name]}")
+
+
+def _input_kinds(inputs: Inputs) -> dict[str, str]:
+    named = inputs if isinstance(inputs, dict) else {"": inputs}
+    return {name: "text" if isinstance(value, bytes) else "numbers" for name, value in named.items()}
+
+
+def _names(kinds: dict[str, str]) -> str:
+    return "one unnamed input" if list(kinds) == [""] else "inputs " + ", ".join(map(repr, sorted(kinds)))
 
 
 def _jsonl_example(

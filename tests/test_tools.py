@@ -194,6 +194,15 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
         ("fields.jsonl", '{"x": [1]}\n', [], 'fields.jsonl:1: expected an object with "inputs"'),
         ("nested.jsonl", '{"inputs": [[1, 2], [3]]}\n', [], "nested.jsonl:1: not a regular nested list of numbers"),
         ("keyonly.csv", "user\nalice\n", ["--key-field", "user"], "has no feature columns"),
+        # each was published, and each such row was a dead letter
+        (
+            "lost.jsonl",
+            '{"inputs": {"a": [1], "b": [2]}}\n{"inputs": {"a": [1]}}\n',
+            [],
+            "lost.jsonl:2: inputs 'a', wh",
+        ),
+        ("named.jsonl", '{"inputs": [1]}\n{"inputs": {"a": [1]}}\n', [], "the first row has one unnamed input (every"),
+        ("kind.jsonl", '{"inputs": {"a": "x"}}\n{"inputs": {"a": [1]}}\n', [], "input 'a' is numbers, where the first"),
     ],
 )
 def test_bad_input_files_fail_in_one_line_with_exit_2_and_publish_nothing(
