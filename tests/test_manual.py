@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from consumer.config import Settings
 from producer_tools import cli_reference, digits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,10 @@ def test_the_compose_file_wires_kafka_topics_consumer_gpu_and_prometheus() -> No
         assert env["TFSTREAM_BOOTSTRAP_SERVERS"] == "kafka:29092"  # the internal listener
         assert service["depends_on"]["create-topics"]["condition"] == "service_completed_successfully"
         assert env["TFSTREAM_MODEL"].startswith("/models/") and any(":/models" in v for v in service["volumes"])
+        # Docker kills a container at its grace period: not before the longest stop, at least once
+        # (Supervisor._stop_budget_s; it was 60 s)
+        longest_stop_s = 2 * Settings.model_fields["drain_timeout_s"].default + 30
+        assert int(service["stop_grace_period"].removesuffix("s")) > longest_stop_s
     gpu = services["consumer-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
     assert services["consumer"]["build"]["args"]["BASE"].startswith("python:3.11")
