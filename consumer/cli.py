@@ -147,6 +147,13 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     )
     _flag(
         other,
+        "--output-partitioning",
+        "key (default: the producer's partitioner, by the input's key) or input (each output to the partition "
+        "of its input's number: the input's order, keyed or not; the output topic needs as many partitions)",
+        choices=["key", "input"],
+    )
+    _flag(
+        other,
         "--tombstones",
         "inputs without a value (a compacted topic's deletions): dead-letter (default), skip, or forward (a "
         "record without a value, with the input's key, to the output topic)",

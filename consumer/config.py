@@ -93,6 +93,7 @@ class Settings(BaseModel):
     trust_model_code: bool = False
     output_format: Literal["msgpack", "json"] = "msgpack"
     output_headers: Literal["all", "source"] = "all"
+    output_partitioning: Literal["key", "input"] = "key"
     tombstones: tombstone_rules.Mode = tombstone_rules.DEAD_LETTER
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
     transactional_id_prefix: str = Field("tfstream", min_length=1, pattern=r"^[\w.-]+$")

@@ -94,6 +94,11 @@ def _hint(code: int, dead_letter: bool) -> str:
         return _too_large_hint(dead_letter)
     if code in (KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG):
         return _keyless_hint(dead_letter)
+    if code == KafkaError._UNKNOWN_PARTITION:
+        return (
+            ": the topic has no partition of that number; with --output-partitioning input each output goes to "
+            "its input's partition number, so the output topic needs as many partitions as the input topic"
+        )
     return ""
 
 
@@ -214,11 +219,13 @@ class Outbox:
         timestamps: list[int] | None = None,
         timed: bool = False,
         unfit: Unfit | None = None,
+        to_input_partitions: bool = False,
     ) -> int:
         """One record per source message (key: the source's, unless given). ``coords`` and
         ``timestamps``: the sources', when the caller already has them. ``timed``: a batch's outputs,
         whose wait for acknowledgement is its ``acknowledge`` stage (at least once). ``unfit``:
-        see ``Unfit``. Returns how many records were left out that way."""
+        see ``Unfit``. ``to_input_partitions``: each record to the partition of its source's number,
+        not the partitioner's choice. Returns how many records were left out that way."""
         with self.lock:
             if self.discarding:
                 return 0
@@ -229,14 +236,16 @@ class Outbox:
             left_out: list[int] = []
             rules = self.topic_rules.get(topic)
             refused: KafkaError | None
-            for index, (value, key, record_headers) in enumerate(zip(values, keys, headers, strict=True)):
+            partitions = [p for (_, p), _ in coords] if to_input_partitions else [ANY_PARTITION] * len(values)
+            records = zip(values, keys, headers, partitions, strict=True)
+            for index, (value, key, record_headers, partition) in enumerate(records):
                 bad = None if rules is None else self._breaks(rules, topic, index, value, key, record_headers)
                 if bad is None:
                     try:  # the common case, kept lean: one call per record
-                        produce(topic, value, key, ANY_PARTITION, on_delivery, None, NOW, record_headers)
+                        produce(topic, value, key, partition, on_delivery, None, NOW, record_headers)
                         continue
                     except (BufferError, KafkaException):
-                        refused = self._produce(topic, value, key, record_headers, ack)
+                        refused = self._produce(topic, value, key, partition, record_headers, ack)
                         if refused is None:
                             continue
                     if refused.code() == KafkaError.MSG_SIZE_TOO_LARGE:
@@ -260,13 +269,19 @@ class Outbox:
             return len(left_out)
 
     def _produce(
-        self, topic: str, value: bytes | None, key: bytes | None, headers: Headers | None, ack: BatchAck
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int,
+        headers: Headers | None,
+        ack: BatchAck,
     ) -> KafkaError | None:
         """Produce one record, waiting while the producer's queue is full; the error if it was refused
-        before sending (too large, unknown topic...)."""
+        before sending (too large, unknown topic or partition...)."""
         while True:
             try:
-                self.producer.produce(topic, value, key, ANY_PARTITION, ack.on_delivery, None, NOW, headers)
+                self.producer.produce(topic, value, key, partition, ack.on_delivery, None, NOW, headers)
                 return None
             except BufferError:  # the producer's queue is full: wait for acknowledgements
                 self.poll(0.05)

@@ -209,6 +209,19 @@ def check_topics(
     return missing, partitions
 
 
+def check_partition_for_partition(input_topic: str, output_topic: str, partitions: Mapping[str, int]) -> None:
+    """``--output-partitioning input`` sends each output to the partition of its input's number: the
+    output topic must exist (to be checked) and have at least the input topic's partitions."""
+    have, need = partitions.get(output_topic), partitions[input_topic]
+    if have is None or have < need:
+        holds = "does not exist" if have is None else f"has {have} partition{'s' * (have != 1)}"
+        raise ConfigError(
+            f"invalid setting output_partitioning='input': output topic {output_topic!r} {holds}, and each output "
+            f"goes to its input's partition number, of {need} in {input_topic!r}; create or grow it to {need} "
+            "partitions (kafka-topics.sh --alter --partitions), or use --output-partitioning key"
+        )
+
+
 def admin_client(settings: Settings) -> AdminClient:
     """An admin client with the workers' connection settings (``[kafka]``, TLS and SASL included)."""
     config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, "logger": LIBRDKAFKA_LOGGER}

@@ -40,6 +40,7 @@ class Emitter:
         worker: str = "",
         own_headers: bool = True,
         tombstones: Mode = DEAD_LETTER,
+        to_input_partitions: bool = False,
     ) -> None:
         self.outbox, self.topic, self.model, self.counters = outbox, topic, model, counters
         self.dead_letters = dead_letters
@@ -49,6 +50,9 @@ class Emitter:
         #: (``--output-headers``): five headers are about 150 bytes of every output
         self.own_headers = own_headers
         self.tombstones = tombstones
+        #: ``--output-partitioning input``: each output (and forwarded tombstone) to the partition of its
+        #: input's number, not the partitioner's choice by key
+        self.to_input_partitions = to_input_partitions
         self.set_model(model)
 
     def set_model(self, model: dict[str, str]) -> None:
@@ -84,7 +88,9 @@ class Emitter:
         self.counters.add(skipped=len(tombstones))
         if self.tombstones == FORWARD:
             headers = [source_headers(m) if m.headers() else None for m in tombstones]
-            self.outbox.send_batch(tombstones, self.topic, [None] * len(tombstones), headers)
+            self.outbox.send_batch(
+                tombstones, self.topic, [None] * len(tombstones), headers, to_input_partitions=self.to_input_partitions
+            )
         else:
             self.outbox.tracker.done_many(coordinates_of(tombstones))
 
@@ -115,6 +121,7 @@ class Emitter:
             timestamps=batch.timestamps,
             timed=True,
             unfit=lambda bad: self._dead_letter_unfit(batch, outputs, own, bad),
+            to_input_partitions=self.to_input_partitions,
         )
         return batch.rows - left_out
 

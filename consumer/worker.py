@@ -234,6 +234,8 @@ class Worker:
             missing, partitions = kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, s.connect_timeout_s)
             if s.input_topic in missing:
                 raise kafka_io.missing_topic_error(s.input_topic, s.bootstrap_servers)
+            if s.output_partitioning == "input":
+                kafka_io.check_partition_for_partition(s.input_topic, s.output_topic, partitions)
             self.history = self._group_history(partitions[s.input_topic])
         except Exception:
             kafka_io.close_consumer(self.consumer)
@@ -296,6 +298,7 @@ class Worker:
         emitter = Emitter(
             self.outbox, s.output_topic, served.info, s.output_format, self.counters, dead_letters, worker,
             own_headers=s.output_headers == "all", tombstones=s.tombstones,
+            to_input_partitions=s.output_partitioning == "input",
         )  # fmt: skip
         return Serving(served, self.pipeline, emitter, dead_letters, self.outbox, watcher, self.metrics, self.log)
 

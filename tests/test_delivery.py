@@ -4,9 +4,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 
 from consumer.delivery import Outbox
 from consumer.offsets import OffsetTracker
+from tests.helpers import Topics
 
 Acknowledge = Callable[[Any, Any], None]
 
@@ -60,3 +62,22 @@ def test_a_batch_is_done_and_its_acknowledge_stage_timed_once_whenever_its_ackno
         producer.acknowledge()
     assert tracker.in_flight() == 0 and acknowledged == [[1, 2, 3]]
     assert outbox.timeline.summary()["stages_ms"]["acknowledge"]["count"] == 1
+
+
+@pytest.mark.integration
+def test_an_output_for_a_partition_the_output_topic_lacks_fails_saying_why(bootstrap: str, topics: Topics) -> None:
+    """An input partition added while ``--output-partitioning input`` runs has no counterpart in the
+    output topic (the start check saw fewer): its output fails, retriable (the restart's start check
+    then stops the run with exit 2, or goes on if the output topic grew), saying what to do."""
+    (out,) = topics("out", partitions=2)
+    producer, tracker = Producer({"bootstrap.servers": bootstrap}), OffsetTracker()
+    coords = [(("in", 1), 0), (("in", 3), 0)]
+    tracker.add_many(coords)
+    outbox = Outbox(producer, tracker)
+    sources: list[Any] = [None] * 2  # the coordinates are given
+    outbox.send_batch(sources, out, [b"a", b"b"], [None] * 2, [None] * 2, coords, [1, 2], to_input_partitions=True)
+    outbox.flush(10)
+    assert outbox.failure is not None and outbox.failure.retriable
+    assert str(outbox.failure).startswith(f"could not deliver a record to topic {out!r} (Local: Unknown partition")
+    assert str(outbox.failure).endswith("the output topic needs as many partitions as the input topic")
+    assert tracker.in_flight() == 2  # neither done: nothing is committed past a failure

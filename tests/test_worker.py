@@ -21,7 +21,7 @@ from consumer import outputs as outputs_module
 from consumer.codec import pack_input, unpack_output
 from consumer.delivery import wait_until
 from consumer.envelopes import OutputPacker
-from consumer.errors import DeliveryError
+from consumer.errors import ConfigError, DeliveryError
 from consumer.pipeline import Batch
 from consumer.positions import new_group_notice
 from consumer.serving import Serving
@@ -1422,3 +1422,39 @@ def test_a_batch_s_outputs_are_sent_when_it_is_done_not_after_linger(
     assert set(range(20)) <= {record["id"] for _, record in while_running}
     assert sorted(record["id"] for _, record in outputs(bootstrap, out, 30)) == list(range(30))
     assert worker.error is None and worker.result is not None and worker.result["predicted"] == 30
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_output_partitioning_input_sends_each_output_to_its_input_s_partition_in_its_order(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, delivery: str
+) -> None:
+    """``--output-partitioning input``: keyless inputs (which the partitioner scatters) and keyed ones
+    placed off their key's hash both come out on their input's partition, in their input's order;
+    so do forwarded tombstones. An output topic with fewer partitions is refused at start."""
+    inp, out = topics("in", "out", partitions=4)
+    (small,) = topics("small", partitions=2)
+    with pytest.raises(ConfigError, match=f"output topic {small!r} has 2 partitions, and each output goes to its"):
+        run_worker(settings(bootstrap, mlp_path, inp, small, group, output_partitioning="input"))
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    for i in range(400):
+        key = None if i % 2 else f"k{i}".encode()
+        value = None if i % 50 == 10 else pack_input(np.full(4, i, "float32"), id=i)  # 8 keyed tombstones
+        producer.produce(inp, value, key, partition=(i * 7 + i // 4) % 4)
+    assert producer.flush(30) == 0
+    s = settings(
+        bootstrap, mlp_path, inp, out, group,
+        output_partitioning="input", tombstones="forward", delivery=delivery, max_batch_size=32,
+    )  # fmt: skip
+    summary = run_worker(s)
+    assert (summary["predicted"], summary["skipped"], summary["dead_lettered"]) == (392, 8, 0)
+    got = read_topic(bootstrap, out, min_count=400)
+    sources: dict[int, list[int]] = {}
+    for msg in got:
+        if msg.value() is None:  # a tombstone: back to its input by its key
+            i = int(msg.key()[1:])
+            assert msg.partition() == (i * 7 + i // 4) % 4
+            continue
+        source = unpack_output(msg.value())["source"]
+        assert msg.partition() == source["partition"]
+        sources.setdefault(msg.partition(), []).append(source["offset"])
+    assert sum(map(len, sources.values())) == 392 and all(offsets == sorted(offsets) for offsets in sources.values())
