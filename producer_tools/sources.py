@@ -379,6 +379,7 @@ def _csv_features(header: list[str], options: ReadOptions, path: Path) -> list[s
     if not header or missing:
         raise ConfigError(f"input file {str(path)!r} has no column(s) {missing or 'at all'}; its header is {header}")
     features = list(options.columns or [c for c in header if c not in {options.key_field, options.id_field}])
+    _check_header(header, features, path)
     if not features:
         raise ConfigError(f"input file {str(path)!r} has no feature columns")
     if options.dtype == TEXT and options.input_name and len(features) > 1:
@@ -387,6 +388,36 @@ def _csv_features(header: list[str], options: ReadOptions, path: Path) -> list[s
             "the input of its name (or pick one with --columns)"
         )
     return features
+
+
+def _check_header(header: list[str], features: list[str], path: Path) -> None:
+    """A header that is not one: a first row of numbers (a file without a header, whose first row
+    would be lost), one column whose name holds ';' or tabs (another separator), or a column
+    without a name among the features (the index pandas writes by default, which would be sent)."""
+    where = f"input file {str(path)!r}"
+    if all(_is_number(name) for name in header) and header != [str(i) for i in range(len(header))]:
+        raise ConfigError(
+            f"{where} starts with a row of numbers, {header}, where its header goes: add a first row naming the "
+            "columns (a,b,…)"
+        )
+    if len(header) == 1 and (separator := next((c for c in ";\t|" if c in header[0]), None)):
+        raise ConfigError(
+            f"{where} has one column, {header[0]!r}: its fields look separated by {separator!r}, and a .csv is read "
+            "comma-separated; save it with commas"
+        )
+    if "" in features:
+        raise ConfigError(
+            f"{where} has a column without a name (column {header.index('') + 1}; pandas writes its index so): "
+            "save it with to_csv(index=False), or name the columns to send with --columns"
+        )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _csv_example(row: dict[str, Any], features: list[str], where: str, index: int, options: ReadOptions) -> Example:
@@ -408,6 +439,10 @@ def _csv_numbers(row: dict[str, Any], features: list[str], where: str, options: 
         try:
             values.append(float(cell))
         except ValueError:
+            if not cell.strip():
+                raise ConfigError(
+                    f"{where}: column {column!r} is empty: write a number (nan for a missing value)"
+                ) from None
             raise ConfigError(
                 f"{where}: column {column!r} holds {cell!r}, not a number (a column of text: --dtype {TEXT})"
             ) from None

@@ -194,6 +194,11 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
         ("fields.jsonl", '{"x": [1]}\n', [], 'fields.jsonl:1: expected an object with "inputs"'),
         ("nested.jsonl", '{"inputs": [[1, 2], [3]]}\n', [], "nested.jsonl:1: not a regular nested list of numbers"),
         ("keyonly.csv", "user\nalice\n", ["--key-field", "user"], "has no feature columns"),
+        # the first row of a file without a header was taken as one, and lost
+        ("noheader.csv", "1,2\n3,4\n", [], "starts with a row of numbers, ['1', '2'], where its header goes: add"),
+        ("semicolons.csv", "a;b\n1;2\n", [], "has one column, 'a;b': its fields look separated by ';', and a .csv"),
+        ("index.csv", ",0,1\n0,5,6\n", [], "column without a name (column 1; pandas writes its index so): save it"),
+        ("gap.csv", "a,b\n1,\n", [], "gap.csv:2: column 'b' is empty: write a number (nan for a missing value)"),
         # each was published, and each such row was a dead letter
         (
             "lost.jsonl",
@@ -808,6 +813,15 @@ def test_json_lines_of_any_length_are_published_with_varying_shapes_and_only_the
     argv = ["publish", str(path), "--topic", "t", "--varying-shapes", "--bootstrap-servers", "127.0.0.1:1"]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip().endswith(f"error: {path}:2: 2 dimensions [1, 2]; the first row has 1 [2]")
+
+
+def test_a_csv_headed_by_pandas_default_column_names_is_read_whole(tmp_path: Path) -> None:
+    """``pd.DataFrame(array).to_csv(path, index=False)`` names the columns 0, 1, …: a header of
+    numbers, but a header (a first row of other numbers is refused: the file had none)."""
+    from producer_tools.sources import read_inputs
+
+    (tmp_path / "p.csv").write_text("0,1,2\n5,6,7\n8,9,10\n")
+    assert [e.inputs.tolist() for e in read_inputs(tmp_path / "p.csv")] == [[5, 6, 7], [8, 9, 10]]  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
