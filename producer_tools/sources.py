@@ -456,9 +456,16 @@ def _csv_texts(row: dict[str, Any], features: list[str], where: str) -> Inputs:
 
 
 def _read_folder(path: Path, options: ReadOptions) -> list[Example]:
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    """Each file's bytes, its key and id its path in the folder: a file's name at the top, ``cat/1.jpg``
+    in a folder of one subfolder a class (``keras.utils.image_dataset_from_directory``'s layout).
+    Hidden files and folders (``.DS_Store``, ``.git``) are left out."""
+    files = sorted(
+        (f.relative_to(path).as_posix(), f)
+        for f in path.rglob("*")
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
+    )
     name = options.input_name
-    return [Example(f.name.encode(), f.name, {name: f.read_bytes()} if name else f.read_bytes()) for f in files]
+    return [Example(rel.encode(), rel, {name: f.read_bytes()} if name else f.read_bytes()) for rel, f in files]
 
 
 def _to_key(value: Any) -> bytes:

@@ -78,11 +78,16 @@ def test_every_input_format_publishes_the_examples_it_holds(bootstrap: str, topi
     folder.mkdir()
     (folder / "cat.jpg").write_bytes(b"\xff\xd8cat")
     (folder / "dog.jpg").write_bytes(b"\xff\xd8dog")
+    (folder / "birds").mkdir()  # a subfolder a class, as keras.utils.image_dataset_from_directory reads
+    (folder / "birds" / "owl.png").write_bytes(b"\x89PNGowl")  # was left out
+    for hidden in (folder / ".DS_Store", folder / ".thumbnails" / "cat.jpg"):
+        hidden.parent.mkdir(exist_ok=True)
+        hidden.write_bytes(b"not an image")
     cases = {
         "npz": ([str(tmp_path / "m.npz"), "--key-field", "user"], 3),
         "jsonl": ([str(tmp_path / "j.jsonl"), "--tensor-form", "list"], 2),
         "csv": ([str(tmp_path / "c.csv"), "--key-field", "user", "--dtype", "float32"], 2),
-        "folder": ([str(folder), "--input-name", "image"], 2),
+        "folder": ([str(folder), "--input-name", "image"], 3),
         "csv-texts": ([str(tmp_path / "texts.csv"), "--id-field", "id", "--dtype", "string"], 2),
         "csv-text": ([str(tmp_path / "texts.csv"), "--columns", "body", "--dtype", "string", "--input-name", "t"], 2),
         "named-csv": ([str(tmp_path / "c.csv"), "--key-field", "user", "--input-name", "features"], 2),
@@ -112,9 +117,10 @@ def test_every_input_format_publishes_the_examples_it_holds(bootstrap: str, topi
     assert [e["inputs"] for _, e in got["npy-texts"]] == [{"t": b"hi"}, {"t": "Ça va".encode()}]
     assert [e["inputs"]["title"] for _, e in got["npz-texts"]] == [b"t0", b"t1"]
     np.testing.assert_array_equal(got["npz-texts"][1][1]["inputs"]["x"], a[1])
-    assert [(k, e["inputs"]["image"]) for k, e in got["folder"]] == [
-        (b"cat.jpg", b"\xff\xd8cat"),
-        (b"dog.jpg", b"\xff\xd8dog"),
+    assert [(k, e["id"], e["inputs"]["image"]) for k, e in got["folder"]] == [
+        (b"birds/owl.png", "birds/owl.png", b"\x89PNGowl"),
+        (b"cat.jpg", "cat.jpg", b"\xff\xd8cat"),
+        (b"dog.jpg", "dog.jpg", b"\xff\xd8dog"),
     ]
 
 
