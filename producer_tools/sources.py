@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import zipfile
+from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -182,16 +184,9 @@ def _row_key(i: int) -> bytes:
 NPY_MAGIC = b"\x93NUMPY"
 
 
-class NpyRows(Sequence[Example]):
-    """The rows of a memory-mapped ``.npy`` file as examples, each made when it is read: publishing
-    a file takes the producer's memory, not the file's size (a list of 1,000,000 examples of 64
-    floats held 630 MB), and a file larger than memory publishes."""
-
-    def __init__(self, array: np.ndarray, dtype: str | None, input_name: str | None = None) -> None:
-        self.array, self.dtype, self.input_name = array, dtype, input_name
-
-    def __len__(self) -> int:
-        return len(self.array)
+class MadeWhenRead(Sequence[Example]):
+    """Examples each made when it is read (``example``): publishing takes the producer's memory, not
+    the input's size."""
 
     @overload
     def __getitem__(self, index: int) -> Example: ...
@@ -200,7 +195,23 @@ class NpyRows(Sequence[Example]):
     def __getitem__(self, index: int | slice) -> Example | Sequence[Example]:
         if isinstance(index, slice):
             return [self[i] for i in range(len(self))[index]]
-        row_number = range(len(self))[index]  # a negative index counts from the end, as a list's does
+        return self.example(range(len(self))[index])  # a negative index counts from the end, as a list's does
+
+    @abstractmethod
+    def example(self, number: int) -> Example: ...
+
+
+class NpyRows(MadeWhenRead):
+    """The rows of a memory-mapped ``.npy`` file as examples: a list of 1,000,000 examples of 64
+    floats held 630 MB, and a file larger than memory publishes."""
+
+    def __init__(self, array: np.ndarray, dtype: str | None, input_name: str | None = None) -> None:
+        self.array, self.dtype, self.input_name = array, dtype, input_name
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def example(self, row_number: int) -> Example:
         row = _value(self.array[row_number])
         row = row.astype(self.dtype) if self.dtype else row
         return Example(_row_key(row_number), row_number, {self.input_name: row} if self.input_name else row)
@@ -455,17 +466,37 @@ def _csv_texts(row: dict[str, Any], features: list[str], where: str) -> Inputs:
     return texts[features[0]] if len(features) == 1 else texts
 
 
-def _read_folder(path: Path, options: ReadOptions) -> list[Example]:
+class FolderFiles(MadeWhenRead):
+    """The files of a folder as examples, each read when it is sent: a folder of images larger than
+    memory publishes."""
+
+    def __init__(self, files: list[tuple[str, Path]], input_name: str | None) -> None:
+        self.files, self.input_name = files, input_name
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def example(self, number: int) -> Example:
+        name, path = self.files[number]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # gone or changed since it was listed
+            raise ConfigError(f"cannot read input file {str(path)!r}: {exc.strerror}") from None
+        return Example(name.encode(), name, {self.input_name: data} if self.input_name else data)
+
+
+def _read_folder(path: Path, options: ReadOptions) -> FolderFiles:
     """Each file's bytes, its key and id its path in the folder: a file's name at the top, ``cat/1.jpg``
     in a folder of one subfolder a class (``keras.utils.image_dataset_from_directory``'s layout).
-    Hidden files and folders (``.DS_Store``, ``.git``) are left out."""
+    Hidden files and folders (``.DS_Store``, ``.git``) are left out; every file is checked readable."""
     files = sorted(
         (f.relative_to(path).as_posix(), f)
         for f in path.rglob("*")
         if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
     )
-    name = options.input_name
-    return [Example(rel.encode(), rel, {name: f.read_bytes()} if name else f.read_bytes()) for rel, f in files]
+    if unreadable := next((f for _, f in files if not os.access(f, os.R_OK)), None):
+        raise ConfigError(f"cannot read input file {str(unreadable)!r}: permission denied")
+    return FolderFiles(files, options.input_name)
 
 
 def _to_key(value: Any) -> bytes:

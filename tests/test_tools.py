@@ -821,6 +821,21 @@ def test_json_lines_of_any_length_are_published_with_varying_shapes_and_only_the
     assert capsys.readouterr().err.strip().endswith(f"error: {path}:2: 2 dimensions [1, 2]; the first row has 1 [2]")
 
 
+def test_a_folder_s_files_are_read_as_they_are_sent_not_all_first(tmp_path: Path) -> None:
+    """A folder of images larger than memory publishes: each file is read when its example is."""
+    from consumer.errors import ConfigError
+    from producer_tools.sources import read_inputs
+
+    (tmp_path / "a.jpg").write_bytes(b"first")
+    (tmp_path / "b.jpg").write_bytes(b"second")
+    examples = read_inputs(tmp_path)
+    (tmp_path / "b.jpg").write_bytes(b"changed")  # read when sent, so the change is what goes
+    assert [(e.key, e.inputs) for e in examples] == [(b"a.jpg", b"first"), (b"b.jpg", b"changed")]
+    (tmp_path / "a.jpg").unlink()
+    with pytest.raises(ConfigError, match=r"cannot read input file '.*a\.jpg': No such file or directory"):
+        examples[0]
+
+
 def test_a_csv_headed_by_pandas_default_column_names_is_read_whole(tmp_path: Path) -> None:
     """``pd.DataFrame(array).to_csv(path, index=False)`` names the columns 0, 1, …: a header of
     numbers, but a header (a first row of other numbers is refused: the file had none)."""
