@@ -46,10 +46,12 @@ def worker_main(
     report: multiprocessing.connection.Connection,
     scratch: str,
     hold_at_end: bool = False,
+    tally: Any = None,
 ) -> None:
     """Run one worker until it is done; never returns (exits with a code the supervisor reads).
     Its temporary files go to ``scratch``, which the supervisor removes once it exited. With
-    ``hold_at_end``, a bounded run's worker waits at its end until the supervisor stops it."""
+    ``hold_at_end``, a bounded run's worker waits at its end until the supervisor stops it. Its
+    counts are kept in ``tally`` too (``Counters.tally``), which the supervisor reads if it dies."""
     os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only; it forwards SIGTERM
     os.makedirs(scratch, exist_ok=True)
     tempfile.tempdir = scratch
@@ -58,7 +60,7 @@ def worker_main(
     os.environ.setdefault("CUDA_DEVICE_ORDER", PCI_BUS_ORDER)  # GPU numbers as nvidia-smi counts them
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     try:
-        summary = _serve(settings, slot, report, hold_at_end, crash_folder=os.path.dirname(scratch))
+        summary = _serve(settings, slot, report, hold_at_end, os.path.dirname(scratch), tally)
         _send(report, "summary", summary)
         code = EXIT_DONE
     except ConfigError as exc:
@@ -86,6 +88,7 @@ def _serve(
     report: multiprocessing.connection.Connection,
     hold_at_end: bool,
     crash_folder: str,
+    tally: Any,
 ) -> dict[str, Any]:
     logs.configure(settings.log_level, settings.log_format, worker=slot.slot, device=slot.device)
     pin_cpus(slot)
@@ -93,6 +96,7 @@ def _serve(
     from consumer.worker import Worker  # imports TensorFlow, after the device is pinned
 
     worker = Worker(settings, slot.slot, slot.device, slot.host_number)
+    worker.counters.tally = tally
     worker.bounded.hold = hold_at_end
     worker.crash_folder = crash_folder  # the supervisor's: what its workers died with (``consumer.crashes``)
     worker.bounded.on_end_reached = worker.bounded.report_status = lambda: _send_status(report, worker)  # at once

@@ -11,12 +11,13 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from consumer.counts import Counters
 from consumer.errors import DeliveryError, InputError
 from consumer.logs import Sampled
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
@@ -132,32 +133,6 @@ def _too_large_hint(dead_letter: bool) -> str:
         "topic's max.message.bytes; raise message.max.bytes under [kafka.producer], with the topic's "
         "max.message.bytes and the brokers' message.max.bytes"
     )
-
-
-@dataclass
-class Counters:
-    """What a worker did, for its summary line and metrics. Updated under one lock."""
-
-    consumed: int = 0
-    predicted: int = 0
-    dead_lettered: int = 0
-    skipped: int = 0
-    batches: int = 0
-    padded_rows: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    #: also told every addition (the Prometheus counters), when metrics are on
-    sink: Callable[[dict[str, int]], None] | None = field(default=None, repr=False)
-
-    def add(self, **amounts: int) -> None:
-        with self._lock:
-            for name, amount in amounts.items():
-                setattr(self, name, getattr(self, name) + amount)
-        if self.sink is not None:
-            self.sink(amounts)
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "sink"}
 
 
 #: How long ``Outbox.send_now`` keeps librdkafka sending without linger (if its sender thread misses

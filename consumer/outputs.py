@@ -6,9 +6,9 @@ import numpy as np
 from confluent_kafka import Message
 
 from consumer.codec import json_data, output_envelope
+from consumer.counts import Counters
 from consumer.delivery import (
     HEADER_PREFIX,
-    Counters,
     DeadLetters,
     Headers,
     Keyless,

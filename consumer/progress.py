@@ -15,7 +15,7 @@ from typing import Any
 
 from consumer.offsets import Partition
 
-#: the counts a progress line carries, from ``delivery.Counters``
+#: the counts a progress line carries, from ``counts.Counters``
 COUNTS = ("consumed", "predicted", "dead_lettered", "skipped")
 
 

@@ -26,6 +26,7 @@ from consumer import crashes, kafka_io, metrics
 from consumer.affinity import describe
 from consumer.child import EXIT_CONFIG, EXIT_DONE, EXIT_FENCED, EXIT_MODEL, EXIT_UNDELIVERABLE, worker_main
 from consumer.config import Settings
+from consumer.counts import COUNTED
 from consumer.devices import WorkerSlot
 from consumer.endpoints import Endpoints
 from consumer.errors import ConfigError
@@ -79,6 +80,8 @@ class Child:
     last_error: str = ""
     summary: dict[str, Any] = field(default_factory=dict)  # its current or last run's, if it sent one
     status: dict[str, Any] = field(default_factory=dict)  # the worker's last status report
+    #: the running worker's counts, in memory it shares with the supervisor (``Counters.tally``)
+    tally: Any = None
     #: what its ended runs did, summed (``run_counts``): a restarted worker's earlier runs count too
     counted: Counter[str] = field(default_factory=Counter)
     status_at: float | None = None
@@ -217,9 +220,10 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         receive, send = self._context.Pipe(duplex=False)
+        child.tally = self._context.Array("q", len(COUNTED), lock=False)  # a run's own, from 0
         process = self._context.Process(
             target=worker_main,
-            args=(self.settings, child.slot, send, self._scratch_of(child), self._hold_at_end()),
+            args=(self.settings, child.slot, send, self._scratch_of(child), self._hold_at_end(), child.tally),
             name=f"tfstream-worker-{child.slot.slot}",
         )
         process.start()
@@ -282,7 +286,7 @@ class Supervisor:
         child.process.join()
         code = child.process.exitcode if child.process.exitcode is not None else EXIT_FAILURE
         child.report.close()
-        child.counted.update(run_counts(child.summary, child.status))
+        child.counted.update(run_counts(child.summary, child.status, list(child.tally or [])))
         if code < 0 and child.ready_at is not None and self._stopping_since is None:
             self._note_crash(child, child.killed_for or _killed_by(code))
         shutil.rmtree(self._scratch_of(child), ignore_errors=True)
@@ -488,10 +492,13 @@ class Supervisor:
         return {**totals, "restarts": sum(c.restarts for c in self.children), "workers": workers}
 
 
-def run_counts(summary: dict[str, Any], status: dict[str, Any]) -> dict[str, int]:
+def run_counts(summary: dict[str, Any], status: dict[str, Any], tally: list[int]) -> dict[str, int]:
     """What one run of a worker did: its summary's counts, or without one (it was killed, or died),
-    its last status report's, sent once a second (the counts of its last second are lost then)."""
-    source = summary or {**status.get("counts", {}), "traces_after_warmup": status.get("traces_after_warmup", 0)}
+    its ``tally`` (``Counters.tally``, as of its last addition), with the traces of its last status
+    report. Before 2026-12-04 that report's counts stood in, sent once a second: the counts of a
+    killed worker's last second were lost."""
+    counts = dict(zip(COUNTED, tally, strict=True)) if tally else status.get("counts", {})
+    source = summary or {**counts, "traces_after_warmup": status.get("traces_after_warmup", 0)}
     return {key: int(source.get(key, 0)) for key in ADDED_UP}
 
 

@@ -31,7 +31,8 @@ from consumer.bounded import BoundedRun
 from consumer.careful import CrashGuard, Feed
 from consumer.codec import Limits
 from consumer.config import Settings
-from consumer.delivery import Counters, DeadLetters, Outbox, wait_until
+from consumer.counts import Counters
+from consumer.delivery import DeadLetters, Outbox, wait_until
 from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError, DeliveryError, PreprocessMismatch
 from consumer.logs import get_logger
 from consumer.model import ShapeFixer

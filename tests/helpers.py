@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import glob
 import os
+import signal
 import threading
 import time
 import uuid
@@ -227,3 +228,17 @@ def configured_topic(bootstrap: str, name: str, config: dict[str, str]) -> str:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, 1, config=config)])[topic].result(30)
     return topic
+
+
+def counted_then_killed(
+    _settings: Settings, _slot: Any, report: Any, _scratch: str, _hold_at_end: bool, tally: Any
+) -> None:
+    """A worker run (``child.worker_main``'s arguments) that counts, reports a status older than its
+    counts, as a worker's status once a second is, and is SIGKILLed before its next one."""
+    from consumer.counts import Counters
+
+    counters = Counters(tally=tally)
+    counters.add(consumed=3, predicted=3, batches=1)
+    report.send(("status", {"counts": counters.snapshot(), "traces_after_warmup": 0}))
+    counters.add(consumed=700, predicted=690, dead_lettered=10, batches=20, padded_rows=6)  # its last second
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -667,3 +667,31 @@ def test_the_summary_counts_every_run_of_a_restarted_worker(tmp_path: Path) -> N
     assert [summary[key] for key in counts] == [1000, 990, 10, 29, 1, 4]
     (worker,) = summary["workers"]
     assert [worker[key] for key in counts] == [1000, 990, 10, 29, 1, 4] and worker["latency_ms"] == {"p99": 5.0}
+
+
+def test_a_killed_worker_s_counts_are_summed_to_its_last_one_not_to_its_last_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker keeps its counts in memory it shares with the supervisor, which reads them when the
+    worker died without a summary. Before, its last status report's counts stood in, sent once a
+    second: a worker SIGKILLed (the out-of-memory killer) lost up to a second of counts from the
+    run's summary (here 3 consumed instead of 703)."""
+    from consumer import supervisor as supervisor_module
+    from consumer.config import load_settings
+    from consumer.devices import WorkerSlot
+    from tests.helpers import counted_then_killed
+
+    monkeypatch.setattr(supervisor_module, "worker_main", counted_then_killed)  # a real spawned process
+    required = {"bootstrap_servers": "k:9092", "input_topic": "in", "output_topic": "out", "group": "g"}
+    supervisor = supervisor_module.Supervisor(
+        load_settings({**required, "model": "m.keras"}, None, {}), [WorkerSlot(0, "cpu")]
+    )
+    supervisor._scratch = str(tmp_path)
+    child = supervisor.children[0]
+    supervisor._start(child)
+    assert child.process is not None
+    child.process.join(60)
+    assert child.process.exitcode == -signal.SIGKILL
+    supervisor._on_exit(child)
+    counts = ("consumed", "predicted", "dead_lettered", "batches", "padded_rows")
+    assert [supervisor.summary()[key] for key in counts] == [703, 693, 10, 21, 6]
