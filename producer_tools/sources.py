@@ -335,6 +335,8 @@ def _jsonl_example(
     ident = obj.get(options.id_field or "id", index)
     if isinstance(ident, int) and not -(2**63) <= ident < 2**64:
         raise ConfigError(f"{where}: id {ident} does not fit in 64 bits (msgpack integers do not)")
+    if key is not None and not isinstance(key, str):  # a number, true, a list: as JSON writes it
+        key = json.dumps(key, separators=(",", ":"))
     return Example(
         _to_key(key) if key is not None else _row_key(index), ident, inputs if isinstance(raw, dict) else inputs[""]
     )

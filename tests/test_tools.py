@@ -836,6 +836,15 @@ def test_a_folder_s_files_are_read_as_they_are_sent_not_all_first(tmp_path: Path
         examples[0]
 
 
+def test_json_lines_keys_that_are_not_text_are_sent_as_json_writes_them(tmp_path: Path) -> None:
+    """Before, as Python wrote them: ``True``, ``{'u': 1}``."""
+    from producer_tools.sources import read_inputs
+
+    lines = [json.dumps({"inputs": [1], "key": key}) + "\n" for key in (True, {"u": 1}, 7, "s", 1.5)]
+    (tmp_path / "k.jsonl").write_text("".join(lines))
+    assert [e.key for e in read_inputs(tmp_path / "k.jsonl")] == [b"true", b'{"u":1}', b"7", b"s", b"1.5"]
+
+
 def test_a_csv_headed_by_pandas_default_column_names_is_read_whole(tmp_path: Path) -> None:
     """``pd.DataFrame(array).to_csv(path, index=False)`` names the columns 0, 1, …: a header of
     numbers, but a header (a first row of other numbers is refused: the file had none)."""
