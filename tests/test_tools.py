@@ -836,6 +836,27 @@ def test_a_folder_s_files_are_read_as_they_are_sent_not_all_first(tmp_path: Path
         examples[0]
 
 
+def test_large_json_lines_are_checked_whole_then_each_read_again_as_it_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``HELD_UP_TO_BYTES`` the check keeps where each line starts, not its example: a large
+    file publishes in the producer's memory. A line changed since is read as it is then, or refused
+    if it no longer parses. A smaller file is held, parsed once."""
+    from consumer.errors import ConfigError
+    from producer_tools import sources
+
+    path = tmp_path / "t.jsonl"
+    path.write_text('\ufeff{"inputs": [1, 2]}\n\n{"inputs": [3, 4], "id": "b"}\n')
+    assert isinstance(sources.read_inputs(path), list)
+    monkeypatch.setattr(sources, "HELD_UP_TO_BYTES", 10)
+    examples = sources.read_inputs(path)
+    path.write_text('\ufeff{"inputs": [1, 2]}\n\n{"inputs": [5, 6], "id": "c"}\n')  # the same length
+    assert [(e.key, e.id, e.inputs.tolist()) for e in examples] == [(b"0", 0, [1, 2]), (b"1", "c", [5, 6])]  # type: ignore[union-attr]
+    path.write_text('\ufeff{"inputs": [1, 2]}\n\n{"inputs": [5, 6, "x"]}\n')
+    with pytest.raises(ConfigError, match=r"t\.jsonl:3: the file changed since it was checked; publish it again"):
+        examples[1]
+
+
 def test_json_lines_keys_that_are_not_text_are_sent_as_json_writes_them(tmp_path: Path) -> None:
     """Before, as Python wrote them: ``True``, ``{'u': 1}``."""
     from producer_tools.sources import read_inputs
