@@ -18,6 +18,7 @@ import signal
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -81,7 +82,7 @@ class Child:
     summary: dict[str, Any] = field(default_factory=dict)  # its current or last run's, if it sent one
     status: dict[str, Any] = field(default_factory=dict)  # the worker's last status report
     #: the running worker's counts, in memory it shares with the supervisor (``Counters.tally``)
-    tally: Any = None
+    tally: Sequence[int] = field(default_factory=lambda: [0] * len(COUNTED))
     #: what its ended runs did, summed (``run_counts``): a restarted worker's earlier runs count too
     counted: Counter[str] = field(default_factory=Counter)
     status_at: float | None = None
@@ -286,7 +287,7 @@ class Supervisor:
         child.process.join()
         code = child.process.exitcode if child.process.exitcode is not None else EXIT_FAILURE
         child.report.close()
-        child.counted.update(run_counts(child.summary, child.status, list(child.tally or [])))
+        child.counted.update(run_counts(child.summary, child.status, child.tally))
         if code < 0 and child.ready_at is not None and self._stopping_since is None:
             self._note_crash(child, child.killed_for or _killed_by(code))
         shutil.rmtree(self._scratch_of(child), ignore_errors=True)
@@ -492,13 +493,13 @@ class Supervisor:
         return {**totals, "restarts": sum(c.restarts for c in self.children), "workers": workers}
 
 
-def run_counts(summary: dict[str, Any], status: dict[str, Any], tally: list[int]) -> dict[str, int]:
+def run_counts(summary: dict[str, Any], status: dict[str, Any], tally: Sequence[int]) -> dict[str, int]:
     """What one run of a worker did: its summary's counts, or without one (it was killed, or died),
     its ``tally`` (``Counters.tally``, as of its last addition), with the traces of its last status
     report. Before 2026-12-04 that report's counts stood in, sent once a second: the counts of a
     killed worker's last second were lost."""
-    counts = dict(zip(COUNTED, tally, strict=True)) if tally else status.get("counts", {})
-    source = summary or {**counts, "traces_after_warmup": status.get("traces_after_warmup", 0)}
+    traces = status.get("traces_after_warmup", 0)
+    source = summary or {**dict(zip(COUNTED, tally, strict=True)), "traces_after_warmup": traces}
     return {key: int(source.get(key, 0)) for key in ADDED_UP}
 
 

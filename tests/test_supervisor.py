@@ -625,13 +625,14 @@ def test_a_worker_killed_while_stopping_fails_the_run_with_a_line_that_says_what
 
 
 def test_the_summary_counts_every_run_of_a_restarted_worker(tmp_path: Path) -> None:
-    """A worker killed and restarted: its killed run sent no summary, and its counts (as of its last
-    status report) were left out of the run's summary, which said 141,342 consumed of 240,000 in a
+    """A worker killed and restarted: its killed run sent no summary, and its counts (its tally) were
+    left out of the run's summary, which said 141,342 consumed of 240,000 in a
     soak whose worker was killed five times (2026-12-04). They count now; ``uncommitted`` stays its
     last run's, since what an earlier run left uncommitted the next one read again."""
     import multiprocessing
 
     from consumer.config import load_settings
+    from consumer.counts import COUNTED
     from consumer.devices import WorkerSlot
     from consumer.supervisor import Supervisor
 
@@ -641,25 +642,28 @@ def test_the_summary_counts_every_run_of_a_restarted_worker(tmp_path: Path) -> N
     child = supervisor.children[0]
     context = multiprocessing.get_context("spawn")
 
-    def one_run(target: Any, args: tuple[Any, ...], reports: list[tuple[str, dict[str, Any]]]) -> Any:
-        """A real process standing in for one run of the worker, and what it reported."""
+    def one_run(
+        target: Any, args: tuple[Any, ...], reports: list[tuple[str, dict[str, Any]]], tally: dict[str, int]
+    ) -> Any:
+        """A real process standing in for one run of the worker, what it reported, and what it counted."""
         receive, send = context.Pipe(duplex=False)
         process = context.Process(target=target, args=args)
         process.start()
         send.close()
         child.process, child.report, child.ready_at, child.summary = process, receive, time.monotonic(), {}
+        child.tally = [tally.get(name, 0) for name in COUNTED]
         for kind, payload in reports:
             supervisor._on_report(child, kind, payload)
         return process
 
     counts_then = {"consumed": 700, "predicted": 690, "dead_lettered": 10, "batches": 20}
     status = {"counts": counts_then, "traces_after_warmup": 1}
-    killed = one_run(time.sleep, (60,), [("status", status)])
+    killed = one_run(time.sleep, (60,), [("status", status)], counts_then)
     os.kill(killed.pid, signal.SIGKILL)
     killed.join()
     supervisor._on_exit(child)  # died: restarted
     last = {"consumed": 300, "predicted": 300, "batches": 9, "uncommitted": 4, "latency_ms": {"p99": 5.0}}
-    ended = one_run(int, (), [("status", {"counts": {"consumed": 100}}), ("summary", last)])  # exits 0
+    ended = one_run(int, (), [("status", {"counts": {"consumed": 100}}), ("summary", last)], {"consumed": 100})
     ended.join()
     supervisor._on_exit(child)
     summary = supervisor.summary()
