@@ -34,6 +34,7 @@ from consumer.config import Settings
 from consumer.counts import Counters
 from consumer.delivery import DeadLetters, Outbox, wait_until
 from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError, DeliveryError, PreprocessMismatch
+from consumer.idle import IdleCheck
 from consumer.logs import get_logger
 from consumer.model import ShapeFixer
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
@@ -242,6 +243,7 @@ class Worker:
             kafka_io.close_consumer(self.consumer)
             raise
         self._note_new_group(str(config.get("auto.offset.reset", "")))
+        self.idle = IdleCheck(lambda: kafka_io.admin_client(s), s.group, s.input_topic, not self._cooperative, self.log)
         for topic in missing:  # outputs wait (paused, nothing committed) until it exists
             self.log.error(f"topic {topic!r} does not exist: create it; until then outputs cannot be delivered")
         exactly_once = s.delivery == "exactly-once"
@@ -332,6 +334,7 @@ class Worker:
                 self._fetch()
                 self._maybe_commit()
                 self.serving.tick_logs()
+                self.idle.check()
         finally:
             self._shutdown(predict)
         self._raise_failures(predict, finished=True)
@@ -630,6 +633,7 @@ class Worker:
         self.bounded.assigned(owned)
         self.log.info("partitions assigned", partitions=sorted(owned), device=self.device)
         self.ends.assign(owned)
+        self.idle.assigned(bool(self.ends.assigned))
         if self.guard is not None:
             self.guard.load(self.ends.assigned or owned)
         self._paused -= owned
@@ -684,6 +688,8 @@ class Worker:
         if self._cooperative and not self._closing:
             self.bounded.gave_up(consumer, revoked)
         self._release(revoked)
+        if self._cooperative:  # no assignment may follow, when the group took all it had
+            self.idle.assigned(bool(self.ends.assigned))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._producer_hung():  # the worker is leaving: nothing can be committed

@@ -23,6 +23,7 @@ from confluent_kafka import Producer
 from consumer.affinity import describe, parse_cpu_list
 from consumer.cli import build_parser, checked_run
 from consumer.codec import pack_input
+from consumer.idle import IDLE_EVENT, more_members_than_partitions
 from tests import models
 from tests.helpers import (
     ENV,
@@ -245,11 +246,35 @@ def test_the_lag_is_known_with_more_workers_than_partitions_and_exactly_once(
     assert summary["predicted"] == total
     assignments = [event["partitions"] for event in deployment.events("partitions assigned")]
     assert [] in assignments  # a worker was left without a partition
+    # ... and said why, once: the worker the group left without a partition, not the other
+    (idle,) = deployment.events(IDLE_EVENT)
+    idle_workers = {event["worker"] for event in deployment.events("partitions assigned") if not event["partitions"]}
+    assert idle["worker"] in idle_workers and idle["level"] == "warning"
+    assert (idle["group"], idle["topic"], idle["partitions"]) == (group, inp, 1)
+    assert "add partitions to" in idle["advice"] and "run fewer workers" in idle["advice"]
     print(f"lag, line by line: {[line['lag'] for line in lines]}")
     known = [line for line in lines if line["lag"] is not None]
     assert any(line["lag"] > 0 for line in known)
     assert all(total - line["predicted"] <= line["lag"] <= total for line in known)
     assert [line["lag"] for line in known] == sorted((line["lag"] for line in known), reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("eager", "members", "partitions", "surplus"),
+    [
+        (True, 0, 4, True),  # the broker lists no members: an eager empty assignment tells alone
+        (False, 0, 4, False),  # ... a cooperative one may be a rebalance's first round
+        (False, 5, 4, True),  # the members listed decide, whatever the protocol
+        (True, 4, 4, False),
+        (False, 3, 4, False),
+    ],
+)
+def test_an_empty_assignment_is_called_idle_only_with_more_members_than_partitions(
+    eager: bool, members: int, partitions: int, surplus: bool
+) -> None:
+    """The cooperative cases: the embedded broker lists no group members (Kafka does), so they are
+    checked here, apart from a group."""
+    assert more_members_than_partitions(eager, members, partitions) is surplus
 
 
 def test_stop_at_end_workers_leave_together_so_no_rebalance_stops_the_last_one(
@@ -368,6 +393,9 @@ def test_a_second_supervisor_joins_and_leaves_under_load_without_loss_or_duplica
     publisher.join()
     seen = wait_for_outputs(bootstrap, out, set(range(total)))
     first.stop()
+    # 2 members, 4 partitions: under cooperative rebalancing the joining worker's first assignment is
+    # empty, and is no reason for the idle warning
+    assert not first.events(IDLE_EVENT) and not second.events(IDLE_EVENT)
     duplicates = sum(seen.values()) - len(seen)
     print(f"worker added then removed under load: {len(seen)} of {total} predicted, {duplicates} duplicates")
     # both deployments' own accounts, should the stream stall (seen once: 1,700 of 5,000, no duplicates)
