@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _reset_offsets(sub)
     _lag(sub)
     topics = _command(sub, "create-topics", commands.run_create_topics, "create topics that do not exist yet")
-    topics.add_argument("topics", nargs="+", type=_topic, metavar="TOPIC")
+    topics.add_argument("topics", nargs="+", type=_topic, metavar="TOPIC", help="the names of the topics to create")
     topics.add_argument("--partitions", type=_positive(int), default=4, help="partitions of each new topic (default 4)")
     topics.add_argument(
         "--replication-factor",
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     _bench(sub)
     _bench_compare(sub)
     _fetch_latency(sub)
-    broker = sub.add_parser("broker", help="run the embedded broker in the foreground until Ctrl-C")
+    about_broker = "run the embedded broker in the foreground until Ctrl-C"
+    broker = sub.add_parser("broker", help=about_broker, description=about_broker)
     broker.add_argument(
         "--port", type=_port, default=9092, help="the port to listen on (0: any free one; default 9092)"
     )
@@ -124,8 +125,8 @@ def _collect(sub: argparse._SubParsersAction) -> None:
 
 def _replay(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "replay", commands.run_replay, "copy a time range of one topic to another (backfills)")
-    p.add_argument("--from-topic", required=True, type=_topic)
-    p.add_argument("--to-topic", required=True, type=_topic)
+    p.add_argument("--from-topic", required=True, type=_topic, help="the topic to read (left as it is)")
+    p.add_argument("--to-topic", required=True, type=_topic, help="the topic to append the copies to (it must exist)")
     p.add_argument("--from-timestamp", metavar="ISO8601", help="first record time kept (inclusive)")
     p.add_argument("--until-timestamp", metavar="ISO8601", help="records at or after this time are left out")
 
@@ -152,7 +153,8 @@ def _lag(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="run the whole path on the embedded broker and summarise")
+    about = "run the whole path on the embedded broker and summarise"
+    demo = sub.add_parser("demo", help=about, description=about)
     demo.add_argument(
         "--bootstrap-servers",
         default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
@@ -166,7 +168,8 @@ def _demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure the system against its limits and the usual approaches")
+    about = "measure the system against its limits and the usual approaches"
+    p = sub.add_parser("bench", help=about, description=about)
     p.add_argument("--bootstrap-servers", help="use this Kafka, not the embedded broker")
     p.add_argument("--workload", default="mlp", type=_workload, help="mlp, mobilenet, or a model path (default mlp)")
     p.add_argument(
@@ -190,7 +193,9 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--baseline-seconds", type=_positive(float), default=10.0, metavar="S", help="per-message loops")
     p.add_argument("--backlog", type=_positive(int), metavar="N", help="also drain a backlog of N messages for memory")
-    p.add_argument("--partitions", type=_positive(int), default=4, metavar="N")
+    p.add_argument(
+        "--partitions", type=_positive(int), default=4, metavar="N", help="partitions of its topics (default 4)"
+    )
     p.add_argument(
         "--rounds", type=_positive(int), default=1, metavar="N",
         help="measure the I/O limit, the system and the latency N times, interleaved; report the median (default 1)",
