@@ -22,6 +22,14 @@ def test_the_readme_flag_reference_is_what_the_parsers_say() -> None:
         assert f"#### `python -m {command}`" in readme
 
 
+def test_every_command_and_flag_says_what_it_is_for() -> None:
+    lines = cli_reference.reference().splitlines()
+    unexplained = [line for line in lines if line.startswith("| ") and line.endswith("|  |")]
+    assert not unexplained, "give these a help text in their parser"
+    headings = [i for i, line in enumerate(lines) if line.startswith("#### ")]
+    assert all(lines[i + 2] for i in headings), "give each command a description"
+
+
 def test_the_compose_file_wires_kafka_topics_consumer_gpu_and_prometheus() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
