@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_run_parser(commands)
+    add_check_parser(commands)
     return parser
 
 
@@ -54,6 +56,34 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
         help="consume inputs, predict, publish outputs",
         description="Run the consumer-group member(s) for one model.",
     )
+    _add_run_flags(run)
+    return run
+
+
+def add_check_parser(commands: Any) -> argparse.ArgumentParser:
+    about = (
+        "Check a run's settings and model without Kafka: load the model as a worker does, say what messages must "
+        "carry, and predict a file's inputs as the workers would (the Kafka settings may be left out)."
+    )
+    check = commands.add_parser(
+        "check", help="check settings, model and sample inputs, without Kafka", description=about
+    )
+    _add_run_flags(check)
+    inputs = check.add_argument_group("sample inputs")
+    inputs.add_argument(
+        "--inputs",
+        metavar="FILE",
+        help="a file publish takes (.npy, .npz, .jsonl, .csv, a folder): each example packed as publish sends it, "
+        "then decoded and predicted as a worker does",
+    )
+    inputs.add_argument("--input-name", help="--inputs .npy, .csv and folders: the model input each example goes to")
+    inputs.add_argument(
+        "--varying-shapes", action="store_true", help="--inputs .jsonl: rows may differ in their inputs' sizes"
+    )
+    return check
+
+
+def _add_run_flags(run: argparse.ArgumentParser) -> None:
     kafka = run.add_argument_group("Kafka")
     _flag(kafka, "--bootstrap-servers", "Kafka brokers, HOST:PORT[,HOST:PORT]", metavar="HOSTS")
     _flag(kafka, "--input-topic", "topic to read inputs from", metavar="IN")
@@ -176,12 +206,22 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     run.add_argument(
         "--config", default=None, metavar="FILE.toml", help=f"TOML configuration file [env {ENV_PREFIX}CONFIG]"
     )
-    return run
+
+
+#: what ``check`` fills in for the Kafka settings it does not use, when no flag, variable or file gives them
+CHECK_PLACEHOLDERS = {
+    "bootstrap_servers": "unused:9092",
+    "input_topic": "unused-in",
+    "output_topic": "unused-out",
+    "group": "unused",
+}
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    values = {k: v for k, v in vars(args).items() if k not in {"command", "config"}}
-    return load_settings(values, args.config)
+    only_check = {"inputs", "input_name", "varying_shapes"}
+    values = {k: v for k, v in vars(args).items() if k not in {"command", "config", *only_check}}
+    defaults = CHECK_PLACEHOLDERS if args.command == "check" else None
+    return load_settings(values, args.config, defaults=defaults)
 
 
 def checked_run(args: argparse.Namespace) -> tuple[Settings, list[WorkerSlot]]:
@@ -211,6 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (missing := tensorflow_install.missing()) is not None:  # else every worker would fail the same way
         logs.line(f"error: {missing}")
         return EXIT_FAILURE
+    if args.command == "check":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # as in a worker: TensorFlow's C++ INFO lines are noise
+        logs.configure(settings.log_level, settings.log_format, worker="check")
+        from consumer import check
+
+        return check.main(settings, args.inputs, args.input_name, args.varying_shapes)
     logs.configure(settings.log_level, settings.log_format, worker="supervisor")
     if (builds := tensorflow_install.builds_over_each_other()) is not None:
         logs.get_logger("consumer.supervisor").warning("two TensorFlow builds installed", advice=builds)

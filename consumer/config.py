@@ -226,13 +226,16 @@ def _epoch_ms(value: datetime | None) -> int | None:
 
 
 def load_settings(
-    cli: Mapping[str, Any], config_file: str | None = None, environ: Mapping[str, str] | None = None
+    cli: Mapping[str, Any],
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Merge file < environment < CLI and validate; raise ``ConfigError`` with one line."""
+    """Merge ``defaults`` < file < environment < CLI and validate; raise ``ConfigError`` with one line."""
     environ = os.environ if environ is None else environ
     config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
-    merged: dict[str, Any] = {}
-    sources: dict[str, str] = {}
+    merged: dict[str, Any] = dict(defaults or {})
+    sources: dict[str, str] = dict.fromkeys(merged, "defaults")
     for source, values in (
         (f"config file {config_file}", _read_toml(config_file) if config_file else {}),
         ("environment", _read_env(environ)),

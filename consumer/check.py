@@ -1,0 +1,170 @@
+"""``python -m consumer check``: a run's settings and model, checked without Kafka.
+
+The model is loaded as a worker loads it (``--custom-objects``, ``--preprocess``, ``--signature``,
+the compiled batch sizes), in this process, and the report says what each message must carry.
+Given ``--inputs FILE``, each example is packed as ``publish`` sends it and goes through the
+workers' own path: the batch decoder and its limits, the ``tf.data`` pipeline (the preprocess
+function included) and the compiled predict functions. An input that would be dead-lettered is
+named with its reason. Exit 0: the model loads and every input is predicted; 1: an input would be
+dead-lettered; 2: a setting or the input file is wrong.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import tensorflow as tf
+
+from consumer import logs
+from consumer.codec import Limits, pack_input
+from consumer.config import Settings
+from consumer.errors import ConfigError, ModelError, PredictError, PreprocessMismatch
+from consumer.pipeline import Batch, Pipeline, pad_to
+from consumer.predictor import Predictor, default_batch_sizes
+from consumer.preprocess import load_preprocess, shapes_from
+from consumer.reload import Served, first_model
+from consumer.user_code import prepare_keras
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: dead letters named one by one; the rest are counted
+SHOWN = 5
+#: where the check's stand-in inputs say they came from
+SOURCE = ("check", 0)
+
+
+class Sample:
+    """An example packed as ``publish`` sends it, standing in for the Kafka message a worker reads."""
+
+    def __init__(self, number: int, value: bytes) -> None:
+        self.number, self._value = number, value
+
+    def value(self) -> bytes:
+        return self._value
+
+
+def main(settings: Settings, inputs: str | None, input_name: str | None, varying_shapes: bool) -> int:
+    try:
+        examples = _read(Path(inputs), input_name, varying_shapes) if inputs else None
+        preprocess, served, sizes = _load(settings)
+        pipeline = _pipeline(settings, served.predictor, preprocess)
+    except ConfigError as exc:
+        logs.line(f"error: {exc}")
+        return EXIT_USAGE
+    except PreprocessMismatch as exc:  # the preprocess function cannot give the model its inputs
+        logs.line(f"error: invalid setting preprocess={settings.preprocess!r}: {exc}")
+        return EXIT_USAGE
+    except ModelError as exc:
+        logs.line(f"error: {exc}")
+        return EXIT_FAILED
+    _report_model(served, pipeline, sizes)
+    if examples is None:
+        return EXIT_OK
+    values = [pack_input(example.inputs, id=example.id) for example in examples]
+    predicted, dead = run_through(pipeline, values, settings.max_batch_size)
+    return _report_inputs(len(values), predicted, dead)
+
+
+def _read(path: Path, input_name: str | None, varying_shapes: bool) -> Sequence[Any]:
+    from producer_tools.sources import ReadOptions, read_inputs  # the user-side tools' reader, as publish's
+
+    return read_inputs(path, ReadOptions(input_name=input_name, varying_shapes=varying_shapes))
+
+
+def _load(settings: Settings) -> tuple[Any, Served, list[int]]:
+    """The user's code, then the model, as ``Worker.start`` does."""
+    prepare_keras(settings.custom_objects, settings.trust_model_code)
+    preprocess = load_preprocess(settings.preprocess)
+    sizes = settings.allowed_batch_sizes or default_batch_sizes(settings.max_batch_size)
+    fix_shapes = shapes_from(preprocess) if preprocess is not None else None
+    served, _versions, _pinned = first_model(
+        settings.model,
+        settings.model_name,
+        settings.model_version,
+        sizes,
+        settings.jit_compile,
+        settings.signature,
+        fix_shapes,
+    )
+    return preprocess, served, sizes
+
+
+def _pipeline(settings: Settings, predictor: Predictor, preprocess: Any) -> Pipeline:
+    limits = Limits(settings.max_message_bytes, settings.max_tensor_elements, settings.max_dims)
+    return Pipeline(predictor, limits, settings.pipeline_depth, preprocess, settings.reject_non_finite)
+
+
+def run_through(pipeline: Pipeline, values: list[bytes], batch_size: int) -> tuple[dict[str, np.ndarray], list[Any]]:
+    """Every value through the pipeline and the model, in batches of ``batch_size``: the outputs of
+    those predicted, by output name, in input order, and ``(input number, reason)`` for the others."""
+    feeder = threading.Thread(target=_feed, args=(pipeline, values, batch_size), daemon=True)
+    feeder.start()
+    rows: list[dict[str, np.ndarray]] = []
+    dead: list[tuple[int, str]] = []
+    for batch, inputs in pipeline.batches():
+        dead += [(cast(Sample, message).number, str(error)) for message, error in batch.dead]
+        if batch.rows:
+            outputs, failed = _predict(pipeline.predictor, batch, inputs)
+            rows.append(outputs)
+            dead += failed
+        pipeline.mark_finished()
+    feeder.join()
+    joined = {name: np.concatenate([r[name] for r in rows if name in r]) for name in (rows[0] if rows else {})}
+    return joined, sorted(dead)
+
+
+def _feed(pipeline: Pipeline, values: list[bytes], batch_size: int) -> None:
+    for start in range(0, len(values), batch_size):
+        chunk = [Sample(number, value) for number, value in enumerate(values[start : start + batch_size], start)]
+        coords = [(SOURCE, sample.number) for sample in chunk]
+        pipeline.put((chunk, coords, [0] * len(chunk)), None)  # type: ignore[arg-type]
+    while not pipeline.close(1.0):
+        pass
+
+
+def _predict(predictor: Predictor, batch: Batch, inputs: Any) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
+    """A batch's outputs; where the model fails the batch, each input alone, as a worker does."""
+    try:
+        outputs = predictor.run(inputs, predictor.bucket_for(batch.rows))
+        return {name: value[: batch.rows] for name, value in outputs.items()}, []
+    except (tf.errors.OpError, ValueError, TypeError):
+        pass
+    kept: list[dict[str, np.ndarray]] = []
+    failed: list[tuple[int, str]] = []
+    size = predictor.bucket_for(1)
+    for row, message in enumerate(batch.messages):
+        try:
+            one = predictor.run(pad_to({k: v[row : row + 1] for k, v in inputs.items()}, size), size)
+        except (tf.errors.OpError, ValueError, TypeError) as exc:
+            error = PredictError(f"the model raised {type(exc).__name__}: {exc}")
+            failed.append((cast(Sample, message).number, str(error)))
+            continue
+        kept.append({name: value[:1] for name, value in one.items()})
+    joined = {name: np.concatenate([k[name] for k in kept]) for name in (kept[0] if kept else {})}
+    return joined, failed
+
+
+def _report_model(served: Served, pipeline: Pipeline, sizes: list[int]) -> None:
+    model, warm = served.model, served.predictor.warmup_seconds
+    print(f"model {model.name!r}, version {model.version!r}: loaded and compiled")
+    print(f"  each message carries: {pipeline.raw_signature.describe()}")
+    if pipeline.preprocess is not None:
+        print(f"  the preprocess function gives the model: {model.signature.describe()}")
+    print(f"  outputs: {', '.join(model.signature.outputs)}")
+    print(f"  batch sizes: {sizes}; a full batch of {max(warm)} took {warm[max(warm)] * 1000:.2f} ms at warm-up")
+
+
+def _report_inputs(total: int, outputs: dict[str, np.ndarray], dead: list[tuple[int, str]]) -> int:
+    predicted = total - len(dead)
+    print(f"inputs: {predicted} of {total} predicted, {len(dead)} would go to the dead-letter topic")
+    for name, value in outputs.items():
+        first = np.array2string(value[0], precision=4, threshold=8) if len(value) else "-"
+        print(f"  output {name!r}: {value.dtype}{list(value.shape[1:])} per input; the first predicted: {first}")
+    for number, reason in dead[:SHOWN]:
+        print(f"  input {number}: {reason}")
+    if len(dead) > SHOWN:
+        print(f"  ... and {len(dead) - SHOWN} more")
+    return EXIT_FAILED if dead else EXIT_OK

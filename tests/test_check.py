@@ -1,0 +1,123 @@
+"""``python -m consumer check``: settings, model and sample inputs, checked without Kafka, through the
+workers' own decoder, pipeline and compiled functions (real models, no broker)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from consumer.check import run_through
+from consumer.codec import Limits, pack_input
+from consumer.model import LoadedModel, load_model
+from consumer.pipeline import Pipeline
+from consumer.predictor import Predictor
+from tests.helpers import ENV
+from tests.models import mlp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def check(*flags: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """``python -m consumer check`` as a user types it: no Kafka setting anywhere."""
+    env = {k: v for k, v in ENV.items() if not k.startswith("TFSTREAM_")}
+    command = [sys.executable, "-m", "consumer", "check", *flags]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+
+
+def write_jsonl(path: Path, rows: list[list[float]]) -> Path:
+    path.write_text("".join(json.dumps({"inputs": row, "id": i}) + "\n" for i, row in enumerate(rows)))
+    return path
+
+
+def test_every_input_of_a_file_is_predicted_as_the_model_predicts_it(tmp_path: Path, mlp_path: Path) -> None:
+    """In process: ``run_through`` packs nothing itself; the values are what ``publish`` sends, in
+    batches of 8 (so padded, and several of them)."""
+    rows = np.random.default_rng(3).normal(size=(21, 4)).astype("float32")
+    model = keras.models.load_model(mlp_path)
+    predictor = Predictor(_loaded(mlp_path), [1, 2, 4, 8])
+    predictor.warm_up()
+    values = [pack_input(row, id=i) for i, row in enumerate(rows)]
+    outputs, dead = run_through(Pipeline(predictor, Limits(), depth=2), values, batch_size=8)
+    assert dead == []
+    (predicted,) = outputs.values()
+    np.testing.assert_allclose(predicted, model.predict(rows, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def _loaded(path: Path) -> LoadedModel:
+    return load_model(path)
+
+
+def test_check_says_what_messages_carry_and_predicts_a_file(tmp_path: Path, mlp_path: Path) -> None:
+    rows = [[float(i), 1.0, 2.0, 3.0] for i in range(12)]
+    done = check("--model", str(mlp_path), "--inputs", str(write_jsonl(tmp_path / "in.jsonl", rows)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "each message carries: features: float32[4]" in done.stdout
+    assert "inputs: 12 of 12 predicted, 0 would go to the dead-letter topic" in done.stdout
+    first = re.search(r"the first predicted: \[([^\]]*)\]", done.stdout)
+    assert first is not None
+    expected = keras.models.load_model(mlp_path).predict(np.array(rows[:1], "float32"), verbose=0)[0]
+    np.testing.assert_allclose([float(x) for x in first.group(1).split()], expected, atol=1e-3)
+
+
+def test_inputs_that_do_not_fit_the_model_are_named_with_their_reasons_and_exit_1(
+    tmp_path: Path, mlp_path: Path
+) -> None:
+    rows = [[float(i)] * (5 if i % 3 == 0 else 4) for i in range(9)]  # inputs 0, 3 and 6 have 5 features
+    inputs = str(write_jsonl(tmp_path / "in.jsonl", rows))
+    done = check("--model", str(mlp_path), "--inputs", inputs, "--varying-shapes")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "inputs: 6 of 9 predicted, 3 would go to the dead-letter topic" in done.stdout
+    for number in (0, 3, 6):
+        assert f"  input {number}: input 'features' has shape [5]; the model takes [4]" in done.stdout
+
+
+def test_a_preprocess_function_runs_as_in_the_workers_and_its_failures_are_dead_letters(
+    tmp_path: Path, mlp_path: Path
+) -> None:
+    """A folder of raw files through ``--preprocess`` (decode four float32s): a file of another length
+    fails the function, in its batch, which is then redone input by input as a worker does."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for i in range(6):
+        values = np.full(3 if i == 4 else 4, i, "float32")
+        (folder / f"{i}.bin").write_bytes(values.tobytes())
+    done = check("--model", str(mlp_path), "--preprocess", "tests.preprocessors:decode_floats", "--inputs", str(folder))
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "each message carries: features: string[]" in done.stdout
+    assert "the preprocess function gives the model: features: float32[4]" in done.stdout
+    assert "inputs: 5 of 6 predicted, 1 would go to the dead-letter topic" in done.stdout
+    assert "  input 4: preprocess raised" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "said"),
+    [
+        (("--model", "{tmp}/none.keras"), 1, "error: model path"),
+        (("--model", "{mlp}", "--inputs", "{tmp}/none.jsonl"), 2, "error: input file"),
+        (("--model", "{mlp}", "--preprocess", "no_such_module:f"), 2, "error: invalid setting preprocess="),
+        (("--model", "{mlp}", "--max-batch-size", "0"), 2, "error: invalid setting max_batch_size=0"),
+        ((), 2, "error: missing setting model"),
+    ],
+)
+def test_what_check_refuses_it_says_in_one_line(
+    tmp_path: Path, mlp_path: Path, flags: tuple[str, ...], code: int, said: str
+) -> None:
+    done = check(*(flag.format(tmp=tmp_path, mlp=mlp_path) for flag in flags))
+    assert done.returncode == code, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(said)
+    assert "Traceback" not in done.stderr
+
+
+def test_a_model_of_other_features_is_checked_against_its_own_signature(tmp_path: Path) -> None:
+    path = mlp(tmp_path / "wide.keras", features=6)
+    done = check("--model", str(path), "--inputs", str(write_jsonl(tmp_path / "in.jsonl", [[1.0] * 4] * 3)))
+    assert done.returncode == 1
+    assert "each message carries: features: float32[6]" in done.stdout
+    assert "inputs: 0 of 3 predicted, 3 would go to the dead-letter topic" in done.stdout
