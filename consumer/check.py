@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import tensorflow as tf
 
-from consumer import logs
+from consumer import kafka_io, logs
 from consumer.codec import Limits, pack_input
 from consumer.config import Settings
 from consumer.errors import ConfigError, ModelError, PredictError, PreprocessMismatch
+from consumer.outputs import OutputEncoder
 from consumer.pipeline import Batch, Pipeline, pad_to
 from consumer.predictor import Predictor, default_batch_sizes
 from consumer.preprocess import load_preprocess, shapes_from
 from consumer.reload import Served, first_model
+from consumer.topic_rules import PRODUCER_MAX_BYTES
 from consumer.user_code import prepare_keras
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -64,8 +67,9 @@ def main(settings: Settings, inputs: str | None, input_name: str | None, varying
     if examples is None:
         return EXIT_OK
     values = [pack_input(example.inputs, id=example.id) for example in examples]
-    predicted, dead = run_through(pipeline, values, settings.max_batch_size)
-    return _report_inputs(len(values), predicted, dead)
+    encoder = OutputEncoder(served.info, settings.output_format)
+    checked = run_through(pipeline, values, settings.max_batch_size, encoder)
+    return _report_inputs(len(values), checked, settings)
 
 
 def _read(path: Path, input_name: str | None, varying_shapes: bool) -> Sequence[Any]:
@@ -97,23 +101,39 @@ def _pipeline(settings: Settings, predictor: Predictor, preprocess: Any) -> Pipe
     return Pipeline(predictor, limits, settings.pipeline_depth, preprocess, settings.reject_non_finite)
 
 
-def run_through(pipeline: Pipeline, values: list[bytes], batch_size: int) -> tuple[dict[str, np.ndarray], list[Any]]:
-    """Every value through the pipeline and the model, in batches of ``batch_size``: the outputs of
-    those predicted, by output name, in input order, and ``(input number, reason)`` for the others."""
+@dataclass
+class Checked:
+    """What became of a file's inputs: the outputs of those predicted, by output name, in input
+    order; ``(input number, reason)`` for the others; the size of each output record's value."""
+
+    outputs: dict[str, np.ndarray]
+    dead: list[tuple[int, str]]
+    value_bytes: list[int]
+
+
+def run_through(pipeline: Pipeline, values: list[bytes], batch_size: int, encoder: OutputEncoder) -> Checked:
+    """Every value through the pipeline and the model, in batches of ``batch_size``, and each
+    prediction encoded as its output record's value."""
     feeder = threading.Thread(target=_feed, args=(pipeline, values, batch_size), daemon=True)
     feeder.start()
-    rows: list[dict[str, np.ndarray]] = []
+    parts: list[dict[str, np.ndarray]] = []
     dead: list[tuple[int, str]] = []
+    value_bytes: list[int] = []
     for batch, inputs in pipeline.batches():
         dead += [(cast(Sample, message).number, str(error)) for message, error in batch.dead]
         if batch.rows:
-            outputs, failed = _predict(pipeline.predictor, batch, inputs)
-            rows.append(outputs)
+            kept, outputs, failed = _predict(pipeline.predictor, batch, inputs)
+            parts.append(outputs)
             dead += failed
+            value_bytes += [len(value) for value in encoder.values(batch.rows_at(kept), outputs)] if kept else []
         pipeline.mark_finished()
     feeder.join()
-    joined = {name: np.concatenate([r[name] for r in rows if name in r]) for name in (rows[0] if rows else {})}
-    return joined, sorted(dead)
+    return Checked(_joined(parts), sorted(dead), value_bytes)
+
+
+def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    parts = [part for part in parts if part]
+    return {name: np.concatenate([part[name] for part in parts]) for name in (parts[0] if parts else {})}
 
 
 def _feed(pipeline: Pipeline, values: list[bytes], batch_size: int) -> None:
@@ -125,14 +145,18 @@ def _feed(pipeline: Pipeline, values: list[bytes], batch_size: int) -> None:
         pass
 
 
-def _predict(predictor: Predictor, batch: Batch, inputs: Any) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
-    """A batch's outputs; where the model fails the batch, each input alone, as a worker does."""
+def _predict(
+    predictor: Predictor, batch: Batch, inputs: Any
+) -> tuple[list[int], dict[str, np.ndarray], list[tuple[int, str]]]:
+    """The rows predicted, their outputs, and the inputs the model failed: where it fails the batch,
+    each input is run alone, as a worker does."""
     try:
         outputs = predictor.run(inputs, predictor.bucket_for(batch.rows))
-        return {name: value[: batch.rows] for name, value in outputs.items()}, []
+        return list(range(batch.rows)), {name: value[: batch.rows] for name, value in outputs.items()}, []
     except (tf.errors.OpError, ValueError, TypeError):
         pass
-    kept: list[dict[str, np.ndarray]] = []
+    kept: list[int] = []
+    parts: list[dict[str, np.ndarray]] = []
     failed: list[tuple[int, str]] = []
     size = predictor.bucket_for(1)
     for row, message in enumerate(batch.messages):
@@ -142,9 +166,9 @@ def _predict(predictor: Predictor, batch: Batch, inputs: Any) -> tuple[dict[str,
             error = PredictError(f"the model raised {type(exc).__name__}: {exc}")
             failed.append((cast(Sample, message).number, str(error)))
             continue
-        kept.append({name: value[:1] for name, value in one.items()})
-    joined = {name: np.concatenate([k[name] for k in kept]) for name in (kept[0] if kept else {})}
-    return joined, failed
+        kept.append(row)
+        parts.append({name: value[:1] for name, value in one.items()})
+    return kept, _joined(parts), failed
 
 
 def _report_model(served: Served, pipeline: Pipeline, sizes: list[int]) -> None:
@@ -157,14 +181,36 @@ def _report_model(served: Served, pipeline: Pipeline, sizes: list[int]) -> None:
     print(f"  batch sizes: {sizes}; a full batch of {max(warm)} took {warm[max(warm)] * 1000:.2f} ms at warm-up")
 
 
-def _report_inputs(total: int, outputs: dict[str, np.ndarray], dead: list[tuple[int, str]]) -> int:
-    predicted = total - len(dead)
-    print(f"inputs: {predicted} of {total} predicted, {len(dead)} would go to the dead-letter topic")
-    for name, value in outputs.items():
+def _report_inputs(total: int, checked: Checked, settings: Settings) -> int:
+    dead = checked.dead
+    print(f"inputs: {total - len(dead)} of {total} predicted, {len(dead)} would go to the dead-letter topic")
+    for name, value in checked.outputs.items():
         first = np.array2string(value[0], precision=4, threshold=8) if len(value) else "-"
         print(f"  output {name!r}: {value.dtype}{list(value.shape[1:])} per input; the first predicted: {first}")
     for number, reason in dead[:SHOWN]:
         print(f"  input {number}: {reason}")
     if len(dead) > SHOWN:
         print(f"  ... and {len(dead) - SHOWN} more")
-    return EXIT_FAILED if dead else EXIT_OK
+    fit = _outputs_fit(checked.value_bytes, settings)
+    return EXIT_FAILED if dead or not fit else EXIT_OK
+
+
+def _outputs_fit(value_bytes: list[int], settings: Settings) -> bool:
+    """Whether the output values fit the producer's ``message.max.bytes`` (the output topic's own
+    limit needs the topic: a worker checks it at start)."""
+    if not value_bytes:
+        return True
+    config = kafka_io.producer_config(settings, "check")
+    limit = int(config.get("message.max.bytes", PRODUCER_MAX_BYTES))
+    largest = max(value_bytes)
+    print(
+        f"output records ({settings.output_format}): values of {min(value_bytes):,} to {largest:,} bytes, "
+        f"the producer's message.max.bytes {limit:,}"
+    )
+    if largest <= limit:
+        return True
+    print(
+        f"  too large: {sum(size > limit for size in value_bytes)} output values are over the producer's "
+        "message.max.bytes; raise it ([kafka.producer] message.max.bytes) and the output topic's max.message.bytes"
+    )
+    return False

@@ -25,6 +25,35 @@ from consumer.pipeline import Batch
 from consumer.tombstones import DEAD_LETTER, FORWARD, Mode, around
 
 
+class OutputEncoder:
+    """One batch's output values, one per predicted row: wire format v1 (msgpack) or JSON."""
+
+    def __init__(self, model: dict[str, str], output_format: str) -> None:
+        self.model = model
+        self._json = output_format == "json"
+        self._packer = OutputPacker(model)
+
+    def values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
+        if self._json:
+            return self._json_values(batch, outputs)
+        return self._packer.pack_rows(outputs, batch.coords, batch.timestamps, batch.ids)
+
+    def _json_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
+        values = []
+        single = len(outputs) == 1
+        columns = {name: (*json_data(value), list(value.shape[1:])) for name, value in outputs.items()}
+        for row, ((topic, partition), offset) in enumerate(batch.coords):
+            tensors = {
+                name: {"dtype": d, "shape": shape, "data": data[row]} for name, (d, data, shape) in columns.items()
+            }
+            body = next(iter(tensors.values())) if single else tensors
+            ident, has_id = batch.ids[row]
+            source = {"topic": topic, "partition": partition, "offset": offset, "timestamp": batch.timestamps[row]}
+            envelope = output_envelope(body, model=self.model, source=source, id=json_value(ident), has_id=has_id)
+            values.append(encode_json(envelope))
+        return values
+
+
 class Emitter:
     """Encodes outputs in the wire format (or JSON) and hands them to the outbox, key = input key.
     Used by the predict thread only."""
@@ -44,7 +73,7 @@ class Emitter:
     ) -> None:
         self.outbox, self.topic, self.model, self.counters = outbox, topic, model, counters
         self.dead_letters = dead_letters
-        self._json = output_format == "json"
+        self.output_format = output_format
         self._worker = worker
         #: whether outputs carry the worker's ``tfstream.*`` headers besides the input's own
         #: (``--output-headers``): five headers are about 150 bytes of every output
@@ -58,7 +87,7 @@ class Emitter:
     def set_model(self, model: dict[str, str]) -> None:
         """Outputs from now on carry this model's name and version (value and headers)."""
         self.model = model
-        self._packer = OutputPacker(model)
+        self._encoder = OutputEncoder(model, self.output_format)
         self._model_headers: Headers = [
             (HEADER_PREFIX + "model.name", model["name"].encode()),
             (HEADER_PREFIX + "model.version", model["version"].encode()),
@@ -175,9 +204,7 @@ class Emitter:
         return record_bytes(self._values(row, bare)[0], None, own)
 
     def _values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
-        if self._json:
-            return self._json_values(batch, outputs)
-        return self._packer.pack_rows(outputs, batch.coords, batch.timestamps, batch.ids)
+        return self._encoder.values(batch, outputs)
 
     def _encode_each(
         self, batch: Batch, outputs: dict[str, np.ndarray]
@@ -194,18 +221,3 @@ class Emitter:
                 continue
             good.append(row)
         return batch.rows_at(good), {name: array[good] for name, array in outputs.items()}, values
-
-    def _json_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
-        values = []
-        single = len(outputs) == 1
-        columns = {name: (*json_data(value), list(value.shape[1:])) for name, value in outputs.items()}
-        for row, ((topic, partition), offset) in enumerate(batch.coords):
-            tensors = {
-                name: {"dtype": d, "shape": shape, "data": data[row]} for name, (d, data, shape) in columns.items()
-            }
-            body = next(iter(tensors.values())) if single else tensors
-            ident, has_id = batch.ids[row]
-            source = {"topic": topic, "partition": partition, "offset": offset, "timestamp": batch.timestamps[row]}
-            envelope = output_envelope(body, model=self.model, source=source, id=json_value(ident), has_id=has_id)
-            values.append(encode_json(envelope))
-        return values

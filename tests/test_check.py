@@ -16,6 +16,7 @@ import pytest
 from consumer.check import run_through
 from consumer.codec import Limits, pack_input
 from consumer.model import LoadedModel, load_model
+from consumer.outputs import OutputEncoder
 from consumer.pipeline import Pipeline
 from consumer.predictor import Predictor
 from tests.helpers import ENV
@@ -44,10 +45,13 @@ def test_every_input_of_a_file_is_predicted_as_the_model_predicts_it(tmp_path: P
     predictor = Predictor(_loaded(mlp_path), [1, 2, 4, 8])
     predictor.warm_up()
     values = [pack_input(row, id=i) for i, row in enumerate(rows)]
-    outputs, dead = run_through(Pipeline(predictor, Limits(), depth=2), values, batch_size=8)
-    assert dead == []
-    (predicted,) = outputs.values()
+    encoder = OutputEncoder({"name": "mlp", "version": "1"}, "msgpack")
+    checked = run_through(Pipeline(predictor, Limits(), depth=2), values, 8, encoder)
+    assert checked.dead == []
+    (predicted,) = checked.outputs.values()
     np.testing.assert_allclose(predicted, model.predict(rows, verbose=0), rtol=1e-5, atol=1e-6)
+    # each prediction encoded by the workers' own encoder (its size: ids 0-9 and 10-20 differ by a byte)
+    assert len(checked.value_bytes) == 21 and len(set(checked.value_bytes)) <= 2
 
 
 def _loaded(path: Path) -> LoadedModel:
@@ -60,6 +64,8 @@ def test_check_says_what_messages_carry_and_predicts_a_file(tmp_path: Path, mlp_
     assert done.returncode == 0, done.stderr[-2000:]
     assert "each message carries: features: float32[4]" in done.stdout
     assert "inputs: 12 of 12 predicted, 0 would go to the dead-letter topic" in done.stdout
+    assert "output records (msgpack): values of " in done.stdout
+    assert "bytes, the producer's message.max.bytes 1,000,000" in done.stdout
     first = re.search(r"the first predicted: \[([^\]]*)\]", done.stdout)
     assert first is not None
     expected = keras.models.load_model(mlp_path).predict(np.array(rows[:1], "float32"), verbose=0)[0]
@@ -121,3 +127,22 @@ def test_a_model_of_other_features_is_checked_against_its_own_signature(tmp_path
     assert done.returncode == 1
     assert "each message carries: features: float32[6]" in done.stdout
     assert "inputs: 0 of 3 predicted, 3 would go to the dead-letter topic" in done.stdout
+
+
+def test_outputs_larger_than_the_producer_takes_are_said_and_exit_1(tmp_path: Path) -> None:
+    """300 float32s an output (1,344 bytes a value) against a message.max.bytes of 1,000: a worker's
+    run would end at its first output, saying to raise the limit."""
+    path = mlp(tmp_path / "wide.keras", classes=300)
+    inputs = str(write_jsonl(tmp_path / "in.jsonl", [[1.0] * 4] * 3))
+    flags = ("--model", str(path), "--inputs", inputs, "--max-batch-size", "4")
+    fits = check(*flags)
+    assert fits.returncode == 0, fits.stderr[-2000:]
+    config = tmp_path / "small.toml"
+    config.write_text('[kafka.producer]\n"message.max.bytes" = 1000\n')
+    done = check(*flags, "--config", str(config))
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "inputs: 3 of 3 predicted" in done.stdout
+    assert "output records (msgpack): values of 1,344 to 1,344 bytes, the producer's message.max.bytes 1,000" in (
+        done.stdout
+    )
+    assert "too large: 3 output values are over the producer's message.max.bytes" in done.stdout
