@@ -23,7 +23,7 @@ import tensorflow as tf
 from consumer import kafka_io, logs
 from consumer.codec import Limits, pack_input
 from consumer.config import Settings
-from consumer.errors import ConfigError, ModelError, PredictError, PreprocessMismatch
+from consumer.errors import ConfigError, EmitError, ModelError, PredictError, PreprocessMismatch
 from consumer.outputs import OutputEncoder
 from consumer.pipeline import Batch, Pipeline, pad_to
 from consumer.predictor import Predictor, default_batch_sizes
@@ -125,10 +125,34 @@ def run_through(pipeline: Pipeline, values: list[bytes], batch_size: int, encode
             kept, outputs, failed = _predict(pipeline.predictor, batch, inputs)
             parts.append(outputs)
             dead += failed
-            value_bytes += [len(value) for value in encoder.values(batch.rows_at(kept), outputs)] if kept else []
+            sizes, unencoded = _encode(encoder, batch.rows_at(kept), outputs)
+            value_bytes += sizes
+            dead += unencoded
         pipeline.mark_finished()
     feeder.join()
     return Checked(_joined(parts), sorted(dead), value_bytes)
+
+
+def _encode(
+    encoder: OutputEncoder, batch: Batch, outputs: dict[str, np.ndarray]
+) -> tuple[list[int], list[tuple[int, str]]]:
+    """Each output value's size; where the batch does not encode, each row alone, as a worker does:
+    a row whose output cannot be encoded is a dead letter."""
+    try:
+        return [len(value) for value in encoder.values(batch, outputs)], []
+    except Exception:
+        pass
+    sizes: list[int] = []
+    failed: list[tuple[int, str]] = []
+    for row, message in enumerate(batch.messages):
+        try:
+            (value,) = encoder.values(batch.row(row), {name: array[row : row + 1] for name, array in outputs.items()})
+        except Exception as exc:
+            error = EmitError(f"its output cannot be encoded: {type(exc).__name__}: {exc}")
+            failed.append((cast(Sample, message).number, str(error)))
+            continue
+        sizes.append(len(value))
+    return sizes, failed
 
 
 def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

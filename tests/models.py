@@ -124,6 +124,19 @@ def shout_saved_model(out: Path) -> Path:
     return save_serving(Shout(), out)
 
 
+class ComplexOutput(tf.Module):
+    """Its input as complex numbers: an output the msgpack wire format carries (``complex64``) and
+    JSON has no numbers for."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"z": tf.complex(x, x)}
+
+
+def complex_saved_model(out: Path) -> Path:
+    return save_serving(ComplexOutput(), out)
+
+
 def save_serving(module: Any, out: Path) -> Path:
     """Save a ``tf.Module`` as a SavedModel whose ``serving_default`` is its ``serve``."""
     tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})

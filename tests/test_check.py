@@ -20,7 +20,7 @@ from consumer.outputs import OutputEncoder
 from consumer.pipeline import Pipeline
 from consumer.predictor import Predictor
 from tests.helpers import ENV
-from tests.models import mlp
+from tests.models import complex_saved_model, mlp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,3 +146,16 @@ def test_outputs_larger_than_the_producer_takes_are_said_and_exit_1(tmp_path: Pa
         done.stdout
     )
     assert "too large: 3 output values are over the producer's message.max.bytes" in done.stdout
+
+
+def test_outputs_that_cannot_be_encoded_are_dead_letters_as_in_a_worker(tmp_path: Path) -> None:
+    """Complex outputs: msgpack carries them, JSON has no numbers for them (the whole batch fails to
+    encode, then each row alone, as the workers' emitter does)."""
+    path = complex_saved_model(tmp_path / "complex")
+    inputs = str(write_jsonl(tmp_path / "in.jsonl", [[1.0, 2.0, 3.0, 4.0]] * 3))
+    flags = ("--model", str(path), "--inputs", inputs, "--max-batch-size", "4")
+    assert check(*flags).returncode == 0
+    done = check(*flags, "--output-format", "json")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "inputs: 0 of 3 predicted, 3 would go to the dead-letter topic" in done.stdout
+    assert "  input 0: its output cannot be encoded: TypeError: " in done.stdout
