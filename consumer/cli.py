@@ -1,6 +1,7 @@
 """``python -m consumer``: the command-line contract.
 
-``run`` starts the supervisor (no TensorFlow here), which spawns one worker per device.
+``run`` starts the supervisor (no TensorFlow here), which spawns one worker per device. ``check``
+loads the model in this process and runs sample inputs through it, without Kafka (``consumer.check``).
 Usage and configuration errors exit 2 with one line; other failures exit 1 with one line;
 SIGTERM/SIGINT/SIGHUP drain every worker and exit 0 (a second signal exits at once).
 """
