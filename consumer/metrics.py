@@ -97,6 +97,10 @@ class WorkerMetrics:
             PREFIX + "worker_ready", "1 when the worker is warmed up, in the group and not stuck", ["worker"],
             registry=None, multiprocess_mode="livemax",
         ).labels(**label)  # fmt: skip
+        self.assigned = Gauge(
+            PREFIX + "assigned_partitions", "input partitions the worker owns (0: idle in the group)", ["worker"],
+            registry=None, multiprocess_mode="livesum",
+        ).labels(**label)  # fmt: skip
         Gauge(
             PREFIX + "worker_info", "one per live worker: its device", ["worker", "device"], registry=None,
             multiprocess_mode="livemax",

@@ -633,12 +633,17 @@ class Worker:
         self.bounded.assigned(owned)
         self.log.info("partitions assigned", partitions=sorted(owned), device=self.device)
         self.ends.assign(owned)
+        self._count_owned()
         self.idle.assigned(bool(self.ends.assigned))
         if self.guard is not None:
             self.guard.load(self.ends.assigned or owned)
         self._paused -= owned
         if self._place_starts(consumer, partitions):
             self._assign(partitions)  # else the client assigns them as they are
+
+    def _count_owned(self) -> None:
+        if self.metrics is not None:
+            self.metrics.assigned.set(len(self.ends.assigned or ()))
 
     def _group_history(self, partitions: int) -> GroupHistory:
         s = self.settings
@@ -830,6 +835,7 @@ class Worker:
         if self.guard is not None:
             self.guard.release(partitions)
         self.ends.revoke(partitions)
+        self._count_owned()
         self._paused -= partitions
         self.batcher.drop(lambda _message, coords, _timestamp: coords[0] not in partitions)
 

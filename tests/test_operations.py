@@ -87,6 +87,8 @@ def test_metrics_and_probes_during_a_real_run(bootstrap: str, topics: Topics, gr
     assert _total(samples, "tfstream_traces_since_warmup") == 0
     assert _total(samples, "tfstream_worker_info", device="cpu") == 2
     assert _total(samples, "tfstream_worker_ready") == 2
+    owned = [_total(samples, "tfstream_assigned_partitions", worker=str(w)) for w in (0, 1)]
+    assert sum(owned) == 4 and min(owned) >= 1  # the four partitions, split between the two workers
     lag = {dict(labels)["partition"]: v for (n, labels), v in samples.items() if n == "tfstream_consumer_lag"}
     assert sorted(lag) == ["0", "1", "2", "3"] and sum(lag.values()) == 0
 
