@@ -212,7 +212,7 @@ def _report_inputs(total: int, checked: Checked, settings: Settings) -> int:
         first = np.array2string(value[0], precision=4, threshold=8) if len(value) else "-"
         print(f"  output {name!r}: {value.dtype}{list(value.shape[1:])} per input; the first predicted: {first}")
     for number, reason in dead[:SHOWN]:
-        print(f"  input {number}: {reason}")
+        print(f"  input {number}: {' '.join(reason.split())}")  # TensorFlow's errors run over several lines
     if len(dead) > SHOWN:
         print(f"  ... and {len(dead) - SHOWN} more")
     fit = _outputs_fit(checked.value_bytes, settings)

@@ -272,6 +272,7 @@ def _outputs_by_name(model: Any, out: Any) -> TensorDict:
     return {(declared[:1] or ["output_0"])[0]: out}
 
 
+@tf.autograph.experimental.do_not_convert  # plain Python over the structure; AutoGraph failed on it, with a warning
 def _flat(out: Any, prefix: str) -> TensorDict:
     """``out``'s tensors by their path in it, joined with ``.``, under ``prefix``."""
     if isinstance(out, Mapping):

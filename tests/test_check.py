@@ -20,7 +20,7 @@ from consumer.outputs import OutputEncoder
 from consumer.pipeline import Pipeline
 from consumer.predictor import Predictor
 from tests.helpers import ENV
-from tests.models import complex_saved_model, mlp
+from tests.models import complex_saved_model, mlp, multi_input
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,3 +159,20 @@ def test_outputs_that_cannot_be_encoded_are_dead_letters_as_in_a_worker(tmp_path
     assert done.returncode == 1, done.stderr[-2000:]
     assert "inputs: 0 of 3 predicted, 3 would go to the dead-letter topic" in done.stdout
     assert "  input 0: its output cannot be encoded: TypeError: " in done.stdout
+
+
+def test_an_input_the_model_fails_alone_is_named_and_the_others_of_its_batch_predicted(tmp_path: Path) -> None:
+    """Named inputs of two dtypes and two outputs; input 10 and 11 hold an index past the model's
+    embedding table: the batch fails, then each input is run alone, as a worker does."""
+    path = multi_input(tmp_path / "multi.keras")
+    rows = [{"inputs": {"a": [1.0, 2.0, 3.0, 4.0], "b": [i, i]}} for i in range(12)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    done = check("--model", str(path), "--inputs", str(tmp_path / "in.jsonl"))
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "each message carries: a: float32[4], b: int32[2]" in done.stdout
+    assert "outputs: embed, score" in done.stdout
+    assert "inputs: 10 of 12 predicted, 2 would go to the dead-letter topic" in done.stdout
+    for number in (10, 11):
+        assert f"  input {number}: the model raised InvalidArgumentError: " in done.stdout
+    # its dict of outputs is flattened in plain Python: AutoGraph warned it could not convert it
+    assert "AutoGraph could not transform" not in done.stderr
