@@ -11,14 +11,17 @@ dead-lettered; 2: a setting or the input file is wrong.
 
 from __future__ import annotations
 
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 from consumer import kafka_io, logs
 from consumer.codec import Limits, pack_input
@@ -66,10 +69,14 @@ def main(settings: Settings, inputs: str | None, input_name: str | None, varying
     _report_model(served, pipeline, sizes)
     if examples is None:
         return EXIT_OK
-    values = [pack_input(example.inputs, id=example.id) for example in examples]
+    values = (pack_input(example.inputs, id=example.id) for example in examples)  # packed as they are fed
     encoder = OutputEncoder(served.info, settings.output_format)
-    checked = run_through(pipeline, values, settings.max_batch_size, encoder)
-    return _report_inputs(len(values), checked, settings)
+    try:
+        checked = run_through(pipeline, values, settings.max_batch_size, encoder, total=len(examples))
+    except ConfigError as exc:  # a file read as it is sent, changed since it was checked
+        logs.line(f"error: {exc}")
+        return EXIT_USAGE
+    return _report_inputs(len(examples), checked, settings)
 
 
 def _read(path: Path, input_name: str | None, varying_shapes: bool) -> Sequence[Any]:
@@ -111,26 +118,54 @@ class Checked:
     value_bytes: list[int]
 
 
-def run_through(pipeline: Pipeline, values: list[bytes], batch_size: int, encoder: OutputEncoder) -> Checked:
+def run_through(
+    pipeline: Pipeline, values: Iterable[bytes], batch_size: int, encoder: OutputEncoder, total: int | None = None
+) -> Checked:
     """Every value through the pipeline and the model, in batches of ``batch_size``, and each
-    prediction encoded as its output record's value."""
-    feeder = threading.Thread(target=_feed, args=(pipeline, values, batch_size), daemon=True)
+    prediction encoded as its output record's value; a progress bar on stderr (``total`` inputs)."""
+    feeder = Feeder(pipeline, values, batch_size)
     feeder.start()
     parts: list[dict[str, np.ndarray]] = []
     dead: list[tuple[int, str]] = []
     value_bytes: list[int] = []
-    for batch, inputs in pipeline.batches():
-        dead += [(cast(Sample, message).number, str(error)) for message, error in batch.dead]
-        if batch.rows:
-            kept, outputs, failed = _predict(pipeline.predictor, batch, inputs)
-            parts.append(outputs)
-            dead += failed
-            sizes, unencoded = _encode(encoder, batch.rows_at(kept), outputs)
-            value_bytes += sizes
-            dead += unencoded
-        pipeline.mark_finished()
+    with tqdm(total=total, desc="check", unit="input", file=sys.stderr) as bar:
+        for batch, inputs in pipeline.batches():
+            dead += [(cast(Sample, message).number, str(error)) for message, error in batch.dead]
+            if batch.rows:
+                kept, outputs, failed = _predict(pipeline.predictor, batch, inputs)
+                parts.append(outputs)
+                dead += failed
+                sizes, unencoded = _encode(encoder, batch.rows_at(kept), outputs)
+                value_bytes += sizes
+                dead += unencoded
+            pipeline.mark_finished()
+            bar.update(batch.rows + len(batch.dead))
     feeder.join()
+    if feeder.failure is not None:
+        raise feeder.failure
     return Checked(_joined(parts), sorted(dead), value_bytes)
+
+
+class Feeder(threading.Thread):
+    """Packs the values into batches and puts them in the pipeline, as a worker's fetch loop does;
+    closes it at the end, or when reading the values fails (``failure``), so the model side ends."""
+
+    def __init__(self, pipeline: Pipeline, values: Iterable[bytes], batch_size: int) -> None:
+        super().__init__(name="check-feeder", daemon=True)
+        self.pipeline, self.values, self.batch_size = pipeline, values, batch_size
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        numbered = enumerate(self.values)
+        try:
+            while chunk := [Sample(number, value) for number, value in islice(numbered, self.batch_size)]:
+                coords = [(SOURCE, sample.number) for sample in chunk]
+                self.pipeline.put((chunk, coords, [0] * len(chunk)), None)  # type: ignore[arg-type]
+        except BaseException as exc:
+            self.failure = exc
+        finally:
+            while not self.pipeline.close(1.0):
+                pass
 
 
 def _encode(
@@ -158,15 +193,6 @@ def _encode(
 def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     parts = [part for part in parts if part]
     return {name: np.concatenate([part[name] for part in parts]) for name in (parts[0] if parts else {})}
-
-
-def _feed(pipeline: Pipeline, values: list[bytes], batch_size: int) -> None:
-    for start in range(0, len(values), batch_size):
-        chunk = [Sample(number, value) for number, value in enumerate(values[start : start + batch_size], start)]
-        coords = [(SOURCE, sample.number) for sample in chunk]
-        pipeline.put((chunk, coords, [0] * len(chunk)), None)  # type: ignore[arg-type]
-    while not pipeline.close(1.0):
-        pass
 
 
 def _predict(

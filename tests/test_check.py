@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -15,6 +16,7 @@ import pytest
 
 from consumer.check import run_through
 from consumer.codec import Limits, pack_input
+from consumer.errors import ConfigError
 from consumer.model import LoadedModel, load_model
 from consumer.outputs import OutputEncoder
 from consumer.pipeline import Pipeline
@@ -52,6 +54,23 @@ def test_every_input_of_a_file_is_predicted_as_the_model_predicts_it(tmp_path: P
     np.testing.assert_allclose(predicted, model.predict(rows, verbose=0), rtol=1e-5, atol=1e-6)
     # each prediction encoded by the workers' own encoder (its size: ids 0-9 and 10-20 differ by a byte)
     assert len(checked.value_bytes) == 21 and len(set(checked.value_bytes)) <= 2
+
+
+def test_a_file_that_fails_while_it_is_read_ends_the_check_with_its_error_not_a_hang(mlp_path: Path) -> None:
+    """A large .jsonl or a folder is read as it is fed; a line changed since the file was checked
+    raises there, in the feeder's thread: the pipeline must still end, and the error come out."""
+    predictor = Predictor(_loaded(mlp_path), [1, 2, 4, 8])
+    predictor.warm_up()
+
+    def values() -> Iterator[bytes]:
+        for i in range(20):
+            if i == 13:
+                raise ConfigError("input file 'x.jsonl' line 14: the file changed since it was checked")
+            yield pack_input(np.ones(4, "float32"), id=i)
+
+    encoder = OutputEncoder({"name": "mlp", "version": "1"}, "msgpack")
+    with pytest.raises(ConfigError, match="changed since it was checked"):
+        run_through(Pipeline(predictor, Limits(), depth=2), values(), 8, encoder)
 
 
 def _loaded(path: Path) -> LoadedModel:
