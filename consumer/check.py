@@ -11,6 +11,7 @@ dead-lettered; 2: a setting or the input file is wrong.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import threading
 from collections.abc import Iterable, Sequence
@@ -52,9 +53,10 @@ class Sample:
         return self._value
 
 
-def main(settings: Settings, inputs: str | None, input_name: str | None, varying_shapes: bool) -> int:
+def main(settings: Settings, inputs: str | None, read: argparse.Namespace) -> int:
+    """``read``: the flags of how ``inputs`` is read, as ``publish`` takes them."""
     try:
-        examples = _read(Path(inputs), input_name, varying_shapes) if inputs else None
+        examples = _read(Path(inputs), read) if inputs else None
         preprocess, served, sizes = _load(settings)
         pipeline = _pipeline(settings, served.predictor, preprocess)
     except ConfigError as exc:
@@ -79,10 +81,11 @@ def main(settings: Settings, inputs: str | None, input_name: str | None, varying
     return _report_inputs(len(examples), checked, settings)
 
 
-def _read(path: Path, input_name: str | None, varying_shapes: bool) -> Sequence[Any]:
-    from producer_tools.sources import ReadOptions, read_inputs  # the user-side tools' reader, as publish's
+def _read(path: Path, read: argparse.Namespace) -> Sequence[Any]:
+    from producer_tools.commands import read_options  # the user-side tools' reader, as publish's
+    from producer_tools.sources import read_inputs
 
-    return read_inputs(path, ReadOptions(input_name=input_name, varying_shapes=varying_shapes))
+    return read_inputs(path, read_options(read))
 
 
 def _load(settings: Settings) -> tuple[Any, Served, list[int]]:

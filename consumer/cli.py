@@ -17,7 +17,7 @@ from typing import Any
 
 from consumer import __version__, kafka_io, logs, tensorflow_install
 from consumer.affinity import allowed_cpus, cpu_limit, owns_cpus, usable_count
-from consumer.arguments import parse_command_line
+from consumer.arguments import input_file_flags, parse_command_line
 from consumer.config import ENV_PREFIX, Settings, load_settings, unknown_environment
 from consumer.devices import WorkerSlot, oversubscribed, plan_workers
 from consumer.errors import ConfigError
@@ -77,10 +77,7 @@ def add_check_parser(commands: Any) -> argparse.ArgumentParser:
         help="a file publish takes (.npy, .npz, .jsonl, .csv, a folder): each example packed as publish sends it, "
         "then decoded and predicted as a worker does",
     )
-    inputs.add_argument("--input-name", help="--inputs .npy, .csv and folders: the model input each example goes to")
-    inputs.add_argument(
-        "--varying-shapes", action="store_true", help="--inputs .jsonl: rows may differ in their inputs' sizes"
-    )
+    input_file_flags(inputs)  # as publish reads the file
     return check
 
 
@@ -209,6 +206,9 @@ def _add_run_flags(run: argparse.ArgumentParser) -> None:
     )
 
 
+#: ``check --inputs``: how the file is read, as ``publish`` reads it (``producer_tools.sources.ReadOptions``)
+CHECK_READ_OPTIONS = ("key_field", "id_field", "input_name", "columns", "dtype", "varying_shapes")
+
 #: what ``check`` fills in for the Kafka settings it does not use, when no flag, variable or file gives them
 CHECK_PLACEHOLDERS = {
     "bootstrap_servers": "unused:9092",
@@ -219,7 +219,7 @@ CHECK_PLACEHOLDERS = {
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    only_check = {"inputs", "input_name", "varying_shapes"}
+    only_check = {"inputs", *CHECK_READ_OPTIONS}
     values = {k: v for k, v in vars(args).items() if k not in {"command", "config", *only_check}}
     defaults = CHECK_PLACEHOLDERS if args.command == "check" else None
     return load_settings(values, args.config, defaults=defaults)
@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(settings.log_level, settings.log_format, worker="check")
         from consumer import check
 
-        return check.main(settings, args.inputs, args.input_name, args.varying_shapes)
+        return check.main(settings, args.inputs, args)
     logs.configure(settings.log_level, settings.log_format, worker="supervisor")
     if (builds := tensorflow_install.builds_over_each_other()) is not None:
         logs.get_logger("consumer.supervisor").warning("two TensorFlow builds installed", advice=builds)

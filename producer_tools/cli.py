@@ -22,7 +22,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from consumer import tensorflow_install
-from consumer.arguments import parse_command_line
+from consumer.arguments import input_file_flags, parse_command_line
 from consumer.config import MAX_BATCH_SIZE, MAX_WAIT_MS, topic_name_problem
 from consumer.errors import BrokerError, ConfigError, TfStreamError
 from consumer.kafka_io import FETCH_WAIT_MS
@@ -77,30 +77,11 @@ def _command(sub: argparse._SubParsersAction, name: str, run: Command, help: str
     return parser
 
 
-def _input_file_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--key-field", help="field, column or .npz array holding each message key (default: row number)"
-    )
-    parser.add_argument("--id-field", help="field, column or .npz array holding each id (default: row number)")
-    parser.add_argument(
-        "--input-name", help=".npy, .csv and folders: the model input each example goes to (default: unnamed)"
-    )
-    parser.add_argument("--columns", metavar="A,B,...", help="CSV: the feature columns (default: all but key/id)")
-    parser.add_argument(
-        "--dtype", help="cast numeric inputs to this NumPy dtype, e.g. float32; string: a .csv's columns are texts"
-    )
-    parser.add_argument(
-        "--varying-shapes",
-        action="store_true",
-        help=".jsonl: rows may differ in their inputs' sizes, not rank (inputs of any length, for a --preprocess)",
-    )
-
-
 def _publish(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "publish", commands.run_publish, "publish inputs from a file in wire format v1")
     p.add_argument("file", type=Path, help=".npy, .npz, .jsonl, .csv, or a folder of files sent as raw bytes")
     p.add_argument("--topic", required=True, type=_topic, help="the input topic")
-    _input_file_flags(p)
+    input_file_flags(p)
     p.add_argument("--tensor-form", choices=["raw", "list"], default="raw", help="raw bytes (default) or nested lists")
     p.add_argument(
         "--rate", type=_positive(float), metavar="N", help="messages per second (default: as fast as possible)"
@@ -120,7 +101,7 @@ def _collect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--idle", type=_positive(float), metavar="S", help="stop after S seconds without a new record")
     p.add_argument("--join", type=Path, metavar="FILE", help="the input file: write (input, prediction) pairs")
     p.add_argument("--join-on", choices=["id", "key"], default="id", help="match inputs by id (default) or key")
-    _input_file_flags(p)
+    input_file_flags(p)
 
 
 def _replay(sub: argparse._SubParsersAction) -> None:

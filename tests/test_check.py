@@ -195,3 +195,17 @@ def test_an_input_the_model_fails_alone_is_named_and_the_others_of_its_batch_pre
         assert f"  input {number}: the model raised InvalidArgumentError: " in done.stdout
     # its dict of outputs is flattened in plain Python: AutoGraph warned it could not convert it
     assert "AutoGraph could not transform" not in done.stderr
+
+
+def test_a_csv_is_read_with_publish_s_flags(tmp_path: Path, mlp_path: Path) -> None:
+    """An id column and a label beside the four features: read whole, the rows have six numbers, not
+    the model's four; with --columns and --id-field, as publish is given them, every row fits."""
+    lines = ["id,a,b,c,d,label", *(f"{100 + i},{i},1,2,3,{i % 3}" for i in range(7))]
+    (tmp_path / "in.csv").write_text("\n".join(lines) + "\n")
+    whole = check("--model", str(mlp_path), "--inputs", str(tmp_path / "in.csv"))
+    assert whole.returncode == 1, whole.stderr[-2000:]
+    assert "  input 0: input 'features' has shape [6]; the model takes [4]" in whole.stdout
+    flags = ("--columns", "a,b,c,d", "--id-field", "id", "--dtype", "float32")
+    chosen = check("--model", str(mlp_path), "--inputs", str(tmp_path / "in.csv"), *flags)
+    assert chosen.returncode == 0, chosen.stderr[-2000:]
+    assert "inputs: 7 of 7 predicted, 0 would go to the dead-letter topic" in chosen.stdout
