@@ -30,9 +30,9 @@ from consumer.config import Settings
 from consumer.errors import ConfigError, EmitError, ModelError, PredictError, PreprocessMismatch
 from consumer.outputs import OutputEncoder
 from consumer.pipeline import Batch, Pipeline, pad_to
-from consumer.predictor import Predictor, default_batch_sizes
+from consumer.predictor import Predictor
 from consumer.preprocess import load_preprocess, shapes_from
-from consumer.reload import Served, first_model
+from consumer.reload import Served, batch_sizes, first_served
 from consumer.topic_rules import PRODUCER_MAX_BYTES
 from consumer.user_code import prepare_keras
 
@@ -92,18 +92,9 @@ def _load(settings: Settings) -> tuple[Any, Served, list[int]]:
     """The user's code, then the model, as ``Worker.start`` does."""
     prepare_keras(settings.custom_objects, settings.trust_model_code)
     preprocess = load_preprocess(settings.preprocess)
-    sizes = settings.allowed_batch_sizes or default_batch_sizes(settings.max_batch_size)
     fix_shapes = shapes_from(preprocess) if preprocess is not None else None
-    served, _versions, _pinned = first_model(
-        settings.model,
-        settings.model_name,
-        settings.model_version,
-        sizes,
-        settings.jit_compile,
-        settings.signature,
-        fix_shapes,
-    )
-    return preprocess, served, sizes
+    served, _versions, _pinned = first_served(settings, fix_shapes)
+    return preprocess, served, batch_sizes(settings)
 
 
 def _pipeline(settings: Settings, predictor: Predictor, preprocess: Any) -> Pipeline:

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from consumer.config import Settings
 from consumer.errors import ConfigError
 from consumer.model import DEFAULT_SIGNATURE, LoadedModel, ShapeFixer, load_model
-from consumer.predictor import Predictor
+from consumer.predictor import Predictor, default_batch_sizes
 from consumer.versions import (
     Fingerprint,
     ModelVersion,
@@ -86,6 +87,19 @@ def first_model(
     number = chosen.number
     served = build(chosen.path, name or path.name, str(number), sizes, jit_compile, number, signature, fix_shapes)
     return served, VersionDirectory(path), pinned
+
+
+def batch_sizes(settings: Settings) -> list[int]:
+    """The batch sizes a worker compiles: ``allowed_batch_sizes``, else the defaults up to ``max_batch_size``."""
+    return settings.allowed_batch_sizes or default_batch_sizes(settings.max_batch_size)
+
+
+def first_served(
+    settings: Settings, fix_shapes: ShapeFixer | None
+) -> tuple[Served, VersionDirectory | None, int | None]:
+    """``first_model`` as a worker's settings ask for it (``Worker.start``, and ``python -m consumer check``)."""
+    s = settings
+    return first_model(s.model, s.model_name, s.model_version, batch_sizes(s), s.jit_compile, s.signature, fix_shapes)
 
 
 def _pinned(version: str | None) -> int | None:

@@ -49,10 +49,9 @@ from consumer.positions import (
     new_group_notice,
     skipped_by_new_group,
 )
-from consumer.predictor import default_batch_sizes
 from consumer.preprocess import load_preprocess, shapes_from
 from consumer.progress import total_lag
-from consumer.reload import Served, Watcher, build, first_model
+from consumer.reload import Served, Watcher, batch_sizes, build, first_served
 from consumer.serving import Serving
 from consumer.stuck import batch_stuck_for, slow_batch_warnings
 from consumer.timing import Timeline, peak_rss_mb, rss_mb
@@ -142,11 +141,9 @@ class Worker:
                 "custom objects ready", modules=s.custom_objects, names=custom, trust_model_code=s.trust_model_code
             )
         self.preprocess = load_preprocess(s.preprocess)
-        sizes = s.allowed_batch_sizes or default_batch_sizes(s.max_batch_size)
+        sizes = batch_sizes(s)
         with self._preprocess_setting():
-            served, versions, pinned = first_model(
-                s.model, s.model_name, s.model_version, sizes, s.jit_compile, s.signature, self._fix_shapes
-            )
+            served, versions, pinned = first_served(s, self._fix_shapes)
         watcher = None
         if versions is not None and s.model_poll_seconds:
             reloads = self.metrics.model_reload if self.metrics else None
