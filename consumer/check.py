@@ -21,16 +21,15 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import tensorflow as tf
 from tqdm import tqdm
 
 from consumer import kafka_io, logs
 from consumer.codec import Limits, pack_input
 from consumer.config import Settings
-from consumer.errors import ConfigError, EmitError, ModelError, PredictError, PreprocessMismatch
+from consumer.errors import ConfigError, ModelError, PreprocessMismatch
 from consumer.outputs import OutputEncoder
-from consumer.pipeline import Batch, Pipeline, pad_to
-from consumer.predictor import Predictor
+from consumer.pipeline import Batch, Pipeline, padded_row
+from consumer.predictor import MODEL_FAILURES, Predictor, model_failure
 from consumer.preprocess import load_preprocess, shapes_from
 from consumer.reload import Served, batch_sizes, first_served
 from consumer.topic_rules import PRODUCER_MAX_BYTES
@@ -124,7 +123,7 @@ def run_through(
     value_bytes: list[int] = []
     with tqdm(total=total, desc="check", unit="input", file=sys.stderr) as bar:
         for batch, inputs in pipeline.batches():
-            dead += [(cast(Sample, message).number, str(error)) for message, error in batch.dead]
+            dead += [(_number(message), str(error)) for message, error in batch.dead]
             if batch.rows:
                 kept, outputs, failed = _predict(pipeline.predictor, batch, inputs)
                 parts.append(outputs)
@@ -171,17 +170,13 @@ def _encode(
         return [len(value) for value in encoder.values(batch, outputs)], []
     except Exception:
         pass
-    sizes: list[int] = []
-    failed: list[tuple[int, str]] = []
-    for row, message in enumerate(batch.messages):
-        try:
-            (value,) = encoder.values(batch.row(row), {name: array[row : row + 1] for name, array in outputs.items()})
-        except Exception as exc:
-            error = EmitError(f"its output cannot be encoded: {type(exc).__name__}: {exc}")
-            failed.append((cast(Sample, message).number, str(error)))
-            continue
-        sizes.append(len(value))
-    return sizes, failed
+    _good, values, failed = encoder.each(batch, outputs)
+    return [len(value) for value in values], [(_number(batch.messages[row]), str(error)) for row, error in failed]
+
+
+def _number(message: Any) -> int:
+    """A stand-in message's number in the file (``Sample``)."""
+    return cast(Sample, message).number
 
 
 def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -197,7 +192,7 @@ def _predict(
     try:
         outputs = predictor.run(inputs, predictor.bucket_for(batch.rows))
         return list(range(batch.rows)), {name: value[: batch.rows] for name, value in outputs.items()}, []
-    except (tf.errors.OpError, ValueError, TypeError):
+    except MODEL_FAILURES:
         pass
     kept: list[int] = []
     parts: list[dict[str, np.ndarray]] = []
@@ -205,10 +200,9 @@ def _predict(
     size = predictor.bucket_for(1)
     for row, message in enumerate(batch.messages):
         try:
-            one = predictor.run(pad_to({k: v[row : row + 1] for k, v in inputs.items()}, size), size)
-        except (tf.errors.OpError, ValueError, TypeError) as exc:
-            error = PredictError(f"the model raised {type(exc).__name__}: {exc}")
-            failed.append((cast(Sample, message).number, str(error)))
+            one = predictor.run(padded_row(inputs, row, size), size)
+        except MODEL_FAILURES as exc:
+            failed.append((_number(message), str(model_failure(exc))))
             continue
         kept.append(row)
         parts.append({name: value[:1] for name, value in one.items()})

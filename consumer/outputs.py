@@ -38,6 +38,23 @@ class OutputEncoder:
             return self._json_values(batch, outputs)
         return self._packer.pack_rows(outputs, batch.coords, batch.timestamps, batch.ids)
 
+    def each(
+        self, batch: Batch, outputs: dict[str, np.ndarray]
+    ) -> tuple[list[int], list[bytes], list[tuple[int, EmitError]]]:
+        """Row by row, where the batch does not encode as a whole: the rows that encode, their values,
+        and for each other row the dead letter's error."""
+        good: list[int] = []
+        values: list[bytes] = []
+        failed: list[tuple[int, EmitError]] = []
+        for row in range(len(batch.coords)):
+            try:
+                values += self.values(batch.row(row), {name: array[row : row + 1] for name, array in outputs.items()})
+            except Exception as exc:
+                failed.append((row, EmitError(f"its output cannot be encoded: {type(exc).__name__}: {exc}")))
+                continue
+            good.append(row)
+        return good, values, failed
+
     def _json_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
         values = []
         single = len(outputs) == 1
@@ -210,14 +227,7 @@ class Emitter:
         self, batch: Batch, outputs: dict[str, np.ndarray]
     ) -> tuple[Batch, dict[str, np.ndarray], list[bytes]]:
         """The batch's rows whose outputs encode, their outputs and their values; the others are dead letters."""
-        good: list[int] = []
-        values: list[bytes] = []
-        for row, msg in enumerate(batch.messages):
-            one = {name: array[row : row + 1] for name, array in outputs.items()}
-            try:
-                values += self._values(batch.row(row), one)
-            except Exception as exc:
-                self.dead_letters.send(msg, EmitError(f"its output cannot be encoded: {type(exc).__name__}: {exc}"))
-                continue
-            good.append(row)
+        good, values, failed = self._encoder.each(batch, outputs)
+        for row, error in failed:
+            self.dead_letters.send(batch.messages[row], error)
         return batch.rows_at(good), {name: array[good] for name, array in outputs.items()}, values

@@ -91,6 +91,11 @@ def pad_to(inputs: Inputs, size: int) -> Inputs:
     return padded
 
 
+def padded_row(inputs: Inputs, row: int, size: int) -> Inputs:
+    """Row ``row`` of a batch's inputs alone, padded to ``size`` rows (a model run input by input)."""
+    return pad_to({name: value[row : row + 1] for name, value in inputs.items()}, size)
+
+
 class Pipeline:
     """Owns the queue of closed batches and the tf.data dataset that consumes it."""
 

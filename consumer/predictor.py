@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from consumer.errors import ConfigError, ModelError
+from consumer.errors import ConfigError, ModelError, PredictError
 from consumer.logs import last_line
 from consumer.model import LoadedModel, tf_dtype
 from consumer.validate import stack
@@ -43,6 +43,16 @@ def _sizes_for(model: LoadedModel, sizes: list[int]) -> list[int]:
             f"run with --max-batch-size {fixed}, or export it with None as the batch dimension"
         )
     return [fixed]
+
+
+#: what running the model on a batch (or one input) may raise for what the inputs hold: that batch
+#: is redone input by input, and such an input is a dead letter (``model_failure``)
+MODEL_FAILURES = (tf.errors.OpError, ValueError, TypeError)
+
+
+def model_failure(exc: BaseException) -> PredictError:
+    """The dead letter's error for an input the model failed alone."""
+    return PredictError(f"the model raised {type(exc).__name__}: {exc}")
 
 
 class OutputShapeError(ValueError):

@@ -12,15 +12,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import tensorflow as tf
 from confluent_kafka import Message
 
 from consumer.delivery import DeadLetters, Outbox
-from consumer.errors import PredictError
 from consumer.logs import Sampled
 from consumer.metrics import WorkerMetrics
 from consumer.outputs import Emitter
-from consumer.pipeline import Batch, Inputs, Pipeline, pad_to
+from consumer.pipeline import Batch, Inputs, Pipeline, padded_row
+from consumer.predictor import MODEL_FAILURES, model_failure
 from consumer.reload import Served, Watcher, release_unreachable
 from consumer.timing import moving_average
 from consumer.tombstones import around
@@ -145,7 +144,7 @@ class Serving:
         bucket = self.predictor.bucket_for(batch.rows)
         try:
             outputs = self._run_model(inputs, bucket)
-        except (tf.errors.OpError, ValueError, TypeError) as exc:
+        except MODEL_FAILURES as exc:
             self.failed_batches.warning(type(exc).__name__, error=str(exc))
             with self.outbox.lock:  # one unit of a transaction, like any batch
                 tombstones, batch.tombstones = batch.tombstones, []  # each sent in its place among the rows
@@ -178,8 +177,8 @@ class Serving:
     def _predict_row(self, batch: Batch, inputs: Inputs, row: int) -> None:
         size = self.predictor.bucket_for(1)
         try:
-            outputs = self._run_model(pad_to({k: v[row : row + 1] for k, v in inputs.items()}, size), size)
-        except (tf.errors.OpError, ValueError, TypeError) as exc:
-            self.dead_letters.send(batch.messages[row], PredictError(f"the model raised {type(exc).__name__}: {exc}"))
+            outputs = self._run_model(padded_row(inputs, row, size), size)
+        except MODEL_FAILURES as exc:
+            self.dead_letters.send(batch.messages[row], model_failure(exc))
             return
         self.emitter.emit(batch.row(row), {k: v[:1] for k, v in outputs.items()}, size, 0.0)
