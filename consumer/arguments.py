@@ -53,22 +53,25 @@ def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return parser
 
 
-def input_file_flags(parser: Any) -> None:
+def input_file_flags(parser: Any) -> tuple[str, ...]:
     """How a file of inputs is read (``producer_tools.sources``): ``publish``, ``collect --join``,
-    ``python -m consumer check --inputs``."""
-    parser.add_argument(
-        "--key-field", help="field, column or .npz array holding each message key (default: row number)"
-    )
-    parser.add_argument("--id-field", help="field, column or .npz array holding each id (default: row number)")
-    parser.add_argument(
-        "--input-name", help=".npy, .csv and folders: the model input each example goes to (default: unnamed)"
-    )
-    parser.add_argument("--columns", metavar="A,B,...", help="CSV: the feature columns (default: all but key/id)")
-    parser.add_argument(
-        "--dtype", help="cast numeric inputs to this NumPy dtype, e.g. float32; string: a .csv's columns are texts"
-    )
-    parser.add_argument(
-        "--varying-shapes",
-        action="store_true",
-        help=".jsonl: rows may differ in their inputs' sizes, not rank (inputs of any length, for a --preprocess)",
-    )
+    ``python -m consumer check --inputs``. Returns the flags' destinations."""
+    flags = [
+        parser.add_argument(
+            "--key-field", help="field, column or .npz array holding each message key (default: row number)"
+        ),
+        parser.add_argument("--id-field", help="field, column or .npz array holding each id (default: row number)"),
+        parser.add_argument(
+            "--input-name", help=".npy, .csv and folders: the model input each example goes to (default: unnamed)"
+        ),
+        parser.add_argument("--columns", metavar="A,B,...", help="CSV: the feature columns (default: all but key/id)"),
+        parser.add_argument(
+            "--dtype", help="cast numeric inputs to this NumPy dtype, e.g. float32; string: a .csv's columns are texts"
+        ),
+        parser.add_argument(
+            "--varying-shapes",
+            action="store_true",
+            help=".jsonl: rows may differ in their inputs' sizes, not rank (inputs of any length, for a --preprocess)",
+        ),
+    ]
+    return tuple(flag.dest for flag in flags)

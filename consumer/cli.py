@@ -77,7 +77,8 @@ def add_check_parser(commands: Any) -> argparse.ArgumentParser:
         help="a file publish takes (.npy, .npz, .jsonl, .csv, a folder): each example packed as publish sends it, "
         "then decoded and predicted as a worker does",
     )
-    input_file_flags(inputs)  # as publish reads the file
+    read_flags = input_file_flags(inputs)  # as publish reads the file
+    check.set_defaults(check_only=("inputs", *read_flags))  # not settings of a run: ``settings_from_args``
     return check
 
 
@@ -206,9 +207,6 @@ def _add_run_flags(run: argparse.ArgumentParser) -> None:
     )
 
 
-#: ``check --inputs``: how the file is read, as ``publish`` reads it (``producer_tools.sources.ReadOptions``)
-CHECK_READ_OPTIONS = ("key_field", "id_field", "input_name", "columns", "dtype", "varying_shapes")
-
 #: what ``check`` fills in for the Kafka settings it does not use, when no flag, variable or file gives them
 CHECK_PLACEHOLDERS = {
     "bootstrap_servers": "unused:9092",
@@ -219,8 +217,8 @@ CHECK_PLACEHOLDERS = {
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    only_check = {"inputs", *CHECK_READ_OPTIONS}
-    values = {k: v for k, v in vars(args).items() if k not in {"command", "config", *only_check}}
+    only_check = getattr(args, "check_only", ())  # check's own flags: its --inputs and how that file is read
+    values = {k: v for k, v in vars(args).items() if k not in {"command", "config", "check_only", *only_check}}
     defaults = CHECK_PLACEHOLDERS if args.command == "check" else None
     return load_settings(values, args.config, defaults=defaults)
 
