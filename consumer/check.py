@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from array import array
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, cast
@@ -103,40 +104,58 @@ def _pipeline(settings: Settings, predictor: Predictor, preprocess: Any) -> Pipe
 
 @dataclass
 class Checked:
-    """What became of a file's inputs: the outputs of those predicted, by output name, in input
-    order; ``(input number, reason)`` for the others; the size of each output record's value."""
+    """What became of a file's inputs, in memory that does not grow with its outputs (a file may be
+    large): how many were predicted and each output's first predicted row; how many would be dead
+    letters, the first ``SHOWN`` of them as ``(input number, reason)``; each output record's value size."""
 
-    outputs: dict[str, np.ndarray]
-    dead: list[tuple[int, str]]
-    value_bytes: list[int]
+    predicted: int = 0
+    first: dict[str, np.ndarray] = field(default_factory=dict)
+    dead: int = 0
+    named: list[tuple[int, str]] = field(default_factory=list)
+    value_bytes: array[int] = field(default_factory=lambda: array("Q"))
+
+    def add(self, outputs: dict[str, np.ndarray], dead: list[tuple[int, str]], sizes: list[int]) -> None:
+        """One batch's: batches come in input order, so its dead letters follow those named before."""
+        if sizes and not self.first:
+            self.first = {name: value[0] for name, value in outputs.items()}
+        self.predicted += len(sizes)  # each input predicted and encoded has its value's size
+        self.dead += len(dead)
+        self.named += sorted(dead)[: SHOWN - len(self.named)]
+        self.value_bytes.extend(sizes)
 
 
 def run_through(
-    pipeline: Pipeline, values: Iterable[bytes], batch_size: int, encoder: OutputEncoder, total: int | None = None
+    pipeline: Pipeline,
+    values: Iterable[bytes],
+    batch_size: int,
+    encoder: OutputEncoder,
+    total: int | None = None,
+    sink: Callable[[dict[str, np.ndarray]], None] | None = None,
 ) -> Checked:
     """Every value through the pipeline and the model, in batches of ``batch_size``, and each
-    prediction encoded as its output record's value; a progress bar on stderr (``total`` inputs)."""
+    prediction encoded as its output record's value; a progress bar on stderr (``total`` inputs).
+    ``sink``, if given, takes each batch's predicted outputs."""
     feeder = Feeder(pipeline, values, batch_size)
     feeder.start()
-    parts: list[dict[str, np.ndarray]] = []
-    dead: list[tuple[int, str]] = []
-    value_bytes: list[int] = []
+    checked = Checked()
     with tqdm(total=total, desc="check", unit="input", file=sys.stderr) as bar:
         for batch, inputs in pipeline.batches():
-            dead += [(_number(message), str(error)) for message, error in batch.dead]
+            dead = [(_number(message), str(error)) for message, error in batch.dead]
+            outputs: dict[str, np.ndarray] = {}
+            sizes: list[int] = []
             if batch.rows:
                 kept, outputs, failed = _predict(pipeline.predictor, batch, inputs)
-                parts.append(outputs)
-                dead += failed
                 sizes, unencoded = _encode(encoder, batch.rows_at(kept), outputs)
-                value_bytes += sizes
-                dead += unencoded
+                dead += failed + unencoded
+                if sink is not None and outputs:
+                    sink(outputs)
+            checked.add(outputs, dead, sizes)
             pipeline.mark_finished()
             bar.update(batch.rows + len(batch.dead))
     feeder.join()
     if feeder.failure is not None:
         raise feeder.failure
-    return Checked(_joined(parts), sorted(dead), value_bytes)
+    return checked
 
 
 class Feeder(threading.Thread):
@@ -220,20 +239,19 @@ def _report_model(served: Served, pipeline: Pipeline, sizes: list[int]) -> None:
 
 
 def _report_inputs(total: int, checked: Checked, settings: Settings) -> int:
-    dead = checked.dead
-    print(f"inputs: {total - len(dead)} of {total} predicted, {len(dead)} would go to the dead-letter topic")
-    for name, value in checked.outputs.items():
-        first = np.array2string(value[0], precision=4, threshold=8) if len(value) else "-"
-        print(f"  output {name!r}: {value.dtype}{list(value.shape[1:])} per input; the first predicted: {first}")
-    for number, reason in dead[:SHOWN]:
+    print(f"inputs: {checked.predicted} of {total} predicted, {checked.dead} would go to the dead-letter topic")
+    for name, row in checked.first.items():
+        first = np.array2string(row, precision=4, threshold=8)
+        print(f"  output {name!r}: {row.dtype}{list(row.shape)} per input; the first predicted: {first}")
+    for number, reason in checked.named:
         print(f"  input {number}: {' '.join(reason.split())}")  # TensorFlow's errors run over several lines
-    if len(dead) > SHOWN:
-        print(f"  ... and {len(dead) - SHOWN} more")
+    if checked.dead > len(checked.named):
+        print(f"  ... and {checked.dead - len(checked.named)} more")
     fit = _outputs_fit(checked.value_bytes, settings)
-    return EXIT_FAILED if dead or not fit else EXIT_OK
+    return EXIT_FAILED if checked.dead or not fit else EXIT_OK
 
 
-def _outputs_fit(value_bytes: list[int], settings: Settings) -> bool:
+def _outputs_fit(value_bytes: Sequence[int], settings: Settings) -> bool:
     """Whether the output values fit the producer's ``message.max.bytes`` (the output topic's own
     limit needs the topic: a worker checks it at start)."""
     if not value_bytes:

@@ -48,10 +48,12 @@ def test_every_input_of_a_file_is_predicted_as_the_model_predicts_it(tmp_path: P
     predictor.warm_up()
     values = [pack_input(row, id=i) for i, row in enumerate(rows)]
     encoder = OutputEncoder({"name": "mlp", "version": "1"}, "msgpack")
-    checked = run_through(Pipeline(predictor, Limits(), depth=2), values, 8, encoder)
-    assert checked.dead == []
-    (predicted,) = checked.outputs.values()
+    batches: list[dict[str, np.ndarray]] = []
+    checked = run_through(Pipeline(predictor, Limits(), depth=2), values, 8, encoder, sink=batches.append)
+    assert (checked.predicted, checked.dead, checked.named) == (21, 0, [])
+    predicted = np.concatenate([outputs["output_0"] for outputs in batches])
     np.testing.assert_allclose(predicted, model.predict(rows, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(checked.first["output_0"], predicted[0])  # the report's row, kept alone
     # each prediction encoded by the workers' own encoder (its size: ids 0-9 and 10-20 differ by a byte)
     assert len(checked.value_bytes) == 21 and len(set(checked.value_bytes)) <= 2
 
@@ -94,13 +96,16 @@ def test_check_says_what_messages_carry_and_predicts_a_file(tmp_path: Path, mlp_
 def test_inputs_that_do_not_fit_the_model_are_named_with_their_reasons_and_exit_1(
     tmp_path: Path, mlp_path: Path
 ) -> None:
-    rows = [[float(i)] * (5 if i % 3 == 0 else 4) for i in range(9)]  # inputs 0, 3 and 6 have 5 features
+    """Inputs 0, 3, ..., 21 have 5 features: in batches of 4, the first five are named in input
+    order across batches, the other three counted."""
+    rows = [[float(i)] * (5 if i % 3 == 0 else 4) for i in range(24)]
     inputs = str(write_jsonl(tmp_path / "in.jsonl", rows))
-    done = check("--model", str(mlp_path), "--inputs", inputs, "--varying-shapes")
+    done = check("--model", str(mlp_path), "--inputs", inputs, "--varying-shapes", "--max-batch-size", "4")
     assert done.returncode == 1, done.stderr[-2000:]
-    assert "inputs: 6 of 9 predicted, 3 would go to the dead-letter topic" in done.stdout
-    for number in (0, 3, 6):
-        assert f"  input {number}: input 'features' has shape [5]; the model takes [4]" in done.stdout
+    assert "inputs: 16 of 24 predicted, 8 would go to the dead-letter topic" in done.stdout
+    named = re.findall(r"  input (\d+): input 'features' has shape \[5\]; the model takes \[4\]", done.stdout)
+    assert named == ["0", "3", "6", "9", "12"]
+    assert "  ... and 3 more" in done.stdout
 
 
 def test_a_preprocess_function_runs_as_in_the_workers_and_its_failures_are_dead_letters(
