@@ -594,6 +594,27 @@ def test_an_output_that_cannot_be_encoded_is_dead_lettered_alone(
     assert committed(bootstrap, group, inp, 1) == {0: 40}
 
 
+def test_outputs_json_cannot_carry_are_each_dead_lettered_and_the_stream_goes_on(
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+) -> None:
+    """A real model's outputs, no injection: complex numbers, which msgpack carries and JSON has no
+    numbers for. Each batch fails to encode, then each row alone: every input a dead letter saying
+    why, none an output, all committed, the worker alive to the end."""
+    model = models.complex_saved_model(tmp_path / "complex")
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(12)))
+    summary = run_worker(settings(bootstrap, model, inp, out, group, output_format="json", dlq_topic=dlq))
+    assert summary["predicted"] == 0 and summary["dead_lettered"] == 12
+    dead = read_topic(bootstrap, dlq, min_count=12)
+    assert sorted(int(dict(m.headers())["tfstream.errors.offset"]) for m in dead) == list(range(12))
+    for message in dead:
+        headers = dict(message.headers())
+        assert headers["tfstream.errors.stage"] == b"emit"
+        assert b"TypeError" in headers["tfstream.errors.exception.message"]
+    assert read_topic(bootstrap, out, min_count=0, timeout=2) == []
+    assert committed(bootstrap, group, inp, 1) == {0: 12}
+
+
 def test_a_model_taking_bfloat16_is_served_from_float32_inputs(
     bootstrap: str, topics: Topics, group: str, tmp_path: Path
 ) -> None:
