@@ -17,7 +17,7 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar, overload
+from typing import Any, BinaryIO, TextIO, TypeVar, overload
 
 import numpy as np
 
@@ -74,7 +74,7 @@ def read_inputs(path: Path, options: ReadOptions | None = None) -> Sequence[Exam
             f"cannot read input file {str(path)!r}: it is not UTF-8 text ({exc.reason} at byte {exc.start:,}); "
             "save it as UTF-8"
         ) from None
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, csv.Error) as exc:
         raise ConfigError(f"cannot read input file {str(path)!r}: {exc}") from None
     if not examples:
         raise ConfigError(f"input file {str(path)!r} holds no examples")
@@ -418,17 +418,80 @@ def _json_tensor(value: Any, where: str, shapes: Shapes, name: str, options: Rea
     return array
 
 
-def _read_csv(path: Path, options: ReadOptions) -> list[Example]:
+#: a .csv field may be this long (a document for a text model): Python's csv module stops at 128 KiB
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def _read_csv(path: Path, options: ReadOptions) -> Sequence[Example]:
+    """Every row checked; the examples, or (a file over ``HELD_UP_TO_BYTES``) the rows read again
+    as they are sent."""
+    held: list[Example] | None = [] if path.stat().st_size <= HELD_UP_TO_BYTES else None
     with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = list(reader.fieldnames or [])
+        header, rows = _csv_rows(handle)
         features = _csv_features(header, options, path)
-        examples = []
-        for index, row in enumerate(reader):
-            where = f"{path}:{reader.line_num}"  # blank lines are skipped, and a quoted text may span lines
-            _check_width(row, header, where)
-            examples.append(_csv_example(row, features, where, index, options))
-        return examples
+        count = 0
+        for where_line, row in rows:
+            example = _csv_row(row, header, features, f"{path}:{where_line}", count, options)
+            if held is not None:
+                held.append(example)
+            count += 1
+    return held if held is not None else CsvRows(path, count, header, features, options)
+
+
+def _csv_rows(handle: TextIO) -> tuple[list[str], Iterator[tuple[int, dict[Any, Any]]]]:
+    """A .csv's header, and its rows with the line each ends on (blank lines are skipped, and a
+    quoted text may span lines)."""
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    reader = csv.DictReader(handle)
+    header = list(reader.fieldnames or [])
+    return header, ((reader.line_num, row) for row in reader)
+
+
+def _csv_row(
+    row: dict[Any, Any], header: list[str], features: list[str], where: str, index: int, options: ReadOptions
+) -> Example:
+    _check_width(row, header, where)
+    return _csv_example(row, features, where, index, options)
+
+
+class CsvRows(MadeWhenRead):
+    """The rows of a checked ``.csv`` file as examples, each parsed again when it is sent, in order:
+    the check keeps how many rows there are, not what they hold. A row before the last one read
+    reads the file again from its start (sending goes in order)."""
+
+    def __init__(self, path: Path, count: int, header: list[str], features: list[str], options: ReadOptions):
+        self.path, self.length, self.header, self.features, self.options = path, count, header, features, options
+        self._handle: TextIO | None = None
+        self._rows: Iterator[tuple[int, dict[Any, Any]]] = iter(())
+        self._next = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __del__(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+    def example(self, number: int) -> Example:
+        try:
+            if self._handle is None or number < self._next:
+                self._start()
+            for line, row in self._rows:
+                index, self._next = self._next, self._next + 1
+                if index == number:
+                    return _csv_row(row, self.header, self.features, f"{self.path}:{line}", number, self.options)
+        except (ConfigError, UnicodeDecodeError, csv.Error):  # it passed the check
+            pass
+        raise ConfigError(f"{self.path}: the file changed since it was checked; publish it again")
+
+    def _start(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        self._handle = self.path.open(newline="", encoding="utf-8-sig")
+        header, self._rows = _csv_rows(self._handle)
+        self._next = 0
+        if header != self.header:
+            raise ConfigError("the header changed")
 
 
 def _check_width(row: dict[Any, Any], header: list[str], where: str) -> None:
