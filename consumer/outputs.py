@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from confluent_kafka import Message
 
-from consumer.codec import json_data, output_envelope
+from consumer.codec import FORMAT_VERSION, json_data_rows
 from consumer.counts import Counters
 from consumer.delivery import (
     HEADER_PREFIX,
@@ -19,7 +19,7 @@ from consumer.delivery import (
 )
 from consumer.envelopes import OutputPacker
 from consumer.errors import EmitError, OutputTooLargeError, UnkeyedOutputError
-from consumer.json_output import encode_json, json_value
+from consumer.json_output import JsonPacker
 from consumer.offsets import coordinates_of
 from consumer.pipeline import Batch
 from consumer.tombstones import DEAD_LETTER, FORWARD, Mode, around
@@ -30,11 +30,11 @@ class OutputEncoder:
 
     def __init__(self, model: dict[str, str], output_format: str) -> None:
         self.model = model
-        self._json = output_format == "json"
+        self._json = JsonPacker(model, FORMAT_VERSION) if output_format == "json" else None
         self._packer = OutputPacker(model)
 
     def values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
-        if self._json:
+        if self._json is not None:
             return self._json_values(batch, outputs)
         return self._packer.pack_rows(outputs, batch.coords, batch.timestamps, batch.ids)
 
@@ -56,19 +56,12 @@ class OutputEncoder:
         return good, values, failed
 
     def _json_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
-        values = []
-        single = len(outputs) == 1
-        columns = {name: (*json_data(value), list(value.shape[1:])) for name, value in outputs.items()}
-        for row, ((topic, partition), offset) in enumerate(batch.coords):
-            tensors = {
-                name: {"dtype": d, "shape": shape, "data": data[row]} for name, (d, data, shape) in columns.items()
-            }
-            body = next(iter(tensors.values())) if single else tensors
-            ident, has_id = batch.ids[row]
-            source = {"topic": topic, "partition": partition, "offset": offset, "timestamp": batch.timestamps[row]}
-            envelope = output_envelope(body, model=self.model, source=source, id=json_value(ident), has_id=has_id)
-            values.append(encode_json(envelope))
-        return values
+        assert self._json is not None
+        columns = {}
+        for name, value in outputs.items():
+            dtype, rows = json_data_rows(value)
+            columns[name] = (dtype, list(value.shape[1:]), rows)
+        return self._json.pack_rows(columns, batch.coords, batch.timestamps, batch.ids)
 
 
 class Emitter:

@@ -3,6 +3,8 @@ the per-message definitions they replace, on valid and hostile input alike."""
 
 from __future__ import annotations
 
+import json
+
 import msgpack
 import numpy as np
 from hypothesis import given, settings
@@ -10,10 +12,22 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from consumer import errors
-from consumer.codec import Limits, encode_tensor, output_envelope, pack_input, pack_output, unpack_input
+from consumer.codec import (
+    Limits,
+    encode_tensor,
+    json_data,
+    output_envelope,
+    pack_input,
+    pack_output,
+    unpack_input,
+    wire_array,
+)
 from consumer.envelopes import OutputPacker
+from consumer.json_output import encode_json, json_value
 from consumer.layout import CanonicalLayout
 from consumer.offsets import OffsetTracker
+from consumer.outputs import OutputEncoder
+from consumer.pipeline import Batch
 from consumer.signature import Signature, TensorSpec
 from consumer.timing import Timeline
 from consumer.validate import BatchDecoder, conform
@@ -286,6 +300,70 @@ def assert_packed_as_envelopes(outputs: dict[str, np.ndarray], sources: list, id
         source = dict(zip(("topic", "partition", "offset", "timestamp"), sources[row], strict=True))
         envelope = output_envelope(body, model=model, source=source, id=ids[row][0], has_id=ids[row][1])
         assert packed[row] == pack_output(envelope)
+
+
+JSON_OUTPUT_ARRAYS = st.sampled_from(
+    ["float32", "float16", ">f8", "float64", "int64", "uint64", "int8", "uint8", "bool"]
+).flatmap(
+    lambda d: (
+        hnp.arrays(
+            np.dtype(d), hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4), elements={"allow_nan": True}
+        )
+        if np.dtype(d).kind == "f"
+        else hnp.arrays(np.dtype(d), hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4))
+    )
+) | hnp.arrays(object, hnp.array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=3), elements=st.binary(max_size=5))
+JSON_IDS = st.recursive(
+    st.none() | st.booleans() | MSGPACK_INTS | st.floats() | st.text(max_size=3) | st.binary(max_size=3),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=2) | st.integers(), inner, max_size=2),
+    max_leaves=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=6), JSON_OUTPUT_ARRAYS, min_size=1, max_size=3),
+    st.lists(st.tuples(st.integers(0, 2**40), JSON_IDS, st.booleans()), max_size=12),
+    st.sampled_from(["in", "100%", 'a"b']),
+    st.sampled_from([{"name": "m", "version": "7"}, {"name": "50%s", "version": "%d"}]),
+)
+def test_json_outputs_say_what_the_envelope_says_each_float_as_its_own_type_writes_it(
+    outputs: dict[str, np.ndarray], rows: list, topic: str, model: dict[str, str]
+) -> None:
+    """The JSON packer against the envelope written whole (``encode_json(output_envelope(...))``, the
+    JSON path before 2026-12-05): the same text, but that a finite float32 or float16 output is
+    written as its own type's shortest text, which reads back as the same value of its type."""
+    count = min([len(rows), *(len(a) for a in outputs.values())])
+    outputs = {name: array[:count] for name, array in outputs.items()}
+    coords = [((topic, r[0] % 5), r[0]) for r in rows[:count]]
+    timestamps = [1_700_000_000_000 + r[0] for r in rows[:count]]
+    ids = [(r[1], r[2]) for r in rows[:count]]
+    batch = Batch(0, [None] * count, coords, timestamps, {}, ids, 0.0)  # type: ignore[list-item]
+    written = OutputEncoder(model, "json").values(batch, outputs)
+    assert len(written) == count
+    columns = {name: (*json_data(array), list(array.shape[1:])) for name, array in outputs.items()}
+    for row, ((_, partition), offset) in enumerate(coords):
+        tensors = {name: {"dtype": d, "shape": shape, "data": data[row]} for name, (d, data, shape) in columns.items()}
+        body = next(iter(tensors.values())) if len(tensors) == 1 else tensors
+        source = {"topic": topic, "partition": partition, "offset": offset, "timestamp": timestamps[row]}
+        whole = encode_json(
+            output_envelope(body, model=model, source=source, id=json_value(ids[row][0]), has_id=ids[row][1])
+        )
+        narrow = [name for name, a in outputs.items() if a.dtype.itemsize < 8 and a.dtype.kind == "f"]
+        if not any(np.isfinite(outputs[name]).all() for name in narrow):
+            assert written[row] == whole
+            continue
+        got, expected = json.loads(written[row]), json.loads(whole)
+        for name in narrow:
+            dtype = wire_array(outputs[name]).dtype
+            at = (lambda e: e["outputs"]) if len(outputs) == 1 else (lambda e, n=name: e["outputs"][n])
+            got_data, expected_data = at(got).pop("data"), at(expected).pop("data")
+            if np.isfinite(outputs[name]).all():
+                assert np.array_equal(np.asarray(got_data, dtype), np.asarray(expected_data, dtype))
+                assert np.array_equal(np.asarray(got_data, dtype), outputs[name][row])
+            else:
+                assert got_data == expected_data
+        assert got == expected
 
 
 def test_marking_a_batch_done_at_once_equals_marking_each_offset() -> None:

@@ -16,8 +16,7 @@ import structlog
 import structlog.testing
 from confluent_kafka import Consumer, Producer
 
-from consumer import logs
-from consumer import outputs as outputs_module
+from consumer import json_output, logs
 from consumer.codec import pack_input, unpack_output
 from consumer.delivery import wait_until
 from consumer.envelopes import OutputPacker
@@ -571,8 +570,8 @@ def test_an_output_that_cannot_be_encoded_is_dead_lettered_alone(
             raise ValueError("injected: cannot encode id 13")
 
     if output_format == "json":
-        json_value = outputs_module.json_value
-        monkeypatch.setattr(outputs_module, "json_value", lambda ident: (refuse_13(ident), json_value(ident))[1])
+        id_part = json_output._id_part
+        monkeypatch.setattr(json_output, "_id_part", lambda ident, has: (refuse_13(ident), id_part(ident, has))[1])
     else:
         pack_rows = OutputPacker.pack_rows
 
