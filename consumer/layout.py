@@ -5,7 +5,8 @@
 
 For a given model everything but the tensor bytes and the id is the same in every such message,
 so a batch of them is checked with a few array comparisons and its tensor bytes are sliced out;
-integer ids are read from their bytes, any other id goes through msgpack (one message at a time).
+integer and string ids are read from their bytes, any other id goes through msgpack (one message
+at a time).
 Any other encoding of the same content (keys in another order, a wider bin header, no ``v``) is
 still valid wire format: it takes the parsing path.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from itertools import chain
 from typing import Any
 
 import msgpack
@@ -34,6 +36,8 @@ _INTS = {
     5: ((0xCE, ">u4"), (0xD2, ">i4")),
     9: ((0xCF, ">u8"), (0xD3, ">i8")),
 }
+#: msgpack string encodings past fixstr: (marker, bytes of the length after it, big-endian dtype)
+_STRS = ((0xD9, 1, ">u1"), (0xDA, 2, ">u2"), (0xDB, 4, ">u4"))
 #: a row's tensor bytes, one per model input, and its (id, present)
 Sliced = tuple[list[bytes | memoryview], tuple[Any, bool]]
 
@@ -109,16 +113,22 @@ class CanonicalLayout:
         )
 
     def _ids(self, block: np.ndarray) -> list[tuple[Any, bool]] | None:
-        """The rows' ids when each is one msgpack integer filling the rest of its message, else None."""
+        """The rows' ids when each is one msgpack integer or string filling the rest of its message,
+        else None (a string that is not UTF-8 too: msgpack's path refuses it)."""
         width = block.shape[1] - self._id_at
         if width <= 0:
             return [(None, False)] * len(block)
         ids: list[Any] = [None] * len(block)
         left = len(block)
-        for rows, values in _integers(block[:, self._id_at :], width):
-            left -= len(rows)
-            for row, value in zip(rows, values, strict=True):
-                ids[row] = (value, True)
+        raw = block[:, self._id_at :]
+        found: Iterator[tuple[list[int], list[Any]]] = chain(_integers(raw, width), _strings(raw, width))
+        try:
+            for rows, values in found:
+                left -= len(rows)
+                for row, value in zip(rows, values, strict=True):
+                    ids[row] = (value, True)
+        except UnicodeDecodeError:
+            return None
         return ids if left == 0 else None
 
     def slice(self, value: bytes) -> Sliced | None:
@@ -156,3 +166,28 @@ def _integers(raw: np.ndarray, width: int) -> Iterator[tuple[list[int], list[int
         rows = marker == code
         if rows.any():
             yield np.flatnonzero(rows).tolist(), np.ascontiguousarray(raw[rows, 1:]).view(dtype).ravel().tolist()
+
+
+def _strings(raw: np.ndarray, width: int) -> Iterator[tuple[list[int], list[str]]]:
+    """The rows of ``raw`` that hold one msgpack string of ``width`` bytes with its header, per
+    header: (rows, texts). ``UnicodeDecodeError`` for a text that is not UTF-8."""
+    marker = raw[:, 0]
+    if width <= 32:  # fixstr: the length in the marker
+        yield from _texts(raw, marker == 0xA0 + width - 1, 1)
+    for code, size, dtype in _STRS:
+        rows = marker == code
+        if width > size and rows.any():
+            declared = np.ascontiguousarray(raw[:, 1 : 1 + size]).view(dtype).ravel()
+            yield from _texts(raw, rows & (declared == width - 1 - size), 1 + size)
+
+
+def _texts(raw: np.ndarray, rows: np.ndarray, start: int) -> Iterator[tuple[list[int], list[str]]]:
+    picked = np.flatnonzero(rows)
+    if not picked.size:
+        return
+    body = np.ascontiguousarray(raw[picked, start:])
+    if body.shape[1] == 0:
+        yield picked.tolist(), [""] * len(picked)
+        return
+    # each row's bytes through a void dtype (``S`` would drop trailing zero bytes)
+    yield picked.tolist(), [text.decode() for text in body.view(f"V{body.shape[1]}").ravel().tolist()]

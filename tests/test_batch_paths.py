@@ -97,6 +97,60 @@ def test_batch_decode_agrees_with_decoding_each_message_alone(case: tuple[Signat
             assert column[position].tobytes() == array.tobytes()
 
 
+def _string_id(text: bytes, form: int) -> bytes:
+    """A msgpack str of ``text``'s bytes: 0 the smallest header, 1-3 str8, str16, str32 (longer
+    than need be, which msgpack reads all the same); 4 a str8 and a byte after it (not one object)."""
+    if form == 4:
+        return bytes([0xD9, len(text)]) + text + b"\0" if len(text) < 256 else b"\xc1"
+    if form == 0:
+        return msgpack.packb(
+            text.decode("utf-8", "surrogateescape"), use_bin_type=True, unicode_errors="surrogateescape"
+        )
+    marker, size = ((0xD9, 1), (0xDA, 2), (0xDB, 4))[form - 1]
+    return bytes([marker]) + len(text).to_bytes(size, "big") + text
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 1, 2, 3, 4]),
+            st.binary(max_size=40)
+            | st.text(max_size=300).map(str.encode)
+            | st.sampled_from([b"", b"a\0", b"\0\0", b"\xff", b"\xc3"]),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.lists(st.none() | MSGPACK_INTS, max_size=3),
+)
+def test_string_ids_in_every_msgpack_form_decode_as_each_message_alone(texts: list, others: list) -> None:
+    """String ids are read a batch at once from the canonical layout (since 2026-12-05): fixstr,
+    str8, str16 and str32, empty, with trailing zero bytes, not UTF-8 (which msgpack refuses), or
+    followed by a stray byte,
+    beside integer ids and none, all as the per-message definition reads them."""
+    row = np.arange(3, dtype="float32")
+    plain = pack_input(row)
+    with_id = [b"\x83" + plain[1:] + msgpack.packb("id") + _string_id(text, form) for form, text in texts]
+    values: list[bytes | None] = [*with_id, *(pack_input(row, id=i) for i in others)]
+    expected = _one_by_one(values, SINGLE, False)
+    decoded = BatchDecoder(SINGLE, LIMITS).decode(values)
+    assert [type(e) for _, e in decoded.failures] == [r for r in expected if isinstance(r, type)]
+    assert [decoded.ids[i] for i in range(len(decoded.rows))] == [expected[r][1] for r in decoded.rows]  # type: ignore[index]
+    assert sorted(decoded.rows + [i for i, _ in decoded.failures]) == list(range(len(values)))
+
+
+def test_a_batch_of_string_ids_takes_the_sliced_path() -> None:
+    """Else the test above would pass on the per-message path alone."""
+    layout = CanonicalLayout(SINGLE, LIMITS)
+    values = [pack_input(np.arange(3, dtype="float32"), id=ident) for ident in ("a", "order-17", "é" * 40, "")]
+    sliced = layout.slice_batch(values)
+    assert sliced is not None
+    assert sliced[1] == [("a", True), ("order-17", True), ("é" * 40, True), ("", True)]
+    bad = [*values[:1], values[1][:-8] + b"\xff" * 8]  # "order-17" with bytes that are not UTF-8
+    assert layout.slice_batch(bad) is None
+
+
 def _exact(signature: Signature) -> st.SearchStrategy[bytes]:
     """Messages carrying exactly the model's dtypes and shapes, in the raw-bytes form."""
     return _good(signature, as_lists=st.just(False))
@@ -211,7 +265,7 @@ def test_canonical_batches_are_sliced_at_once() -> None:
     columns, found = sliced
     assert found == [(ident, True) for ident in ids]
     assert np.frombuffer(columns[0].tobytes(), "<f4").reshape(-1, 3)[:, 0].tolist() == list(range(len(ids)))
-    assert layout.slice_batch([*values, pack_input(np.zeros(3, "float32"), id="text")]) is None
+    assert layout.slice_batch([*values, pack_input(np.zeros(3, "float32"), id=1.5)]) is None  # ids of other types
     without_id = layout.slice_batch([pack_input(np.ones(3, "float32"))])
     assert (
         without_id is not None
