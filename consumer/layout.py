@@ -127,6 +127,8 @@ class CanonicalLayout:
                 left -= len(rows)
                 for row, value in zip(rows, values, strict=True):
                     ids[row] = (value, True)
+                if left == 0:  # integer ids, the common case, are not looked at again as strings
+                    break
         except UnicodeDecodeError:
             return None
         return ids if left == 0 else None
