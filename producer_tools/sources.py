@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import struct
 import zipfile
 from abc import abstractmethod
 from array import array
@@ -132,12 +133,12 @@ def _cast(array: np.ndarray, options: ReadOptions, where: str) -> np.ndarray:
     return array.astype(options.dtype) if options.dtype else array
 
 
-def _array_column(array: np.ndarray, options: ReadOptions, where: str) -> np.ndarray:
-    """A .npz's array: numbers, cast as asked, or one string a row (``_check_texts``)."""
+def _check_column(array: np.ndarray, options: ReadOptions, where: str) -> None:
+    """A .npz's array: numbers (cast as asked when each row is sent), or one string a row (``_check_texts``)."""
     if _is_text(array):
         _check_texts(array, options, where)
-        return array
-    return _cast(array, options, where)
+    else:
+        _check_numbers(array, where)
 
 
 def _is_text(array: np.ndarray) -> bool:
@@ -249,7 +250,7 @@ def _refusing_objects(path: Path, load: Callable[[], T]) -> T:
         ) from None
 
 
-def _read_npz(path: Path, options: ReadOptions) -> list[Example]:
+def _read_npz(path: Path, options: ReadOptions) -> NpzRows:
     arrays = _refusing_objects(path, lambda: _npz_arrays(path))
     keys = _take_column(arrays, options.key_field, path)
     ids = _take_column(arrays, options.id_field, path)
@@ -259,21 +260,76 @@ def _read_npz(path: Path, options: ReadOptions) -> list[Example]:
     if len(rows) != 1 or 0 in rows:
         sizes = {name: (len(a) if a.ndim else 0) for name, a in arrays.items()}
         raise ConfigError(f"input file {str(path)!r}: arrays must have the same number of rows, got {sizes}")
-    arrays = {name: _array_column(a, options, f"{path}[{name}]") for name, a in arrays.items()}
-    count = rows.pop()
-    return [
-        Example(
-            _to_key(keys[i]) if keys is not None else _row_key(i),
-            ids[i].item() if ids is not None else i,
-            {name: _value(a[i]) for name, a in arrays.items()},
+    for name, column in arrays.items():
+        _check_column(column, options, f"{path}[{name}]")
+    return NpzRows(arrays, keys, ids, options.dtype)
+
+
+class NpzRows(MadeWhenRead):
+    """The rows of a ``.npz`` file's arrays as examples, each made when it is sent: arrays saved
+    uncompressed (``numpy.savez``) are memory-mapped in the file, compressed ones
+    (``numpy.savez_compressed``) read whole."""
+
+    def __init__(
+        self, arrays: dict[str, np.ndarray], keys: np.ndarray | None, ids: np.ndarray | None, dtype: str | None
+    ) -> None:
+        self.arrays, self.keys, self.ids, self.dtype = arrays, keys, ids, dtype
+        self._length = len(next(iter(arrays.values())))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def example(self, number: int) -> Example:
+        return Example(
+            _to_key(self.keys[number]) if self.keys is not None else _row_key(number),
+            self.ids[number].item() if self.ids is not None else number,
+            {name: self._row(column[number]) for name, column in self.arrays.items()},
         )
-        for i in range(count)
-    ]
+
+    def _row(self, value: Any) -> Any:
+        if isinstance(value, np.ndarray | np.number | np.bool_) and self.dtype:
+            return value.astype(self.dtype)
+        return _value(value)
 
 
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
+    """Each array of a ``.npz``: memory-mapped where it is stored uncompressed, else read."""
+    with zipfile.ZipFile(path) as archive:
+        infos = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+    arrays: dict[str, np.ndarray] = {}
+    with np.load(path, allow_pickle=False) as loaded:
+        for name in loaded.files:
+            mapped = _mapped(path, infos.get(name))
+            arrays[name] = loaded[name] if mapped is None else mapped
+    return arrays
+
+
+#: a zip member's local header: its signature, then the lengths of its name and extra field at 26
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
+
+
+def _mapped(path: Path, info: zipfile.ZipInfo | None) -> np.ndarray | None:
+    """A ``.npz`` member stored uncompressed, memory-mapped where its data lies in the file; None
+    for any other (compressed, of Python objects, empty, or of an unknown .npy version)."""
+    if info is None or info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with path.open("rb") as file:
+        file.seek(info.header_offset)
+        signature, name_length, extra_length = _LOCAL_HEADER.unpack(file.read(_LOCAL_HEADER.size))
+        if signature != b"PK\x03\x04":
+            return None
+        file.seek(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
+        try:
+            version = np.lib.format.read_magic(file)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            shape, fortran, dtype = read_header[version](file)
+        except (KeyError, ValueError):
+            return None
+        offset = file.tell()
+    if dtype.hasobject or not shape or 0 in shape:
+        return None
+    # a plain view: a memmap's rows cost 9x as much to index
+    return np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"))
 
 
 def _take_column(arrays: dict[str, np.ndarray], name: str | None, path: Path) -> np.ndarray | None:

@@ -887,6 +887,31 @@ def test_a_large_csv_is_checked_whole_then_each_row_read_again_in_order(
         examples[1]
 
 
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_a_npz_is_read_as_it_is_sent_its_uncompressed_arrays_mapped_in_the_file(
+    tmp_path: Path, save: Callable[..., None]
+) -> None:
+    """Before 2026-12-05 every example of a .npz was made and held first (1,000,000 rows of 64
+    float32: see the README). Now each is made when it is sent; an array stored uncompressed is read
+    where it lies in the file, a compressed one read whole. Keys, ids, --dtype and texts as before."""
+    from producer_tools import sources
+
+    x = np.arange(24, dtype="float64").reshape(4, 3, 2)
+    path, texts = tmp_path / "in.npz", tmp_path / "texts.npz"
+    ids = {"user": np.array([7, 8, 9, 10]), "ident": np.array([70, 80, 90, 100])}
+    save(path, x=x, y=np.array([True, False, True, False]), **ids)
+    save(texts, title=np.array(["a", "bé", "", "d"]))
+    examples = sources.read_inputs(path, sources.ReadOptions(key_field="user", id_field="ident", dtype="float32"))
+    assert isinstance(examples, sources.NpzRows) and len(examples) == 4
+    assert isinstance(examples.arrays["x"].base, np.memmap) is (save is np.savez)
+    for row, example in enumerate(examples):
+        assert (example.key, example.id) == (str(7 + row).encode(), 70 + 10 * row)
+        assert example.inputs["x"].dtype == np.float32 and example.inputs["x"].tolist() == x[row].tolist()
+        assert example.inputs["y"] == np.float32(row % 2 == 0)
+    assert examples[-1].id == 100
+    assert [e.inputs["title"] for e in sources.read_inputs(texts)] == [b"a", "bé".encode(), b"", b"d"]
+
+
 def test_a_csv_field_longer_than_python_s_csv_default_is_read(tmp_path: Path) -> None:
     """A 200,000-character text (a document) crashed ``publish`` with ``_csv.Error: field larger
     than field limit (131072)`` and a traceback."""
