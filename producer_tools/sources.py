@@ -216,9 +216,14 @@ class NpyRows(MadeWhenRead):
         return len(self.array)
 
     def example(self, row_number: int) -> Example:
-        row = _value(self.array[row_number])
-        row = row.astype(self.dtype) if self.dtype else row
+        row = _sent_row(self.array[row_number], self.dtype)
         return Example(_row_key(row_number), row_number, {self.input_name: row} if self.input_name else row)
+
+
+def _sent_row(value: Any, dtype: str | None) -> Any:
+    """An array's row as it is sent: cast to ``dtype`` if given (numbers only: texts refuse it)."""
+    value = _value(value)
+    return value.astype(dtype) if dtype else value
 
 
 def _read_npy(path: Path, options: ReadOptions) -> NpyRows:
@@ -283,23 +288,17 @@ class NpzRows(MadeWhenRead):
         return Example(
             _to_key(self.keys[number]) if self.keys is not None else _row_key(number),
             self.ids[number].item() if self.ids is not None else number,
-            {name: self._row(column[number]) for name, column in self.arrays.items()},
+            {name: _sent_row(column[number], self.dtype) for name, column in self.arrays.items()},
         )
-
-    def _row(self, value: Any) -> Any:
-        if isinstance(value, np.ndarray | np.number | np.bool_) and self.dtype:
-            return value.astype(self.dtype)
-        return _value(value)
 
 
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
     """Each array of a ``.npz``: memory-mapped where it is stored uncompressed, else read."""
-    with zipfile.ZipFile(path) as archive:
-        infos = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
     arrays: dict[str, np.ndarray] = {}
-    with np.load(path, allow_pickle=False) as loaded:
+    with np.load(path, allow_pickle=False) as loaded, path.open("rb") as file:
+        infos = {info.filename.removesuffix(".npy"): info for info in loaded.zip.infolist()}
         for name in loaded.files:
-            mapped = _mapped(path, infos.get(name))
+            mapped = _mapped(path, file, infos.get(name))
             arrays[name] = loaded[name] if mapped is None else mapped
     return arrays
 
@@ -308,27 +307,27 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 
-def _mapped(path: Path, info: zipfile.ZipInfo | None) -> np.ndarray | None:
-    """A ``.npz`` member stored uncompressed, memory-mapped where its data lies in the file; None
-    for any other (compressed, of Python objects, empty, or of an unknown .npy version)."""
+def _mapped(path: Path, file: BinaryIO, info: zipfile.ZipInfo | None) -> np.ndarray | None:
+    """A ``.npz`` member stored uncompressed, memory-mapped where its data lies in the file (``file``
+    open on ``path``); None for any other (compressed, of Python objects, empty, or of an unknown
+    .npy version)."""
     if info is None or info.compress_type != zipfile.ZIP_STORED:
         return None
-    with path.open("rb") as file:
-        file.seek(info.header_offset)
-        signature, name_length, extra_length = _LOCAL_HEADER.unpack(file.read(_LOCAL_HEADER.size))
-        if signature != b"PK\x03\x04":
-            return None
-        file.seek(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
-        try:
-            version = np.lib.format.read_magic(file)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-            shape, fortran, dtype = read_header[version](file)
-        except (KeyError, ValueError):
-            return None
-        offset = file.tell()
+    file.seek(info.header_offset)
+    signature, name_length, extra_length = _LOCAL_HEADER.unpack(file.read(_LOCAL_HEADER.size))
+    if signature != b"PK\x03\x04":
+        return None
+    file.seek(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
+    try:
+        version = np.lib.format.read_magic(file)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        shape, fortran, dtype = read_header[version](file)
+    except (KeyError, ValueError):
+        return None
     if dtype.hasobject or not shape or 0 in shape:
         return None
     # a plain view: a memmap's rows cost 9x as much to index
+    offset = file.tell()
     return np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"))
 
 
