@@ -11,8 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import struct
 import zipfile
+import zlib
 from abc import abstractmethod
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -23,12 +23,15 @@ from typing import Any, BinaryIO, TextIO, TypeVar, overload
 import numpy as np
 
 from consumer.errors import ConfigError
+from producer_tools.npz_members import PackedColumn, npz_arrays
 
 T = TypeVar("T")
 Tensor = np.ndarray | bytes
 Inputs = Tensor | dict[str, Tensor]
 #: each input's shape in a ``.jsonl`` file's first row, which the others are held against
 Shapes = dict[str, tuple[int, ...]]
+#: a .npz's array: in memory, memory-mapped, or read block by block (``npz_arrays``)
+Column = np.ndarray | PackedColumn
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def read_inputs(path: Path, options: ReadOptions | None = None) -> Sequence[Exam
             f"cannot read input file {str(path)!r}: it is not UTF-8 text ({exc.reason} at byte {exc.start:,}); "
             "save it as UTF-8"
         ) from None
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, csv.Error) as exc:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, csv.Error) as exc:
         raise ConfigError(f"cannot read input file {str(path)!r}: {exc}") from None
     if not examples:
         raise ConfigError(f"input file {str(path)!r} holds no examples")
@@ -133,7 +136,7 @@ def _cast(array: np.ndarray, options: ReadOptions, where: str) -> np.ndarray:
     return array.astype(options.dtype) if options.dtype else array
 
 
-def _check_column(array: np.ndarray, options: ReadOptions, where: str) -> None:
+def _check_column(array: Column, options: ReadOptions, where: str) -> None:
     """A .npz's array: numbers (cast as asked when each row is sent), or one string a row (``_check_texts``)."""
     if _is_text(array):
         _check_texts(array, options, where)
@@ -141,11 +144,11 @@ def _check_column(array: np.ndarray, options: ReadOptions, where: str) -> None:
         _check_numbers(array, where)
 
 
-def _is_text(array: np.ndarray) -> bool:
+def _is_text(array: Column) -> bool:
     return array.dtype.kind in "US"
 
 
-def _check_texts(array: np.ndarray, options: ReadOptions, where: str) -> None:
+def _check_texts(array: Column, options: ReadOptions, where: str) -> None:
     """An array of strings (NumPy's ``U`` or ``S``): one text an example, each sent as its bytes."""
     if array.ndim != 1:
         raise ConfigError(
@@ -174,7 +177,7 @@ _NOT_NUMBERS = {
 }
 
 
-def _check_numbers(array: np.ndarray, where: str) -> None:
+def _check_numbers(array: Column, where: str) -> None:
     kind = array.dtype.kind
     if kind not in "biuf":
         raise ConfigError(f"{where}: values must be numbers, found {_NOT_NUMBERS.get(kind, str(array.dtype))}")
@@ -256,7 +259,8 @@ def _refusing_objects(path: Path, load: Callable[[], T]) -> T:
 
 
 def _read_npz(path: Path, options: ReadOptions) -> NpzRows:
-    arrays = _refusing_objects(path, lambda: _npz_arrays(path))
+    whole = {name for name in (options.key_field, options.id_field) if name is not None}
+    arrays = _refusing_objects(path, lambda: npz_arrays(path, whole))
     keys = _take_column(arrays, options.key_field, path)
     ids = _take_column(arrays, options.id_field, path)
     if not arrays:
@@ -271,12 +275,11 @@ def _read_npz(path: Path, options: ReadOptions) -> NpzRows:
 
 
 class NpzRows(MadeWhenRead):
-    """The rows of a ``.npz`` file's arrays as examples, each made when it is sent: arrays saved
-    uncompressed (``numpy.savez``) are memory-mapped in the file, compressed ones
-    (``numpy.savez_compressed``) read whole."""
+    """The rows of a ``.npz`` file's arrays as examples, each made when it is sent (``npz_arrays``:
+    none read whole where that can be helped)."""
 
     def __init__(
-        self, arrays: dict[str, np.ndarray], keys: np.ndarray | None, ids: np.ndarray | None, dtype: str | None
+        self, arrays: dict[str, Column], keys: np.ndarray | None, ids: np.ndarray | None, dtype: str | None
     ) -> None:
         self.arrays, self.keys, self.ids, self.dtype = arrays, keys, ids, dtype
         self._length = len(next(iter(arrays.values())))
@@ -292,51 +295,14 @@ class NpzRows(MadeWhenRead):
         )
 
 
-def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Each array of a ``.npz``: memory-mapped where it is stored uncompressed, else read."""
-    arrays: dict[str, np.ndarray] = {}
-    with np.load(path, allow_pickle=False) as loaded, path.open("rb") as file:
-        infos = {info.filename.removesuffix(".npy"): info for info in loaded.zip.infolist()}
-        for name in loaded.files:
-            mapped = _mapped(path, file, infos.get(name))
-            arrays[name] = loaded[name] if mapped is None else mapped
-    return arrays
-
-
-#: a zip member's local header: its signature, then the lengths of its name and extra field at 26
-_LOCAL_HEADER = struct.Struct("<4s22xHH")
-
-
-def _mapped(path: Path, file: BinaryIO, info: zipfile.ZipInfo | None) -> np.ndarray | None:
-    """A ``.npz`` member stored uncompressed, memory-mapped where its data lies in the file (``file``
-    open on ``path``); None for any other (compressed, of Python objects, empty, or of an unknown
-    .npy version)."""
-    if info is None or info.compress_type != zipfile.ZIP_STORED:
-        return None
-    file.seek(info.header_offset)
-    signature, name_length, extra_length = _LOCAL_HEADER.unpack(file.read(_LOCAL_HEADER.size))
-    if signature != b"PK\x03\x04":
-        return None
-    file.seek(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
-    try:
-        version = np.lib.format.read_magic(file)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-        shape, fortran, dtype = read_header[version](file)
-    except (KeyError, ValueError):
-        return None
-    if dtype.hasobject or not shape or 0 in shape:
-        return None
-    # a plain view: a memmap's rows cost 9x as much to index
-    offset = file.tell()
-    return np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"))
-
-
-def _take_column(arrays: dict[str, np.ndarray], name: str | None, path: Path) -> np.ndarray | None:
+def _take_column(arrays: dict[str, Column], name: str | None, path: Path) -> np.ndarray | None:
     if name is None:
         return None
     if name not in arrays:
         raise ConfigError(f"input file {str(path)!r} has no array {name!r}; it has {sorted(arrays)}")
-    return arrays.pop(name)
+    column = arrays.pop(name)
+    assert isinstance(column, np.ndarray)  # read whole (npz_arrays)
+    return column
 
 
 class JsonlRows(MadeWhenRead):

@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import uuid
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -893,7 +894,8 @@ def test_a_npz_is_read_as_it_is_sent_its_uncompressed_arrays_mapped_in_the_file(
 ) -> None:
     """Before 2026-12-05 every example of a .npz was made and held first (1,000,000 rows of 64
     float32: see the README). Now each is made when it is sent; an array stored uncompressed is read
-    where it lies in the file, a compressed one read whole. Keys, ids, --dtype and texts as before."""
+    where it lies in the file, a compressed one a block at a time (the next test). Keys, ids,
+    --dtype and texts as before."""
     from producer_tools import sources
 
     x = np.arange(24, dtype="float64").reshape(4, 3, 2)
@@ -903,13 +905,60 @@ def test_a_npz_is_read_as_it_is_sent_its_uncompressed_arrays_mapped_in_the_file(
     save(texts, title=np.array(["a", "bé", "", "d"]))
     examples = sources.read_inputs(path, sources.ReadOptions(key_field="user", id_field="ident", dtype="float32"))
     assert isinstance(examples, sources.NpzRows) and len(examples) == 4
-    assert isinstance(examples.arrays["x"].base, np.memmap) is (save is np.savez)
+    assert isinstance(getattr(examples.arrays["x"], "base", None), np.memmap) is (save is np.savez)
+    assert isinstance(examples.arrays["x"], sources.PackedColumn) is (save is np.savez_compressed)
     for row, example in enumerate(examples):
         assert (example.key, example.id) == (str(7 + row).encode(), 70 + 10 * row)
         assert example.inputs["x"].dtype == np.float32 and example.inputs["x"].tolist() == x[row].tolist()
         assert example.inputs["y"] == np.float32(row % 2 == 0)
     assert examples[-1].id == 100
     assert [e.inputs["title"] for e in sources.read_inputs(texts)] == [b"a", "bé".encode(), b"", b"d"]
+
+
+def test_a_compressed_npz_is_checked_whole_then_read_a_block_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a ``savez_compressed`` array was read whole (256 MB for 1,000,000 rows of 64 float32).
+    Now its rows are decompressed a block at a time as they are sent: in order, an earlier row read
+    from the member's start again, every row as NumPy reads it (big-endian, 3-D, texts; a
+    Fortran-ordered array read whole). A damaged file is refused before anything is sent; one
+    changed after the check, when its row is read."""
+    from consumer.errors import ConfigError
+    from producer_tools import npz_members, sources
+
+    monkeypatch.setattr(npz_members, "BLOCK_BYTES", 40)  # 3-row blocks of x, 1-row of the wider ones
+    rng, n = np.random.default_rng(5), 400  # big: 25 KB compressed, past what reading a header decompresses
+    arrays = {
+        "x": rng.random((n, 3), dtype="float32"),
+        "big": rng.integers(-(2**40), 2**40, (n, 2, 4)).astype(">i8"),
+        "fortran": np.asfortranarray(rng.random((n, 4))),
+        "title": np.array([f"t{i}é" for i in range(n)]),
+    }
+    path = tmp_path / "c.npz"
+    np.savez_compressed(path, **arrays)
+    examples = sources.read_inputs(path)
+    assert isinstance(examples, sources.NpzRows)
+    packed = {name for name, column in examples.arrays.items() if isinstance(column, sources.PackedColumn)}
+    assert packed == {"x", "big", "title"}
+    assert examples.arrays["x"].block_rows == 3  # type: ignore[union-attr]
+    for order in (range(n), [n - 1, 0, 4, 3, n - 2, 1]):
+        for row in order:
+            inputs = examples[row].inputs
+            assert isinstance(inputs, dict) and inputs["title"] == f"t{row}é".encode()
+            for name in ("x", "big", "fortran"):
+                assert inputs[name].dtype == arrays[name].dtype and inputs[name].tolist() == arrays[name][row].tolist()
+
+    damaged = bytearray(path.read_bytes())
+    big = zipfile.ZipFile(path).getinfo("big.npy")  # a byte of its data (past its 30-byte local header)
+    damaged[big.header_offset + 30 + len(big.filename) + big.compress_size // 2] ^= 0xFF
+    (tmp_path / "damaged.npz").write_bytes(bytes(damaged))
+    with pytest.raises(ConfigError, match=r"cannot read input file '.*damaged\.npz': "):
+        sources.read_inputs(tmp_path / "damaged.npz")
+
+    examples = sources.read_inputs(path)
+    np.savez_compressed(path, **{**arrays, "x": arrays["x"][:5]})  # fewer rows since the check
+    with pytest.raises(ConfigError, match=r"c\.npz: the file changed since it was checked; publish it again"):
+        examples[0]
 
 
 def test_a_csv_field_longer_than_python_s_csv_default_is_read(tmp_path: Path) -> None:
