@@ -35,7 +35,7 @@ class OutputEncoder:
 
     def values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
         if self._json is not None:
-            return self._json_values(batch, outputs)
+            return json_values(self._json, batch, outputs)
         return self._packer.pack_rows(outputs, batch.coords, batch.timestamps, batch.ids)
 
     def each(
@@ -55,13 +55,14 @@ class OutputEncoder:
             good.append(row)
         return good, values, failed
 
-    def _json_values(self, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
-        assert self._json is not None
-        columns = {}
-        for name, value in outputs.items():
-            dtype, rows = json_data_rows(value)
-            columns[name] = (dtype, list(value.shape[1:]), rows)
-        return self._json.pack_rows(columns, batch.coords, batch.timestamps, batch.ids)
+
+def json_values(packer: JsonPacker, batch: Batch, outputs: dict[str, np.ndarray]) -> list[bytes]:
+    """One batch's output values as JSON, one per row: each output's rows written once (``json_data_rows``)."""
+    columns = {}
+    for name, value in outputs.items():
+        dtype, rows = json_data_rows(value)
+        columns[name] = (dtype, list(value.shape[1:]), rows)
+    return packer.pack_rows(columns, batch.coords, batch.timestamps, batch.ids)
 
 
 class Emitter:
