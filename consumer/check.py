@@ -233,7 +233,8 @@ def _report_model(served: Served, pipeline: Pipeline, sizes: list[int]) -> None:
     print(f"model {model.name!r}, version {model.version!r}: loaded and compiled")
     print(f"  each message carries: {pipeline.raw_signature.describe()}")
     if pipeline.preprocess is not None:
-        print(f"  the preprocess function gives the model: {model.signature.describe()}")
+        runs = "over a whole batch at once" if pipeline.vectorized else "example by example"
+        print(f"  the preprocess function gives the model: {model.signature.describe()}, {runs}")
     print(f"  outputs: {', '.join(model.signature.outputs)}")
     print(f"  batch sizes: {sizes}; a full batch of {max(warm)} took {warm[max(warm)] * 1000:.2f} ms at warm-up")
 

@@ -105,7 +105,12 @@ def _add_run_flags(run: argparse.ArgumentParser) -> None:
     )
     _flag(model, "--signature", "the SavedModel signature to serve (default serving_default)", metavar="NAME")
     _flag(model, "--model-poll-seconds", "watch a versioned --model, swap in new versions", type=float, metavar="S")
-    _flag(model, "--preprocess", "TensorFlow function applied per example, module:function", metavar="MODULE:FN")
+    _flag(
+        model,
+        "--preprocess",
+        "TensorFlow function of one example (run over whole batches where TensorFlow vectorizes it), module:function",
+        metavar="MODULE:FN",
+    )
     _flag(
         model,
         "--custom-objects",

@@ -29,7 +29,7 @@ from consumer.errors import InputError, PreprocessError
 from consumer.model import tf_dtype
 from consumer.offsets import Partition
 from consumer.predictor import Predictor
-from consumer.preprocess import Preprocess, check_gives, raw_signature
+from consumer.preprocess import Preprocess, check_gives, map_batch, raw_signature, vectorizes
 from consumer.ragged import column_dtypes, feed, flat_columns, map_examples, unflat_columns
 from consumer.validate import BatchDecoder, pad_rows, stack
 
@@ -124,9 +124,14 @@ class Pipeline:
         self._closed = False
         self._end_queued = False
         self.failure: BaseException | None = None
-        self._transform = self._build_transform() if preprocess else None
         if preprocess is not None:
             self._check_preprocess()
+        #: the preprocess function runs over a whole batch at once, not example by example (``vectorizes``)
+        self.vectorized = preprocess is not None and self._fixed_inputs and vectorizes(preprocess, self.raw_signature)
+        self._transform = self._build_transform(self.vectorized) if preprocess else None
+        #: what a batch dropped by a preprocess error is redone with, example by example: a
+        #: vectorized function that failed on the batch is not trusted to find which example failed
+        self._transform_each = self._build_transform(False) if self.vectorized else self._transform
         self.decoder = BatchDecoder(self.raw_signature, limits, reject_non_finite)
         self._no_rows = stack([], self.raw_signature, 0)
 
@@ -252,18 +257,25 @@ class Pipeline:
         tensor, not a dict); None for a model of named inputs."""
         return None if self.signature.named_inputs else self.signature.inputs[0].name
 
-    def _build_transform(self) -> Callable[[Inputs, Any], Inputs]:
+    @property
+    def _fixed_inputs(self) -> bool:
+        """Whether every input messages carry has one fixed shape (none of any size)."""
+        return not any(spec.variable for spec in self.raw_signature.inputs)
+
+    def _build_transform(self, vectorized: bool) -> Callable[[Inputs, Any], Inputs]:
         preprocess, signature = self.preprocess, self.signature
         assert preprocess is not None
         out_specs = {s.name: tf.TensorSpec(s.shape, tf_dtype(s)) for s in signature.inputs}
         only = self._only_input
 
-        raw_specs = self.raw_signature.inputs
+        raw_specs, fixed = self.raw_signature.inputs, self._fixed_inputs
 
         @tf.function(reduce_retracing=True)
         def transform(raw: Inputs, bucket: Any) -> Inputs:
-            if any(spec.variable for spec in raw_specs):
+            if not fixed:
                 mapped = map_examples(preprocess, raw, raw_specs, out_specs, only)
+            elif vectorized:
+                mapped = map_batch(preprocess, raw, out_specs, only)
             elif only is not None:
                 mapped = {only: tf.map_fn(preprocess, raw[only], fn_output_signature=out_specs[only])}
             else:
@@ -330,12 +342,12 @@ class Pipeline:
             yield self._isolate_preprocess(self._registry.pop(batch_id))
 
     def _isolate_preprocess(self, batch: Batch) -> tuple[Batch, Inputs]:
-        assert self._transform is not None
+        assert self._transform_each is not None
         good: list[int] = []
         dead = list(batch.dead)
         for index, msg in enumerate(batch.messages):
             try:
-                self._transform(self._fed(batch.row(index)), tf.constant(1, tf.int64))
+                self._transform_each(self._fed(batch.row(index)), tf.constant(1, tf.int64))
             except Exception as exc:
                 dead.append((msg, PreprocessError(f"preprocess raised {type(exc).__name__}: {exc}")))
                 continue
@@ -345,7 +357,7 @@ class Pipeline:
         if not good:
             return kept, {}
         bucket = self.predictor.bucket_for(kept.rows)
-        return kept, self._transform(self._fed(kept), tf.constant(bucket, tf.int64))
+        return kept, self._transform_each(self._fed(kept), tf.constant(bucket, tf.int64))
 
     def _fed(self, batch: Batch) -> Inputs:
         """A batch's stacked inputs as the transform takes them (``ragged.feed``)."""

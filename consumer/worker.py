@@ -293,7 +293,11 @@ class Worker:
                 served.predictor, limits, s.pipeline_depth, self.preprocess, s.reject_non_finite, s.tombstones
             )
         if self.preprocess is not None:  # what messages must carry, which the model's inputs no longer say
-            self.log.info("preprocess function ready", takes=self.pipeline.raw_signature.describe())
+            self.log.info(
+                "preprocess function ready",
+                takes=self.pipeline.raw_signature.describe(),
+                vectorized=self.pipeline.vectorized,  # over a whole batch at once, else example by example
+            )
         worker = f"{socket.gethostname()}/{os.getpid()}/{self.slot}/{self.device}"
         emitter = Emitter(
             self.outbox, s.output_topic, served.info, s.output_format, self.counters, dead_letters, worker,

@@ -119,3 +119,11 @@ def mean_of_pairs(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 def declares_no_rank(features: tf.Tensor) -> tf.Tensor:
     """Any rank: the wire cannot say what to send."""
     return tf.reshape(features, [4])
+
+
+@tf.function(input_signature=[tf.TensorSpec([4], tf.uint8)])
+def scale_pixels_below_200(pixels: tf.Tensor) -> tf.Tensor:
+    """Pixels scaled to [0, 1]; fails on a pixel of 200 or more. TensorFlow vectorizes every op of
+    it, so the worker runs it over a whole batch at once (``preprocess.vectorizes``)."""
+    tf.debugging.assert_less(pixels, tf.constant(200, tf.uint8), message="a pixel is 200 or more")
+    return tf.cast(pixels, tf.float32) / 255.0

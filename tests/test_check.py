@@ -121,9 +121,17 @@ def test_a_preprocess_function_runs_as_in_the_workers_and_its_failures_are_dead_
     done = check("--model", str(mlp_path), "--preprocess", "tests.preprocessors:decode_floats", "--inputs", str(folder))
     assert done.returncode == 1, done.stderr[-2000:]
     assert "each message carries: features: string[]" in done.stdout
-    assert "the preprocess function gives the model: features: float32[4]" in done.stdout
+    assert "the preprocess function gives the model: features: float32[4], example by example" in done.stdout
     assert "inputs: 5 of 6 predicted, 1 would go to the dead-letter topic" in done.stdout
     assert "  input 4: preprocess raised" in done.stdout
+
+    np.save(tmp_path / "pixels.npy", np.array([[1, 2, 3, 4], [5, 6, 250, 8], [9, 10, 11, 12]], "uint8"))
+    preprocess = "tests.preprocessors:scale_pixels_below_200"  # TensorFlow vectorizes it
+    done = check("--model", str(mlp_path), "--preprocess", preprocess, "--inputs", str(tmp_path / "pixels.npy"))
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "the preprocess function gives the model: features: float32[4], over a whole batch at once" in done.stdout
+    assert "inputs: 2 of 3 predicted, 1 would go to the dead-letter topic" in done.stdout
+    assert "  input 1: preprocess raised" in done.stdout
 
 
 @pytest.mark.parametrize(

@@ -389,6 +389,72 @@ def test_each_example_of_any_size_reaches_the_preprocess_function_in_its_own_sha
         np.testing.assert_array_equal(mapped["b"][i].numpy(), example["b"] * 2)
 
 
+def _named(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Two named inputs, one normalised by its own values, the other chosen per example (a cond)."""
+    a = tf.cast(example["a"], tf.float32)
+    b = tf.cond(example["b"][0] > 0, lambda: example["b"] * 2.0, lambda: -example["b"])
+    return {"a": (a - tf.reduce_mean(a)) / (tf.math.reduce_std(a) + 1.0), "b": b}
+
+
+def _cut_at_first_zero(x: tf.Tensor) -> tf.Tensor:
+    """A shape that depends on the values: TensorFlow cannot vectorize it."""
+    n = tf.reduce_sum(tf.cast(tf.math.cumprod(tf.cast(x != 0, tf.int32)), tf.int32))
+    return tf.pad(x[:n], [[0, 4 - n]])
+
+
+def test_a_preprocess_tensorflow_vectorizes_runs_over_the_batch_as_it_runs_example_by_example() -> None:
+    """``vectorizes`` asks TensorFlow's vectorizer for every op converted, nothing left to a loop;
+    where it says so, ``map_batch`` gives what ``tf.map_fn`` gives example by example, exactly. It
+    says not for decoding bytes, Python (``tf.py_function``) and value-dependent shapes, and asks
+    quietly: TensorFlow logs each op it cannot convert, whole, as an error. A batch of no rows
+    does not call the function (vectorized, an assertion failed on it, and the pipeline hung)."""
+    import logging
+
+    from consumer.preprocess import map_batch, vectorizes
+    from consumer.signature import Signature, TensorSpec
+    from tests import preprocessors
+
+    def one(name: str, dtype: str, shape: tuple[int, ...]) -> Signature:
+        return Signature((TensorSpec(name, dtype, shape),), ("y",), False)
+
+    named = Signature((TensorSpec("a", "uint8", (3,)), TensorSpec("b", "float32", (2,))), ("y",), True)
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = logged.append  # type: ignore[method-assign]
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        assert vectorizes(preprocessors.scale_pixels_below_200, one("x", "uint8", (4,)))
+        assert vectorizes(_named, named)
+        assert not vectorizes(preprocessors.decode_floats, one("x", "string", ()))
+        assert not vectorizes(preprocessors.abort_on_poison, one("x", "float32", (4,)))
+        assert not vectorizes(_cut_at_first_zero, one("x", "float32", (4,)))
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert logged == [] and not logging.getLogger("tensorflow").disabled
+
+    rng = np.random.default_rng(8)
+    pixels = {"x": tf.constant(rng.integers(0, 200, (37, 4)), tf.uint8)}
+    out = {"x": tf.TensorSpec([4], tf.float32)}
+    batched = tf.function(lambda raw: map_batch(preprocessors.scale_pixels_below_200, raw, out, "x"))(pixels)
+    each = tf.map_fn(preprocessors.scale_pixels_below_200, pixels["x"], fn_output_signature=out["x"])
+    np.testing.assert_array_equal(batched["x"].numpy(), each.numpy())
+    none = {"x": tf.zeros([0, 4], tf.uint8)}  # the pipeline's probes: vectorized, its assertion failed on them
+    assert tf.function(lambda raw: map_batch(preprocessors.scale_pixels_below_200, raw, out, "x"))(none)["x"].shape == (
+        0,
+        4,
+    )
+
+    inputs = {
+        "a": tf.constant(rng.integers(0, 256, (37, 3)), tf.uint8),
+        "b": tf.constant(rng.normal(size=(37, 2)), tf.float32),
+    }
+    out = {"a": tf.TensorSpec([3], tf.float32), "b": tf.TensorSpec([2], tf.float32)}
+    batched = tf.function(lambda raw: map_batch(_named, raw, out, None))(inputs)
+    each = tf.map_fn(_named, inputs, fn_output_signature=out)
+    for name in out:
+        np.testing.assert_allclose(batched[name].numpy(), each[name].numpy(), rtol=1e-6, atol=1e-6)
+
+
 def test_a_model_of_several_strings_an_example_is_refused_at_load_unless_a_preprocess_makes_them(
     tmp_path: Path,
 ) -> None:

@@ -245,6 +245,37 @@ def test_preprocess_runs_per_example_and_isolates_failures(
     assert [dict(m.headers())["tfstream.errors.stage"] for m in dead] == [b"preprocess"]
 
 
+def test_a_preprocess_tensorflow_vectorizes_runs_over_whole_batches_and_still_isolates_failures(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+) -> None:
+    """Before 2026-12-05 every preprocess ran example by example (``tf.map_fn``); one that TensorFlow
+    can vectorize now runs over the whole batch at once. A failing example fails its batch, whose
+    inputs are then tried one by one, as before: only it is dead-lettered."""
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    pixels = np.random.default_rng(4).integers(0, 200, (40, 4)).astype("uint8")
+    pixels[13, 2] = 250  # the preprocess function's assertion fails on it
+    publish(bootstrap, inp, ((None, pack_input(row, id=i)) for i, row in enumerate(pixels)))
+    with structlog.testing.capture_logs() as captured:
+        summary = run_worker(
+            settings(
+                bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, max_batch_size=16, max_wait_ms=200,
+                preprocess="tests.preprocessors:scale_pixels_below_200",
+            )
+        )  # fmt: skip
+    (ready,) = [e for e in captured if e["event"] == "preprocess function ready"]
+    assert ready["vectorized"] is True
+    assert (summary["predicted"], summary["dead_lettered"]) == (39, 1)
+    got = {r["id"]: r["outputs"] for _, r in outputs(bootstrap, out, 39)}
+    assert sorted(got) == [i for i in range(40) if i != 13]
+    expected = models.offline_predict(mlp_path, pixels.astype("float32") / 255.0)
+    for i, value in got.items():
+        np.testing.assert_allclose(value, expected[i], atol=1e-5)
+    (dead,) = read_topic(bootstrap, dlq, min_count=1)
+    headers = dict(dead.headers())
+    assert msgpack.unpackb(dead.value())["id"] == 13 and headers["tfstream.errors.stage"] == b"preprocess"
+    assert b"a pixel is 200 or more" in headers["tfstream.errors.exception.message"]
+
+
 def test_a_preprocess_that_takes_inputs_of_any_length_gets_each_as_it_was_sent(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path
 ) -> None:
