@@ -85,7 +85,7 @@ class Workload:
 
     def model_inputs(self, inputs: Inputs) -> ModelInputs:
         """``inputs`` as the model takes them, a row each (strings as bytes in object arrays): cast,
-        or made by the preprocess function, example by example, as the consumer's pipeline does."""
+        or made by the preprocess function, example by example (what the consumer's pipeline gives)."""
         if self.preprocess is None:
             return {s.name: _typed(inputs[s.name], s) for s in self.signature.inputs}
         rows = [self.prepare({name: values[i] for name, values in inputs.items()}) for i in range(_count(inputs))]
