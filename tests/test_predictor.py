@@ -455,6 +455,54 @@ def test_a_preprocess_tensorflow_vectorizes_runs_over_the_batch_as_it_runs_examp
         np.testing.assert_allclose(batched[name].numpy(), each[name].numpy(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["decode_floats", "scale_pixels_below_200"])
+@pytest.mark.parametrize("bad", [{130}, {0, 3, 130, 131, 255}])
+def test_a_batch_the_preprocess_function_fails_is_halved_until_each_input_it_fails_is_found(
+    mlp_path: Path, name: str, bad: set[int]
+) -> None:
+    """Before 2026-12-05 each input of such a batch was run alone: 256 runs into TensorFlow for one
+    corrupt input among 256, for every batch it was in. Now halves are run, and a failing half
+    halved again: one failing input takes 17 runs and the batch's last (count: ``_fed``, called once
+    a run). The failing inputs are dead letters in input order, the others predicted together,
+    as the function makes them one by one; for one TensorFlow vectorizes, and one it does not."""
+    from consumer.check import SOURCE, Sample
+    from consumer.codec import pack_input
+    from consumer.errors import PreprocessError
+    from tests import preprocessors
+
+    preprocess = getattr(preprocessors, name)
+    pipeline = Pipeline(Predictor(load_model(mlp_path), [1, 256]), Limits(), depth=2, preprocess=preprocess)
+    assert pipeline.vectorized is (name == "scale_pixels_below_200")
+    rng = np.random.default_rng(9)
+    if name == "decode_floats":
+        rows = rng.normal(size=(256, 4)).astype("float32")
+        sent = [row.tobytes()[: 3 if i in bad else 16] for i, row in enumerate(rows)]
+    else:
+        rows = rng.integers(0, 200, (256, 4)).astype("uint8")
+        rows[sorted(bad), 1] = 222
+        sent = list(rows)
+    samples = [Sample(i, pack_input(value, id=i)) for i, value in enumerate(sent)]
+    runs = 0
+    fed = pipeline._fed
+
+    def counted(batch: Any) -> Any:
+        nonlocal runs
+        runs += 1
+        return fed(batch)
+
+    pipeline._fed = counted  # type: ignore[method-assign]
+    pipeline.put((samples, [(SOURCE, i) for i in range(256)], [0] * 256), None)  # type: ignore[arg-type]
+    assert pipeline.close(1.0)
+    ((batch, inputs),) = list(pipeline.batches())
+    assert [message.number for message, _ in batch.dead] == sorted(bad)
+    assert all(isinstance(error, PreprocessError) for _, error in batch.dead)
+    kept = [i for i in range(256) if i not in bad]
+    assert [message.number for message in batch.messages] == kept
+    expected = rows[kept].astype("float32") / (255.0 if name != "decode_floats" else 1.0)
+    np.testing.assert_allclose(inputs["features"].numpy()[: len(kept)], expected, rtol=1e-6)
+    assert runs == (18 if len(bad) == 1 else 50)  # one by one: 257
+
+
 def test_a_model_of_several_strings_an_example_is_refused_at_load_unless_a_preprocess_makes_them(
     tmp_path: Path,
 ) -> None:
