@@ -25,11 +25,12 @@ import numpy as np
 from tqdm import tqdm
 
 from consumer import kafka_io, logs
+from consumer.apart import run_apart
 from consumer.codec import Limits, pack_input
 from consumer.config import Settings
 from consumer.errors import ConfigError, ModelError, PreprocessMismatch
 from consumer.outputs import OutputEncoder
-from consumer.pipeline import Batch, Pipeline, padded_row
+from consumer.pipeline import Batch, Pipeline
 from consumer.predictor import MODEL_FAILURES, Predictor, model_failure
 from consumer.preprocess import load_preprocess, shapes_from
 from consumer.reload import Served, batch_sizes, first_served
@@ -207,7 +208,7 @@ def _predict(
     predictor: Predictor, batch: Batch, inputs: Any
 ) -> tuple[list[int], dict[str, np.ndarray], list[tuple[int, str]]]:
     """The rows predicted, their outputs, and the inputs the model failed: where it fails the batch,
-    each input is run alone, as a worker does."""
+    it is run in parts to find them (``run_apart``), as a worker does."""
     try:
         outputs = predictor.run(inputs, predictor.bucket_for(batch.rows))
         return list(range(batch.rows)), {name: value[: batch.rows] for name, value in outputs.items()}, []
@@ -216,15 +217,12 @@ def _predict(
     kept: list[int] = []
     parts: list[dict[str, np.ndarray]] = []
     failed: list[tuple[int, str]] = []
-    size = predictor.bucket_for(1)
-    for row, message in enumerate(batch.messages):
-        try:
-            one = predictor.run(padded_row(inputs, row, size), size)
-        except MODEL_FAILURES as exc:
-            failed.append((_number(message), str(model_failure(exc))))
-            continue
-        kept.append(row)
-        parts.append({name: value[:1] for name, value in one.items()})
+    for rows, result in run_apart(predictor.run, predictor.bucket_for, inputs, list(range(batch.rows))):
+        if isinstance(result, Exception):
+            failed.append((_number(batch.messages[rows[0]]), str(model_failure(result))))
+        else:
+            kept += rows
+            parts.append(result)
     return kept, _joined(parts), failed
 
 

@@ -15,7 +15,7 @@ import contextlib
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,9 +91,9 @@ def pad_to(inputs: Inputs, size: int) -> Inputs:
     return padded
 
 
-def padded_row(inputs: Inputs, row: int, size: int) -> Inputs:
-    """Row ``row`` of a batch's inputs alone, padded to ``size`` rows (a model run input by input)."""
-    return pad_to({name: value[row : row + 1] for name, value in inputs.items()}, size)
+def padded_rows(inputs: Inputs, rows: Sequence[int], size: int) -> Inputs:
+    """These rows of a batch's inputs, in order, padded to ``size`` rows (a model run on part of a batch)."""
+    return pad_to({name: tf.gather(value, list(rows)) for name, value in inputs.items()}, size)
 
 
 class Pipeline:

@@ -14,11 +14,12 @@ from typing import Any
 
 from confluent_kafka import Message
 
+from consumer.apart import run_apart
 from consumer.delivery import DeadLetters, Outbox
 from consumer.logs import Sampled
 from consumer.metrics import WorkerMetrics
 from consumer.outputs import Emitter
-from consumer.pipeline import Batch, Inputs, Pipeline, padded_row
+from consumer.pipeline import Batch, Inputs, Pipeline
 from consumer.predictor import MODEL_FAILURES, model_failure
 from consumer.reload import Served, Watcher, release_unreachable
 from consumer.timing import moving_average
@@ -53,7 +54,7 @@ class Serving:
         self.batch_seconds = 0.0
         self.failure: BaseException | None = None  # what ended the thread, for the fetch loop to raise
         #: a model that raises on every batch would write a line a batch
-        self.failed_batches = Sampled(log, "predict failed on a batch; retrying its inputs one by one")
+        self.failed_batches = Sampled(log, "predict failed on a batch; running its inputs apart")
 
     def tick_logs(self) -> None:
         """Write what the sampled warnings held, once their window is over (the fetch loop's turn)."""
@@ -149,7 +150,7 @@ class Serving:
             with self.outbox.lock:  # one unit of a transaction, like any batch
                 tombstones, batch.tombstones = batch.tombstones, []  # each sent in its place among the rows
                 self.emitter.emit(batch, None)
-                self._predict_one_by_one(batch, inputs, tombstones)
+                self._predict_apart(batch, inputs, tombstones)
             return
         rows = {name: value[: batch.rows] for name, value in outputs.items()}
         predicted = time.perf_counter()
@@ -168,17 +169,17 @@ class Serving:
         timeline.stage("queue", max(0.0, (self.batch_started_at or batch.closed_at) - batch.closed_at))
         timeline.stage("predict", predict_s)
 
-    def _predict_one_by_one(self, batch: Batch, inputs: Inputs, tombstones: list[Message]) -> None:
+    def _predict_apart(self, batch: Batch, inputs: Inputs, tombstones: list[Message]) -> None:
+        """A batch the model failed, predicted in parts between its tombstones (each sent in its place)."""
         for rows, after in around(batch.coords, tombstones):
-            for row in rows:
-                self._predict_row(batch, inputs, row)
+            self._predict_rows(batch, inputs, list(rows))
             self.emitter.settle_tombstones(after)
 
-    def _predict_row(self, batch: Batch, inputs: Inputs, row: int) -> None:
-        size = self.predictor.bucket_for(1)
-        try:
-            outputs = self._run_model(padded_row(inputs, row, size), size)
-        except MODEL_FAILURES as exc:
-            self.dead_letters.send(batch.messages[row], model_failure(exc))
-            return
-        self.emitter.emit(batch.row(row), {k: v[:1] for k, v in outputs.items()}, size, 0.0)
+    def _predict_rows(self, batch: Batch, inputs: Inputs, rows: list[int]) -> None:
+        """Rows of a batch the model failed, in parts (``run_apart``): each part's outputs sent as it
+        ends, each row the model fails alone a dead letter."""
+        for part, result in run_apart(self._run_model, self.predictor.bucket_for, inputs, rows):
+            if isinstance(result, Exception):
+                self.dead_letters.send(batch.messages[part[0]], model_failure(result))
+            else:
+                self.emitter.emit(batch.rows_at(part), result, self.predictor.bucket_for(len(part)), 0.0)

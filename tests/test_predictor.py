@@ -503,6 +503,41 @@ def test_a_batch_the_preprocess_function_fails_is_halved_until_each_input_it_fai
     assert runs == (18 if len(bad) == 1 else 50)  # one by one: 257
 
 
+@pytest.mark.parametrize("bad", [{700}, {0, 5, 700, 701, 1023}, set(range(0, 1024, 97))])
+def test_a_batch_the_model_fails_is_halved_until_each_input_it_fails_on_is_found(tmp_path: Path, bad: set[int]) -> None:
+    """Before 2026-12-05 each input of such a batch was run alone: 1,024 runs of the model for one
+    input it fails on (an unknown token id in an embedding, a NaN under a numerics check). Now
+    halves run, and a failing half is halved again: one such input takes 21 runs, eleven spread
+    out 173. Parts come in
+    row order with the outputs of their rows, and each failing row alone with its error."""
+    from consumer.apart import run_apart
+
+    predictor = Predictor(load_model(models.strict_saved_model(tmp_path / "strict")), default_batch_sizes(1024))
+    predictor.warm_up()
+    x = np.random.default_rng(2).normal(size=(1024, 4)).astype("float32")
+    x[sorted(bad), 3] = np.nan  # the model's numerics check raises on them
+    calls = 0
+    run = predictor.run
+
+    def counted(inputs: Any, size: int) -> dict[str, np.ndarray]:
+        nonlocal calls
+        calls += 1
+        return run(inputs, size)
+
+    parts = list(run_apart(counted, predictor.bucket_for, {"x": tf.constant(x)}, list(range(1024))))
+    failed = [rows for rows, result in parts if isinstance(result, Exception)]
+    assert failed == [[row] for row in sorted(bad)]
+    assert all(
+        isinstance(result, tf.errors.InvalidArgumentError) for _, result in parts if isinstance(result, Exception)
+    )
+    predicted = [(rows, result) for rows, result in parts if not isinstance(result, Exception)]
+    assert [row for rows, _ in predicted for row in rows] == [i for i in range(1024) if i not in bad]
+    for rows, result in predicted:
+        np.testing.assert_array_equal(result["y"], x[rows] * 2.0)
+    assert calls == {1: 21, 5: 63, 11: 173}[len(bad)]  # one by one: 1,024
+    assert list(run_apart(counted, predictor.bucket_for, {"x": tf.constant(x)}, [])) == []
+
+
 def test_a_model_of_several_strings_an_example_is_refused_at_load_unless_a_preprocess_makes_them(
     tmp_path: Path,
 ) -> None:

@@ -205,7 +205,7 @@ def test_a_model_that_raises_on_every_batch_writes_a_few_lines_not_one_a_batch(
     publish(bootstrap, inp, ((None, pack_input(row, id=i)) for i, row in enumerate(x)))
     with structlog.testing.capture_logs() as captured:
         summary = run_worker(settings(bootstrap, path, inp, out, group, max_batch_size=2, max_wait_ms=1))
-    event = "predict failed on a batch; retrying its inputs one by one"
+    event = "predict failed on a batch; running its inputs apart"
     one_by_one = [e for e in captured if e["event"] == event]
     held = [e for e in captured if e["event"] == f"{event}: more, not written one by one"]
     failed = len(one_by_one) + sum(e["count"] for e in held)  # every failed batch said, one way or the other
