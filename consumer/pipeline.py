@@ -361,7 +361,7 @@ class Pipeline:
     def _split_failures(self, batch: Batch, rows: list[int]) -> tuple[list[int], list[tuple[int, Exception]]]:
         """Of a failed run's ``rows``, those the preprocess function passes and those it fails, with
         its error, in order: each half run as the dataset runs it, a failing one halved again. One
-        failing input among 1,024 takes 20 runs, not 1,024 (each a call into TensorFlow). A row
+        failing input among 1,024 takes 21 runs, not 1,024 (each a call into TensorFlow). A row
         found failing alone is run example by example, which decides."""
         assert self._transform is not None and self._transform_each is not None
         if len(rows) == 1:
