@@ -127,3 +127,13 @@ def scale_pixels_below_200(pixels: tf.Tensor) -> tf.Tensor:
     it, so the worker runs it over a whole batch at once (``preprocess.vectorizes``)."""
     tf.debugging.assert_less(pixels, tf.constant(200, tf.uint8), message="a pixel is 200 or more")
     return tf.cast(pixels, tf.float32) / 255.0
+
+
+@tf.function(input_signature=[{"a": tf.TensorSpec([4], tf.uint8), "b": tf.TensorSpec([2], tf.int64)}])
+def scale_and_clip_named(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Two named inputs made from what a multi-input model does not take as it is: pixels scaled to
+    [0, 1], token ids cut to its vocabulary of 10. TensorFlow vectorizes it."""
+    return {
+        "a": tf.cast(example["a"], tf.float32) / 255.0,
+        "b": tf.cast(tf.clip_by_value(example["b"], 0, 9), tf.int32),
+    }

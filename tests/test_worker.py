@@ -115,6 +115,28 @@ def test_multi_input_models_predict_like_the_model(
             np.testing.assert_allclose(record["outputs"][name], expected[name][record["id"]], atol=1e-5)
 
 
+def test_a_multi_input_model_s_vectorized_preprocess_gives_each_input_as_the_model_takes_it(
+    bootstrap: str, topics: Topics, group: str, multi_path: Path
+) -> None:
+    """A preprocess function of named inputs (a dict in, a dict out), run over whole batches."""
+    inp, out = topics("in", "out")
+    rng = np.random.default_rng(6)
+    a, b = rng.integers(0, 256, (40, 4)).astype("uint8"), rng.integers(-5, 20, (40, 2)).astype("int64")
+    publish(bootstrap, inp, ((None, pack_input({"a": a[i], "b": b[i]}, id=i)) for i in range(40)))
+    with structlog.testing.capture_logs() as captured:
+        run_worker(
+            settings(bootstrap, multi_path, inp, out, group, preprocess="tests.preprocessors:scale_and_clip_named")
+        )
+    assert [e["vectorized"] for e in captured if e["event"] == "preprocess function ready"] == [True]
+    made = {"a": a.astype("float32") / 255.0, "b": np.clip(b, 0, 9).astype("int32")}
+    expected = models.offline_predict(multi_path, made)
+    got = outputs(bootstrap, out, 40)
+    assert sorted(record["id"] for _, record in got) == list(range(40))
+    for _, record in got:
+        for name in ("score", "embed"):
+            np.testing.assert_allclose(record["outputs"][name], expected[name][record["id"]], atol=1e-5)
+
+
 def test_bad_inputs_go_to_the_dead_letter_topic_with_their_reasons(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path
 ) -> None:
