@@ -1,12 +1,13 @@
-"""A batch the model failed, run in parts to find the inputs it fails on: each half run as a whole,
-a failing half halved again, a row failing alone a failure. One failing input among 1,024 takes
-about 20 runs of the model, not 1,024 (until 2026-12-05 each input was run alone)."""
+"""A batch the model failed, run in halves to find the inputs it fails on (``halves.in_halves``):
+one failing input among 1,024 takes 21 runs of the model, not 1,024 (until 2026-12-05 each input
+was run alone)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from consumer.halves import in_halves
 from consumer.pipeline import Inputs, padded_rows
 from consumer.predictor import MODEL_FAILURES
 
@@ -17,22 +18,20 @@ Part = tuple[list[int], dict[str, Any] | Exception]
 
 
 def run_apart(run: Run, bucket_for: Callable[[int], int], inputs: Inputs, rows: list[int]) -> Iterator[Part]:
-    """``rows`` of ``inputs`` through the model in parts, in row order (none for no rows)."""
-    if len(rows) <= 1:
-        yield from (_run_part(run, bucket_for, inputs, rows),) if rows else ()
-        return
-    for half in (rows[: len(rows) // 2], rows[len(rows) // 2 :]):
-        part = _run_part(run, bucket_for, inputs, half)
-        if isinstance(part[1], Exception):
-            yield from run_apart(run, bucket_for, inputs, half)
-        else:
-            yield part
+    """``rows`` of ``inputs`` through the model in parts, in row order (``in_halves``; none for no rows)."""
+
+    def part(rows: list[int]) -> dict[str, Any] | Exception:
+        return _run_part(run, bucket_for, inputs, rows)
+
+    return in_halves(rows, part, part)
 
 
-def _run_part(run: Run, bucket_for: Callable[[int], int], inputs: Inputs, rows: list[int]) -> Part:
+def _run_part(
+    run: Run, bucket_for: Callable[[int], int], inputs: Inputs, rows: list[int]
+) -> dict[str, Any] | Exception:
     size = bucket_for(len(rows))
     try:
         outputs = run(padded_rows(inputs, rows, size), size)
     except MODEL_FAILURES as exc:
-        return rows, exc
-    return rows, {name: value[: len(rows)] for name, value in outputs.items()}
+        return exc
+    return {name: value[: len(rows)] for name, value in outputs.items()}

@@ -26,6 +26,7 @@ from confluent_kafka import Message
 from consumer import tombstones as tombstone_rules
 from consumer.codec import Limits
 from consumer.errors import InputError, PreprocessError
+from consumer.halves import in_halves
 from consumer.model import tf_dtype
 from consumer.offsets import Partition
 from consumer.predictor import Predictor
@@ -360,27 +361,29 @@ class Pipeline:
 
     def _split_failures(self, batch: Batch, rows: list[int]) -> tuple[list[int], list[tuple[int, Exception]]]:
         """Of a failed run's ``rows``, those the preprocess function passes and those it fails, with
-        its error, in order: each half run as the dataset runs it, a failing one halved again. One
-        failing input among 1,024 takes 21 runs, not 1,024 (each a call into TensorFlow). A row
-        found failing alone is run example by example, which decides."""
+        its error, in order (``in_halves``): each half run as the dataset runs it; a row that failed
+        in a half is run alone example by example, which decides."""
         assert self._transform is not None and self._transform_each is not None
-        if len(rows) == 1:
-            try:
-                self._transform_each(self._fed(batch.rows_at(rows)), tf.constant(1, tf.int64))
-            except Exception as exc:
-                return [], [(rows[0], exc)]
-            return rows, []
+        through, each = self._transform, self._transform_each
         good: list[int] = []
         failed: list[tuple[int, Exception]] = []
-        for half in (rows[: len(rows) // 2], rows[len(rows) // 2 :]):
-            try:
-                self._transform(self._fed(batch.rows_at(half)), tf.constant(len(half), tf.int64))
-            except Exception:
-                more_good, more_failed = self._split_failures(batch, half)
-                good, failed = good + more_good, failed + more_failed
-                continue
-            good += half
+        parts = in_halves(
+            rows, lambda part: self._failure(through, batch, part), lambda one: self._failure(each, batch, one)
+        )
+        for part, failure in parts:
+            if isinstance(failure, Exception):
+                failed.append((part[0], failure))
+            else:
+                good += part
         return good, failed
+
+    def _failure(self, transform: Callable[[Inputs, Any], Inputs], batch: Batch, rows: list[int]) -> Exception | None:
+        """What ``transform`` raised on these rows of ``batch``; None if it passed them."""
+        try:
+            transform(self._fed(batch.rows_at(rows)), tf.constant(len(rows), tf.int64))
+        except Exception as exc:
+            return exc
+        return None
 
     def _preprocessed(self, batch: Batch, bucket: int) -> Inputs:
         """The model's inputs for rows the preprocess function passed one by one, padded to
