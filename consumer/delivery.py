@@ -455,7 +455,7 @@ def error_headers(msg: Message, error: InputError, group: str, model: dict[str, 
 
 
 class DeadLetters:
-    """Routes invalid inputs to the dead-letter topic, or logs and skips them when there is none."""
+    """Routes invalid inputs to the dead-letter topic, or skips them when there is none; logs them sampled."""
 
     def __init__(
         self,
@@ -476,22 +476,23 @@ class DeadLetters:
         #: the dead-letter topic is compacted: it takes no record without a key, so cutting keeps it
         self.keep_key = keep_key
         self.on_dead_letter: Callable[[str], None] | None = None
-        #: without a dead-letter topic, a stream of bad inputs would write a line each
-        self.skipped = Sampled(log, "input skipped (no dead-letter topic)")
+        #: each dead letter (or skipped input) is said in the log, sampled: a stream of bad inputs (a
+        #: producer writing another format, a model that takes another shape) writes a few lines a window
+        self.warnings = Sampled(log, "input dead-lettered" if topic else "input skipped (no dead-letter topic)")
 
     def send(self, msg: Message, error: InputError) -> None:
         self.counters.add(dead_lettered=1)
         if self.on_dead_letter is not None:
             self.on_dead_letter(type(error).__name__)
+        self.warnings.warning(
+            type(error).__name__,
+            stage=error.stage,
+            error=type(error).__name__,
+            reason=str(error),
+            offset=msg.offset(),
+            partition=msg.partition(),
+        )
         if self.topic is None:
-            self.skipped.warning(
-                type(error).__name__,
-                stage=error.stage,
-                error=type(error).__name__,
-                reason=str(error),
-                offset=msg.offset(),
-                partition=msg.partition(),
-            )
             self.outbox.tracker.done(*coordinates(msg))
             return
         self.outbox.send(msg, self.topic, *self._fitted(msg, error_headers(msg, error, self.group, self.model)))

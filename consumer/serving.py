@@ -59,11 +59,11 @@ class Serving:
     def tick_logs(self) -> None:
         """Write what the sampled warnings held, once their window is over (the fetch loop's turn)."""
         self.failed_batches.tick()
-        self.dead_letters.skipped.tick()
+        self.dead_letters.warnings.tick()
 
     def flush_logs(self) -> None:
         self.failed_batches.flush()
-        self.dead_letters.skipped.flush()
+        self.dead_letters.warnings.flush()
 
     @property
     def traces_after_warmup(self) -> int:

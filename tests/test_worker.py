@@ -157,8 +157,15 @@ def test_bad_inputs_go_to_the_dead_letter_topic_with_their_reasons(
     # as when dead letters are replayed into the input topic: the worker's own headers are not repeated
     earlier_run = [(f"tfstream.{name}", b"old") for name in ("errors.stage", "errors.group", "model.name")]
     publish(bootstrap, inp, records, headers=[("trace-id", b"t1"), *earlier_run])
-    summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, reject_non_finite=True))
+    with structlog.testing.capture_logs() as captured:
+        summary = run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, reject_non_finite=True))
     dead = read_topic(bootstrap, dlq, min_count=len(bad))
+    # each is said in the log too, with its reason (before 2026-12-05 only inputs skipped were)
+    said = [e for e in captured if e["event"] == "input dead-lettered"]
+    assert sorted((e["offset"], e["error"], e["stage"]) for e in said) == [
+        (i + 1, error, stage) for i, (_, error, stage) in enumerate(bad.values())
+    ]
+    assert all(e["log_level"] == "warning" and e["reason"] for e in said)
     predicted = outputs(bootstrap, out, 2)
     assert summary["dead_lettered"] == len(bad) and len(predicted) == 2
     for msg, _ in predicted:
