@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _publish(sub)
     _collect(sub)
+    _dead_letters(sub)
     _replay(sub)
     _reset_offsets(sub)
     _lag(sub)
@@ -102,6 +103,16 @@ def _collect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--join", type=Path, metavar="FILE", help="the input file: write (input, prediction) pairs")
     p.add_argument("--join-on", choices=["id", "key"], default="id", help="match inputs by id (default) or key")
     input_file_flags(p)
+
+
+def _dead_letters(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub, "dead-letters", commands.run_dead_letters, "count a dead-letter topic's inputs by why they failed"
+    )
+    p.add_argument("--topic", required=True, type=_topic, help="the dead-letter topic (the consumer's --dlq-topic)")
+    p.add_argument("--out", type=Path, metavar="PATH.jsonl", help="also write each dead letter, with its input")
+    p.add_argument("--count", type=_positive(int), metavar="N", help="stop after N records")
+    p.add_argument("--idle", type=_positive(float), metavar="S", help="stop after S seconds without a new record")
 
 
 def _replay(sub: argparse._SubParsersAction) -> None:

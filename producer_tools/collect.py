@@ -174,15 +174,15 @@ class JsonLines:
             if example is None:  # counted by the caller, left out
                 return
         line = {
-            "key": _text(key),
-            "id": json_value(record.get("id"), bytes_as=_text),
+            "key": text_or_base64(key),
+            "id": json_value(record.get("id"), bytes_as=text_or_base64),
             "outputs": _listed(record["outputs"]),
             "model": record.get("model"),
             "source": record.get("source"),
         }
         if example is not None:
             line["inputs"] = _listed(example.inputs)
-        self._handle.write(json.dumps(line, default=_text) + "\n")
+        self._handle.write(json.dumps(line, default=text_or_base64) + "\n")
         self.written += 1
 
     def __exit__(self, *failure: Any) -> None:
@@ -192,10 +192,12 @@ class JsonLines:
 def _listed(value: Any) -> Any:
     if isinstance(value, dict):
         return {name: _listed(v) for name, v in value.items()}
-    return _text(value) if isinstance(value, bytes) else json_value(json_numbers(np.asarray(value)), bytes_as=_text)
+    if isinstance(value, bytes):
+        return text_or_base64(value)
+    return json_value(json_numbers(np.asarray(value)), bytes_as=text_or_base64)
 
 
-def _text(value: Any) -> Any:
+def text_or_base64(value: Any) -> Any:
     """Bytes as UTF-8 text when they are, else base64."""
     if not isinstance(value, bytes):
         return value

@@ -11,7 +11,7 @@ import numpy as np
 
 from consumer.errors import ConfigError
 from consumer.positions import TimeWindow
-from producer_tools import collect, groups, publish, replay, sources
+from producer_tools import collect, dead_letters, groups, publish, replay, sources
 from producer_tools.clients import Clients, close_consumer
 from producer_tools.paths import check_output_file
 from producer_tools.reader import ReadProgress, StopWhen, partitions_of, read_partitions
@@ -139,6 +139,52 @@ def _read_predictions(args: argparse.Namespace, sink: collect.Sink | None) -> co
 
 def _and_deletions(deletions: int) -> str:
     return f", {deletions} of them without a value" if deletions else ""
+
+
+def run_dead_letters(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        if args.out.suffix.lower() != ".jsonl":
+            raise ConfigError(f"invalid setting --out={str(args.out)!r}: write .jsonl")
+        check_output_file(args.out, "--out")  # before reading, not after
+    tally = dead_letters.Tally()
+    try:
+        if args.out is None:
+            _read_dead_letters(args, tally, None)
+        else:
+            with dead_letters.JsonLines(args.out) as lines:
+                _read_dead_letters(args, tally, lines)
+    except OSError as exc:
+        raise ConfigError(f"cannot write --out={str(args.out)!r}: {exc.strerror or exc}") from None
+    if tally.total:
+        print("\n".join(tally.lines()))
+    written = f"; written to {args.out}" if args.out is not None else ""
+    others = f"; {tally.others} records that are not dead letters skipped" if tally.others else ""
+    print(f"read {tally.total} dead letters from {args.topic}{written}{others}")
+    return 0
+
+
+def _read_dead_letters(
+    args: argparse.Namespace, tally: dead_letters.Tally, lines: dead_letters.JsonLines | None
+) -> None:
+    """Count each record of the topic, and write each dead letter to ``lines``; ``ConfigError`` if
+    the topic has records and none is a dead letter."""
+    consumer = Clients(args).consumer()
+    stop = StopWhen(at_end=args.count is None and args.idle is None, count=args.count, idle=args.idle)
+    try:
+        with ReadProgress(consumer, stop, f"dead-letters {args.topic}") as progress:
+            for msg in read_partitions(consumer, args.topic, stop):
+                progress.read(msg)
+                letter = dead_letters.read(msg)
+                tally.add(msg, letter)
+                if letter is not None and lines is not None:
+                    lines.write(msg, letter)
+    finally:
+        close_consumer(consumer)
+    if tally.others and not tally.total:
+        raise ConfigError(
+            f"no record in {args.topic!r} is a dead letter ({tally.others} read; first: {tally.first_other}, "
+            "without tfstream.errors.* headers): --topic must be the consumer's --dlq-topic"
+        )
 
 
 def run_replay(args: argparse.Namespace) -> int:

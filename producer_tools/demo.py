@@ -14,13 +14,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Message
 from tqdm import tqdm
 
 from consumer.codec import pack_input, unpack_output
-from consumer.delivery import message_headers
 from consumer.errors import BrokerError
-from producer_tools import digits
+from producer_tools import dead_letters, digits
 from producer_tools.clients import kafka_producer
 from producer_tools.consumer_run import consumer_command, consumer_env
 from producer_tools.embedded_broker import bootstrap_or_embedded
@@ -72,18 +70,11 @@ def summarise(bootstrap: str, model_path: Path, inputs: np.ndarray, labels: np.n
         src = outputs[i]["source"]
         where = f"{src['topic']}[{src['partition']}]@{src['offset']}"
         print(f"  id={i} class={int(streamed[ids.index(i)].argmax())} from {where}")
-    reasons = [dead_letter_reason(msg) for msg in dead]
+    reasons = [dead_letters.reason(msg) for msg in dead]
     for reason in reasons[:2]:
         print(f"  dead letter: {reason}")
     explained = all(reasons)  # each dead letter says why in its headers
     return 0 if len(outputs) == len(inputs) and len(dead) == bad and explained else 1
-
-
-def dead_letter_reason(msg: Message) -> str:
-    """``Class: message`` from a dead letter's ``tfstream.errors.*`` headers; empty if it has none."""
-    headers = {name: value.decode() for name, value in message_headers(msg) if isinstance(value, bytes)}
-    kind = headers.get("tfstream.errors.exception.class.name")
-    return f"{kind}: {headers.get('tfstream.errors.exception.message')}" if kind else ""
 
 
 def main(bootstrap: str | None, workdir: Path, count: int | None = None, bad: int = 4) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import json
 import os
@@ -346,6 +347,48 @@ def test_collect_joins_on_the_key_into_json_lines(
         assert line["inputs"] == rows[line["key"]]
         expected = models.offline_predict(mlp_path, np.array([rows[line["key"]]], "float32"))[0]
         np.testing.assert_allclose(line["outputs"], expected, atol=1e-5)
+
+
+def test_dead_letters_counts_them_by_why_they_failed_and_writes_each_with_its_input(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inp, out, dlq, empty = topics("in", "out", "dlq", "empty", partitions=2)
+    good = pack_input(np.ones(4, "float32"))
+    wide = [pack_input(np.full(5 + i % 2, i, "float32"), id=i) for i in range(7)]  # two shapes: two reasons
+    records = [(b"g", good)] * 3 + [(f"w{i}".encode(), v) for i, v in enumerate(wide)] + [(b"j", b'{"x": 1}')] * 2
+    publish(bootstrap, inp, records)
+    run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq))
+    capsys.readouterr()
+    result = tmp_path / "dead.jsonl"
+    assert tool(bootstrap, "dead-letters", "--topic", dlq, "--out", str(result)) == 0
+    said = capsys.readouterr()
+    table = said.out.splitlines()
+    assert table[-1] == f"read 9 dead letters from {dlq}; written to {result}"
+    kinds = [line.split()[:3] for line in table[1:] if line[:9].strip().replace(",", "").isdigit()]
+    assert kinds == [["7", "validate", "WrongShapeError"], ["2", "decode", "NotMsgpackError"]]
+    assert "4 x input 'features' has shape [5]; the model takes [4]" in said.out
+    assert "3 x input 'features' has shape [6]; the model takes [4]" in said.out
+    assert "100%" in said.err.strip().split("\r")[-1]  # the progress bar reached the topic's end
+    lines = [json.loads(line) for line in result.read_text().splitlines()]
+    by_key = {line["key"]: line for line in lines}
+    assert sorted(by_key) == ["j"] + [f"w{i}" for i in range(7)] and len(lines) == 9
+    for i, value in enumerate(wide):
+        line = by_key[f"w{i}"]
+        assert base64.b64decode(line["value"]) == value  # the input itself, to fix and replay
+        assert (line["stage"], line["error"], line["input"]["topic"]) == ("validate", "WrongShapeError", inp)
+        assert line["headers"]["group"] == group and line["headers"]["model.name"] == "mlp"
+        where = line["input"]
+        assert isinstance(where["partition"], int) and isinstance(where["offset"], int) and where["timestamp"] > 0
+    assert by_key["j"]["value"] == '{"x": 1}' and by_key["j"]["reason"]
+    # an empty topic: nothing to say but that; the wrong topic: one line, exit 2; the wrong file: before reading
+    assert tool(bootstrap, "dead-letters", "--topic", empty, "--idle", "1") == 0
+    assert capsys.readouterr().out == f"read 0 dead letters from {empty}\n"
+    assert tool(bootstrap, "dead-letters", "--topic", inp) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: no record in {inp!r} is a dead letter (12 read; first: {inp}[")
+    assert line.endswith("--topic must be the consumer's --dlq-topic")
+    assert tool(bootstrap, "dead-letters", "--topic", dlq, "--out", str(tmp_path / "dead.csv")) == 2
+    assert "write .jsonl" in capsys.readouterr().err
 
 
 def test_token_lists_of_any_length_go_round_publish_predict_and_collect_joined(

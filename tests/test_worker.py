@@ -27,7 +27,7 @@ from consumer.serving import Serving
 from consumer.timing import STAGES
 from producer_tools import groups
 from producer_tools.collect import Collected, JsonLines, decode_output, write_npz
-from producer_tools.demo import dead_letter_reason
+from producer_tools.dead_letters import reason as dead_letter_reason
 from producer_tools.reader import read_topic
 from tests import models
 from tests.helpers import (
