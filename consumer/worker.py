@@ -35,6 +35,7 @@ from consumer.counts import Counters
 from consumer.delivery import DeadLetters, Outbox, wait_until
 from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError, DeliveryError, PreprocessMismatch
 from consumer.idle import IdleCheck
+from consumer.joining import JoinWait
 from consumer.logs import get_logger
 from consumer.model import ShapeFixer
 from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
@@ -323,6 +324,7 @@ class Worker:
         if not hasattr(self, "serving"):
             self.start()
         started = time.monotonic()
+        self.joining = JoinWait(self.log, self.settings.group)
         self.consumer.subscribe(
             [self.settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -336,6 +338,7 @@ class Worker:
                 self._maybe_commit()
                 self.serving.tick_logs()
                 self.idle.check()
+                self.joining.check(self._joined)
         finally:
             self._shutdown(predict)
         self._raise_failures(predict, finished=True)
@@ -632,7 +635,9 @@ class Worker:
             return
         self._joined = True  # with partitions, or idle in the group: either way a ready member
         self.bounded.assigned(owned)
-        self.log.info("partitions assigned", partitions=sorted(owned), device=self.device)
+        waited = self.joining.joined()  # the first assignment says how long the join took
+        took = {} if waited is None else {"joined_in_s": waited}
+        self.log.info("partitions assigned", partitions=sorted(owned), device=self.device, **took)
         self.ends.assign(owned)
         self._count_owned()
         self.idle.assigned(bool(self.ends.assigned))

@@ -16,7 +16,7 @@ import structlog
 import structlog.testing
 from confluent_kafka import Consumer, Producer
 
-from consumer import json_output, logs
+from consumer import joining, json_output, logs
 from consumer.codec import pack_input, unpack_output
 from consumer.delivery import wait_until
 from consumer.envelopes import OutputPacker
@@ -135,6 +135,27 @@ def test_a_multi_input_model_s_vectorized_preprocess_gives_each_input_as_the_mod
     for _, record in got:
         for name in ("score", "embed"):
             np.testing.assert_allclose(record["outputs"][name], expected[name][record["id"]], atol=1e-5)
+
+
+def test_a_worker_says_while_it_waits_for_its_first_assignment_and_how_long_the_join_took(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The join here takes about 3 s (the suite's short group timeouts); the notice comes sooner than
+    its 10 s so the test sees it. Before 2026-12-05 nothing was said between ``worker ready`` and
+    ``partitions assigned``: about 20 s on the embedded broker with librdkafka's defaults."""
+    monkeypatch.setattr(joining, "JOIN_NOTICE_AFTER_SECONDS", 0.2)
+    monkeypatch.setattr(joining, "JOIN_NOTICE_EVERY_SECONDS", 0.5)
+    inp, out = topics("in", "out", partitions=1)
+    publish(bootstrap, inp, [(None, pack_input(np.ones(4, "float32"), id=i)) for i in range(5)])
+    with structlog.testing.capture_logs() as captured:
+        assert run_worker(settings(bootstrap, mlp_path, inp, out, group))["predicted"] == 5
+    events = [e["event"] for e in captured]
+    waits = [e for e in captured if e["event"] == joining.JOIN_EVENT]
+    first = next(e for e in captured if e["event"] == "partitions assigned")
+    assert waits and events.index(joining.JOIN_EVENT) < events.index("partitions assigned")
+    assert all(e["group"] == group for e in waits)
+    assert [e["waited_s"] for e in waits] == sorted(e["waited_s"] for e in waits)
+    assert first["joined_in_s"] >= waits[-1]["waited_s"] >= 0.2
 
 
 def test_bad_inputs_go_to_the_dead_letter_topic_with_their_reasons(
