@@ -90,6 +90,10 @@ class DeliveryError(TfStreamError):
         self.cause = cause  # the delivery report's KafkaError
 
 
+#: where an input can fail, in the order it goes through them (a dead letter's ``tfstream.errors.stage``)
+STAGES = ("decode", "validate", "preprocess", "predict", "emit")
+
+
 class InputError(TfStreamError):
     """One input message cannot be predicted. ``stage`` says where it failed."""
 

@@ -24,7 +24,7 @@ from confluent_kafka import KafkaException
 from consumer import tensorflow_install
 from consumer.arguments import input_file_flags, parse_command_line
 from consumer.config import MAX_BATCH_SIZE, MAX_WAIT_MS, topic_name_problem
-from consumer.errors import BrokerError, ConfigError, TfStreamError
+from consumer.errors import STAGES, BrokerError, ConfigError, TfStreamError
 from consumer.kafka_io import FETCH_WAIT_MS
 from consumer.logs import write_to_devnull
 from consumer.signature import DEFAULT_SIGNATURE
@@ -121,6 +121,18 @@ def _replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to-topic", required=True, type=_topic, help="the topic to append the copies to (it must exist)")
     p.add_argument("--from-timestamp", metavar="ISO8601", help="first record time kept (inclusive)")
     p.add_argument("--until-timestamp", metavar="ISO8601", help="records at or after this time are left out")
+    p.add_argument(
+        "--error",
+        action="append",
+        metavar="CLASS",
+        help="copy only dead letters of this error class, as dead-letters names it (WrongShapeError; repeatable)",
+    )
+    p.add_argument(
+        "--stage",
+        action="append",
+        choices=STAGES,
+        help="copy only dead letters of this stage (repeatable)",
+    )
 
 
 def _reset_offsets(sub: argparse._SubParsersAction) -> None:

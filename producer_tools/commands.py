@@ -195,17 +195,24 @@ def run_replay(args: argparse.Namespace) -> int:
         raise ConfigError("invalid settings: --until-timestamp must be later than --from-timestamp")
     if args.from_topic == args.to_topic:
         raise ConfigError("invalid settings: --to-topic must differ from --from-topic")
+    keep = dead_letters.OfKind(args.error, args.stage) if args.error or args.stage else None
     clients = Clients(args)
     partitions_of(clients.admin(), args.to_topic)
     consumer, producer = clients.consumer(), clients.producer(to_topic=args.to_topic)
     try:
-        counts, delivered = replay.replay(consumer, producer, args.from_topic, args.to_topic, window)
+        counts, delivered = replay.replay(consumer, producer, args.from_topic, args.to_topic, window, keep)
     finally:
         close_consumer(consumer)
-    copied = counts.read - counts.outside
+    copied = counts.read - counts.outside - counts.left_out
+    if keep is not None and counts.read > counts.outside and not keep.seen:
+        raise ConfigError(
+            f"no record in the window of {args.from_topic!r} is a dead letter ({counts.read - counts.outside} read): "
+            "--error and --stage copy dead letters; --from-topic must be the consumer's --dlq-topic"
+        )
+    left_out = f", {counts.left_out} not dead letters of {keep}" if keep is not None else ""
     print(
         f"replayed {delivered.ok} of {copied} records in the window from {args.from_topic} to {args.to_topic} "
-        f"({counts.read} read, {counts.outside} outside the window); {delivered.failed} failed"
+        f"({counts.read} read, {counts.outside} outside the window{left_out}); {delivered.failed} failed"
         + (f" (first error: {delivered.first_error})" if delivered.failed else "")
     )
     return 0 if delivered.ok == copied else 1

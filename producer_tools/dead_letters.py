@@ -8,6 +8,7 @@ group and the model. A record without them is not one (another topic given by mi
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections import Counter
 from contextlib import ExitStack
@@ -18,6 +19,7 @@ from typing import IO, Any
 from confluent_kafka import Message
 
 from consumer.delivery import HEADER_PREFIX, message_headers
+from consumer.errors import ConfigError, InputError
 from producer_tools.collect import text_or_base64
 from producer_tools.paths import complete_file
 
@@ -61,6 +63,50 @@ def read(msg: Message) -> DeadLetter | None:
         model=f"{headers.get('model.name', '?')} {headers.get('model.version', '?')}",
         headers=headers,
     )
+
+
+def error_classes() -> list[str]:
+    """The error class names a dead letter can carry: every kind of ``InputError``."""
+    found, todo = [], [InputError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return sorted(found)
+
+
+def check_error_class(name: str) -> None:
+    """``ConfigError`` for a name no dead letter carries, with the nearest one if any."""
+    known = error_classes()
+    if name in known:
+        return
+    near = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {near[0]}? " if near else ""
+    raise ConfigError(f"invalid setting --error={name!r}: no dead letter carries it; {hint}one of {', '.join(known)}")
+
+
+class OfKind:
+    """Takes a record that is a dead letter of one of ``errors`` (class names) and of one of
+    ``stages`` (either None: any); never a record that is no dead letter. Counts the dead letters it saw."""
+
+    def __init__(self, errors: list[str] | None, stages: list[str] | None) -> None:
+        for name in errors or ():
+            check_error_class(name)
+        self.errors, self.stages = errors, stages
+        self.seen = 0
+
+    def __call__(self, msg: Message) -> bool:
+        letter = read(msg)
+        if letter is None:
+            return False
+        self.seen += 1
+        return (self.errors is None or letter.error in self.errors) and (
+            self.stages is None or letter.stage in self.stages
+        )
+
+    def __str__(self) -> str:
+        errors = " or ".join(self.errors) if self.errors else "any error"
+        return errors + (f" at stage {' or '.join(self.stages)}" if self.stages else "")
 
 
 def reason(msg: Message) -> str:

@@ -10,6 +10,7 @@ timestamp is checked, so the range is exact even where that lookup is coarse.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
@@ -26,6 +27,8 @@ REPLAY_HEADER = "tfstream.replay."
 class ReplayCount:
     read: int = 0
     outside: int = 0
+    #: records in the window that ``keep`` left out (dead letters of other errors or stages)
+    left_out: int = 0
 
 
 def start_offsets(consumer: Consumer, topic: str, from_ms: int | None) -> dict[int, int]:
@@ -39,8 +42,14 @@ def start_offsets(consumer: Consumer, topic: str, from_ms: int | None) -> dict[i
 
 
 def replay(
-    consumer: Consumer, producer: Producer, source: str, target: str, window: TimeWindow
+    consumer: Consumer,
+    producer: Producer,
+    source: str,
+    target: str,
+    window: TimeWindow,
+    keep: Callable[[Message], bool] | None = None,
 ) -> tuple[ReplayCount, DeliveryCount]:
+    """Copy the records of ``window`` (those ``keep`` takes, if given) from ``source`` to ``target``."""
     same_layout = len(partitions_of(consumer, source)) == len(partitions_of(producer, target))
     counts, delivered = ReplayCount(), DeliveryCount()
     starts = start_offsets(consumer, source, window.from_ms)
@@ -51,6 +60,9 @@ def replay(
             progress.read(msg)
             if not window.keeps(msg.timestamp()[1]):
                 counts.outside += 1
+                continue
+            if keep is not None and not keep(msg):
+                counts.left_out += 1
                 continue
             _copy(producer, msg, target, same_layout, delivered)
         while producer.flush(1.0):

@@ -349,10 +349,10 @@ def test_collect_joins_on_the_key_into_json_lines(
         np.testing.assert_allclose(line["outputs"], expected, atol=1e-5)
 
 
-def test_dead_letters_counts_them_by_why_they_failed_and_writes_each_with_its_input(
+def test_dead_letters_are_counted_by_why_they_failed_written_with_their_inputs_and_replayed_by_kind(
     bootstrap: str, topics: Topics, group: str, mlp_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    inp, out, dlq, empty = topics("in", "out", "dlq", "empty", partitions=2)
+    inp, out, dlq, empty, again = topics("in", "out", "dlq", "empty", "again", partitions=2)
     good = pack_input(np.ones(4, "float32"))
     wide = [pack_input(np.full(5 + i % 2, i, "float32"), id=i) for i in range(7)]  # two shapes: two reasons
     records = [(b"g", good)] * 3 + [(f"w{i}".encode(), v) for i, v in enumerate(wide)] + [(b"j", b'{"x": 1}')] * 2
@@ -389,6 +389,23 @@ def test_dead_letters_counts_them_by_why_they_failed_and_writes_each_with_its_in
     assert line.endswith("--topic must be the consumer's --dlq-topic")
     assert tool(bootstrap, "dead-letters", "--topic", dlq, "--out", str(tmp_path / "dead.csv")) == 2
     assert "write .jsonl" in capsys.readouterr().err
+    # replay only the dead letters of one kind (the model fixed to take them), by error class, then by stage
+    assert tool(bootstrap, "replay", "--from-topic", dlq, "--to-topic", again, "--error", "WrongShapeError") == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith(f"replayed 7 of 7 records in the window from {dlq} to {again} (9 read, 0 outside")
+    assert "2 not dead letters of WrongShapeError)" in summary
+    copied = read_topic(bootstrap, again, min_count=7)
+    assert sorted(m.value() for m in copied) == sorted(wide)
+    assert tool(bootstrap, "replay", "--from-topic", dlq, "--to-topic", again, "--stage", "decode") == 0
+    assert "(9 read, 0 outside the window, 7 not dead letters of any error at stage decode)" in capsys.readouterr().out
+    assert sorted(m.key() for m in read_topic(bootstrap, again, min_count=9))[:2] == [b"j", b"j"]
+    # a class no dead letter carries, and a topic of no dead letters: one line each, exit 2
+    assert tool(bootstrap, "replay", "--from-topic", dlq, "--to-topic", again, "--error", "WrongShapError") == 2
+    assert "did you mean WrongShapeError?" in capsys.readouterr().err
+    assert tool(bootstrap, "replay", "--from-topic", inp, "--to-topic", again, "--stage", "validate") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: no record in the window of {inp!r} is a dead letter (12 read)")
+    assert len(read_topic(bootstrap, again, min_count=9)) == 9  # nothing more copied
 
 
 def test_token_lists_of_any_length_go_round_publish_predict_and_collect_joined(
