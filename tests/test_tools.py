@@ -17,14 +17,16 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Message
 
 from consumer.cli import main as consumer_main
 from consumer.codec import Limits, pack_input, unpack_input
+from producer_tools import dead_letters
 from producer_tools.cli import main
 from producer_tools.clients import Clients
 from producer_tools.collect import Collected, JsonLines
 from producer_tools.consumer_run import ConsumerProcess, ConsumerRunError
+from producer_tools.dead_letters import Tally
 from producer_tools.reader import read_topic
 from tests import models
 from tests.conftest import FAST_GROUP
@@ -406,6 +408,33 @@ def test_dead_letters_are_counted_by_why_they_failed_written_with_their_inputs_a
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"error: no record in the window of {inp!r} is a dead letter (12 read)")
     assert len(read_topic(bootstrap, again, min_count=9)) == 9  # nothing more copied
+
+
+def test_dead_letters_summary_shows_the_commonest_reasons_of_each_kind_and_counts_the_rest() -> None:
+    def letter(offset: int, error: str, reason: str) -> Message:
+        headers = [
+            ("tfstream.errors.stage", b"validate"),
+            ("tfstream.errors.exception.class.name", error.encode()),
+            ("tfstream.errors.exception.message", reason.encode()),
+            ("tfstream.errors.topic", b"in"),
+            ("tfstream.errors.partition", b"0"),
+            ("tfstream.errors.offset", str(offset).encode()),
+        ]
+        return Message(topic="dlq", partition=0, offset=offset, value=b"v", headers=headers)
+
+    tally = Tally()
+    reasons = ["a"] * 5 + ["b"] * 4 + ["c" * 500] * 3 + ["d"] * 2 + ["e"]  # five reasons, one long
+    for offset, text in enumerate(reasons):
+        tally.add(msg := letter(offset, "WrongShapeError", text), dead_letters.read(msg))
+    tally.add(msg := letter(99, "NonFiniteError", "nan"), dead_letters.read(msg))
+    tally.add(msg := Message(topic="dlq", partition=0, offset=100, value=b"v"), dead_letters.read(msg))
+    lines = tally.lines()
+    assert lines[1].split() == ["15", "validate", "WrongShapeError", "in[0]@0"]
+    assert [line.split(" x ")[0].strip() for line in lines[2:6]] == ["5", "4", "3", "3"]
+    assert lines[4].endswith("c" * (dead_letters.REASON_CHARS - 1) + "…")  # cut in the summary
+    assert lines[5].endswith("3 x 2 other reasons")
+    assert lines[6].split() == ["1", "validate", "NonFiniteError", "in[0]@99"]
+    assert (tally.total, tally.others, tally.first_other) == (16, 1, "dlq[0]@100")
 
 
 def test_token_lists_of_any_length_go_round_publish_predict_and_collect_joined(
