@@ -10,10 +10,9 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -22,7 +21,7 @@ from confluent_kafka import Message
 from consumer.codec import STRING_DTYPE, output_map, string_array, unpack_output
 from consumer.errors import InputError
 from consumer.json_output import json_numbers, json_value
-from producer_tools.paths import complete_file, part_of
+from producer_tools.paths import JsonLinesFile, complete_file
 from producer_tools.sources import Example, Tensor
 
 Sink = Callable[[dict[str, Any], bytes | None], None]
@@ -149,25 +148,20 @@ def _column(values: list[Any]) -> np.ndarray:
     return np.asarray(["" if v is None else str(v) for v in values])
 
 
-class JsonLines:
+class JsonLines(JsonLinesFile):
     """Writes each output as a JSON line as it is read, so a topic larger than memory collects (a list
-    of 1,000,000 MLP outputs held 1.6 GB). Into ``PATH.part``, renamed to ``PATH`` once complete:
-    a collect that fails or is interrupted leaves no partial file. With ``join``, only outputs that
-    found their input are written, each with it."""
+    of 1,000,000 MLP outputs held 1.6 GB). With ``join``, only outputs that found their input are
+    written, each with it."""
 
     def __init__(self, path: Path, join: Join | None) -> None:
-        self.path, self.join = path, join
-        self.part = part_of(path)
-        self.written = 0
-        self._handle: IO[Any] | None = None
-        self._file = ExitStack()
+        super().__init__(path, default=text_or_base64)
+        self.join = join
 
     def __enter__(self) -> JsonLines:
-        self._handle = self._file.enter_context(complete_file(self.path, "w"))
+        super().__enter__()
         return self
 
     def write(self, record: dict[str, Any], key: bytes | None) -> None:
-        assert self._handle is not None, "JsonLines writes inside its with block"
         example = None
         if self.join is not None:
             example = self.join.find(record, key)
@@ -182,11 +176,7 @@ class JsonLines:
         }
         if example is not None:
             line["inputs"] = _listed(example.inputs)
-        self._handle.write(json.dumps(line, default=text_or_base64) + "\n")
-        self.written += 1
-
-    def __exit__(self, *failure: Any) -> None:
-        self._file.__exit__(*failure)  # renamed when complete, removed on an error
+        self.write_line(line)
 
 
 def _listed(value: Any) -> Any:

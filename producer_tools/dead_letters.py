@@ -9,19 +9,15 @@ group and the model. A record without them is not one (another topic given by mi
 from __future__ import annotations
 
 import difflib
-import json
 from collections import Counter
-from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
 
 from confluent_kafka import Message
 
 from consumer.delivery import HEADER_PREFIX, message_headers
 from consumer.errors import ConfigError, InputError
 from producer_tools.collect import text_or_base64
-from producer_tools.paths import complete_file
+from producer_tools.paths import JsonLinesFile
 
 ERRORS = HEADER_PREFIX + "errors."
 #: where the input a dead letter holds was read, from its headers
@@ -172,22 +168,15 @@ def _cut(text: str) -> str:
     return line if len(line) <= REASON_CHARS else line[: REASON_CHARS - 1] + "…"
 
 
-class JsonLines:
+class JsonLines(JsonLinesFile):
     """Each dead letter as a JSON line, as it is read: where it lies, why it failed, the input it
-    holds (its key and value as UTF-8 text, else base64), into ``PATH.part`` renamed once complete."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.written = 0
-        self._handle: IO[Any] | None = None
-        self._file = ExitStack()
+    holds (its key and value as UTF-8 text, else base64)."""
 
     def __enter__(self) -> JsonLines:
-        self._handle = self._file.enter_context(complete_file(self.path, "w"))
+        super().__enter__()
         return self
 
     def write(self, msg: Message, letter: DeadLetter) -> None:
-        assert self._handle is not None, "JsonLines writes inside its with block"
         line = {
             "dead_letter": {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()},
             "input": {name: _number(letter.headers.get(name)) for name in INPUT_FIELDS},
@@ -198,8 +187,4 @@ class JsonLines:
             "key": text_or_base64(msg.key()),
             "value": text_or_base64(msg.value()),
         }
-        self._handle.write(json.dumps(line) + "\n")
-        self.written += 1
-
-    def __exit__(self, *failure: Any) -> None:
-        self._file.__exit__(*failure)
+        self.write_line(line)

@@ -3,9 +3,10 @@ at once, not after minutes of it (a bench run, a collect)."""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,3 +47,28 @@ def complete_file(path: Path, mode: str) -> Iterator[IO[Any]]:
         part.replace(path)
     finally:
         part.unlink(missing_ok=True)
+
+
+class JsonLinesFile:
+    """A JSON Lines file written a line at a time as records are read (its memory stays flat), as
+    ``PATH.part``, renamed to ``PATH`` once the ``with`` block ends without an error: a command that
+    fails or is interrupted leaves no partial file."""
+
+    def __init__(self, path: Path, default: Callable[[Any], Any] | None = None) -> None:
+        self.path, self.default = path, default
+        self.part = part_of(path)
+        self.written = 0
+        self._handle: IO[Any] | None = None
+        self._file = ExitStack()
+
+    def __enter__(self) -> JsonLinesFile:
+        self._handle = self._file.enter_context(complete_file(self.path, "w"))
+        return self
+
+    def write_line(self, line: dict[str, Any]) -> None:
+        assert self._handle is not None, "a JsonLinesFile writes inside its with block"
+        self._handle.write(json.dumps(line, default=self.default) + "\n")
+        self.written += 1
+
+    def __exit__(self, *failure: Any) -> None:
+        self._file.__exit__(*failure)  # renamed when complete, removed on an error
