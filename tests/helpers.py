@@ -242,3 +242,18 @@ def counted_then_killed(
     report.send(("status", {"counts": counters.snapshot(), "traces_after_warmup": 0}))
     counters.add(consumed=700, predicted=690, dead_lettered=10, batches=20, padded_rows=6)  # its last second
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    """The rules of ``examples/alerts.yml``, the README's alerting rules."""
+    import yaml
+
+    loaded = yaml.safe_load((ROOT / "examples" / "alerts.yml").read_text())
+    return [rule for group in loaded["groups"] for rule in group["rules"]]
+
+
+def alert_metrics() -> set[str]:
+    """The tfstream series the alerting rules read (``_bucket`` and ``_total`` kept, as scraped)."""
+    import re
+
+    return {name for rule in alert_rules() for name in re.findall(r"\btfstream_\w+", rule["expr"])}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import yaml
 
 from consumer.config import Settings
 from producer_tools import cli_reference, digits
+from tests.helpers import alert_metrics, alert_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,6 +58,25 @@ def test_the_compose_file_wires_kafka_topics_consumer_gpu_and_prometheus() -> No
         "ARG BASE=tensorflow/tensorflow:" in dockerfile
         and 'ENTRYPOINT ["python", "-m", "consumer", "run"]' in dockerfile
     )
+
+
+def test_the_alert_rules_parse_and_read_only_metrics_the_readme_documents() -> None:
+    import promql_parser
+
+    rules = alert_rules()
+    assert len(rules) >= 8 and len({rule["alert"] for rule in rules}) == len(rules)
+    for rule in rules:
+        promql_parser.parse(rule["expr"])  # a PromQL syntax error raises
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(tfstream_\w+)` \|", readme, flags=re.MULTILINE))
+    used = {re.sub(r"_(bucket|sum|count)$", "", name) for name in alert_metrics()}
+    assert used and used <= documented, used - documented
+    scrape = yaml.safe_load((ROOT / "examples" / "prometheus.yml").read_text())
+    assert scrape["rule_files"] == ["alerts.yml"]
+    prometheus = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["prometheus"]
+    assert "./examples/alerts.yml:/etc/prometheus/alerts.yml:ro" in prometheus["volumes"]
 
 
 def test_the_digits_example_trains_a_real_model_and_scores_collected_predictions(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumer.codec import pack_input
 from consumer.stuck import batch_stuck_for
 from producer_tools.embedded_broker import free_port
-from tests.helpers import ENV, Deployment, Topics, consumer_command, publish, wait_for_outputs
+from tests.helpers import ENV, ROOT, Deployment, Topics, alert_metrics, consumer_command, publish, wait_for_outputs
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -91,6 +92,14 @@ def test_metrics_and_probes_during_a_real_run(bootstrap: str, topics: Topics, gr
     assert sum(owned) == 4 and min(owned) >= 1  # the four partitions, split between the two workers
     lag = {dict(labels)["partition"]: v for (n, labels), v in samples.items() if n == "tfstream_consumer_lag"}
     assert sorted(lag) == ["0", "1", "2", "3"] and sum(lag.values()) == 0
+    # every series the alerting rules read is served, as they name it (restarts: once a worker restarts)
+    scraped = {name for name, _ in samples}
+    assert alert_metrics() - scraped <= {"tfstream_worker_restarts_total"}, alert_metrics() - scraped
+    # and every series served is in the README's table
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(tfstream_\w+)` \|", readme, flags=re.MULTILINE))
+    served = {re.sub(r"_(bucket|sum|count|created)$", "", name) for name in scraped}
+    assert served <= documented, served - documented
 
 
 def test_a_batch_running_past_its_budget_counts_as_stuck() -> None:
