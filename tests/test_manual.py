@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from consumer.config import Settings
+from consumer import kafka_io
+from consumer.config import Settings, load_settings, unknown_environment
 from producer_tools import cli_reference, digits
 from tests.helpers import alert_metrics, alert_rules
 
@@ -77,6 +78,31 @@ def test_the_alert_rules_parse_and_read_only_metrics_the_readme_documents() -> N
     assert scrape["rule_files"] == ["alerts.yml"]
     prometheus = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["prometheus"]
     assert "./examples/alerts.yml:/etc/prometheus/alerts.yml:ro" in prometheus["volumes"]
+
+
+def test_the_kubernetes_example_probes_the_metrics_port_outlasts_a_stop_and_sets_only_real_settings() -> None:
+    documents = list(yaml.safe_load_all((ROOT / "examples" / "kubernetes.yaml").read_text()))
+    (stateful,) = [d for d in documents if d["kind"] == "StatefulSet"]
+    (service,) = [d for d in documents if d["kind"] == "Service"]
+    pod = stateful["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    port = int(env["TFSTREAM_METRICS_PORT"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == port and service["spec"]["ports"][0]["port"] == port
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert stateful["spec"]["serviceName"] == service["metadata"]["name"]
+    # the consumer takes every variable, as it would at start: no unknown name, every value valid,
+    # every Kafka client setting one librdkafka accepts
+    assert unknown_environment(env) == []
+    settings = load_settings({}, environ=env)
+    kafka_io.check_client_settings(settings)
+    assert settings.kafka_consumer["group.instance.id"] == "digits" and settings.delivery == "at-least-once"
+    longest_stop_s = 2 * settings.drain_timeout_s + 30  # Supervisor._stop_budget_s, at least once
+    assert pod["terminationGracePeriodSeconds"] > longest_stop_s
+    assert container["volumeMounts"][0]["mountPath"] == str(settings.model.parent)
+    assert container["resources"]["limits"]["cpu"] == container["resources"]["requests"]["cpu"]
 
 
 def test_the_digits_example_trains_a_real_model_and_scores_collected_predictions(tmp_path: Path) -> None:
