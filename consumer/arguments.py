@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from consumer.config import topic_name_problem
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -75,3 +77,32 @@ def input_file_flags(parser: Any) -> tuple[str, ...]:
         ),
     ]
     return tuple(flag.dest for flag in flags)
+
+
+def positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
+    """An argparse type: ``kind`` above 0."""
+    return _at_least(kind, zero_allowed=False)
+
+
+def not_negative(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
+    """An argparse type: ``kind``, 0 or more."""
+    return _at_least(kind, zero_allowed=True)
+
+
+def _at_least(kind: Callable[[str], float | int], zero_allowed: bool) -> Callable[[str], float | int]:
+    def parse(text: str) -> float | int:
+        value = kind(text)
+        if value < 0 or (value == 0 and not zero_allowed):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero_allowed else 'positive'}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def topic(text: str) -> str:
+    """An argparse type: a name Kafka takes for a topic."""
+    problem = topic_name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text

@@ -15,7 +15,7 @@ import argparse
 import sys
 import threading
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -28,7 +28,7 @@ from consumer import kafka_io, logs
 from consumer.apart import run_apart
 from consumer.codec import Limits, pack_input
 from consumer.config import Settings
-from consumer.errors import ConfigError, ModelError, PreprocessMismatch
+from consumer.errors import BrokerError, ConfigError, ModelError, PreprocessMismatch
 from consumer.outputs import OutputEncoder
 from consumer.pipeline import Batch, Pipeline
 from consumer.predictor import MODEL_FAILURES, Predictor, model_failure
@@ -38,6 +38,8 @@ from consumer.topic_rules import PRODUCER_MAX_BYTES
 from consumer.user_code import prepare_keras
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: an input that would be a dead letter: its number (its order), its name in the report, the reason
+Named = tuple[int, str, str]
 #: dead letters named one by one; the rest are counted
 SHOWN = 5
 #: where the check's stand-in inputs say they came from
@@ -45,19 +47,23 @@ SOURCE = ("check", 0)
 
 
 class Sample:
-    """An example packed as ``publish`` sends it, standing in for the Kafka message a worker reads."""
+    """An input standing in for the Kafka message a worker reads: an example packed as ``publish``
+    sends it (``label``: its number in the file), or a record read from a topic (``topic[p]@offset``)."""
 
-    def __init__(self, number: int, value: bytes) -> None:
-        self.number, self._value = number, value
+    def __init__(self, number: int, value: bytes | None, label: str) -> None:
+        self.number, self._value, self.label = number, value, label
 
-    def value(self) -> bytes:
+    def value(self) -> bytes | None:
         return self._value
 
 
 def main(settings: Settings, inputs: str | None, read: argparse.Namespace) -> int:
-    """``read``: the flags of how ``inputs`` is read, as ``publish`` takes them."""
+    """``read``: the flags of how ``inputs`` is read, as ``publish`` takes them, and of the sample
+    topic (``--sample-topic``), read instead of a file."""
     try:
+        _refuse_unused_flags(inputs, read)
         examples = _read(Path(inputs), read) if inputs else None
+        sampled = _open_sample(read) if getattr(read, "sample_topic", None) else None
         preprocess, served, sizes = _load(settings)
         pipeline = _pipeline(settings, served.predictor, preprocess)
     except ConfigError as exc:
@@ -66,20 +72,63 @@ def main(settings: Settings, inputs: str | None, read: argparse.Namespace) -> in
     except PreprocessMismatch as exc:  # the preprocess function cannot give the model its inputs
         logs.line(f"error: invalid setting preprocess={settings.preprocess!r}: {exc}")
         return EXIT_USAGE
-    except ModelError as exc:
+    except (ModelError, BrokerError) as exc:
         logs.line(f"error: {exc}")
         return EXIT_FAILED
     _report_model(served, pipeline, sizes)
+    encoder = OutputEncoder(served.info, settings.output_format)
+    if sampled is not None:
+        return _check_sample(sampled, pipeline, encoder, settings)
     if examples is None:
         return EXIT_OK
     values = (pack_input(example.inputs, id=example.id) for example in examples)  # packed as they are fed
-    encoder = OutputEncoder(served.info, settings.output_format)
     try:
         checked = run_through(pipeline, values, settings.max_batch_size, encoder, total=len(examples))
     except ConfigError as exc:  # a file read as it is sent, changed since it was checked
         logs.line(f"error: {exc}")
         return EXIT_USAGE
     return _report_inputs(len(examples), checked, settings)
+
+
+def _refuse_unused_flags(inputs: str | None, read: argparse.Namespace) -> None:
+    """A flag of how the sample is read, given without the sample it reads, would do nothing:
+    ``ConfigError`` naming it."""
+    from producer_tools.commands import read_options
+    from producer_tools.sources import flag, given_options
+
+    if not getattr(read, "sample_topic", None):
+        for name in ("sample_count", "sample_from_timestamp"):
+            if getattr(read, name, None) is not None:
+                raise ConfigError(_unused(flag(name), "--sample-topic", "--sample-topic TOPIC"))
+    if not inputs:
+        for option in given_options(read_options(read)):
+            raise ConfigError(_unused(flag(option), "the --inputs file", "--inputs FILE"))
+
+
+def _unused(given: str, reads: str, give: str) -> str:
+    return f"{given} reads {reads}, and none is given: pass {give}, or drop {given}"
+
+
+def _open_sample(read: argparse.Namespace) -> Any:
+    """The records ``--sample-topic`` names, to be read as they are fed (``producer_tools.samples``):
+    the topic is looked up now, so a missing one fails before the model loads."""
+    from producer_tools.samples import TopicSample
+
+    return TopicSample.open(read)
+
+
+def _check_sample(sampled: Any, pipeline: Pipeline, encoder: OutputEncoder, settings: Settings) -> int:
+    """Every record of the sample through the workers' path, each named ``topic[partition]@offset``."""
+    try:
+        checked = run_through(
+            pipeline, sampled.values(), settings.max_batch_size, encoder, total=sampled.count, labels=sampled.labels
+        )
+    except BrokerError as exc:
+        logs.line(f"error: {exc}")
+        return EXIT_FAILED
+    finally:
+        sampled.close()
+    return _report_inputs(checked.predicted + checked.dead, checked, settings, source=sampled.describe())
 
 
 def _read(path: Path, read: argparse.Namespace) -> Sequence[Any]:
@@ -107,15 +156,15 @@ def _pipeline(settings: Settings, predictor: Predictor, preprocess: Any) -> Pipe
 class Checked:
     """What became of a file's inputs, in memory that does not grow with its outputs (a file may be
     large): how many were predicted and each output's first predicted row; how many would be dead
-    letters, the first ``SHOWN`` of them as ``(input number, reason)``; each output record's value size."""
+    letters, the first ``SHOWN`` of them as ``(input number, its name, reason)``; each output record's value size."""
 
     predicted: int = 0
     first: dict[str, np.ndarray] = field(default_factory=dict)
     dead: int = 0
-    named: list[tuple[int, str]] = field(default_factory=list)
+    named: list[Named] = field(default_factory=list)
     value_bytes: array[int] = field(default_factory=lambda: array("Q"))
 
-    def add(self, outputs: dict[str, np.ndarray], dead: list[tuple[int, str]], sizes: list[int]) -> None:
+    def add(self, outputs: dict[str, np.ndarray], dead: list[Named], sizes: list[int]) -> None:
         """One batch's: batches come in input order, so its dead letters follow those named before."""
         if sizes and not self.first:
             self.first = {name: value[0] for name, value in outputs.items()}
@@ -132,16 +181,18 @@ def run_through(
     encoder: OutputEncoder,
     total: int | None = None,
     sink: Callable[[dict[str, np.ndarray]], None] | None = None,
+    labels: Iterable[str] | None = None,
 ) -> Checked:
     """Every value through the pipeline and the model, in batches of ``batch_size``, and each
     prediction encoded as its output record's value; a progress bar on stderr (``total`` inputs).
-    ``sink``, if given, takes each batch's predicted outputs."""
-    feeder = Feeder(pipeline, values, batch_size)
+    ``sink``, if given, takes each batch's predicted outputs; ``labels`` name the values in the
+    report (their numbers from 0 without: a file's rows), each read once its value was."""
+    feeder = Feeder(pipeline, values, batch_size, labels)
     feeder.start()
     checked = Checked()
     with tqdm(total=total, desc="check", unit="input", file=sys.stderr) as bar:
         for batch, inputs in pipeline.batches():
-            dead = [(_number(message), str(error)) for message, error in batch.dead]
+            dead = [(*_named(message), str(error)) for message, error in batch.dead]
             outputs: dict[str, np.ndarray] = {}
             sizes: list[int] = []
             if batch.rows:
@@ -163,15 +214,22 @@ class Feeder(threading.Thread):
     """Packs the values into batches and puts them in the pipeline, as a worker's fetch loop does;
     closes it at the end, or when reading the values fails (``failure``), so the model side ends."""
 
-    def __init__(self, pipeline: Pipeline, values: Iterable[bytes], batch_size: int) -> None:
+    def __init__(
+        self, pipeline: Pipeline, values: Iterable[bytes | None], batch_size: int, labels: Iterable[str] | None
+    ) -> None:
         super().__init__(name="check-feeder", daemon=True)
-        self.pipeline, self.values, self.batch_size = pipeline, values, batch_size
+        self.pipeline, self.values, self.batch_size, self.labels = pipeline, values, batch_size, labels
         self.failure: BaseException | None = None
 
+    def _samples(self) -> Iterator[Sample]:
+        labels = iter(self.labels) if self.labels is not None else None
+        for number, value in enumerate(self.values):
+            yield Sample(number, value, next(labels) if labels is not None else str(number))
+
     def run(self) -> None:
-        numbered = enumerate(self.values)
+        samples = self._samples()
         try:
-            while chunk := [Sample(number, value) for number, value in islice(numbered, self.batch_size)]:
+            while chunk := list(islice(samples, self.batch_size)):
                 coords = [(SOURCE, sample.number) for sample in chunk]
                 self.pipeline.put((chunk, coords, [0] * len(chunk)), None)  # type: ignore[arg-type]
         except BaseException as exc:
@@ -181,9 +239,7 @@ class Feeder(threading.Thread):
                 pass
 
 
-def _encode(
-    encoder: OutputEncoder, batch: Batch, outputs: dict[str, np.ndarray]
-) -> tuple[list[int], list[tuple[int, str]]]:
+def _encode(encoder: OutputEncoder, batch: Batch, outputs: dict[str, np.ndarray]) -> tuple[list[int], list[Named]]:
     """Each output value's size; where the batch does not encode, each row alone, as a worker does:
     a row whose output cannot be encoded is a dead letter."""
     try:
@@ -191,12 +247,13 @@ def _encode(
     except Exception:
         pass
     _good, values, failed = encoder.each(batch, outputs)
-    return [len(value) for value in values], [(_number(batch.messages[row]), str(error)) for row, error in failed]
+    return [len(value) for value in values], [(*_named(batch.messages[row]), str(error)) for row, error in failed]
 
 
-def _number(message: Any) -> int:
-    """A stand-in message's number in the file (``Sample``)."""
-    return cast(Sample, message).number
+def _named(message: Any) -> tuple[int, str]:
+    """A stand-in message's number (its order) and its name in the report (``Sample``)."""
+    sample = cast(Sample, message)
+    return sample.number, sample.label
 
 
 def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -204,9 +261,7 @@ def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([part[name] for part in parts]) for name in (parts[0] if parts else {})}
 
 
-def _predict(
-    predictor: Predictor, batch: Batch, inputs: Any
-) -> tuple[list[int], dict[str, np.ndarray], list[tuple[int, str]]]:
+def _predict(predictor: Predictor, batch: Batch, inputs: Any) -> tuple[list[int], dict[str, np.ndarray], list[Named]]:
     """The rows predicted, their outputs, and the inputs the model failed: where it fails the batch,
     it is run in parts to find them (``run_apart``), as a worker does."""
     try:
@@ -216,10 +271,10 @@ def _predict(
         pass
     kept: list[int] = []
     parts: list[dict[str, np.ndarray]] = []
-    failed: list[tuple[int, str]] = []
+    failed: list[Named] = []
     for rows, result in run_apart(predictor.run, predictor.bucket_for, inputs, list(range(batch.rows))):
         if isinstance(result, Exception):
-            failed.append((_number(batch.messages[rows[0]]), str(model_failure(result))))
+            failed.append((*_named(batch.messages[rows[0]]), str(model_failure(result))))
         else:
             kept += rows
             parts.append(result)
@@ -237,13 +292,13 @@ def _report_model(served: Served, pipeline: Pipeline, sizes: list[int]) -> None:
     print(f"  batch sizes: {sizes}; a full batch of {max(warm)} took {warm[max(warm)] * 1000:.2f} ms at warm-up")
 
 
-def _report_inputs(total: int, checked: Checked, settings: Settings) -> int:
-    print(f"inputs: {checked.predicted} of {total} predicted, {checked.dead} would go to the dead-letter topic")
+def _report_inputs(total: int, checked: Checked, settings: Settings, source: str = "") -> int:
+    print(f"inputs{source}: {checked.predicted} of {total} predicted, {checked.dead} would go to the dead-letter topic")
     for name, row in checked.first.items():
         first = np.array2string(row, precision=4, threshold=8)
         print(f"  output {name!r}: {row.dtype}{list(row.shape)} per input; the first predicted: {first}")
-    for number, reason in checked.named:
-        print(f"  input {number}: {' '.join(reason.split())}")  # TensorFlow's errors run over several lines
+    for _number, label, reason in checked.named:
+        print(f"  input {label}: {' '.join(reason.split())}")  # TensorFlow's errors run over several lines
     if checked.dead > len(checked.named):
         print(f"  ... and {checked.dead - len(checked.named)} more")
     fit = _outputs_fit(checked.value_bytes, settings)

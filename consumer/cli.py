@@ -17,7 +17,7 @@ from typing import Any
 
 from consumer import __version__, kafka_io, logs, tensorflow_install
 from consumer.affinity import allowed_cpus, cpu_limit, owns_cpus, usable_count
-from consumer.arguments import input_file_flags, parse_command_line
+from consumer.arguments import input_file_flags, parse_command_line, positive, topic
 from consumer.config import ENV_PREFIX, Settings, load_settings, unknown_environment
 from consumer.devices import WorkerSlot, oversubscribed, plan_workers
 from consumer.errors import ConfigError
@@ -71,14 +71,31 @@ def add_check_parser(commands: Any) -> argparse.ArgumentParser:
     )
     _add_run_flags(check)
     inputs = check.add_argument_group("sample inputs")
-    inputs.add_argument(
+    source = inputs.add_mutually_exclusive_group()
+    source.add_argument(
         "--inputs",
         metavar="FILE",
         help="a file publish takes (.npy, .npz, .jsonl, .csv, a folder): each example packed as publish sends it, "
         "then decoded and predicted as a worker does",
     )
+    source.add_argument(
+        "--sample-topic",
+        metavar="TOPIC",
+        type=topic,
+        help="instead of a file, records of a topic as they are (the input topic, or the dead letters a new "
+        "version should take), read without joining a group; needs --bootstrap-servers",
+    )
+    inputs.add_argument(
+        "--sample-count", type=positive(int), metavar="N", help="how many records of --sample-topic (default 1000)"
+    )
+    inputs.add_argument(
+        "--sample-from-timestamp",
+        metavar="ISO8601",
+        help="the sample's first records at or after this time (default: each partition's start)",
+    )
     read_flags = input_file_flags(inputs)  # as publish reads the file
-    check.set_defaults(check_only=("inputs", *read_flags))  # not settings of a run: ``settings_from_args``
+    sample_flags = ("sample_topic", "sample_count", "sample_from_timestamp")
+    check.set_defaults(check_only=("inputs", *sample_flags, *read_flags))  # not settings: ``settings_from_args``
     return check
 
 

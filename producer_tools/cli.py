@@ -22,8 +22,8 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from consumer import tensorflow_install
-from consumer.arguments import input_file_flags, parse_command_line
-from consumer.config import MAX_BATCH_SIZE, MAX_WAIT_MS, topic_name_problem
+from consumer.arguments import input_file_flags, not_negative, parse_command_line, positive, topic
+from consumer.config import MAX_BATCH_SIZE, MAX_WAIT_MS
 from consumer.errors import STAGES, BrokerError, ConfigError, TfStreamError
 from consumer.kafka_io import FETCH_WAIT_MS
 from consumer.logs import write_to_devnull
@@ -50,11 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     _reset_offsets(sub)
     _lag(sub)
     topics = _command(sub, "create-topics", commands.run_create_topics, "create topics that do not exist yet")
-    topics.add_argument("topics", nargs="+", type=_topic, metavar="TOPIC", help="the names of the topics to create")
-    topics.add_argument("--partitions", type=_positive(int), default=4, help="partitions of each new topic (default 4)")
+    topics.add_argument("topics", nargs="+", type=topic, metavar="TOPIC", help="the names of the topics to create")
+    topics.add_argument("--partitions", type=positive(int), default=4, help="partitions of each new topic (default 4)")
     topics.add_argument(
         "--replication-factor",
-        type=_positive(int),
+        type=positive(int),
         metavar="N",
         help="copies of each new partition (default: the broker's default.replication.factor)",
     )
@@ -81,25 +81,25 @@ def _command(sub: argparse._SubParsersAction, name: str, run: Command, help: str
 def _publish(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "publish", commands.run_publish, "publish inputs from a file in wire format v1")
     p.add_argument("file", type=Path, help=".npy, .npz, .jsonl, .csv, or a folder of files sent as raw bytes")
-    p.add_argument("--topic", required=True, type=_topic, help="the input topic")
+    p.add_argument("--topic", required=True, type=topic, help="the input topic")
     input_file_flags(p)
     p.add_argument("--tensor-form", choices=["raw", "list"], default="raw", help="raw bytes (default) or nested lists")
     p.add_argument(
-        "--rate", type=_positive(float), metavar="N", help="messages per second (default: as fast as possible)"
+        "--rate", type=positive(float), metavar="N", help="messages per second (default: as fast as possible)"
     )
     how_many = p.add_mutually_exclusive_group()  # both given, one would be quietly ignored
-    how_many.add_argument("--count", type=_positive(int), metavar="N", help="send N messages, cycling through the file")
+    how_many.add_argument("--count", type=positive(int), metavar="N", help="send N messages, cycling through the file")
     how_many.add_argument(
-        "--repeat", type=_positive(int), default=1, metavar="K", help="send the file K times (default 1)"
+        "--repeat", type=positive(int), default=1, metavar="K", help="send the file K times (default 1)"
     )
 
 
 def _collect(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "collect", commands.run_collect, "read predictions into .npz or .jsonl")
-    p.add_argument("--topic", required=True, type=_topic, help="the prediction topic")
+    p.add_argument("--topic", required=True, type=topic, help="the prediction topic")
     p.add_argument("--out", required=True, type=Path, help="where to write: PATH.npz or PATH.jsonl")
-    p.add_argument("--count", type=_positive(int), metavar="N", help="stop after N records")
-    p.add_argument("--idle", type=_positive(float), metavar="S", help="stop after S seconds without a new record")
+    p.add_argument("--count", type=positive(int), metavar="N", help="stop after N records")
+    p.add_argument("--idle", type=positive(float), metavar="S", help="stop after S seconds without a new record")
     p.add_argument("--join", type=Path, metavar="FILE", help="the input file: write (input, prediction) pairs")
     p.add_argument("--join-on", choices=["id", "key"], default="id", help="match inputs by id (default) or key")
     input_file_flags(p)
@@ -109,16 +109,16 @@ def _dead_letters(sub: argparse._SubParsersAction) -> None:
     p = _command(
         sub, "dead-letters", commands.run_dead_letters, "count a dead-letter topic's inputs by why they failed"
     )
-    p.add_argument("--topic", required=True, type=_topic, help="the dead-letter topic (the consumer's --dlq-topic)")
+    p.add_argument("--topic", required=True, type=topic, help="the dead-letter topic (the consumer's --dlq-topic)")
     p.add_argument("--out", type=Path, metavar="PATH.jsonl", help="also write each dead letter, with its input")
-    p.add_argument("--count", type=_positive(int), metavar="N", help="stop after N records")
-    p.add_argument("--idle", type=_positive(float), metavar="S", help="stop after S seconds without a new record")
+    p.add_argument("--count", type=positive(int), metavar="N", help="stop after N records")
+    p.add_argument("--idle", type=positive(float), metavar="S", help="stop after S seconds without a new record")
 
 
 def _replay(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "replay", commands.run_replay, "copy a time range of one topic to another (backfills)")
-    p.add_argument("--from-topic", required=True, type=_topic, help="the topic to read (left as it is)")
-    p.add_argument("--to-topic", required=True, type=_topic, help="the topic to append the copies to (it must exist)")
+    p.add_argument("--from-topic", required=True, type=topic, help="the topic to read (left as it is)")
+    p.add_argument("--to-topic", required=True, type=topic, help="the topic to append the copies to (it must exist)")
     p.add_argument("--from-timestamp", metavar="ISO8601", help="first record time kept (inclusive)")
     p.add_argument("--until-timestamp", metavar="ISO8601", help="records at or after this time are left out")
     p.add_argument(
@@ -147,13 +147,13 @@ def _reset_offsets(sub: argparse._SubParsersAction) -> None:
 
 def _group_and_topic(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", required=True, help="the consumer group")
-    parser.add_argument("--topic", required=True, type=_topic, help="the topic the group reads")
+    parser.add_argument("--topic", required=True, type=topic, help="the topic the group reads")
 
 
 def _lag(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "lag", commands.run_lag, "per-partition committed offset, end offset and lag of a group")
     _group_and_topic(p)
-    p.add_argument("--watch", type=_positive(float), metavar="S", help="refresh every S seconds until Ctrl-C")
+    p.add_argument("--watch", type=positive(float), metavar="S", help="refresh every S seconds until Ctrl-C")
 
 
 def _demo(sub: argparse._SubParsersAction) -> None:
@@ -166,7 +166,7 @@ def _demo(sub: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--workdir", type=Path, default=Path("demo-output"), help="where the model and logs go")
     demo.add_argument(
-        "--count", type=_positive(int), default=360, help="held-out digits to publish (at most 360, the default)"
+        "--count", type=positive(int), default=360, help="held-out digits to publish (at most 360, the default)"
     )
     demo.set_defaults(run=run_demo)
 
@@ -177,31 +177,31 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap-servers", help="use this Kafka, not the embedded broker")
     p.add_argument("--workload", default="mlp", type=_workload, help="mlp, mobilenet, or a model path (default mlp)")
     p.add_argument(
-        "--messages", type=_positive(int), metavar="N", help="preloaded messages (mlp 400000, mobilenet 2000)"
+        "--messages", type=positive(int), metavar="N", help="preloaded messages (mlp 400000, mobilenet 2000)"
     )
     p.add_argument(
-        "--batch-size", type=_at_most(_positive(int), MAX_BATCH_SIZE), metavar="N",
+        "--batch-size", type=_at_most(positive(int), MAX_BATCH_SIZE), metavar="N",
         help="max batch size (mlp 1024, mobilenet 32)",
     )  # fmt: skip
     p.add_argument(
         "--max-wait-ms",
-        type=_at_most(_not_negative(float), MAX_WAIT_MS),
+        type=_at_most(not_negative(float), MAX_WAIT_MS),
         default=10.0,
         metavar="MS",
         help="the consumer's --max-wait-ms",
     )
-    p.add_argument("--latency-seconds", type=_positive(float), default=10.0, metavar="S", help="steady-rate phase")
+    p.add_argument("--latency-seconds", type=positive(float), default=10.0, metavar="S", help="steady-rate phase")
     p.add_argument(
-        "--latency-rate", type=_positive(float), metavar="R",
+        "--latency-rate", type=positive(float), metavar="R",
         help="publish rate of the steady phase, msg/s (default: half the system's throughput, which the target is for)",
     )  # fmt: skip
-    p.add_argument("--baseline-seconds", type=_positive(float), default=10.0, metavar="S", help="per-message loops")
-    p.add_argument("--backlog", type=_positive(int), metavar="N", help="also drain a backlog of N messages for memory")
+    p.add_argument("--baseline-seconds", type=positive(float), default=10.0, metavar="S", help="per-message loops")
+    p.add_argument("--backlog", type=positive(int), metavar="N", help="also drain a backlog of N messages for memory")
     p.add_argument(
-        "--partitions", type=_positive(int), default=4, metavar="N", help="partitions of its topics (default 4)"
+        "--partitions", type=positive(int), default=4, metavar="N", help="partitions of its topics (default 4)"
     )
     p.add_argument(
-        "--rounds", type=_positive(int), default=1, metavar="N",
+        "--rounds", type=positive(int), default=1, metavar="N",
         help="measure the I/O limit, the system and the latency N times, interleaved; report the median (default 1)",
     )  # fmt: skip
     p.add_argument(
@@ -309,17 +309,17 @@ def _fetch_latency(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fetch-latency", help=help, description=description)
     p.add_argument("--bootstrap-servers", help="use this Kafka, not the embedded broker")
     p.add_argument(
-        "--fetch-wait-ms", type=_positive(int), default=FETCH_WAIT_MS, metavar="MS",
+        "--fetch-wait-ms", type=positive(int), default=FETCH_WAIT_MS, metavar="MS",
         help=f"fetch.wait.max.ms (default {FETCH_WAIT_MS}, the consumer's)",
     )  # fmt: skip
     p.add_argument(
         "--prefetch", action="store_true",
         help="librdkafka's own fetch (again as soon as a response lands), not the consumer's paced one",
     )  # fmt: skip
-    p.add_argument("--rate", type=_positive(float), default=5000.0, metavar="R", help="records per second")
+    p.add_argument("--rate", type=positive(float), default=5000.0, metavar="R", help="records per second")
     p.add_argument(
         "--seconds",
-        type=_positive(float),
+        type=positive(float),
         default=8.0,
         metavar="S",
         help="how long to publish (the first second is warm-up)",
@@ -373,25 +373,6 @@ def _at_most(parse: Callable[[str], float | int], high: float) -> Callable[[str]
     return parse_at_most
 
 
-def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
-    return _at_least(kind, zero_allowed=False)
-
-
-def _not_negative(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
-    return _at_least(kind, zero_allowed=True)
-
-
-def _at_least(kind: Callable[[str], float | int], zero_allowed: bool) -> Callable[[str], float | int]:
-    def parse(text: str) -> float | int:
-        value = kind(text)
-        if value < 0 or (value == 0 and not zero_allowed):
-            raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero_allowed else 'positive'}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def _port(text: str) -> int:
     port = int(text) if text.isdigit() else -1
     if not 0 <= port <= MAX_PORT:
@@ -403,13 +384,6 @@ def _workload(text: str) -> str:
     """A built-in workload's name, or a path that exists (what it holds, the model loader checks)."""
     if text not in BUILT_IN and not Path(text).exists():
         raise argparse.ArgumentTypeError(f"{text!r} is neither {', '.join(BUILT_IN)} nor an existing model path")
-    return text
-
-
-def _topic(text: str) -> str:
-    problem = topic_name_problem(text)
-    if problem is not None:
-        raise argparse.ArgumentTypeError(problem)
     return text
 
 

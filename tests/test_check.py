@@ -1,5 +1,5 @@
 """``python -m consumer check``: settings, model and sample inputs, checked without Kafka, through the
-workers' own decoder, pipeline and compiled functions (real models, no broker)."""
+workers' own decoder, pipeline and compiled functions (real models; the broker only for `--sample-topic`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from consumer.model import LoadedModel, load_model
 from consumer.outputs import OutputEncoder
 from consumer.pipeline import Pipeline
 from consumer.predictor import Predictor
-from tests.helpers import ENV
+from tests.helpers import ENV, Topics, publish, run_worker, settings
 from tests.models import complex_saved_model, mlp, multi_input
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,6 +142,9 @@ def test_a_preprocess_function_runs_as_in_the_workers_and_its_failures_are_dead_
         (("--model", "{mlp}", "--preprocess", "no_such_module:f"), 2, "error: invalid setting preprocess="),
         (("--model", "{mlp}", "--max-batch-size", "0"), 2, "error: invalid setting max_batch_size=0"),
         ((), 2, "error: missing setting model"),
+        (("--model", "{mlp}", "--columns", "a,b"), 2, "error: --columns reads the --inputs file, and none is given"),
+        (("--model", "{mlp}", "--sample-count", "5"), 2, "error: --sample-count reads --sample-topic, and none"),
+        (("--model", "{mlp}", "--sample-topic", "t"), 2, "error: missing setting bootstrap_servers"),
     ],
 )
 def test_what_check_refuses_it_says_in_one_line(
@@ -222,3 +225,40 @@ def test_a_csv_is_read_with_publish_s_flags(tmp_path: Path, mlp_path: Path) -> N
     chosen = check("--model", str(mlp_path), "--inputs", str(tmp_path / "in.csv"), *flags)
     assert chosen.returncode == 0, chosen.stderr[-2000:]
     assert "inputs: 7 of 7 predicted, 0 would go to the dead-letter topic" in chosen.stdout
+
+
+@pytest.mark.integration
+def test_a_topic_s_records_are_checked_as_they_are_named_by_partition_and_offset(
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, tmp_path: Path
+) -> None:
+    """``--sample-topic``: the records as producers sent them, not a file packed as publish packs it;
+    then the dead letters of a run, checked against the model version that should take them."""
+    inp, out, dlq = topics("in", "out", "dlq", partitions=1)
+    base = 1_700_000_000_000
+    good = [(str(i).encode(), pack_input(np.full(4, i, "float32"), id=i)) for i in range(20)]
+    wide = [(f"w{i}".encode(), pack_input(np.full(5, i, "float32"), id=i)) for i in range(3)]
+    records = [*good[:10], wide[0], (b"raw", b"\xc1"), *good[10:], *wide[1:]]
+    publish(bootstrap, inp, records, timestamps=[base + i * 1000 for i in range(len(records))])
+    sample = ["--model", str(mlp_path), "--bootstrap-servers", bootstrap, "--sample-topic", inp]
+    done = check(*sample)
+    assert done.returncode == 1, done.stderr[-2000:]
+    said = done.stdout
+    assert f"inputs from {inp!r} (up to 1,000 records): 20 of 24 predicted, 4 would go to the dead-letter topic" in said
+    named = [line.split(":")[0].strip() for line in said.splitlines() if line.startswith("  input ")]
+    assert named == [f"input {inp}[0]@{offset}" for offset in (10, 11, 22, 23)]
+    # the first records only, and from a time on: the records before it left out, by their own timestamps
+    done = check(*sample, "--sample-count", "10")
+    assert done.returncode == 0 and "10 of 10 predicted, 0 would go" in done.stdout
+    since = ["--sample-from-timestamp", "2023-11-14T22:13:32Z"]  # base + 12 s: the good ones after the bad
+    done = check(*sample, *since, "--sample-count", "5")
+    assert done.returncode == 0
+    assert "(up to 5 records, 12 before --sample-from-timestamp left out): 5 of 5 predicted" in done.stdout
+    # the run's dead letters, against a version that takes 5 features: the wide ones predicted, the raw one not
+    run_worker(settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq))
+    wider = mlp(tmp_path / "wider.keras", features=5)
+    done = check("--model", str(wider), "--bootstrap-servers", bootstrap, "--sample-topic", dlq)
+    assert done.returncode == 1
+    said = done.stdout
+    assert "3 of 4 predicted, 1 would go to the dead-letter topic" in said
+    (line,) = [line for line in said.splitlines() if line.startswith("  input ")]
+    assert line.startswith(f"  input {dlq}[0]@1: ") and "msgpack" in line, line
