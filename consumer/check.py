@@ -63,7 +63,7 @@ def main(settings: Settings, inputs: str | None, read: argparse.Namespace) -> in
     try:
         _refuse_unused_flags(inputs, read)
         examples = _read(Path(inputs), read) if inputs else None
-        sampled = _open_sample(read) if getattr(read, "sample_topic", None) else None
+        sampled = _open_sample(read, settings.tombstones) if getattr(read, "sample_topic", None) else None
         preprocess, served, sizes = _load(settings)
         pipeline = _pipeline(settings, served.predictor, preprocess)
     except ConfigError as exc:
@@ -109,12 +109,13 @@ def _unused(given: str, reads: str, give: str) -> str:
     return f"{given} reads {reads}, and none is given: pass {give}, or drop {given}"
 
 
-def _open_sample(read: argparse.Namespace) -> Any:
+def _open_sample(read: argparse.Namespace, tombstones: str) -> Any:
     """The records ``--sample-topic`` names, to be read as they are fed (``producer_tools.samples``):
-    the topic is looked up now, so a missing one fails before the model loads."""
+    the topic is looked up now, so a missing one fails before the model loads. Records without a
+    value are dead letters or not as ``--tombstones`` says, as in a worker."""
     from producer_tools.samples import TopicSample
 
-    return TopicSample.open(read)
+    return TopicSample.open(read, tombstones)
 
 
 def _check_sample(sampled: Any, pipeline: Pipeline, encoder: OutputEncoder, settings: Settings) -> int:

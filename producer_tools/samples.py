@@ -31,9 +31,13 @@ class TopicSample:
         self.consumer, self.topic, self.count, self.window, self.starts = consumer, topic, count, window, starts
         self.current = ""  # ``topic[partition]@offset`` of the value last read
         self.before = 0  # records read before ``--sample-from-timestamp``
+        #: ``--tombstones skip`` or ``forward``: records without a value are no dead letters, left out
+        #: (and counted); with ``dead-letter``, the default, they go through and become dead letters
+        self.tombstones: str = "dead-letter"
+        self.set_aside = 0
 
     @classmethod
-    def open(cls, args: argparse.Namespace) -> TopicSample:
+    def open(cls, args: argparse.Namespace, tombstones: str) -> TopicSample:
         """Look the topic up (``ConfigError`` if it does not exist, ``BrokerError`` if Kafka does not
         answer) and where each partition's sample starts."""
         window = TimeWindow(epoch_ms(args.sample_from_timestamp, "--sample-from-timestamp"), None)
@@ -44,13 +48,18 @@ class TopicSample:
         except BaseException:
             close_consumer(consumer)
             raise
-        return cls(consumer, args.sample_topic, args.sample_count or SAMPLE_COUNT, window, starts)
+        sample = cls(consumer, args.sample_topic, args.sample_count or SAMPLE_COUNT, window, starts)
+        sample.tombstones = tombstones
+        return sample
 
     def values(self) -> Iterator[bytes | None]:
         taken = 0
         for msg in read_partitions(self.consumer, self.topic, StopWhen(), self.starts):
             if not self.window.keeps(msg.timestamp()[1]):
                 self.before += 1
+                continue
+            if msg.value() is None and self.tombstones != "dead-letter":
+                self.set_aside += 1
                 continue
             self.current = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
             taken += 1
@@ -66,7 +75,8 @@ class TopicSample:
 
     def describe(self) -> str:
         since = f", {self.before} before --sample-from-timestamp left out" if self.before else ""
-        return f" from {self.topic!r} (up to {self.count:,} records{since})"
+        aside = f", {self.set_aside} without a value left to --tombstones {self.tombstones}" if self.set_aside else ""
+        return f" from {self.topic!r} (up to {self.count:,} records{since}{aside})"
 
     def close(self) -> None:
         close_consumer(self.consumer)

@@ -237,15 +237,20 @@ def test_a_topic_s_records_are_checked_as_they_are_named_by_partition_and_offset
     base = 1_700_000_000_000
     good = [(str(i).encode(), pack_input(np.full(4, i, "float32"), id=i)) for i in range(20)]
     wide = [(f"w{i}".encode(), pack_input(np.full(5, i, "float32"), id=i)) for i in range(3)]
-    records = [*good[:10], wide[0], (b"raw", b"\xc1"), *good[10:], *wide[1:]]
+    records = [*good[:10], wide[0], (b"raw", b"\xc1"), *good[10:], *wide[1:], (b"deleted", None)]
     publish(bootstrap, inp, records, timestamps=[base + i * 1000 for i in range(len(records))])
     sample = ["--model", str(mlp_path), "--bootstrap-servers", bootstrap, "--sample-topic", inp]
     done = check(*sample)
     assert done.returncode == 1, done.stderr[-2000:]
     said = done.stdout
-    assert f"inputs from {inp!r} (up to 1,000 records): 20 of 24 predicted, 4 would go to the dead-letter topic" in said
+    assert f"inputs from {inp!r} (up to 1,000 records): 20 of 25 predicted, 5 would go to the dead-letter topic" in said
     named = [line.split(":")[0].strip() for line in said.splitlines() if line.startswith("  input ")]
-    assert named == [f"input {inp}[0]@{offset}" for offset in (10, 11, 22, 23)]
+    assert named == [f"input {inp}[0]@{offset}" for offset in (10, 11, 22, 23, 24)]
+    assert f"input {inp}[0]@24: the message has no value (a tombstone)" in said
+    # as a worker takes them: --tombstones skip, the record without a value is no dead letter
+    done = check(*sample, "--tombstones", "skip")
+    assert "20 of 24 predicted, 4 would go" in done.stdout
+    assert "1 without a value left to --tombstones skip" in done.stdout
     # the first records only, and from a time on: the records before it left out, by their own timestamps
     done = check(*sample, "--sample-count", "10")
     assert done.returncode == 0 and "10 of 10 predicted, 0 would go" in done.stdout
