@@ -64,7 +64,8 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
 def add_check_parser(commands: Any) -> argparse.ArgumentParser:
     about = (
         "Check a run's settings and model without Kafka: load the model as a worker does, say what messages must "
-        "carry, and predict a file's inputs as the workers would (the Kafka settings may be left out)."
+        "carry, and predict a file's inputs as the workers would (the Kafka settings may be left out), or a "
+        "topic's records (--sample-topic, which reads Kafka)."
     )
     check = commands.add_parser(
         "check", help="check settings, model and sample inputs, without Kafka", description=about
