@@ -481,7 +481,7 @@ def test_a_batch_the_preprocess_function_fails_is_halved_until_each_input_it_fai
         rows = rng.integers(0, 200, (256, 4)).astype("uint8")
         rows[sorted(bad), 1] = 222
         sent = list(rows)
-    samples = [Sample(i, pack_input(value, id=i)) for i, value in enumerate(sent)]
+    samples = [Sample(i, pack_input(value, id=i), str(i)) for i, value in enumerate(sent)]
     runs = 0
     fed = pipeline._fed
 
