@@ -119,11 +119,10 @@ def _open_sample(read: argparse.Namespace, tombstones: str) -> Any:
 
 
 def _check_sample(sampled: Any, pipeline: Pipeline, encoder: OutputEncoder, settings: Settings) -> int:
-    """Every record of the sample through the workers' path, each named ``topic[partition]@offset``."""
+    """Every record of the sample through the workers' path, each named ``topic[partition]@offset``.
+    The progress bar counts without a total: a topic may hold fewer records than the count asked for."""
     try:
-        checked = run_through(
-            pipeline, sampled.values(), settings.max_batch_size, encoder, total=sampled.count, labels=sampled.labels
-        )
+        checked = run_through(pipeline, sampled.values(), settings.max_batch_size, encoder, labels=sampled.labels)
     except BrokerError as exc:
         logs.line(f"error: {exc}")
         return EXIT_FAILED
