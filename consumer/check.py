@@ -93,20 +93,14 @@ def main(settings: Settings, inputs: str | None, read: argparse.Namespace) -> in
 def _refuse_unused_flags(inputs: str | None, read: argparse.Namespace) -> None:
     """A flag of how the sample is read, given without the sample it reads, would do nothing:
     ``ConfigError`` naming it."""
-    from producer_tools.commands import read_options
-    from producer_tools.sources import flag, given_options
+    from producer_tools.commands import given_read_flags, refuse_unused
+    from producer_tools.sources import flag
 
     if not getattr(read, "sample_topic", None):
-        for name in ("sample_count", "sample_from_timestamp"):
-            if getattr(read, name, None) is not None:
-                raise ConfigError(_unused(flag(name), "--sample-topic", "--sample-topic TOPIC"))
+        given = [flag(name) for name in ("sample_count", "sample_from_timestamp") if getattr(read, name) is not None]
+        refuse_unused(given, "--sample-topic", "--sample-topic TOPIC")
     if not inputs:
-        for option in given_options(read_options(read)):
-            raise ConfigError(_unused(flag(option), "the --inputs file", "--inputs FILE"))
-
-
-def _unused(given: str, reads: str, give: str) -> str:
-    return f"{given} reads {reads}, and none is given: pass {give}, or drop {given}"
+        refuse_unused(given_read_flags(read), "the --inputs file", "--inputs FILE")
 
 
 def _open_sample(read: argparse.Namespace, tombstones: str) -> Any:

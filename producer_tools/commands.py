@@ -48,11 +48,16 @@ def read_options(args: argparse.Namespace) -> sources.ReadOptions:
     )
 
 
-def _refuse_join_options(args: argparse.Namespace) -> None:
-    """``collect``'s input-file options read the ``--join`` file: without one, they would do nothing."""
-    for option in sources.given_options(read_options(args)):
-        flag = sources.flag(option)
-        raise ConfigError(f"{flag} reads the --join file, and none is given: pass --join FILE, or drop {flag}")
+def refuse_unused(flags: list[str], reads: str, give: str) -> None:
+    """Flags of how something is read, given without it, would do nothing: ``ConfigError`` naming
+    the first (``reads``: what they read; ``give``: the flag that gives it)."""
+    for flag in flags:
+        raise ConfigError(f"{flag} reads {reads}, and none is given: pass {give}, or drop {flag}")
+
+
+def given_read_flags(args: argparse.Namespace) -> list[str]:
+    """The input-file flags given (``--columns``, ``--dtype`` …), as typed."""
+    return [sources.flag(option) for option in sources.given_options(read_options(args))]
 
 
 def run_publish(args: argparse.Namespace) -> int:
@@ -93,8 +98,8 @@ def run_collect(args: argparse.Namespace) -> int:
         raise ConfigError(
             "invalid setting --varying-shapes: inputs of several shapes do not stack in .npz; write .jsonl"
         )
-    if not args.join:
-        _refuse_join_options(args)
+    if not args.join:  # collect's input-file flags read the --join file
+        refuse_unused(given_read_flags(args), "the --join file", "--join FILE")
     join = collect.Join(sources.read_inputs(args.join, read_options(args)), args.join_on) if args.join else None
     try:
         if suffix == ".jsonl":
