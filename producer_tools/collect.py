@@ -157,10 +157,6 @@ class JsonLines(JsonLinesFile):
         super().__init__(path, default=text_or_base64)
         self.join = join
 
-    def __enter__(self) -> JsonLines:
-        super().__enter__()
-        return self
-
     def write(self, record: dict[str, Any], key: bytes | None) -> None:
         example = None
         if self.join is not None:

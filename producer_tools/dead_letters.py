@@ -172,10 +172,6 @@ class JsonLines(JsonLinesFile):
     """Each dead letter as a JSON line, as it is read: where it lies, why it failed, the input it
     holds (its key and value as UTF-8 text, else base64)."""
 
-    def __enter__(self) -> JsonLines:
-        super().__enter__()
-        return self
-
     def write(self, msg: Message, letter: DeadLetter) -> None:
         line = {
             "dead_letter": {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()},

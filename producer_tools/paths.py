@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from consumer.errors import ConfigError
 
@@ -61,7 +61,7 @@ class JsonLinesFile:
         self._handle: IO[Any] | None = None
         self._file = ExitStack()
 
-    def __enter__(self) -> JsonLinesFile:
+    def __enter__(self) -> Self:
         self._handle = self._file.enter_context(complete_file(self.path, "w"))
         return self
 

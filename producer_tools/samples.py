@@ -27,13 +27,15 @@ SAMPLE_COUNT = 1000
 class TopicSample:
     """The sample's values, read as they are fed, and the name of the last one read."""
 
-    def __init__(self, consumer: Consumer, topic: str, count: int, window: TimeWindow, starts: dict[int, int]) -> None:
+    def __init__(
+        self, consumer: Consumer, topic: str, count: int, window: TimeWindow, starts: dict[int, int], tombstones: str
+    ) -> None:
         self.consumer, self.topic, self.count, self.window, self.starts = consumer, topic, count, window, starts
         self.current = ""  # ``topic[partition]@offset`` of the value last read
         self.before = 0  # records read before ``--sample-from-timestamp``
         #: ``--tombstones skip`` or ``forward``: records without a value are no dead letters, left out
-        #: (and counted); with ``dead-letter``, the default, they go through and become dead letters
-        self.tombstones: str = "dead-letter"
+        #: (and counted in ``set_aside``); with ``dead-letter``, the default, they go through and become dead letters
+        self.tombstones = tombstones
         self.set_aside = 0
 
     @classmethod
@@ -48,9 +50,7 @@ class TopicSample:
         except BaseException:
             close_consumer(consumer)
             raise
-        sample = cls(consumer, args.sample_topic, args.sample_count or SAMPLE_COUNT, window, starts)
-        sample.tombstones = tombstones
-        return sample
+        return cls(consumer, args.sample_topic, args.sample_count or SAMPLE_COUNT, window, starts, tombstones)
 
     def values(self) -> Iterator[bytes | None]:
         taken = 0
