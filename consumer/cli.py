@@ -79,24 +79,26 @@ def add_check_parser(commands: Any) -> argparse.ArgumentParser:
         help="a file publish takes (.npy, .npz, .jsonl, .csv, a folder): each example packed as publish sends it, "
         "then decoded and predicted as a worker does",
     )
-    source.add_argument(
-        "--sample-topic",
-        metavar="TOPIC",
-        type=topic,
-        help="instead of a file, records of a topic as they are (the input topic, or the dead letters a new "
-        "version should take), read without joining a group; needs --bootstrap-servers",
-    )
-    inputs.add_argument(
-        "--sample-count", type=positive(int), metavar="N", help="how many records of --sample-topic (default 1000)"
-    )
-    inputs.add_argument(
-        "--sample-from-timestamp",
-        metavar="ISO8601",
-        help="the sample's first records at or after this time (default: each partition's start)",
-    )
+    sample = [
+        source.add_argument(
+            "--sample-topic",
+            metavar="TOPIC",
+            type=topic,
+            help="instead of a file, records of a topic as they are (the input topic, or the dead letters a new "
+            "version should take), read without joining a group; needs --bootstrap-servers",
+        ),
+        inputs.add_argument(
+            "--sample-count", type=positive(int), metavar="N", help="how many records of --sample-topic (default 1000)"
+        ),
+        inputs.add_argument(
+            "--sample-from-timestamp",
+            metavar="ISO8601",
+            help="the sample's first records at or after this time (default: each partition's start)",
+        ),
+    ]
     read_flags = input_file_flags(inputs)  # as publish reads the file
-    sample_flags = ("sample_topic", "sample_count", "sample_from_timestamp")
-    check.set_defaults(check_only=("inputs", *sample_flags, *read_flags))  # not settings: ``settings_from_args``
+    only_check = ("inputs", *(action.dest for action in sample), *read_flags)
+    check.set_defaults(check_only=only_check)  # not settings of a run: ``settings_from_args``
     return check
 
 
