@@ -4,9 +4,10 @@
     consume → route → batcher ──put──▶ pipeline (tf.data) → predict → emit → outbox
         ▲  commit contiguous done offsets ◀── delivery reports mark inputs done ──┘
 
-The fetch loop never runs the model, so it polls Kafka at least every 100 ms whatever a
-batch costs: ``max.poll.interval.ms`` is only at risk during a revoke, whose drain is capped
-at half of it. When the pipeline is full the loop pauses its partitions (back-pressure).
+The worker starts everything, runs the loop and answers the group's rebalances; one turn of the
+fetch loop is ``consumer.fetch_loop``, the commits ``consumer.commits``, the paused partitions
+``consumer.pauses``. ``max.poll.interval.ms`` is only at risk during a revoke, whose drain is
+capped at half of it.
 """
 
 from __future__ import annotations
@@ -19,32 +20,33 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from itertools import compress
 from typing import Any
 
 import tensorflow as tf
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from consumer import kafka_io, metrics, topic_rules
 from consumer.batcher import Batcher
 from consumer.bounded import BoundedRun
 from consumer.careful import CrashGuard, Feed
 from consumer.codec import Limits
+from consumer.commits import Commits
 from consumer.config import Settings
 from consumer.counts import Counters
 from consumer.delivery import DeadLetters, Outbox, wait_until
 from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError, DeliveryError, PreprocessMismatch
+from consumer.fetch_loop import READ_AHEAD_CHUNK, Books, FetchLoop
 from consumer.idle import IdleCheck
 from consumer.joining import JoinWait
 from consumer.logs import get_logger
 from consumer.model import ShapeFixer
-from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
+from consumer.offsets import OffsetTracker, Partition
 from consumer.outputs import Emitter
+from consumer.pauses import Pauses
 from consumer.pipeline import Pipeline
 from consumer.positions import (
     EndOfInput,
     GroupHistory,
-    TimeWindow,
     apply_start_positions,
     group_history,
     new_group_notice,
@@ -62,20 +64,8 @@ from consumer.transactions import Transactions
 from consumer.user_code import prepare_keras
 from consumer.versions import ModelVersion
 
-POLL_SECONDS = 0.1
-#: How long the fetch loop waits for messages while the next batch waits for pipeline room.
-BLOCKED_WAIT_SECONDS = 0.005
 #: Waits before reading again after outputs could not be delivered.
 FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 1.0, 30.0
-#: Batches in flight (predicting, and the next one decoded) at which a partial batch waits to grow.
-BUSY_BATCHES = 2
-#: How many messages one read-ahead call asks for.
-READ_AHEAD_CHUNK = 1000
-#: Full batches waiting in the batcher at which the fetch loop stops reading (for up to POLL_SECONDS
-#: at a time): reading on, it takes the interpreter lock from the predict thread while what it
-#: reads only waits (with librdkafka fetching once its queue is taken, the MLP bench drained about
-#: 15% slower without this; docs/performance-log.md, 2026-12-01).
-HOLD_BATCHES = 4
 #: At a stop, how long the consumer's queue may be served before ``close()`` (``_serve_rebalance_before_close``)
 CLOSE_QUEUE_SECONDS = 1.0
 
@@ -87,6 +77,13 @@ def message_bytes(messages: list[Message]) -> int:
 
 class Worker:
     """Loads and warms the model, joins the group, and streams until stopped or done."""
+
+    # made by ``start`` (``_connect``): the clients, and the fetch loop's collaborators
+    consumer: Consumer
+    producer_config: dict[str, Any]
+    pauses: Pauses
+    commits: Commits
+    fetching: FetchLoop
 
     def __init__(self, settings: Settings, slot: int = 0, device: str = "cpu", host_number: int | None = None) -> None:
         self.settings, self.slot, self.device = settings, slot, device
@@ -100,19 +97,13 @@ class Worker:
         self._joined = False
         self.tracker = OffsetTracker()
         self.ends = EndOfInput()
-        self.window = TimeWindow(settings.from_ms, settings.until_ms)
-        self._last_read = -math.inf  # when the fetch loop last called consume
         #: holds fetched messages with their coordinates and timestamps, read once here
         self.batcher = Batcher(settings.max_batch_size, settings.max_wait_ms, weigh=message_bytes)
-        #: read ahead (while the pipeline is full) until this many message bytes are held, then pause
-        self.read_ahead_bytes = int(settings.read_ahead_mb * 2**20)
         self._stop = threading.Event()
         #: set once the worker shuts down: an assignment delivered after it is left alone
         self._closing = False
         #: when a ``--stop-at-end`` run is done, and how the worker leaves it
         self.bounded = BoundedRun(settings.stop_at_end, self.ends, self.tracker, self.log)
-        self._paused: set[Partition] = set()
-        self._last_commit = time.monotonic()
         self.timeline = Timeline()
         if self.metrics is not None:
             self.timeline.on_stage = self.metrics.stage
@@ -156,6 +147,11 @@ class Worker:
         self.serving = self._serving(served, watcher)
         if self.crash_folder is not None:
             self.guard = CrashGuard(self.crash_folder, self.slot, self.tracker, self._feed(), self.log)
+        books = Books(self.tracker, self.ends, self.timeline, self.counters, self.metrics)
+        self.fetching = FetchLoop(
+            s, self.consumer, self.batcher, self.serving, books, self.pauses, self.commits, self.guard, self.log,
+            self.group_instance_id,
+        )  # fmt: skip
         if self.metrics is not None:
             self.metrics.serving(served.info["version"])
         if watcher is not None:
@@ -218,7 +214,7 @@ class Worker:
         config = kafka_io.consumer_config(s, client_id, self.host_number)
         self.group_instance_id: str | None = config.get(kafka_io.GROUP_INSTANCE_ID)
         self.drain_budget = min(s.drain_timeout_s, int(config["max.poll.interval.ms"]) / 2000)
-        config["on_commit"] = self._on_commit
+        config["on_commit"] = lambda error, partitions: self.commits.on_commit(error, partitions)
         if self.metrics is not None or s.progress_interval_s:
             config.setdefault("statistics.interval.ms", kafka_io.STATISTICS_INTERVAL_MS)  # a setting of the user's wins
             config["stats_cb"] = self._on_statistics
@@ -266,6 +262,11 @@ class Worker:
                 self.producer_config["transactional.id"],
             )
             self.transactions.start()
+        self.pauses = Pauses(self.consumer, self._finished_partitions)
+        interval_s = s.commit_interval_ms / 1000
+        self.commits = Commits(
+            self.consumer, self.tracker, interval_s, self.log, self.transactions, self._read_again, self._reset_backoff
+        )
 
     def _topic_rules(self, topics: list[str], producer_limit: int) -> dict[str, TopicRules]:
         """What the output and dead-letter topics' own settings require (``topic_rules.for_outputs``);
@@ -315,7 +316,7 @@ class Worker:
             flush=lambda: self._flush_batcher(math.inf),
             failed=self._failed,
             stopping=self._stop.is_set,
-            between=self._maybe_commit,
+            between=lambda: self.commits.maybe(),
         )
 
     # -- run -----------------------------------------------------------------------------
@@ -332,10 +333,10 @@ class Worker:
         predict.start()
         self.outbox.serve_acknowledgements()
         try:
-            while not self._stop.is_set() and not self.bounded.leaves(self.consumer, self._commit_now):
+            while not self._stop.is_set() and not self.bounded.leaves(self.consumer, self.commits.now):
                 self._raise_failures(predict)
-                self._fetch()
-                self._maybe_commit()
+                self.fetching.turn()
+                self.commits.maybe()
                 self.serving.tick_logs()
                 self.idle.check()
                 self.joining.check(self._joined)
@@ -413,218 +414,6 @@ class Worker:
         if not finished and not predict.is_alive():
             raise RuntimeError("the predict thread ended unexpectedly")
 
-    def _fetch(self) -> None:
-        self._feed_pipeline()
-        self._apply_backpressure()
-        plan = self._fetch_plan()
-        if plan is None:  # holding; the next turn starts by feeding the pipeline
-            time.sleep(BLOCKED_WAIT_SECONDS)
-            return
-        self._last_read = time.monotonic()
-        count, timeout = plan
-        if self.guard is not None and self.guard.suspects:
-            # suspects run apart, a few runs a turn, from one chunk (not one cut after its first record)
-            self._route(self.consumer.consume(num_messages=min(count, self.guard.chunk()), timeout=timeout))
-        else:
-            self._read(count, timeout)
-        self._feed_pipeline()
-
-    def _read(self, count: int, timeout: float) -> None:
-        """Up to ``count`` records. ``consume(count, timeout)`` would hold the records already fetched
-        until all ``count`` came: wait for one, then take what else is there, so each record counts as
-        consumed (``consume_latency_ms``) when it reached this loop, not when its batch filled up."""
-        first = self.consumer.consume(num_messages=1, timeout=timeout)
-        self._route(first)
-        if first and count > 1:
-            self._route(self.consumer.consume(num_messages=count - 1, timeout=0))
-
-    def _feed_pipeline(self) -> None:
-        """A full batch goes as soon as there is room. A partial one (its wait is up) goes only when
-        the model is about to be free (``_model_busy``): meanwhile it keeps growing, so a busy model
-        gets fewer, fuller batches (less per-batch overhead and padding) instead of a queue of small
-        ones."""
-        while self.batcher.ready() and self.pipeline.has_room():
-            if self.batcher.space() > 0 and self._model_busy():
-                return
-            self._close_batch()
-
-    def _model_busy(self) -> bool:
-        """Busy for a partial batch: ``BUSY_BATCHES`` batches in flight (one predicting, the next
-        decoded), or the batches in flight will keep the model busy longer than ``max_wait_ms`` (a
-        slow model: the inputs that come while it computes go together when it is done, rather than
-        the first of them alone in a small batch that the rest wait behind)."""
-        in_flight = self.pipeline.in_flight()
-        if in_flight >= BUSY_BATCHES:
-            return True
-        return in_flight > 0 and in_flight * self.serving.batch_seconds > self.batcher.max_wait
-
-    def _close_batch(self) -> None:
-        opened_at = self.batcher.opened_at
-        messages, coords, timestamps = self.batcher.take()
-        if self.guard is not None:
-            self.guard.entering(coords)
-        self.pipeline.put((messages, coords, timestamps), opened_at)
-
-    def _fetch_plan(self) -> tuple[int, float] | None:
-        """How many messages to ask for, and how long to wait for them: wake on the first input, fill
-        its batch by its deadline; while the pipeline is full, read ahead up to the read-ahead budget.
-        With ``HOLD_BATCHES`` full batches waiting, nothing (None), but one message every POLL_SECONDS:
-        ``consume`` is what serves rebalances and consumer errors."""
-        if len(self.batcher) >= HOLD_BATCHES * self.batcher.max_batch_size:
-            return (1, 0.0) if time.monotonic() - self._last_read >= POLL_SECONDS else None
-        if self.batcher.ready():
-            return READ_AHEAD_CHUNK, BLOCKED_WAIT_SECONDS
-        wait = self.batcher.seconds_left()
-        return self.batcher.space(), POLL_SECONDS if wait is None else whole_ms(min(wait, POLL_SECONDS))
-
-    def _route(self, messages: list[Message]) -> None:
-        """Errors and records past a stop-at-end bound are handled apart; the rest is tracked, counted
-        and batched as a whole (per-message Python work is what bounds a small model's throughput)."""
-        kept = [m for m in messages if m.error() is None]
-        if kept:
-            self._keep(kept)
-        if len(kept) < len(messages):  # after the records: an end-of-partition event follows them
-            for msg in messages:
-                if (error := msg.error()) is not None:
-                    self._on_consumer_error(error, *coordinates(msg))
-
-    def _keep(self, kept: list[Message]) -> None:
-        fetched = coordinates_of(kept)
-        if self.settings.stop_at_end:
-            kept, fetched = self._within_bounds(kept, fetched)
-            if not kept:
-                return
-        if self.tracker.add_many(fetched):
-            self._commit_starts()
-        timestamps = timestamps_of(kept)
-        ages_ms = self.timeline.consumed(timestamps)
-        if self.metrics is not None:
-            self.metrics.consumed_at((ages_ms / 1000).tolist())
-        self.counters.add(consumed=len(fetched))
-        if self.window.bounded:
-            kept, fetched, timestamps = self._within_window(kept, fetched, timestamps)
-        if self.guard is not None and self.guard.suspects:
-            self.guard.add(kept, fetched, timestamps)
-        else:
-            self.batcher.add(kept, fetched, timestamps)
-
-    def _within_bounds(
-        self, messages: list[Message], fetched: list[tuple[Partition, int]]
-    ) -> tuple[list[Message], list[tuple[Partition, int]]]:
-        """The records below their partition's stop-at-end bound; a partition that reached it pauses."""
-        past = self.ends.reached_bounds(self.consumer, fetched)
-        if not past:
-            return messages, fetched
-        self._pause(past)
-        keep = [p not in past or self.ends.below_bound(p, offset) for p, offset in fetched]
-        return list(compress(messages, keep)), list(compress(fetched, keep))
-
-    def _within_window(
-        self, messages: list[Message], coords: list[tuple[Partition, int]], timestamps: list[int]
-    ) -> tuple[list[Message], list[tuple[Partition, int]], list[int]]:
-        """The records inside ``--from/--until``; the others are done at once, and counted skipped."""
-        keep = [self.window.keeps(timestamp) for timestamp in timestamps]
-        skipped = [c for c, kept in zip(coords, keep, strict=True) if not kept]
-        if skipped:
-            self.tracker.done_many(skipped)
-            self.counters.add(skipped=len(skipped))
-        return list(compress(messages, keep)), list(compress(coords, keep)), list(compress(timestamps, keep))
-
-    def _on_consumer_error(self, error: KafkaError, partition: Partition, offset: int | None) -> None:
-        if error.code() == KafkaError._PARTITION_EOF:
-            self.ends.reached_eof(partition)
-            if self.guard is not None:
-                self.guard.reached_end(partition)
-            if offset is not None and offset >= 0 and self.tracker.start_at(partition, offset):
-                self._commit_starts()
-        elif error.fatal() or error.code() == KafkaError._FATAL:
-            raise kafka_io.dead_consumer_error(error, self.group_instance_id)
-        else:
-            self.log.warning("consumer error", error=error.str(), partition=partition)
-
-    def _apply_backpressure(self) -> None:
-        """Pause at the read-ahead budget, resume at half of it: pausing drops librdkafka's prefetched
-        data, so a wide gap between the two keeps pause/resume rare, and what is still held covers
-        the time a resumed partition takes to deliver again (resuming at one batch left the model
-        idle for most of a second after each resume)."""
-        full = self.batcher.bytes >= self.read_ahead_bytes
-        if not full and (not self._paused or self.batcher.bytes > self.read_ahead_bytes // 2):
-            return  # asking for the assignment takes librdkafka's locks: only when there is work
-        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        if full:
-            self._pause(assigned - self._paused)
-        else:
-            self._resume((self._paused & assigned) - self._finished_partitions())
-
-    def _pause(self, partitions: set[Partition]) -> None:
-        if partitions:
-            self.consumer.pause([TopicPartition(*p) for p in partitions])
-            self._paused |= partitions
-
-    def _finished_partitions(self) -> set[Partition]:
-        """Partitions a bounded run has read to their end: they stay paused."""
-        return self.ends.at_end if self.settings.stop_at_end else set()
-
-    def _resume_unfinished(self) -> None:
-        self._resume(self._paused - self._finished_partitions())
-
-    def _resume(self, partitions: set[Partition]) -> None:
-        if partitions:
-            self.consumer.resume([TopicPartition(*p) for p in partitions])
-            self._paused -= partitions
-
-    def _commit_starts(self) -> None:
-        """Have the fetch loop's next turn commit where newly owned partitions start, before anything
-        of them is done: a partition the group never committed would otherwise start at the latest
-        offset for this worker's successor, should this worker die first, skipping what was fetched
-        and what arrived since. (Not here, amid routing a fetch: exactly once, a failed commit
-        rewinds, and the records being routed must not be batched after it.)"""
-        self._last_commit = -math.inf
-
-    def _maybe_commit(self, force: bool = False, partitions: set[Partition] | None = None) -> None:
-        """Commit the done offsets: every ``commit_interval_ms`` without waiting for the broker
-        (``_on_commit`` takes the result); forced (a revoke, a stop, a bounded run's end, a recovery),
-        waiting for it, since what follows needs it done."""
-        now = time.monotonic()
-        if not force and now - self._last_commit < self.settings.commit_interval_ms / 1000:
-            return
-        self._last_commit = now
-        if self.transactions is not None:
-            if not self.transactions.commit(self.consumer):
-                self._rewind()
-                self._resume_unfinished()
-            return
-        offsets = self.tracker.committable(partitions)
-        try:
-            if force:
-                self._committed(kafka_io.commit(self.consumer, offsets))
-            else:
-                kafka_io.commit_async(self.consumer, offsets)
-        except KafkaException as exc:
-            self._commit_failed(exc)
-
-    def _commit_now(self) -> None:
-        self._maybe_commit(force=True)
-
-    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        """An asynchronous commit's result (librdkafka's ``on_commit``), served by ``consume`` in the
-        fetch loop: the loop's periodic commits do not wait for the broker. Waiting, they held up
-        fetching and batching for a round trip to the group coordinator every ``commit_interval_ms``:
-        under 5 ms on the embedded broker, seconds on a cluster whose coordinator is moving
-        (docs/performance-log.md, 2026-12-01, the evening session)."""
-        try:
-            self._committed(kafka_io.commit_result(error, partitions))
-        except KafkaException as exc:
-            self._commit_failed(exc)
-
-    def _committed(self, accepted: dict[Partition, int]) -> None:
-        self.tracker.mark_committed(accepted)
-        if accepted:
-            self._backoff = FIRST_BACKOFF_SECONDS
-
-    def _commit_failed(self, exc: KafkaException) -> None:
-        self.log.warning("commit failed; retrying at the next commit", error=str(exc))
-
     # -- rebalance -----------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         owned = {(tp.topic, tp.partition) for tp in partitions}
@@ -643,7 +432,7 @@ class Worker:
         self.idle.assigned(bool(self.ends.assigned))
         if self.guard is not None:
             self.guard.load(self.ends.assigned or owned)
-        self._paused -= owned
+        self.pauses.given(owned)
         if self._place_starts(consumer, partitions):
             self._assign(partitions)  # else the client assigns them as they are
 
@@ -711,10 +500,21 @@ class Worker:
         if self.transactions is not None:  # the open transaction holds their outputs: abort it
             self.transactions.abort("partitions lost")
             self._release(lost)
-            self._rewind()
-            self._resume_unfinished()
+            self._read_again()
             return
         self._release(lost)
+
+    def _read_again(self) -> None:
+        """After an aborted transaction: read again, from the last committed offsets."""
+        self._rewind()
+        self.pauses.resume_unfinished()
+
+    def _reset_backoff(self) -> None:
+        self._backoff = FIRST_BACKOFF_SECONDS
+
+    def _finished_partitions(self) -> set[Partition]:
+        """Partitions a bounded run has read to their end: they stay paused."""
+        return self.ends.at_end if self.settings.stop_at_end else set()
 
     def _rewind(self) -> None:
         """Let the batches in flight drain unsent, then read again from the last committed offsets
@@ -761,19 +561,19 @@ class Worker:
             "grant the permission, bring the brokers back) and the worker carries on by itself",
             retry_in_s=self._backoff,
         )
-        self._pause({(tp.topic, tp.partition) for tp in self.consumer.assignment()} - self._paused)
+        self.pauses.pause_all()
         self._drain_unsent()
         self.outbox.flush(self.drain_budget)  # settle what is in flight: acknowledged inputs stay done
         self._refuse_dead_producer()
         if self.transactions is not None:
             self.transactions.abort(str(failure))
         else:
-            self._maybe_commit(force=True)
+            self.commits.now()
         self.outbox.failure = None
         self._seek_to_commits()
         self._stop.wait(self._backoff)
         self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
-        self._resume_unfinished()
+        self.pauses.resume_unfinished()
 
     def _refuse_dead_producer(self) -> None:
         """librdkafka gave up on the output producer (a fatal error: an idempotence sequence it cannot
@@ -807,7 +607,7 @@ class Worker:
                 in_flight=self.tracker.in_flight(partitions) - left,
                 budget_s=budget,
             )
-        self._maybe_commit(force=True, partitions=partitions)
+        self.commits.maybe(force=True, partitions=partitions)
 
     def _flush_batcher(self, budget: float) -> None:
         """Hand every batch still in the batcher to the pipeline, as its queue makes room. A batch is
@@ -816,7 +616,7 @@ class Worker:
         deadline = time.monotonic() + budget
         while len(self.batcher) and time.monotonic() < deadline and not self._failed():
             if self.pipeline.has_room():  # this loop is the queue's only producer: the put cannot block
-                self._close_batch()
+                self.fetching.close_batch()
             else:  # the predict thread is still busy
                 self.outbox.poll(0.05)
 
@@ -834,15 +634,12 @@ class Worker:
         return outbox.failure is not None or outbox.fatal_error is not None or self.serving.failure is not None
 
     def _release(self, partitions: set[Partition]) -> None:
-        # librdkafka keeps a partition paused across revoke and re-assign: a partition paused here
-        # (back-pressure, or at its stop-at-end bound) and assigned again would never be read again
-        self.consumer.resume([TopicPartition(*p) for p in partitions])
+        self.pauses.release(partitions)
         self.tracker.forget(partitions)
         if self.guard is not None:
             self.guard.release(partitions)
         self.ends.revoke(partitions)
         self._count_owned()
-        self._paused -= partitions
         self.batcher.drop(lambda _message, coords, _timestamp: coords[0] not in partitions)
 
     # -- shutdown ------------------------------------------------------------------------
@@ -888,7 +685,7 @@ class Worker:
         predict.join(timeout=self.settings.drain_timeout_s)
         self.outbox.flush(self.settings.drain_timeout_s)
         self.outbox.stop_serving()
-        self._maybe_commit(force=True)
+        self.commits.now()
         self._count_uncommitted()
         if self.serving.watcher is not None:
             self.serving.watcher.stop()
@@ -918,15 +715,6 @@ class Worker:
             kafka_io.call_within(self.drain_budget, self.consumer.close, "the consumer's close")
         except (ClientHungError, KafkaException) as exc:
             self.log.warning("could not leave the group: it drops this member after session.timeout.ms", error=str(exc))
-
-
-def whole_ms(seconds: float) -> float:
-    """``seconds`` rounded up to a whole millisecond: librdkafka waits in milliseconds and
-    confluent-kafka truncates, so ``consume`` given less than 1 ms returns at once. The last
-    millisecond of every batch's wait was a busy loop of empty reads (about 40 a batch at 10,000
-    msg/s, 150 on a trickle: about two-fifths of the fetch loop's CPU, holding the interpreter lock
-    the predict thread needs); a batch now closes at most 1 ms past its ``max_wait_ms`` instead."""
-    return math.ceil(seconds * 1000) / 1000
 
 
 def freeze_heap() -> None:

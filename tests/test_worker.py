@@ -869,53 +869,57 @@ def test_periodic_commits_do_not_wait_for_the_broker_and_their_results_are_taken
 
 
 def test_a_worker_behind_its_backlog_reads_ahead_only_a_few_batches(
-    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While full batches wait for the model, the fetch loop stops reading (``HOLD_BATCHES``) rather
     than take the interpreter lock from the predict thread to read what would only wait; the
     backlog still drains whole. Batches of 8 make the model far slower than the reads."""
-    from consumer.worker import HOLD_BATCHES, READ_AHEAD_CHUNK, Worker
+    from consumer.fetch_loop import HOLD_BATCHES, READ_AHEAD_CHUNK, FetchLoop
+    from consumer.worker import Worker
 
     inp, out = topics("in", "out", partitions=1)
     total = 6000
     publish(bootstrap, inp, ((None, pack_input(np.ones(4, "float32"), id=i)) for i in range(total)))
     held: list[int] = []
+    turn = FetchLoop.turn
 
-    class Watched(Worker):
-        def _fetch(self) -> None:
-            super()._fetch()
-            held.append(len(self.batcher))
+    def watched(loop: FetchLoop) -> None:
+        turn(loop)
+        held.append(len(loop.batcher))
 
-    summary = Watched(settings(bootstrap, mlp_path, inp, out, group, max_batch_size=8)).run()
+    monkeypatch.setattr(FetchLoop, "turn", watched)
+    summary = Worker(settings(bootstrap, mlp_path, inp, out, group, max_batch_size=8)).run()
     assert summary["predicted"] == total
     # one read past the hold, and while holding, one record every POLL_SECONDS (the run takes seconds)
     assert max(held) <= HOLD_BATCHES * 8 + READ_AHEAD_CHUNK + 100, f"read ahead up to {max(held)} records"
 
 
 def test_the_fetch_loop_waits_out_a_partial_batch_without_spinning(
-    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A trickle once the worker runs: each input is a batch of its own, closed by ``max_wait_ms``.
     The fetch loop waits for the batch's deadline in ``consume``. Given the last fraction of a
     millisecond, ``consume`` returned at once (confluent-kafka truncates to whole ms), and the loop
     spun through dozens of empty reads per batch, holding the interpreter lock the predict thread
     needs."""
-    from consumer.worker import Worker
+    from consumer.fetch_loop import FetchLoop
 
     seen = Counter[str]()
+    route, close_batch = FetchLoop._route, FetchLoop.close_batch
 
-    class Watched(Worker):
-        def _route(self, messages: list[Any]) -> None:
-            if not messages and len(self.batcher):
-                seen["empty reads with a batch open"] += 1
-            super()._route(messages)
+    def watched_route(loop: FetchLoop, messages: list[Any]) -> None:
+        if not messages and len(loop.batcher):
+            seen["empty reads with a batch open"] += 1
+        route(loop, messages)
 
-        def _close_batch(self) -> None:
-            seen["batches"] += 1
-            super()._close_batch()
+    def watched_close(loop: FetchLoop) -> None:
+        seen["batches"] += 1
+        close_batch(loop)
 
+    monkeypatch.setattr(FetchLoop, "_route", watched_route)
+    monkeypatch.setattr(FetchLoop, "close_batch", watched_close)
     inp, out = topics("in", "out", partitions=1)
-    run = Background(settings(bootstrap, mlp_path, inp, out, group, stop_at_end=False, max_wait_ms=10), Watched)
+    run = Background(settings(bootstrap, mlp_path, inp, out, group, stop_at_end=False, max_wait_ms=10))
     try:
         publish(bootstrap, inp, [(None, pack_input(np.ones(4, "float32"), id=0))])
         outputs(bootstrap, out, 1, timeout=60)  # the worker holds the partition and serves
@@ -933,25 +937,26 @@ def test_the_fetch_loop_waits_out_a_partial_batch_without_spinning(
 
 
 def test_inputs_that_come_while_a_slow_model_computes_wait_for_it_in_one_batch(
-    bootstrap: str, topics: Topics, group: str, tmp_path: Path
+    bootstrap: str, topics: Topics, group: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A model slower than ``max_wait_ms``: inputs that come while it computes a batch join one
     batch, which goes when the model is free. Before, the first of them went alone once its
     ``max_wait_ms`` was up, as a small batch queued behind the one computing, and the rest made a
     third batch behind it: with a model whose batch costs the same whatever its rows (this one, and
     a GPU below saturation, much as it), a whole batch time more for them."""
-    from consumer.worker import Worker
+    from consumer.fetch_loop import FetchLoop
 
     sizes: list[int] = []
+    close_batch = FetchLoop.close_batch
 
-    class Watched(Worker):
-        def _close_batch(self) -> None:
-            sizes.append(len(self.batcher))
-            super()._close_batch()
+    def watched(loop: FetchLoop) -> None:
+        sizes.append(len(loop.batcher))
+        close_batch(loop)
 
+    monkeypatch.setattr(FetchLoop, "close_batch", watched)
     inp, out = topics("in", "out", partitions=1)
     model = models.slow_saved_model(tmp_path / "slow", iterations=3000)  # about 0.5 s per batch here
-    run = Background(settings(bootstrap, model, inp, out, group, stop_at_end=False, max_wait_ms=10), Watched)
+    run = Background(settings(bootstrap, model, inp, out, group, stop_at_end=False, max_wait_ms=10))
     try:
         publish(bootstrap, inp, [(None, pack_input(np.ones(4, "float32"), id=0))])
         outputs(bootstrap, out, 1, timeout=60)  # one batch through: the model's batch time is known
