@@ -29,7 +29,8 @@ from consumer.crashes import (
     named,
     suspects_path,
 )
-from consumer.delivery import DeadLetters, wait_until
+from consumer.dead_lettering import DeadLetters
+from consumer.delivery import wait_until
 from consumer.errors import WorkerCrashError
 from consumer.offsets import OffsetTracker, Partition
 from consumer.pipeline import Pipeline

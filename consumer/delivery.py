@@ -12,19 +12,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from consumer.counts import Counters
-from consumer.errors import DeliveryError, InputError
-from consumer.logs import Sampled
-from consumer.offsets import OffsetTracker, Partition, coordinates, coordinates_of, timestamps_of
+from consumer.errors import DeliveryError
+from consumer.headers import Headers
+from consumer.offsets import OffsetTracker, Partition, coordinates_of, timestamps_of
 from consumer.timing import Timeline
 from consumer.topic_rules import CLEANUP_POLICY, PRODUCER_MAX_BYTES, RECORD_BATCH_HEADER_BYTES, TopicRules
 
-Headers = list[tuple[str, str | bytes | None]]
 #: Delivery errors that retrying the same record cannot cure: they end the run (exit 1).
 PERMANENT = frozenset(
     {
@@ -35,7 +31,6 @@ PERMANENT = frozenset(
         KafkaError._INVALID_ARG,
     }
 )
-HEADER_PREFIX = "tfstream."
 #: ``Producer.produce``'s partition and timestamp when not given: the partitioner's choice (by key),
 #: and now. Records are produced with positional arguments (topic, value, key, partition, callback,
 #: on_delivery, timestamp, headers), measured 0.24 µs a record cheaper than keywords (1.0 against 1.23
@@ -416,109 +411,6 @@ class BatchAck:
             self.outbox.timeline.stage("acknowledge", time.monotonic() - produced_at)
         self.outbox.tracker.done_many(self.coords)
         self.outbox.acknowledged(self.topic, self.timestamps)
-
-
-#: Headers the worker writes on its outputs and dead letters. An input's own copies of them (left by
-#: an earlier run: dead letters replayed into the input topic) are dropped, so that each appears once,
-#: with this run's value.
-OWN_HEADERS = tuple(HEADER_PREFIX + name for name in ("errors.", "model.", "batch.", "predict.", "worker"))
-
-
-def message_headers(msg: Message) -> Headers:
-    """A record's headers as a list of (name, value) pairs."""
-    headers = msg.headers() or []
-    return list(headers.items()) if isinstance(headers, dict) else list(headers)
-
-
-def source_headers(msg: Message) -> Headers:
-    """The input's own headers, carried over to its output (tracing ids and the like), but ``OWN_HEADERS``."""
-    return [(name, value) for name, value in message_headers(msg) if not name.startswith(OWN_HEADERS)]
-
-
-def error_headers(msg: Message, error: InputError, group: str, model: dict[str, str]) -> Headers:
-    """Why the input failed and where it came from, in the style of ``__connect.errors.*``: a dead
-    letter's headers after the input's own."""
-    _, ts = msg.timestamp()
-    fields = {
-        "errors.stage": error.stage,
-        "errors.exception.class.name": type(error).__name__,
-        "errors.exception.message": str(error),
-        "errors.topic": str(msg.topic()),
-        "errors.partition": str(msg.partition()),
-        "errors.offset": str(msg.offset()),
-        "errors.timestamp": str(ts),
-        "errors.group": group,
-        "errors.model.name": model["name"],
-        "errors.model.version": model["version"],
-    }
-    return [(HEADER_PREFIX + k, v.encode()) for k, v in fields.items()]
-
-
-class DeadLetters:
-    """Routes invalid inputs to the dead-letter topic, or skips them when there is none; logs them sampled."""
-
-    def __init__(
-        self,
-        outbox: Outbox,
-        topic: str | None,
-        group: str,
-        model: dict[str, str],
-        counters: Counters,
-        log: Any,
-        max_record_bytes: int = 1_000_000,
-        keep_key: bool = False,
-    ) -> None:
-        self.outbox, self.topic, self.group, self.model = outbox, topic, group, model
-        self.counters, self.log = counters, log
-        #: the largest record the dead-letter topic takes (the producer's ``message.max.bytes``, or the
-        #: topic's ``max.message.bytes`` where lower): a dead letter is cut to fit it (``_fitted``)
-        self.max_record_bytes = max_record_bytes
-        #: the dead-letter topic is compacted: it takes no record without a key, so cutting keeps it
-        self.keep_key = keep_key
-        self.on_dead_letter: Callable[[str], None] | None = None
-        #: each dead letter (or skipped input) is said in the log, sampled: a stream of bad inputs (a
-        #: producer writing another format, a model that takes another shape) writes a few lines a window
-        self.warnings = Sampled(log, "input dead-lettered" if topic else "input skipped (no dead-letter topic)")
-
-    def send(self, msg: Message, error: InputError) -> None:
-        self.counters.add(dead_lettered=1)
-        if self.on_dead_letter is not None:
-            self.on_dead_letter(type(error).__name__)
-        self.warnings.warning(
-            type(error).__name__,
-            stage=error.stage,
-            error=type(error).__name__,
-            reason=str(error),
-            offset=msg.offset(),
-            partition=msg.partition(),
-        )
-        if self.topic is None:
-            self.outbox.tracker.done(*coordinates(msg))
-            return
-        self.outbox.send(msg, self.topic, *self._fitted(msg, error_headers(msg, error, self.group, self.model)))
-
-    def _fitted(self, msg: Message, ours: Headers) -> tuple[bytes, bytes | None, Headers]:
-        """The dead letter's value, key and headers (the input's own, then ``ours``), cut until it
-        fits ``max_record_bytes`` (else the stream would stop on it): the largest of the input's value, key
-        and own headers dropped first, then the next, each said in a
-        ``tfstream.errors.{value,key,headers}.omitted.bytes`` header. The key stays where ``keep_key``."""
-        value, key, theirs = msg.value() or b"", msg.key(), source_headers(msg)
-        headers = theirs + ours
-        their_headers = record_bytes(b"", None, theirs) - RECORD_OVERHEAD_BYTES
-        sizes = {"value": len(value), "headers": their_headers}
-        if not self.keep_key:
-            sizes["key"] = len(key or b"")
-        for part, size in sorted(sizes.items(), key=itemgetter(1), reverse=True):
-            if record_bytes(value, key, headers) <= self.max_record_bytes:
-                break
-            if part == "value":
-                value = b""
-            elif part == "key":
-                key = None
-            else:
-                headers = headers[len(theirs) :]  # the input's own come first
-            headers = [*headers, (f"{HEADER_PREFIX}errors.{part}.omitted.bytes", str(size).encode())]
-        return value, key, headers
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, tick: Callable[[], None]) -> bool:

@@ -7,18 +7,11 @@ from confluent_kafka import Message
 
 from consumer.codec import FORMAT_VERSION, json_data_rows
 from consumer.counts import Counters
-from consumer.delivery import (
-    HEADER_PREFIX,
-    DeadLetters,
-    Headers,
-    Keyless,
-    Outbox,
-    Oversize,
-    record_bytes,
-    source_headers,
-)
+from consumer.dead_lettering import DeadLetters
+from consumer.delivery import Keyless, Outbox, Oversize, record_bytes
 from consumer.envelopes import OutputPacker
 from consumer.errors import EmitError, OutputTooLargeError, UnkeyedOutputError
+from consumer.headers import HEADER_PREFIX, Headers, source_headers
 from consumer.json_output import JsonPacker
 from consumer.offsets import coordinates_of
 from consumer.pipeline import Batch

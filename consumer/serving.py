@@ -15,7 +15,8 @@ from typing import Any
 from confluent_kafka import Message
 
 from consumer.apart import run_apart
-from consumer.delivery import DeadLetters, Outbox
+from consumer.dead_lettering import DeadLetters
+from consumer.delivery import Outbox
 from consumer.logs import Sampled
 from consumer.metrics import WorkerMetrics
 from consumer.outputs import Emitter

@@ -33,7 +33,8 @@ from consumer.codec import Limits
 from consumer.commits import Commits
 from consumer.config import Settings
 from consumer.counts import Counters
-from consumer.delivery import DeadLetters, Outbox, wait_until
+from consumer.dead_lettering import DeadLetters
+from consumer.delivery import Outbox, wait_until
 from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError, DeliveryError, PreprocessMismatch
 from consumer.fetch_loop import READ_AHEAD_CHUNK, Books, FetchLoop
 from consumer.idle import IdleCheck

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Message
 
-from consumer.delivery import HEADER_PREFIX, message_headers
 from consumer.errors import ConfigError, InputError
+from consumer.headers import HEADER_PREFIX, message_headers
 from producer_tools.collect import text_or_base64
 from producer_tools.paths import JsonLinesFile
 

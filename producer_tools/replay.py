@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from consumer.delivery import message_headers
+from consumer.headers import message_headers
 from consumer.positions import TimeWindow
 from producer_tools.publish import DeliveryCount, produce
 from producer_tools.reader import ReadProgress, StopWhen, partitions_of, read_partitions
