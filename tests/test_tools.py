@@ -938,7 +938,7 @@ def test_large_json_lines_are_checked_whole_then_each_read_again_as_it_is_sent(
     path = tmp_path / "t.jsonl"
     path.write_text('\ufeff{"inputs": [1, 2]}\n\n{"inputs": [3, 4], "id": "b"}\n')
     assert isinstance(sources.read_inputs(path), list)
-    monkeypatch.setattr(sources, "HELD_UP_TO_BYTES", 10)
+    monkeypatch.setattr(sources.common, "HELD_UP_TO_BYTES", 10)
     examples = sources.read_inputs(path)
     path.write_text('\ufeff{"inputs": [1, 2]}\n\n{"inputs": [5, 6], "id": "c"}\n')  # the same length
     assert [(e.key, e.id, e.inputs.tolist()) for e in examples] == [(b"0", 0, [1, 2]), (b"1", "c", [5, 6])]  # type: ignore[union-attr]
@@ -962,7 +962,7 @@ def test_a_large_csv_is_checked_whole_then_each_row_read_again_in_order(
     options = sources.ReadOptions(id_field="id", dtype=sources.TEXT)
     held = sources.read_inputs(path, options)
     assert isinstance(held, list)
-    monkeypatch.setattr(sources, "HELD_UP_TO_BYTES", 10)
+    monkeypatch.setattr(sources.common, "HELD_UP_TO_BYTES", 10)
     examples = sources.read_inputs(path, options)
     assert not isinstance(examples, list) and len(examples) == 3
     rows = [(e.key, e.id, e.inputs) for e in examples]
