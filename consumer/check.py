@@ -133,7 +133,7 @@ def _read(path: Path, read: argparse.Namespace) -> Sequence[Any]:
 
 
 def _load(settings: Settings) -> tuple[Any, Served, list[int]]:
-    """The user's code, then the model, as ``Worker.start`` does."""
+    """The user's code, then the model, as a worker loads them (``loading.load``, which also logs and watches)."""
     prepare_keras(settings.custom_objects, settings.trust_model_code)
     preprocess = load_preprocess(settings.preprocess)
     fix_shapes = shapes_from(preprocess) if preprocess is not None else None

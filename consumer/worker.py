@@ -12,17 +12,14 @@ capped at half of it.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
-import tensorflow as tf
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from consumer import kafka_io, metrics, topic_rules
@@ -35,12 +32,12 @@ from consumer.config import Settings
 from consumer.counts import Counters
 from consumer.dead_lettering import DeadLetters
 from consumer.delivery import Outbox, wait_until
-from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, ConfigError, DeliveryError, PreprocessMismatch
+from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, DeliveryError
 from consumer.fetch_loop import READ_AHEAD_CHUNK, Books, FetchLoop
 from consumer.idle import IdleCheck
 from consumer.joining import JoinWait
+from consumer.loading import load, preprocess_setting
 from consumer.logs import get_logger
-from consumer.model import ShapeFixer
 from consumer.offsets import OffsetTracker, Partition
 from consumer.outputs import Emitter
 from consumer.pauses import Pauses
@@ -53,17 +50,14 @@ from consumer.positions import (
     new_group_notice,
     skipped_by_new_group,
 )
-from consumer.preprocess import load_preprocess, shapes_from
 from consumer.progress import total_lag
-from consumer.reload import Served, Watcher, batch_sizes, build, first_served
+from consumer.reload import Served, Watcher
 from consumer.serving import Serving
-from consumer.stuck import batch_stuck_for, slow_batch_warnings
+from consumer.stuck import batch_stuck_for
 from consumer.timing import Timeline, peak_rss_mb, rss_mb
 from consumer.tombstones import DEAD_LETTER
 from consumer.topic_rules import PRODUCER_MAX_BYTES, TopicRules
 from consumer.transactions import Transactions
-from consumer.user_code import prepare_keras
-from consumer.versions import ModelVersion
 
 #: Waits before reading again after outputs could not be delivered.
 FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 1.0, 30.0
@@ -124,39 +118,25 @@ class Worker:
         self._stop.set()
 
     def start(self) -> None:
-        """Everything before joining the group: the user's code (custom objects, the preprocess
-        function: first, as a module that fails to import is a configuration error), model,
-        compiled functions, clients, topics."""
-        s = self.settings
-        custom = prepare_keras(s.custom_objects, s.trust_model_code)
-        if s.custom_objects or s.trust_model_code:
-            self.log.info(
-                "custom objects ready", modules=s.custom_objects, names=custom, trust_model_code=s.trust_model_code
-            )
-        self.preprocess = load_preprocess(s.preprocess)
-        sizes = batch_sizes(s)
-        with self._preprocess_setting():
-            served, versions, pinned = first_served(s, self._fix_shapes)
-        watcher = None
-        if versions is not None and s.model_poll_seconds:
-            reloads = self.metrics.model_reload if self.metrics else None
-            watcher = Watcher(versions, pinned, served, self._builder(sizes), s.model_poll_seconds, self.log, reloads)
+        """Everything before joining the group: the user's code, the model and its compiled
+        functions (``consumer.loading``), then the clients and topics."""
+        loaded = load(self.settings, self.log, self.metrics)
+        self.preprocess = loaded.preprocess
         freeze_heap()
         self.rss_after_warmup_mb = rss_mb()
-        self._log_ready(served, sizes)
         self._connect()
-        self.serving = self._serving(served, watcher)
+        self.serving = self._serving(loaded.served, loaded.watcher)
         if self.crash_folder is not None:
             self.guard = CrashGuard(self.crash_folder, self.slot, self.tracker, self._feed(), self.log)
         books = Books(self.tracker, self.ends, self.timeline, self.counters, self.metrics)
         self.fetching = FetchLoop(
-            s, self.consumer, self.batcher, self.serving, books, self.pauses, self.commits, self.guard, self.log,
-            self.group_instance_id,
+            self.settings, self.consumer, self.batcher, self.serving, books, self.pauses, self.commits, self.guard,
+            self.log, self.group_instance_id,
         )  # fmt: skip
         if self.metrics is not None:
-            self.metrics.serving(served.info["version"])
-        if watcher is not None:
-            watcher.start()
+            self.metrics.serving(loaded.served.info["version"])
+        if loaded.watcher is not None:
+            loaded.watcher.start()
 
     def member_ids(self) -> dict[str, str]:
         """The ids this worker is known by in Kafka, where the deployment sets them (for its ready line)."""
@@ -165,48 +145,6 @@ class Worker:
             "transactional_id": self.producer_config.get("transactional.id"),
         }
         return {name: value for name, value in ids.items() if value}
-
-    def _builder(self, sizes: list[int]) -> Callable[[ModelVersion], Served]:
-        """How the watcher loads a new version: compiled for the same batch sizes."""
-        s = self.settings
-        name = s.model_name or s.model.name
-        return lambda version: build(
-            version.path, name, str(version.number), sizes, s.jit_compile, version.number, s.signature, self._fix_shapes
-        )
-
-    @contextlib.contextmanager
-    def _preprocess_setting(self) -> Iterator[None]:
-        """A preprocess function that cannot give the model its inputs is a bad ``preprocess`` setting."""
-        try:
-            yield
-        except PreprocessMismatch as exc:
-            raise ConfigError(f"invalid setting preprocess={self.settings.preprocess!r}: {exc}") from None
-
-    @property
-    def _fix_shapes(self) -> ShapeFixer | None:
-        """For a model input with a dimension of any size: the shape the preprocess function gives it."""
-        return shapes_from(self.preprocess) if self.preprocess is not None else None
-
-    def _log_ready(self, served: Served, sizes: list[int]) -> None:
-        model, warm = served.model, served.predictor.warmup_seconds
-        self.log.info(
-            "model ready",
-            model=model.name,
-            version=model.version,
-            inputs=model.signature.describe(),
-            batch_sizes=sizes,
-            full_batch_ms=round(warm[max(warm)] * 1000, 2),
-            tf_devices=[d.name for d in tf.config.list_logical_devices()],
-            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-            cuda_device_order=os.environ.get("CUDA_DEVICE_ORDER"),
-        )
-        if model.declared_batch is not None and model.fixed_batch is None:
-            self.log.info(
-                "the model's inputs declare a batch size it does not need: served at every allowed size",
-                declared_batch=model.declared_batch,
-            )
-        for warning in slow_batch_warnings(warm[max(warm)], self.settings.stuck_batch_s, self.settings.stuck_kill_s):
-            self.log.warning(warning)
 
     def _connect(self) -> None:
         """The consumer (after checking the topics), the producer, its outbox and any transactions."""
@@ -291,7 +229,7 @@ class Worker:
         if self.metrics is not None:
             dead_letters.on_dead_letter = self.metrics.dead_letter
         limits = Limits(s.max_message_bytes, s.max_tensor_elements, s.max_dims)
-        with self._preprocess_setting():
+        with preprocess_setting(s):
             self.pipeline = Pipeline(
                 served.predictor, limits, s.pipeline_depth, self.preprocess, s.reject_non_finite, s.tombstones
             )

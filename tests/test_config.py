@@ -427,16 +427,16 @@ def test_the_tools_take_bootstrap_servers_from_the_flag_the_environment_the_file
 
 def test_a_hot_reloaded_version_of_any_length_is_served_at_the_shape_of_the_same_preprocess(tmp_path: Path) -> None:
     """The watcher builds each new version the way the first was: with the preprocess function's shapes."""
-    from consumer.preprocess import load_preprocess
+    from consumer.loading import version_builder
+    from consumer.preprocess import load_preprocess, shapes_from
     from consumer.versions import ModelVersion
-    from consumer.worker import Worker
     from tests import models
 
     spec = "tests.preprocessors:four_token_ids"
-    worker = Worker(load_settings({**REQUIRED, "model": str(tmp_path), "preprocess": spec}, None, {}))
-    worker.preprocess = load_preprocess(spec)  # as start() does first
+    settings = load_settings({**REQUIRED, "model": str(tmp_path), "preprocess": spec}, None, {})
+    fix_shapes = shapes_from(load_preprocess(spec))  # as loading.load makes it for the first version
     version = ModelVersion(7, models.token_classifier(tmp_path / "7.keras"))
-    served = worker._builder([2])(version)
+    served = version_builder(settings, [2], fix_shapes)(version)
     assert (served.number, served.model.signature.describe()) == (7, "tokens: int32[4]")
 
 
