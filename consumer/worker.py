@@ -20,9 +20,9 @@ import threading
 import time
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from consumer import kafka_io, metrics, topic_rules
+from consumer import kafka_io, metrics
 from consumer.batcher import Batcher
 from consumer.bounded import BoundedRun
 from consumer.careful import CrashGuard, Feed
@@ -31,7 +31,7 @@ from consumer.commits import Commits
 from consumer.config import Settings
 from consumer.counts import Counters
 from consumer.dead_lettering import DeadLetters
-from consumer.delivery import Outbox, wait_until
+from consumer.delivery import wait_until
 from consumer.errors import SUCCESSOR, BrokerError, ClientHungError, DeliveryError
 from consumer.fetch_loop import READ_AHEAD_CHUNK, Books, FetchLoop
 from consumer.idle import IdleCheck
@@ -50,14 +50,13 @@ from consumer.positions import (
     new_group_notice,
     skipped_by_new_group,
 )
+from consumer.producing import open_producing
 from consumer.progress import total_lag
 from consumer.reload import Served, Watcher
 from consumer.serving import Serving
 from consumer.stuck import batch_stuck_for
 from consumer.timing import Timeline, peak_rss_mb, rss_mb
-from consumer.tombstones import DEAD_LETTER
-from consumer.topic_rules import PRODUCER_MAX_BYTES, TopicRules
-from consumer.transactions import Transactions
+from consumer.topic_rules import TopicRules
 
 #: Waits before reading again after outputs could not be delivered.
 FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 1.0, 30.0
@@ -179,43 +178,16 @@ class Worker:
         self.idle = IdleCheck(lambda: kafka_io.admin_client(s), s.group, s.input_topic, not self._cooperative, self.log)
         for topic in missing:  # outputs wait (paused, nothing committed) until it exists
             self.log.error(f"topic {topic!r} does not exist: create it; until then outputs cannot be delivered")
-        exactly_once = s.delivery == "exactly-once"
-        self.producer_config = kafka_io.producer_config(s, client_id, self.host_number)
-        producer_limit = int(self.producer_config.get("message.max.bytes", PRODUCER_MAX_BYTES))
-        rules = self._topic_rules([t for t in topics[1:] if t not in missing], producer_limit)
-        self.producer = Producer(self.producer_config)
-        self.outbox = Outbox(self.producer, self.tracker, self.timeline, transactional=exactly_once)
-        self.outbox.dead_letter_topic = s.dlq_topic
-        self.outbox.producer_limit = producer_limit
-        self.outbox.topic_rules = rules
+        present = [t for t in topics[1:] if t not in missing]
+        producing = open_producing(s, client_id, self.host_number, present, self.tracker, self.timeline, self.log)
+        self.producer_config, self.producer = producing.config, producing.producer
+        self.outbox, self.transactions = producing.outbox, producing.transactions
         if self.metrics is not None:
             self.outbox.on_acknowledged = self._acknowledged
-        self.transactions: Transactions | None = None
-        if exactly_once:
-            self.transactions = Transactions(
-                self.producer,
-                self.outbox,
-                self.tracker,
-                s.transaction_timeout_ms,
-                self.log,
-                self.producer_config["transactional.id"],
-            )
-            self.transactions.start()
         self.pauses = Pauses(self.consumer, self._finished_partitions)
         interval_s = s.commit_interval_ms / 1000
         self.commits = Commits(
             self.consumer, self.tracker, interval_s, self.log, self.transactions, self._read_again, self._reset_backoff
-        )
-
-    def _topic_rules(self, topics: list[str], producer_limit: int) -> dict[str, TopicRules]:
-        """What the output and dead-letter topics' own settings require (``topic_rules.for_outputs``);
-        and, where the input topic's tombstones would be dead-lettered, whether it is compacted."""
-        s = self.settings
-        admin = kafka_io.admin_client(s)
-        if s.tombstones == DEAD_LETTER:
-            topic_rules.note_compacted_input(admin, s.input_topic, s.connect_timeout_s, self.log)
-        return topic_rules.for_outputs(
-            admin, topics, s.dlq_topic, self.producer_config, producer_limit, s.connect_timeout_s, self.log
         )
 
     def _serving(self, served: Served, watcher: Watcher | None) -> Serving:

@@ -1213,25 +1213,27 @@ def test_a_dead_letter_is_cut_to_its_topic_s_own_limit_and_the_worker_says_so(
 
 
 def test_an_output_over_its_topic_s_own_limit_is_dead_lettered_and_batches_are_kept_under_it(
-    bootstrap: str, topics: Topics, group: str, mlp_path: Path
+    bootstrap: str, topics: Topics, group: str, mlp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The output topic takes records up to 1,500 bytes, fewer than the producer's limit: an output
     that its input's key makes larger goes to the dead letters, checked by the worker before it is
     produced (the embedded broker takes it; Kafka refuses it, and before, the run stopped on it, at
     every restart), and the producer builds no batch larger than the topic takes."""
-    from consumer.worker import Worker
+    from consumer import producing
 
     inp, dlq = topics("in", "dlq", partitions=1)
     (out,) = limited_topics(bootstrap, out=1500)
     stats: list[str] = []
+    output_rules = producing.output_rules
 
-    class Watched(Worker):  # librdkafka's statistics of the worker's own producer: its batches' sizes
-        def _topic_rules(self, topics: list[str], producer_limit: int) -> dict[str, Any]:
-            self.producer_config |= {"statistics.interval.ms": 100, "stats_cb": stats.append}
-            return super()._topic_rules(topics, producer_limit)
+    def watched(settings: Any, producer_config: dict[str, Any], *rest: Any) -> Any:
+        # librdkafka's statistics of the worker's own producer (made right after): its batches' sizes
+        producer_config |= {"statistics.interval.ms": 100, "stats_cb": stats.append}
+        return output_rules(settings, producer_config, *rest)
 
+    monkeypatch.setattr(producing, "output_rules", watched)
     s = settings(bootstrap, mlp_path, inp, out, group, dlq_topic=dlq, stop_at_end=False)
-    worker = Background(s, worker_class=Watched)
+    worker = Background(s)
     try:
         assert wait_until(lambda: worker.error is not None or worker.worker._joined, 60, lambda: time.sleep(0.05))
         one = np.ones(4, "float32")
