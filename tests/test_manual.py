@@ -25,6 +25,28 @@ def test_the_readme_flag_reference_is_what_the_parsers_say() -> None:
         assert f"#### `python -m {command}`" in readme
 
 
+def github_anchor(heading: str) -> str:
+    """The fragment GitHub gives a heading: lower case, punctuation but ``-`` and ``_`` dropped,
+    spaces made ``-``."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("name", ["README.md", "CHANGELOG.md"])
+def test_every_link_within_the_manual_leads_to_a_heading_and_every_section_is_in_its_contents(name: str) -> None:
+    text = (ROOT / name).read_text()
+    headings = re.findall(r"^#+ (.+)$", text, re.MULTILINE)
+    anchors = {github_anchor(heading) for heading in headings}
+    broken = sorted({link for link in re.findall(r"\]\(#([^)]+)\)", text) if link not in anchors})
+    assert not broken, f"links to no heading of {name}: {broken}"
+    for link in re.findall(r"\]\(([\w./-]+\.md)[)#]", text):
+        assert (ROOT / link).is_file(), f"{name} links to {link}, which does not exist"
+    if name == "README.md":
+        contents = text.split("**Contents**", 1)[1].split("\n## ", 1)[0]
+        sections = [h for h in re.findall(r"^## (.+)$", text, re.MULTILINE)]
+        missing = [h for h in sections if f"](#{github_anchor(h)})" not in contents]
+        assert not missing, f"sections not in the README's contents: {missing}"
+
+
 def test_every_command_and_flag_says_what_it_is_for() -> None:
     lines = cli_reference.reference().splitlines()
     unexplained = [line for line in lines if line.startswith("| ") and line.endswith("|  |")]
