@@ -97,7 +97,8 @@ def _refuse_unused_flags(inputs: str | None, read: argparse.Namespace) -> None:
     from producer_tools.sources import flag
 
     if not getattr(read, "sample_topic", None):
-        given = [flag(name) for name in ("sample_count", "sample_from_timestamp") if getattr(read, name) is not None]
+        sample_flags = ("sample_count", "sample_from_timestamp", "sample_latest")
+        given = [flag(name) for name in sample_flags if getattr(read, name) is not None]
         refuse_unused(given, "--sample-topic", "--sample-topic TOPIC")
     if not inputs:
         refuse_unused(given_read_flags(read), "the --inputs file", "--inputs FILE")

@@ -90,10 +90,20 @@ def add_check_parser(commands: Any) -> argparse.ArgumentParser:
         inputs.add_argument(
             "--sample-count", type=positive(int), metavar="N", help="how many records of --sample-topic (default 1000)"
         ),
-        inputs.add_argument(
+    ]
+    where = inputs.add_mutually_exclusive_group()
+    sample += [
+        where.add_argument(
             "--sample-from-timestamp",
             metavar="ISO8601",
             help="the sample's first records at or after this time (default: each partition's start)",
+        ),
+        where.add_argument(
+            "--sample-latest",
+            action="store_true",
+            default=None,
+            help="the topic's latest --sample-count records (shared over its partitions) instead of its first: "
+            "what the producers send now",
         ),
     ]
     read_flags = input_file_flags(inputs)  # as publish reads the file

@@ -144,6 +144,7 @@ def test_a_preprocess_function_runs_as_in_the_workers_and_its_failures_are_dead_
         ((), 2, "error: missing setting model"),
         (("--model", "{mlp}", "--columns", "a,b"), 2, "error: --columns reads the --inputs file, and none is given"),
         (("--model", "{mlp}", "--sample-count", "5"), 2, "error: --sample-count reads --sample-topic, and none"),
+        (("--model", "{mlp}", "--sample-latest"), 2, "error: --sample-latest reads --sample-topic, and none"),
         (("--model", "{mlp}", "--sample-topic", "t"), 2, "error: missing setting bootstrap_servers"),
     ],
 )
@@ -270,3 +271,59 @@ def test_a_sample_topic_s_records_are_checked_as_they_are_named_by_partition_and
     assert raw.startswith(f"  input {dlq}[0]@1: ") and "msgpack" in raw, raw
     # a tombstone's dead letter holds an empty value (README: Wire format), which is no msgpack
     assert deleted.startswith(f"  input {dlq}[0]@4: not a single complete msgpack object"), deleted
+
+
+@pytest.mark.parametrize(
+    ("bounds", "count", "starts"),
+    [
+        ({0: (0, 14), 1: (0, 4)}, 8, {0: 10, 1: 0}),  # shared evenly: 4 and 4
+        ({0: (0, 14), 1: (0, 2)}, 8, {0: 8, 1: 0}),  # what partition 1 lacks, partition 0 gives
+        ({0: (5, 14), 1: (3, 4), 2: (7, 7)}, 100, {0: 5, 1: 3, 2: 7}),  # fewer than asked: all of them
+        ({0: (0, 10), 1: (0, 10), 2: (0, 10)}, 10, {0: 6, 1: 7, 2: 7}),  # 4, 3 and 3: never more than asked
+    ],
+)
+def test_the_latest_records_are_shared_over_the_partitions_and_never_more_than_asked(
+    bounds: dict[int, tuple[int, int]], count: int, starts: dict[int, int]
+) -> None:
+    from producer_tools.samples import latest_starts
+
+    got = latest_starts(bounds, count)
+    assert got == starts
+    taken = sum(end - got[p] for p, (_, end) in bounds.items())
+    assert taken == min(count, sum(end - low for low, end in bounds.values()))
+
+
+def test_the_latest_records_of_a_sample_topic_are_checked_from_each_partition_s_end(
+    bootstrap: str, topics: Topics, mlp_path: Path
+) -> None:
+    """``--sample-latest``: what the producers send now, not the topic's oldest records. Partition 0
+    holds 14 records, the one at offset 10 of a wrong shape; partition 1 holds 4, its last not msgpack.
+    Each partition's end comes from a fetch response (the embedded broker's ListOffsets counts
+    batches: these were sent in one)."""
+    from confluent_kafka import Producer
+
+    (inp,) = topics("in", partitions=2)
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 50})
+    for offset in range(14):
+        features = 5 if offset == 10 else 4
+        producer.produce(inp, pack_input(np.full(features, offset, "float32"), id=offset), partition=0)
+    for offset in range(4):
+        value = b"\xc1" if offset == 3 else pack_input(np.ones(4, "float32"), id=100 + offset)
+        producer.produce(inp, value, partition=1)
+    assert producer.flush(30) == 0
+    sample = ["--model", str(mlp_path), "--bootstrap-servers", bootstrap, "--sample-topic", inp]
+    done = check(*sample, "--sample-latest", "--sample-count", "8")  # 4 a partition: 0@10-13, 1@0-3
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"inputs from {inp!r} (the latest 8 records): 6 of 8 predicted, 2 would go" in done.stdout
+    named = sorted(line.split(":")[0].strip() for line in done.stdout.splitlines() if line.startswith("  input "))
+    assert named == [f"input {inp}[0]@10", f"input {inp}[1]@3"]
+    done = check(*sample, "--sample-latest", "--sample-count", "3")  # 1@2-3 and 0@13 (rounded up: the first)
+    assert "(the latest 3 records): 2 of 3 predicted, 1 would go" in done.stdout
+    assert f"input {inp}[1]@3: " in done.stdout
+    done = check(*sample, "--sample-latest", "--sample-count", "2")  # 0@13 and 1@3
+    assert "1 of 2 predicted" in done.stdout
+    done = check(*sample, "--sample-latest")  # the default 1,000: every record there is
+    assert "(the latest 1,000 records): 16 of 18 predicted, 2 would go" in done.stdout
+    # the two ways of choosing where the sample starts do not go together
+    done = check(*sample, "--sample-latest", "--sample-from-timestamp", "2023-11-14T22:13:32Z")
+    assert done.returncode == 2 and "--sample-from-timestamp: not allowed with argument --sample-latest" in done.stderr
