@@ -113,12 +113,24 @@ def add_check_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 def _add_run_flags(run: argparse.ArgumentParser) -> None:
+    """The flags ``run`` and ``check`` share, by group, in the order ``--help`` shows them."""
+    for add in (_kafka_flags, _model_flags, _batching_flags, _device_flags, _bound_flags, _other_flags):
+        add(run)
+    run.add_argument(
+        "--config", default=None, metavar="FILE.toml", help=f"TOML configuration file [env {ENV_PREFIX}CONFIG]"
+    )
+
+
+def _kafka_flags(run: argparse.ArgumentParser) -> None:
     kafka = run.add_argument_group("Kafka")
     _flag(kafka, "--bootstrap-servers", "Kafka brokers, HOST:PORT[,HOST:PORT]", metavar="HOSTS")
     _flag(kafka, "--input-topic", "topic to read inputs from", metavar="IN")
     _flag(kafka, "--output-topic", "topic to write predictions to", metavar="OUT")
     _flag(kafka, "--group", "consumer group id; every member of a deployment uses the same one")
     _flag(kafka, "--dlq-topic", "dead-letter topic for inputs that cannot be predicted", metavar="DLQ")
+
+
+def _model_flags(run: argparse.ArgumentParser) -> None:
     model = run.add_argument_group("model")
     _flag(
         model,
@@ -149,6 +161,9 @@ def _add_run_flags(run: argparse.ArgumentParser) -> None:
     )
     _switch(model, "--trust-model-code", "load Keras Lambda layers' Python code (safe_mode=False): trusted files only")
     _switch(model, "--jit-compile", "compile predict functions with XLA")
+
+
+def _batching_flags(run: argparse.ArgumentParser) -> None:
     batching = run.add_argument_group("batching")
     _flag(batching, "--max-batch-size", "largest batch (default 256)", type=int, metavar="N")
     _flag(
@@ -165,6 +180,9 @@ def _add_run_flags(run: argparse.ArgumentParser) -> None:
         "and their midpoints from 8 up, to --max-batch-size)",
         metavar="N,N,...",
     )
+
+
+def _device_flags(run: argparse.ArgumentParser) -> None:
     devices = run.add_argument_group("devices")
     _flag(
         devices,
@@ -188,12 +206,18 @@ def _add_run_flags(run: argparse.ArgumentParser) -> None:
         "--allow-cpu-fallback",
         "a worker given a GPU that TensorFlow cannot see runs on the CPU with a warning, instead of failing",
     )
+
+
+def _bound_flags(run: argparse.ArgumentParser) -> None:
     bounds = run.add_argument_group("start and end")
     start = bounds.add_mutually_exclusive_group()
     _switch(start, "--from-beginning", "start new partitions at the earliest offset")
     _flag(start, "--from-timestamp", "start new partitions at this time and skip older records", metavar="ISO8601")
     _flag(bounds, "--until-timestamp", "skip records at or after this time", metavar="ISO8601")
     _switch(bounds, "--stop-at-end", "process what the partitions held at start, then exit 0")
+
+
+def _other_flags(run: argparse.ArgumentParser) -> None:
     other = run.add_argument_group("other")
     _flag(
         other,
@@ -236,9 +260,6 @@ def _add_run_flags(run: argparse.ArgumentParser) -> None:
         "--log-format",
         "auto (console on a terminal, else JSON), json or console",
         choices=["auto", "json", "console"],
-    )
-    run.add_argument(
-        "--config", default=None, metavar="FILE.toml", help=f"TOML configuration file [env {ENV_PREFIX}CONFIG]"
     )
 
 
