@@ -149,20 +149,7 @@ class Worker:
         """The consumer (after checking the topics), the producer, its outbox and any transactions."""
         s = self.settings
         client_id = f"tfstream-{s.group}-{self.slot}"
-        config = kafka_io.consumer_config(s, client_id, self.host_number)
-        self.group_instance_id: str | None = config.get(kafka_io.GROUP_INSTANCE_ID)
-        self.drain_budget = min(s.drain_timeout_s, int(config["max.poll.interval.ms"]) / 2000)
-        config["on_commit"] = lambda error, partitions: self.commits.on_commit(error, partitions)
-        if self.metrics is not None or s.progress_interval_s:
-            config.setdefault("statistics.interval.ms", kafka_io.STATISTICS_INTERVAL_MS)  # a setting of the user's wins
-            config["stats_cb"] = self._on_statistics
-        self.consumer = Consumer(config)
-        self._cooperative = kafka_io.cooperative(config)
-        self._assign = self.consumer.incremental_assign if self._cooperative else self.consumer.assign
-        # long enough for a member gone with a partition to be expired (its session) or to join again
-        session_ms = int(config.get("session.timeout.ms", 45000))  # librdkafka's default
-        self.bounded.handovers.timeout_s = max(session_ms, int(config["max.poll.interval.ms"])) / 1000
-        self._reads_committed = kafka_io.reads_committed(config)
+        config = self._open_consumer(client_id)
         topics = [s.input_topic, s.output_topic] + ([s.dlq_topic] if s.dlq_topic else [])
         try:
             missing, partitions = kafka_io.check_topics(self.consumer, topics, s.bootstrap_servers, s.connect_timeout_s)
@@ -189,6 +176,25 @@ class Worker:
         self.commits = Commits(
             self.consumer, self.tracker, interval_s, self.log, self.transactions, self._read_again, self._reset_backoff
         )
+
+    def _open_consumer(self, client_id: str) -> dict[str, Any]:
+        """The consumer, with this worker's callbacks; its configuration, for what depends on it."""
+        s = self.settings
+        config = kafka_io.consumer_config(s, client_id, self.host_number)
+        self.group_instance_id: str | None = config.get(kafka_io.GROUP_INSTANCE_ID)
+        self.drain_budget = min(s.drain_timeout_s, int(config["max.poll.interval.ms"]) / 2000)
+        config["on_commit"] = lambda error, partitions: self.commits.on_commit(error, partitions)
+        if self.metrics is not None or s.progress_interval_s:
+            config.setdefault("statistics.interval.ms", kafka_io.STATISTICS_INTERVAL_MS)  # a setting of the user's wins
+            config["stats_cb"] = self._on_statistics
+        self.consumer = Consumer(config)
+        self._cooperative = kafka_io.cooperative(config)
+        self._assign = self.consumer.incremental_assign if self._cooperative else self.consumer.assign
+        # long enough for a member gone with a partition to be expired (its session) or to join again
+        session_ms = int(config.get("session.timeout.ms", 45000))  # librdkafka's default
+        self.bounded.handovers.timeout_s = max(session_ms, int(config["max.poll.interval.ms"])) / 1000
+        self._reads_committed = kafka_io.reads_committed(config)
+        return config
 
     def _serving(self, served: Served, watcher: Watcher | None) -> Serving:
         """The pipeline into the model, and where its outputs and dead letters go."""
