@@ -1,6 +1,6 @@
 """A batch the model failed, run in halves to find the inputs it fails on (``halves.in_halves``):
-one failing input among 1,024 takes 21 runs of the model, not 1,024 (until 2026-12-05 each input
-was run alone)."""
+one failing input among 1,024 takes 11 to 20 runs of the model, not 1,024 (until 2026-12-05 each
+input was run alone)."""
 
 from __future__ import annotations
 

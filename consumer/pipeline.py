@@ -361,8 +361,8 @@ class Pipeline:
 
     def _split_failures(self, batch: Batch, rows: list[int]) -> tuple[list[int], list[tuple[int, Exception]]]:
         """Of a failed run's ``rows``, those the preprocess function passes and those it fails, with
-        its error, in order (``in_halves``): each half run as the dataset runs it; a row that failed
-        in a half is run alone example by example, which decides."""
+        its error, in order (``in_halves``): each half run as the dataset runs it; a single row is
+        run alone, example by example, which decides."""
         assert self._transform is not None and self._transform_each is not None
         through, each = self._transform, self._transform_each
         good: list[int] = []

@@ -461,9 +461,9 @@ def test_a_batch_the_preprocess_function_fails_is_halved_until_each_input_it_fai
     mlp_path: Path, name: str, bad: set[int]
 ) -> None:
     """Before 2026-12-05 each input of such a batch was run alone: 256 runs into TensorFlow for one
-    corrupt input among 256, for every batch it was in. Now halves are run, and a failing half
-    halved again: one failing input takes 17 runs and the batch's last (count: ``_fed``, called once
-    a run). The failing inputs are dead letters in input order, the others predicted together,
+    corrupt input among 256, for every batch it was in. Now halves are run, a failing half halved
+    again, and a half known to fail (the other passed) halved without a run of it whole: one failing
+    input here takes 14 runs and the batch's last (count: ``_fed``, called once a run). The failing inputs are dead letters in input order, the others predicted together,
     as the function makes them one by one; for one TensorFlow vectorizes, and one it does not."""
     from consumer.check import SOURCE, Sample
     from consumer.codec import pack_input
@@ -500,16 +500,17 @@ def test_a_batch_the_preprocess_function_fails_is_halved_until_each_input_it_fai
     assert [message.number for message in batch.messages] == kept
     expected = rows[kept].astype("float32") / (255.0 if name != "decode_floats" else 1.0)
     np.testing.assert_allclose(inputs["features"].numpy()[: len(kept)], expected, rtol=1e-6)
-    assert runs == (18 if len(bad) == 1 else 50)  # one by one: 257
+    assert runs == (15 if len(bad) == 1 else 39)  # each failing half run whole: 18, 50; one by one: 257
 
 
 @pytest.mark.parametrize("bad", [{700}, {0, 5, 700, 701, 1023}, set(range(0, 1024, 97))])
 def test_a_batch_the_model_fails_is_halved_until_each_input_it_fails_on_is_found(tmp_path: Path, bad: set[int]) -> None:
     """Before 2026-12-05 each input of such a batch was run alone: 1,024 runs of the model for one
     input it fails on (an unknown token id in an embedding, a NaN under a numerics check). Now
-    halves run, and a failing half is halved again: one such input takes 21 runs, eleven spread
-    out 173. Parts come in
-    row order with the outputs of their rows, and each failing row alone with its error."""
+    halves run, a failing half is halved again, and a half known to fail (the other passed) without
+    a run of it whole: one such input takes 14 runs here (11 to 20 by where it lies), eleven spread
+    out 142. Parts come in row order with the outputs of their rows, and each failing row alone
+    with its error."""
     from consumer.apart import run_apart
 
     predictor = Predictor(load_model(models.strict_saved_model(tmp_path / "strict")), default_batch_sizes(1024))
@@ -534,7 +535,7 @@ def test_a_batch_the_model_fails_is_halved_until_each_input_it_fails_on_is_found
     assert [row for rows, _ in predicted for row in rows] == [i for i in range(1024) if i not in bad]
     for rows, result in predicted:
         np.testing.assert_array_equal(result["y"], x[rows] * 2.0)
-    assert calls == {1: 21, 5: 63, 11: 173}[len(bad)]  # one by one: 1,024
+    assert calls == {1: 14, 5: 46, 11: 142}[len(bad)]  # halving every failing part whole: 21, 63, 173; one by one: 1,024
     assert list(run_apart(counted, predictor.bucket_for, {"x": tf.constant(x)}, [])) == []
 
 
