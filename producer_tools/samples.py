@@ -90,7 +90,7 @@ class TopicSample:
             yield self.current
 
     def describe(self) -> str:
-        which = f"the latest {self.count:,} records" if self.latest else f"up to {self.count:,} records"
+        which = f"the latest, up to {self.count:,} records" if self.latest else f"up to {self.count:,} records"
         since = f", {self.before} before --sample-from-timestamp left out" if self.before else ""
         aside = f", {self.set_aside} without a value left to --tombstones {self.tombstones}" if self.set_aside else ""
         return f" from {self.topic!r} ({which}{since}{aside})"

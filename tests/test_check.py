@@ -314,16 +314,16 @@ def test_the_latest_records_of_a_sample_topic_are_checked_from_each_partition_s_
     sample = ["--model", str(mlp_path), "--bootstrap-servers", bootstrap, "--sample-topic", inp]
     done = check(*sample, "--sample-latest", "--sample-count", "8")  # 4 a partition: 0@10-13, 1@0-3
     assert done.returncode == 1, done.stderr[-2000:]
-    assert f"inputs from {inp!r} (the latest 8 records): 6 of 8 predicted, 2 would go" in done.stdout
+    assert f"inputs from {inp!r} (the latest, up to 8 records): 6 of 8 predicted, 2 would go" in done.stdout
     named = sorted(line.split(":")[0].strip() for line in done.stdout.splitlines() if line.startswith("  input "))
     assert named == [f"input {inp}[0]@10", f"input {inp}[1]@3"]
     done = check(*sample, "--sample-latest", "--sample-count", "3")  # 1@2-3 and 0@13 (rounded up: the first)
-    assert "(the latest 3 records): 2 of 3 predicted, 1 would go" in done.stdout
+    assert "(the latest, up to 3 records): 2 of 3 predicted, 1 would go" in done.stdout
     assert f"input {inp}[1]@3: " in done.stdout
     done = check(*sample, "--sample-latest", "--sample-count", "2")  # 0@13 and 1@3
     assert "1 of 2 predicted" in done.stdout
     done = check(*sample, "--sample-latest")  # the default 1,000: every record there is
-    assert "(the latest 1,000 records): 16 of 18 predicted, 2 would go" in done.stdout
+    assert "(the latest, up to 1,000 records): 16 of 18 predicted, 2 would go" in done.stdout
     # the two ways of choosing where the sample starts do not go together
     done = check(*sample, "--sample-latest", "--sample-from-timestamp", "2023-11-14T22:13:32Z")
     assert done.returncode == 2 and "--sample-from-timestamp: not allowed with argument --sample-latest" in done.stderr

@@ -463,8 +463,9 @@ def test_a_batch_the_preprocess_function_fails_is_halved_until_each_input_it_fai
     """Before 2026-12-05 each input of such a batch was run alone: 256 runs into TensorFlow for one
     corrupt input among 256, for every batch it was in. Now halves are run, a failing half halved
     again, and a half known to fail (the other passed) halved without a run of it whole: one failing
-    input here takes 14 runs and the batch's last (count: ``_fed``, called once a run). The failing inputs are dead letters in input order, the others predicted together,
-    as the function makes them one by one; for one TensorFlow vectorizes, and one it does not."""
+    input here takes 14 runs and the batch's last (count: ``_fed``, called once a run). The failing
+    inputs are dead letters in input order, the others predicted together, as the function makes
+    them one by one; for one TensorFlow vectorizes, and one it does not."""
     from consumer.check import SOURCE, Sample
     from consumer.codec import pack_input
     from consumer.errors import PreprocessError
@@ -535,7 +536,7 @@ def test_a_batch_the_model_fails_is_halved_until_each_input_it_fails_on_is_found
     assert [row for rows, _ in predicted for row in rows] == [i for i in range(1024) if i not in bad]
     for rows, result in predicted:
         np.testing.assert_array_equal(result["y"], x[rows] * 2.0)
-    assert calls == {1: 14, 5: 46, 11: 142}[len(bad)]  # halving every failing part whole: 21, 63, 173; one by one: 1,024
+    assert calls == {1: 14, 5: 46, 11: 142}[len(bad)]  # every failing part run whole: 21, 63, 173; alone: 1,024
     assert list(run_apart(counted, predictor.bucket_for, {"x": tf.constant(x)}, [])) == []
 
 
