@@ -165,9 +165,9 @@ class MadeWhenRead(Sequence[Example]):
     def example(self, number: int) -> Example: ...
 
 
-#: A ``.jsonl`` file up to this size is held as examples once checked; a larger one is read again
-#: line by line as it is sent, which parses each line twice (200,000 lines of 64 numbers, 265 MB:
-#: 314 MB and 10.4 s held, 90 MB and 15.4 s read again)
+#: A ``.jsonl`` or ``.csv`` file up to this size is held as examples once checked; a larger one is
+#: read again line by line as it is sent, which parses each line twice (200,000 lines of 64 numbers
+#: in a ``.jsonl``, 265 MB: 314 MB and 10.4 s held, 90 MB and 15.4 s read again)
 HELD_UP_TO_BYTES = 64 * 2**20
 
 
