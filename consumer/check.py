@@ -29,13 +29,12 @@ from consumer.apart import run_apart
 from consumer.codec import Limits, pack_input
 from consumer.config import Settings
 from consumer.errors import BrokerError, ConfigError, ModelError, PreprocessMismatch
+from consumer.loading import user_code
 from consumer.outputs import OutputEncoder
 from consumer.pipeline import Batch, Pipeline
 from consumer.predictor import MODEL_FAILURES, Predictor, model_failure
-from consumer.preprocess import load_preprocess, shapes_from
 from consumer.reload import Served, batch_sizes, first_served
 from consumer.topic_rules import PRODUCER_MAX_BYTES
-from consumer.user_code import prepare_keras
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: an input that would be a dead letter: its number (its order), its name in the report, the reason
@@ -135,9 +134,7 @@ def _read(path: Path, read: argparse.Namespace) -> Sequence[Any]:
 
 def _load(settings: Settings) -> tuple[Any, Served, list[int]]:
     """The user's code, then the model, as a worker loads them (``loading.load``, which also logs and watches)."""
-    prepare_keras(settings.custom_objects, settings.trust_model_code)
-    preprocess = load_preprocess(settings.preprocess)
-    fix_shapes = shapes_from(preprocess) if preprocess is not None else None
+    _custom, preprocess, fix_shapes = user_code(settings)
     served, _versions, _pinned = first_served(settings, fix_shapes)
     return preprocess, served, batch_sizes(settings)
 

@@ -38,12 +38,10 @@ def load(settings: Settings, log: Any, metrics: WorkerMetrics | None) -> Loaded:
     """The user's code first (a module that fails to import is a configuration error), then the
     model, compiled and warmed up."""
     s = settings
-    custom = prepare_keras(s.custom_objects, s.trust_model_code)
+    custom, preprocess, fix_shapes = user_code(s)
     if s.custom_objects or s.trust_model_code:
         log.info("custom objects ready", modules=s.custom_objects, names=custom, trust_model_code=s.trust_model_code)
-    preprocess = load_preprocess(s.preprocess)
     sizes = batch_sizes(s)
-    fix_shapes = shapes_from(preprocess) if preprocess is not None else None
     with preprocess_setting(s):
         served, versions, pinned = first_served(s, fix_shapes)
     watcher = None
@@ -53,6 +51,14 @@ def load(settings: Settings, log: Any, metrics: WorkerMetrics | None) -> Loaded:
         watcher = Watcher(versions, pinned, served, builder, s.model_poll_seconds, log, reloads)
     log_ready(served, sizes, s, log)
     return Loaded(served, preprocess, watcher)
+
+
+def user_code(settings: Settings) -> tuple[list[str], Any, ShapeFixer | None]:
+    """The user's code, imported before the model: the custom objects' names, the preprocess function
+    (None: none) and, for a model input of any size, the shapes it gives (None without one)."""
+    custom = prepare_keras(settings.custom_objects, settings.trust_model_code)
+    preprocess = load_preprocess(settings.preprocess)
+    return custom, preprocess, shapes_from(preprocess) if preprocess is not None else None
 
 
 def version_builder(

@@ -97,7 +97,7 @@ def batch_sizes(settings: Settings) -> list[int]:
 def first_served(
     settings: Settings, fix_shapes: ShapeFixer | None
 ) -> tuple[Served, VersionDirectory | None, int | None]:
-    """``first_model`` as a worker's settings ask for it (``Worker.start``, and ``python -m consumer check``)."""
+    """``first_model`` as a worker's settings ask for it (``loading.load``, and ``python -m consumer check``)."""
     s = settings
     return first_model(s.model, s.model_name, s.model_version, batch_sizes(s), s.jit_compile, s.signature, fix_shapes)
 
