@@ -95,8 +95,8 @@ def _refuse_unused_flags(inputs: str | None, read: argparse.Namespace) -> None:
     from producer_tools.commands import given_read_flags, refuse_unused
     from producer_tools.sources import flag
 
-    if not getattr(read, "sample_topic", None):
-        sample_flags = ("sample_count", "sample_from_timestamp", "sample_latest")
+    if not getattr(read, "sample_topic", None):  # every other --sample-* flag reads it
+        sample_flags = [name for name in read.check_only if name.startswith("sample_") and name != "sample_topic"]
         given = [flag(name) for name in sample_flags if getattr(read, name) is not None]
         refuse_unused(given, "--sample-topic", "--sample-topic TOPIC")
     if not inputs:
