@@ -51,8 +51,8 @@ def read_options(args: argparse.Namespace) -> sources.ReadOptions:
 def refuse_unused(flags: list[str], reads: str, give: str) -> None:
     """Flags of how something is read, given without it, would do nothing: ``ConfigError`` naming
     the first (``reads``: what they read; ``give``: the flag that gives it)."""
-    for flag in flags:
-        raise ConfigError(f"{flag} reads {reads}, and none is given: pass {give}, or drop {flag}")
+    if flags:
+        raise ConfigError(f"{flags[0]} reads {reads}, and none is given: pass {give}, or drop {flags[0]}")
 
 
 def given_read_flags(args: argparse.Namespace) -> list[str]:
