@@ -8,11 +8,10 @@ the flag it most likely meant.
 from __future__ import annotations
 
 import argparse
-import difflib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from consumer.config import topic_name_problem
+from consumer.config import did_you_mean, topic_name_problem
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -41,8 +40,7 @@ def _hint(parser: argparse.ArgumentParser, flag: str) -> str | None:
         if not action.option_strings and action.dest == name:
             return f"{action.metavar or action.dest} is positional: give it without {flag}"
     flags = [option for action in parser._actions for option in action.option_strings if option.startswith("--")]
-    close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.75)
-    return f"did you mean {close[0]}?" if close else None
+    return did_you_mean(flag, flags, cutoff=0.75)
 
 
 def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

@@ -303,10 +303,13 @@ def _one_line(exc: ValidationError, sources: Mapping[str, str]) -> str:
 
 def _closest(name: str, names: Iterable[str]) -> str:
     """What to say of an unknown setting ``name``: the known one it is likely a typo of, if any."""
-    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {close[0]}?"
-    return "the settings are listed under Configuration in the README, and by --help"
+    return did_you_mean(name, names) or "the settings are listed under Configuration in the README, and by --help"
+
+
+def did_you_mean(name: str, names: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """``did you mean X?``, X the one of ``names`` that ``name`` is likeliest a typo of; None if none is close."""
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=cutoff)
+    return f"did you mean {close[0]}?" if close else None
 
 
 def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -8,12 +8,12 @@ group and the model. A record without them is not one (another topic given by mi
 
 from __future__ import annotations
 
-import difflib
 from collections import Counter
 from dataclasses import dataclass, field
 
 from confluent_kafka import Message
 
+from consumer.config import did_you_mean
 from consumer.errors import ConfigError, InputError
 from consumer.headers import HEADER_PREFIX, message_headers
 from producer_tools.collect import text_or_base64
@@ -76,8 +76,8 @@ def check_error_class(name: str) -> None:
     known = error_classes()
     if name in known:
         return
-    near = difflib.get_close_matches(name, known, n=1)
-    hint = f"did you mean {near[0]}? " if near else ""
+    near = did_you_mean(name, known)
+    hint = f"{near} " if near else ""
     raise ConfigError(f"invalid setting --error={name!r}: no dead letter carries it; {hint}one of {', '.join(known)}")
 
 
