@@ -252,6 +252,21 @@ def alert_rules() -> list[dict[str, Any]]:
     return [rule for group in loaded["groups"] for rule in group["rules"]]
 
 
+def documented_metrics() -> set[str]:
+    """The metric families in the README's table (Metrics and health)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    return set(re.findall(r"^\| `(tfstream_\w+)` \|", readme, flags=re.MULTILINE))
+
+
+def metric_family(series: str) -> str:
+    """The family a scraped series belongs to: ``_bucket``, ``_sum``, ``_count`` and ``_created`` dropped."""
+    import re
+
+    return re.sub(r"_(bucket|sum|count|created)$", "", series)
+
+
 def alert_metrics() -> set[str]:
     """The tfstream series the alerting rules read (``_bucket`` and ``_total`` kept, as scraped)."""
     import re

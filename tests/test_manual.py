@@ -13,7 +13,7 @@ import yaml
 from consumer import kafka_io
 from consumer.config import Settings, load_settings, unknown_environment
 from producer_tools import cli_reference, digits
-from tests.helpers import alert_metrics, alert_rules
+from tests.helpers import alert_metrics, alert_rules, documented_metrics, metric_family
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def test_every_link_within_the_manual_leads_to_a_heading_and_every_section_is_in
         assert (ROOT / link).is_file(), f"{name} links to {link}, which does not exist"
     if name == "README.md":
         contents = text.split("**Contents**", 1)[1].split("\n## ", 1)[0]
-        sections = [h for h in re.findall(r"^## (.+)$", text, re.MULTILINE)]
+        sections = re.findall(r"^## (.+)$", text, re.MULTILINE)
         missing = [h for h in sections if f"](#{github_anchor(h)})" not in contents]
         assert not missing, f"sections not in the README's contents: {missing}"
 
@@ -92,9 +92,8 @@ def test_the_alert_rules_parse_and_read_only_metrics_the_readme_documents() -> N
         promql_parser.parse(rule["expr"])  # a PromQL syntax error raises
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
-    readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"^\| `(tfstream_\w+)` \|", readme, flags=re.MULTILINE))
-    used = {re.sub(r"_(bucket|sum|count)$", "", name) for name in alert_metrics()}
+    documented = documented_metrics()
+    used = {metric_family(name) for name in alert_metrics()}
     assert used and used <= documented, used - documented
     scrape = yaml.safe_load((ROOT / "examples" / "prometheus.yml").read_text())
     assert scrape["rule_files"] == ["alerts.yml"]

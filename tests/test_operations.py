@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumer.codec import pack_input
 from consumer.stuck import batch_stuck_for
 from producer_tools.embedded_broker import free_port
-from tests.helpers import ENV, ROOT, Deployment, Topics, alert_metrics, consumer_command, publish, wait_for_outputs
+from tests.helpers import (
+    ENV,
+    Deployment,
+    Topics,
+    alert_metrics,
+    consumer_command,
+    documented_metrics,
+    metric_family,
+    publish,
+    wait_for_outputs,
+)
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -96,9 +105,8 @@ def test_metrics_and_probes_during_a_real_run(bootstrap: str, topics: Topics, gr
     scraped = {name for name, _ in samples}
     assert alert_metrics() - scraped <= {"tfstream_worker_restarts_total"}, alert_metrics() - scraped
     # and every series served is in the README's table
-    readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"^\| `(tfstream_\w+)` \|", readme, flags=re.MULTILINE))
-    served = {re.sub(r"_(bucket|sum|count|created)$", "", name) for name in scraped}
+    documented = documented_metrics()
+    served = {metric_family(name) for name in scraped}
     assert served <= documented, served - documented
 
 
