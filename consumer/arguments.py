@@ -8,6 +8,7 @@ the flag it most likely meant.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -90,12 +91,36 @@ def not_negative(kind: Callable[[str], float | int]) -> Callable[[str], float | 
 def _at_least(kind: Callable[[str], float | int], zero_allowed: bool) -> Callable[[str], float | int]:
     def parse(text: str) -> float | int:
         value = kind(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < 0 or (value == 0 and not zero_allowed):
             raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero_allowed else 'positive'}, got {text}")
         return value
 
     parse.__name__ = kind.__name__
     return parse
+
+
+#: the longest wait a tool's seconds flag takes (a day); more overflows the clock's calls
+MAX_SECONDS = 86_400.0
+#: the lowest rate a tool's rate flag takes (messages a second): one every 10,000 s
+MIN_RATE = 1e-4
+
+
+def seconds(text: str) -> float:
+    """An argparse type: seconds above 0, at most a day."""
+    value = float(positive(float)(text))
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:,.0f} seconds (a day), got {text}")
+    return value
+
+
+def rate(text: str) -> float:
+    """An argparse type: messages a second, at least ``MIN_RATE``."""
+    value = float(positive(float)(text))
+    if value < MIN_RATE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_RATE:g} (a message every 10,000 s), got {text}")
+    return value
 
 
 def topic(text: str) -> str:

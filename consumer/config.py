@@ -62,7 +62,7 @@ MAX_BATCH_SIZE, MAX_WAIT_MS = 65_536, 60_000.0
 class Settings(BaseModel):
     """Everything a run needs; see the README's configuration reference for each field."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     bootstrap_servers: str = Field(min_length=1)
     input_topic: TopicName
@@ -279,8 +279,26 @@ _PATTERN_HINTS = {
 }
 
 
+#: the branches of ``KafkaValue``, as pydantic names them at the end of a failed value's location
+_KAFKA_VALUE_TYPES = ("str", "int", "float", "bool")
+
+
+def _first_error(exc: ValidationError) -> Any:
+    """The error to report: the first, or for a librdkafka value that none of ``KafkaValue``'s types
+    takes, one error for the value (pydantic gives one a type, and the first said only "a valid
+    string", under a location ending in ``.str``)."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = first["loc"]
+    if not (len(loc) == 3 and loc[0] in _KAFKA_TABLES.values() and loc[-1] in _KAFKA_VALUE_TYPES):
+        return first
+    finite = any(e["loc"][:2] == loc[:2] and e["type"] == "finite_number" for e in errors)
+    message = "Input should be a finite number" if finite else "Input should be a string, a number or true/false"
+    return {**first, "loc": loc[:2], "msg": message, "type": "kafka_value"}
+
+
 def _one_line(exc: ValidationError, sources: Mapping[str, str]) -> str:
-    first = exc.errors()[0]
+    first = _first_error(exc)
     key = ".".join(str(part) for part in first["loc"])
     top = str(first["loc"][0]) if first["loc"] else ""
     if first["type"] == "missing":

@@ -22,7 +22,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from consumer import tensorflow_install
-from consumer.arguments import input_file_flags, not_negative, parse_command_line, positive, topic
+from consumer.arguments import input_file_flags, not_negative, parse_command_line, positive, rate, seconds, topic
 from consumer.config import MAX_BATCH_SIZE, MAX_WAIT_MS
 from consumer.errors import STAGES, BrokerError, ConfigError, TfStreamError
 from consumer.kafka_io import FETCH_WAIT_MS
@@ -37,6 +37,8 @@ from producer_tools.paths import check_output_file, check_workdir
 Command = Callable[[argparse.Namespace], int]
 #: librdkafka's upper limit for ``fetch.wait.max.ms``
 MAX_FETCH_WAIT_MS = 300_000
+#: the longest ``linger.ms`` librdkafka takes
+MAX_LINGER_MS = 900_000
 MAX_PORT = 65_535
 
 
@@ -84,9 +86,7 @@ def _publish(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topic", required=True, type=topic, help="the input topic")
     input_file_flags(p)
     p.add_argument("--tensor-form", choices=["raw", "list"], default="raw", help="raw bytes (default) or nested lists")
-    p.add_argument(
-        "--rate", type=positive(float), metavar="N", help="messages per second (default: as fast as possible)"
-    )
+    p.add_argument("--rate", type=rate, metavar="N", help="messages per second (default: as fast as possible)")
     how_many = p.add_mutually_exclusive_group()  # both given, one would be quietly ignored
     how_many.add_argument("--count", type=positive(int), metavar="N", help="send N messages, cycling through the file")
     how_many.add_argument(
@@ -99,7 +99,7 @@ def _collect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topic", required=True, type=topic, help="the prediction topic")
     p.add_argument("--out", required=True, type=Path, help="where to write: PATH.npz or PATH.jsonl")
     p.add_argument("--count", type=positive(int), metavar="N", help="stop after N records")
-    p.add_argument("--idle", type=positive(float), metavar="S", help="stop after S seconds without a new record")
+    p.add_argument("--idle", type=seconds, metavar="S", help="stop after S seconds without a new record")
     p.add_argument("--join", type=Path, metavar="FILE", help="the input file: write (input, prediction) pairs")
     p.add_argument("--join-on", choices=["id", "key"], default="id", help="match inputs by id (default) or key")
     input_file_flags(p)
@@ -112,7 +112,7 @@ def _dead_letters(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topic", required=True, type=topic, help="the dead-letter topic (the consumer's --dlq-topic)")
     p.add_argument("--out", type=Path, metavar="PATH.jsonl", help="also write each dead letter, with its input")
     p.add_argument("--count", type=positive(int), metavar="N", help="stop after N records")
-    p.add_argument("--idle", type=positive(float), metavar="S", help="stop after S seconds without a new record")
+    p.add_argument("--idle", type=seconds, metavar="S", help="stop after S seconds without a new record")
 
 
 def _replay(sub: argparse._SubParsersAction) -> None:
@@ -153,7 +153,7 @@ def _group_and_topic(parser: argparse.ArgumentParser) -> None:
 def _lag(sub: argparse._SubParsersAction) -> None:
     p = _command(sub, "lag", commands.run_lag, "per-partition committed offset, end offset and lag of a group")
     _group_and_topic(p)
-    p.add_argument("--watch", type=positive(float), metavar="S", help="refresh every S seconds until Ctrl-C")
+    p.add_argument("--watch", type=seconds, metavar="S", help="refresh every S seconds until Ctrl-C")
 
 
 def _demo(sub: argparse._SubParsersAction) -> None:
@@ -190,12 +190,12 @@ def _bench(sub: argparse._SubParsersAction) -> None:
         metavar="MS",
         help="the consumer's --max-wait-ms",
     )
-    p.add_argument("--latency-seconds", type=positive(float), default=10.0, metavar="S", help="steady-rate phase")
+    p.add_argument("--latency-seconds", type=seconds, default=10.0, metavar="S", help="steady-rate phase")
     p.add_argument(
-        "--latency-rate", type=positive(float), metavar="R",
+        "--latency-rate", type=rate, metavar="R",
         help="publish rate of the steady phase, msg/s (default: half the system's throughput, which the target is for)",
     )  # fmt: skip
-    p.add_argument("--baseline-seconds", type=positive(float), default=10.0, metavar="S", help="per-message loops")
+    p.add_argument("--baseline-seconds", type=seconds, default=10.0, metavar="S", help="per-message loops")
     p.add_argument("--backlog", type=positive(int), metavar="N", help="also drain a backlog of N messages for memory")
     p.add_argument(
         "--partitions", type=positive(int), default=4, metavar="N", help="partitions of its topics (default 4)"
@@ -316,10 +316,10 @@ def _fetch_latency(sub: argparse._SubParsersAction) -> None:
         "--prefetch", action="store_true",
         help="librdkafka's own fetch (again as soon as a response lands), not the consumer's paced one",
     )  # fmt: skip
-    p.add_argument("--rate", type=positive(float), default=5000.0, metavar="R", help="records per second")
+    p.add_argument("--rate", type=rate, default=5000.0, metavar="R", help="records per second")
     p.add_argument(
         "--seconds",
-        type=positive(float),
+        type=seconds,
         default=8.0,
         metavar="S",
         help="how long to publish (the first second is warm-up)",
@@ -331,8 +331,11 @@ def _fetch_latency(sub: argparse._SubParsersAction) -> None:
 def run_fetch_latency(args: argparse.Namespace) -> int:
     from producer_tools.bench.fetch_latency import WARM_UP_SECONDS, Probe, measure
 
-    if args.linger_ms < 0:
-        raise ConfigError(f"invalid setting --linger-ms {args.linger_ms:g}: must be 0 or more")
+    if not 0 <= args.linger_ms <= MAX_LINGER_MS:  # also nan, which librdkafka took and then sent nothing
+        raise ConfigError(
+            f"invalid setting --linger-ms {args.linger_ms:g}: must be 0 or more, "
+            f"at most {MAX_LINGER_MS} (librdkafka's limit)"
+        )
     if args.fetch_wait_ms > MAX_FETCH_WAIT_MS:
         raise ConfigError(
             f"invalid setting --fetch-wait-ms {args.fetch_wait_ms}: librdkafka takes at most {MAX_FETCH_WAIT_MS}"

@@ -73,6 +73,11 @@ def test_secrets_are_redacted_from_the_printable_settings() -> None:
         ({"input_topic": "t1:0"}, "input_topic='t1:0'.*is not a Kafka topic name"),
         ({"dlq_topic": ".."}, "dlq_topic='..'.*is not a Kafka topic name"),
         ({"output_topic": "x" * 250}, "is not a Kafka topic name"),
+        ({"max_wait_ms": float("nan")}, "max_wait_ms=nan.*: Input should be a finite number"),
+        ({"drain_timeout_s": float("inf")}, "drain_timeout_s=inf.*: Input should be a finite number"),
+        # a librdkafka value no type of it takes was "kafka.linger.ms.str=…: Input should be a valid string"
+        ({"kafka": {"linger.ms": float("nan")}}, r"setting kafka\.linger\.ms=nan .*: Input should be a finite number$"),
+        ({"kafka": {"linger.ms": ["x"]}}, r"linger\.ms=\['x'\] .*: Input should be a string, a number or true/false"),
     ],
 )
 def test_a_bad_value_fails_with_one_line_naming_it(override: dict[str, object], needle: str) -> None:

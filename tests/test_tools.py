@@ -252,6 +252,14 @@ def test_bad_input_files_fail_in_one_line_with_exit_2_and_publish_nothing(
         (["lag", "--group", "g", "--topic", ""], "argument --topic: '' is not a Kafka topic name"),
         (["demo", "--count", "-3"], "argument --count: must be positive, got -3"),
         (["bench", "--max-wait-ms", "-1"], "argument --max-wait-ms: must be 0 or more, got -1"),
+        # found by hand: nan crashed the bench with a traceback, and ran fetch-latency unpaced; inf ran
+        # forever; a rate or a wait past the clock's range crashed with OverflowError once reached
+        (["bench", "--latency-rate", "nan"], "argument --latency-rate: must be a finite number, got nan"),
+        (["bench", "--baseline-seconds", "inf"], "argument --baseline-seconds: must be a finite number, got inf"),
+        (["fetch-latency", "--rate", "nan"], "argument --rate: must be a finite number, got nan"),
+        (["publish", "in.npy", "--topic", "t", "--rate", "1e-300"], "argument --rate: must be at least 0.0001"),
+        (["lag", "--group", "g", "--topic", "t", "--watch", "1e300"], "--watch: must be at most 86,400 seconds"),
+        (["collect", "--topic", "t", "--out", "x.npz", "--idle=-inf"], "--idle: must be a finite number"),
     ],
 )
 def test_a_bad_topic_name_or_number_is_refused_before_any_connection(
