@@ -40,6 +40,8 @@ MAX_FETCH_WAIT_MS = 300_000
 #: the longest ``linger.ms`` librdkafka takes
 MAX_LINGER_MS = 900_000
 MAX_PORT = 65_535
+#: the most partitions a topic may be created with (confluent-kafka's ``NewTopic`` refuses more)
+MAX_PARTITIONS = 100_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _lag(sub)
     topics = _command(sub, "create-topics", commands.run_create_topics, "create topics that do not exist yet")
     topics.add_argument("topics", nargs="+", type=topic, metavar="TOPIC", help="the names of the topics to create")
-    topics.add_argument("--partitions", type=positive(int), default=4, help="partitions of each new topic (default 4)")
+    topics.add_argument("--partitions", type=_partitions, default=4, help="partitions of each new topic (default 4)")
     topics.add_argument(
         "--replication-factor",
         type=positive(int),
@@ -198,7 +200,7 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-seconds", type=seconds, default=10.0, metavar="S", help="per-message loops")
     p.add_argument("--backlog", type=positive(int), metavar="N", help="also drain a backlog of N messages for memory")
     p.add_argument(
-        "--partitions", type=positive(int), default=4, metavar="N", help="partitions of its topics (default 4)"
+        "--partitions", type=_partitions, default=4, metavar="N", help="partitions of its topics (default 4)"
     )
     p.add_argument(
         "--rounds", type=positive(int), default=1, metavar="N",
@@ -363,13 +365,19 @@ def run_fetch_latency(args: argparse.Namespace) -> int:
     return 0
 
 
-def _at_most(parse: Callable[[str], float | int], high: float) -> Callable[[str], float | int]:
-    """``parse``, and no more than ``high`` (what ``python -m consumer run`` takes)."""
+def _partitions(text: str) -> float | int:
+    return _at_most(positive(int), MAX_PARTITIONS, "the Kafka client's")(text)
+
+
+def _at_most(
+    parse: Callable[[str], float | int], high: float, whose: str = "the consumer's"
+) -> Callable[[str], float | int]:
+    """``parse``, and no more than ``high`` (what ``python -m consumer run`` takes, or ``whose`` limit)."""
 
     def parse_at_most(text: str) -> float | int:
         value = parse(text)
         if value > high:
-            raise argparse.ArgumentTypeError(f"must be at most {high:g} (the consumer's limit), got {text}")
+            raise argparse.ArgumentTypeError(f"must be at most {high:g} ({whose} limit), got {text}")
         return value
 
     parse_at_most.__name__ = getattr(parse, "__name__", "value")

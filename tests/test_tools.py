@@ -260,6 +260,8 @@ def test_bad_input_files_fail_in_one_line_with_exit_2_and_publish_nothing(
         (["publish", "in.npy", "--topic", "t", "--rate", "1e-300"], "argument --rate: must be at least 0.0001"),
         (["lag", "--group", "g", "--topic", "t", "--watch", "1e300"], "--watch: must be at most 86,400 seconds"),
         (["collect", "--topic", "t", "--out", "x.npz", "--idle=-inf"], "--idle: must be a finite number"),
+        # found by hand: NewTopic's ValueError ended create-topics in a traceback
+        (["create-topics", "--partitions", "100001", "t"], "--partitions: must be at most 100000 (the Kafka client's"),
     ],
 )
 def test_a_bad_topic_name_or_number_is_refused_before_any_connection(
