@@ -16,7 +16,8 @@ JOIN_EVENT = "still waiting for the group to assign partitions"
 JOIN_ADVICE = (
     "a join ends once every member of the group has rejoined; a member busy in a long batch holds it up to "
     "max.poll.interval.ms, and a broker with long session timeouts answers late (the embedded broker takes ~20 s "
-    "with librdkafka's defaults: lower session.timeout.ms under [kafka.consumer] for development)"
+    "with librdkafka's defaults: lower session.timeout.ms under [kafka.consumer] for development, and where "
+    "an earlier run's members left one after another it can hang in the join for minutes: use a new --group)"
 )
 
 
