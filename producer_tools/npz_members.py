@@ -8,6 +8,7 @@ import math
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -119,6 +120,12 @@ class PackedColumn:
         if not 0 <= number - self._first < len(self._block):
             self._read_block(number - number % self.block_rows)
         return self._block[number - self._first]
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """Every row, a block at a time, in order (the member read through once)."""
+        for first in range(0, self.shape[0], self.block_rows):
+            self[first]
+            yield self._block
 
     def _read_block(self, first: int) -> None:
         rows = min(self.block_rows, self.shape[0] - first)

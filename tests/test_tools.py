@@ -165,6 +165,12 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _compressed_npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
     ("name", "content", "extra", "needle"),
     [
@@ -218,6 +224,22 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
         ),
         ("named.jsonl", '{"inputs": [1]}\n{"inputs": {"a": [1]}}\n', [], "the first row has one unnamed input (every"),
         ("kind.jsonl", '{"inputs": {"a": "x"}}\n{"inputs": {"a": [1]}}\n', [], "input 'a' is numbers, where the first"),
+        # --dtype wrapped a value round (300 went as 44 in int8), cut it to a whole number or made it inf;
+        # a .csv's default float32 made 1e39 inf; a cast no NumPy call refuses ended a .csv in a traceback
+        ("wrap.jsonl", '{"inputs": [300, 2]}\n', ["--dtype", "int8"], "wrap.jsonl:1: holds 300, which int8 cannot"),
+        ("wrap.csv", "a,b\n1,2\n300,2\n", ["--dtype", "int8"], "wrap.csv:3: holds 300.0, which int8 cannot hold"),
+        ("inf.csv", "a,b\n1e39,2\n", [], "inf.csv:2: holds 1e+39, which float32 cannot hold as it is (finite"),
+        ("cut.npy", _npy_bytes(np.array([[1.0, 2.0], [1.5, 2.0]])), ["--dtype", "int32"], "cut.npy row 1: holds 1.5"),
+        ("sign.npz", _npz_bytes(a=np.array([[1], [-1]])), ["--dtype", "uint8"], "sign.npz[a] row 1: holds -1, which"),
+        ("bools.npy", _npy_bytes(np.array([[0, 1, 2]])), ["--dtype", "bool"], "holds 2, which bool cannot hold as it"),
+        ("nan.npy", _npy_bytes(np.array([[np.nan]])), ["--dtype", "int64"], "nan.npy row 0: holds nan, which int64"),
+        # the bad row past the first block read: nothing of the file before it goes either
+        (
+            "late.npz",
+            _compressed_npz_bytes(a=np.arange(100_000).reshape(50_000, 2)),
+            ["--dtype", "int16"],
+            "late.npz[a] row 16384: holds 32768, which int16 cannot hold as it is (whole numbers from -32768 to",
+        ),
     ],
 )
 def test_bad_input_files_fail_in_one_line_with_exit_2_and_publish_nothing(
@@ -1012,6 +1034,27 @@ def test_a_npz_is_read_as_it_is_sent_its_uncompressed_arrays_mapped_in_the_file(
         assert example.inputs["y"] == np.float32(row % 2 == 0)
     assert examples[-1].id == 100
     assert [e.inputs["title"] for e in sources.read_inputs(texts)] == [b"a", "bé".encode(), b"", b"d"]
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype"),
+    [
+        ([0, 127, -128], "int8"),
+        ([0.0, 255.0, 3.0], "uint8"),
+        ([2**63 - 1, -(2**63)], "int64"),
+        ([1, 0], "bool"),
+        ([0.1, np.nan, -np.inf, 65504.0], "float16"),
+        ([2**53 + 1, 0.1], "float32"),
+    ],
+)
+def test_a_dtype_cast_that_changes_nothing_but_a_float_s_rounding_is_made(values: list[float], dtype: str) -> None:
+    """``--dtype`` refuses only values the cast would change beyond rounding; the rest cast as NumPy casts them."""
+    from producer_tools.sources.common import checked_cast
+
+    array = np.array(values)
+    cast = checked_cast(array, dtype, "f")
+    assert cast.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(cast, array.astype(dtype))
 
 
 def test_a_compressed_npz_is_checked_whole_then_read_a_block_at_a_time(

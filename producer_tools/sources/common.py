@@ -94,7 +94,71 @@ def check_options(path: Path, options: ReadOptions) -> None:
 
 def cast(array: np.ndarray, options: ReadOptions, where: str) -> np.ndarray:
     check_numbers(array, where)
-    return array.astype(options.dtype) if options.dtype else array
+    return checked_cast(array, options.dtype, where) if options.dtype else array
+
+
+#: rows of an array checked at once against ``--dtype`` (``check_cast``)
+CHECK_ROWS = 65_536
+
+
+def checked_cast(array: np.ndarray, dtype: str, where: str) -> np.ndarray:
+    """``array`` as ``dtype``, refusing a value the cast would change beyond a float's rounding: one
+    out of an integer type's range, not whole, or not finite for one; one a float type would make
+    infinite; anything but 0 and 1 for bool. (NumPy wraps 300 round to 44 in int8; the consumer
+    refuses such a cast the same way.)"""
+    target = np.dtype(dtype)
+    _refuse_unfit(array, target, where)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return array.astype(target)
+
+
+def check_cast(column: Column, dtype: str, where: str) -> None:
+    """Every row of ``column`` casts to ``dtype`` (``checked_cast``), checked before anything is sent:
+    a block at a time, so that an array larger than memory is not read whole."""
+    target, first = np.dtype(dtype), 0
+    for block in column.blocks() if isinstance(column, PackedColumn) else _slices(column):
+        _refuse_unfit(block, target, where, first)
+        first += len(block)
+
+
+def _refuse_unfit(array: np.ndarray, target: np.dtype[Any], where: str, first_row: int | None = None) -> None:
+    unfit = _unfit(array, target)
+    if not unfit.any():
+        return
+    at = tuple(np.argwhere(unfit)[0])
+    row = "" if first_row is None else f" row {first_row + int(at[0])}"
+    raise ConfigError(
+        f"{where}{row}: holds {array[at].item()!r}, which {target.name} cannot hold as it is "
+        f"({_holds(target)}): publish with a --dtype that holds it"
+    )
+
+
+def _slices(array: np.ndarray) -> Iterator[np.ndarray]:
+    for start in range(0, len(array), CHECK_ROWS):
+        yield np.asarray(array[start : start + CHECK_ROWS])
+
+
+def _unfit(array: np.ndarray, target: np.dtype[Any]) -> np.ndarray:
+    """Where ``array`` holds a value ``target`` cannot hold as it is."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if target.kind == "b":
+            return ~((array == 0) | (array == 1))
+        if target.kind in "iu":
+            limits = np.iinfo(target)
+            if array.dtype.kind == "f":
+                whole = np.isfinite(array) & (np.trunc(array) == array)
+                return ~(whole & (array >= limits.min) & (array <= limits.max))
+            return (array < limits.min) | (array > limits.max)
+        return np.isfinite(array) & np.isinf(array.astype(target))
+
+
+def _holds(target: np.dtype[Any]) -> str:
+    if target.kind == "b":
+        return "0 and 1"
+    if target.kind in "iu":
+        limits = np.iinfo(target)
+        return f"whole numbers from {limits.min} to {limits.max}"
+    return f"finite numbers up to {float(np.finfo(target).max):.4g} in size"
 
 
 def check_column(array: Column, options: ReadOptions, where: str) -> None:

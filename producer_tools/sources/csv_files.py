@@ -17,6 +17,7 @@ from producer_tools.sources.common import (
     Inputs,
     MadeWhenRead,
     ReadOptions,
+    checked_cast,
     row_key,
     to_key,
 )
@@ -181,7 +182,7 @@ def _csv_numbers(row: dict[str, Any], features: list[str], where: str, options: 
             raise ConfigError(
                 f"{where}: column {column!r} holds {cell!r}, not a number (a column of text: --dtype {TEXT})"
             ) from None
-    return np.asarray(values, dtype=options.dtype or "float32")
+    return checked_cast(np.asarray(values), options.dtype or "float32", where)
 
 
 def _csv_texts(row: dict[str, Any], features: list[str], where: str) -> Inputs:

@@ -16,6 +16,7 @@ from producer_tools.sources.common import (
     MadeWhenRead,
     ReadOptions,
     T,
+    check_cast,
     check_column,
     check_numbers,
     check_texts,
@@ -61,6 +62,8 @@ def read_npy(path: Path, options: ReadOptions) -> NpyRows:
         check_texts(array, options, str(path))
     else:
         check_numbers(array, str(path))
+        if options.dtype:
+            check_cast(array, options.dtype, str(path))
     # a plain view: a memmap's rows cost 9x as much to index
     return NpyRows(np.asarray(array), options.dtype, options.input_name)
 
@@ -92,6 +95,8 @@ def read_npz(path: Path, options: ReadOptions) -> NpzRows:
         raise ConfigError(f"input file {str(path)!r}: arrays must have the same number of rows, got {sizes}")
     for name, column in arrays.items():
         check_column(column, options, f"{path}[{name}]")
+        if options.dtype:
+            check_cast(column, options.dtype, f"{path}[{name}]")
     return NpzRows(arrays, keys, ids, options.dtype)
 
 
