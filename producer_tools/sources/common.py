@@ -107,9 +107,12 @@ def checked_cast(array: np.ndarray, dtype: str, where: str) -> np.ndarray:
     infinite; anything but 0 and 1 for bool. (NumPy wraps 300 round to 44 in int8; the consumer
     refuses such a cast the same way.)"""
     target = np.dtype(dtype)
-    _refuse_unfit(array, target, where)
     with np.errstate(over="ignore", invalid="ignore"):
-        return array.astype(target)
+        cast = array.astype(target)
+    if target.kind == "f" and not np.isinf(cast).any():
+        return cast  # the common case, kept cheap (a .csv's rows): nothing made infinite
+    _refuse_unfit(array, target, where)
+    return cast
 
 
 def check_cast(column: Column, dtype: str, where: str) -> None:
