@@ -57,6 +57,10 @@ TopicName = Annotated[str, AfterValidator(_topic_name)]
 
 #: the largest ``max_batch_size`` and ``max_wait_ms`` a run takes (the bench checks its own against them)
 MAX_BATCH_SIZE, MAX_WAIT_MS = 65_536, 60_000.0
+#: the earliest time a Kafka timestamp says: a negative one asks the broker for the earliest or the
+#: latest offset instead (librdkafka gave up on 0001-01-01 with "Broker handle destroyed")
+KAFKA_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+KAFKA_EPOCH_RULE = "Kafka timestamps start at 1970-01-01T00:00:00Z: give that or a later time"
 
 
 class Settings(BaseModel):
@@ -140,7 +144,10 @@ class Settings(BaseModel):
     @field_validator("from_timestamp", "until_timestamp")
     @classmethod
     def _assume_utc(cls, value: datetime | None) -> datetime | None:
-        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+        value = value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+        if value is not None and value < KAFKA_EPOCH:
+            raise ValueError(KAFKA_EPOCH_RULE)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

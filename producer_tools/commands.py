@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from consumer.config import KAFKA_EPOCH, KAFKA_EPOCH_RULE
 from consumer.errors import ConfigError
 from consumer.positions import TimeWindow
 from producer_tools import collect, dead_letters, groups, publish, replay, sources
@@ -26,7 +27,10 @@ def epoch_ms(text: str | None, flag: str) -> int | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ConfigError(f"invalid setting {flag}={text!r}: use ISO 8601, e.g. 2024-06-01T00:00:00Z") from None
-    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if moment < KAFKA_EPOCH:
+        raise ConfigError(f"invalid setting {flag}={text!r}: {KAFKA_EPOCH_RULE}")
+    return int(moment.timestamp() * 1000)
 
 
 def read_options(args: argparse.Namespace) -> sources.ReadOptions:

@@ -57,6 +57,7 @@ def test_secrets_are_redacted_from_the_printable_settings() -> None:
         ({"dlq_topic": "out"}, "dlq_topic must differ from output_topic"),
         ({"from_beginning": True, "from_timestamp": "2024-01-01T00:00:00"}, "exclude"),
         ({"from_timestamp": "yesterday"}, "from_timestamp"),
+        ({"until_timestamp": "1960-01-01T00:00:00+01:00"}, "until_timestamp=.*: Kafka timestamps start at 1970"),
         ({"from_timestamp": "2024-01-02T00:00:00Z", "until_timestamp": "2024-01-01T00:00:00Z"}, "until_timestamp must"),
         ({"allowed_batch_sizes": "1,2,4"}, r"allowed_batch_sizes=\[1, 2, 4\] ends at 4, but max_batch_size is 256"),
         ({"allowed_batch_sizes": "8,512"}, "pass --max-batch-size 512, or end the list with 256"),

@@ -1197,6 +1197,17 @@ def test_publish_refuses_count_and_repeat_together(tmp_path: Path, capsys: pytes
             ["replay", "--from-topic", "a", "--to-topic", "b", "--until-timestamp", "June 1st"],
             "invalid setting --until-timestamp='June 1st': use ISO 8601, e.g. 2024-06-01T00:00:00Z",
         ),
+        # found by hand: librdkafka gave up on a negative timestamp ("Broker handle destroyed"), exit 1
+        (
+            ["reset-offsets", "--group", "g", "--topic", "t", "--to-timestamp", "0001-01-01T00:00:00"],
+            "invalid setting --to-timestamp='0001-01-01T00:00:00': Kafka timestamps start at 1970-01-01T00:00:00Z: "
+            "give that or a later time",
+        ),
+        (
+            ["replay", "--from-topic", "a", "--to-topic", "b", "--from-timestamp", "1969-12-31T23:59:59Z"],
+            "invalid setting --from-timestamp='1969-12-31T23:59:59Z': Kafka timestamps start at 1970-01-01T00:00:00Z: "
+            "give that or a later time",
+        ),
         (["collect", "--topic", "t", "--out", "{d}/p.csv"], "invalid setting --out='{d}/p.csv': write .npz or .jsonl"),
         (
             ["collect", "--topic", "t", "--out", "{d}/p.jsonl", "--id-field", "id"],
