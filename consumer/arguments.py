@@ -101,18 +101,25 @@ def _at_least(kind: Callable[[str], float | int], zero_allowed: bool) -> Callabl
     return parse
 
 
+def at_most(parse: Callable[[str], float | int], high: float, limit: str) -> Callable[[str], float | int]:
+    """An argparse type: ``parse``, and no more than ``high`` (``limit`` says it in the error)."""
+
+    def parse_at_most(text: str) -> float | int:
+        value = parse(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {limit}, got {text}")
+        return value
+
+    parse_at_most.__name__ = getattr(parse, "__name__", "value")
+    return parse_at_most
+
+
 #: the longest wait a tool's seconds flag takes (a day); more overflows the clock's calls
 MAX_SECONDS = 86_400.0
 #: the lowest rate a tool's rate flag takes (messages a second): one every 10,000 s
 MIN_RATE = 1e-4
-
-
-def seconds(text: str) -> float:
-    """An argparse type: seconds above 0, at most a day."""
-    value = float(positive(float)(text))
-    if value > MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:,.0f} seconds (a day), got {text}")
-    return value
+#: an argparse type: seconds above 0, at most a day
+seconds = at_most(positive(float), MAX_SECONDS, f"{MAX_SECONDS:,.0f} seconds (a day)")
 
 
 def rate(text: str) -> float:

@@ -22,7 +22,16 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from consumer import tensorflow_install
-from consumer.arguments import input_file_flags, not_negative, parse_command_line, positive, rate, seconds, topic
+from consumer.arguments import (
+    at_most,
+    input_file_flags,
+    not_negative,
+    parse_command_line,
+    positive,
+    rate,
+    seconds,
+    topic,
+)
 from consumer.config import MAX_BATCH_SIZE, MAX_WAIT_MS
 from consumer.errors import STAGES, BrokerError, ConfigError, TfStreamError
 from consumer.kafka_io import FETCH_WAIT_MS
@@ -42,6 +51,8 @@ MAX_LINGER_MS = 900_000
 MAX_PORT = 65_535
 #: the most partitions a topic may be created with (confluent-kafka's ``NewTopic`` refuses more)
 MAX_PARTITIONS = 100_000
+#: an argparse type: a topic's partitions
+_PARTITIONS = at_most(positive(int), MAX_PARTITIONS, f"{MAX_PARTITIONS} (the Kafka client's limit)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     _lag(sub)
     topics = _command(sub, "create-topics", commands.run_create_topics, "create topics that do not exist yet")
     topics.add_argument("topics", nargs="+", type=topic, metavar="TOPIC", help="the names of the topics to create")
-    topics.add_argument("--partitions", type=_partitions, default=4, help="partitions of each new topic (default 4)")
+    topics.add_argument("--partitions", type=_PARTITIONS, default=4, help="partitions of each new topic (default 4)")
     topics.add_argument(
         "--replication-factor",
         type=positive(int),
@@ -182,12 +193,12 @@ def _bench(sub: argparse._SubParsersAction) -> None:
         "--messages", type=positive(int), metavar="N", help="preloaded messages (mlp 400000, mobilenet 2000)"
     )
     p.add_argument(
-        "--batch-size", type=_at_most(positive(int), MAX_BATCH_SIZE), metavar="N",
+        "--batch-size", type=_within_consumer(positive(int), MAX_BATCH_SIZE), metavar="N",
         help="max batch size (mlp 1024, mobilenet 32)",
     )  # fmt: skip
     p.add_argument(
         "--max-wait-ms",
-        type=_at_most(not_negative(float), MAX_WAIT_MS),
+        type=_within_consumer(not_negative(float), MAX_WAIT_MS),
         default=10.0,
         metavar="MS",
         help="the consumer's --max-wait-ms",
@@ -200,7 +211,7 @@ def _bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-seconds", type=seconds, default=10.0, metavar="S", help="per-message loops")
     p.add_argument("--backlog", type=positive(int), metavar="N", help="also drain a backlog of N messages for memory")
     p.add_argument(
-        "--partitions", type=_partitions, default=4, metavar="N", help="partitions of its topics (default 4)"
+        "--partitions", type=_PARTITIONS, default=4, metavar="N", help="partitions of its topics (default 4)"
     )
     p.add_argument(
         "--rounds", type=positive(int), default=1, metavar="N",
@@ -365,25 +376,6 @@ def run_fetch_latency(args: argparse.Namespace) -> int:
     return 0
 
 
-def _partitions(text: str) -> float | int:
-    return _at_most(positive(int), MAX_PARTITIONS, "the Kafka client's")(text)
-
-
-def _at_most(
-    parse: Callable[[str], float | int], high: float, whose: str = "the consumer's"
-) -> Callable[[str], float | int]:
-    """``parse``, and no more than ``high`` (what ``python -m consumer run`` takes, or ``whose`` limit)."""
-
-    def parse_at_most(text: str) -> float | int:
-        value = parse(text)
-        if value > high:
-            raise argparse.ArgumentTypeError(f"must be at most {high:g} ({whose} limit), got {text}")
-        return value
-
-    parse_at_most.__name__ = getattr(parse, "__name__", "value")
-    return parse_at_most
-
-
 def _port(text: str) -> int:
     port = int(text) if text.isdigit() else -1
     if not 0 <= port <= MAX_PORT:
@@ -481,3 +473,8 @@ def run_broker(port: int) -> int:
             return 0
         # a broker that died (killed, out of memory) must not look alive: clients would just time out
         raise BrokerError(f"the embedded broker stopped by itself ({ended}); its log, kept: {broker.log_path}")
+
+
+def _within_consumer(parse: Callable[[str], float | int], high: float) -> Callable[[str], float | int]:
+    """``parse``, no more than what ``python -m consumer run`` takes (``high``)."""
+    return at_most(parse, high, f"{high:g} (the consumer's limit)")
