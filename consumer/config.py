@@ -63,6 +63,14 @@ KAFKA_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 KAFKA_EPOCH_RULE = "Kafka timestamps start at 1970-01-01T00:00:00Z: give that or a later time"
 
 
+def kafka_moment(value: datetime) -> datetime:
+    """``value``, in UTC where it names no zone; ``ValueError`` before Kafka's timestamps start."""
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    if value < KAFKA_EPOCH:
+        raise ValueError(KAFKA_EPOCH_RULE)
+    return value
+
+
 class Settings(BaseModel):
     """Everything a run needs; see the README's configuration reference for each field."""
 
@@ -144,10 +152,7 @@ class Settings(BaseModel):
     @field_validator("from_timestamp", "until_timestamp")
     @classmethod
     def _assume_utc(cls, value: datetime | None) -> datetime | None:
-        value = value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-        if value is not None and value < KAFKA_EPOCH:
-            raise ValueError(KAFKA_EPOCH_RULE)
-        return value
+        return None if value is None else kafka_moment(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numpy as np
 
-from consumer.config import KAFKA_EPOCH, KAFKA_EPOCH_RULE
+from consumer.config import kafka_moment
 from consumer.errors import ConfigError
 from consumer.positions import TimeWindow
 from producer_tools import collect, dead_letters, groups, publish, replay, sources
@@ -27,9 +27,10 @@ def epoch_ms(text: str | None, flag: str) -> int | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ConfigError(f"invalid setting {flag}={text!r}: use ISO 8601, e.g. 2024-06-01T00:00:00Z") from None
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    if moment < KAFKA_EPOCH:
-        raise ConfigError(f"invalid setting {flag}={text!r}: {KAFKA_EPOCH_RULE}")
+    try:
+        moment = kafka_moment(moment)
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting {flag}={text!r}: {exc}") from None
     return int(moment.timestamp() * 1000)
 
 
