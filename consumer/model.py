@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import h5py
 import keras
 import numpy as np
 import tensorflow as tf
@@ -76,17 +77,33 @@ def load_model(
                 raise ModelError(
                     f"--signature {signature!r} applies to SavedModels; {str(path)!r} is a Keras file: drop it"
                 )
-            if not zipfile.is_zipfile(path) and path.suffix == ".keras":
-                raise ModelError(
-                    f"{str(path)!r} is not a .keras file (a zip archive): it is damaged, cut short, or "
-                    "something else renamed; save the model again with model.save('name.keras')"
-                )
+            _refuse_unreadable(path)
             return _load_keras(path, name, version, fix_shapes)
     except (ModelError, PreprocessMismatch):
         raise
     except Exception as exc:
         raise ModelError(f"cannot load model {str(path)!r}: {_load_problem(exc)}") from exc
     raise ModelError(_not_a_model(path))
+
+
+def _refuse_unreadable(path: Path) -> None:
+    """A Keras file whose bytes are not of the kind its suffix names (a zip archive for .keras, HDF5
+    for .h5): say so, not what Keras' reader stumbled on."""
+    archive = zipfile.is_zipfile(path)
+    if path.suffix == ".keras":
+        if archive:
+            return
+        kind = "a .keras file (a zip archive)"
+    else:
+        if h5py.is_hdf5(path):
+            return
+        kind = f"an HDF5 file, as its suffix {path.suffix} says"
+    if archive:
+        raise ModelError(f"{str(path)!r} is not {kind}: it is a .keras archive; name it {path.stem}.keras")
+    raise ModelError(
+        f"{str(path)!r} is not {kind}: it is damaged, cut short, or something else renamed; save the model "
+        "again with model.save('name.keras')"
+    )
 
 
 def _not_a_model(path: Path) -> str:

@@ -116,8 +116,12 @@ def test_bad_model_paths_raise_one_clear_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"junk.keras' is not a .keras file \(a zip archive\): it is damaged"):
         load_model(tmp_path / "junk.keras")  # Keras itself said "File not found"
     (tmp_path / "junk.h5").write_bytes(b"not HDF5")
-    with pytest.raises(ModelError, match="cannot load"):
-        load_model(tmp_path / "junk.h5")
+    with pytest.raises(ModelError, match=r"junk.h5' is not an HDF5 file, as its suffix .h5 says: it is damaged"):
+        load_model(tmp_path / "junk.h5")  # h5py itself said "file signature not found"
+    (tmp_path / "renamed.h5").write_bytes(models.mlp(tmp_path / "r.keras").read_bytes())
+    renamed = r"renamed.h5' is not an HDF5 .*: it is a .keras archive; name it renamed.keras$"
+    with pytest.raises(ModelError, match=renamed):
+        load_model(tmp_path / "renamed.h5")
     mlp = keras.saving.load_model(models.mlp(tmp_path / "m.keras"))
     mlp.save_weights(tmp_path / "m.weights.h5")
     with pytest.raises(ModelError) as info:  # was Keras' "No model config found in the file at …"
