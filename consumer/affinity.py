@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SYSFS_CPUS = Path("/sys/devices/system/cpu")
@@ -166,6 +167,22 @@ def pin_process(cpus: Iterable[int]) -> str | None:
     except (AttributeError, OSError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+@contextmanager
+def running_on(cpus: Collection[int]) -> Iterator[None]:
+    """In the block, this thread and the processes and threads it starts run on ``cpus`` (a child
+    takes the affinity of the thread that started it; the process's other threads keep theirs).
+    Empty: unchanged."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cpus))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def describe(cpus: Iterable[int]) -> str:

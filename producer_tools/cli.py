@@ -22,6 +22,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from consumer import tensorflow_install
+from consumer.affinity import allowed_cpus, describe, parse_cpu_list
 from consumer.arguments import (
     at_most,
     input_file_flags,
@@ -226,6 +227,12 @@ def _bench(sub: argparse._SubParsersAction) -> None:
         help="examples to send, cycled: a file publish takes (a folder of images, .jsonl, .npy, .npz, .csv); "
         "default: random inputs from the model's signature",
     )  # fmt: skip
+    p.add_argument(
+        "--broker-cpus", type=_broker_cpus, default=(), metavar="CPUS",
+        help="run the embedded broker alone on these CPUs (Linux's list format: 0, 0-1, 0,2), and the bench, "
+        "the relays and the consumer under test on the rest, as a deployment keeps the broker off its "
+        "workers' cores (default: every process on every CPU)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     p.add_argument("--workdir", type=Path, default=Path("bench-output"), help="models and the broker log")
     p.add_argument(
@@ -234,6 +241,33 @@ def _bench(sub: argparse._SubParsersAction) -> None:
         "--preprocess, --custom-objects and --trust-model-code serve the bench's own inputs and loads too",
     )  # fmt: skip
     p.set_defaults(run=run_bench)
+
+
+def _broker_cpus(text: str) -> tuple[int, ...]:
+    """``--broker-cpus``: CPU ids as Linux lists them, each one this process may run on, and not all."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise argparse.ArgumentTypeError("it needs Linux's CPU affinity, which this system lacks: drop it")
+    allowed = allowed_cpus()
+    bounds = _cpu_ranges(text)
+    if any(high > allowed[-1] for _, high in bounds) or not set(parse_cpu_list(text)) <= set(allowed):
+        raise argparse.ArgumentTypeError(f"{text!r} names a CPU this process may not run on: use {describe(allowed)}")
+    cpus = tuple(parse_cpu_list(text))
+    if len(cpus) == len(allowed):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} leaves no CPU for the consumer under test: give the broker fewer than all of {describe(allowed)}"
+        )
+    return cpus
+
+
+def _cpu_ranges(text: str) -> list[tuple[int, int]]:
+    """``0-1,4`` as [(0, 1), (4, 4)], each range read before any is expanded (``0-99999999`` is no list)."""
+    parts = [part.strip().partition("-") for part in text.split(",")]
+    if not all(first.isdigit() and (last.isdigit() or not dash) for first, dash, last in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a CPU list: give CPU ids as Linux lists them (0, 0-1, 0,2)")
+    bounds = [(int(first), int(last or first)) for first, _, last in parts]
+    if any(low > high for low, high in bounds):
+        raise argparse.ArgumentTypeError(f"{text!r} has a range that runs backwards: write the lower CPU first")
+    return bounds
 
 
 #: consumer flags the bench sets itself, with the bench flag that sets each (None: set per phase)
@@ -267,6 +301,11 @@ def run_bench(args: argparse.Namespace) -> int:
     from producer_tools.bench.run import BenchOptions, run
 
     require_tensorflow()
+    if args.broker_cpus and args.bootstrap_servers:
+        raise ConfigError(
+            "--broker-cpus places the embedded broker, and --bootstrap-servers names another: drop one "
+            "(pin that broker yourself, as with taskset)"
+        )
     check_workdir(args.workdir, "--workdir")
     if args.json:
         check_output_file(args.json, "--json")
@@ -275,7 +314,7 @@ def run_bench(args: argparse.Namespace) -> int:
         latency_seconds=args.latency_seconds, latency_rate=args.latency_rate, baseline_seconds=args.baseline_seconds,
         backlog=args.backlog, partitions=args.partitions, json_path=args.json, workdir=args.workdir,
         bootstrap=args.bootstrap_servers, rounds=args.rounds, signature=args.signature,
-        consumer_args=args.consumer_args, inputs=args.inputs,
+        consumer_args=args.consumer_args, inputs=args.inputs, broker_cpus=args.broker_cpus,
     )  # fmt: skip
     result = run(options)
     report.print_table(result)

@@ -13,13 +13,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 import psutil
 
+from consumer.affinity import running_on
 from consumer.errors import BrokerError
 from producer_tools.lifetime import ending_with_this_process
 
@@ -73,7 +74,11 @@ class EmbeddedBroker:
     port it tells clients to connect to (a relay in front of it, in the tests), if not its own."""
 
     def __init__(
-        self, port: int | None = None, log_path: Path | None = None, advertised_port: int | None = None
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        advertised_port: int | None = None,
+        cpus: Collection[int] = (),
     ) -> None:
         self._port_picked = not port  # picked here: another is tried if this one is taken meanwhile
         self._advertised_given = advertised_port is not None
@@ -85,6 +90,8 @@ class EmbeddedBroker:
             log_path = self._own_folder / "broker.log"
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
+        #: the CPUs it runs on, every thread of it (empty: those of this process)
+        self.cpus = tuple(sorted(cpus))
 
     @property
     def bootstrap_servers(self) -> str:
@@ -132,7 +139,7 @@ class EmbeddedBroker:
             for k, v in os.environ.items()
             if k not in {"LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}
         }
-        with self.log_path.open("ab") as log:
+        with self.log_path.open("ab") as log, running_on(self.cpus):
             self._process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
@@ -205,10 +212,13 @@ class EmbeddedBroker:
 
 
 @contextmanager
-def bootstrap_or_embedded(bootstrap: str | None, log_path: Path | None = None) -> Iterator[str]:
-    """``bootstrap`` when one is given; else an embedded broker's, running until the block ends."""
+def bootstrap_or_embedded(
+    bootstrap: str | None, log_path: Path | None = None, cpus: Collection[int] = ()
+) -> Iterator[str]:
+    """``bootstrap`` when one is given; else an embedded broker's (on ``cpus``, if given), running
+    until the block ends."""
     if bootstrap is not None:
         yield bootstrap
         return
-    with EmbeddedBroker(log_path=log_path) as broker:
+    with EmbeddedBroker(log_path=log_path, cpus=cpus) as broker:
         yield broker.bootstrap_servers

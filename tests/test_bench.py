@@ -4,17 +4,22 @@ measured by running the bench, never asserted in the test suite."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from consumer.affinity import allowed_cpus, describe
 from consumer.devices import DEFAULT_CPU_WORKERS, usable_cores
 from producer_tools.bench import baselines, cpu, report, run, system, workloads
 from producer_tools.bench.system import PRIMERS
 from producer_tools.cli import main
 from producer_tools.consumer_run import consumer_flags_problem
+from producer_tools.embedded_broker import EmbeddedBroker
+from producer_tools.reader import read_topic
+from producer_tools.topics import create_topics
 from tests import models, preprocessors
 
 pytestmark = pytest.mark.integration
@@ -569,3 +574,78 @@ def test_the_usual_approaches_count_the_rows_of_a_model_s_first_output_nested_or
     rows = np.zeros((5, 2))
     for outputs in (rows, [rows], {"a": rows}, {"head": {"score": rows, "parts": [rows]}}, ([rows, rows],)):
         assert baselines._first_output(outputs).shape == (5, 2)
+
+
+def _threads_cpus(pid: int) -> set[str]:
+    """The CPU list each thread of ``pid`` may run on, as the kernel lists it."""
+    lists = set()
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        line = next(x for x in status.read_text().splitlines() if x.startswith("Cpus_allowed_list:"))
+        lists.add(line.split(":", 1)[1].strip())
+    return lists
+
+
+@pytest.mark.skipif(len(allowed_cpus()) < 2, reason="needs two CPUs, one to set apart for the broker")
+def test_an_embedded_broker_given_cpus_runs_every_thread_on_them_and_serves(tmp_path: Path) -> None:
+    before = os.sched_getaffinity(0)
+    own = allowed_cpus()[-1]
+    with EmbeddedBroker(cpus=[own]) as broker:
+        assert broker.pid is not None and _threads_cpus(broker.pid) == {str(own)}
+        assert os.sched_getaffinity(0) == before  # this process's own are as they were
+        create_topics(broker.bootstrap_servers, ["t"], partitions=1)
+        system.publish(broker.bootstrap_servers, "t", [b"x"] * 3, 3)
+        assert len(read_topic(broker.bootstrap_servers, "t", timeout=30, min_count=3)) == 3
+
+
+@pytest.mark.skipif(len(allowed_cpus()) < 2, reason="needs two CPUs, one to set apart for the broker")
+def test_bench_broker_cpus_sets_the_broker_apart_and_runs_the_rest_on_the_other_cpus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = os.sched_getaffinity(0)
+    broker_cpu, *rest = allowed_cpus()
+    out = tmp_path / "bench.json"
+    tiny = ["--messages", "300", "--batch-size", "32", "--latency-seconds", "1", "--baseline-seconds", "1"]
+    argv = ["bench", "--broker-cpus", str(broker_cpu), *tiny, "--latency-rate", "200", "--json", str(out)]
+    assert main([*argv, "--workdir", str(tmp_path)]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["broker_cpus"] == [broker_cpu] and result["settings"]["broker"] == "embedded"
+    # the consumer under test saw only the rest: one CPU worker on each of them, pinned there
+    workers = result["system_summary"]["workers"]
+    assert sorted(w["cpus"] for w in workers) == sorted(describe([cpu]) for cpu in rest[:DEFAULT_CPU_WORKERS])
+    assert result["io_limit_latency_processes"] == len(workers) and result["system_summary"]["predicted"] == 300
+    assert result["steady_cpu"]["broker"] > 0  # the broker was found, on its own CPU
+    assert f"(the embedded broker alone on CPU {broker_cpu}, the rest on the others)" in capsys.readouterr().out
+    assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("x", "'x' is not a CPU list"),
+        ("1-0", "'1-0' has a range that runs backwards"),
+        ("0-99999999", "names a CPU this process may not run on"),  # refused before it is expanded
+        ("all", "is not a CPU list"),
+    ],
+)
+def test_broker_cpus_that_are_no_cpu_list_of_this_process_are_refused(
+    value: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", "--broker-cpus", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit.value.code == 2 and says in err[-1] and err[-1].startswith("python -m producer_tools bench: error:")
+
+
+def test_broker_cpus_that_leave_nothing_for_the_consumer_or_name_another_broker_are_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    every = describe(allowed_cpus())
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", "--broker-cpus", every])
+    assert exit.value.code == 2 and "leaves no CPU for the consumer under test" in capsys.readouterr().err
+    assert main(["bench", "--broker-cpus", "0", "--bootstrap-servers", "127.0.0.1:1"]) == 2  # before any run
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: --broker-cpus places the embedded broker, and --bootstrap-servers names another: drop one "
+        "(pin that broker yourself, as with taskset)"
+    ]

@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from consumer.affinity import describe
 from producer_tools.bench import cpu
 
 
@@ -111,7 +112,9 @@ def print_table(result: dict[str, Any]) -> None:
     settings = result["settings"]
     given = f", inputs from {settings['inputs']}" if settings.get("inputs") else ""
     cpus = result["environment"]["cpus"]
-    print(f"\nbenchmark: {result['workload']} on {cpus} CPUs, batch {settings['batch_size']}{given}")
+    alone = settings.get("broker_cpus")
+    broker = f" (the embedded broker alone on CPU {describe(alone)}, the rest on the others)" if alone else ""
+    print(f"\nbenchmark: {result['workload']} on {cpus} CPUs{broker}, batch {settings['batch_size']}{given}")
     print(f"{'measure':<36} {'messages/s':>14}")
     for name, rate in result["rates"].items():
         print(f"{name:<36} {f'{rate:14.1f}' if rate else '-':>14}")

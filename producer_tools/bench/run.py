@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from consumer.affinity import allowed_cpus, running_on
 from consumer.errors import ConfigError
 from consumer.signature import DEFAULT_SIGNATURE
 from consumer.timing import STAGES, worst_of
@@ -44,6 +45,8 @@ class BenchOptions:
     signature: str = DEFAULT_SIGNATURE
     #: a file of examples to send (``--inputs``); None: random inputs from the signature
     inputs: Path | None = None
+    #: CPUs the embedded broker runs on alone (``--broker-cpus``); the bench and what it runs get the rest
+    broker_cpus: tuple[int, ...] = ()
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -57,8 +60,17 @@ def step(number: int, what: str) -> None:
 def run(options: BenchOptions) -> dict[str, Any]:
     options.workdir.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    with bootstrap_or_embedded(options.bootstrap, options.workdir / "broker.log") as bootstrap:
+    broker_log = options.workdir / "broker.log"
+    with (
+        bootstrap_or_embedded(options.bootstrap, broker_log, options.broker_cpus) as bootstrap,
+        running_on(rest_of(options.broker_cpus)),  # the publisher, the relays, the consumer, the baselines
+    ):
         return {"started_at": started_at, **_measure(options, bootstrap)}
+
+
+def rest_of(broker_cpus: tuple[int, ...]) -> list[int]:
+    """The CPUs this process may run on but the broker's ([] when the broker has none of its own)."""
+    return [cpu for cpu in allowed_cpus() if cpu not in broker_cpus] if broker_cpus else []
 
 
 def _check_batch_size(workload: workloads.Workload, asked: int | None) -> None:
@@ -127,6 +139,7 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
             "signature": options.signature,
             "inputs": None if options.inputs is None else str(options.inputs),
             "broker": "embedded" if options.bootstrap is None else bootstrap,
+            "broker_cpus": list(options.broker_cpus) or None,  # None: the broker shares every CPU
         },
         "environment": report.environment(),
         "rates": rates,
