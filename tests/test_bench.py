@@ -614,6 +614,7 @@ def test_bench_broker_cpus_sets_the_broker_apart_and_runs_the_rest_on_the_other_
     assert sorted(w["cpus"] for w in workers) == sorted(describe([cpu]) for cpu in rest[:DEFAULT_CPU_WORKERS])
     assert result["io_limit_latency_processes"] == len(workers) and result["system_summary"]["predicted"] == 300
     assert result["steady_cpu"]["broker"] > 0  # the broker was found, on its own CPU
+    assert result["environment"]["cpus_usable"] == min(len(rest), usable_cores())
     assert f"(the embedded broker alone on CPU {broker_cpu}, the rest on the others)" in capsys.readouterr().out
     assert os.sched_getaffinity(0) == before
 
