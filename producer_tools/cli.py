@@ -248,10 +248,10 @@ def _broker_cpus(text: str) -> tuple[int, ...]:
     if not hasattr(os, "sched_setaffinity"):
         raise argparse.ArgumentTypeError("it needs Linux's CPU affinity, which this system lacks: drop it")
     allowed = allowed_cpus()
-    bounds = _cpu_ranges(text)
-    if any(high > allowed[-1] for _, high in bounds) or not set(parse_cpu_list(text)) <= set(allowed):
+    too_high = any(high > allowed[-1] for _, high in _cpu_ranges(text))  # checked before it is expanded
+    cpus = () if too_high else tuple(parse_cpu_list(text))
+    if too_high or not set(cpus) <= set(allowed):
         raise argparse.ArgumentTypeError(f"{text!r} names a CPU this process may not run on: use {describe(allowed)}")
-    cpus = tuple(parse_cpu_list(text))
     if len(cpus) == len(allowed):
         raise argparse.ArgumentTypeError(
             f"{text!r} leaves no CPU for the consumer under test: give the broker fewer than all of {describe(allowed)}"
