@@ -180,6 +180,7 @@ def _compressed_npz_bytes(**arrays: np.ndarray) -> bytes:
         ("objects.npy", _npy_bytes(np.array([{"a": 1}, None], dtype=object)), [], "holds Python objects"),
         ("objects.npz", _npz_bytes(x=np.array(["a", None], dtype=object)), [], "holds Python objects"),
         ("c.csv", "a,b\n1,2\n", ["--key-field", "user"], "no column(s) ['user']"),
+        ("empty.csv", "", [], "empty.csv' has no header row: a .csv starts with a row naming its columns"),
         ("text.csv", "a,b\n1,x\n", [], "column 'b' holds 'x', not a number (a column of text: --dtype string)"),
         ("short.csv", "a,b\n1\n", ["--dtype", "string"], "short.csv:2: the row has 1 fields and the header 2: give"),
         ("long.csv", "a,b\n1,2\n\n3,4,5\n", [], "long.csv:4: the row has 3 fields and the header 2"),

@@ -112,8 +112,10 @@ def _check_width(row: dict[Any, Any], header: list[str], where: str) -> None:
 def _csv_features(header: list[str], options: ReadOptions, path: Path) -> list[str]:
     wanted = [c for c in (options.key_field, options.id_field, *(options.columns or ())) if c]
     missing = [c for c in wanted if c not in header]
-    if not header or missing:
-        raise ConfigError(f"input file {str(path)!r} has no column(s) {missing or 'at all'}; its header is {header}")
+    if not header:
+        raise ConfigError(f"input file {str(path)!r} has no header row: a .csv starts with a row naming its columns")
+    if missing:
+        raise ConfigError(f"input file {str(path)!r} has no column(s) {missing}; its header is {header}")
     features = list(options.columns or [c for c in header if c not in {options.key_field, options.id_field}])
     _check_header(header, features, path)
     if not features:
