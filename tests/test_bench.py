@@ -133,6 +133,24 @@ def test_a_bare_relay_that_missed_the_latency_target_at_half_load_is_said() -> N
     assert report.latency_floor(at_a_given_rate | {"io_limit_latency_ms": {"p99": 104.2}}) == []
 
 
+def test_a_missed_target_beside_the_embedded_broker_points_to_broker_cpus() -> None:
+    """Most of such a tail is the broker's share of the consumer's cores; a deployment has none."""
+    settings = {"max_wait_ms": 10, "latency_rate": None, "broker": "embedded", "broker_cpus": None}
+    missed = {"settings": settings, "full_batch_ms": 2.0, "latency_ms": {"p99": 120.0}}
+    cpu_of_broker = {"steady_cpu": {"broker": 0.48, "cpus": 2}}
+    first = allowed_cpus()[0]
+    if len(allowed_cpus()) < 2:
+        assert report.shared_broker(missed | cpu_of_broker) == []  # no CPU to spare for the broker
+        return
+    (note,) = report.shared_broker(missed | cpu_of_broker)
+    assert note.startswith("the embedded broker shared the consumer's cores and took 0.48 of a core")
+    assert f"--broker-cpus {first} (the broker alone on CPU {first}" in note
+    assert report.shared_broker(missed | cpu_of_broker | {"latency_ms": {"p99": 60.0}}) == []  # within 66 ms
+    assert report.shared_broker(missed) == []  # the broker's CPU not measured: not on this host
+    for other in ({"broker_cpus": [0]}, {"broker": "127.0.0.1:9092"}, {"latency_rate": 2000.0}):
+        assert report.shared_broker(missed | cpu_of_broker | {"settings": settings | other}) == []
+
+
 def test_a_run_long_enough_for_a_steady_relay_has_no_warning() -> None:
     assert report.warnings(400_000, 100_000) == []
     assert report.warnings(399_999, 100_000) != []

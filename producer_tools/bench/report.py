@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from consumer.affinity import describe
+from consumer.affinity import allowed_cpus, describe
 from producer_tools.bench import cpu
 
 
@@ -79,6 +79,25 @@ def latency_floor(result: dict[str, Any]) -> list[str]:
     return [
         f"the bare relay (no model) had a p99 of {relay_p99:,.0f} ms at the same rate, above the latency "
         f"target ({budget:.0f} ms): on this broker and machine, at that rate, the target is below the I/O floor"
+    ]
+
+
+def shared_broker(result: dict[str, Any]) -> list[str]:
+    """A word when the system missed its latency target at half load while the embedded broker ran
+    on the consumer's cores: most of such a tail is the broker's share of them (2026-12-05), which
+    a deployment, its broker on other machines, does not pay; ``--broker-cpus`` measures that way
+    (where there is a CPU to spare for it)."""
+    settings, cpu = result["settings"], result.get("steady_cpu") or {}
+    p99 = result.get("latency_ms", {}).get("p99")
+    missed = p99 is not None and p99 > latency_budget_ms(result) and at_half_load(settings)
+    shared = settings.get("broker") == "embedded" and not settings.get("broker_cpus") and cpu.get("broker") is not None
+    cpus = allowed_cpus()
+    if not (missed and shared and len(cpus) >= 2):
+        return []
+    return [
+        f"the embedded broker shared the consumer's cores and took {cpu['broker']:.2f} of a core while publishing; "
+        f"a deployment's broker runs on other machines: measure that way with --broker-cpus {cpus[0]} (the broker "
+        f"alone on CPU {cpus[0]}, the rest on the other CPUs)"
     ]
 
 

@@ -162,9 +162,11 @@ def _measure(options: BenchOptions, bootstrap: str) -> dict[str, Any]:
         "system_summary": drained,
     }  # fmt: skip
     result["targets"] = report.targets(options.workload, rates, result)
-    result["warnings"] = report.warnings(
-        workload.messages, baselines.RELAY_QUEUE, result["ratios"].get("system / compute_limit")
-    ) + report.latency_floor(result)
+    result["warnings"] = (
+        report.warnings(workload.messages, baselines.RELAY_QUEUE, result["ratios"].get("system / compute_limit"))
+        + report.latency_floor(result)
+        + report.shared_broker(result)
+    )
     return result
 
 
