@@ -22,7 +22,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from consumer import tensorflow_install
-from consumer.affinity import allowed_cpus, describe, parse_cpu_list
+from consumer.affinity import allowed_cpus, describe
 from consumer.arguments import (
     at_most,
     input_file_flags,
@@ -248,8 +248,9 @@ def _broker_cpus(text: str) -> tuple[int, ...]:
     if not hasattr(os, "sched_setaffinity"):
         raise argparse.ArgumentTypeError("it needs Linux's CPU affinity, which this system lacks: drop it")
     allowed = allowed_cpus()
-    too_high = any(high > allowed[-1] for _, high in _cpu_ranges(text))  # checked before it is expanded
-    cpus = () if too_high else tuple(parse_cpu_list(text))
+    bounds = _cpu_ranges(text)
+    too_high = any(high > allowed[-1] for _, high in bounds)  # checked before a range is expanded
+    cpus = () if too_high else tuple(sorted({cpu for low, high in bounds for cpu in range(low, high + 1)}))
     if too_high or not set(cpus) <= set(allowed):
         raise argparse.ArgumentTypeError(f"{text!r} names a CPU this process may not run on: use {describe(allowed)}")
     if len(cpus) == len(allowed):
